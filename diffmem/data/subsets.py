@@ -1,0 +1,56 @@
+"""K-subsets of a training pool.
+
+Two published conventions:
+  * Pham et al. / the tutorial: the first K indices of a seeded permutation of the pool.
+  * Gu et al.: class balanced, the first K / C indices of each class (after the same seeded permutation).
+Both return sorted-by-selection-order int64 index arrays, so `pool[idx]` is the subset.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_k(k: int, pool_size: int, what: str = "the pool") -> None:
+    """Raise a clear error unless 1 <= k <= pool_size."""
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"K must be a positive integer, got {k!r}.")
+    if k > pool_size:
+        raise ValueError(
+            f"K = {k} is larger than {what} ({pool_size} examples): choose K <= {pool_size} "
+            "or a larger dataset.")
+
+
+def first_k_of_permutation(pool_size: int, k: int, seed: int) -> np.ndarray:
+    """Indices of the K-subset: the first `k` entries of a permutation of range(pool_size) seeded by `seed`.
+
+    Nested in K for a fixed seed: the K = 100 subset contains the K = 10 subset.
+    """
+    check_k(k, pool_size)
+    perm = np.random.default_rng(seed).permutation(pool_size)
+    return perm[:k].astype(np.int64)
+
+
+def class_balanced(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Indices of a class-balanced K-subset: K / C examples of each of the C classes.
+
+    Args:
+      labels: (N,) integer class labels of the pool.
+      k: subset size; must be divisible by the number of classes C.
+      seed: permutation seed (within each class, examples are taken in permutation order).
+    Returns:
+      (k,) int64 indices, grouped by class in increasing label order.
+    """
+    labels = np.asarray(labels)
+    check_k(k, labels.shape[0])
+    classes = np.unique(labels)
+    if k % len(classes):
+        raise ValueError(f"A class-balanced K-subset needs K divisible by the {len(classes)} classes; got K = {k}.")
+    per_class = k // len(classes)
+    perm = np.random.default_rng(seed).permutation(labels.shape[0])
+    chosen = []
+    for c in classes:
+        members = perm[labels[perm] == c]
+        if len(members) < per_class:
+            raise ValueError(f"Class {c} has only {len(members)} examples; K = {k} needs {per_class} per class.")
+        chosen.append(members[:per_class])
+    return np.concatenate(chosen).astype(np.int64)
