@@ -1,0 +1,25 @@
+#!/usr/bin/env python
+"""Train the models of a config (one model, or a whole K / seed sweep) into a workdir; reruns resume.
+
+    python bin/train.py --config=configs/circle.py:k=9 --workdir=runs/c9
+    python bin/train.py --config=configs/circle.py:k=1000 --config.optim.lr=2e-4 --workdir=runs/c1000
+"""
+import sys
+
+from absl import app, flags
+
+from diffmem import cli
+
+flags.DEFINE_string("workdir", None, "Directory of the experiment (config.json, metrics.jsonl, checkpoints/).")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.mark_flag_as_required("workdir")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    from diffmem import train
+    train.train(cli.CONFIG, FLAGS.workdir, progress=FLAGS.progress)
+
+
+if __name__ == "__main__":
+    cli.run(main, sys.argv, needs_config=True)

@@ -1,0 +1,44 @@
+"""The tutorial's toy score network (associative-memory tutorial, Pham et al.'s 2-D study)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from diffmem.nets.embeddings import FourierEmbedding
+
+
+class ScoreMLP(nn.Module):
+    """MLP score network s(x, t) for low-dimensional data.
+
+    time: Fourier features (fixed random frequencies, `fourier_scale`) -> Dense -> SiLU -> Dense -> SiLU;
+    body: concat(x, time) -> Dense(hidden) -> (num_layers - 1) x [Dense(hidden) -> SiLU], with a LayerNorm
+    before the last SiLU -> Dense(out); the output is divided by the marginal std at t, so it is a score.
+
+    Attributes:
+      marginal_std: t (B,) -> (B,), the noise process's marginal standard deviation (e.g. `VESDE().marginal_std`).
+      out_dim: data dimension (2 for the circle).
+    Call: x (B, out_dim), t (B,) -> score (B, out_dim).
+    """
+    marginal_std: Callable[[jax.Array], jax.Array]
+    out_dim: int = 2
+    num_layers: int = 4
+    hidden: int = 128
+    embed: int = 128
+    fourier_scale: float = 16.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+        emb = FourierEmbedding(self.embed, self.fourier_scale, name="fourier")(t)
+        emb = nn.silu(nn.Dense(self.embed, name="time_dense_0")(emb))
+        emb = nn.silu(nn.Dense(self.embed, name="time_dense_1")(emb))
+        h = nn.Dense(self.hidden, name="input_proj")(jnp.concatenate([x, emb.astype(x.dtype)], axis=-1))
+        for i in range(self.num_layers - 1):
+            h = nn.Dense(self.hidden, name=f"hidden_{i}")(h)
+            if i == self.num_layers - 2:
+                h = nn.LayerNorm(name="norm")(h)
+            h = nn.silu(h)
+        h = nn.Dense(self.out_dim, name="output")(h)
+        return h / self.marginal_std(t)[:, None]

@@ -1,0 +1,336 @@
+"""One readable trainer for every model in diffmem, from a single 2-D MLP to a sweep of UNets.
+
+    states = train(config, workdir)
+
+Sections: (1) state and step, (2) batches, (3) the compiled multi-step loop over a sweep of models,
+(4) the driver: resume, progress, metrics, checkpoints, NaN guard.
+
+Design:
+  * `TrainState` holds params, EMA params, optimizer state and step; `make_train_step` is pure.
+  * Keys derive from (seed, step) by `fold_in`, batches from (seed, epoch), so a resumed run replays
+    exactly the steps an uninterrupted one would take.
+  * Many steps run per compiled call (`lax.scan`). The members of a sweep (several K or seeds) train in
+    the same compiled loop: members with the same padded batch size are `vmap`ped together (training sets
+    padded to the largest K and masked), groups with different batch sizes run side by side in the
+    scan body, so a K = 2 model does not pay for a K = 1000 batch.
+  * Data parallel: the batch axis is sharded over a 1-D device `Mesh` ("data") with `NamedSharding`; the
+    same code runs on 1 CPU, 8 fake CPU devices or many accelerators (params are replicated).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from diffmem import builders, checkpoint, configlib
+
+RULES = {
+    "optim.lr": ("range", 1e-8, 1.0),
+    "optim.grad_clip": ("range", 0.0, 1e6),
+    "ema.decay": ("range", 0.0, 0.999999999),
+    "batch_size": ("range", 1, 1 << 20),
+    "steps": ("range", 1, 1 << 40),
+    "steps_per_call": ("range", 1, 1 << 20),
+    "log_every": ("range", 1, 1 << 40),
+    "ckpt_every": ("range", 1, 1 << 40),
+    "data.k": ("range", 1, 1 << 40),
+    "sde.sigma_max": ("range", 1e-6, 1e6),
+    "sample.sampler": ("choices", ("em", "ode", "ddpm", "ddim", "edm_euler", "edm_heun")),
+}
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------------------ 1. state and train step
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+    def as_dict(self) -> dict:
+        return {"step": self.step, "params": self.params, "ema_params": self.ema_params,
+                "opt_state": self.opt_state}
+
+
+def make_optimizer(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, grad_clip: float = 0.0,
+                   warmup_steps: int = 0) -> optax.GradientTransformation:
+    """Adam with optional global-norm clipping (grad_clip > 0) and linear learning-rate warm-up."""
+    schedule = optax.linear_schedule(0.0, lr, warmup_steps) if warmup_steps else lr
+    parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+    # flatten: one fused update over a single parameter vector instead of one per leaf (small models are
+    # dispatch-bound on CPU).
+    return optax.flatten(optax.chain(*parts, optax.adam(schedule, b1=b1, b2=b2, eps=eps)))
+
+
+def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
+    """EMA decay at `step`: min(decay, (1 + step) / (10 + step)) with warm-up, else `decay`.
+
+    Without warm-up a 0.9999 EMA still carries the initial weights after 20,000 steps.
+    """
+    if not warmup:
+        return jnp.asarray(decay, jnp.float32)
+    step = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, decay: float, warmup: bool):
+    """A pure step `(state, x0 (B,*S), valid (B,), key) -> (state, metrics)` for one model.
+
+    `loss_fn(params, x0, key) -> (B,)` gives per-example losses; padded examples (valid = 0) are masked.
+    """
+    def step(state: TrainState, x0, valid, key):
+        def objective(params):
+            per_example = loss_fn(params, x0, key)
+            return jnp.sum(per_example * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+        loss, grads = jax.value_and_grad(objective)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        d = ema_decay(state.step, decay, warmup)
+        ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return TrainState(state.step + 1, params, ema, opt_state), metrics
+
+    return step
+
+
+# ------------------------------------------------------------------------------------------- 2. batches
+def make_batch(data: jax.Array, k: jax.Array, batch: jax.Array, step: jax.Array, key: jax.Array,
+               padded_batch: int) -> tuple[jax.Array, jax.Array]:
+    """The batch of one model at `step`: a DataLoader-style shuffled epoch over its K examples.
+
+    data: (K_max, *S), rows >= k are padding. Each epoch (ceil(k / batch) steps) is a fresh permutation
+    drawn from fold_in(key, epoch). Returns x0 (padded_batch, *S) and valid (padded_batch,) in {0, 1}.
+    """
+    k_max = data.shape[0]
+    steps_per_epoch = (k + batch - 1) // batch
+    epoch, pos = step // steps_per_epoch, step % steps_per_epoch
+    u = jax.random.uniform(jax.random.fold_in(key, epoch), (k_max,))
+    perm = jnp.argsort(jnp.where(jnp.arange(k_max) < k, u, 2.0))
+    slot = pos * batch + jnp.arange(padded_batch)
+    valid = (jnp.arange(padded_batch) < batch) & (slot < k)
+    return data[perm[jnp.clip(slot, 0, k_max - 1)]], valid.astype(data.dtype)
+
+
+# ------------------------------------------------------------------------- 3. compiled loop over a sweep
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named "data" over `devices` (default: all)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def _groups(specs: list[builders.ModelSpec], num_devices: int) -> list[list[int]]:
+    """Sweep members grouped by padded batch size (a multiple of the device count)."""
+    by_size: dict[int, list[int]] = {}
+    for i, s in enumerate(specs):
+        by_size.setdefault(_padded(s.batch_size, num_devices), []).append(i)
+    return [by_size[b] for b in sorted(by_size)]
+
+
+def _padded(batch: int, num_devices: int) -> int:
+    return -(-batch // num_devices) * num_devices
+
+
+def make_multi_step(train_step: Callable, groups_meta: list[dict], mesh: Mesh):
+    """Compiled `(states, datas, num_steps) -> (states, metrics)` running `num_steps` steps of every group.
+
+    states, datas: tuples with one entry per group; inside a group, leaves have a leading model axis.
+    """
+    batch_sharding = NamedSharding(mesh, P(None, "data"))
+
+    def one_group_step(state, data, meta):
+        seeds = meta["seeds"]
+        base = jax.vmap(jax.random.key)(seeds)
+        data_keys = jax.vmap(jax.random.fold_in, (0, None))(base, 1)
+        noise_keys = jax.vmap(lambda b, s: jax.random.fold_in(jax.random.fold_in(b, 2), s))(base, state.step)
+        x0, valid = jax.vmap(make_batch, (0, 0, 0, 0, 0, None))(
+            data, meta["k"], meta["batch"], state.step, data_keys, meta["padded_batch"])
+        x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
+        valid = jax.lax.with_sharding_constraint(valid, batch_sharding)
+        return jax.vmap(train_step)(state, x0, valid, noise_keys)
+
+    def multi_step(states, datas, num_steps):
+        def body(states, _):
+            out = [one_group_step(s, d, m) for s, d, m in zip(states, datas, groups_meta)]
+            return tuple(o[0] for o in out), tuple(o[1] for o in out)
+        return jax.lax.scan(body, states, None, length=num_steps)
+
+    return jax.jit(multi_step, static_argnums=2, donate_argnums=0)
+
+
+# ---------------------------------------------------------------------------------------- 4. the driver
+def init_state(model, optimizer, spec: builders.ModelSpec) -> TrainState:
+    """Fresh state of one sweep member: params from fold_in(key(seed), 0), EMA = params."""
+    x = jnp.asarray(spec.data[:1])
+    params = model.init(jax.random.fold_in(jax.random.key(spec.seed), 0), x, jnp.ones((1,), x.dtype))
+    return TrainState(jnp.zeros((), jnp.int32), params, params, optimizer.init(params))
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Write workdir/config.json, or check a rerun matches it (only `steps` may change, to extend a run)."""
+    path = os.path.join(workdir, "config.json")
+    new = json.loads(configlib.to_json(config))
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        old_cmp, new_cmp = dict(old, steps=None), dict(new, steps=None)
+        if old_cmp != new_cmp:
+            diff = sorted(k for k in set(old_cmp) | set(new_cmp) if old_cmp.get(k) != new_cmp.get(k))
+            raise configlib.ConfigError(
+                f"{workdir} holds a run with a different config (differs in {diff}); finished work is never "
+                "overwritten: use a new --workdir, or the same config to resume.")
+    atomic_write_text(path, configlib.to_json(config))
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _trim_metrics(path: str, last_step: int) -> None:
+    """Drop metric lines written after the checkpoint a run resumes from."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= last_step]
+    atomic_write_text(path, "".join(lines))
+
+
+def _resume_step(workdir: str, names: list[str]) -> int:
+    steps = [checkpoint.latest_step(workdir, n) for n in names]
+    if all(s is None for s in steps):
+        return 0
+    common = None
+    for n in names:
+        have = set(checkpoint.manager(workdir, n, None).all_steps())
+        common = have if common is None else common & have
+    if not common:
+        raise checkpoint.CheckpointError(
+            f"Models in {workdir} have no checkpoint step in common ({dict(zip(names, steps))}); "
+            "delete the checkpoints directory to restart.")
+    return max(common)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None,
+          progress: bool = True) -> dict[str, TrainState]:
+    """Train every member of the config's sweep, resuming from `workdir` if it holds checkpoints.
+
+    Returns {name: TrainState} of the final states (name = K, or K_s<seed> in seed sweeps).
+    """
+    configlib.check(config, RULES)
+    for every in ("ckpt_every", "log_every"):
+        if config[every] % config.steps_per_call:
+            raise configlib.ConfigError(f"config.{every} = {config[every]} must be a multiple of "
+                                        f"config.steps_per_call = {config.steps_per_call}.")
+    os.makedirs(workdir, exist_ok=True)
+    write_config(config, workdir)
+    mesh = data_mesh() if mesh is None else mesh
+    n_dev = mesh.devices.size
+
+    specs = builders.model_specs(config)
+    model = builders.build_model(config, specs[0].data.shape[1:])
+    loss_fn = builders.build_loss(config, model)
+    o = config.optim
+    optimizer = make_optimizer(o.lr, o.b1, o.b2, o.eps, o.grad_clip, o.get("warmup_steps", 0))
+    train_step = make_train_step(loss_fn, optimizer, config.ema.decay, config.ema.warmup)
+
+    # Group members by padded batch size; pad training sets to the group's largest K.
+    groups = _groups(specs, n_dev)
+    replicated = NamedSharding(mesh, P())
+    metas, datas, states = [], [], []
+    for idx in groups:
+        members = [specs[i] for i in idx]
+        k_max = max(s.k for s in members)
+        data = np.zeros((len(members), k_max) + members[0].data.shape[1:], np.float32)
+        for j, s in enumerate(members):
+            data[j, : s.k] = s.data
+        metas.append({"seeds": jnp.asarray([s.seed for s in members], jnp.uint32),
+                      "k": jnp.asarray([s.k for s in members], jnp.int32),
+                      "batch": jnp.asarray([s.batch_size for s in members], jnp.int32),
+                      "padded_batch": _padded(members[0].batch_size, n_dev)})
+        datas.append(jax.device_put(data, replicated))
+        states.append([init_state(model, optimizer, s) for s in members])
+
+    # Resume.
+    names = [s.name for s in specs]
+    managers = {n: checkpoint.manager(workdir, n, config.keep_checkpoints) for n in names}
+    start = _resume_step(workdir, names)
+    if start:
+        for g, idx in enumerate(groups):
+            states[g] = [TrainState(**checkpoint.restore(managers[specs[i].name], start, st.as_dict()))
+                         for i, st in zip(idx, states[g])]
+    stacked = tuple(jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *sts), replicated) for sts in states)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    _trim_metrics(metrics_path, start)
+
+    multi_step = make_multi_step(train_step, metas, mesh)
+    total = config.steps
+    bar = _progress(total, start, names, progress)
+    step, last_saved, window_t, window_steps = start, start, time.perf_counter(), 0
+    with open(metrics_path, "a") as metrics_file:
+        while step < total:
+            n = min(config.steps_per_call, total - step)
+            stacked, metrics = multi_step(stacked, tuple(datas), n)
+            losses = [np.asarray(m["loss"]) for m in metrics]  # (n, group size) each; syncs the device
+            _nan_guard(losses, groups, specs, step, last_saved, managers)
+            step += n
+            window_steps += n
+            bar.update(n)
+            if step % config.log_every == 0 or step == total:
+                now = time.perf_counter()
+                record = {"step": step, "steps_per_s": round(window_steps / (now - window_t), 2)}
+                for g, idx in enumerate(groups):
+                    for j, i in enumerate(idx):
+                        record[f"loss/{specs[i].name}"] = float(losses[g][:, j].mean())
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                bar.set_postfix({k.split("/")[-1]: f"{v:.4f}" for k, v in record.items() if k.startswith("loss/")}
+                                | {"steps/s": record["steps_per_s"]})
+                window_t, window_steps = now, 0
+            if step % config.ckpt_every == 0 or step == total:
+                for g, idx in enumerate(groups):
+                    for j, i in enumerate(idx):
+                        member = jax.tree.map(lambda x: x[j], stacked[g])
+                        checkpoint.save(managers[specs[i].name], step, member.as_dict())
+                last_saved = step
+    bar.close()
+    for m in managers.values():
+        m.wait_until_finished()
+    return {specs[i].name: jax.tree.map(lambda x: x[j], stacked[g])
+            for g, idx in enumerate(groups) for j, i in enumerate(idx)}
+
+
+def _nan_guard(losses, groups, specs, step, last_saved, managers) -> None:
+    for g, idx in enumerate(groups):
+        bad = ~np.isfinite(losses[g])
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            for m in managers.values():
+                m.wait_until_finished()
+            raise TrainingDiverged(
+                f"Loss of model {specs[idx[col]].name} became {losses[g][row, col]} at step {step + row + 1}. "
+                f"The last good checkpoint (step {last_saved}) is kept and nothing after it was saved. "
+                "Lower --config.optim.lr, set --config.optim.grad_clip=1.0, or check the data for NaN/inf.")
+
+
+def _progress(total: int, start: int, names: list[str], enabled: bool):
+    from tqdm.auto import tqdm
+    desc = f"train K={','.join(names)}" if len(names) <= 6 else f"train {len(names)} models"
+    return tqdm(total=total, initial=start, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True,
+                smoothing=0.1)
