@@ -29,7 +29,7 @@ def run(main: Callable[[list[str]], None], argv: Sequence[str], needs_config: bo
         try:
             main(args)
         except (configlib.ConfigError, checkpoint.CheckpointError, train.TrainingDiverged, ValueError,
-                FileNotFoundError) as e:
+                FileNotFoundError, FileExistsError) as e:
             sys.exit(f"error: {e}")
 
     app.run(guarded, argv=rest)

@@ -1,0 +1,51 @@
+"""Shared bits of the benchmarks: the reference script, the machine's GEMM rate, and table printing."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_REFERENCE = os.path.join(REPO, "..", "shared", "reference", "torch_tutorial.py")
+
+
+def load_reference(path: str = DEFAULT_REFERENCE):
+    """Import the PyTorch tutorial reference as a module, or return None (with the reason) if impossible."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None, "torch is not installed (pip install torch==2.13.0)"
+    if not os.path.exists(path):
+        return None, f"reference script not found at {path}"
+    spec = importlib.util.spec_from_file_location("torch_tutorial_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, ""
+
+
+def gemm_gflops(n: int = 4096, repeats: int = 3) -> float:
+    """float32 GFLOP/s of jnp.dot on n x n matrices on this machine, now (best of `repeats`)."""
+    import jax
+    import jax.numpy as jnp
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(jnp.dot)
+    f(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def machine() -> str:
+    import jax
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
+
+
+def table(rows: list[tuple], header: tuple) -> str:
+    cols = list(zip(*([header] + [tuple(str(c) for c in r) for r in rows])))
+    widths = [max(len(c) for c in col) for col in cols]
+    line = lambda r: " | ".join(str(c).ljust(w) for c, w in zip(r, widths))
+    return "\n".join([line(header), "-+-".join("-" * w for w in widths)] + [line(r) for r in rows])

@@ -1,0 +1,36 @@
+#!/usr/bin/env python
+"""Sample the trained models of a workdir into samples/<K>.npz and a picture (skips finished files).
+
+    python bin/sample.py --workdir=runs/c9 --num=1500 --sampler=em --seed=0
+    python bin/sample.py --workdir=runs/circle --seeds=0-1499 --sampler=ode --k=9
+"""
+import sys
+
+from absl import flags
+
+from diffmem import cli
+
+flags.DEFINE_string("workdir", None, "Workdir written by bin/train.py.")
+flags.DEFINE_integer("num", 1500, "Number of samples (seeds seed .. seed + num - 1) unless --seeds is given.")
+flags.DEFINE_integer("seed", 0, "First seed.")
+flags.DEFINE_string("seeds", None, "Explicit seeds: '0-49999' or '0,1,5' (overrides --num/--seed).")
+flags.DEFINE_string("sampler", "em", "em | ode (toy models).")
+flags.DEFINE_integer("steps", None, "Sampler steps (default: the config's sample.num_steps).")
+flags.DEFINE_list("k", None, "Only these models (names = K), default all.")
+flags.DEFINE_bool("overwrite", False, "Replace existing sample files that differ.")
+flags.mark_flag_as_required("workdir")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    import numpy as np
+
+    from diffmem import generate
+    seeds = generate.parse_seeds(FLAGS.seeds) if FLAGS.seeds else np.arange(FLAGS.seed, FLAGS.seed + FLAGS.num)
+    for path in generate.sample_workdir(FLAGS.workdir, seeds, FLAGS.sampler, names=FLAGS.k,
+                                        num_steps=FLAGS.steps, overwrite=FLAGS.overwrite):
+        print(path)
+
+
+if __name__ == "__main__":
+    cli.run(main, sys.argv)
