@@ -51,3 +51,79 @@ def dsm_from_key(score_fn: ScoreFn, x0: jax.Array, key: jax.Array, sde: SDE) -> 
 
 
 LossFn = Callable[..., jax.Array]
+
+
+# ------------------------------------------------------------------------------------------ image losses
+def _per_example_keys(key: jax.Array, n: int) -> jax.Array:
+    return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n))
+
+
+def _mean_per_example(v: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.reshape(v, (v.shape[0], -1)), axis=-1)
+
+
+def ddpm_eps(eps_model: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Array, t: jax.Array,
+             noise: jax.Array, alpha_bar: jax.Array) -> jax.Array:
+    """Ho et al.'s simple loss: mean_j (eps_theta(x_t, t) - eps)_j^2, x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps.
+
+    Args:
+      eps_model: batched epsilon predictor (x_t (B,*S), t (B,) integer steps 0..T-1) -> (B,*S).
+      x0: (B,*S). t: (B,) int32 in [0, T). noise: (B,*S). alpha_bar: (T,) cumulative products.
+    Returns (B,).
+    """
+    ab = alpha_bar[t]
+    xt = _bcast(jnp.sqrt(ab), x0) * x0 + _bcast(jnp.sqrt(1.0 - ab), x0) * noise
+    return _mean_per_example((eps_model(xt, t) - noise) ** 2)
+
+
+def ddpm_eps_from_key(eps_model, x0: jax.Array, key: jax.Array, alpha_bar: jax.Array) -> jax.Array:
+    """`ddpm_eps` with t ~ U{0..T-1} and eps ~ N(0, I) drawn per example from fold_in(key, i)."""
+    def draw(k):
+        kt, kn = jax.random.split(k)
+        return (jax.random.randint(kt, (), 0, alpha_bar.shape[0]),
+                jax.random.normal(kn, x0.shape[1:], x0.dtype))
+    t, noise = jax.vmap(draw)(_per_example_keys(key, x0.shape[0]))
+    return ddpm_eps(eps_model, x0, t, noise, alpha_bar)
+
+
+def weighted_denoising(denoiser: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Array, sigma: jax.Array,
+                       noise: jax.Array, weight: jax.Array) -> jax.Array:
+    """EDM-family loss: weight(sigma) * mean_j (D(x0 + sigma n, sigma) - x0)_j^2, per example (B,).
+
+    (EDM sums over pixels; the mean differs by the constant pixel count.)
+    """
+    d = denoiser(x0 + _bcast(sigma, x0) * noise, sigma)
+    return weight * _mean_per_example((d - x0) ** 2)
+
+
+def draw_sigma(key: jax.Array, kind: str, *, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = 0.5,
+               beta_d: float = 19.9, beta_min: float = 0.1, epsilon_t: float = 1e-5, sigma_min: float = 0.02,
+               sigma_max: float = 100.0) -> tuple[jax.Array, jax.Array]:
+    """One training noise level and its loss weight for `kind` in {"edm", "vp", "ve"} (Karras et al. Table 1).
+
+    edm: ln sigma ~ N(p_mean, p_std^2), weight (sigma^2 + sd^2) / (sigma sd)^2;
+    vp: t ~ U(epsilon_t, 1), sigma = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1), weight 1 / sigma^2;
+    ve: sigma = sigma_min (sigma_max / sigma_min)^u, u ~ U(0, 1), weight 1 / sigma^2.
+    """
+    u = jax.random.uniform(key, ())
+    if kind == "edm":
+        sigma = jnp.exp(p_mean + p_std * jax.random.normal(key, ()))
+        return sigma, (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    if kind == "vp":
+        t = 1 + u * (epsilon_t - 1)
+        sigma = jnp.sqrt(jnp.expm1(0.5 * beta_d * t**2 + beta_min * t))
+        return sigma, 1.0 / sigma**2
+    if kind == "ve":
+        sigma = sigma_min * (sigma_max / sigma_min) ** u
+        return sigma, 1.0 / sigma**2
+    raise ValueError(f"Unknown noise-level distribution {kind!r}; valid: ['edm', 'vp', 've'].")
+
+
+def weighted_denoising_from_key(denoiser, x0: jax.Array, key: jax.Array, kind: str, **kwargs) -> jax.Array:
+    """`weighted_denoising` with sigma (and weight) and noise drawn per example from fold_in(key, i)."""
+    def draw(k):
+        ks, kn = jax.random.split(k)
+        sigma, weight = draw_sigma(ks, kind, **kwargs)
+        return sigma, weight, jax.random.normal(kn, x0.shape[1:], x0.dtype)
+    sigma, weight, noise = jax.vmap(draw)(_per_example_keys(key, x0.shape[0]))
+    return weighted_denoising(denoiser, x0, sigma.astype(x0.dtype), noise, weight.astype(x0.dtype))

@@ -1,0 +1,56 @@
+"""Image losses at the exact denoiser of a Gaussian equal their closed-form minimum (MMSE)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffmem import losses
+from diffmem.data import toy
+from diffmem.sde import ddpm_alpha_bar
+
+
+def test_weighted_denoising_at_exact_denoiser_is_the_mmse(x64):
+    c, d, n = 0.6, 4, 200_000
+    g = toy.GaussianMixture.isotropic(jnp.zeros((1, d)), c)
+    x0 = g.sample(jax.random.key(0), n)
+    for sigma in (0.05, 0.5, 3.0):
+        noise = jax.random.normal(jax.random.key(1), x0.shape)
+        per = losses.weighted_denoising(g.denoiser, x0, jnp.full((n,), sigma), noise, jnp.ones((n,)))
+        mmse = c**2 * sigma**2 / (c**2 + sigma**2)
+        assert abs(float(per.mean()) - mmse) < 4 * float(per.std()) / np.sqrt(n)
+
+
+def test_ddpm_eps_loss_at_exact_predictor(x64):
+    c, d, n = 0.5, 3, 200_000
+    ab = jnp.asarray(ddpm_alpha_bar())
+    x0 = c * jax.random.normal(jax.random.key(2), (n, d))
+
+    def eps_exact(xt, t):  # E[eps | x_t] for x0 ~ N(0, c^2 I)
+        a = ab[t][:, None]
+        return jnp.sqrt(1 - a) * xt / (a * c**2 + 1 - a)
+
+    t = jnp.full((n,), 300)
+    noise = jax.random.normal(jax.random.key(3), x0.shape)
+    per = losses.ddpm_eps(eps_exact, x0, t, noise, ab)
+    a = float(ab[300])
+    expected = 1 - (1 - a) / (a * c**2 + 1 - a)
+    assert abs(float(per.mean()) - expected) < 4 * float(per.std()) / np.sqrt(n)
+    # Random draws: t covers the whole range, per-example values do not depend on the batch size.
+    full = losses.ddpm_eps_from_key(eps_exact, x0[:16], jax.random.key(4), ab)
+    part = losses.ddpm_eps_from_key(eps_exact, x0[:8], jax.random.key(4), ab)
+    np.testing.assert_allclose(full[:8], part)
+
+
+@pytest.mark.parametrize("kind", ["edm", "vp", "ve"])
+def test_noise_level_draws_and_weights(kind):
+    keys = jax.random.split(jax.random.key(0), 20_000)
+    sigma, weight = jax.vmap(lambda k: losses.draw_sigma(k, kind))(keys)
+    assert bool(jnp.all(sigma > 0)) and bool(jnp.all(jnp.isfinite(weight)))
+    if kind == "edm":
+        ls = jnp.log(sigma)
+        assert abs(float(ls.mean()) + 1.2) < 0.05 and abs(float(ls.std()) - 1.2) < 0.05
+        np.testing.assert_allclose(weight, (sigma**2 + 0.25) / (sigma * 0.5) ** 2, rtol=1e-5)
+    else:
+        np.testing.assert_allclose(weight, 1 / sigma**2, rtol=1e-5)
+    with pytest.raises(ValueError, match="valid"):
+        losses.draw_sigma(keys[0], "nope")
