@@ -16,6 +16,7 @@ flags.DEFINE_integer("seed", 0, "First seed.")
 flags.DEFINE_string("seeds", None, "Explicit seeds: '0-49999' or '0,1,5' (overrides --num/--seed).")
 flags.DEFINE_string("sampler", "em", "em | ode (toy models).")
 flags.DEFINE_integer("steps", None, "Sampler steps (default: the config's sample.num_steps).")
+flags.DEFINE_float("eps", None, "Last time of the toy samplers (default: the config's sample.eps, 1e-5 as the tutorial).")
 flags.DEFINE_list("k", None, "Only these models (names = K), default all.")
 flags.DEFINE_bool("overwrite", False, "Replace existing sample files that differ.")
 flags.mark_flag_as_required("workdir")
@@ -28,7 +29,7 @@ def main(argv):
     from diffmem import generate
     seeds = generate.parse_seeds(FLAGS.seeds) if FLAGS.seeds else np.arange(FLAGS.seed, FLAGS.seed + FLAGS.num)
     for path in generate.sample_workdir(FLAGS.workdir, seeds, FLAGS.sampler, names=FLAGS.k,
-                                        num_steps=FLAGS.steps, overwrite=FLAGS.overwrite):
+                                        num_steps=FLAGS.steps, eps=FLAGS.eps, overwrite=FLAGS.overwrite):
         print(path)
 
 

@@ -30,5 +30,5 @@ def get_config(arg=None):
     c.log_every = 1000
     c.ckpt_every = 5000
     c.keep_checkpoints = 2
-    c.sample = dict(num=2000, sampler="em", num_steps=1000)
+    c.sample = dict(num=2000, sampler="em", num_steps=1000, eps=1e-5)
     return c

@@ -51,27 +51,29 @@ def parse_seeds(text: str) -> np.ndarray:
     return np.asarray(out, np.int64)
 
 
-def toy_sampler(config, model, params, sampler: str, num_steps: int | None):
+def toy_sampler(config, model, params, sampler: str, num_steps: int | None, eps: float | None = None):
     """A jitted `seeds (B,) -> samples (B, d)` for the low-dimensional (MLP) models."""
     sde = builders.build_sde(config)
     score_fn = builders.score_fn(config, model, params)
     dim = config.data.get("dim", 2)
     steps = num_steps or config.sample.num_steps
+    eps = eps or config.sample.get("eps", sde.t_min)
 
     @jax.jit
     def run(seeds):
         x_init = sampling.tutorial_init(seeds, dim, sde)
         if sampler == "em":
-            return sampling.euler_maruyama(score_fn, sde, x_init, seeds, num_steps=steps)
+            return sampling.euler_maruyama(score_fn, sde, x_init, seeds, num_steps=steps, eps=eps)
         if sampler == "ode":
-            return sampling.probability_flow_ode(score_fn, sde, x_init)
+            return sampling.probability_flow_ode(score_fn, sde, x_init, t1=eps)
         raise ValueError(f"Sampler {sampler!r} is not available for toy models; choose 'em' or 'ode'.")
 
     return run
 
 
 def sample_workdir(workdir: str, seeds: Sequence[int], sampler: str = "em", *, names: Sequence[str] | None = None,
-                   num_steps: int | None = None, overwrite: bool = False, batch: int = 4096) -> list[str]:
+                   num_steps: int | None = None, eps: float | None = None, overwrite: bool = False,
+                   batch: int = 4096) -> list[str]:
     """Sample every model of `workdir` (or the given names) with per-sample `seeds`; returns the .npz paths."""
     config = load_config(workdir)
     specs = {s.name: s for s in builders.model_specs(config)}
@@ -89,15 +91,16 @@ def sample_workdir(workdir: str, seeds: Sequence[int], sampler: str = "em", *, n
         if os.path.exists(path) and not overwrite:
             old = report.read_npz(path)
             if (np.array_equal(old["seeds"], seeds) and int(old["step"]) == step
-                    and str(old["sampler"]) == sampler):
+                    and str(old["sampler"]) == sampler and float(old["eps"]) == float(eps or -1)):
                 paths.append(path)
                 continue
             raise FileExistsError(f"{path} holds other samples (step {int(old['step'])}, sampler "
                                   f"{old['sampler']}, {len(old['seeds'])} seeds); pass --overwrite to replace it.")
-        run = toy_sampler(config, model, params, sampler, num_steps)
+        run = toy_sampler(config, model, params, sampler, num_steps, eps)
         chunks = [np.asarray(run(jnp.asarray(seeds[i:i + batch], jnp.uint32))) for i in range(0, len(seeds), batch)]
         samples = np.concatenate(chunks).astype(np.float32)
-        report.write_npz(path, samples=samples, seeds=seeds, step=np.int64(step), sampler=np.str_(sampler))
+        report.write_npz(path, samples=samples, seeds=seeds, step=np.int64(step), sampler=np.str_(sampler),
+                         eps=np.float64(eps or -1))
         if samples.shape[1] == 2:
             viz.scatter_samples(path[:-4] + ".png", samples, spec.data, title=f"K = {spec.k}, {sampler}, step {step}")
         paths.append(path)

@@ -71,9 +71,7 @@ def make_optimizer(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1
     """Adam with optional global-norm clipping (grad_clip > 0) and linear learning-rate warm-up."""
     schedule = optax.linear_schedule(0.0, lr, warmup_steps) if warmup_steps else lr
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-    # flatten: one fused update over a single parameter vector instead of one per leaf (small models are
-    # dispatch-bound on CPU).
-    return optax.flatten(optax.chain(*parts, optax.adam(schedule, b1=b1, b2=b2, eps=eps)))
+    return optax.chain(*parts, optax.adam(schedule, b1=b1, b2=b2, eps=eps))
 
 
 def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
