@@ -1,6 +1,7 @@
 """Samplers. Every sampler takes a batched score s(x, t) or denoiser D(x, sigma) and per-sample integer
-seeds: sample i's noise comes from `fold_in(key(seed_i), step)` alone, so any split of a seed range across
-batches, devices or jobs gives identical samples.
+seeds: sample i's noise comes from `key(seed_i)` alone, so any split of a seed range across batches,
+devices or jobs gives identical samples. Score functions are called with t of shape (1,) (one time for the
+whole batch); `diffmem.sde` functions and the networks broadcast it.
 """
 from __future__ import annotations
 
@@ -36,12 +37,23 @@ def euler_maruyama(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, seeds: jax.Ar
     ts = jnp.linspace(sde.t_max, eps, num_steps, dtype=x_init.dtype)
     dt = ts[0] - ts[1]
     keys = _keys(seeds)
+    # Small problems draw every step's noise up front (one random op instead of one per step); the noise of
+    # sample i, step j is the same either way: normal(fold_in(key_i, 1))[j] in both cases.
+    upfront = x_init.size * num_steps <= (1 << 24)
+    if upfront:
+        noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), (num_steps,) + x_init.shape[1:],
+                                                     x_init.dtype))(keys)
+        noise = jnp.moveaxis(noise, 1, 0)
 
     def step(x, i):
-        t = jnp.full(x.shape[:1], ts[i], x.dtype)
+        t = jnp.full((1,), ts[i], x.dtype)  # one time for the whole batch, broadcast by score_fn
         g = _bcast(sde.diffusion(t), x)
         mean = x + (g**2 * score_fn(x, t) - sde.drift(x, t)) * dt
-        z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i + 1), x.shape[1:], x.dtype))(keys)
+        if upfront:
+            z = noise[i]
+        else:
+            z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), (num_steps,) + x.shape[1:],
+                                                     x.dtype)[i])(keys)
         return mean + jnp.sqrt(dt) * g * z, mean
 
     _, means = jax.lax.scan(step, x_init, jnp.arange(num_steps))
@@ -55,7 +67,7 @@ def probability_flow_ode(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, t0: flo
     t1 = sde.t_min if t1 is None else t1
 
     def drift(t, x, args):
-        tb = jnp.full(x.shape[:1], t, x.dtype)
+        tb = jnp.full((1,), t, x.dtype)
         return sde.drift(x, tb) - 0.5 * _bcast(sde.diffusion(tb), x) ** 2 * score_fn(x, tb)
 
     sol = diffrax.diffeqsolve(diffrax.ODETerm(drift), solver or diffrax.Tsit5(), t0, t1, None, x_init,

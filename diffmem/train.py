@@ -159,6 +159,10 @@ def make_multi_step(train_step: Callable, groups_meta: list[dict], mesh: Mesh):
             data, meta["k"], meta["batch"], state.step, data_keys, meta["padded_batch"])
         x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
         valid = jax.lax.with_sharding_constraint(valid, batch_sharding)
+        if meta["k"].shape[0] == 1:  # a lone model: skip vmap (batched dots of batch 1 are slower on CPU)
+            squeeze = lambda tree: jax.tree.map(lambda v: v[0], tree)
+            new, metrics = train_step(squeeze(state), x0[0], valid[0], noise_keys[0])
+            return jax.tree.map(lambda v: v[None], (new, metrics))
         return jax.vmap(train_step)(state, x0, valid, noise_keys)
 
     def multi_step(states, datas, num_steps):

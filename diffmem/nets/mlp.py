@@ -20,7 +20,8 @@ class ScoreMLP(nn.Module):
     Attributes:
       marginal_std: t (B,) -> (B,), the noise process's marginal standard deviation (e.g. `VESDE().marginal_std`).
       out_dim: data dimension (2 for the circle).
-    Call: x (B, out_dim), t (B,) -> score (B, out_dim).
+    Call: x (B, out_dim), t (B,) -> score (B, out_dim). t may also be (1,), one time for the whole batch
+    (samplers do this): the time branch then runs once instead of B times.
     """
     marginal_std: Callable[[jax.Array], jax.Array]
     out_dim: int = 2
@@ -34,7 +35,12 @@ class ScoreMLP(nn.Module):
         emb = FourierEmbedding(self.embed, self.fourier_scale, name="fourier")(t)
         emb = nn.silu(nn.Dense(self.embed, name="time_dense_0")(emb))
         emb = nn.silu(nn.Dense(self.embed, name="time_dense_1")(emb))
-        h = nn.Dense(self.hidden, name="input_proj")(jnp.concatenate([x, emb.astype(x.dtype)], axis=-1))
+        # input_proj acts on concat(x, emb); written as x @ K[:d] + emb @ K[d:] so a shared time (t of
+        # shape (1,)) is projected once and broadcast. Same parameters as Dense on the concatenation.
+        d = x.shape[-1]
+        kernel = self.param("input_proj_kernel", nn.initializers.lecun_normal(), (d + self.embed, self.hidden))
+        bias = self.param("input_proj_bias", nn.initializers.zeros_init(), (self.hidden,))
+        h = x @ kernel[:d] + (emb.astype(x.dtype) @ kernel[d:] + bias)
         for i in range(self.num_layers - 1):
             h = nn.Dense(self.hidden, name=f"hidden_{i}")(h)
             if i == self.num_layers - 2:
