@@ -9,6 +9,10 @@ Train the tutorial's three models (K = 2, 9, 1000) in one compiled loop, one che
 
     python bin/train.py --config=configs/circle.py:k=2+9+1000 --workdir=runs/circle
 
+The whole study (train or reuse, sample, cluster, energies from the ODE likelihood, figures, report):
+
+    python bin/toy.py --config=configs/circle.py:k=2+9+1000 --workdir=runs/circle
+
 Expect K = 2 to memorize (samples on the two training points), K = 9 to show spurious clusters between
 training points, K = 1000 to spread samples along the whole circle.
 Arg keys: k (int or a+b+c sweep), steps, seed, lr, batch (cap on the batch size; batch = min(batch, K)).
@@ -35,4 +39,7 @@ def get_config(arg=None):
     c.ckpt_every = 5000
     c.keep_checkpoints = 2
     c.sample = dict(num=1500, sampler="em", num_steps=1000, eps=1e-5)  # EM ends at t = eps (tutorial)
+    # bin/toy.py: the memorized / spurious / generalized study (tutorial thresholds, one per K in order).
+    c.study = dict(thresholds=(3.0, 2.0, 0.45), t_eval=0.15, grid=75, bounds=1.5, delta_m=0.1, delta_r=0.05,
+                   min_cluster_frac=0.01, lik_tol=3e-6, empirical_eps=1e-3, attractor_starts=400)
     return c

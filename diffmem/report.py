@@ -32,8 +32,8 @@ def _default(o):
         return int(o)
     if isinstance(o, (np.floating,)):
         return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
+    if isinstance(o, np.ndarray) or hasattr(o, "__array__"):
+        return np.asarray(o).tolist()
     raise TypeError(f"{type(o)} is not JSON serialisable")
 
 

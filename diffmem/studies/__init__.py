@@ -1,0 +1,1 @@
+"""End-to-end studies that chain training, sampling, metrics, energies, figures and a report."""
