@@ -24,7 +24,7 @@ import numpy as np
 
 from diffmem.data.subsets import class_balanced, first_k_of_permutation
 
-FMNIST_DIRS = ("/usr/share/dataset-fashion-mnist", "/usr/share/fashion-mnist", "/usr/share/datasets/fashion-mnist")
+FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # where Debian's dataset-fashion-mnist installs
 FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 TFDS_NAMES = ("cifar10", "mnist", "fashion_mnist", "celeb_a")
