@@ -1,5 +1,6 @@
 """Flax Linen score and denoiser networks (explicit fields, pure init/apply)."""
 from diffmem.nets.embeddings import FourierEmbedding, SinusoidalEmbedding
 from diffmem.nets.mlp import ScoreMLP
+from diffmem.nets.unet import DDPMUNet, count_params
 
-__all__ = ["FourierEmbedding", "SinusoidalEmbedding", "ScoreMLP"]
+__all__ = ["DDPMUNet", "FourierEmbedding", "SinusoidalEmbedding", "ScoreMLP", "count_params"]

@@ -33,17 +33,20 @@ class FourierEmbedding(nn.Module):
 class SinusoidalEmbedding(nn.Module):
     """Transformer-style sinusoidal embedding of a scalar (DDPM uses it on the integer step).
 
-    emb = [sin(t w_j), cos(t w_j)] with w_j = max_period^(-j / half), j = 0..half-1 (DDPM's ordering
-    puts sin first). Input (B,) -> output (B, features).
+    emb = [sin(t w_j), cos(t w_j)] with w_j = max_period^(-j / (half - 1)), j = 0..half-1 (DDPM's formula;
+    `endpoint=False` divides by half instead, as EDM's PositionalEmbedding does, which also puts cos first).
+    Input (B,) -> output (B, features).
     """
     features: int
     max_period: float = 10_000.0
-    flip_sin_to_cos: bool = False  # EDM's PositionalEmbedding puts cos first
+    flip_sin_to_cos: bool = False
+    endpoint: bool = True
 
     @nn.compact
     def __call__(self, t: jax.Array) -> jax.Array:
         half = self.features // 2
-        freqs = jnp.exp(-math.log(self.max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+        denom = max(half - 1, 1) if self.endpoint else half
+        freqs = jnp.exp(-math.log(self.max_period) * jnp.arange(half, dtype=jnp.float32) / denom)
         arg = t.astype(jnp.float32)[:, None] * freqs[None, :]
         parts = [jnp.cos(arg), jnp.sin(arg)] if self.flip_sin_to_cos else [jnp.sin(arg), jnp.cos(arg)]
         return jnp.concatenate(parts, axis=-1)
