@@ -27,7 +27,7 @@ def test_tiny_unet_forward_and_dropout():
 
 
 def test_ddpm_sinusoidal_embedding_formula():
-    e = nets.SinusoidalEmbedding(8)(jnp.array([3.0]))
+    e = nets.SinusoidalEmbedding(8).apply({}, jnp.array([3.0]))
     half = 4
     w = np.exp(-np.log(10000) * np.arange(half) / (half - 1))
     np.testing.assert_allclose(e[0], np.concatenate([np.sin(3 * w), np.cos(3 * w)]), rtol=1e-6)
