@@ -40,6 +40,6 @@ def get_config(arg=None):
     c.keep_checkpoints = 2
     c.sample = dict(num=1500, sampler="em", num_steps=1000, eps=1e-5)  # EM ends at t = eps (tutorial)
     # bin/toy.py: the memorized / spurious / generalized study (tutorial thresholds, one per K in order).
-    c.study = dict(thresholds=(3.0, 2.0, 0.45), t_eval=0.15, grid=75, bounds=1.5, delta_m=0.1, delta_r=0.05,
+    c.study = dict(thresholds=(3.0, 2.0, 0.45), t_eval=0.15, grid=75, bounds=1.5, delta_m=0.1, delta_s=0.1,
                    min_cluster_frac=0.01, lik_tol=3e-6, empirical_eps=1e-3, attractor_starts=400)
     return c

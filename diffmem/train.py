@@ -183,13 +183,15 @@ def init_state(model, optimizer, spec: builders.ModelSpec) -> TrainState:
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Write workdir/config.json, or check a rerun matches it (only `steps` may change, to extend a run)."""
+    """Write workdir/config.json, or check a rerun matches it in everything that shapes training: `steps`
+    (to extend a run) and the sections that only drive later stages (sample, study, logging) may change."""
     path = os.path.join(workdir, "config.json")
     new = json.loads(configlib.to_json(config))
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        old_cmp, new_cmp = dict(old, steps=None), dict(new, steps=None)
+        free = {k: None for k in ("steps", "sample", "study", "log_every", "keep_checkpoints")}
+        old_cmp, new_cmp = dict(old, **free), dict(new, **free)
         if old_cmp != new_cmp:
             diff = sorted(k for k in set(old_cmp) | set(new_cmp) if old_cmp.get(k) != new_cmp.get(k))
             raise configlib.ConfigError(

@@ -5,9 +5,9 @@
 For every K of the config's sweep: train (or reuse) the model, sample it, cluster the samples
 (agglomerative, the tutorial's distance thresholds), compute energies (-log p from the probability-flow
 ODE likelihood at t_eval) of the training points, the cluster centres and a grid, and label each centre
-  memorized   within delta_m of a training point,
-  generalized on the circle (| |c| - 1 | <= delta_r) but near no single training point,
-  spurious    a stable cluster (>= min_cluster_frac of the samples) anywhere else.
+  memorized   samples concentrated (RMS spread <= delta_s) within delta_m of a training point,
+  spurious    samples concentrated away from every training point (a new attractor, >= min_cluster_frac),
+  generalized samples spread out (spread > delta_s), e.g. along an arc of the circle.
 The same study runs on the closed-form empirical model (no training): EM with the exact empirical score,
 its energy E_DM, and the fixed points of the empirical denoiser at the energy's noise level. The largest K
 is compared with the K -> infinity circle energy. Figures and report.{json,md} land in workdir/study/.
@@ -27,28 +27,35 @@ from diffmem import builders, energy, generate, likelihood, report, sampling, tr
 KINDS = ("memorized", "spurious", "generalized")
 
 
-def cluster(samples: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Agglomerative clustering with a distance threshold -> (labels (N,), centres (C, 2), counts (C,))."""
+def cluster(samples: np.ndarray, threshold: float):
+    """Agglomerative clustering with a distance threshold -> labels (N,), centres (C, 2), counts (C,),
+    spreads (C,) (RMS distance of a cluster's samples to its centre)."""
     if len(samples) < 2:
-        return np.zeros(len(samples), int), samples.copy(), np.ones(len(samples), int)
+        return np.zeros(len(samples), int), samples.copy(), np.ones(len(samples), int), np.zeros(len(samples))
     labels = AgglomerativeClustering(n_clusters=None, distance_threshold=threshold).fit(samples).labels_
     ids = np.unique(labels)
     centres = np.stack([samples[labels == i].mean(0) for i in ids])
-    return labels, centres, np.asarray([np.sum(labels == i) for i in ids])
+    spreads = np.asarray([np.sqrt(np.mean(np.sum((samples[labels == i] - c) ** 2, -1))) for i, c in zip(ids, centres)])
+    return labels, centres, np.asarray([np.sum(labels == i) for i in ids]), spreads
 
 
-def classify_centres(centres: np.ndarray, counts: np.ndarray, patterns: np.ndarray, *, delta_m: float,
-                     delta_r: float, min_frac: float) -> list[str]:
-    """Label cluster centres memorized / generalized / spurious (clusters below min_frac: 'transient')."""
+def classify_centres(centres: np.ndarray, counts: np.ndarray, spreads: np.ndarray, patterns: np.ndarray, *,
+                     delta_m: float, delta_s: float, min_frac: float) -> list[str]:
+    """Label clusters by where their samples concentrate (spread = RMS distance of samples to the centre):
+
+      memorized   concentrated (spread <= delta_s) within delta_m of a training point,
+      spurious    concentrated away from every training point (a new attractor), >= min_frac of samples,
+      generalized spread out (spread > delta_s): samples cover a region, e.g. an arc of the circle,
+      transient   small concentrated clusters below min_frac.
+    """
     nearest = np.linalg.norm(centres[:, None] - patterns[None], axis=-1).min(1)
-    radius = np.linalg.norm(centres, axis=-1)
     total = counts.sum()
     kinds = []
-    for d, r, n in zip(nearest, radius, counts):
-        if d <= delta_m:
-            kinds.append("memorized")
-        elif abs(r - 1.0) <= delta_r:
+    for d, spread, n in zip(nearest, spreads, counts):
+        if spread > delta_s:
             kinds.append("generalized")
+        elif d <= delta_m:
+            kinds.append("memorized")
         elif n >= min_frac * total:
             kinds.append("spurious")
         else:
@@ -91,8 +98,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         params, step = generate.load_ema_params(workdir, config, spec, model)
         score = builders.score_fn(config, model, params)
         samples = report.read_npz(os.path.join(workdir, "samples", f"{spec.name}.npz"))["samples"]
-        labels, centres, counts = cluster(samples, thr)
-        kinds = classify_centres(centres, counts, patterns, delta_m=st.delta_m, delta_r=st.delta_r,
+        labels, centres, counts, spreads = cluster(samples, thr)
+        kinds = classify_centres(centres, counts, spreads, patterns, delta_m=st.delta_m, delta_s=st.delta_s,
                                  min_frac=st.min_cluster_frac)
         lik = jax.jit(functools.partial(likelihood.log_likelihood, score, sde, t_eval=st.t_eval, rtol=st.lik_tol,
                                         atol=st.lik_tol))
@@ -109,16 +116,16 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         surfaces.append(dict(title=f"K = {spec.k}", grid_x=gx, grid_y=gy, energy=e_grid.reshape(gx.shape)))
         summary["models"][spec.name] = dict(
             k=spec.k, step=step, threshold=thr, **_summary(kinds, counts),
-            centres=[dict(x=c.tolist(), kind=k, count=int(n), energy=float(e))
-                     for c, k, n, e in zip(centres, kinds, counts, e_centres)],
+            centres=[dict(x=c.tolist(), kind=k, count=int(n), spread=float(sp), energy=float(e))
+                     for c, k, n, sp, e in zip(centres, kinds, counts, spreads, e_centres)],
             pattern_energy_mean=float(np.mean(e_pats)))
         # ----- the closed-form empirical model of the same K points (no training)
         emp_score = energy.empirical_score(jnp.asarray(patterns), sde.sigma, chunk=4096)
         x0 = sampling.tutorial_init(jnp.asarray(seeds, jnp.uint32), 2, sde)
         emp_samples = np.asarray(jax.jit(lambda x, s: sampling.euler_maruyama(
             emp_score, sde, x, s, config.sample.num_steps, eps=st.empirical_eps))(x0, jnp.asarray(seeds, jnp.uint32)))
-        elabels, ecentres, ecounts = cluster(emp_samples, thr)
-        ekinds = classify_centres(ecentres, ecounts, patterns, delta_m=st.delta_m, delta_r=st.delta_r,
+        elabels, ecentres, ecounts, espreads = cluster(emp_samples, thr)
+        ekinds = classify_centres(ecentres, ecounts, espreads, patterns, delta_m=st.delta_m, delta_s=st.delta_s,
                                   min_frac=st.min_cluster_frac)
         sig = float(sde.sigma(st.t_eval))
         e_emp = np.asarray(energy.diffusion_energy(jnp.asarray(grid), st.t_eval, jnp.asarray(patterns),
@@ -137,26 +144,41 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         # ----- the K -> infinity limit beside the largest K
         if i == len(specs) - 1:
             r = np.linalg.norm(grid, axis=1)
-            exact = beta_t * np.asarray(energy.circle_energy(grid, beta_t))
+            closed = beta_t * np.asarray(energy.circle_energy(grid, beta_t))
+            closed -= closed.min()
+            # The K -> infinity score, grad log p_t = beta(t) * circle_score(x, beta(t)), beta(t) = 1/(2 sigma(t)^2),
+            # through the same ODE likelihood (same solver and Gaussian prior at T), so the estimator's own
+            # bias (the prior is not exactly p_T) is shared and only the scores differ.
+            def limit_score(x, t):
+                b = 1.0 / (2.0 * sde.sigma(t) ** 2)
+                return b[:, None] * energy.circle_score(x, b[0]) if b.shape[0] == 1 else \
+                    jax.vmap(lambda xi, bi: bi * energy.circle_score(xi[None], bi)[0])(x, b)
+            exact = -np.asarray(jax.jit(functools.partial(likelihood.log_likelihood, limit_score, sde,
+                                                          t_eval=st.t_eval, rtol=st.lik_tol, atol=st.lik_tol))(
+                jnp.asarray(grid)))
             exact -= exact.min()
             inside = r <= st.bounds
             corr = float(np.corrcoef(e_grid[inside], exact[inside])[0, 1])
             bins = np.linspace(0, st.bounds, 31)
             idx = np.digitize(r, bins)
-            radii, model_r, exact_r = [], [], []
+            radii, model_r, exact_r, closed_r = [], [], [], []
             for b in range(1, len(bins)):
                 m = idx == b
                 if m.any():
                     radii.append(r[m].mean()), model_r.append(e_grid[m].mean()), exact_r.append(exact[m].mean())
+                    closed_r.append(closed[m].mean())
             model_r, exact_r = np.asarray(model_r) - min(model_r), np.asarray(exact_r) - min(exact_r)
+            closed_r = np.asarray(closed_r) - min(closed_r)
             summary["exact_comparison"] = dict(k=spec.k, beta_t=beta_t, grid_correlation=corr,
                                                radial_rms_error=float(np.sqrt(np.mean((model_r - exact_r) ** 2))),
                                                radial_energy_range=float(exact_r.max()))
             viz.radial_profile(os.path.join(out_dir, "exact_vs_model_radial.png"), np.asarray(radii),
-                               {f"K = {spec.k} model": model_r, f"exact circle, beta_t = {beta_t:.2f}": exact_r},
+                               {f"K = {spec.k} model (ODE likelihood)": model_r,
+                                f"exact circle score, same ODE likelihood": exact_r,
+                                f"closed form beta_t E(R), beta_t = {beta_t:.2f}": closed_r},
                                title=f"energy along the radius at t = {st.t_eval}")
             viz.energy_landscapes(os.path.join(out_dir, "exact_vs_model.png"), [
-                dict(title="exact circle energy", grid_x=gx, grid_y=gy, energy=exact.reshape(gx.shape),
+                dict(title="exact circle (K -> infinity)", grid_x=gx, grid_y=gy, energy=exact.reshape(gx.shape),
                      score=np.asarray(energy.circle_score(grid, beta_t)).reshape(gx.shape + (2,))),
                 dict(title=f"K = {spec.k} model", grid_x=gx, grid_y=gy, energy=e_grid.reshape(gx.shape))])
 
