@@ -113,15 +113,16 @@ def circle_energy(x: np.ndarray | jax.Array, beta: float) -> jax.Array:
 
     log I0(z) = log i0e(z) + z (exponentially scaled Bessel function) so beta up to 1e4 does not overflow.
     """
-    r = jnp.linalg.norm(jnp.asarray(x), axis=-1)
+    x = jnp.asarray(x)
+    r = jnp.sqrt(jnp.sum(x * x, axis=-1) + jnp.finfo(x.dtype).tiny)  # differentiable at the origin
     z = 2.0 * beta * r
     return r**2 + 1.0 - (jnp.log(jax.scipy.special.i0e(z)) + z) / beta
 
 
-def circle_score(x: np.ndarray | jax.Array, beta: float, eps: float = 1e-12) -> jax.Array:
+def circle_score(x: np.ndarray | jax.Array, beta: float, eps: float = 1e-9) -> jax.Array:
     """-grad E / 1 along the radius: 2 (I1(2 beta R) / I0(2 beta R) - R) x / R, x (B, 2) -> (B, 2)."""
     x = jnp.asarray(x)
-    r = jnp.maximum(jnp.linalg.norm(x, axis=-1), eps)
+    r = jnp.sqrt(jnp.sum(x * x, axis=-1) + eps**2)  # smooth at the origin (jvp of a norm at 0 is NaN)
     z = 2.0 * beta * r
     radial = 2.0 * (jax.scipy.special.i1e(z) / jax.scipy.special.i0e(z) - r)
     return (radial / r)[:, None] * x
