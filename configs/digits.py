@@ -15,6 +15,8 @@ from diffmem import configlib
 
 def get_config(arg=None):
     a = configlib.parse_arg(arg, k=64, steps=4000, seed=0, lr=1e-3, batch=64, arch="ddpm", precond="ddpm")
+    if a.arch != "ddpm" or a.precond != "ddpm":
+        raise configlib.ConfigError("digits: only arch=ddpm, precond=ddpm are implemented so far.")
     c = ml_collections.ConfigDict()
     c.seed = a.seed
     c.data = dict(name="images", source="digits", k=a.k, subset="permutation", subset_seed=0, split="train",
@@ -22,7 +24,7 @@ def get_config(arg=None):
     c.model = dict(name=a.arch, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1,
                    num_groups=8)
     c.diffusion = dict(precond=a.precond, timesteps=1000, beta_start=1e-4, beta_end=0.02)
-    c.loss = dict(name=a.precond)
+    c.loss = dict(name="ddpm" if a.precond == "ddpm" else a.precond)
     c.optim = dict(lr=a.lr, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0, warmup_steps=200)
     c.ema = dict(decay=0.999, warmup=True)
     c.batch_size = a.batch

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffmem import configlib, losses, nets
+from diffmem import configlib, losses, nets, precond
 from diffmem import sde as sde_lib
 from diffmem.data import toy
 
@@ -28,7 +28,13 @@ class ModelSpec:
     batch_size: int
 
 
+def is_image(config: ml_collections.ConfigDict) -> bool:
+    return config.data.name == "images"
+
+
 def build_sde(config: ml_collections.ConfigDict) -> sde_lib.SDE:
+    if "sde" not in config:
+        raise configlib.ConfigError("This config has no 'sde' section (image configs use 'diffusion').")
     fields = dict(config.sde)
     return sde_lib.make_sde(fields.pop("name"), **fields)
 
@@ -42,17 +48,25 @@ def build_model(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
         return nets.ScoreMLP(marginal_std=build_sde(config).marginal_std, out_dim=data_shape[0],
                              num_layers=m.num_layers, hidden=m.hidden, embed=m.embed,
                              fourier_scale=m.fourier_scale)
-    raise configlib.ConfigError(f"Unknown model.name {m.name!r}; valid: ['mlp'].")
+    if m.name == "ddpm":
+        return nets.DDPMUNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+                             attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, num_groups=m.num_groups)
+    raise configlib.ConfigError(f"Unknown model.name {m.name!r}; valid: ['mlp', 'ddpm'].")
 
 
 def load_pool(config: ml_collections.ConfigDict) -> np.ndarray:
     """The pool the K-subsets are drawn from, (N, *S) float32."""
     d = config.data
+    if d.name == "images":
+        from diffmem.data import images
+        return images.load_images(d.source, split=d.split, data_dir=d.data_dir or None,
+                                  image_size=d.image_size or None, center_crop_images=d.center_crop,
+                                  to_grayscale=d.grayscale).images
     if d.name == "circle":
         return toy.circle_pool(d.pool_size)
     if d.name == "gmm":
         return np.asarray(gmm_from_config(config).sample(jax.random.key(d.subset_seed), d.pool_size))
-    raise configlib.ConfigError(f"Unknown data.name {d.name!r}; valid: ['circle', 'gmm'].")
+    raise configlib.ConfigError(f"Unknown data.name {d.name!r}; valid: ['circle', 'gmm', 'images'].")
 
 
 def gmm_from_config(config: ml_collections.ConfigDict) -> toy.GaussianMixture:
@@ -84,14 +98,33 @@ def model_specs(config: ml_collections.ConfigDict) -> list[ModelSpec]:
 
 def build_loss(config: ml_collections.ConfigDict, model) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
     """Per-example loss `loss(params, x0 (B, *S), key) -> (B,)` of the config's network."""
-    sde = build_sde(config)
+    if config.loss.name == "ddpm":
+        d = config.diffusion
+        ab = jnp.asarray(sde_lib.ddpm_alpha_bar(d.timesteps, d.beta_start, d.beta_end), jnp.float32)
+
+        def loss(params, x0, key):
+            k_loss, k_drop = jax.random.split(key)
+            eps = lambda x, t: model.apply(params, x, t, train=True, rngs={"dropout": k_drop})
+            return losses.ddpm_eps_from_key(eps, x0, k_loss, ab)
+        return loss
     if config.loss.name == "dsm":
+        sde = build_sde(config)
+
         def loss(params, x0, key):
             return losses.dsm_from_key(lambda x, t: model.apply(params, x, t), x0, key, sde)
         return loss
-    raise configlib.ConfigError(f"Unknown loss.name {config.loss.name!r}; valid: ['dsm'].")
+    raise configlib.ConfigError(f"Unknown loss.name {config.loss.name!r}; valid: ['dsm', 'ddpm'].")
 
 
 def score_fn(config: ml_collections.ConfigDict, model, params) -> sde_lib.ScoreFn:
     """The trained network as a batched score function s(x, t)."""
     return lambda x, t: model.apply(params, x, t)
+
+
+def denoiser(config: ml_collections.ConfigDict, model, params) -> sde_lib.Denoiser:
+    """A trained image network as the common denoiser D(x, sigma)."""
+    if config.model.name == "ddpm":
+        d = config.diffusion
+        return precond.ddpm_denoiser(lambda x, t: model.apply(params, x, t),
+                                     sde_lib.ddpm_alpha_bar(d.timesteps, d.beta_start, d.beta_end))
+    raise configlib.ConfigError(f"No denoiser view for model.name {config.model.name!r}.")

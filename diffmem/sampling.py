@@ -1,192 +1,349 @@
-"""Samplers. Every sampler takes a batched score s(x, t) or denoiser D(x, sigma) and per-sample integer
-seeds: sample i's noise comes from `key(seed_i)` alone, so any split of a seed range across batches,
-devices or jobs gives identical samples. Score functions are called with t of shape (1,) (one time for the
-whole batch); `diffmem.sde` functions and the networks broadcast it.
+"""Samplers: reverse-SDE Euler-Maruyama, the probability-flow ODE, DDPM ancestral, DDIM, EDM Euler/Heun.
+
+Every sampler takes a batched score `score_fn(x (B, *S), t (B,))` or denoiser `D(x (B, *S), sigma (B,))`
+(EDM's unscaled view, see `diffmem.sde`) and never asks what is behind it. All are jit-compatible, with
+their loops as `lax.scan`.
+
+Reproducibility: the samplers that draw noise take per-sample integer seeds (B,) (or a (B,) array of typed
+keys). Sample i's start comes from `fold_in(key(seed_i), 0)` and its noise at step j from
+`fold_in(fold_in(key(seed_i), 1), j)`, never from a batch-level key, so sample i depends only on its seed
+and any split of a seed range across calls, devices, hosts or jobs gives identical samples.
+`sample_sharded` runs any `seeds -> samples` function over a 1-D device mesh.
 """
 from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
 
 import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from diffmem.sde import SDE, Denoiser, ScoreFn, _bcast
+from diffmem.sde import SDE, Denoiser, ScoreFn, _bcast, edm_sigma_steps
+
+_UPFRONT_NOISE_MAX = 1 << 24  # draw all EM noise in one op when it fits in 16M numbers (64 MB float32)
 
 
-def _keys(seeds: jax.Array) -> jax.Array:
-    return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+# ----------------------------------------------------------------------------------- per-sample noise
+def per_sample_keys(key_or_seeds) -> jax.Array:
+    """(B,) typed keys: `jax.random.key(seed_i)` for integer seeds (B,), or a (B,) typed key array as is.
+
+    Seeds are read as uint32 (0 <= seed < 2**32), so the same seed gives the same key with or without x64.
+    """
+    if isinstance(key_or_seeds, jax.Array) and jnp.issubdtype(key_or_seeds.dtype, jax.dtypes.prng_key):
+        if key_or_seeds.ndim != 1:
+            raise ValueError(f"Expected one key per sample, a (B,) key array; got shape {key_or_seeds.shape}. "
+                             "A single batch-level key would tie each sample to the batch: pass seeds (B,).")
+        return key_or_seeds
+    if not isinstance(key_or_seeds, jax.core.Tracer):
+        seeds = np.asarray(key_or_seeds)
+        if seeds.ndim != 1 or not np.issubdtype(seeds.dtype, np.integer):
+            raise ValueError(f"Expected per-sample integer seeds of shape (B,); got {seeds.dtype} {seeds.shape}.")
+        if seeds.size and (seeds.min() < 0 or seeds.max() >= 2**32):
+            raise ValueError("Seeds must lie in [0, 2**32): each is read as a uint32.")
+    seeds = jnp.asarray(key_or_seeds)
+    if seeds.ndim != 1 or not jnp.issubdtype(seeds.dtype, jnp.integer):
+        raise ValueError(f"Expected per-sample integer seeds of shape (B,); got {seeds.dtype} {seeds.shape}.")
+    return jax.vmap(jax.random.key)(seeds.astype(jnp.uint32))
 
 
-def initial_noise(seeds: jax.Array, shape: tuple[int, ...], std: float = 1.0) -> jax.Array:
-    """(B, *shape) Gaussian starts, row i from seed i alone."""
-    return std * jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape))(_keys(seeds))
+def initial_noise(key_or_seeds, shape: tuple[int, ...], std: float = 1.0, dtype=jnp.float32) -> jax.Array:
+    """(B, *shape) draws of N(0, std^2 I); row i from `fold_in(key(seed_i), 0)` alone."""
+    keys = per_sample_keys(key_or_seeds)
+    return std * jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape, dtype))(keys)
 
 
 def step_noise(keys: jax.Array, step, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-    """(B, *shape) standard normals for sampler step `step`: row i from fold_in(fold_in(key_i, 1), step)."""
-    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(jax.random.fold_in(k, 1), step), shape, dtype))(keys)
+    """(B, *shape) standard normals for sampler step `step`: row i from fold_in(fold_in(keys[i], 1), step)."""
+    draw = lambda k: jax.random.normal(jax.random.fold_in(jax.random.fold_in(k, 1), step), shape, dtype)
+    return jax.vmap(draw)(keys)
 
 
-def tutorial_init(seeds: jax.Array, dim: int, sde: SDE) -> jax.Array:
-    """The tutorial's start: Gaussian draws normalised to the sphere of radius marginal_std(1)."""
-    z = initial_noise(seeds, (dim,))
-    return z / jnp.linalg.norm(z, axis=-1, keepdims=True) * sde.marginal_std(jnp.asarray(sde.t_max))
+def tutorial_init(key_or_seeds, dim: int, sde: SDE, *, start: str = "tutorial") -> jax.Array:
+    """Starting points (B, dim) at t_max, one per seed.
+
+    start="tutorial": the tutorial's start, Gaussian draws normalised to unit norm and scaled to the
+    sphere of radius marginal_std(t_max) (sigma_max for the VE SDE). start="prior": a plain draw from the
+    SDE's Gaussian prior N(0, prior_std^2 I). Both use `initial_noise`, so sample i depends on seed i only.
+    """
+    z = initial_noise(key_or_seeds, (dim,))
+    if start == "prior":
+        return z * sde.prior_std()
+    if start == "tutorial":
+        return z / jnp.linalg.norm(z, axis=-1, keepdims=True) * sde.marginal_std(jnp.asarray(sde.t_max))
+    raise ValueError(f"Unknown start {start!r}; choose 'tutorial' or 'prior'.")
 
 
-def euler_maruyama(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, seeds: jax.Array, num_steps: int = 1000,
+def _check_batch(x: jax.Array, keys: jax.Array | None, what: str) -> None:
+    if x.ndim < 2:
+        raise ValueError(f"{what} must be batched, (B, *S); got shape {x.shape}.")
+    if keys is not None and keys.shape[0] != x.shape[0]:
+        raise ValueError(f"{what} has {x.shape[0]} rows but {keys.shape[0]} seeds were given: one seed per sample.")
+
+
+# ----------------------------------------------------------------------------------- score-based (SDE view)
+def euler_maruyama(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, key_or_seeds, num_steps: int = 1000,
                    eps: float | None = None) -> jax.Array:
-    """Euler-Maruyama for the reverse SDE dx = [f - g^2 s] dt + g dw (the tutorial's sampler).
+    """The tutorial's Euler-Maruyama solver of the reverse SDE dx = [f - g^2 s] dt + g dw.
 
-    Time grid linspace(t_max, eps, num_steps); returns the mean of the last step (no final noise).
+    Time grid linspace(t_max, eps, num_steps) (eps defaults to sde.t_min), dt = t_0 - t_1; each step
+    mean = x + (g^2 s(x, t) - f(x, t)) dt, x = mean + sqrt(dt) g z. Returns the mean of the last step.
+    x_init (B, *S), key_or_seeds (B,) -> (B, *S).
     """
     eps = sde.t_min if eps is None else eps
+    if not 0 < eps < sde.t_max:
+        raise ValueError(f"eps must lie in (0, t_max = {sde.t_max}); got {eps}.")
+    if num_steps < 2:
+        raise ValueError(f"num_steps must be >= 2 (the step is t_0 - t_1); got {num_steps}.")
+    keys = per_sample_keys(key_or_seeds)
+    _check_batch(x_init, keys, "x_init")
     ts = jnp.linspace(sde.t_max, eps, num_steps, dtype=x_init.dtype)
     dt = ts[0] - ts[1]
-    keys = _keys(seeds)
-    # Small problems draw every step's noise up front (one random op instead of one per step); the noise of
-    # sample i, step j is the same either way: normal(fold_in(key_i, 1))[j] in both cases.
-    upfront = x_init.size * num_steps <= (1 << 24)
-    if upfront:
-        noise = jax.vmap(lambda j: step_noise(keys, j, x_init.shape[1:], x_init.dtype))(jnp.arange(num_steps))
 
-    def step(x, i):
-        t = jnp.full((1,), ts[i], x.dtype)  # one time for the whole batch, broadcast by score_fn
-        g = _bcast(sde.diffusion(t), x)
-        mean = x + (g**2 * score_fn(x, t) - sde.drift(x, t)) * dt
-        z = noise[i] if upfront else step_noise(keys, i, x.shape[1:], x.dtype)
-        return mean + jnp.sqrt(dt) * g * z, mean
+    def mean_and_g(x, t):  # reverse-SDE Euler-Maruyama, drift part
+        tb = jnp.full(x.shape[:1], t, x.dtype)
+        g = _bcast(sde.diffusion(tb), x)
+        return (x + (g**2 * score_fn(x, tb) - sde.drift(x, tb)) * dt).astype(x.dtype), g
 
-    _, means = jax.lax.scan(step, x_init, jnp.arange(num_steps))
-    return means[-1]
+    def step(x, t_and_z):
+        t, z = t_and_z
+        mean, g = mean_and_g(x, t)
+        return mean + jnp.sqrt(dt) * g * z, None
+
+    shape, n_noisy = x_init.shape[1:], num_steps - 1  # the last step's noise is never used
+    if x_init.size * n_noisy <= _UPFRONT_NOISE_MAX:
+        # One random op for all steps (cheaper in a scan on CPU); same numbers as drawing step by step.
+        noise = jax.vmap(lambda j: step_noise(keys, j, shape, x_init.dtype))(jnp.arange(n_noisy))
+        x, _ = jax.lax.scan(step, x_init, (ts[:-1], noise))
+    else:
+        x, _ = jax.lax.scan(lambda x, j: step(x, (ts[j], step_noise(keys, j, shape, x.dtype))),
+                            x_init, jnp.arange(n_noisy))
+    return mean_and_g(x, ts[-1])[0]
 
 
 def probability_flow_ode(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, t0: float | None = None,
-                         t1: float | None = None, solver=None, rtol: float = 1e-5, atol: float = 1e-5) -> jax.Array:
-    """Integrate dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t) from t0 (default t_max) to t1 (default t_min) with diffrax."""
+                         t1: float | None = None, solver=None, rtol: float = 1e-5, atol: float = 1e-5,
+                         dt0: float | None = None, max_steps: int = 100_000) -> jax.Array:
+    """Probability-flow ODE dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t) (Song et al. 2021), solved with diffrax.
+
+    Integrates from t0 (default t_max) to t1 (default t_min) with `solver` (default Tsit5) and a PID step
+    controller; returns x(t1), (B, *S). Each sample is solved with its own adaptive steps (the solve is
+    vmapped), so sample i depends on x_init[i] only, as with seeds. dt0=None picks the first step
+    automatically.
+    """
     t0 = sde.t_max if t0 is None else t0
     t1 = sde.t_min if t1 is None else t1
+    _check_batch(x_init, None, "x_init")
+    solver = diffrax.Tsit5() if solver is None else solver
 
-    def drift(t, x, args):
-        tb = jnp.full((1,), t, x.dtype)
-        return sde.drift(x, tb) - 0.5 * _bcast(sde.diffusion(tb), x) ** 2 * score_fn(x, tb)
+    def field(t, x, args):  # one example x (*S); the network sees a batch of one, t of shape (1,)
+        xb, tb = x[None], jnp.full((1,), t, x.dtype)
+        return (sde.drift(xb, tb) - 0.5 * _bcast(sde.diffusion(tb), xb) ** 2 * score_fn(xb, tb))[0]
 
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(drift), solver or diffrax.Tsit5(), t0, t1, None, x_init,
-                              stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-                              max_steps=100_000)
-    return sol.ys[-1]
+    def solve(x):
+        sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, t0, t1, dt0, x,
+                                  stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+                                  max_steps=max_steps)
+        return sol.ys[-1]
 
-
-# ----------------------------------------------------------------------------------- image samplers
-# All take a batched denoiser D(x, sigma) in EDM's unscaled (variance-exploding) view.
-
-def _vp_denoise(denoiser: Denoiser, x: jax.Array, ab: jax.Array) -> jax.Array:
-    """x0 prediction at a VP state x_t = sqrt(ab) x0 + sqrt(1 - ab) eps via D(x_t / sqrt(ab), sigma)."""
-    sigma = jnp.sqrt((1 - ab) / ab)
-    return denoiser(x / jnp.sqrt(ab), jnp.full(x.shape[:1], sigma, x.dtype))
+    return jax.vmap(solve)(x_init)
 
 
-def ddpm_ancestral(denoiser: Denoiser, x_T: jax.Array, seeds: jax.Array, *, num_steps: int = 1000,
+# ----------------------------------------------------------------------------------- DDPM and DDIM
+def _alpha_bar(T: int, beta_start: float, beta_end: float) -> np.ndarray:
+    return np.cumprod(1.0 - np.linspace(beta_start, beta_end, T, dtype=np.float64))
+
+
+def _vp_x0(denoiser: Denoiser, x: jax.Array, ab) -> jax.Array:
+    """x0 prediction at the VP state x_t = sqrt(ab) x0 + sqrt(1 - ab) eps: D(x_t / sqrt(ab), sqrt((1-ab)/ab))."""
+    return denoiser(x / jnp.sqrt(ab), jnp.full(x.shape[:1], jnp.sqrt((1 - ab) / ab), x.dtype))
+
+
+def ddpm_ancestral(denoiser: Denoiser, x_T: jax.Array, key_or_seeds, *, num_steps: int = 1000,
                    beta_start: float = 1e-4, beta_end: float = 0.02, clip_x0: bool = True) -> jax.Array:
-    """Ho et al. (2020) Algorithm 2 with the fixed-small variance beta_tilde, written through the x0
-    prediction (clipped to [-1, 1] as in Pham et al.'s code) and the posterior q(x_{t-1} | x_t, x0)."""
+    """Ho et al. (2020) ancestral sampling (Algorithm 2) with the fixed-small variance beta_tilde_t.
+
+    Written through the x0 prediction, as Ho et al.'s and Pham et al.'s code do: x0 = D(x_t / sqrt(ab_t),
+    sigma_t), clipped to [-1, 1] when clip_x0, then x_{t-1} = mean of q(x_{t-1} | x_t, x0) + sqrt(beta_tilde_t) z
+    (no noise at the last step). x_T (B, *S) ~ N(0, I), key_or_seeds (B,) -> x_0 (B, *S).
+    """
+    keys = per_sample_keys(key_or_seeds)
+    _check_batch(x_T, keys, "x_T")
     betas = np.linspace(beta_start, beta_end, num_steps, dtype=np.float64)
     ab = np.cumprod(1 - betas)
     ab_prev = np.concatenate([[1.0], ab[:-1]])
-    c0 = np.sqrt(ab_prev) * betas / (1 - ab)            # posterior mean coefficient of x0
-    ct = np.sqrt(1 - betas) * (1 - ab_prev) / (1 - ab)  # ... and of x_t
-    var = betas * (1 - ab_prev) / (1 - ab)
-    keys = _keys(seeds)
-    tables = [jnp.asarray(a, x_T.dtype) for a in (ab, c0, ct, var)]
+    coef_x0 = np.sqrt(ab_prev) * betas / (1 - ab)           # posterior mean = coef_x0 x0 + coef_xt x_t
+    coef_xt = np.sqrt(1 - betas) * (1 - ab_prev) / (1 - ab)
+    var = betas * (1 - ab_prev) / (1 - ab)                   # beta_tilde
+    rev = lambda a: jnp.asarray(a[::-1], x_T.dtype)          # loop index i <-> t = T - 1 - i
+    tables = tuple(rev(a) for a in (ab, coef_x0, coef_xt, var))
+
+    def posterior_mean(x, i):
+        a, c0, ct, _ = (tab[i] for tab in tables)
+        x0 = _vp_x0(denoiser, x, a)
+        x0 = jnp.clip(x0, -1, 1) if clip_x0 else x0
+        return (c0 * x0 + ct * x).astype(x.dtype)
 
     def step(x, i):
-        t = num_steps - 1 - i
-        a, k0, kt, v = (tab[t] for tab in tables)
-        x0 = _vp_denoise(denoiser, x, a)
-        x0 = jnp.clip(x0, -1, 1) if clip_x0 else x0
-        mean = k0 * x0 + kt * x
         z = step_noise(keys, i, x.shape[1:], x.dtype)
-        return jnp.where(t > 0, mean + jnp.sqrt(v) * z, mean), None
+        return posterior_mean(x, i) + jnp.sqrt(tables[3][i]) * z, None
 
-    x, _ = jax.lax.scan(step, x_T, jnp.arange(num_steps))
-    return x
-
-
-def _ddim_times(num_steps: int, T: int) -> np.ndarray:
-    return np.arange(0, T, T // num_steps)[:num_steps]
+    x, _ = jax.lax.scan(step, x_T, jnp.arange(num_steps - 1))
+    return posterior_mean(x, num_steps - 1)
 
 
-def ddim(denoiser: Denoiser, x_T: jax.Array, seeds: jax.Array | None = None, *, num_steps: int = 50,
-         eta: float = 0.0, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-         clip_x0: bool = False, final_denoise: bool = True) -> jax.Array:
-    """Song et al. (2021) DDIM, eq. 12, over uniformly skipped steps of the T-step DDPM schedule; eta = 0 is
-    deterministic (seeds unused), eta = 1 matches DDPM's variance. With final_denoise=False the last step
-    (the x0 prediction from the smallest noise level) is skipped and the state at that level returned,
-    which is what `ddim_invert` starts from."""
-    ab = np.cumprod(1 - np.linspace(beta_start, beta_end, T, dtype=np.float64))
-    ts = _ddim_times(num_steps, T)[::-1]
+def ddim_timesteps(num_steps: int, T: int = 1000) -> np.ndarray:
+    """DDIM's uniform sub-sequence of the T DDPM steps (0-based), floor(i T / num_steps), i < num_steps:
+    0, 50, ..., 950 for 20 of 1000 (the official code's range(0, T, T // num_steps) when it divides)."""
+    if not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps must lie in [1, T = {T}]; got {num_steps}.")
+    return (np.arange(num_steps) * T) // num_steps
+
+
+def ddim(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: int = 50, eta: float = 0.0,
+         T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, clip_x0: bool = False,
+         final_denoise: bool = True) -> jax.Array:
+    """Song, Meng & Ermon (2021) DDIM, eq. 12, over `ddim_timesteps(num_steps, T)` of the T-step DDPM schedule.
+
+    x_T (B, *S) is the state at the largest step of the grid. eta = 0 is deterministic (seeds unused);
+    eta = 1 is DDPM's posterior variance. clip_x0 clips each x0 prediction to [-1, 1] (epsilon stays the
+    one the denoiser implies, as in diffusers); the last step returns the x0 prediction itself, so
+    `jnp.clip(ddim(...), -1, 1)` clips only the final one. final_denoise=False stops at the smallest grid
+    level instead (the start of `ddim_invert`).
+    """
+    keys = None
+    if eta > 0:
+        if key_or_seeds is None:
+            raise ValueError("DDIM with eta > 0 draws noise: pass per-sample seeds (B,).")
+        keys = per_sample_keys(key_or_seeds)
+    _check_batch(x_T, keys, "x_T")
+    ab = _alpha_bar(T, beta_start, beta_end)
+    ts = ddim_timesteps(num_steps, T)[::-1]
     a_now = jnp.asarray(ab[ts], x_T.dtype)
-    a_prev = jnp.asarray(np.concatenate([ab[ts[1:]], [1.0]]), x_T.dtype)
-    keys = None if seeds is None else _keys(seeds)
+    a_next = jnp.asarray(np.concatenate([ab[ts[1:]], [1.0]]), x_T.dtype)  # alpha_bar of "t = -1" is 1
 
     def step(x, i):
-        a, ap = a_now[i], a_prev[i]
-        x0 = _vp_denoise(denoiser, x, a)
-        x0 = jnp.clip(x0, -1, 1) if clip_x0 else x0
+        a, an = a_now[i], a_next[i]
+        x0 = _vp_x0(denoiser, x, a)
         eps = (x - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
-        s = eta * jnp.sqrt((1 - ap) / (1 - a)) * jnp.sqrt(1 - a / ap)
-        x = jnp.sqrt(ap) * x0 + jnp.sqrt(jnp.maximum(1 - ap - s**2, 0.0)) * eps
-        if eta > 0:
-            x = x + s * step_noise(keys, i, x.shape[1:], x.dtype)
-        return x, None
+        x0 = jnp.clip(x0, -1, 1) if clip_x0 else x0
+        sigma = eta * jnp.sqrt((1 - an) / (1 - a) * (1 - a / an))
+        x = jnp.sqrt(an) * x0 + jnp.sqrt(jnp.maximum(1 - an - sigma**2, 0.0)) * eps
+        if keys is not None:
+            x = x + sigma * step_noise(keys, i, x.shape[1:], x.dtype)
+        return x.astype(x_T.dtype), None
 
     x, _ = jax.lax.scan(step, x_T, jnp.arange(num_steps if final_denoise else num_steps - 1))
     return x
 
 
-def ddim_invert(denoiser: Denoiser, x0: jax.Array, *, num_steps: int = 50, T: int = 1000,
+def ddim_invert(denoiser: Denoiser, x0: jax.Array, num_steps: int = 50, *, T: int = 1000,
                 beta_start: float = 1e-4, beta_end: float = 0.02) -> jax.Array:
-    """DDIM (eta = 0) run forwards, from the smallest noise level of `ddim`'s grid to the largest: the inverse
-    of `ddim(..., final_denoise=False)` up to discretisation error. Pass data to treat it as that level
-    (alpha_bar ~ 1), as DDIM inversion usually does."""
-    ab = np.cumprod(1 - np.linspace(beta_start, beta_end, T, dtype=np.float64))
-    levels = jnp.asarray(ab[_ddim_times(num_steps, T)], x0.dtype)
+    """Deterministic DDIM (eta = 0) run in the noising direction over `ddim`'s grid, smallest step to largest.
 
-    def step(x, i):
+    The data x0 (B, *S) is taken as the state at the smallest grid step (alpha_bar ~ 1), as DDIM inversion
+    does; the result is a state at the largest step, which `ddim(..., final_denoise=False)` maps back to x0
+    up to the discretisation error of both passes.
+    """
+    _check_batch(x0, None, "x0")
+    ab = _alpha_bar(T, beta_start, beta_end)
+    levels = jnp.asarray(ab[ddim_timesteps(num_steps, T)], x0.dtype)
+
+    def step(x, i):  # DDIM eq. 12 with eta = 0, from level i to level i + 1
         a, an = levels[i], levels[i + 1]
-        x0_hat = _vp_denoise(denoiser, x, a)
+        x0_hat = _vp_x0(denoiser, x, a)
         eps = (x - jnp.sqrt(a) * x0_hat) / jnp.sqrt(1 - a)
-        return jnp.sqrt(an) * x0_hat + jnp.sqrt(1 - an) * eps, None
+        return (jnp.sqrt(an) * x0_hat + jnp.sqrt(1 - an) * eps).astype(x.dtype), None
 
     x, _ = jax.lax.scan(step, x0, jnp.arange(num_steps - 1))
     return x
 
 
-def edm_euler(denoiser: Denoiser, x_T: jax.Array, *, num_steps: int = 18, sigma_min: float = 0.002,
-              sigma_max: float = 80.0, rho: float = 7.0) -> jax.Array:
-    """Karras et al. (2022) Algorithm 1 without the second-order correction (Euler). x_T ~ N(0, sigma_max^2 I)."""
-    return _edm(denoiser, x_T, num_steps, sigma_min, sigma_max, rho, heun=False)
+# ----------------------------------------------------------------------------------- EDM (Karras et al. 2022)
+def edm_euler(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: int = 18,
+              sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, S_churn: float = 0.0,
+              S_min: float = 0.0, S_max: float = math.inf, S_noise: float = 1.0) -> jax.Array:
+    """Karras et al. (2022) Algorithm 1 without the 2nd-order correction: Euler on the EDM sigma grid,
+    num_steps evaluations. x_T (B, *S) ~ N(0, sigma_max^2 I). S_churn > 0 adds Algorithm 2's churn
+    (then seeds are needed); default off."""
+    return _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, False,
+                S_churn, S_min, S_max, S_noise)
 
 
-def edm_heun(denoiser: Denoiser, x_T: jax.Array, *, num_steps: int = 18, sigma_min: float = 0.002,
-             sigma_max: float = 80.0, rho: float = 7.0) -> jax.Array:
-    """Karras et al. (2022) Algorithm 1: Heun's 2nd-order method on the EDM sigma grid (2N - 1 evaluations)."""
-    return _edm(denoiser, x_T, num_steps, sigma_min, sigma_max, rho, heun=True)
+def edm_heun(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: int = 18,
+             sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, S_churn: float = 0.0,
+             S_min: float = 0.0, S_max: float = math.inf, S_noise: float = 1.0) -> jax.Array:
+    """Karras et al. (2022) Algorithm 1: Heun's method on the EDM sigma grid, the 2nd-order correction at
+    every step but the last (to sigma = 0): 2 num_steps - 1 evaluations (35 for 18). x_T (B, *S) ~
+    N(0, sigma_max^2 I). S_churn > 0 gives Algorithm 2 (stochastic; needs seeds); default off."""
+    return _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, True,
+                S_churn, S_min, S_max, S_noise)
 
 
-def _edm(denoiser, x_T, num_steps, sigma_min, sigma_max, rho, heun):
-    from diffmem.sde import edm_sigma_steps
-    sig = jnp.asarray(edm_sigma_steps(num_steps, sigma_min, sigma_max, rho), x_T.dtype)
-    full = lambda s, x: jnp.full(x.shape[:1], s, x.dtype)
+def _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, heun, S_churn, S_min, S_max,
+         S_noise):
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1; got {num_steps}.")
+    keys = None
+    if S_churn > 0:
+        if key_or_seeds is None:
+            raise ValueError("S_churn > 0 adds noise (Algorithm 2): pass per-sample seeds (B,).")
+        keys = per_sample_keys(key_or_seeds)
+    _check_batch(x_T, keys, "x_T")
+    sig = jnp.asarray(edm_sigma_steps(num_steps, sigma_min, sigma_max, rho), x_T.dtype)  # (N + 1,), ends at 0
+    gamma_max = min(S_churn / num_steps, math.sqrt(2) - 1)
 
-    def step(x, i):
+    def slope(x, s):  # dx/dsigma = (x - D(x; sigma)) / sigma
+        return (x - denoiser(x, jnp.full(x.shape[:1], s, x.dtype))) / s
+
+    def step(x, i, second_order):
         t, t_next = sig[i], sig[i + 1]
-        d = (x - denoiser(x, full(t, x))) / t
-        x_next = x + (t_next - t) * d
-        if heun:
-            safe = jnp.where(t_next > 0, t_next, 1.0)
-            d2 = (x_next - denoiser(x_next, full(safe, x))) / safe
-            x_next = jnp.where(t_next > 0, x + (t_next - t) * 0.5 * (d + d2), x_next)
-        return x_next, None
+        if keys is not None:  # Algorithm 2: raise the noise level to t_hat = (1 + gamma) t
+            gamma = jnp.where((t >= S_min) & (t <= S_max), gamma_max, 0.0).astype(x.dtype)
+            t_hat = t + gamma * t
+            # sqrt(t_hat^2 - t^2) written so that gamma = 0 gives exactly 0 (no fused-multiply-add NaN)
+            x = x + t * jnp.sqrt(gamma * (2 + gamma)) * S_noise * step_noise(keys, i, x.shape[1:], x.dtype)
+        else:
+            t_hat = t
+        d = slope(x, t_hat)
+        x_next = x + (t_next - t_hat) * d
+        if second_order:
+            x_next = x + (t_next - t_hat) * 0.5 * (d + slope(x_next, t_next))
+        return x_next.astype(x_T.dtype)
 
-    x, _ = jax.lax.scan(step, x_T, jnp.arange(num_steps))
-    return x
+    x, _ = jax.lax.scan(lambda x, i: (step(x, i, heun), None), x_T, jnp.arange(num_steps - 1))
+    return step(x, num_steps - 1, False)  # the last step, to sigma = 0, is always Euler
+
+
+# ----------------------------------------------------------------------------------- sharding
+@functools.lru_cache(maxsize=8)
+def _sharded_jit(sampler_fn, mesh: Mesh, axis: str):
+    sharding = NamedSharding(mesh, PartitionSpec(axis))
+    return jax.jit(sampler_fn, in_shardings=sharding, out_shardings=sharding), sharding
+
+
+def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Mesh, *,
+                   axis: str = "data") -> jax.Array:
+    """Run a single-device `sampler_fn(seeds (B,)) -> samples (B, ...)` with seeds and samples sharded
+    over the mesh axis `axis` (NamedSharding, PartitionSpec(axis)).
+
+    The seed batch is padded to a multiple of the axis size by repeating its last seed (the extra rows are
+    dropped), so any B works. Because sample i depends only on seed i, the result equals an unsharded run.
+    The jitted function is cached per (sampler_fn, mesh, axis): keep `sampler_fn` the same object across
+    calls to avoid recompiling. Build the mesh as `Mesh(np.array(jax.devices()), ("data",))`.
+    """
+    seeds = np.asarray(seeds)
+    if seeds.ndim != 1 or seeds.size == 0 or not np.issubdtype(seeds.dtype, np.integer):
+        raise ValueError(f"Expected a non-empty (B,) array of integer seeds; got {seeds.dtype} {seeds.shape}.")
+    if seeds.min() < 0 or seeds.max() >= 2**32:
+        raise ValueError("Seeds must lie in [0, 2**32): each is read as a uint32.")
+    if axis not in mesh.shape:
+        raise ValueError(f"Mesh has axes {tuple(mesh.shape)}; no axis {axis!r} to shard the seeds over.")
+    n = seeds.shape[0]
+    pad = -n % mesh.shape[axis]
+    padded = np.concatenate([seeds, np.repeat(seeds[-1:], pad)]).astype(np.uint32)
+    run, sharding = _sharded_jit(sampler_fn, mesh, axis)
+    return run(jax.device_put(padded, sharding))[:n]
