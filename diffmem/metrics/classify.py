@@ -21,12 +21,20 @@ def classify(d_train: np.ndarray, d_samples: np.ndarray, delta_m: float = 0.03, 
     if d_train.shape != d_samples.shape or d_train.ndim != 1:
         raise ValueError(f"d_train and d_samples must be (N,) arrays of the same length; got {d_train.shape} "
                          f"and {d_samples.shape}.")
+    if np.isnan(d_train).any() or np.isnan(d_samples).any():
+        raise ValueError("Distances contain NaN: recompute the nearest-neighbour distances (a NaN sample?).")
     if delta_m < 0 or delta_s < 0:
         raise ValueError(f"Thresholds must be non-negative; got delta_m={delta_m}, delta_s={delta_s}.")
     labels = np.full(d_train.shape, GENERALIZED, np.int8)
     labels[d_samples <= delta_s] = SPURIOUS
     labels[d_train <= delta_m] = MEMORIZED
     return labels
+
+
+def counts(labels: np.ndarray) -> dict[str, int]:
+    """{"memorized": n_m, "spurious": n_s, "generalized": n_g}, summing to len(labels)."""
+    labels = np.asarray(labels)
+    return {name: int(np.sum(labels == i)) for i, name in enumerate(NAMES)}
 
 
 def fractions(labels: np.ndarray) -> dict[str, float]:

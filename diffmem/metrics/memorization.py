@@ -37,41 +37,78 @@ def max_over_snapshots(ratios: Mapping[int, float]) -> tuple[int, float]:
 
 
 def find_emm(ratio_at: Callable[[int], float], k_grid: Iterable[int], level: float = 0.9,
-             tolerance: float = 0.05, known: Mapping[int, float] | None = None) -> dict:
+             tolerance: float = 0.05, known: Mapping[int, float] | None = None,
+             on_result: Callable[[dict], None] | None = None) -> dict:
     """Effective model memorization: the largest K with memorization ratio >= `level`.
 
-    Brackets on the increasing `k_grid` (the last K still >= level and the first K below it), then bisects
-    in log K until the bracket's relative width is below `tolerance`. `ratio_at(K)` trains/samples/measures
-    a model on demand; results in `known` (finished runs) are reused and never recomputed.
-    Returns {"emm": K or None, "bracket": (lo, hi), "ratios": {K: ratio}} where emm is None if even the
-    smallest K is below the level (and the largest grid K if all are above).
+    Assumes the ratio falls with K. Scans the increasing `k_grid` for a bracket (lo = the last K still
+    >= level, hi = the first K below it), then bisects in log K (mid = round(sqrt(lo * hi))) until
+    hi - lo == 1 or the bracket's relative width (hi - lo) / lo is <= `tolerance` (tolerance=0: the exact
+    integer answer). `ratio_at(K)` trains/samples/measures a model on demand; results in `known` (finished
+    runs) are reused and never recomputed, and each K is evaluated at most once.
+
+    Args:
+      ratio_at: K -> memorization ratio in [0, 1].
+      k_grid: the K values to bracket on (any order; duplicates ignored).
+      level: the memorization level (Gu et al.: 0.9).
+      tolerance: stop bisecting once (hi - lo) / lo <= tolerance.
+      known: {K: ratio} already measured.
+      on_result: called with the current result dict (as returned below) after every new evaluation,
+        e.g. to save progress.
+    Returns:
+      {"emm": K or None, "bracket": (lo, hi), "ratios": {K: ratio}, "history": [...], "status": str,
+       "level", "tolerance"}. status is "bracketed" (emm = lo), "below_grid" (even the smallest K is below
+      the level: emm None, bracket (None, smallest K)) or "above_grid" (every grid K is >= level: emm is
+      the largest grid K, a lower bound; bracket (largest K, None)). history lists every K looked at in
+      order: {"k", "ratio", "phase" ("grid" | "bisect"), "reused" (from `known`), "bracket" after it}.
     """
-    ratios: dict[int, float] = dict(known or {})
-
-    def r(k: int) -> float:
-        if k not in ratios:
-            ratios[k] = float(ratio_at(k))
-        return ratios[k]
-
+    if not 0.0 < level <= 1.0:
+        raise ValueError(f"level = {level} must be in (0, 1] (Gu et al. use 0.9).")
+    if tolerance < 0:
+        raise ValueError(f"tolerance = {tolerance} must be >= 0 (0 bisects to the exact integer K).")
     grid = sorted(set(int(k) for k in k_grid))
     if not grid:
-        raise ValueError("k_grid is empty.")
-    lo = hi = None
-    for k in grid:
-        if r(k) >= level:
-            lo = k
+        raise ValueError("k_grid is empty: give at least one K, e.g. 250,500,1000,2000.")
+    if grid[0] < 1:
+        raise ValueError(f"k_grid holds K = {grid[0]}; training-set sizes must be >= 1.")
+    known = {int(k): float(v) for k, v in (known or {}).items()}
+    ratios: dict[int, float] = {}
+    history: list[dict] = []
+    state = {"lo": None, "hi": None}
+
+    def result(status: str) -> dict:
+        emm = state["lo"] if status != "below_grid" else None
+        return {"emm": emm, "bracket": (state["lo"], state["hi"]), "ratios": dict(sorted(ratios.items())),
+                "history": list(history), "status": status, "level": level, "tolerance": tolerance}
+
+    def r(k: int, phase: str) -> float:
+        if k in ratios:
+            return ratios[k]
+        reused = k in known
+        ratios[k] = known[k] if reused else float(ratio_at(k))
+        if ratios[k] >= level:
+            state["lo"] = k if state["lo"] is None else max(state["lo"], k)
         else:
-            hi = k
+            state["hi"] = k if state["hi"] is None else min(state["hi"], k)
+        history.append({"k": k, "ratio": ratios[k], "phase": phase, "reused": reused,
+                        "bracket": (state["lo"], state["hi"])})
+        if on_result is not None and not reused:
+            on_result(result("searching"))
+        return ratios[k]
+
+    for k in grid:
+        if r(k, "grid") < level:
             break
+    lo, hi = state["lo"], state["hi"]
     if lo is None:
-        return {"emm": None, "bracket": (None, grid[0]), "ratios": ratios}
+        return result("below_grid")
     if hi is None:
-        return {"emm": lo, "bracket": (lo, None), "ratios": ratios}
+        return result("above_grid")
     while hi - lo > 1 and (hi - lo) / lo > tolerance:
-        mid = int(round(math.sqrt(lo * hi)))
-        mid = min(max(mid, lo + 1), hi - 1)
-        if r(mid) >= level:
+        mid = min(max(int(round(math.sqrt(lo * hi))), lo + 1), hi - 1)
+        if r(mid, "bisect") >= level:
             lo = mid
         else:
             hi = mid
-    return {"emm": lo, "bracket": (lo, hi), "ratios": dict(sorted(ratios.items()))}
+    state["lo"], state["hi"] = lo, hi  # non-monotone ratios must not move the bracket off the search path
+    return result("bracketed")

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Classify a workdir's samples per K: Gu et al.'s memorization ratio and Pham et al.'s memorized / spurious /
+generalized classes, into workdir/classify/ (per-K .npz/.json, summary.json, report.md, figures).
+
+    python bin/classify.py --workdir=runs/digits                       # LPIPS (AlexNet), 0.03 / 0.02
+    python bin/classify.py --workdir=runs/digits --metric=pixel --delta_m=1.0 --delta_s=1.0 --k=16,64
+
+Finished K are skipped; new thresholds relabel stored distances; a new metric recomputes.
+"""
+import sys
+
+from absl import flags
+
+from diffmem import cli
+
+flags.DEFINE_string("workdir", None, "Workdir with config.json and samples/<K>.npz (bin/train.py, bin/sample.py).")
+flags.DEFINE_enum("metric", "lpips", ["lpips", "pixel"], "Distance of Pham et al.'s d_m and d_s.")
+flags.DEFINE_float("delta_m", None, "Memorized iff d_m <= delta_m (default 0.03 for LPIPS; required for pixel).")
+flags.DEFINE_float("delta_s", None, "Spurious iff not memorized and d_s <= delta_s (default 0.02 for LPIPS).")
+flags.DEFINE_list("k", None, "Only these models (names = K); default: every model with samples.")
+flags.DEFINE_enum("lpips_net", "alexnet", ["alexnet", "vgg16"], "LPIPS backbone (VGG16 belongs on accelerators).")
+flags.DEFINE_integer("rows", 3, "Image-panel rows per class.")
+flags.mark_flag_as_required("workdir")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    import os
+
+    from diffmem.studies import memorization
+    memorization.run(FLAGS.workdir, metric=FLAGS.metric, delta_m=FLAGS.delta_m, delta_s=FLAGS.delta_s,
+                     names=FLAGS.k, lpips_net=FLAGS.lpips_net, rows_per_class=FLAGS.rows)
+    print(f"report: {os.path.join(FLAGS.workdir, 'classify', 'report.md')}")
+
+
+if __name__ == "__main__":
+    cli.run(main, sys.argv)

@@ -1,0 +1,525 @@
+"""Memorization study of one workdir, per K: Gu et al.'s memorization ratio and Pham et al.'s classes.
+
+    summary = run("runs/digits")                                  # LPIPS (AlexNet), 0.03 / 0.02
+    summary = run("runs/digits", metric="pixel", delta_m=2.0, delta_s=1.5, names=["16"])
+    result = emm("runs/emm", config, k_grid=[250, 500, 1000, 2000])  # train/sample/classify on demand
+
+Inputs (bin/train.py, bin/sample.py):
+  W/config.json                 the config; `builders.model_specs` gives each model's training set (K, H, W, C)
+  W/samples/<K>.npz             samples (N, H, W, C) float32 in [-1, 1], seeds (N,), step, sampler
+  W/samples/<K>@<step>.npz      optional samples of an earlier checkpoint (for the max over snapshots)
+  W/samples/optimal/<K>.npz     optional samples of the empirical optimal denoiser (step -1)
+Per model (a trained K, or the optimal denoiser of the same K points):
+  * pixel L2 (flattened images) to the nearest and second-nearest training image -> Gu et al.'s ratio:
+    memorized iff d1 / d2 < 1/3, reported as the maximum over the snapshots (`<K>.npz` and `<K>@<step>.npz`);
+  * d_m, d_s: distance to the nearest training image and to the nearest *other* sample (self excluded by
+    index) in the classification metric -- LPIPS (AlexNet; `lpips.features` then the tiled k-NN) by default,
+    or pixel L2 -- and Pham et al.'s labels memorized (d_m <= delta_m) / spurious (d_s <= delta_s) /
+    generalized;
+  * W/classify/<K>.npz, <K>.json (W/classify/optimal/... for the optimal denoiser), see `NPZ_KEYS`.
+A model whose results are newer than its sample files and used the same settings is skipped; new thresholds
+with the same metric relabel the stored distances; a new metric recomputes. Then W/classify/summary.json,
+report.md and figures: ratio and class fractions vs K (optimal denoiser beside trained), and per model an
+image panel (for each class a few rows: sample | nearest training image | nearest other sample).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+
+from diffmem import builders, checkpoint, configlib, generate, report, viz
+from diffmem.metrics import classify, distances, memorization
+
+import matplotlib.pyplot as plt  # noqa: E402  (after viz, which selects the Agg backend)
+
+METRICS = ("lpips", "pixel")
+DEFAULT_DELTAS = {"lpips": (0.03, 0.02)}  # Pham et al.'s published example thresholds (LPIPS units)
+KINDS = {"trained": "", "optimal": "optimal"}  # kind -> sub-folder of samples/ and classify/
+NPZ_KEYS = {
+    "seeds": "(N,) int64 sample seeds",
+    "labels": "(N,) int8 Pham class: 0 memorized, 1 spurious, 2 generalized (classify.NAMES)",
+    "d_m": "(N,) distance to the nearest training image in the metric (LPIPS value or pixel L2)",
+    "d_m_idx": "(N,) int64 index of that training image in the model's training set",
+    "d_s": "(N,) distance to the nearest other sample in the metric",
+    "d_s_idx": "(N,) int64 index of that sample",
+    "train_dist": "(N, 2) pixel L2 to the nearest and second-nearest training image (inf if K = 1)",
+    "train_idx": "(N, 2) int64 their indices (-1 if K = 1)",
+    "sample_dist": "(N,) pixel L2 to the nearest other sample",
+    "sample_idx": "(N,) int64 its index",
+    "gu_memorized": "(N,) bool d1 / d2 < 1/3",
+}
+_FILE = re.compile(r"^(?P<name>\d+(?:_s\d+)?)(?:@(?P<step>-?\d+))?\.npz$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What a classification depends on besides the sample files: the metric of d_m / d_s ("lpips" or
+    "pixel"), the thresholds in that metric's units, and the LPIPS backbone."""
+    metric: str = "lpips"
+    delta_m: float = 0.03
+    delta_s: float = 0.02
+    lpips_net: str = "alexnet"
+
+    @property
+    def units(self) -> str:
+        return f"LPIPS ({self.lpips_net})" if self.metric == "lpips" else "pixel L2 (flattened, images in [-1, 1])"
+
+
+def make_settings(metric: str = "lpips", delta_m: float | None = None, delta_s: float | None = None,
+                  lpips_net: str = "alexnet") -> Settings:
+    """Validated Settings; LPIPS thresholds default to Pham et al.'s 0.03 / 0.02, pixel ones must be given."""
+    if metric not in METRICS:
+        raise ValueError(f"Unknown metric {metric!r}; choose one of {METRICS}.")
+    if metric not in DEFAULT_DELTAS and (delta_m is None or delta_s is None):
+        raise ValueError(f"metric={metric!r} has no published thresholds: pass both delta_m and delta_s in "
+                         "pixel L2 units (flattened images in [-1, 1]; e.g. --delta_m=1.0 --delta_s=1.0), or "
+                         "use metric='lpips'.")
+    dm, ds = DEFAULT_DELTAS.get(metric, (None, None))
+    dm, ds = float(dm if delta_m is None else delta_m), float(ds if delta_s is None else delta_s)
+    if dm < 0 or ds < 0:
+        raise ValueError(f"Thresholds must be >= 0; got delta_m={dm}, delta_s={ds}.")
+    return Settings(metric, dm, ds, lpips_net if metric == "lpips" else "")
+
+
+# ------------------------------------------------------------------------------------- distances, labels
+def _tiles(n: int, m: int) -> dict:
+    """Tiles no larger than needed (the k-NN pads to whole tiles): powers of two up to 512 x 2048."""
+    pow2 = lambda v, cap: min(cap, 1 << max(0, int(v) - 1).bit_length())
+    return dict(query_tile=pow2(n, 512), ref_tile=pow2(m, 2048))
+
+
+def neighbours(samples: np.ndarray, train: np.ndarray, settings: Settings, *, lpips_weights=None,
+               mesh=None) -> dict[str, np.ndarray]:
+    """Nearest training images and nearest other samples of `samples` (N, H, W, C) among `train` (K, H, W, C).
+
+    Pixel distances are always computed (Gu et al.'s ratio); d_m / d_s are in `settings.metric` (LPIPS needs
+    `lpips_weights`, from `lpips.load_weights`). Returns the arrays of `NPZ_KEYS` except labels, seeds and
+    gu_memorized. `mesh` shards the queries of the k-NN over devices.
+    """
+    samples, train = np.asarray(samples, np.float32), np.asarray(train, np.float32)
+    n, m = len(samples), len(train)
+    if samples.shape[1:] != train.shape[1:]:
+        raise ValueError(f"Samples of shape {samples.shape[1:]} cannot be compared with training images of shape "
+                         f"{train.shape[1:]}: were they sampled from this workdir's models?")
+    if n < 2 or m < 1:
+        raise ValueError(f"Need >= 2 samples (nearest *other* sample) and >= 1 training image; got {n} and {m}.")
+    _, i = distances.knn(samples, train, min(2, m), mesh=mesh, **_tiles(n, m))
+    if m == 1:
+        i = np.pad(i, ((0, 0), (0, 1)), constant_values=-1)
+    _, js = distances.knn(samples, samples, 1, exclude_self_offset=0, mesh=mesh, **_tiles(n, n))
+    d = np.stack([_l2(samples, train, i[:, 0]), _l2(samples, train, i[:, 1])], axis=1)
+    swap = d[:, 1] < d[:, 0]  # the exact distances may reorder a near tie of the GEMM form
+    d[swap], i[swap] = d[swap][:, ::-1], i[swap][:, ::-1]
+    out = dict(train_dist=d, train_idx=i, sample_dist=_l2(samples, samples, js[:, 0]), sample_idx=js[:, 0])
+    if settings.metric == "pixel":
+        out.update(d_m=out["train_dist"][:, 0], d_m_idx=i[:, 0], d_s=out["sample_dist"], d_s_idx=js[:, 0])
+    else:
+        from diffmem.metrics import lpips
+        if lpips_weights is None:
+            raise ValueError("metric='lpips' needs lpips_weights (diffmem.metrics.lpips.load_weights('alexnet')).")
+        dm, im = lpips.lpips_knn(lpips_weights, samples, train, 1, mesh=mesh, **_tiles(n, m))
+        dd, jd = lpips.lpips_knn(lpips_weights, samples, samples, 1, exclude_self_offset=0, mesh=mesh,
+                                 **_tiles(n, n))
+        out.update(d_m=dm[:, 0], d_m_idx=im[:, 0], d_s=dd[:, 0], d_s_idx=jd[:, 0])
+    return out
+
+
+def _l2(x: np.ndarray, refs: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """||x_n - refs[idx_n]|| computed directly (N,) float32, inf where idx is -1. The k-NN's GEMM form
+    ||a||^2 + ||b||^2 - 2 a.b loses ~sqrt(eps) ||a|| to cancellation (an exact copy comes out at ~1e-3, not 0);
+    the neighbours' distances are recomputed exactly here."""
+    out = np.full(len(x), np.inf, np.float32)
+    for s in range(0, len(x), 4096):  # bounded memory for large sample sets
+        j = idx[s:s + 4096]
+        ok = j >= 0
+        diff = x[s:s + 4096][ok].reshape(int(ok.sum()), -1).astype(np.float64) - refs[j[ok]].reshape(int(ok.sum()), -1)
+        out[s:s + 4096][ok] = np.sqrt(np.sum(diff * diff, axis=1))
+    return out
+
+
+def label(arrays: dict[str, np.ndarray], settings: Settings) -> dict[str, np.ndarray]:
+    """Add Pham et al.'s `labels` and Gu et al.'s `gu_memorized` to the arrays of `neighbours`."""
+    d = arrays["train_dist"]
+    return dict(arrays, labels=classify.classify(arrays["d_m"], arrays["d_s"], settings.delta_m, settings.delta_s),
+                gu_memorized=memorization.is_memorized(d[:, 0], d[:, 1]))
+
+
+def gu_ratio(samples: np.ndarray, train: np.ndarray, mesh=None) -> float | None:
+    """Gu et al.'s memorization ratio of samples (N, *S) against train (K, *S); None for K < 2 (undefined)."""
+    if len(train) < 2:
+        return None
+    samples, train = np.asarray(samples, np.float32), np.asarray(train, np.float32)
+    _, i = distances.knn(samples, train, 2, mesh=mesh, **_tiles(len(samples), len(train)))
+    d = np.sort(np.stack([_l2(samples, train, i[:, 0]), _l2(samples, train, i[:, 1])], axis=1), axis=1)
+    return memorization.memorization_ratio(d[:, 0], d[:, 1])
+
+
+# ------------------------------------------------------------------------------------------ one model
+@dataclasses.dataclass(frozen=True)
+class SampleSet:
+    """A model's sample files: `latest` (samples/<name>.npz) and earlier `snapshots` {step: path}."""
+    name: str
+    kind: str  # "trained" | "optimal"
+    latest: str
+    snapshots: dict
+
+    @property
+    def key(self) -> str:
+        return self.name if self.kind == "trained" else f"optimal/{self.name}"
+
+
+def find_samples(workdir: str) -> list[SampleSet]:
+    """The sample sets in workdir/samples (trained) and workdir/samples/optimal, sorted by K.
+    Snapshot files without their latest file (sampling unfinished) are ignored."""
+    sets = []
+    for kind, sub in KINDS.items():
+        folder = os.path.join(workdir, "samples", sub)
+        found: dict[str, dict] = {}
+        for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            match = _FILE.match(f)
+            if match:
+                step = match["step"]
+                found.setdefault(match["name"], {})[None if step is None else int(step)] = os.path.join(folder, f)
+        for name, files in found.items():
+            if None in files:
+                latest = files.pop(None)
+                sets.append(SampleSet(name, kind, latest, dict(sorted(files.items()))))
+    return sorted(sets, key=lambda s: (s.kind != "trained", checkpoint.sort_key(s.name)))
+
+
+def _outputs(workdir: str, sset: SampleSet) -> tuple[str, str]:
+    base = os.path.join(workdir, "classify", KINDS[sset.kind], sset.name)
+    return base + ".npz", base + ".json"
+
+
+def _load_samples(path: str) -> dict:
+    z = report.read_npz(path)
+    if "samples" not in z:
+        raise ValueError(f"{path} has no 'samples' array (keys {sorted(z)}); write it with bin/sample.py.")
+    x = z["samples"]
+    if x.ndim != 4 or not np.all(np.isfinite(x)):
+        raise ValueError(f"{path}: samples must be finite (N, H, W, C) images; got shape {x.shape}"
+                         f"{'' if x.ndim != 4 else ' with non-finite values'}.")
+    return dict(samples=x.astype(np.float32), seeds=z.get("seeds", np.arange(len(x))).astype(np.int64),
+                step=int(z.get("step", -1)), sampler=str(z.get("sampler", "")))
+
+
+def _existing(workdir: str, sset: SampleSet) -> dict | None:
+    """The stored JSON of a model if both outputs exist, are newer than every sample file and were made from
+    the same set of files; else None."""
+    npz, js = _outputs(workdir, sset)
+    if not (os.path.exists(npz) and os.path.exists(js)):
+        return None
+    with open(js) as f:
+        meta = json.load(f)
+    inputs = [sset.latest, *sset.snapshots.values()]
+    if sorted(meta.get("inputs", [])) != sorted(os.path.relpath(p, workdir) for p in inputs):
+        return None
+    newest_input = max(os.stat(p).st_mtime_ns for p in inputs)
+    return meta if min(os.stat(npz).st_mtime_ns, os.stat(js).st_mtime_ns) >= newest_input else None
+
+
+def classify_model(workdir: str, sset: SampleSet, train: np.ndarray, k: int, settings: Settings, *,
+                   lpips_weights: Callable[[], object], mesh=None) -> tuple[dict, str]:
+    """Classify one model's samples (or reuse its finished results). Returns (meta, status) where meta is
+    what classify/<name>.json holds and status is "skipped", "relabelled" or "computed"."""
+    npz_path, json_path = _outputs(workdir, sset)
+    old = _existing(workdir, sset)
+    want = dataclasses.asdict(settings)
+    if old is not None and old["settings"] == want:
+        return old, "skipped"
+    data = _load_samples(sset.latest)
+    same_distances = old is not None and {k_: old["settings"][k_] for k_ in ("metric", "lpips_net")} == {
+        k_: want[k_] for k_ in ("metric", "lpips_net")}
+    if same_distances:  # only the thresholds changed: relabel the stored distances
+        arrays, status = label(report.read_npz(npz_path), settings), "relabelled"
+        by_step = {int(s): r for s, r in old["ratio_by_step"].items()}
+    else:
+        weights = lpips_weights() if settings.metric == "lpips" else None
+        arrays = label(neighbours(data["samples"], train, settings, lpips_weights=weights, mesh=mesh), settings)
+        status, d = "computed", arrays["train_dist"]
+        by_step = {s: gu_ratio(_load_samples(p)["samples"], train, mesh) for s, p in sset.snapshots.items()}
+        by_step[data["step"]] = memorization.memorization_ratio(d[:, 0], d[:, 1]) if len(train) > 1 else None
+    arrays = {key: arrays[key] for key in NPZ_KEYS if key != "seeds"}
+    report.write_npz(npz_path, seeds=data["seeds"], **arrays)
+    defined = {s: r for s, r in by_step.items() if r is not None}
+    best_step, best = memorization.max_over_snapshots(defined) if defined else (None, None)
+    meta = dict(
+        name=sset.name, k=int(k), kind=sset.kind, settings=want, units=settings.units,
+        num_samples=len(data["samples"]), step=data["step"], sampler=data["sampler"],
+        counts=classify.counts(arrays["labels"]), fractions=classify.fractions(arrays["labels"]),
+        memorization_ratio=best, ratio_step=best_step, ratio_latest=by_step[data["step"]],
+        ratio_by_step={str(s): r for s, r in sorted(by_step.items())},
+        median_d_m=float(np.median(arrays["d_m"])), median_d_s=float(np.median(arrays["d_s"])),
+        inputs=sorted(os.path.relpath(p, workdir) for p in [sset.latest, *sset.snapshots.values()]),
+        arrays={key: NPZ_KEYS[key] for key in NPZ_KEYS})
+    report.write_json(json_path, meta)  # last: a crash before this leaves the model "unfinished"
+    return meta, status
+
+
+# ---------------------------------------------------------------------------------------- the study
+def run(workdir: str, *, metric: str = "lpips", delta_m: float | None = None, delta_s: float | None = None,
+        names: Sequence[str] | None = None, lpips_net: str = "alexnet", rows_per_class: int = 3,
+        figures: bool = True, mesh=None, log: Callable[[str], None] | None = print) -> dict:
+    """Classify every model of `workdir` with samples (or the models named by K in `names`), then write
+    classify/summary.json, report.md and figures. Returns the summary:
+    {"workdir", "settings", "trained": {name: meta}, "optimal": {name: meta}, "status": {key: ...},
+     "not_included": {key: reason}, "figures": [paths]} with meta as in classify/<name>.json.
+    """
+    settings = make_settings(metric, delta_m, delta_s, lpips_net)
+    config = generate.load_config(workdir)
+    specs = {s.name: s for s in builders.model_specs(config)}
+    sets = find_samples(workdir)
+    if not sets:
+        raise FileNotFoundError(f"No samples in {os.path.join(workdir, 'samples')}: sample the models first "
+                                f"(python bin/sample.py --workdir={workdir} --seeds=0-999).")
+    wanted = None if names is None else [str(n) for n in names]
+    if wanted is not None:
+        missing = [n for n in wanted if n not in {s.name for s in sets}]
+        if missing:
+            have = sorted({s.name for s in sets}, key=checkpoint.sort_key)
+            raise FileNotFoundError(f"No samples for K = {missing} in {workdir}/samples (have {have}); sample "
+                                    f"them with python bin/sample.py --workdir={workdir} --k={','.join(missing)}.")
+    weights = []
+
+    def lpips_weights():
+        if not weights:
+            from diffmem.metrics import lpips
+            weights.append(lpips.load_weights(settings.lpips_net))
+        return weights[0]
+
+    out_dir = os.path.join(workdir, "classify")
+    panels: list[str | None] = []
+    summary = dict(workdir=os.path.abspath(workdir), settings=dataclasses.asdict(settings), units=settings.units,
+                   trained={}, optimal={}, status={}, not_included={}, figures=[])
+    for sset in sets:
+        if sset.name not in specs:
+            summary["not_included"][sset.key] = f"no model {sset.name!r} in {workdir}/config.json"
+            continue
+        spec = specs[sset.name]
+        if wanted is not None and sset.name not in wanted:
+            old = _existing(workdir, sset)
+            if old is not None and old["settings"] == dataclasses.asdict(settings):
+                summary[sset.kind][sset.name], summary["status"][sset.key] = old, "existing"
+            else:
+                summary["not_included"][sset.key] = "not requested, and no finished results with these settings"
+            continue
+        meta, status = classify_model(workdir, sset, spec.data, spec.k, settings, lpips_weights=lpips_weights,
+                                      mesh=mesh)
+        summary[sset.kind][sset.name], summary["status"][sset.key] = meta, status
+        if log:
+            log(f"{sset.key}: {status}; ratio {meta['memorization_ratio']}, "
+                + ", ".join(f"{c} {meta['fractions'][c]:.3f}" for c in classify.NAMES))
+        if figures:
+            panel = os.path.join(out_dir, f"panels_{sset.key.replace('/', '_')}.png")
+            if status != "skipped" or not os.path.exists(panel):
+                panel = draw_panels(panel, workdir, sset, spec.data, meta, rows_per_class)
+            panels.append(panel)
+    if figures:
+        summary["figures"] = _curves(out_dir, summary) + [p for p in panels if p]
+    report.write_json(os.path.join(out_dir, "summary.json"), summary)
+    _markdown(os.path.join(out_dir, "report.md"), summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def draw_panels(path: str, workdir: str, sset: SampleSet, train: np.ndarray, meta: dict,
+                rows_per_class: int = 3) -> str | None:
+    """For each class, up to `rows_per_class` rows (the first samples of that class by index):
+    sample | its nearest training image | its nearest other sample, captioned with d_m and d_s.
+    Returns the path, or None if there is nothing to show."""
+    data = _load_samples(sset.latest)
+    arrays = report.read_npz(_outputs(workdir, sset)[0])
+    rows = [(c, i) for c, name in enumerate(classify.NAMES)
+            for i in np.flatnonzero(arrays["labels"] == c)[:rows_per_class]]
+    if not rows:
+        return None
+    x, seeds = data["samples"], data["seeds"]
+    show = lambda img: np.clip((img + 1) / 2, 0, 1)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(4.8, 1.9 * len(rows) + 0.4), squeeze=False,
+                             layout="constrained")
+    for r, (c, i) in enumerate(rows):
+        m, s = int(arrays["d_m_idx"][i]), int(arrays["d_s_idx"][i])
+        cells = ((x[i], f"{classify.NAMES[c]}\nseed {seeds[i]}"), (train[m], f"train #{m}\nd_m {arrays['d_m'][i]:.3g}"),
+                 (x[s], f"seed {seeds[s]}\nd_s {arrays['d_s'][i]:.3g}"))
+        for ax, (img, caption) in zip(axes[r], cells):
+            ax.imshow(show(img[..., 0]) if img.shape[-1] == 1 else show(img), cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([]), ax.set_xlabel(caption, fontsize=7)
+    for ax, head in zip(axes[0], ("sample", "nearest training image", "nearest other sample")):
+        ax.set_title(head, fontsize=8)
+    who = f"K = {meta['k']}" + (" (optimal denoiser)" if sset.kind == "optimal" else f", step {meta['step']}")
+    fig.suptitle(f"{who}; {meta['units']}, delta_m {meta['settings']['delta_m']}, "
+                 f"delta_s {meta['settings']['delta_s']}", fontsize=8)
+    return viz.save_figure(fig, path)
+
+
+def _series(summary: dict, value: Callable[[dict], float | None]) -> dict:
+    out = {}
+    for kind in KINDS:
+        pts = sorted((m["k"], value(m)) for m in summary[kind].values() if value(m) is not None)
+        if pts:
+            out[kind] = (np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
+    return out
+
+
+def _curves(out_dir: str, summary: dict) -> list[str]:
+    """ratio_vs_k.png (Gu et al.'s ratio) and classes_vs_k.png (Pham et al.'s fractions); the optimal
+    denoiser dashed beside the trained models."""
+    figs = []
+    ratio = _series(summary, lambda m: m["memorization_ratio"])
+    if ratio:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for kind, (ks, ys) in ratio.items():
+            ax.plot(ks, 100 * ys, "o-" if kind == "trained" else "s--", label=f"{kind} (max over snapshots)"
+                    if kind == "trained" else "optimal denoiser")
+        ax.axhline(90, color="gray", lw=0.8, ls=":")
+        ax.set_xscale("log"), ax.set_ylim(-3, 103), ax.set_xlabel("training set size K")
+        ax.set_ylabel("memorization ratio (%)"), ax.set_title("Gu et al.: d1/d2 < 1/3 (pixel L2)", fontsize=9)
+        ax.grid(alpha=0.3), ax.legend(fontsize=8)
+        figs.append(viz.save_figure(fig, os.path.join(out_dir, "ratio_vs_k.png")))
+    if summary["trained"] or summary["optimal"]:
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for c, color in zip(classify.NAMES, ("tab:red", "tab:orange", "tab:green")):
+            for kind, (ks, ys) in _series(summary, lambda m: m["fractions"][c]).items():
+                ax.plot(ks, ys, "o-" if kind == "trained" else "s--", color=color,
+                        label=f"{c} ({'trained' if kind == 'trained' else 'optimal denoiser'})")
+        ax.set_xscale("log"), ax.set_ylim(-0.03, 1.03), ax.set_xlabel("training set size K")
+        ax.set_ylabel("fraction of samples"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+        s = summary["settings"]
+        ax.set_title(f"Pham et al.: {summary['units']}, delta_m {s['delta_m']}, delta_s {s['delta_s']}", fontsize=8)
+        figs.append(viz.save_figure(fig, os.path.join(out_dir, "classes_vs_k.png")))
+    return figs
+
+
+def _markdown(path: str, summary: dict) -> str:
+    s = summary["settings"]
+    cols = ["K", "name", "samples", "step", "ratio", "ratio step", "memorized", "spurious", "generalized",
+            "median d_m", "median d_s"]
+    sections = [("Settings", f"Pham et al. classes in {summary['units']}: memorized iff d_m <= {s['delta_m']}, "
+                 f"spurious iff not memorized and d_s <= {s['delta_s']}, generalized otherwise (d_m: nearest "
+                 "training image, d_s: nearest other sample). Memorization ratio (Gu et al.): fraction of samples "
+                 "with d1/d2 < 1/3 in pixel L2, maximum over the sampled snapshots.")]
+    for kind, head in (("trained", "Trained models"), ("optimal", "Empirical optimal denoiser")):
+        metas = sorted(summary[kind].values(), key=lambda m: checkpoint.sort_key(m["name"]))
+        rows = [dict(K=m["k"], name=m["name"], samples=m["num_samples"], step=m["step"],
+                     ratio="n/a (K < 2)" if m["memorization_ratio"] is None else m["memorization_ratio"],
+                     **{"ratio step": m["ratio_step"], "median d_m": m["median_d_m"], "median d_s": m["median_d_s"]},
+                     **m["fractions"]) for m in metas]
+        if rows:
+            sections.append((head, report.markdown_table(rows, cols)))
+    if summary["not_included"]:
+        sections.append(("Not included", "".join(f"- {k}: {v}\n" for k, v in summary["not_included"].items())))
+    return report.write_markdown(path, "Memorization: Gu et al.'s ratio and Pham et al.'s classes", sections,
+                                 summary["figures"])
+
+
+# ------------------------------------------------------------------------------ effective model memorization
+_FREE_KEYS = ("sample", "study", "log_every", "keep_checkpoints")  # keys that do not change a trained model
+
+
+def config_for_k(config, k: int):
+    """A copy of `config` training one model on K = `k` examples (data.k replaced; a seed sweep is refused)."""
+    d = json.loads(configlib.to_json(config))
+    if isinstance(d.get("seed"), list) and len(d["seed"]) != 1:
+        raise configlib.ConfigError(f"EMM trains one model per K; the config sweeps seeds {d['seed']}: set one seed.")
+    d["data"]["k"] = int(k)
+    return configlib.from_json(json.dumps(d))
+
+
+def train_and_sample(config, workdir: str, seeds: np.ndarray, sampler: str, progress: bool = True) -> None:
+    """The default EMM runner: train (resuming) the config's one model into `workdir`, then sample it."""
+    from diffmem import train
+    train.train(config, workdir, progress=progress)
+    generate.sample_workdir(workdir, seeds, sampler=sampler)
+
+
+def emm(root: str, config, k_grid: Sequence[int], *, seeds: Sequence[int] | None = None,
+        sampler: str | None = None, level: float = 0.9, tolerance: float = 0.05, metric: str = "lpips",
+        delta_m: float | None = None, delta_s: float | None = None, lpips_net: str = "alexnet",
+        runner: Callable | None = None, figures: bool = True, progress: bool = True,
+        log: Callable[[str], None] | None = print) -> dict:
+    """Gu et al.'s effective model memorization: the largest K whose memorization ratio is >= `level`.
+
+    Each K gets its own workdir root/k<K> holding one model trained with `config_for_k(config, K)`.
+    `metrics.memorization.find_emm` brackets on `k_grid` and bisects in log K; a K is evaluated by
+      1. its finished classification (root/k<K>/classify/<K>.json, same settings, newer than the samples), or
+      2. classifying its existing samples (root/k<K>/samples/<K>.npz; `run` with these settings), or
+      3. `runner(config_K, workdir, seeds, sampler)` (default `train_and_sample`: diffmem.train then
+         diffmem.generate) followed by 2.
+    A K's workdir whose config.json differs from config_K (beyond sampling/report settings) is an error: its
+    results belong to another experiment. root/emm.json is rewritten after every new K and at the end:
+    {"result": find_emm's dict (emm, bracket, status, ratios, history), "runs": {K: how it was obtained},
+     "settings": {...}}.
+
+    Args:
+      root: folder of the per-K workdirs and emm.json.
+      config: the experiment's ConfigDict (data.k is replaced by each K).
+      k_grid: K values to bracket on (each >= 2: the ratio d1/d2 needs two training images).
+      seeds, sampler: what the runner samples (default: range(config.sample.num), config.sample.sampler).
+      level, tolerance: see `find_emm` (tolerance=0 bisects to the exact integer K).
+      metric, delta_m, delta_s, lpips_net: the classification settings of `run`.
+      runner: replaces `train_and_sample` (tests, cluster launchers); must write samples/<K>.npz.
+      figures: draw each K's figures (`run`).
+    """
+    settings = make_settings(metric, delta_m, delta_s, lpips_net)
+    grid = sorted({int(k) for k in k_grid})
+    if not grid or grid[0] < 2:
+        raise ValueError(f"k_grid = {list(k_grid)}: give K values >= 2 (the ratio d1/d2 needs two training images).")
+    seeds = np.arange(config.sample.num) if seeds is None else np.asarray(seeds, np.int64)
+    sampler = sampler or config.sample.sampler
+    runner = runner or (lambda c, w, s, smp: train_and_sample(c, w, s, smp, progress))
+    runs: dict[str, dict] = {}
+    path = os.path.join(root, "emm.json")
+    record = dict(settings=dict(dataclasses.asdict(settings), level=level, tolerance=tolerance, k_grid=grid,
+                                num_seeds=len(seeds), sampler=sampler), runs=runs)
+
+    def ratio_at(k: int) -> float:
+        workdir, name = os.path.join(root, f"k{k}"), str(k)
+        config_k = config_for_k(config, k)
+        _check_same_experiment(workdir, config_k)
+        source = "samples reused"
+        if not os.path.exists(os.path.join(workdir, "samples", f"{name}.npz")):
+            if log:
+                log(f"EMM: K = {k}: training and sampling into {workdir}")
+            runner(config_k, workdir, seeds, sampler)
+            source = "trained and sampled"
+            if not os.path.exists(os.path.join(workdir, "samples", f"{name}.npz")):
+                raise FileNotFoundError(f"The EMM runner did not write {workdir}/samples/{name}.npz.")
+        summary = run(workdir, metric=settings.metric, delta_m=settings.delta_m, delta_s=settings.delta_s,
+                      names=[name], lpips_net=lpips_net, figures=figures, log=None)
+        meta = summary["trained"][name]
+        if summary["status"][name] == "skipped" and source == "samples reused":
+            source = "classification reused"
+        runs[name] = dict(workdir=workdir, source=source, ratio=meta["memorization_ratio"], step=meta["step"],
+                          num_samples=meta["num_samples"], fractions=meta["fractions"])
+        if log:
+            log(f"EMM: K = {k}: memorization ratio {meta['memorization_ratio']:.4f} ({source})")
+        return meta["memorization_ratio"]
+
+    def save(result: dict) -> None:
+        report.write_json(path, dict(record, result=result))
+
+    result = memorization.find_emm(ratio_at, grid, level=level, tolerance=tolerance, on_result=save)
+    save(result)
+    if log:
+        log(f"EMM = {result['emm']} (bracket {result['bracket']}, {result['status']}); {path}")
+    return dict(record, result=result)
+
+
+def _check_same_experiment(workdir: str, config) -> None:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    new = json.loads(configlib.to_json(config))
+    diff = sorted(k for k in set(old) | set(new) if k not in _FREE_KEYS and old.get(k) != new.get(k))
+    if diff:
+        raise configlib.ConfigError(f"{workdir} holds a run of a different config (differs in {diff}); its results "
+                                    "would mix two experiments: use a new root, or the same config.")
