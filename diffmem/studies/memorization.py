@@ -215,10 +215,15 @@ def _existing(workdir: str, sset: SampleSet) -> dict | None:
     npz, js = _outputs(workdir, sset)
     if not (os.path.exists(npz) and os.path.exists(js)):
         return None
-    with open(js) as f:
-        meta = json.load(f)
+    try:
+        with open(js) as f:
+            meta = json.load(f)
+    except ValueError:  # unreadable: recompute
+        return None
+    if not isinstance(meta, dict) or not {"settings", "ratio_by_step", "inputs"} <= set(meta):
+        return None  # results of another format: recompute
     inputs = [sset.latest, *sset.snapshots.values()]
-    if sorted(meta.get("inputs", [])) != sorted(os.path.relpath(p, workdir) for p in inputs):
+    if sorted(meta["inputs"]) != sorted(os.path.relpath(p, workdir) for p in inputs):
         return None
     newest_input = max(os.stat(p).st_mtime_ns for p in inputs)
     return meta if min(os.stat(npz).st_mtime_ns, os.stat(js).st_mtime_ns) >= newest_input else None
@@ -236,16 +241,21 @@ def classify_model(workdir: str, sset: SampleSet, train: np.ndarray, k: int, set
     data = _load_samples(sset.latest)
     same_distances = old is not None and {k_: old["settings"][k_] for k_ in ("metric", "lpips_net")} == {
         k_: want[k_] for k_ in ("metric", "lpips_net")}
+    arrays = None
     if same_distances:  # only the thresholds changed: relabel the stored distances
-        arrays, status = label(report.read_npz(npz_path), settings), "relabelled"
-        by_step = {int(s): r for s, r in old["ratio_by_step"].items()}
-    else:
+        stored = report.read_npz(npz_path)
+        if set(NPZ_KEYS) <= set(stored) and len(stored["d_m"]) == len(data["samples"]):
+            arrays, status = label(stored, settings), "relabelled"
+            by_step = {int(s): r for s, r in old["ratio_by_step"].items()}
+    if arrays is None:
         weights = lpips_weights() if settings.metric == "lpips" else None
         arrays = label(neighbours(data["samples"], train, settings, lpips_weights=weights, mesh=mesh), settings)
         status, d = "computed", arrays["train_dist"]
         by_step = {s: gu_ratio(_load_samples(p)["samples"], train, mesh) for s, p in sset.snapshots.items()}
         by_step[data["step"]] = memorization.memorization_ratio(d[:, 0], d[:, 1]) if len(train) > 1 else None
     arrays = {key: arrays[key] for key in NPZ_KEYS if key != "seeds"}
+    if os.path.exists(json_path):  # the .json is written last: a crash in between leaves no stale pair
+        os.remove(json_path)
     report.write_npz(npz_path, seeds=data["seeds"], **arrays)
     defined = {s: r for s, r in by_step.items() if r is not None}
     best_step, best = memorization.max_over_snapshots(defined) if defined else (None, None)
@@ -258,7 +268,7 @@ def classify_model(workdir: str, sset: SampleSet, train: np.ndarray, k: int, set
         median_d_m=float(np.median(arrays["d_m"])), median_d_s=float(np.median(arrays["d_s"])),
         inputs=sorted(os.path.relpath(p, workdir) for p in [sset.latest, *sset.snapshots.values()]),
         arrays={key: NPZ_KEYS[key] for key in NPZ_KEYS})
-    report.write_json(json_path, meta)  # last: a crash before this leaves the model "unfinished"
+    report.write_json(json_path, meta)
     return meta, status
 
 
