@@ -1,7 +1,19 @@
-"""Assemble an experiment's parts from its config: noise process, network, training sets, loss.
+"""Assemble an experiment's parts from its config: noise process, network, training sets, loss, denoiser.
 
 This is the only place that reads a ConfigDict to build library objects; the objects themselves take
 explicit arguments. A config describes a *sweep* of models when `data.k` (or `seed`) is a tuple.
+
+Image models combine an architecture (`model.name`) with a preconditioning (`diffusion.precond`):
+
+    model.name   "ddpm"    Ho et al.'s UNet (Pham et al.), `nets.DDPMUNet`
+                 "ddpmpp"  EDM's DDPM++ with per-skip switches (Gu et al.), `nets.SongUNet`
+    precond      "ddpm" | "vp" | "ve" | "edm"   (`diffmem.precond`)
+    loss.name    "ddpm"       Ho et al.'s epsilon loss on T discrete steps (precond "ddpm" only)
+                 "denoising"  EDM's lambda(sigma) |D - x0|^2 with the preconditioning's noise levels
+
+The network always sees the preconditioned input c_in x and a noise label: the preconditioning's c_noise
+(the DDPM step for "ddpm", (M-1) t for "vp"), except that the DDPM UNet under "edm" or "ve" gets the DDPM
+step of sigma (`precond.StepLabels`), the kind of label its embedding is built for.
 """
 from __future__ import annotations
 
@@ -17,15 +29,26 @@ from diffmem import configlib, losses, nets, precond
 from diffmem import sde as sde_lib
 from diffmem.data import toy
 
+IMAGE_MODELS = ("ddpm", "ddpmpp")
+MODELS = ("mlp",) + IMAGE_MODELS
+LOSSES = ("dsm", "ddpm", "denoising")
+SUBSETS = ("permutation", "balanced")
+LABEL_MODES = ("none", "true", "random", "unique")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """One member of a sweep: its name (checkpoint directory), K, seed and training set (K, *S)."""
+    """One member of a sweep: its name (checkpoint directory), K, seed and training set (K, *S).
+
+    labels: (K,) int class labels of the training set for class-conditional models (`data.labels` =
+    "true" | "random" | "unique"), else None.
+    """
     name: str
     k: int
     seed: int
     data: np.ndarray
     batch_size: int
+    labels: np.ndarray | None = None
 
 
 def is_image(config: ml_collections.ConfigDict) -> bool:
@@ -39,8 +62,9 @@ def build_sde(config: ml_collections.ConfigDict) -> sde_lib.SDE:
     return sde_lib.make_sde(fields.pop("name"), **fields)
 
 
+# ------------------------------------------------------------------------------------------------ network
 def build_model(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
-    """The Linen module named by `config.model.name`, with explicit fields."""
+    """The Linen module named by `config.model.name`, with explicit fields. data_shape: one example's shape."""
     m = config.model
     if m.name == "mlp":
         if len(data_shape) != 1:
@@ -48,25 +72,173 @@ def build_model(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
         return nets.ScoreMLP(marginal_std=build_sde(config).marginal_std, out_dim=data_shape[0],
                              num_layers=m.num_layers, hidden=m.hidden, embed=m.embed,
                              fourier_scale=m.fourier_scale)
+    if m.name in IMAGE_MODELS and len(data_shape) != 3:
+        raise configlib.ConfigError(f"model.name={m.name!r} needs images (H, W, C); got data of shape {data_shape}.")
     if m.name == "ddpm":
         return nets.DDPMUNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
                              attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, num_groups=m.num_groups)
-    raise configlib.ConfigError(f"Unknown model.name {m.name!r}; valid: ['mlp', 'ddpm'].")
+    if m.name == "ddpmpp":
+        return nets.SongUNet(model_channels=m.channels, channel_mult=tuple(m.channel_mult), num_blocks=m.num_blocks,
+                             attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+                             embedding_type=m.get("embedding_type", "positional"), label_dim=m.get("label_dim", 0),
+                             skip_connections=_optional_tuple(m.get("skip_connections"), bool),
+                             keep_skips_at=_optional_tuple(m.get("keep_skips_at"), int),
+                             drop_disabled_skips=m.get("drop_disabled_skips", False))
+    raise configlib.ConfigError(f"Unknown model.name {m.name!r}; valid: {list(MODELS)}.")
 
 
+def _optional_tuple(value, kind) -> tuple | None:
+    return None if value is None else tuple(kind(v) for v in configlib.sweep(value))
+
+
+def network_fn(config: ml_collections.ConfigDict, model, params, *, labels=None,
+               dropout_rng: jax.Array | None = None) -> precond.RawNet:
+    """The raw image network as F(x_in (B, H, W, C), noise_label (B,)) -> (B, H, W, C).
+
+    labels: class labels for a DDPM++ network with `model.label_dim > 0`: None (all-zero labels, EDM's
+    convention), an int (every example that class), int (B,) or one-hot / soft (B, label_dim).
+    dropout_rng: None = evaluation mode; a key = training mode, dropout drawn from it.
+    """
+    train = dropout_rng is not None
+    rngs = {"dropout": dropout_rng} if train else {}
+    if config.model.name == "ddpmpp":
+        def f(x, c):
+            return model.apply(params, x, c, _batch_labels(labels, x.shape[0]), train=train, rngs=rngs)
+        return f
+    if config.model.name == "ddpm":
+        if labels is not None:
+            raise configlib.ConfigError("model.name='ddpm' is unconditional: it takes no class labels "
+                                        "(use model.name='ddpmpp' with model.label_dim > 0).")
+        return lambda x, c: model.apply(params, x, c, train=train, rngs=rngs)
+    raise configlib.ConfigError(f"model.name={config.model.name!r} is not an image network; "
+                                f"image networks: {list(IMAGE_MODELS)}.")
+
+
+def _batch_labels(labels, batch: int):
+    if labels is None:
+        return None
+    labels = jnp.asarray(labels)
+    if labels.ndim == 0:
+        return jnp.full((batch,), labels, jnp.int32)
+    return labels
+
+
+# ------------------------------------------------------------------------------------- preconditioning
+def base_precond(config: ml_collections.ConfigDict):
+    """The preconditioning named by `diffusion.precond`, with `diffusion.precond_fields` (the DDPM one takes
+    its steps and betas from `diffusion.timesteps`, `beta_start`, `beta_end`)."""
+    if "diffusion" not in config:
+        raise configlib.ConfigError("This config has no 'diffusion' section (only image configs have one).")
+    d = config.diffusion
+    name = d.get("precond", "ddpm")
+    if name not in precond.PRECONDITIONINGS:
+        raise configlib.ConfigError(f"Unknown diffusion.precond {name!r}; valid: {list(precond.PRECONDITIONINGS)}.")
+    fields = dict(d.get("precond_fields", None) or {})
+    if name == "ddpm":
+        fields.update(num_steps=d.timesteps, beta_start=d.beta_start, beta_end=d.beta_end)
+    try:
+        return precond.make(name, **fields)
+    except ValueError as e:
+        raise configlib.ConfigError(f"diffusion.precond_fields: {e}") from None
+
+
+def build_precond(config: ml_collections.ConfigDict):
+    """The preconditioning as the config's network sees it (`base_precond`, with DDPM-step noise labels for
+    the DDPM UNet under "edm" and "ve")."""
+    p = base_precond(config)
+    if config.model.name == "ddpm" and isinstance(p, (precond.EDM, precond.VE)):
+        d = config.diffusion
+        return precond.StepLabels(p, num_steps=d.timesteps, beta_start=d.beta_start, beta_end=d.beta_end)
+    return p
+
+
+def sigma_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
+    """(sigma_min, sigma_max) a sampler should cover for this image config: EDM's [0.002, 80]; VP's
+    [sigma(epsilon_t), sigma(1)]; VE's training range; DDPM's first and last grid sigma."""
+    p = base_precond(config)
+    return float(p.sigma_min), float(p.sigma_max)
+
+
+def denoiser(config: ml_collections.ConfigDict, model, params, *, labels=None) -> sde_lib.Denoiser:
+    """A trained image network as the common denoiser D(x (B, H, W, C), sigma (B,)) -> (B, H, W, C).
+
+    labels: class labels bound into D for a conditional DDPM++ (see `network_fn`); an int (B,) or (B, L)
+    array must match the batch D is called with.
+    """
+    if config.model.name not in IMAGE_MODELS:
+        raise configlib.ConfigError(f"No denoiser view for model.name {config.model.name!r}; "
+                                    f"image networks: {list(IMAGE_MODELS)}.")
+    return build_precond(config).denoiser(network_fn(config, model, params, labels=labels))
+
+
+def score_fn(config: ml_collections.ConfigDict, model, params) -> sde_lib.ScoreFn:
+    """The trained network as a batched score function s(x, t)."""
+    return lambda x, t: model.apply(params, x, t)
+
+
+# ----------------------------------------------------------------------------------------------- losses
+def build_loss(config: ml_collections.ConfigDict, model) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """Per-example loss `loss(params, x0 (B, *S), key) -> (B,)` of the config's network.
+
+    Image losses run the network in training mode: `key` is split into the loss's draws (per example,
+    fold_in(key, i)) and the dropout key.
+    """
+    name = config.loss.name
+    if name == "dsm":
+        sde = build_sde(config)
+
+        def loss(params, x0, key):
+            return losses.dsm_from_key(lambda x, t: model.apply(params, x, t), x0, key, sde)
+        return loss
+    if name not in LOSSES:
+        raise configlib.ConfigError(f"Unknown loss.name {name!r}; valid: {list(LOSSES)}.")
+    if config.model.get("label_dim", 0):
+        raise configlib.ConfigError(
+            "Class-conditional training (model.label_dim > 0) needs the trainer to feed each example's label; "
+            "diffmem.train feeds images only. Train unconditionally (model.label_dim=0); conditional networks "
+            "are supported for sampling through builders.denoiser(..., labels=...).")
+    if name == "ddpm":
+        d = config.diffusion
+        if d.get("precond", "ddpm") != "ddpm":
+            raise configlib.ConfigError(f"loss.name='ddpm' (Ho et al.'s epsilon loss) needs diffusion.precond="
+                                        f"'ddpm', not {d.precond!r}; use loss.name='denoising'.")
+        ab = jnp.asarray(sde_lib.ddpm_alpha_bar(d.timesteps, d.beta_start, d.beta_end), jnp.float32)
+
+        def loss(params, x0, key):
+            k_loss, k_drop = jax.random.split(key)
+            return losses.ddpm_eps_from_key(network_fn(config, model, params, dropout_rng=k_drop), x0, k_loss, ab)
+        return loss
+    p = build_precond(config)
+
+    def loss(params, x0, key):
+        k_loss, k_drop = jax.random.split(key)
+        d = p.denoiser(network_fn(config, model, params, dropout_rng=k_drop))
+        return losses.weighted_denoising_from_key(d, x0, k_loss, p)
+    return loss
+
+
+# ------------------------------------------------------------------------------------- data and sweeps
 def load_pool(config: ml_collections.ConfigDict) -> np.ndarray:
     """The pool the K-subsets are drawn from, (N, *S) float32."""
     d = config.data
     if d.name == "images":
-        from diffmem.data import images
-        return images.load_images(d.source, split=d.split, data_dir=d.data_dir or None,
-                                  image_size=d.image_size or None, center_crop_images=d.center_crop,
-                                  to_grayscale=d.grayscale).images
+        return _load_images(d).images
     if d.name == "circle":
         return toy.circle_pool(d.pool_size)
     if d.name == "gmm":
         return np.asarray(gmm_from_config(config).sample(jax.random.key(d.subset_seed), d.pool_size))
     raise configlib.ConfigError(f"Unknown data.name {d.name!r}; valid: ['circle', 'gmm', 'images'].")
+
+
+def load_pool_labels(config: ml_collections.ConfigDict) -> np.ndarray | None:
+    """The pool's (N,) int class labels (image datasets that have them), else None."""
+    return _load_images(config.data).labels if is_image(config) else None
+
+
+def _load_images(d):
+    from diffmem.data import images
+    return images.load_images(d.source, split=d.split, data_dir=d.data_dir or None, image_size=d.image_size or None,
+                              center_crop_images=d.center_crop, to_grayscale=d.grayscale)
 
 
 def gmm_from_config(config: ml_collections.ConfigDict) -> toy.GaussianMixture:
@@ -79,52 +251,62 @@ def gmm_from_config(config: ml_collections.ConfigDict) -> toy.GaussianMixture:
 
 
 def model_specs(config: ml_collections.ConfigDict) -> list[ModelSpec]:
-    """The sweep's members: the product of `data.k` values and `seed` values."""
-    ks, seeds = configlib.sweep(config.data.k), configlib.sweep(config.seed)
+    """The sweep's members: the product of `data.k` values and `seed` values.
+
+    The K-subset is the first K of a seeded permutation (`data.subset` = "permutation", Pham et al.) or
+    class balanced (`"balanced"`, Gu et al.; needs labelled data); both are nested in K.
+    """
+    from diffmem.data.subsets import check_k, class_balanced, first_k_of_permutation
+    d = config.data
+    ks, seeds = configlib.sweep(d.k), configlib.sweep(config.seed)
+    subset, label_mode = d.get("subset", "permutation"), d.get("labels", "none")
+    if subset not in SUBSETS:
+        raise configlib.ConfigError(f"Unknown data.subset {subset!r}; valid: {list(SUBSETS)}.")
+    if label_mode not in LABEL_MODES:
+        raise configlib.ConfigError(f"Unknown data.labels {label_mode!r}; valid: {list(LABEL_MODES)}.")
     pool = load_pool(config)
-    from diffmem.data.subsets import check_k, first_k_of_permutation
+    pool_labels = load_pool_labels(config) if (subset == "balanced" or label_mode == "true") else None
+    if (subset == "balanced" or label_mode == "true") and pool_labels is None:
+        raise configlib.ConfigError(f"data.subset={subset!r} / data.labels={label_mode!r} need class labels, and "
+                                    f"{d.get('source', d.name)!r} has none: use data.subset='permutation'.")
     specs = []
     for k in ks:
-        check_k(k, pool.shape[0], f"the {config.data.name} pool")
-        subset = pool[first_k_of_permutation(pool.shape[0], k, config.data.subset_seed)]
+        check_k(k, pool.shape[0], f"the {d.name} pool")
+        idx = (class_balanced(pool_labels, k, d.subset_seed) if subset == "balanced"
+               else first_k_of_permutation(pool.shape[0], k, d.subset_seed))
+        labels = subset_labels(label_mode, k, None if pool_labels is None else pool_labels[idx],
+                               config.model.get("label_dim", 0), d.subset_seed)
         for seed in seeds:
             name = str(k) if len(seeds) == 1 else f"{k}_s{seed}"
-            specs.append(ModelSpec(name, k, seed, subset, min(config.batch_size, k)))
+            specs.append(ModelSpec(name, k, seed, pool[idx], min(config.batch_size, k), labels))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise configlib.ConfigError(f"The sweep repeats a model: {names}.")
     return specs
 
 
-def build_loss(config: ml_collections.ConfigDict, model) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-    """Per-example loss `loss(params, x0 (B, *S), key) -> (B,)` of the config's network."""
-    if config.loss.name == "ddpm":
-        d = config.diffusion
-        ab = jnp.asarray(sde_lib.ddpm_alpha_bar(d.timesteps, d.beta_start, d.beta_end), jnp.float32)
+def subset_labels(mode: str, k: int, true_labels: np.ndarray | None, label_dim: int, seed: int) -> np.ndarray | None:
+    """Class labels of a K-subset for Gu et al.'s conditioning study, (K,) int64, or None for "none".
 
-        def loss(params, x0, key):
-            k_loss, k_drop = jax.random.split(key)
-            eps = lambda x, t: model.apply(params, x, t, train=True, rngs={"dropout": k_drop})
-            return losses.ddpm_eps_from_key(eps, x0, k_loss, ab)
-        return loss
-    if config.loss.name == "dsm":
-        sde = build_sde(config)
-
-        def loss(params, x0, key):
-            return losses.dsm_from_key(lambda x, t: model.apply(params, x, t), x0, key, sde)
-        return loss
-    raise configlib.ConfigError(f"Unknown loss.name {config.loss.name!r}; valid: ['dsm', 'ddpm'].")
-
-
-def score_fn(config: ml_collections.ConfigDict, model, params) -> sde_lib.ScoreFn:
-    """The trained network as a batched score function s(x, t)."""
-    return lambda x, t: model.apply(params, x, t)
-
-
-def denoiser(config: ml_collections.ConfigDict, model, params) -> sde_lib.Denoiser:
-    """A trained image network as the common denoiser D(x, sigma)."""
-    if config.model.name == "ddpm":
-        d = config.diffusion
-        return precond.ddpm_denoiser(lambda x, t: model.apply(params, x, t),
-                                     sde_lib.ddpm_alpha_bar(d.timesteps, d.beta_start, d.beta_end))
-    raise configlib.ConfigError(f"No denoiser view for model.name {config.model.name!r}.")
+    "true": the dataset's labels; "random": labels drawn uniformly from 0..label_dim-1 once per image
+    (seeded); "unique": image i is class i (label_dim >= K). Every mode but "none" needs label_dim > 0.
+    """
+    if mode == "none":
+        return None
+    if mode not in LABEL_MODES:
+        raise configlib.ConfigError(f"Unknown label mode {mode!r}; valid: {list(LABEL_MODES)}.")
+    if label_dim <= 0:
+        raise configlib.ConfigError(f"data.labels={mode!r} needs a conditional network: set model.label_dim > 0.")
+    if mode == "true":
+        if true_labels is None:
+            raise configlib.ConfigError("data.labels='true' needs a dataset with class labels.")
+        if int(true_labels.max()) >= label_dim:
+            raise configlib.ConfigError(f"data.labels='true': labels go up to {int(true_labels.max())}, but "
+                                        f"model.label_dim = {label_dim}.")
+        return np.asarray(true_labels, np.int64)
+    if mode == "random":
+        return np.random.default_rng(seed).integers(0, label_dim, k).astype(np.int64)
+    if label_dim < k:
+        raise configlib.ConfigError(f"data.labels='unique' gives each of the K = {k} images its own class: "
+                                    f"model.label_dim must be >= K, got {label_dim}.")
+    return np.arange(k, dtype=np.int64)

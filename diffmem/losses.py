@@ -2,11 +2,18 @@
 
 Every loss is written for one example and vmapped; the network is passed as a batched callable so the
 same function serves a plain `apply` and a vmapped sweep of models.
+
+    dsm / dsm_from_key                  denoising score matching on an SDE (the tutorial, toy models)
+    ddpm_eps / ddpm_eps_from_key        Ho et al.'s epsilon loss on the discrete DDPM steps
+    weighted_denoising[_from_key]       EDM's lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2, with the noise
+                                        levels and weights of a preconditioning (EDM, VP, VE or DDPM)
+
+The `_from_key` variants draw every random input of example i from `fold_in(key, i)`.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -91,44 +98,48 @@ def ddpm_eps_from_key(eps_model, x0: jax.Array, key: jax.Array, alpha_bar: jax.A
     return ddpm_eps(eps_model, x0, t, noise, alpha_bar)
 
 
+class NoiseLevels(Protocol):
+    """What the EDM-family loss needs from a preconditioning (any of `diffmem.precond`'s)."""
+
+    def sample_sigma(self, key: jax.Array, shape: tuple[int, ...] = (), dtype=jnp.float32) -> jax.Array: ...
+
+    def loss_weight(self, sigma: jax.Array) -> jax.Array: ...
+
+
 def weighted_denoising(denoiser: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Array, sigma: jax.Array,
                        noise: jax.Array, weight: jax.Array) -> jax.Array:
-    """EDM-family loss: weight(sigma) * mean_j (D(x0 + sigma n, sigma) - x0)_j^2, per example (B,).
+    """EDM-family loss: weight_i * mean_j (D(x0 + sigma n, sigma) - x0)_ij^2, per example.
 
-    (EDM sums over pixels; the mean differs by the constant pixel count.)
+    Args:
+      denoiser: batched D(x (B,*S), sigma (B,)) -> (B,*S).
+      x0: (B,*S) clean data. sigma: (B,) noise levels. noise: (B,*S) standard normal n. weight: (B,).
+    Returns:
+      (B,) per-example losses. (EDM sums over pixels; the mean differs by the constant pixel count.)
     """
     d = denoiser(x0 + _bcast(sigma, x0) * noise, sigma)
     return weight * _mean_per_example((d - x0) ** 2)
 
 
-def draw_sigma(key: jax.Array, kind: str, *, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = 0.5,
-               beta_d: float = 19.9, beta_min: float = 0.1, epsilon_t: float = 1e-5, sigma_min: float = 0.02,
-               sigma_max: float = 100.0) -> tuple[jax.Array, jax.Array]:
-    """One training noise level and its loss weight for `kind` in {"edm", "vp", "ve"} (Karras et al. Table 1).
+def sample_denoising_inputs(key: jax.Array, x0: jax.Array, levels: NoiseLevels
+                            ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-example sigma ~ levels.sample_sigma, weight = levels.loss_weight(sigma) and n ~ N(0, I).
 
-    edm: ln sigma ~ N(p_mean, p_std^2), weight (sigma^2 + sd^2) / (sigma sd)^2;
-    vp: t ~ U(epsilon_t, 1), sigma = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1), weight 1 / sigma^2;
-    ve: sigma = sigma_min (sigma_max / sigma_min)^u, u ~ U(0, 1), weight 1 / sigma^2.
+    Example i draws from `fold_in(key, i)` alone (split into a sigma key and a noise key), so its draws do
+    not depend on the batch size or on how the batch is padded or sharded.
+    Returns sigma (B,), weight (B,) and noise (B, *S), in x0's dtype.
     """
-    u = jax.random.uniform(key, ())
-    if kind == "edm":
-        sigma = jnp.exp(p_mean + p_std * jax.random.normal(key, ()))
-        return sigma, (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-    if kind == "vp":
-        t = 1 + u * (epsilon_t - 1)
-        sigma = jnp.sqrt(jnp.expm1(0.5 * beta_d * t**2 + beta_min * t))
-        return sigma, 1.0 / sigma**2
-    if kind == "ve":
-        sigma = sigma_min * (sigma_max / sigma_min) ** u
-        return sigma, 1.0 / sigma**2
-    raise ValueError(f"Unknown noise-level distribution {kind!r}; valid: ['edm', 'vp', 've'].")
-
-
-def weighted_denoising_from_key(denoiser, x0: jax.Array, key: jax.Array, kind: str, **kwargs) -> jax.Array:
-    """`weighted_denoising` with sigma (and weight) and noise drawn per example from fold_in(key, i)."""
     def draw(k):
         ks, kn = jax.random.split(k)
-        sigma, weight = draw_sigma(ks, kind, **kwargs)
-        return sigma, weight, jax.random.normal(kn, x0.shape[1:], x0.dtype)
-    sigma, weight, noise = jax.vmap(draw)(_per_example_keys(key, x0.shape[0]))
-    return weighted_denoising(denoiser, x0, sigma.astype(x0.dtype), noise, weight.astype(x0.dtype))
+        return levels.sample_sigma(ks, (), x0.dtype), jax.random.normal(kn, x0.shape[1:], x0.dtype)
+    sigma, noise = jax.vmap(draw)(_per_example_keys(key, x0.shape[0]))
+    return sigma, levels.loss_weight(sigma).astype(x0.dtype), noise
+
+
+def weighted_denoising_from_key(denoiser, x0: jax.Array, key: jax.Array, levels: NoiseLevels) -> jax.Array:
+    """`weighted_denoising` with sigma, its weight and the noise drawn per example from fold_in(key, i).
+
+    `levels` is a preconditioning (`diffmem.precond.make("edm" | "vp" | "ve" | "ddpm")`): its training
+    noise-level distribution and loss weight define the loss (Karras et al., Table 1). Returns (B,).
+    """
+    sigma, weight, noise = sample_denoising_inputs(key, x0, levels)
+    return weighted_denoising(denoiser, x0, sigma, noise, weight)

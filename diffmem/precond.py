@@ -10,12 +10,13 @@ preconditioning (EDM's Table 1), each with
     denoiser(apply_fn) -> D(x, sigma)          the same, as the library's Denoiser callable
     sample_sigma(key, shape=()) -> sigma       the training noise-level distribution
     loss_weight(sigma) -> lambda(sigma)        so that lambda |D - x0|^2 is the published training loss
+    sigma_min, sigma_max                       the noise-level range samplers should cover
 
 and the sigma <-> t maps its samplers and losses need:
 
     EDM   sigma_data 0.5: c_skip = sd^2/(sigma^2+sd^2), c_out = sigma sd/sqrt(sigma^2+sd^2),
           c_in = 1/sqrt(sigma^2+sd^2), c_noise = ln(sigma)/4; ln sigma ~ N(-1.2, 1.2^2),
-          lambda = (sigma^2+sd^2)/(sigma sd)^2.
+          lambda = (sigma^2+sd^2)/(sigma sd)^2; sampled on [0.002, 80] (EDM trains on every sigma > 0).
     VP    beta_d 19.9, beta_min 0.1, M 1000, epsilon_t 1e-5: sigma(t) = sqrt(exp(beta_d t^2/2 + beta_min t) - 1);
           c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2+1), c_noise = (M-1) t(sigma);
           t ~ U(epsilon_t, 1), lambda = 1/sigma^2.
@@ -28,6 +29,9 @@ and the sigma <-> t maps its samplers and losses need:
           the network's input x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps.
 
 The loss weights are EDM's: multiply them by the per-example mean (or sum) of (D(x0 + sigma n, sigma) - x0)^2.
+
+`StepLabels(base)` keeps a preconditioning but feeds the network the DDPM step of sigma instead of its
+c_noise, for networks whose noise embedding expects steps in [0, T-1] (the DDPM UNet) under EDM or VE.
 """
 from __future__ import annotations
 
@@ -97,6 +101,8 @@ class EDM(_Preconditioning):
     sigma_data: float = 0.5
     p_mean: float = -1.2
     p_std: float = 1.2
+    sigma_min: float = 0.002  # the sampling range of EDM's samplers (training covers every sigma > 0)
+    sigma_max: float = 80.0
 
     def coefficients(self, sigma: jax.Array) -> Coefficients:
         sd2 = self.sigma_data**2
@@ -248,6 +254,48 @@ def _step_of_sigma(sigma: jax.Array, grid: np.ndarray, mode: str) -> jax.Array:
     hi = jnp.clip(jnp.searchsorted(g, sigma), 1, g.shape[0] - 1)
     lo = hi - 1
     return jnp.where(jnp.abs(sigma - g[lo]) <= jnp.abs(g[hi] - sigma), lo, hi).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepLabels(_Preconditioning):
+    """`base` with its noise label c_noise replaced by the DDPM step of sigma, t(sigma) in [0, T-1].
+
+    The DDPM UNet embeds its noise label like a step index (sinusoids up to period 10,000), which suits
+    DDPM (c_noise = the step) and VP (c_noise = (M-1) t, nearly the step) but not EDM's ln(sigma)/4 or VE's
+    ln(sigma/2), a few units wide. Here the label is (T-1) t(sigma) with t(sigma) the inverse of the
+    continuous VP schedule whose betas are the continuous limit of Ho et al.'s linear betas
+    (beta_min = T beta_start, beta_d = T (beta_end - beta_start)), the label EDM's VP preconditioning feeds:
+    on Ho et al.'s grid it is within 3.4 steps of the grid index (the two schedules differ at second order
+    in beta), and it is smooth and increasing for every sigma > 0. Everything else (c_skip, c_out,
+    c_in, the training noise levels and weights, the sampling range) is `base`'s.
+    """
+    base: EDM | VP | VE | DDPM
+    num_steps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def step_of_sigma(self, sigma: jax.Array) -> jax.Array:
+        """(T - 1) t(sigma), float, any shape."""
+        vp = VP(beta_d=self.num_steps * (self.beta_end - self.beta_start), beta_min=self.num_steps * self.beta_start,
+                M=self.num_steps)
+        return (self.num_steps - 1) * vp.t_of_sigma(sigma)
+
+    def coefficients(self, sigma: jax.Array) -> Coefficients:
+        return self.base.coefficients(sigma)._replace(c_noise=self.step_of_sigma(sigma).astype(sigma.dtype))
+
+    def sample_sigma(self, key: jax.Array, shape: tuple[int, ...] = (), dtype=jnp.float32) -> jax.Array:
+        return self.base.sample_sigma(key, shape, dtype)
+
+    def loss_weight(self, sigma: jax.Array) -> jax.Array:
+        return self.base.loss_weight(sigma)
+
+    @property
+    def sigma_min(self) -> float:
+        return self.base.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.base.sigma_max
 
 
 PRECONDITIONINGS = {"edm": EDM, "vp": VP, "ve": VE, "ddpm": DDPM}

@@ -1,0 +1,182 @@
+"""The sections every image config shares, written once (configs/digits.py, mnist.py, fmnist.py,
+cifar10.py, celeba.py compose them; `diffmem.builders` reads them).
+
+A config's arg string chooses the architecture and the preconditioning:
+
+    arch      "ddpm"    Ho et al.'s UNet, trained with Pham et al.'s recipe (the default)
+              "ddpmpp"  EDM's DDPM++ (SongUNet), trained with Gu et al.'s recipe
+    precond   "ddpm" (epsilon loss on 1000 linear-beta steps, the default) | "vp" | "ve" | "edm"
+
+Recipes (what `recipe_sections` returns; every number can be overridden with --config.a.b=...):
+
+    Pham et al. (configs/*.yaml of their code): Adam 2e-4, gradient clipping at norm 1, batch 128
+      (min(128, K)), EMA 0.9999 from step 0 (no warm-up), 400k (28 px) / 500k (32 px) iterations,
+      log every 500, checkpoint every 2,500; a random K-subset.
+    Gu et al. (EDM's trainer with their |D| scaling): Adam 2e-4, batch 512, no clipping, no augmentation,
+      dropout 0.13, DDPM++ with 2 blocks per level; a class-balanced K-subset; and, with |D| = K:
+        duration    2000 * K / 50 kimg (40,000 K images, 78.125 K steps at batch 512)
+        lr ramp-up  K / 5 kimg (linear, from 0)
+        EMA         half-life K / 100 kimg, decay 0.5^(512 / half-life / (50,000 / K)) per step, which is
+                    0.99929 for every K >= 100 (the "mode2" default); their half-life ramp-up (at most 5% of
+                    the images seen) is approximated by the trainer's warm-up min(decay, (1+s)/(10+s)).
+      A sweep (k=a+b+...) trains every member for the largest K's duration.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import ml_collections
+
+from diffmem import configlib, precond
+
+ARCHS = ("ddpm", "ddpmpp")
+PRECONDS = tuple(sorted(precond.PRECONDITIONINGS))  # ddpm, edm, ve, vp
+
+
+def parse_args(config_name: str, arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """`configlib.parse_arg` plus a check of `arch` and `precond` against ARCHS and PRECONDS."""
+    a = configlib.parse_arg(arg, **defaults)
+    for key, valid in (("arch", ARCHS), ("precond", PRECONDS)):
+        if key in a and a[key] not in valid:
+            raise configlib.ConfigError(f"{config_name}: unknown {key} {a[key]!r}; valid: {list(valid)}.")
+    return a
+
+
+# ----------------------------------------------------------------------------------------------- sections
+def data_section(source: str, k, *, image_size: int = 0, center_crop: bool = False, grayscale: bool = False,
+                 subset: str = "permutation", subset_seed: int = 0, split: str = "train", data_dir: str = "",
+                 labels: str = "none") -> dict:
+    """`data`: an image source of `diffmem.data.images.load_images` and the K-subset (see builders)."""
+    return dict(name="images", source=source, k=k, subset=subset, subset_seed=subset_seed, split=split,
+                image_size=image_size, center_crop=center_crop, grayscale=grayscale, data_dir=data_dir,
+                labels=labels)
+
+
+def model_section(arch: str, *, channels: int, channel_mult: tuple[int, ...], num_blocks: int,
+                  attn_resolutions: tuple[int, ...], dropout: float, num_groups: int = 32,
+                  embedding_type: str = "positional", label_dim: int = 0) -> dict:
+    """`model` for either architecture from one set of sizes (each keeps its own field names).
+
+    ddpm: DDPMUNet(ch, ch_mult, num_res_blocks, attn_resolutions, dropout, num_groups).
+    ddpmpp: SongUNet(channels, channel_mult, num_blocks, attn_resolutions, dropout, embedding_type,
+      label_dim, skip_connections / keep_skips_at (None = every skip kept), drop_disabled_skips).
+    """
+    if arch == "ddpm":
+        return dict(name="ddpm", ch=channels, ch_mult=tuple(channel_mult), num_res_blocks=num_blocks,
+                    attn_resolutions=tuple(attn_resolutions), dropout=dropout, num_groups=num_groups)
+    if arch == "ddpmpp":
+        return dict(name="ddpmpp", channels=channels, channel_mult=tuple(channel_mult), num_blocks=num_blocks,
+                    attn_resolutions=tuple(attn_resolutions), dropout=dropout, embedding_type=embedding_type,
+                    label_dim=label_dim, skip_connections=None, keep_skips_at=None, drop_disabled_skips=False)
+    raise configlib.ConfigError(f"Unknown arch {arch!r}; valid: {list(ARCHS)}.")
+
+
+def diffusion_section(precond_name: str, *, timesteps: int = 1000, beta_start: float = 1e-4,
+                      beta_end: float = 0.02) -> dict:
+    """`diffusion`: the preconditioning, its fields at their published defaults (`precond_fields`), and the
+    DDPM grid (T, betas) that the DDPM loss and the ddpm / ddim samplers use whatever the preconditioning."""
+    if precond_name not in PRECONDS:
+        raise configlib.ConfigError(f"Unknown precond {precond_name!r}; valid: {list(PRECONDS)}.")
+    cls = precond.PRECONDITIONINGS[precond_name]
+    grid = {"num_steps", "beta_start", "beta_end"} if precond_name == "ddpm" else set()
+    fields = {f.name: f.default for f in dataclasses.fields(cls) if f.name not in grid}
+    return dict(precond=precond_name, timesteps=timesteps, beta_start=beta_start, beta_end=beta_end,
+                precond_fields=fields)
+
+
+def loss_section(precond_name: str) -> dict:
+    """`loss`: Ho et al.'s epsilon loss for "ddpm", EDM's weighted denoising loss otherwise."""
+    return dict(name="ddpm" if precond_name == "ddpm" else "denoising")
+
+
+def optim_section(lr: float, *, grad_clip: float = 0.0, warmup_steps: int = 0, b1: float = 0.9, b2: float = 0.999,
+                  eps: float = 1e-8) -> dict:
+    """`optim`: Adam (b1, b2, eps), global-norm clipping (0 = off), linear warm-up over `warmup_steps`."""
+    return dict(lr=lr, b1=b1, b2=b2, eps=eps, grad_clip=grad_clip, warmup_steps=warmup_steps)
+
+
+def sample_section(precond_name: str, *, num: int, batch: int) -> dict:
+    """`sample`: DDPM ancestral sampling on the 1000 steps for "ddpm"; EDM's Heun sampler (18 steps,
+    35 evaluations) for the continuous preconditionings."""
+    if precond_name == "ddpm":
+        return dict(num=num, sampler="ddpm", num_steps=1000, batch=batch)
+    return dict(num=num, sampler="edm_heun", num_steps=18, batch=batch)
+
+
+def assemble(*, seed, data: dict, model: dict, diffusion: dict, loss: dict, optim: dict, ema: dict, batch_size: int,
+             steps: int, steps_per_call: int, log_every: int, ckpt_every: int, sample: dict,
+             keep_checkpoints: int = 2) -> ml_collections.ConfigDict:
+    """The full image config (the keys `diffmem.train` and `diffmem.builders` read)."""
+    c = ml_collections.ConfigDict()
+    c.seed = seed                # model init and training noise (per step: fold_in(seed, step))
+    c.data = data
+    c.model = model
+    c.diffusion = diffusion
+    c.loss = loss
+    c.optim = optim
+    c.ema = ema
+    c.batch_size = batch_size    # per model: min(batch_size, K)
+    c.steps = steps
+    c.steps_per_call = steps_per_call
+    c.log_every = log_every
+    c.ckpt_every = ckpt_every
+    c.keep_checkpoints = keep_checkpoints
+    c.sample = sample
+    return c
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+@dataclasses.dataclass(frozen=True)
+class ImageSet:
+    """What a dataset contributes to the recipes: its source and preprocessing, its network sizes and
+    Pham et al.'s iteration count for it."""
+    source: str
+    image_size: int = 0
+    center_crop: bool = False
+    grayscale: bool = False
+    labelled: bool = True                        # class labels (for Gu et al.'s balanced subsets)
+    ddpm_mult: tuple[int, ...] = (1, 2, 2, 2)    # DDPM UNet channel multipliers (ch 128, 2 blocks)
+    ddpmpp_mult: tuple[int, ...] = (2, 2, 2)     # DDPM++ channel multipliers (128 channels, 2 blocks)
+    attn_resolutions: tuple[int, ...] = (16,)
+    pham_steps: int = 500_000
+
+
+def gu_schedule(k_max: int, batch: int = 512, duration: float = 2000.0, ema_halflife: float = 0.5) -> dict:
+    """Gu et al.'s |D|-scaled schedule for K = k_max: {steps, warmup_steps, ema_decay} (module docstring)."""
+    total_kimg = max(int(duration * k_max / 50), 1)
+    rampup_kimg = int(k_max / 5)
+    halflife_img = 1000 * int(ema_halflife * k_max / 50)
+    decay = 0.5 ** (512 / max(halflife_img, 1e-8) / (50_000 / k_max))
+    return dict(steps=math.ceil(total_kimg * 1000 / batch), warmup_steps=math.ceil(rampup_kimg * 1000 / batch),
+                ema_decay=decay)
+
+
+def recipe_config(a: ml_collections.ConfigDict, ds: ImageSet, *, sample_num: int = 10_000) -> ml_collections.ConfigDict:
+    """The config of `ds` for parsed args `a` (k, steps, seed, lr, batch, arch, precond; 0 = the recipe's):
+    Pham et al.'s recipe for arch "ddpm", Gu et al.'s for "ddpmpp"."""
+    data = dict(source=ds.source, image_size=ds.image_size, center_crop=ds.center_crop, grayscale=ds.grayscale)
+    if a.arch == "ddpm":
+        batch = a.batch or 128
+        model = model_section("ddpm", channels=128, channel_mult=ds.ddpm_mult, num_blocks=2,
+                              attn_resolutions=ds.attn_resolutions, dropout=0.1)
+        return assemble(seed=a.seed, data=data_section(k=a.k, **data), model=model,
+                        diffusion=diffusion_section(a.precond), loss=loss_section(a.precond),
+                        optim=optim_section(a.lr or 2e-4, grad_clip=1.0), ema=dict(decay=0.9999, warmup=False),
+                        batch_size=batch, steps=a.steps or ds.pham_steps, steps_per_call=500, log_every=500,
+                        ckpt_every=2500, sample=sample_section(a.precond, num=sample_num, batch=512))
+    batch = a.batch or 512
+    gu = gu_schedule(max(configlib.sweep(a.k)), batch)
+    model = model_section("ddpmpp", channels=128, channel_mult=ds.ddpmpp_mult, num_blocks=2,
+                          attn_resolutions=ds.attn_resolutions, dropout=0.13)
+    return assemble(seed=a.seed, data=data_section(k=a.k, subset="balanced" if ds.labelled else "permutation", **data),
+                    model=model, diffusion=diffusion_section(a.precond), loss=loss_section(a.precond),
+                    optim=optim_section(a.lr or 2e-4, warmup_steps=gu["warmup_steps"]),
+                    ema=dict(decay=gu["ema_decay"], warmup=True), batch_size=batch, steps=a.steps or gu["steps"],
+                    steps_per_call=500, log_every=500, ckpt_every=5000,
+                    sample=sample_section(a.precond, num=sample_num, batch=512))
+
+
+COMMON_ARGS = dict(k=1000, steps=0, seed=0, lr=0.0, batch=0, arch="ddpm", precond="ddpm")
+"""Arg keys of the recipe configs: k (int or a+b sweep), steps / lr / batch (0 = the recipe's), seed,
+arch (ddpm | ddpmpp), precond (ddpm | vp | ve | edm)."""
