@@ -32,6 +32,9 @@ from diffmem import configlib, precond
 
 ARCHS = ("ddpm", "ddpmpp")
 PRECONDS = tuple(sorted(precond.PRECONDITIONINGS))  # ddpm, edm, ve, vp
+# Arg keys of the recipe configs: k (int or a+b sweep), steps / lr / batch (0 = the recipe's), seed,
+# arch (ddpm | ddpmpp), precond (ddpm | vp | ve | edm).
+COMMON_ARGS = dict(k=1000, steps=0, seed=0, lr=0.0, batch=0, arch="ddpm", precond="ddpm")
 
 
 def parse_args(config_name: str, arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -152,7 +155,8 @@ def gu_schedule(k_max: int, batch: int = 512, duration: float = 2000.0, ema_half
                 ema_decay=decay)
 
 
-def recipe_config(a: ml_collections.ConfigDict, ds: ImageSet, *, sample_num: int = 10_000) -> ml_collections.ConfigDict:
+def recipe_config(a: ml_collections.ConfigDict, ds: ImageSet, *,
+                  sample_num: int = 10_000) -> ml_collections.ConfigDict:
     """The config of `ds` for parsed args `a` (k, steps, seed, lr, batch, arch, precond; 0 = the recipe's):
     Pham et al.'s recipe for arch "ddpm", Gu et al.'s for "ddpmpp"."""
     data = dict(source=ds.source, image_size=ds.image_size, center_crop=ds.center_crop, grayscale=ds.grayscale)
@@ -175,8 +179,3 @@ def recipe_config(a: ml_collections.ConfigDict, ds: ImageSet, *, sample_num: int
                     ema=dict(decay=gu["ema_decay"], warmup=True), batch_size=batch, steps=a.steps or gu["steps"],
                     steps_per_call=500, log_every=500, ckpt_every=5000,
                     sample=sample_section(a.precond, num=sample_num, batch=512))
-
-
-COMMON_ARGS = dict(k=1000, steps=0, seed=0, lr=0.0, batch=0, arch="ddpm", precond="ddpm")
-"""Arg keys of the recipe configs: k (int or a+b sweep), steps / lr / batch (0 = the recipe's), seed,
-arch (ddpm | ddpmpp), precond (ddpm | vp | ve | edm)."""

@@ -133,7 +133,7 @@ def test_ddpm_initialisation_starts_every_block_at_the_identity():
     y, params = jax.jit(m.init_with_output)(jax.random.key(1, impl="rbg"), x, jnp.array([3, 700]))
     assert float(jnp.max(jnp.abs(y))) < 1e-4
     flat = {"/".join(k.key for k in path): v for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-    zero = [k for k in flat if k.endswith(("conv2/kernel", "proj_out/kernel")) or k.startswith("params/conv_out/kernel")]
+    zero = [k for k in flat if k.endswith(("conv2/kernel", "proj_out/kernel", "conv_out/kernel"))]
     assert len(zero) == 7  # 5 residual blocks (1 down, 2 middle, 2 up), the middle attention, the output conv
     for k in zero:
         assert float(jnp.max(jnp.abs(flat[k]))) < 1e-4, k
