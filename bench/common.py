@@ -49,3 +49,45 @@ def table(rows: list[tuple], header: tuple) -> str:
     widths = [max(len(c) for c in col) for col in cols]
     line = lambda r: " | ".join(str(c).ljust(w) for c, w in zip(r, widths))
     return "\n".join([line(header), "-+-".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+RESULTS = os.path.join(REPO, "bench", "results")
+
+
+def best_time(f, *args, repeats: int = 3, warmup: bool = True) -> float:
+    """Best wall-clock seconds of `f(*args)` over `repeats` calls (after one untimed call if `warmup`),
+    waiting for every array in the result."""
+    return best_time_and_result(f, *args, repeats=repeats, warmup=warmup)[0]
+
+
+def best_time_and_result(f, *args, repeats: int = 3, warmup: bool = True):
+    """`best_time`, and the result of the last call."""
+    import jax
+    if warmup:
+        jax.block_until_ready(f(*args))
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = jax.block_until_ready(f(*args))
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def flops_of(compiled) -> float:
+    """FLOPs XLA's cost analysis counts for one call of a compiled (`jax.jit(f).lower(...).compile()`) function."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one dict per device
+    return float(cost["flops"])
+
+
+def write_results(name: str, figures: dict, *, small: bool = False) -> str:
+    """Append one JSON line of `figures` (plus the machine, its load and the time) to bench/results/<name>.json;
+    returns the path. The file is the committed record of measured runs, one line per run."""
+    import json
+    os.makedirs(RESULTS, exist_ok=True)
+    record = {"bench": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+              "loadavg_1m": round(os.getloadavg()[0], 2), "small": small, **figures}
+    path = os.path.join(RESULTS, f"{name}.json")
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return path
