@@ -177,26 +177,22 @@ def score_fn(config: ml_collections.ConfigDict, model, params) -> sde_lib.ScoreF
 
 
 # ----------------------------------------------------------------------------------------------- losses
-def build_loss(config: ml_collections.ConfigDict, model) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-    """Per-example loss `loss(params, x0 (B, *S), key) -> (B,)` of the config's network.
+def build_loss(config: ml_collections.ConfigDict, model) -> Callable[..., jax.Array]:
+    """Per-example loss `loss(params, x0 (B, *S), key, labels=None) -> (B,)` of the config's network.
 
     Image losses run the network in training mode: `key` is split into the loss's draws (per example,
-    fold_in(key, i)) and the dropout key.
+    fold_in(key, i)) and the dropout key. `labels` (B,) int are the examples' class labels for a
+    class-conditional DDPM++ (`model.label_dim > 0`; the trainer gathers them with the images).
     """
     name = config.loss.name
     if name == "dsm":
         sde = build_sde(config)
 
-        def loss(params, x0, key):
+        def loss(params, x0, key, labels=None):
             return losses.dsm_from_key(lambda x, t: model.apply(params, x, t), x0, key, sde)
         return loss
     if name not in LOSSES:
         raise configlib.ConfigError(f"Unknown loss.name {name!r}; valid: {list(LOSSES)}.")
-    if config.model.get("label_dim", 0):
-        raise configlib.ConfigError(
-            "Class-conditional training (model.label_dim > 0) needs the trainer to feed each example's label; "
-            "diffmem.train feeds images only. Train unconditionally (model.label_dim=0); conditional networks "
-            "are supported for sampling through builders.denoiser(..., labels=...).")
     if name == "ddpm":
         d = config.diffusion
         if d.get("precond", "ddpm") != "ddpm":
@@ -204,15 +200,16 @@ def build_loss(config: ml_collections.ConfigDict, model) -> Callable[[Any, jax.A
                                         f"'ddpm', not {d.precond!r}; use loss.name='denoising'.")
         ab = jnp.asarray(sde_lib.ddpm_alpha_bar(d.timesteps, d.beta_start, d.beta_end), jnp.float32)
 
-        def loss(params, x0, key):
+        def loss(params, x0, key, labels=None):
             k_loss, k_drop = jax.random.split(key)
-            return losses.ddpm_eps_from_key(network_fn(config, model, params, dropout_rng=k_drop), x0, k_loss, ab)
+            net = network_fn(config, model, params, dropout_rng=k_drop, labels=labels)
+            return losses.ddpm_eps_from_key(net, x0, k_loss, ab)
         return loss
     p = build_precond(config)
 
-    def loss(params, x0, key):
+    def loss(params, x0, key, labels=None):
         k_loss, k_drop = jax.random.split(key)
-        d = p.denoiser(network_fn(config, model, params, dropout_rng=k_drop))
+        d = p.denoiser(network_fn(config, model, params, dropout_rng=k_drop, labels=labels))
         return losses.weighted_denoising_from_key(d, x0, k_loss, p)
     return loss
 

@@ -86,13 +86,14 @@ def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, decay: float, warmup: bool):
-    """A pure step `(state, x0 (B,*S), valid (B,), key) -> (state, metrics)` for one model.
+    """A pure step `(state, x0 (B,*S), valid (B,), key, labels=None) -> (state, metrics)` for one model.
 
-    `loss_fn(params, x0, key) -> (B,)` gives per-example losses; padded examples (valid = 0) are masked.
+    `loss_fn(params, x0, key[, labels]) -> (B,)` gives per-example losses; padded examples (valid = 0) are
+    masked; labels (B,) int are passed on for class-conditional models.
     """
-    def step(state: TrainState, x0, valid, key):
+    def step(state: TrainState, x0, valid, key, labels=None):
         def objective(params):
-            per_example = loss_fn(params, x0, key)
+            per_example = loss_fn(params, x0, key) if labels is None else loss_fn(params, x0, key, labels)
             return jnp.sum(per_example * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
         loss, grads = jax.value_and_grad(objective)(state.params)
@@ -112,7 +113,8 @@ def make_batch(data: jax.Array, k: jax.Array, batch: jax.Array, step: jax.Array,
     """The batch of one model at `step`: a DataLoader-style shuffled epoch over its K examples.
 
     data: (K_max, *S), rows >= k are padding. Each epoch (ceil(k / batch) steps) is a fresh permutation
-    drawn from fold_in(key, epoch). Returns x0 (padded_batch, *S) and valid (padded_batch,) in {0, 1}.
+    drawn from fold_in(key, epoch). Returns x0 (padded_batch, *S), valid (padded_batch,) in {0, 1} and
+    the rows of `data` taken (padded_batch,) int (to gather the examples' labels).
     """
     k_max = data.shape[0]
     steps_per_epoch = (k + batch - 1) // batch
@@ -121,7 +123,8 @@ def make_batch(data: jax.Array, k: jax.Array, batch: jax.Array, step: jax.Array,
     perm = jnp.argsort(jnp.where(jnp.arange(k_max) < k, u, 2.0))
     slot = pos * batch + jnp.arange(padded_batch)
     valid = (jnp.arange(padded_batch) < batch) & (slot < k)
-    return data[perm[jnp.clip(slot, 0, k_max - 1)]], valid.astype(data.dtype)
+    rows = perm[jnp.clip(slot, 0, k_max - 1)]
+    return data[rows], valid.astype(data.dtype), rows
 
 
 # ------------------------------------------------------------------------- 3. compiled loop over a sweep
@@ -141,6 +144,18 @@ def _groups(specs: list[builders.ModelSpec], num_devices: int, vmap: bool = True
     for i, s in enumerate(specs):
         by_size.setdefault(_padded(s.batch_size, num_devices), []).append(i)
     return [by_size[b] for b in sorted(by_size)]
+
+
+def _group_labels(members: list[builders.ModelSpec], k_max: int) -> jax.Array | None:
+    """(members, k_max) int32 class labels of a group (padding rows 0), or None when unconditional."""
+    if all(s.labels is None for s in members):
+        return None
+    if any(s.labels is None for s in members):
+        raise ValueError("A sweep group mixes conditional and unconditional models.")
+    out = np.zeros((len(members), k_max), np.int32)
+    for j, s in enumerate(members):
+        out[j, : s.k] = s.labels
+    return jnp.asarray(out)
 
 
 def _padded(batch: int, num_devices: int) -> int:
@@ -165,15 +180,22 @@ def make_multi_step(train_step: Callable, groups_meta: list[dict], mesh: Mesh, l
         base = jax.vmap(jax.random.key)(seeds)
         data_keys = jax.vmap(jax.random.fold_in, (0, None))(base, 1)
         noise_keys = jax.vmap(lambda b, s: jax.random.fold_in(jax.random.fold_in(b, 2), s))(base, state.step)
-        x0, valid = jax.vmap(make_batch, (0, 0, 0, 0, 0, None))(
+        x0, valid, rows = jax.vmap(make_batch, (0, 0, 0, 0, 0, None))(
             data, meta["k"], meta["batch"], state.step, data_keys, meta["padded_batch"])
+        labels = None
+        if meta.get("labels") is not None:
+            labels = jax.lax.with_sharding_constraint(jnp.take_along_axis(meta["labels"], rows, axis=1),
+                                                      batch_sharding)
         x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
         valid = jax.lax.with_sharding_constraint(valid, batch_sharding)
         if meta["k"].shape[0] == 1:  # a lone model: skip vmap (batched dots of batch 1 are slower on CPU)
             squeeze = lambda tree: jax.tree.map(lambda v: v[0], tree)
-            new, metrics = train_step(squeeze(state), x0[0], valid[0], noise_keys[0])
+            new, metrics = train_step(squeeze(state), x0[0], valid[0], noise_keys[0],
+                                      None if labels is None else labels[0])
             return jax.tree.map(lambda v: v[None], (new, metrics))
-        return jax.vmap(train_step)(state, x0, valid, noise_keys)
+        if labels is None:
+            return jax.vmap(train_step)(state, x0, valid, noise_keys)
+        return jax.vmap(train_step)(state, x0, valid, noise_keys, labels)
 
     def body(states, datas):
         out = [one_group_step(s, d, m) for s, d, m in zip(states, datas, groups_meta)]
@@ -290,7 +312,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
         metas.append({"seeds": jnp.asarray([s.seed for s in members], jnp.uint32),
                       "k": jnp.asarray([s.k for s in members], jnp.int32),
                       "batch": jnp.asarray([s.batch_size for s in members], jnp.int32),
-                      "padded_batch": _padded(members[0].batch_size, n_dev)})
+                      "padded_batch": _padded(members[0].batch_size, n_dev),
+                      "labels": _group_labels(members, k_max)})
         datas.append(jax.device_put(data, replicated))
         states.append([init_state(model, optimizer, s) for s in members])
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffmem import builders, configlib, image_configs, nets, precond
+from diffmem import builders, configlib, image_configs, nets, precond, train
 from diffmem.data import images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,9 +208,11 @@ def test_class_labels_reach_the_network_through_the_denoiser():
     np.testing.assert_allclose(run(jax.nn.one_hot(jnp.array([1, 1, 1]), 10)), a, rtol=1e-5, atol=1e-6)
     assert not np.allclose(run(jnp.array([2, 2, 2])), a)
     np.testing.assert_array_equal(builders._batch_labels(1, 3), [1, 1, 1])   # an int labels every example
-    # Conditional training needs labels from the trainer, which feeds images only: a clear error.
-    with pytest.raises(configlib.ConfigError, match="label_dim > 0"):
-        builders.build_loss(c, model)
+    # The loss takes the examples' labels (the trainer gathers them with the images).
+    loss = builders.build_loss(c, model)
+    x0 = jnp.zeros((3,) + x.shape[1:])
+    a, b = (loss(params, x0, jax.random.key(0), jnp.array(v)) for v in ([1, 1, 1], [2, 2, 2]))
+    assert a.shape == (3,) and not np.allclose(a, b)
     with pytest.raises(configlib.ConfigError, match="unconditional"):
         builders.denoiser(tiny_digits("ddpm", "ddpm"), None, None, labels=1)
 
@@ -259,3 +261,15 @@ def test_songunet_skip_switches_from_the_config():
     model = builders.build_model(c, (32, 32, 3))
     assert model.kept_skips(32) == (True,) * 3 + (False,) * 6
     assert nets.count_params(model, (1, 32, 32, 3), (1,)) < 35_125_251
+
+
+def test_class_conditional_training_feeds_each_examples_label(tmp_path):
+    """Gu et al.'s conditioning study: a DDPM++ with true digit labels trains through the same trainer."""
+    c = tiny_digits("ddpmpp", "edm")
+    c.model.label_dim, c.data.labels = 10, "true"
+    c.data.k, c.batch_size, c.steps, c.steps_per_call, c.log_every, c.ckpt_every = 16, 8, 2, 1, 1, 2
+    [spec] = builders.model_specs(c)
+    assert spec.labels.shape == (16,) and set(np.unique(spec.labels)) <= set(range(10))
+    states = train.train(c, str(tmp_path), progress=False)
+    assert int(states["16"].step) == 2
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(states["16"].params))
