@@ -32,6 +32,7 @@ from diffmem import builders, checkpoint, configlib, energy, report, sampling, t
 IMAGE_SAMPLERS = ("ddpm", "ddim", "edm_euler", "edm_heun")
 TOY_SAMPLERS = ("em", "ode")
 MODELS = ("trained", "optimal")
+_RUNS: dict = {}  # see sample_workdir
 
 
 def load_config(workdir: str):
@@ -45,8 +46,8 @@ def load_config(workdir: str):
 def load_ema_params(workdir: str, config, spec: builders.ModelSpec, model, step: int | None = None):
     """EMA parameters and checkpoint step of one sweep member (latest checkpoint unless `step`)."""
     o = config.optim
-    like = train.init_state(model, train.make_optimizer(o.lr, o.b1, o.b2, o.eps, o.grad_clip,
-                                                        o.get("warmup_steps", 0)), spec).as_dict()
+    optimizer = train.make_optimizer(o.lr, o.b1, o.b2, o.eps, o.grad_clip, o.get("warmup_steps", 0))
+    like = jax.eval_shape(lambda: train.init_state(model, optimizer, spec).as_dict())  # shapes only
     tree, step = checkpoint.restore_latest(workdir, spec.name, like, step)
     return tree["ema_params"], step
 
@@ -178,10 +179,18 @@ def sample_workdir(workdir: str, seeds: Sequence[int], sampler: str | None = Non
         meta = dict(step=np.int64(ckpt_step), sampler=np.str_(sampler), model=np.str_(model))
         if image:
             settings = _image_settings(config, sampler, num_steps, eta)
-            if model == "trained":
-                denoiser = builders.denoiser(config, net, params)
-            run = image_sampler(denoiser, shape, sampler, **settings)
             meta.update({k: np.float64(-1 if v is None else v) for k, v in settings.items()})
+            # One sampler object per (model, checkpoint, settings) in this process, so a repeated call
+            # reuses its compilation (`sampling.sample_sharded` caches by function).
+            key = (os.path.abspath(workdir), name, model, int(ckpt_step),
+                   tuple((k, str(v)) for k, v in sorted(meta.items())))
+            run = _RUNS.get(key)
+            if run is None:
+                if model == "trained":
+                    denoiser = builders.denoiser(config, net, params)
+                run = _RUNS[key] = image_sampler(denoiser, shape, sampler, **settings)
+                while len(_RUNS) > 8:
+                    _RUNS.pop(next(iter(_RUNS)))
         else:
             eps = eps or config.sample.get("eps", None)
             run = toy_sampler(config, builders.score_fn(config, net, params), sampler, num_steps, eps)
