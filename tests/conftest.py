@@ -18,3 +18,12 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", old)
+
+
+@pytest.fixture()
+def one_device(monkeypatch):
+    """Make `train.data_mesh()` default to one device for a test that is not about sharding (small batches
+    split over conftest's 8 fake CPU devices only add collectives)."""
+    from diffmem import train
+    full = train.data_mesh
+    monkeypatch.setattr(train, "data_mesh", lambda devices=None: full(jax.devices()[:1] if devices is None else devices))

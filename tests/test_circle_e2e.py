@@ -1,6 +1,7 @@
 """End to end on the circle: train with bin/train.py's trainer, sample with bin/sample.py's driver."""
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -19,7 +20,8 @@ def test_k2_circle_model_memorizes(tmp_path):
     score that endpoint puts almost no sample near a training point).
     """
     c = configlib.load_config_file(os.path.join(REPO, "configs/circle.py") + ":k=2,steps=30000,lr=3e-4")
-    train.train(c, str(tmp_path), progress=False)
+    # One device: a batch of 2 split over conftest's 8 fake CPU devices only adds collectives.
+    train.train(c, str(tmp_path), mesh=train.data_mesh(jax.devices()[:1]), progress=False)
     [path] = generate.sample_workdir(str(tmp_path), np.arange(500), "em", eps=1e-4)
     out = report.read_npz(path)
     assert out["samples"].shape == (500, 2) and int(out["step"]) == 30000

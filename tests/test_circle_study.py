@@ -21,7 +21,7 @@ def test_classify_centres_rules():
     np.testing.assert_allclose(spreads, 0.05)
 
 
-def test_study_end_to_end_small(tmp_path):
+def test_study_end_to_end_small(tmp_path, one_device):
     c = configlib.load_config_file(os.path.join(REPO, "configs/circle.py") + ":k=2+9,steps=300")
     c.model.hidden, c.model.embed = 32, 16
     c.steps_per_call, c.log_every, c.ckpt_every = 100, 100, 300

@@ -263,7 +263,7 @@ def test_songunet_skip_switches_from_the_config():
     assert nets.count_params(model, (1, 32, 32, 3), (1,)) < 35_125_251
 
 
-def test_class_conditional_training_feeds_each_examples_label(tmp_path):
+def test_class_conditional_training_feeds_each_examples_label(tmp_path, one_device):
     """Gu et al.'s conditioning study: a DDPM++ with true digit labels trains through the same trainer."""
     c = tiny_digits("ddpmpp", "edm")
     c.model.label_dim, c.data.labels = 10, "true"

@@ -48,7 +48,7 @@ def test_dsm_loss_at_exact_score_equals_closed_form(x64):
     assert abs(float(jnp.mean(per)) - exact) < 4 * se, (float(jnp.mean(per)), exact, se)
 
 
-def test_training_reduces_dsm_loss_towards_mixture_floor(tmp_path):
+def test_training_reduces_dsm_loss_towards_mixture_floor(tmp_path, one_device):
     c = configlib.load_config_file(os.path.join(REPO, "configs/gmm.py") + ":k=2000,steps=1500")
     c.steps_per_call, c.log_every, c.ckpt_every = 500, 500, 1500
     states = train.train(c, str(tmp_path), progress=False)
@@ -75,7 +75,7 @@ def test_eight_devices_equal_one_device(tmp_path):
     leaves_close(one["9"].ema_params, eight["9"].ema_params, rtol=1e-4, atol=1e-5)
 
 
-def test_sweep_members_equal_solo_runs(tmp_path):
+def test_sweep_members_equal_solo_runs(tmp_path, one_device):
     sweep = train.train(small_circle("k=2+9", steps=20), str(tmp_path / "sweep"), progress=False)
     solo = train.train(small_circle("k=9", steps=20), str(tmp_path / "solo"), progress=False)
     assert set(sweep) == {"2", "9"}
