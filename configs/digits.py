@@ -10,14 +10,14 @@
 UNet (ch 32, multipliers 1,2, attention at 4 px) or DDPM++ (32 channels, 1,2, one block per level) learns
 them in a few thousand steps (minutes on a laptop CPU); small K memorizes (samples copy training digits),
 larger K produces new digits.
-Arg keys: k (int or a+b sweep), steps, seed, lr, batch, arch (ddpm | ddpmpp),
+Arg keys: k (int or a+b sweep), steps (steps, "100ep" epochs or "500kimg" images), seed, lr, batch, arch (ddpm | ddpmpp),
 precond (ddpm | vp | ve | edm; ddpm trains with Ho et al.'s epsilon loss, the others with EDM's loss).
 """
 from diffmem import image_configs as ic
 
 
 def get_config(arg=None):
-    a = ic.parse_args("digits", arg, k=64, steps=4000, seed=0, lr=1e-3, batch=64, arch="ddpm", precond="ddpm")
+    a = ic.parse_args("digits", arg, k=64, steps="4000", seed=0, lr=1e-3, batch=64, arch="ddpm", precond="ddpm")
     model = ic.model_section(a.arch, channels=32, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,),
                              dropout=0.1, num_groups=8)
     return ic.assemble(
@@ -29,7 +29,7 @@ def get_config(arg=None):
         optim=ic.optim_section(a.lr, grad_clip=1.0, warmup_steps=200),
         ema=dict(decay=0.999, warmup=True),
         batch_size=a.batch,
-        steps=a.steps,
+        steps=ic.steps_of(a.steps, a.k, a.batch, 4000),
         steps_per_call=100,
         log_every=100,
         ckpt_every=1000,

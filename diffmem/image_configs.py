@@ -32,9 +32,18 @@ from diffmem import configlib, precond
 
 ARCHS = ("ddpm", "ddpmpp")
 PRECONDS = tuple(sorted(precond.PRECONDITIONINGS))  # ddpm, edm, ve, vp
-# Arg keys of the recipe configs: k (int or a+b sweep), steps / lr / batch (0 = the recipe's), seed,
+# Arg keys of the recipe configs: k (int or a+b sweep), steps / lr / batch (0 = the recipe's; steps also
+# takes epochs "100ep" or images "200kimg", see `steps_of`), seed,
 # arch (ddpm | ddpmpp), precond (ddpm | vp | ve | edm).
-COMMON_ARGS = dict(k=1000, steps=0, seed=0, lr=0.0, batch=0, arch="ddpm", precond="ddpm")
+COMMON_ARGS = dict(k=1000, steps="0", seed=0, lr=0.0, batch=0, arch="ddpm", precond="ddpm")
+
+
+def steps_of(duration: str, k, batch: int, default: int) -> int:
+    """The `steps` arg as optimizer steps: "0" = the recipe's `default`; otherwise steps ("20000"), epochs of
+    the largest K ("100ep") or training images ("200kimg"), via `configlib.duration_to_steps`."""
+    if str(duration).strip() in ("", "0"):
+        return default
+    return configlib.duration_to_steps(str(duration), dataset_size=max(configlib.sweep(k)), batch_size=batch)
 
 
 def parse_args(config_name: str, arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -167,7 +176,7 @@ def recipe_config(a: ml_collections.ConfigDict, ds: ImageSet, *,
         return assemble(seed=a.seed, data=data_section(k=a.k, **data), model=model,
                         diffusion=diffusion_section(a.precond), loss=loss_section(a.precond),
                         optim=optim_section(a.lr or 2e-4, grad_clip=1.0), ema=dict(decay=0.9999, warmup=False),
-                        batch_size=batch, steps=a.steps or ds.pham_steps, steps_per_call=500, log_every=500,
+                        batch_size=batch, steps=steps_of(a.steps, a.k, batch, ds.pham_steps), steps_per_call=500, log_every=500,
                         ckpt_every=2500, sample=sample_section(a.precond, num=sample_num, batch=512))
     batch = a.batch or 512
     gu = gu_schedule(max(configlib.sweep(a.k)), batch)
@@ -176,6 +185,6 @@ def recipe_config(a: ml_collections.ConfigDict, ds: ImageSet, *,
     return assemble(seed=a.seed, data=data_section(k=a.k, subset="balanced" if ds.labelled else "permutation", **data),
                     model=model, diffusion=diffusion_section(a.precond), loss=loss_section(a.precond),
                     optim=optim_section(a.lr or 2e-4, warmup_steps=gu["warmup_steps"]),
-                    ema=dict(decay=gu["ema_decay"], warmup=True), batch_size=batch, steps=a.steps or gu["steps"],
+                    ema=dict(decay=gu["ema_decay"], warmup=True), batch_size=batch, steps=steps_of(a.steps, a.k, batch, gu["steps"]),
                     steps_per_call=500, log_every=500, ckpt_every=5000,
                     sample=sample_section(a.precond, num=sample_num, batch=512))

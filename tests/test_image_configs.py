@@ -273,3 +273,12 @@ def test_class_conditional_training_feeds_each_examples_label(tmp_path, one_devi
     states = train.train(c, str(tmp_path), progress=False)
     assert int(states["16"].step) == 2
     assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(states["16"].params))
+
+
+def test_duration_in_steps_epochs_or_images():
+    assert load("cifar10", "k=1000,steps=10ep").steps == 79          # ceil(10 * 1000 / 128)
+    assert load("cifar10", "k=500+1000,steps=200kimg").steps == 1563  # ceil(200,000 / 128)
+    assert load("digits", "k=64,steps=3ep,batch=16").steps == 12
+    assert load("digits", "k=64,steps=300").steps == 300
+    with pytest.raises(configlib.ConfigError, match="kimg"):
+        load("cifar10", "steps=ten")
