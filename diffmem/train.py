@@ -213,7 +213,11 @@ def make_multi_step(train_step: Callable, groups_meta: list[dict], mesh: Mesh, l
         return python_loop
 
     def multi_step(states, datas, num_steps):
-        return jax.lax.scan(lambda s, _: body(s, datas), states, None, length=num_steps)
+        # One scan per group, one after the other: a tight loop per model size runs faster than one loop
+        # whose body steps every group (measured on the tutorial's K = 2, 9, 1000 sweep).
+        out = [jax.lax.scan(lambda s, _, d=d, m=m: one_group_step(s, d, m), st, None, length=num_steps)
+               for st, d, m in zip(states, datas, groups_meta)]
+        return tuple(o[0] for o in out), tuple(o[1] for o in out)
 
     return jax.jit(multi_step, static_argnums=2, donate_argnums=0)
 
