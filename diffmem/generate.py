@@ -195,8 +195,9 @@ def sample_workdir(workdir: str, seeds: Sequence[int], sampler: str | None = Non
             eps = eps or config.sample.get("eps", None)
             run = toy_sampler(config, builders.score_fn(config, net, params), sampler, num_steps, eps)
             meta.update(eps=np.float64(eps or -1), num_steps=np.int64(num_steps or config.sample.num_steps))
-        samples = _sample_resumable(path, run, seeds, meta, batch=batch, mesh=mesh, overwrite=overwrite,
-                                    desc=f"K={spec.k} {model} {sampler}", progress=progress)
+        with train.matmul_precision(config):
+            samples = _sample_resumable(path, run, seeds, meta, batch=batch, mesh=mesh, overwrite=overwrite,
+                                        desc=f"K={spec.k} {model} {sampler}", progress=progress)
         if samples is not None:
             title = f"K = {spec.k}, {model}, {sampler}, step {ckpt_step}"
             if image:

@@ -118,7 +118,7 @@ def sample_section(precond_name: str, *, num: int, batch: int) -> dict:
 
 def assemble(*, seed, data: dict, model: dict, diffusion: dict, loss: dict, optim: dict, ema: dict, batch_size: int,
              steps: int, steps_per_call: int, log_every: int, ckpt_every: int, sample: dict,
-             keep_checkpoints: int = 2) -> ml_collections.ConfigDict:
+             keep_checkpoints: int = 2, matmul_precision: str = "default") -> ml_collections.ConfigDict:
     """The full image config (the keys `diffmem.train` and `diffmem.builders` read)."""
     c = ml_collections.ConfigDict()
     c.seed = seed                # model init and training noise (per step: fold_in(seed, step))
@@ -134,6 +134,9 @@ def assemble(*, seed, data: dict, model: dict, diffusion: dict, loss: dict, opti
     c.log_every = log_every
     c.ckpt_every = ckpt_every
     c.keep_checkpoints = keep_checkpoints
+    # "bfloat16": float32 matmuls and convolutions take bf16 inputs on GPUs/TPUs (params, optimizer state
+    # and accumulation stay float32); no effect on CPU. See `jax.default_matmul_precision`.
+    c.matmul_precision = matmul_precision
     c.sample = sample
     return c
 

@@ -18,6 +18,7 @@ Design:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,6 +35,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffmem import builders, checkpoint, configlib
 
+MATMUL_PRECISIONS = ("default", "bfloat16", "tensorfloat32", "float32", "highest")
+
+
+def matmul_precision(config: ml_collections.ConfigDict):
+    """A context for tracing the config's computations with `config.matmul_precision` ("bfloat16": bf16
+    matmuls/convs on accelerators); a no-op for "default" or configs without the key."""
+    name = config.get("matmul_precision", "default")
+    if name not in MATMUL_PRECISIONS:
+        raise configlib.ConfigError(f"matmul_precision {name!r}; valid: {list(MATMUL_PRECISIONS)}.")
+    return contextlib.nullcontext() if name == "default" else jax.default_matmul_precision(name)
+
+
 RULES = {
     "optim.lr": ("range", 1e-8, 1.0),
     "optim.grad_clip": ("range", 0.0, 1e6),
@@ -46,6 +59,7 @@ RULES = {
     "data.k": ("range", 1, 1 << 40),
     "sde.sigma_max": ("range", 1e-6, 1e6),
     "sample.sampler": ("choices", ("em", "ode", "ddpm", "ddim", "edm_euler", "edm_heun")),
+    "matmul_precision": ("choices", MATMUL_PRECISIONS),
 }
 
 
@@ -338,7 +352,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
     total = config.steps
     bar = _progress(total, start, names, progress)
     step, last_saved, window_t, window_steps = start, start, time.perf_counter(), 0
-    with open(metrics_path, "a") as metrics_file:
+    with open(metrics_path, "a") as metrics_file, matmul_precision(config):
         while step < total:
             n = min(config.steps_per_call, total - step)
             stacked, metrics = multi_step(stacked, tuple(datas), n)

@@ -282,3 +282,14 @@ def test_duration_in_steps_epochs_or_images():
     assert load("digits", "k=64,steps=300").steps == 300
     with pytest.raises(configlib.ConfigError, match="kimg"):
         load("cifar10", "steps=ten")
+
+
+def test_bf16_matmul_precision_is_a_checked_config_choice():
+    c = load("cifar10")
+    assert c.matmul_precision == "default"
+    c.matmul_precision = "bfloat16"
+    with train.matmul_precision(c):
+        assert jax.config.jax_default_matmul_precision == "bfloat16"
+    c.matmul_precision = "bf16"
+    with pytest.raises(configlib.ConfigError, match="bfloat16"):
+        train.matmul_precision(c)
