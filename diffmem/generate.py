@@ -123,7 +123,7 @@ def _image_settings(config, sampler: str, num_steps: int | None, eta: float) -> 
     settings = dict(timesteps=int(d.get("timesteps", 1000)), beta_start=float(d.get("beta_start", 1e-4)),
                     beta_end=float(d.get("beta_end", 0.02)), num_steps=num_steps, eta=float(eta))
     if sampler.startswith("edm"):
-        lo, hi = builders.sigma_range(config) if hasattr(builders, "sigma_range") else (0.002, 80.0)
+        lo, hi = builders.sigma_range(config)
         settings.update(sigma_min=float(max(lo, 0.002)), sigma_max=float(min(hi, 80.0)))
     return settings
 

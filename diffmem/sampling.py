@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from diffmem.sde import SDE, Denoiser, ScoreFn, _bcast, edm_sigma_steps
+from diffmem.sde import SDE, Denoiser, ScoreFn, _bcast, ddpm_alpha_bar, edm_sigma_steps
 
 _UPFRONT_NOISE_MAX = 1 << 24  # draw all EM noise in one op when it fits in 16M numbers (64 MB float32)
 
@@ -75,6 +75,15 @@ def tutorial_init(key_or_seeds, dim: int, sde: SDE, *, start: str = "tutorial") 
     if start == "tutorial":
         return z / jnp.linalg.norm(z, axis=-1, keepdims=True) * sde.marginal_std(jnp.asarray(sde.t_max))
     raise ValueError(f"Unknown start {start!r}; choose 'tutorial' or 'prior'.")
+
+
+def _noise_keys(key_or_seeds, needed: bool, why: str) -> jax.Array | None:
+    """Per-sample keys for a sampler whose noise is optional: None when not `needed`, else `per_sample_keys`."""
+    if not needed:
+        return None
+    if key_or_seeds is None:
+        raise ValueError(f"{why}: pass per-sample seeds (B,).")
+    return per_sample_keys(key_or_seeds)
 
 
 def _check_batch(x: jax.Array, keys: jax.Array | None, what: str) -> None:
@@ -153,10 +162,6 @@ def probability_flow_ode(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, t0: flo
 
 
 # ----------------------------------------------------------------------------------- DDPM and DDIM
-def _alpha_bar(T: int, beta_start: float, beta_end: float) -> np.ndarray:
-    return np.cumprod(1.0 - np.linspace(beta_start, beta_end, T, dtype=np.float64))
-
-
 def _vp_x0(denoiser: Denoiser, x: jax.Array, ab) -> jax.Array:
     """x0 prediction at the VP state x_t = sqrt(ab) x0 + sqrt(1 - ab) eps: D(x_t / sqrt(ab), sqrt((1-ab)/ab))."""
     return denoiser(x / jnp.sqrt(ab), jnp.full(x.shape[:1], jnp.sqrt((1 - ab) / ab), x.dtype))
@@ -214,13 +219,9 @@ def ddim(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: in
     `jnp.clip(ddim(...), -1, 1)` clips only the final one. final_denoise=False stops at the smallest grid
     level instead (the start of `ddim_invert`).
     """
-    keys = None
-    if eta > 0:
-        if key_or_seeds is None:
-            raise ValueError("DDIM with eta > 0 draws noise: pass per-sample seeds (B,).")
-        keys = per_sample_keys(key_or_seeds)
+    keys = _noise_keys(key_or_seeds, eta > 0, "DDIM with eta > 0 draws noise")
     _check_batch(x_T, keys, "x_T")
-    ab = _alpha_bar(T, beta_start, beta_end)
+    ab = ddpm_alpha_bar(T, beta_start, beta_end)
     ts = ddim_timesteps(num_steps, T)[::-1]
     a_now = jnp.asarray(ab[ts], x_T.dtype)
     a_next = jnp.asarray(np.concatenate([ab[ts[1:]], [1.0]]), x_T.dtype)  # alpha_bar of "t = -1" is 1
@@ -249,7 +250,7 @@ def ddim_invert(denoiser: Denoiser, x0: jax.Array, num_steps: int = 50, *, T: in
     up to the discretisation error of both passes.
     """
     _check_batch(x0, None, "x0")
-    ab = _alpha_bar(T, beta_start, beta_end)
+    ab = ddpm_alpha_bar(T, beta_start, beta_end)
     levels = jnp.asarray(ab[ddim_timesteps(num_steps, T)], x0.dtype)
 
     def step(x, i):  # DDIM eq. 12 with eta = 0, from level i to level i + 1
@@ -287,11 +288,7 @@ def _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, heun
          S_noise):
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1; got {num_steps}.")
-    keys = None
-    if S_churn > 0:
-        if key_or_seeds is None:
-            raise ValueError("S_churn > 0 adds noise (Algorithm 2): pass per-sample seeds (B,).")
-        keys = per_sample_keys(key_or_seeds)
+    keys = _noise_keys(key_or_seeds, S_churn > 0, "S_churn > 0 adds noise (Algorithm 2)")
     _check_batch(x_T, keys, "x_T")
     sig = jnp.asarray(edm_sigma_steps(num_steps, sigma_min, sigma_max, rho), x_T.dtype)  # (N + 1,), ends at 0
     gamma_max = min(S_churn / num_steps, math.sqrt(2) - 1)
