@@ -185,3 +185,16 @@ def test_ema_warmup_follows_formula():
     steps = jnp.arange(5)
     np.testing.assert_allclose(train.ema_decay(steps, 0.9999, True), (1 + steps) / (10 + steps), rtol=1e-6)
     assert float(train.ema_decay(jnp.asarray(10**7), 0.9999, True)) == pytest.approx(0.9999)
+
+
+def test_make_batch_rows_are_the_examples_taken():
+    """The rows make_batch reports are exactly the examples in the batch (labels are gathered with them),
+    and one epoch visits each of the K examples once."""
+    data = jnp.arange(10, dtype=jnp.float32)[:, None] * jnp.ones((1, 3))  # row i holds the value i
+    seen = []
+    for step in range(3):  # K = 9 of 10 rows (row 9 is padding), batch 3: one epoch
+        x0, valid, rows = train.make_batch(data, jnp.int32(9), jnp.int32(3), jnp.int32(step), jax.random.key(0), 4)
+        np.testing.assert_array_equal(np.asarray(x0)[:, 0], np.asarray(rows))
+        np.testing.assert_array_equal(np.asarray(valid), [1, 1, 1, 0])
+        seen.extend(np.asarray(rows)[:3].tolist())
+    assert sorted(seen) == list(range(9))
