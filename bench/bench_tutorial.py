@@ -45,7 +45,8 @@ def diffmem_em_seconds(n: int = 1500, steps: int = 1000) -> tuple[float, float]:
     model = nets.ScoreMLP(sde.marginal_std)
     params = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.ones((1,)))
     score = lambda x, t: model.apply(params, x, t)
-    run = jax.jit(lambda s: sampling.euler_maruyama(score, sde, sampling.tutorial_init(s, 2, sde), s, steps))
+    run = jax.jit(lambda s: sampling.euler_maruyama(score, sde, sampling.tutorial_init(s, 2, sde), s, steps,
+                                                    shared_time=True))
     seeds = jnp.arange(n)
     t = time.perf_counter()
     run(seeds).block_until_ready()

@@ -81,7 +81,9 @@ def toy_sampler(config, score_fn, sampler: str, num_steps: int | None, eps: floa
     def run(seeds):
         x_init = sampling.tutorial_init(seeds, dim, sde)
         if sampler == "em":
-            return sampling.euler_maruyama(score_fn, sde, x_init, seeds, num_steps=steps, eps=eps)
+            # The toy networks broadcast a shared t (time branch once per step, not once per sample).
+            return sampling.euler_maruyama(score_fn, sde, x_init, seeds, num_steps=steps, eps=eps,
+                                           shared_time=True)
         return sampling.probability_flow_ode(score_fn, sde, x_init, t1=eps)
 
     return run

@@ -95,12 +95,16 @@ def _check_batch(x: jax.Array, keys: jax.Array | None, what: str) -> None:
 
 # ----------------------------------------------------------------------------------- score-based (SDE view)
 def euler_maruyama(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, key_or_seeds, num_steps: int = 1000,
-                   eps: float | None = None) -> jax.Array:
+                   eps: float | None = None, *, shared_time: bool = False) -> jax.Array:
     """The tutorial's Euler-Maruyama solver of the reverse SDE dx = [f - g^2 s] dt + g dw.
 
     Time grid linspace(t_max, eps, num_steps) (eps defaults to sde.t_min), dt = t_0 - t_1; each step
     mean = x + (g^2 s(x, t) - f(x, t)) dt, x = mean + sqrt(dt) g z. Returns the mean of the last step.
     x_init (B, *S), key_or_seeds (B,) -> (B, *S).
+
+    shared_time=True calls score_fn with t of shape (1,), the one time of the whole batch, instead of (B,).
+    Use it for score functions that broadcast t (`nets.ScoreMLP` does, and then computes its time branch
+    once per step instead of once per sample: about half the work of the tutorial's network).
     """
     eps = sde.t_min if eps is None else eps
     if not 0 < eps < sde.t_max:
@@ -113,7 +117,7 @@ def euler_maruyama(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, key_or_seeds,
     dt = ts[0] - ts[1]
 
     def mean_and_g(x, t):  # reverse-SDE Euler-Maruyama, drift part
-        tb = jnp.full(x.shape[:1], t, x.dtype)
+        tb = jnp.full((1,) if shared_time else x.shape[:1], t, x.dtype)
         g = _bcast(sde.diffusion(tb), x)
         return (x + (g**2 * score_fn(x, tb) - sde.drift(x, tb)) * dt).astype(x.dtype), g
 

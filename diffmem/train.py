@@ -189,30 +189,39 @@ def make_multi_step(train_step: Callable, groups_meta: list[dict], mesh: Mesh, l
         raise ValueError(f"loop must be 'scan' or 'python'; got {loop!r}.")
     batch_sharding = NamedSharding(mesh, P(None, "data"))
 
+    def lone(meta) -> bool:
+        # A lone model (group of one) steps without vmap (batched dots of batch 1 are slower on CPU) and is
+        # carried through the loop without its model axis (slicing and re-stacking every leaf each step costs).
+        return meta["k"].shape[0] == 1
+
     def one_group_step(state, data, meta):
-        seeds = meta["seeds"]
-        base = jax.vmap(jax.random.key)(seeds)
+        steps = state.step[None] if lone(meta) else state.step
+        base = jax.vmap(jax.random.key)(meta["seeds"])
         data_keys = jax.vmap(jax.random.fold_in, (0, None))(base, 1)
-        noise_keys = jax.vmap(lambda b, s: jax.random.fold_in(jax.random.fold_in(b, 2), s))(base, state.step)
+        noise_keys = jax.vmap(lambda b, s: jax.random.fold_in(jax.random.fold_in(b, 2), s))(base, steps)
         x0, valid, rows = jax.vmap(make_batch, (0, 0, 0, 0, 0, None))(
-            data, meta["k"], meta["batch"], state.step, data_keys, meta["padded_batch"])
+            data, meta["k"], meta["batch"], steps, data_keys, meta["padded_batch"])
         labels = None
         if meta.get("labels") is not None:
             labels = jax.lax.with_sharding_constraint(jnp.take_along_axis(meta["labels"], rows, axis=1),
                                                       batch_sharding)
         x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
         valid = jax.lax.with_sharding_constraint(valid, batch_sharding)
-        if meta["k"].shape[0] == 1:  # a lone model: skip vmap (batched dots of batch 1 are slower on CPU)
-            squeeze = lambda tree: jax.tree.map(lambda v: v[0], tree)
-            new, metrics = train_step(squeeze(state), x0[0], valid[0], noise_keys[0],
-                                      None if labels is None else labels[0])
-            return jax.tree.map(lambda v: v[None], (new, metrics))
+        if lone(meta):
+            return train_step(state, x0[0], valid[0], noise_keys[0], None if labels is None else labels[0])
         if labels is None:
             return jax.vmap(train_step)(state, x0, valid, noise_keys)
         return jax.vmap(train_step)(state, x0, valid, noise_keys, labels)
 
+    def group_loop(state, data, meta, run):
+        """run(state, step_fn) -> (state, metrics) over one group, dropping a lone model's axis around it."""
+        if not lone(meta):
+            return run(state, lambda s: one_group_step(s, data, meta))
+        state, metrics = run(jax.tree.map(lambda v: v[0], state), lambda s: one_group_step(s, data, meta))
+        return jax.tree.map(lambda v: v[None], (state, metrics))
+
     def body(states, datas):
-        out = [one_group_step(s, d, m) for s, d, m in zip(states, datas, groups_meta)]
+        out = [group_loop(s, d, m, lambda s0, f: f(s0)) for s, d, m in zip(states, datas, groups_meta)]
         return tuple(o[0] for o in out), tuple(o[1] for o in out)
 
     if loop == "python":
@@ -229,8 +238,8 @@ def make_multi_step(train_step: Callable, groups_meta: list[dict], mesh: Mesh, l
     def multi_step(states, datas, num_steps):
         # One scan per group, one after the other: a tight loop per model size runs faster than one loop
         # whose body steps every group (measured on the tutorial's K = 2, 9, 1000 sweep).
-        out = [jax.lax.scan(lambda s, _, d=d, m=m: one_group_step(s, d, m), st, None, length=num_steps)
-               for st, d, m in zip(states, datas, groups_meta)]
+        scan = lambda s0, f: jax.lax.scan(lambda s, _: f(s), s0, None, length=num_steps)
+        out = [group_loop(s, d, m, scan) for s, d, m in zip(states, datas, groups_meta)]
         return tuple(o[0] for o in out), tuple(o[1] for o in out)
 
     return jax.jit(multi_step, static_argnums=2, donate_argnums=0)
