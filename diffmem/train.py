@@ -246,11 +246,15 @@ def make_multi_step(train_step: Callable, groups_meta: list[dict], mesh: Mesh, l
 
 
 # ---------------------------------------------------------------------------------------- 4. the driver
-def init_state(model, optimizer, spec: builders.ModelSpec) -> TrainState:
-    """Fresh state of one sweep member: params from fold_in(key(seed), 0), EMA = params."""
+def init_state(model, optimizer, spec: builders.ModelSpec, init_fn: Callable | None = None) -> TrainState:
+    """Fresh state of one sweep member: params from fold_in(key(seed), 0), EMA = params.
+
+    init_fn: `jax.jit(model.init)`, passed by a caller that initialises several members so it compiles once
+    (op-by-op init of a UNet takes tens of seconds on CPU, so init is always compiled).
+    """
     x = jnp.asarray(spec.data[:1])
-    # Compiled: op-by-op init of a UNet takes tens of seconds on CPU.
-    params = jax.jit(model.init)(jax.random.fold_in(jax.random.key(spec.seed), 0), x, jnp.ones((1,), x.dtype))
+    init_fn = jax.jit(model.init) if init_fn is None else init_fn
+    params = init_fn(jax.random.fold_in(jax.random.key(spec.seed), 0), x, jnp.ones((1,), x.dtype))
     return TrainState(jnp.zeros((), jnp.int32), params, params, optimizer.init(params))
 
 
@@ -329,6 +333,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
     # Group members by padded batch size; pad training sets to the group's largest K.
     groups = _groups(specs, n_dev, vmap=not builders.is_image(config))  # see _groups and make_multi_step
     replicated = NamedSharding(mesh, P())
+    init_fn = jax.jit(model.init)  # one compilation for every member
     metas, datas, states = [], [], []
     for idx in groups:
         members = [specs[i] for i in idx]
@@ -342,7 +347,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
                       "padded_batch": _padded(members[0].batch_size, n_dev),
                       "labels": _group_labels(members, k_max)})
         datas.append(jax.device_put(data, replicated))
-        states.append([init_state(model, optimizer, s) for s in members])
+        states.append([init_state(model, optimizer, s, init_fn) for s in members])
 
     # Resume.
     names = [s.name for s in specs]
