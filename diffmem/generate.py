@@ -45,8 +45,7 @@ def load_config(workdir: str):
 
 def load_ema_params(workdir: str, config, spec: builders.ModelSpec, model, step: int | None = None):
     """EMA parameters and checkpoint step of one sweep member (latest checkpoint unless `step`)."""
-    o = config.optim
-    optimizer = train.make_optimizer(o.lr, o.b1, o.b2, o.eps, o.grad_clip, o.get("warmup_steps", 0))
+    optimizer = train.optimizer_from_config(config)
     like = jax.eval_shape(lambda: train.init_state(model, optimizer, spec).as_dict())  # shapes only
     tree, step = checkpoint.restore_latest(workdir, spec.name, like, step)
     return tree["ema_params"], step

