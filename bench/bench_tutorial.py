@@ -45,13 +45,14 @@ def diffmem_em_seconds(n: int = 1500, steps: int = 1000) -> tuple[float, float]:
     """(seconds per run after compilation, compile seconds) of diffmem's EM sampler on the tutorial net."""
     import jax
     import jax.numpy as jnp
-    from diffmem import nets, sampling, sde as sde_lib
+    from diffmem import cpu_parallel, nets, sampling, sde as sde_lib
     sde = sde_lib.VESDE()
     model = nets.ScoreMLP(sde.marginal_std)
     params = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.ones((1,)))
-    score = lambda x, t: model.apply(params, x, t)
+    score = cpu_parallel.split_batch(lambda x, t: model.apply(params, x, t))  # as builders.score_fn
     run = jax.jit(lambda s: sampling.euler_maruyama(score, sde, sampling.tutorial_init(s, 2, sde), s, steps,
-                                                    shared_time=True))
+                                                    shared_time=True),
+                  compiler_options=cpu_parallel.compiler_options(n))  # as bin/sample.py
     seeds = jnp.arange(n)
     t = time.perf_counter()
     run(seeds).block_until_ready()

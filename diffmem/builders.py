@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffmem import configlib, losses, nets, precond
+from diffmem import configlib, cpu_parallel, losses, nets, precond
 from diffmem import sde as sde_lib
 from diffmem.data import toy
 
@@ -172,8 +172,8 @@ def denoiser(config: ml_collections.ConfigDict, model, params, *, labels=None) -
 
 
 def score_fn(config: ml_collections.ConfigDict, model, params) -> sde_lib.ScoreFn:
-    """The trained network as a batched score function s(x, t)."""
-    return lambda x, t: model.apply(params, x, t)
+    """The trained network as a batched score function s(x, t) (large batches split over CPU cores)."""
+    return cpu_parallel.split_batch(lambda x, t: model.apply(params, x, t))
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -189,7 +189,7 @@ def build_loss(config: ml_collections.ConfigDict, model) -> Callable[..., jax.Ar
         sde = build_sde(config)
 
         def loss(params, x0, key, labels=None):
-            return losses.dsm_from_key(lambda x, t: model.apply(params, x, t), x0, key, sde)
+            return losses.dsm_from_key(score_fn(config, model, params), x0, key, sde)
         return loss
     if name not in LOSSES:
         raise configlib.ConfigError(f"Unknown loss.name {name!r}; valid: {list(LOSSES)}.")

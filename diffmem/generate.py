@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from diffmem import builders, checkpoint, configlib, energy, report, sampling, train, viz
+from diffmem import builders, checkpoint, configlib, cpu_parallel, energy, report, sampling, train, viz
 
 IMAGE_SAMPLERS = ("ddpm", "ddim", "edm_euler", "edm_heun")
 TOY_SAMPLERS = ("em", "ode")
@@ -198,6 +198,7 @@ def sample_workdir(workdir: str, seeds: Sequence[int], sampler: str | None = Non
             meta.update(eps=np.float64(eps or -1), num_steps=np.int64(num_steps or config.sample.num_steps))
         with train.matmul_precision(config):
             samples = _sample_resumable(path, run, seeds, meta, batch=batch, mesh=mesh, overwrite=overwrite,
+                                        options=None if image else cpu_parallel.compiler_options(batch),
                                         desc=f"K={spec.k} {model} {sampler}", progress=progress)
         if samples is not None:
             title = f"K = {spec.k}, {model}, {sampler}, step {ckpt_step}"
@@ -220,9 +221,9 @@ def _describe(old: dict, meta: dict) -> str:
 
 
 def _sample_resumable(path: str, run, seeds: np.ndarray, meta: dict, *, batch: int, mesh, overwrite: bool,
-                      desc: str, progress: bool) -> np.ndarray | None:
+                      desc: str, progress: bool, options: dict | None = None) -> np.ndarray | None:
     """Run `run` over `seeds` in sharded batches, saving each batch under `<path>.partial/`; returns the samples,
-    or None when `path` already holds exactly these (skipped)."""
+    or None when `path` already holds exactly these (skipped). options: `jax.jit` compiler options."""
     if os.path.exists(path):
         old = report.read_npz(path)
         if _same(old, seeds, meta):
@@ -245,7 +246,7 @@ def _sample_resumable(path: str, run, seeds: np.ndarray, meta: dict, *, batch: i
                 chunks.append(old["samples"])
                 bar.update(len(part_seeds))
                 continue
-        x = np.asarray(sampling.sample_sharded(run, part_seeds, mesh), np.float32)
+        x = np.asarray(sampling.sample_sharded(run, part_seeds, mesh, compiler_options=options), np.float32)
         if not np.all(np.isfinite(x)):
             raise FloatingPointError(f"Non-finite samples for seeds {part_seeds[0]}..{part_seeds[-1]} ({desc}): "
                                      "the model or sampler diverged; check the checkpoint and the sampler settings.")

@@ -321,13 +321,14 @@ def _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, heun
 
 # ----------------------------------------------------------------------------------- sharding
 @functools.lru_cache(maxsize=8)
-def _sharded_jit(sampler_fn, mesh: Mesh, axis: str):
+def _sharded_jit(sampler_fn, mesh: Mesh, axis: str, options: tuple = ()):
     sharding = NamedSharding(mesh, PartitionSpec(axis))
-    return jax.jit(sampler_fn, in_shardings=sharding, out_shardings=sharding), sharding
+    return jax.jit(sampler_fn, in_shardings=sharding, out_shardings=sharding,
+                   compiler_options=dict(options) or None), sharding
 
 
 def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Mesh, *,
-                   axis: str = "data") -> jax.Array:
+                   axis: str = "data", compiler_options: dict | None = None) -> jax.Array:
     """Run a single-device `sampler_fn(seeds (B,)) -> samples (B, ...)` with seeds and samples sharded
     over the mesh axis `axis` (NamedSharding, PartitionSpec(axis)).
 
@@ -335,6 +336,7 @@ def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Me
     dropped), so any B works. Because sample i depends only on seed i, the result equals an unsharded run.
     The jitted function is cached per (sampler_fn, mesh, axis): keep `sampler_fn` the same object across
     calls to avoid recompiling. Build the mesh as `Mesh(np.array(jax.devices()), ("data",))`.
+    compiler_options: passed to `jax.jit` (e.g. `cpu_parallel.compiler_options(rows)`).
     """
     seeds = np.asarray(seeds)
     if seeds.ndim != 1 or seeds.size == 0 or not np.issubdtype(seeds.dtype, np.integer):
@@ -346,5 +348,5 @@ def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Me
     n = seeds.shape[0]
     pad = -n % mesh.shape[axis]
     padded = np.concatenate([seeds, np.repeat(seeds[-1:], pad)]).astype(np.uint32)
-    run, sharding = _sharded_jit(sampler_fn, mesh, axis)
+    run, sharding = _sharded_jit(sampler_fn, mesh, axis, tuple(sorted((compiler_options or {}).items())))
     return run(jax.device_put(padded, sharding))[:n]

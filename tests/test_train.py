@@ -198,3 +198,16 @@ def test_make_batch_rows_are_the_examples_taken():
         np.testing.assert_array_equal(np.asarray(valid), [1, 1, 1, 0])
         seen.extend(np.asarray(rows)[:3].tolist())
     assert sorted(seen) == list(range(9))
+
+
+@pytest.mark.parametrize("k_max", [7, 5000])  # packed integer sort, and argsort above 4096 rows
+def test_epoch_permutation_is_uniform_with_padding_last(k_max):
+    k = k_max - 2
+    perms = jax.jit(jax.vmap(lambda key: train._permutation(key, jnp.int32(k), k_max)))(
+        jax.random.split(jax.random.key(1), 2000))
+    perms = np.asarray(perms)
+    np.testing.assert_array_equal(np.sort(perms[:, :k], axis=1), np.broadcast_to(np.arange(k), (2000, k)))
+    np.testing.assert_array_equal(perms[:, k:], np.broadcast_to(np.arange(k, k_max), (2000, 2)))
+    # Where row 0 lands: uniform over the k slots (chi-square over 5 bins, 4 dof, 99.99% quantile 23.5).
+    bins = np.bincount(np.argmax(perms == 0, axis=1) * 5 // k, minlength=5)
+    assert ((bins - 400.0) ** 2 / 400.0).sum() < 23.5
