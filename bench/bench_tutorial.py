@@ -7,8 +7,9 @@ Targets (issue 2): >= 5x the reference at K = 9 (batch 9), >= 1.2x at K = 1000 (
 three-model run (K = 2, 9, 1000; 50,000 steps each) >= 2x faster end to end, and 1,500 Euler-Maruyama
 samples of 1,000 steps >= 5x faster.
 
-The reference runs in its own process (as a user runs it) twice, before and after diffmem's measurements,
-and its better figures are the ones compared; the 3-model reference time is extrapolated from its steady
+Every training run, diffmem's and the reference's, is a fresh process, as a user runs it (diffmem's starts as
+bin/train.py does). The reference runs twice, before and after diffmem's measurements, and its better
+figures are the ones compared; the 3-model reference time is extrapolated from its steady
 steps/s, while diffmem's is the wall time of `train.train` (compilation and checkpoints included).
 """
 import argparse
@@ -25,10 +26,21 @@ import common  # noqa: E402
 
 
 def diffmem_steps_per_s(arg: str, steps: int, steps_per_call: int = 1000) -> tuple[float, float]:
-    """(steady-state steps/s, wall seconds end to end incl. compile and checkpoints) of bin/train's trainer."""
+    """(steady-state steps/s, wall seconds end to end incl. compile and checkpoints) of bin/train's trainer,
+    in a fresh process that starts as bin/train.py does (one XLA CPU thread when every batch is small)."""
+    run = subprocess.run([sys.executable, os.path.abspath(__file__), f"--worker={arg}", f"--steps={steps}",
+                          f"--steps_per_call={steps_per_call}"], capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(f"diffmem worker {arg} failed:\n{run.stderr[-3000:]}")
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    return out["rate"], out["wall"]
+
+
+def _train_worker(arg: str, steps: int, steps_per_call: int) -> None:
     from diffmem import configlib, train
     c = configlib.load_config_file(os.path.join(common.REPO, "configs/circle.py") + ":" + arg)
     c.steps, c.steps_per_call, c.log_every, c.ckpt_every = steps, steps_per_call, steps_per_call, steps
+    train.use_one_cpu_thread_if_small(c)  # as bin/train.py
     workdir = tempfile.mkdtemp(prefix="bench_train_")
     try:
         t = time.perf_counter()
@@ -38,7 +50,7 @@ def diffmem_steps_per_s(arg: str, steps: int, steps_per_call: int = 1000) -> tup
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     rates.sort()
-    return rates[len(rates) // 2], wall
+    print(json.dumps({"rate": rates[len(rates) // 2], "wall": wall}))
 
 
 def diffmem_em_seconds(n: int = 1500, steps: int = 1000) -> tuple[float, float]:
@@ -89,7 +101,11 @@ def main():
     p.add_argument("--full_steps", type=int, default=10000,
                    help="steps per model for the 3-model run (50000 = the tutorial; reference extrapolated)")
     p.add_argument("--reference", default=common.DEFAULT_REFERENCE)
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one diffmem training run, JSON on stdout
+    p.add_argument("--steps_per_call", type=int, default=1000, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.worker:
+        return _train_worker(a.worker, a.steps, a.steps_per_call)
     ref, why = common.load_reference(a.reference)
     before = reference_figures(a.reference, a.ref_steps) if ref is not None else None
     print("machine:", common.machine())

@@ -18,6 +18,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from diffmem import train
+    train.use_one_cpu_thread_if_small(cli.CONFIG)  # before JAX starts; see diffmem.cpu_parallel
     train.train(cli.CONFIG, FLAGS.workdir, progress=FLAGS.progress)
 
 

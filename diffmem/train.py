@@ -348,6 +348,17 @@ def _resume_step(workdir: str, names: list[str]) -> int:
     return max(common)
 
 
+def use_one_cpu_thread_if_small(config: ml_collections.ConfigDict) -> bool:
+    """For a training script, before JAX's first computation: one XLA CPU thread when every model of a toy
+    config trains on batches too small to split over cores (`cpu_parallel.one_thread_for_small_batches`;
+    K = 9 trains ~15-30% faster on 2 cores). Image configs keep every thread. Returns whether it applied."""
+    configlib.check(config, RULES)
+    if builders.is_image(config):
+        return False
+    rows = max(min(config.batch_size, k) for k in configlib.sweep(config.data.k))
+    return cpu_parallel.one_thread_for_small_batches(rows)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None,
           progress: bool = True) -> dict[str, TrainState]:
     """Train every member of the config's sweep, resuming from `workdir` if it holds checkpoints.

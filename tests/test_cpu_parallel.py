@@ -61,3 +61,40 @@ def test_training_with_split_batches_matches_whole_batches(monkeypatch, tmp_path
     whole, split = run(1, tmp_path / "whole"), run(3, tmp_path / "split")
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(split.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def two_core_cpu_host(monkeypatch):
+    monkeypatch.setattr(cpu_parallel, "num_cores", lambda: 2)
+    return {"JAX_PLATFORMS": "cpu"}  # a job environment: CPU only, one host device, no NPROC
+
+
+def test_one_thread_only_for_small_batches_on_a_plain_cpu_host(two_core_cpu_host):
+    env = dict(two_core_cpu_host)
+    assert cpu_parallel.one_thread_for_small_batches(9, env) and env["NPROC"] == "1"
+    env = dict(two_core_cpu_host)
+    assert not cpu_parallel.one_thread_for_small_batches(2 * cpu_parallel.MIN_ROWS, env) and "NPROC" not in env
+
+
+@pytest.mark.parametrize("extra", [{"NPROC": "2"}, {"JAX_PLATFORMS": "cuda"}, {"JAX_PLATFORMS": "tpu,cpu"},
+                                   {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}])
+def test_one_thread_leaves_user_choices_meshes_and_accelerators_alone(two_core_cpu_host, extra):
+    env = two_core_cpu_host | extra
+    assert not cpu_parallel.one_thread_for_small_batches(9, env)
+    assert env.get("NPROC") == extra.get("NPROC")
+
+
+def test_trainer_asks_for_one_thread_with_its_largest_batch(monkeypatch):
+    rows = []
+    monkeypatch.setattr(cpu_parallel, "one_thread_for_small_batches", lambda r: rows.append(r) or True)
+    for arg, expected in (("k=2+9", 9), ("k=2+9+1000", 500), ("k=1000,batch=64", 64)):
+        c = configlib.load_config_file(os.path.join(REPO, "configs/circle.py") + ":" + arg)
+        assert train.use_one_cpu_thread_if_small(c)
+        assert rows[-1] == expected
+    c = configlib.load_config_file(os.path.join(REPO, "configs/circle.py") + ":k=9")
+    c.batch_size = 0
+    with pytest.raises(configlib.ConfigError):  # a bad config stops before anything changes
+        train.use_one_cpu_thread_if_small(c)
+    rows.clear()
+    c = configlib.load_config_file(os.path.join(REPO, "configs/digits.py"))
+    assert not train.use_one_cpu_thread_if_small(c) and not rows  # convolutional nets keep every thread
