@@ -41,7 +41,19 @@ def gemm_gflops(n: int = 4096, repeats: int = 3) -> float:
 
 def machine() -> str:
     import jax
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (figures differ between CPUs of the same core count), else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def table(rows: list[tuple], header: tuple) -> str:
