@@ -247,6 +247,11 @@ def gmm_from_config(config: ml_collections.ConfigDict) -> toy.GaussianMixture:
     return toy.GaussianMixture.isotropic(jnp.asarray(means), d.std)
 
 
+def batch_size(config: ml_collections.ConfigDict, k: int) -> int:
+    """The batch of a sweep member trained on K examples: config.batch_size, capped at K."""
+    return min(config.batch_size, k)
+
+
 def model_specs(config: ml_collections.ConfigDict) -> list[ModelSpec]:
     """The sweep's members: the product of `data.k` values and `seed` values.
 
@@ -275,7 +280,7 @@ def model_specs(config: ml_collections.ConfigDict) -> list[ModelSpec]:
                                config.model.get("label_dim", 0), d.subset_seed)
         for seed in seeds:
             name = str(k) if len(seeds) == 1 else f"{k}_s{seed}"
-            specs.append(ModelSpec(name, k, seed, pool[idx], min(config.batch_size, k), labels))
+            specs.append(ModelSpec(name, k, seed, pool[idx], batch_size(config, k), labels))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise configlib.ConfigError(f"The sweep repeats a model: {names}.")

@@ -45,6 +45,11 @@ def num_slices(rows: int) -> int:
     """How many independent slices a batch of `rows` is split into: 1 unless on a single CPU device."""
     if jax.default_backend() != "cpu" or jax.device_count() != 1:
         return 1
+    return _host_slices(rows)
+
+
+def _host_slices(rows: int) -> int:
+    """Slices for `rows` on this host's cores, before asking JAX (which would start its backend)."""
     return max(1, min(num_cores(), rows // MIN_ROWS))
 
 
@@ -78,11 +83,11 @@ def one_thread_for_small_batches(max_rows: int, environ: MutableMapping[str, str
     For a script whose whole job is training small-batch toy models (`bin/train.py`), called before JAX's
     first computation: it sets NPROC=1, the thread count XLA's CPU client reads once, when it creates its
     thread pools (later calls change nothing). It leaves the environment alone, and returns False, where
-    the batches are large (>= 2 * MIN_ROWS rows: `split_batch` uses the cores), where the user set NPROC,
+    the batches are worth splitting (`split_batch` uses the cores), where the user set NPROC,
     where several host devices are requested (a data-parallel mesh), where an accelerator plugin may be
     used, or on a one-core host. Returns True where it set NPROC.
     """
-    if max_rows >= 2 * MIN_ROWS or "NPROC" in environ or num_cores() < 2:
+    if _host_slices(max_rows) > 1 or "NPROC" in environ or num_cores() < 2:
         return False
     if _host_device_count(environ) > 1 or _accelerator_possible(environ):
         return False

@@ -355,7 +355,7 @@ def use_one_cpu_thread_if_small(config: ml_collections.ConfigDict) -> bool:
     configlib.check(config, RULES)
     if builders.is_image(config):
         return False
-    rows = max(min(config.batch_size, k) for k in configlib.sweep(config.data.k))
+    rows = max(builders.batch_size(config, k) for k in configlib.sweep(config.data.k))
     return cpu_parallel.one_thread_for_small_batches(rows)
 
 
