@@ -14,8 +14,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from diffmem.errors import DiffmemError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(DiffmemError, RuntimeError):
     """A checkpoint is missing, partial or unreadable; the message says what to do."""
 
 

@@ -18,8 +18,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import ml_collections
 
+from diffmem.errors import DiffmemError
 
-class ConfigError(ValueError):
+
+class ConfigError(DiffmemError, ValueError):
     """A config key or value a user gave is not valid; the message says what is."""
 
 

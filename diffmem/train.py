@@ -34,6 +34,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffmem import builders, checkpoint, configlib, cpu_parallel
+from diffmem.errors import DiffmemError
 
 MATMUL_PRECISIONS = ("default", "bfloat16", "tensorfloat32", "float32", "highest")
 
@@ -63,7 +64,7 @@ RULES = {
 }
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(DiffmemError, FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 

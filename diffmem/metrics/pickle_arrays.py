@@ -19,6 +19,8 @@ import pickletools
 
 import numpy as np
 
+from diffmem.errors import DiffmemError
+
 # (module, name) pairs a file may reference; numpy >= 2 writes `numpy._core`, older numpy `numpy.core`.
 _RECONSTRUCT = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}
 _NDARRAY = ("numpy", "ndarray")
@@ -35,7 +37,7 @@ _PUSH_ARG = {"BININT", "BININT1", "BININT2", "INT", "LONG1", "LONG4", "BINFLOAT"
 _IGNORED = {"PROTO", "FRAME"}
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(DiffmemError, ValueError):
     """The file uses a global, a call or an opcode the restricted array reader does not accept."""
 
 
