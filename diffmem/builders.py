@@ -49,10 +49,11 @@ class ModelSpec:
     data: np.ndarray
     batch_size: int
     labels: np.ndarray | None = None
+    indices: np.ndarray | None = None  # rows of the dataset pool (`data = pool[indices]`)
 
 
 def is_image(config: ml_collections.ConfigDict) -> bool:
-    return config.data.name == "images"
+    return config.data.name in ("images", "molrg")  # MoLRG: (res, res, 3) "images" for the image networks
 
 
 def build_sde(config: ml_collections.ConfigDict) -> sde_lib.SDE:
@@ -224,12 +225,29 @@ def load_pool(config: ml_collections.ConfigDict) -> np.ndarray:
         return toy.circle_pool(d.pool_size)
     if d.name == "gmm":
         return np.asarray(gmm_from_config(config).sample(jax.random.key(d.subset_seed), d.pool_size))
-    raise configlib.ConfigError(f"Unknown data.name {d.name!r}; valid: ['circle', 'gmm', 'images'].")
+    if d.name == "molrg":
+        return _molrg_pool(config)[0]
+    raise configlib.ConfigError(f"Unknown data.name {d.name!r}; valid: ['circle', 'gmm', 'images', 'molrg'].")
 
 
 def load_pool_labels(config: ml_collections.ConfigDict) -> np.ndarray | None:
     """The pool's (N,) int class labels (image datasets that have them), else None."""
+    if config.data.name == "molrg":
+        return _molrg_pool(config)[1]
     return _load_images(config.data).labels if is_image(config) else None
+
+
+def molrg_from_config(config: ml_collections.ConfigDict):
+    """The MoLRG of configs/molrg.py: n = 3 res^2, K classes of dimension d, basis from `data.basis_seed`."""
+    from diffmem.data import molrg
+    d = config.data
+    return molrg.MoLRG.make(3 * d.resolution**2, d.classes, d.dim, seed=d.basis_seed)
+
+
+def _molrg_pool(config: ml_collections.ConfigDict):
+    """(pool (classes * per_class, res, res, 3), labels): `data.per_class` samples per class, in class order."""
+    d = config.data
+    return molrg_from_config(config).sample(d.per_class, seed=d.sample_seed, shape=(d.resolution, d.resolution, 3))
 
 
 def _load_images(d):
@@ -252,11 +270,14 @@ def batch_size(config: ml_collections.ConfigDict, k: int) -> int:
     return min(config.batch_size, k)
 
 
-def model_specs(config: ml_collections.ConfigDict) -> list[ModelSpec]:
+def model_specs(config: ml_collections.ConfigDict, *, pool: np.ndarray | None = None,
+                indices: dict | None = None) -> list[ModelSpec]:
     """The sweep's members: the product of `data.k` values and `seed` values.
 
     The K-subset is the first K of a seeded permutation (`data.subset` = "permutation", Pham et al.) or
     class balanced (`"balanced"`, Gu et al.; needs labelled data); both are nested in K.
+    pool: the loaded `load_pool(config)` (loaded here if None); indices: {K: rows of the pool} recorded at
+    train time (`diffmem.workdir`), used instead of recomputing those subsets.
     """
     from diffmem.data.subsets import check_k, class_balanced, first_k_of_permutation
     d = config.data
@@ -266,7 +287,7 @@ def model_specs(config: ml_collections.ConfigDict) -> list[ModelSpec]:
         raise configlib.ConfigError(f"Unknown data.subset {subset!r}; valid: {list(SUBSETS)}.")
     if label_mode not in LABEL_MODES:
         raise configlib.ConfigError(f"Unknown data.labels {label_mode!r}; valid: {list(LABEL_MODES)}.")
-    pool = load_pool(config)
+    pool = load_pool(config) if pool is None else pool
     pool_labels = load_pool_labels(config) if (subset == "balanced" or label_mode == "true") else None
     if (subset == "balanced" or label_mode == "true") and pool_labels is None:
         raise configlib.ConfigError(f"data.subset={subset!r} / data.labels={label_mode!r} need class labels, and "
@@ -274,13 +295,16 @@ def model_specs(config: ml_collections.ConfigDict) -> list[ModelSpec]:
     specs = []
     for k in ks:
         check_k(k, pool.shape[0], f"the {d.name} pool")
-        idx = (class_balanced(pool_labels, k, d.subset_seed) if subset == "balanced"
-               else first_k_of_permutation(pool.shape[0], k, d.subset_seed))
+        if indices and k in indices:
+            idx = np.asarray(indices[k], np.int64)
+        else:
+            idx = (class_balanced(pool_labels, k, d.subset_seed) if subset == "balanced"
+                   else first_k_of_permutation(pool.shape[0], k, d.subset_seed))
         labels = subset_labels(label_mode, k, None if pool_labels is None else pool_labels[idx],
                                config.model.get("label_dim", 0), d.subset_seed)
         for seed in seeds:
             name = str(k) if len(seeds) == 1 else f"{k}_s{seed}"
-            specs.append(ModelSpec(name, k, seed, pool[idx], batch_size(config, k), labels))
+            specs.append(ModelSpec(name, k, seed, pool[idx], batch_size(config, k), labels, idx))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise configlib.ConfigError(f"The sweep repeats a model: {names}.")
