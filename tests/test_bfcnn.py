@@ -1,0 +1,73 @@
+"""Bias-free networks: published parameter counts, exact homogeneity and Euler's identity, batch-norm stats."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffmem import nets
+from diffmem.nets import bfcnn
+
+
+@pytest.mark.parametrize("blocks,size,expected", [(3, 80, 7_659_264), (1, 80, 366_080), (2, 80, 1_825_024)])
+def test_unet_parameter_count_matches_upstream(blocks, size, expected):
+    assert nets.count_params(nets.BFUNet(num_kernels=64, num_blocks=blocks), (1, size, size, 1)) == expected
+
+
+@pytest.mark.parametrize("layers,expected", [(20, 665_856), (21, 702_784)])
+def test_bfcnn_parameter_count_matches_upstream(layers, expected):
+    assert nets.count_params(nets.BFCNN(num_layers=layers), (1, 40, 40, 1)) == expected
+
+
+def test_no_additive_parameters_and_bad_size_message():
+    shapes = jax.eval_shape(lambda: nets.BFUNet(num_kernels=8, num_blocks=2).init(jax.random.key(0), jnp.zeros((1, 8, 8, 1))))
+    names = [str(p[-1].key) for p, _ in jax.tree_util.tree_leaves_with_path(shapes)]
+    assert set(names) == {"kernel", "scale", "running_sd"}
+    with pytest.raises(ValueError, match="divisible by 8"):
+        nets.BFUNet(num_blocks=3).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+
+
+def _variables_with_random_stats(net, x):
+    variables = net.init(jax.random.key(1), x)
+    # Non-trivial running sds (positive) and gammas of O(1), so the test exercises every division.
+    leaves, tree = jax.tree.flatten(variables["batch_stats"])
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    stats = jax.tree.unflatten(tree, [jnp.exp(0.3 * jax.random.normal(k, l.shape, l.dtype)) for k, l in zip(keys, leaves)])
+    params = jax.tree.map(lambda p: 1.0 + 40.0 * p if p.ndim == 1 else p, variables["params"])  # gammas ~ 1
+    return {"params": params, "batch_stats": stats}
+
+
+@pytest.mark.parametrize("net", [nets.BFUNet(num_kernels=4, num_blocks=2), nets.BFCNN(num_layers=4, num_kernels=6)])
+def test_eval_mode_is_homogeneous_and_satisfies_euler(x64, net):
+    y = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1), jnp.float64)
+    variables = jax.tree.map(lambda v: v.astype(jnp.float64), _variables_with_random_stats(net, y))
+    D = bfcnn.unit_range_denoiser(net, variables)
+    d = D(y)
+    assert float(jnp.abs(d - y).max()) > 1e-3  # not the identity
+    for a in (0.37, 2.5, 40.0):
+        np.testing.assert_allclose(D(a * y), a * d, rtol=1e-12, atol=1e-12)
+    for i in range(2):
+        yi = y[i:i + 1]
+        J = jax.jacfwd(lambda v: D(v.reshape(yi.shape)).ravel())(yi.ravel())
+        np.testing.assert_allclose(J @ yi.ravel(), D(yi).ravel(), rtol=1e-11, atol=1e-12)
+
+
+def test_train_mode_batch_norm_updates_running_sd(x64):
+    x = jax.random.normal(jax.random.key(0), (3, 4, 4, 2), jnp.float64) * jnp.array([0.5, 3.0])
+    bn = bfcnn.BFBatchNorm()
+    v = bn.init(jax.random.key(1), x, train=False)
+    assert float(jnp.abs(v["params"]["scale"]).max()) <= 0.025
+    y, new = bn.apply(v, x, train=True, mutable=["batch_stats"])
+    sd = np.sqrt(np.asarray(x).reshape(-1, 2).var(axis=0) + 1e-5)
+    np.testing.assert_allclose(new["batch_stats"]["running_sd"], 0.9 + 0.1 * sd, rtol=1e-6)
+    np.testing.assert_allclose(y, np.asarray(x) * np.asarray(v["params"]["scale"]) / sd, rtol=1e-6)
+    y_eval = bn.apply({"params": v["params"], **new}, x, train=False)
+    np.testing.assert_allclose(y_eval, np.asarray(x) * np.asarray(v["params"]["scale"]) / (0.9 + 0.1 * sd), rtol=1e-6)
+
+
+def test_signed_range_denoiser_maps_units():
+    net = nets.BFCNN(num_layers=3, num_kernels=4)
+    x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1), minval=-1, maxval=1)
+    variables = net.init(jax.random.key(1), x)
+    d01 = bfcnn.unit_range_denoiser(net, variables)
+    d = bfcnn.signed_range_denoiser(net, variables)(x, jnp.ones(2))
+    np.testing.assert_allclose(d, 2 * d01((x + 1) / 2) - 1, atol=1e-6)
