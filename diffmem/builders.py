@@ -1,7 +1,8 @@
 """Assemble an experiment's parts from its config: noise process, network, training sets, loss, denoiser.
 
-This is the only place that reads a ConfigDict to build library objects; the objects themselves take
-explicit arguments. A config describes a *sweep* of models when `data.k` (or `seed`) is a tuple.
+Networks, noise processes, losses and training sets are built from a ConfigDict here (the trainer, the
+workdir and the stages read their own settings); the objects built take explicit arguments, never a config.
+A config describes a *sweep* of models when `data.k` (or `seed`) is a tuple.
 
 Image models combine an architecture (`model.name`) with a preconditioning (`diffusion.precond`):
 

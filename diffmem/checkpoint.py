@@ -22,7 +22,8 @@ class CheckpointError(DiffmemError, RuntimeError):
 
 
 def _dir(workdir: str, name: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints", name)
+    from diffmem.workdir import Workdir  # the layout lives there
+    return Workdir(workdir).checkpoint_dir(name)
 
 
 def manager(workdir: str, name: str, max_to_keep: int | None = 2) -> ocp.CheckpointManager:
@@ -51,7 +52,8 @@ def restore(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
 
 def list_models(workdir: str) -> list[str]:
     """Names of the models with checkpoints in `workdir`, sorted numerically by K (then by seed)."""
-    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    from diffmem.workdir import Workdir
+    root = Workdir(workdir).checkpoint_dir()
     if not os.path.isdir(root):
         return []
     return sorted(os.listdir(root), key=sort_key)
@@ -60,6 +62,33 @@ def list_models(workdir: str) -> list[str]:
 def sort_key(name: str) -> tuple:
     """Numeric sort key for names like '9', '1000', '1000_s2'."""
     return tuple(int(n) for n in re.findall(r"\d+", name)) or (float("inf"),)
+
+
+def restore_item(directory: str, item: str, like: Any, step: int | None = None, *,
+                 workdir: str | None = None) -> tuple[Any, int]:
+    """Restore one top-level entry of a checkpoint (e.g. "ema_params") alone, into the structure, shapes and
+    dtypes of `like` (a tree of arrays or ShapeDtypeStructs): an orbax partial restore that reads neither
+    the other entries nor needs the optimizer that wrote them. Latest step unless `step`; returns (tree, step).
+    """
+    mngr = ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler())
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        where = f" --workdir={workdir}" if workdir else ""
+        raise CheckpointError(f"No checkpoint in {directory}: train the model first "
+                              f"(python bin/train.py --config=...{where}).")
+    if int(step) not in mngr.all_steps():
+        raise CheckpointError(f"No checkpoint step {step} in {directory}; its steps are {sorted(mngr.all_steps())}.")
+    abstract = {item: jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
+    try:
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+        tree = mngr.restore(int(step), args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
+                                                                   partial_restore=True))
+    except Exception as e:  # orbax raises many types for truncated / corrupt / mismatched files
+        raise CheckpointError(
+            f"Checkpoint {os.path.join(directory, str(step))} cannot be read ({type(e).__name__}: {str(e)[:300]}). "
+            f"It is corrupt, partial or from a different model config. Delete that step directory to use an "
+            f"earlier checkpoint, or retrain.") from e
+    return tree[item], int(step)
 
 
 def latest_step(workdir: str, name: str) -> int | None:

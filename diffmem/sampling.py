@@ -12,6 +12,7 @@ and any split of a seed range across calls, devices, hosts or jobs gives identic
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Callable
@@ -350,3 +351,136 @@ def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Me
     padded = np.concatenate([seeds, np.repeat(seeds[-1:], pad)]).astype(np.uint32)
     run, sharding = _sharded_jit(sampler_fn, mesh, axis, tuple(sorted((compiler_options or {}).items())))
     return run(jax.device_put(padded, sharding))[:n]
+
+
+# ----------------------------------------------------------------------------------- the sampler registry
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """A sampler of the registry: `build(model, **settings)` returns `run(seeds (B,)) -> samples (B, *S)` for a
+    `diffmem.workdir.Model` (anything with denoiser, shape, sde, time_score, sigma_min, sigma_max, data_range).
+
+    settings: every setting's default, a value or a function of the model (e.g. its sigma range). A config's
+    `sample` section supplies defaults for its own sampler (`sample.sampler`), its `diffusion` section the DDPM
+    grid (timesteps, beta_start, beta_end) for every sampler; the resolved settings are recorded with the
+    samples. needs_sde: the sampler integrates the model's SDE (toy models) rather than calling D.
+    """
+    name: str
+    build: Callable
+    settings: dict
+    needs_sde: bool = False
+    doc: str = ""
+
+    def resolve(self, model, **given) -> dict:
+        """The full settings: `given` (None = default), then the defaults (evaluated on the model)."""
+        unknown = sorted(k for k, v in given.items() if k not in self.settings and v is not None)
+        if unknown:
+            raise ValueError(f"Sampler {self.name!r} has no setting(s) {unknown}; its settings: {sorted(self.settings)}.")
+        out = {}
+        for key, default in self.settings.items():
+            value = given.get(key)
+            if value is None:
+                value = default(model) if callable(default) else default
+            out[key] = value
+        return out
+
+
+SAMPLERS: dict[str, Sampler] = {}
+
+
+def register(name: str, settings: dict | None = None, *, needs_sde: bool = False):
+    """Decorator adding `build(model, **settings) -> run(seeds)` to `SAMPLERS` under `name` (the first line
+    of its docstring is the help text)."""
+    def add(build: Callable) -> Callable:
+        doc = (build.__doc__ or "").strip().splitlines()
+        SAMPLERS[name] = Sampler(name, build, dict(settings or {}), needs_sde, doc[0] if doc else "")
+        return build
+    return add
+
+
+def get_sampler(name: str, model=None) -> Sampler:
+    """The registered sampler `name`, checked against what `model` provides; errors list the valid names."""
+    if name not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.")
+    spec = SAMPLERS[name]
+    if model is not None and spec.needs_sde and (model.sde is None or model.time_score is None):
+        valid = sorted(n for n, s in SAMPLERS.items() if not s.needs_sde)
+        raise ValueError(f"Sampler {name!r} integrates an SDE, which this model ({model.kind}, K = {model.k}) does "
+                         f"not have; choose one of {valid}.")
+    return spec
+
+
+def sampler_help() -> str:
+    """One line per registered sampler, for CLI help."""
+    return "; ".join(f"{n}: {s.doc}" for n, s in sorted(SAMPLERS.items()))
+
+
+def _clip(model, x):
+    return x if model.data_range is None else jnp.clip(x, *model.data_range)
+
+
+@register("em", dict(num_steps=1000, eps=lambda m: float(m.sde.t_min)), needs_sde=True)
+def _em(model, *, num_steps, eps):
+    """the tutorial's Euler-Maruyama on the reverse SDE (toy models)"""
+    def run(seeds):
+        x = tutorial_init(seeds, model.shape[0], model.sde)
+        # Score functions broadcast a shared t (a toy network computes its time branch once per step).
+        return euler_maruyama(model.time_score, model.sde, x, seeds, num_steps=num_steps, eps=eps, shared_time=True)
+    return run
+
+
+@register("ode", dict(eps=lambda m: float(m.sde.t_min)), needs_sde=True)
+def _ode(model, *, eps):
+    """the probability-flow ODE (diffrax Tsit5, adaptive) from t_max to eps (toy models)"""
+    def run(seeds):
+        return probability_flow_ode(model.time_score, model.sde, tutorial_init(seeds, model.shape[0], model.sde),
+                                    t1=eps)
+    return run
+
+
+_DDPM_GRID = dict(timesteps=1000, beta_start=1e-4, beta_end=0.02)
+
+
+@register("ddpm", dict(_DDPM_GRID))
+def _ddpm(model, *, timesteps, beta_start, beta_end):
+    """Ho et al.'s ancestral sampler on the `timesteps` DDPM steps (x0 clipped, as Pham et al.)"""
+    def run(seeds):
+        x = ddpm_ancestral(model.denoiser, initial_noise(seeds, model.shape), seeds, num_steps=timesteps,
+                           beta_start=beta_start, beta_end=beta_end)
+        return _clip(model, x)
+    return run
+
+
+@register("ddim", dict(num_steps=50, eta=0.0, **_DDPM_GRID))
+def _ddim(model, *, num_steps, eta, timesteps, beta_start, beta_end):
+    """DDIM on num_steps (50) of the DDPM steps, eta (0 = deterministic)"""
+    def run(seeds):
+        x = ddim(model.denoiser, initial_noise(seeds, model.shape), seeds if eta > 0 else None, num_steps=num_steps,
+                 eta=eta, T=timesteps, beta_start=beta_start, beta_end=beta_end)
+        return _clip(model, x)
+    return run
+
+
+_EDM_SETTINGS = dict(num_steps=18, sigma_min=lambda m: max(float(m.sigma_min), 0.002),
+                     sigma_max=lambda m: min(float(m.sigma_max), 80.0))
+
+
+def _edm_run(model, heun, num_steps, sigma_min, sigma_max):
+    fn = edm_heun if heun else edm_euler
+
+    def run(seeds):
+        x = fn(model.denoiser, initial_noise(seeds, model.shape, std=sigma_max), num_steps=num_steps,
+               sigma_min=sigma_min, sigma_max=sigma_max)
+        return _clip(model, x)
+    return run
+
+
+@register("edm_euler", dict(_EDM_SETTINGS))
+def _edm_euler(model, *, num_steps, sigma_min, sigma_max):
+    """Karras et al.'s Algorithm 1 without the 2nd-order step (Euler), num_steps (18), rho 7"""
+    return _edm_run(model, False, num_steps, sigma_min, sigma_max)
+
+
+@register("edm_heun", dict(_EDM_SETTINGS))
+def _edm_heun(model, *, num_steps, sigma_min, sigma_max):
+    """Karras et al.'s Algorithm 1 (Heun), num_steps (18, 35 evaluations), rho 7"""
+    return _edm_run(model, True, num_steps, sigma_min, sigma_max)

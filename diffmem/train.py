@@ -33,7 +33,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffmem import builders, checkpoint, configlib, cpu_parallel
+from diffmem import builders, checkpoint, configlib, cpu_parallel, sampling
+from diffmem import workdir as workdir_lib
 from diffmem.errors import DiffmemError
 
 MATMUL_PRECISIONS = ("default", "bfloat16", "tensorfloat32", "float32", "highest")
@@ -59,7 +60,7 @@ RULES = {
     "ckpt_every": ("range", 1, 1 << 40),
     "data.k": ("range", 1, 1 << 40),
     "sde.sigma_max": ("range", 1e-6, 1e6),
-    "sample.sampler": ("choices", ("em", "ode", "ddpm", "ddim", "edm_euler", "edm_heun")),
+    "sample.sampler": ("choices", sampling.SAMPLERS),  # the live registry: every registered sampler
     "matmul_precision": ("choices", MATMUL_PRECISIONS),
 }
 
@@ -308,7 +309,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        free = {k: None for k in ("steps", "sample", "study", "log_every", "keep_checkpoints")}
+        free = {k: None for k in workdir_lib.RERUN_KEYS}
         old_cmp, new_cmp = dict(old, **free), dict(new, **free)
         if old_cmp != new_cmp:
             diff = sorted(k for k in set(old_cmp) | set(new_cmp) if old_cmp.get(k) != new_cmp.get(k))
@@ -376,7 +377,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
     mesh = data_mesh() if mesh is None else mesh
     n_dev = mesh.devices.size
 
-    specs = builders.model_specs(config)
+    specs = workdir_lib.Workdir(workdir, config).specs(config, record=True)  # K-subsets recorded / checked
     model = builders.build_model(config, specs[0].data.shape[1:])
     loss_fn = builders.build_loss(config, model)
     optimizer = optimizer_from_config(config)
@@ -410,7 +411,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
             states[g] = [TrainState(**checkpoint.restore(managers[specs[i].name], start, st.as_dict()))
                          for i, st in zip(idx, states[g])]
     stacked = tuple(jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *sts), replicated) for sts in states)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    metrics_path = workdir_lib.Workdir(workdir).metrics_path
     _trim_metrics(metrics_path, start)
 
     image = builders.is_image(config)

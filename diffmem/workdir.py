@@ -1,0 +1,476 @@
+"""The workdir: the one module that knows where a run's files live, and the one model record every stage uses.
+
+    wd = Workdir("runs/digits")
+    wd.config                                   # config.json as a ConfigDict
+    model = wd.model("64")                      # EMA weights of the latest checkpoint, as a `Model`
+    model = wd.model("64", kind="optimal")      # the empirical optimal denoiser of the same 64 images
+    model = optimal_model(config, "64")         # the same from a config alone (no workdir, no training)
+    data = wd.read_samples("64")                # the union of every sample shard, sorted by seed
+
+Layout (nothing outside this module builds these paths):
+
+    config.json                       the config (`write_config`; a rerun may change only `RERUN_KEYS`)
+    metrics.jsonl                     training metrics
+    subsets/<K>.npz                   the K-subset: `indices` into the dataset pool and `sha256` of the
+                                      training set they select, written at train time; a changed dataset
+                                      is an error, never a silently different training set
+    checkpoints/<name>/<step>/        orbax checkpoints (`diffmem.checkpoint`)
+    samples/<set>/<shard>.npz         sample shards, set = <name> (latest checkpoint), <name>@<step> (an
+                                      earlier one) or optimal/<name>; a shard holds samples (N, *S), seeds
+                                      (N,) and its settings (JSON); readers merge the shards of a set
+    samples/<set>.npz                 a whole set in one file (workdirs written before shards; still read)
+    samples/<set>.png                 a picture of the set
+    classify/[optimal/]<name>.{npz,json}, classify/summary.json, report.md, figures   (memorization study)
+    reproducibility/...               Zhang et al.'s scores (reproducibility study)
+    study/...                         the circle study
+
+<name> is a model's K ("64"), or "<K>_s<seed>" in seed sweeps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from diffmem import builders, configlib, energy, report
+from diffmem import sde as sde_lib
+from diffmem.errors import InputError, MissingInputError, OutputExistsError
+
+KINDS = ("trained", "optimal")
+RERUN_KEYS = ("steps", "sample", "study", "log_every", "keep_checkpoints")
+"""Top-level config keys a rerun into an existing workdir may change: `steps` extends (or shortens) training;
+the others only drive later stages. Any other difference is a different experiment."""
+
+_SET = re.compile(r"^(?P<name>\d+(?:_s\d+)?)(?:@(?P<step>-?\d+))?$")
+
+
+class DatasetChangedError(InputError):
+    """The data a recorded K-subset selects is no longer the data the model was trained on."""
+
+
+# ------------------------------------------------------------------------------------------- the model
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """One model of a workdir (or of a config) in the form every sampler, metric and study takes.
+
+    denoiser  D(x (B, *S), sigma (B,)) -> (B, *S), EDM's unscaled view
+    score     s(x (B, *S), sigma (B,)) = (D(x, sigma) - x) / sigma^2, the score of the noised data at sigma
+    shape     one example's shape S; train_data (K, *S) float32 (images in [-1, 1])
+    sde       the noise process of toy (SDE-trained) models, else None; time_score is then the network's
+              score in that process's time, s(x (B, *S), t (B,) or (1,) shared), what SDE samplers use
+    sigma_min, sigma_max   the noise range a sampler should cover
+    step      checkpoint step (-1 for the optimal denoiser); kind "trained" | "optimal"
+    data_range  (lo, hi) samples are clipped to (images: (-1, 1)), or None
+    """
+    name: str
+    k: int
+    kind: str
+    denoiser: Callable
+    score: Callable
+    shape: tuple
+    sde: Any
+    sigma_min: float
+    sigma_max: float
+    train_data: np.ndarray
+    step: int
+    seed: int = 0
+    labels: np.ndarray | None = None
+    time_score: Callable | None = None
+    data_range: tuple | None = None
+    config: Any = dataclasses.field(default=None, repr=False)
+
+
+def _score_of(denoiser: Callable) -> Callable:
+    def score(x, sigma):
+        sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype).reshape(-1), x.shape[:1])
+        return (denoiser(x, sigma) - x) / sde_lib._bcast(sigma, x) ** 2
+    return score
+
+
+def _make_model(config, spec: builders.ModelSpec, kind: str, step: int, *, denoiser: Callable | None = None,
+                time_score: Callable | None = None) -> Model:
+    """A `Model` from either view: a denoiser (image networks, the optimal denoiser) or, for toy models, a
+    score in SDE time (converted by Tweedie's formula, `sde.denoiser_from_score`)."""
+    image = builders.is_image(config)
+    sde = None if image else builders.build_sde(config)
+    if denoiser is None:
+        denoiser = sde_lib.denoiser_from_score(time_score, sde)
+    elif time_score is None and sde is not None:
+        time_score = sde_lib.score_from_denoiser(denoiser, sde)
+    if image:
+        lo, hi = builders.sigma_range(config)
+    else:
+        lo, hi = (float(sde.sigma(jnp.asarray(t, jnp.float32))) for t in (sde.t_min, sde.t_max))
+    return Model(name=spec.name, k=spec.k, kind=kind, denoiser=denoiser, score=_score_of(denoiser),
+                 shape=tuple(spec.data.shape[1:]), sde=sde, sigma_min=float(lo), sigma_max=float(hi),
+                 train_data=spec.data, step=int(step), seed=int(spec.seed), labels=spec.labels,
+                 time_score=time_score, data_range=(-1.0, 1.0) if image else None, config=config)
+
+
+def optimal_from_spec(config, spec: builders.ModelSpec, chunk: int = 4096) -> Model:
+    """The empirical optimal denoiser of a sweep member's training set (step -1)."""
+    return _make_model(config, spec, "optimal", -1,
+                       denoiser=energy.empirical_denoiser(jnp.asarray(spec.data), chunk=chunk))
+
+
+def optimal_model(config: ml_collections.ConfigDict, name: str | int) -> Model:
+    """The empirical optimal denoiser of model `name`'s training set, from the config alone (no training)."""
+    specs = {s.name: s for s in builders.model_specs(config)}
+    return optimal_from_spec(config, _pick(specs, str(name), "this config"))
+
+
+def _pick(specs: dict, name: str, where: str):
+    if name not in specs:
+        raise InputError(f"No model named {name!r} in {where}; its models are {sort_names(specs)}.")
+    return specs[name]
+
+
+def sort_key(name: str) -> tuple:
+    """Numeric sort key for model names like '9', '1000', '1000_s2'."""
+    return tuple(int(n) for n in re.findall(r"\d+", name)) or (float("inf"),)
+
+
+def sort_names(names) -> list[str]:
+    return sorted(names, key=sort_key)
+
+
+# -------------------------------------------------------------------------------------------- configs
+def config_differences(old: dict, new: dict, *, keep_steps: bool = False) -> list[str]:
+    """Top-level keys in which two configs (as JSON dicts) differ, ignoring `RERUN_KEYS` (but not `steps`
+    when keep_steps: a stage that reuses finished samples needs the same training length)."""
+    free = [k for k in RERUN_KEYS if not (keep_steps and k == "steps")]
+    keys = set(old) | set(new)
+    return sorted(k for k in keys if k not in free and old.get(k) != new.get(k))
+
+
+def _data_sha256(data: np.ndarray) -> str:
+    data = np.ascontiguousarray(data, np.float32)
+    h = hashlib.sha256(str(data.shape).encode())
+    h.update(data.tobytes())
+    return h.hexdigest()
+
+
+def _seeds_tag(seeds: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(seeds, np.int64).tobytes()).hexdigest()[:10]
+
+
+def is_writer() -> bool:
+    """Only process 0 writes shared files under jax.distributed."""
+    return jax.process_index() == 0
+
+
+# ---------------------------------------------------------------------------------------------- Workdir
+class Workdir:
+    """A run's directory: config, K-subsets, checkpoints, samples and study outputs (module docstring)."""
+
+    def __init__(self, path: str, config: ml_collections.ConfigDict | None = None):
+        self.path = str(path)
+        self._config = config
+
+    def __repr__(self) -> str:
+        return f"Workdir({self.path!r})"
+
+    def _p(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    # ---------------------------------------------------------------- paths of the stages
+    @property
+    def config_path(self) -> str:
+        return self._p("config.json")
+
+    @property
+    def metrics_path(self) -> str:
+        return self._p("metrics.jsonl")
+
+    def checkpoint_dir(self, name: str | None = None) -> str:
+        root = os.path.join(os.path.abspath(self.path), "checkpoints")
+        return root if name is None else os.path.join(root, str(name))
+
+    def subset_path(self, k: int) -> str:
+        return self._p("subsets", f"{int(k)}.npz")
+
+    def classify_dir(self, kind: str | None = None) -> str:
+        """classify/ (kind None or "trained") or classify/optimal/."""
+        return self._p("classify", *(("optimal",) if kind == "optimal" else ()))
+
+    def classify_paths(self, name: str, kind: str = "trained") -> tuple[str, str]:
+        base = os.path.join(self.classify_dir(kind), str(name))
+        return base + ".npz", base + ".json"
+
+    def reproducibility_dir(self) -> str:
+        return self._p("reproducibility")
+
+    def study_dir(self) -> str:
+        return self._p("study")
+
+    def relative(self, path: str) -> str:
+        """`path` relative to the workdir (what reports record: no absolute paths)."""
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(self.path))
+
+    # ---------------------------------------------------------------- config
+    def exists(self) -> bool:
+        return os.path.exists(self.config_path)
+
+    @property
+    def config(self) -> ml_collections.ConfigDict:
+        if self._config is None:
+            self._config = self.read_config()
+        return self._config
+
+    def read_config(self) -> ml_collections.ConfigDict:
+        return configlib.from_json(json.dumps(self._read_config_json()))
+
+    def _read_config_json(self) -> dict:
+        path = self.config_path
+        if not os.path.exists(path):
+            raise MissingInputError(f"{path} not found: {self.path} is not a diffmem workdir. Train into it first "
+                                    f"(python bin/train.py --config=... --workdir={self.path}), or sample the optimal "
+                                    "denoiser with --config=... --model=optimal.")
+        try:
+            with open(path) as f:
+                obj = json.load(f)
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+            return obj
+        except (ValueError, UnicodeDecodeError) as e:
+            raise configlib.ConfigError(
+                f"{path} is corrupt or truncated ({e}). Nothing else in {self.path} was touched: delete "
+                "config.json and rerun bin/train.py with the config you trained with (it rewrites the file and "
+                "resumes from the checkpoints).") from None
+
+    def check_config(self, config: ml_collections.ConfigDict, *, keep_steps: bool = False) -> None:
+        """Refuse a config that differs from config.json beyond `RERUN_KEYS` (no config.json: nothing to check)."""
+        if not self.exists():
+            return
+        diff = config_differences(self._read_config_json(), json.loads(configlib.to_json(config)),
+                                  keep_steps=keep_steps)
+        if diff:
+            raise configlib.ConfigError(
+                f"{self.path} holds a run with a different config (differs in {diff}); finished work is never "
+                "overwritten: use a new --workdir, or the same config to resume.")
+
+    def write_config(self, config: ml_collections.ConfigDict) -> None:
+        """Write config.json, or check a rerun's config against it (`check_config`) and record the new one."""
+        self.check_config(config)
+        if is_writer():
+            os.makedirs(self.path, exist_ok=True)
+            report.write_json(self.config_path, json.loads(configlib.to_json(config)))
+        self._config = config
+
+    # ---------------------------------------------------------------- training sets
+    def _read_subset(self, k: int) -> dict | None:
+        path = self.subset_path(k)
+        if not os.path.exists(path):
+            return None
+        z = _read_npz(path, f"delete it to recompute the subset from the config (the dataset must be unchanged)")
+        if "indices" not in z or "sha256" not in z:
+            raise InputError(f"{path} has no indices / sha256 (keys {sorted(z)}): delete it to recompute the subset.")
+        return dict(indices=z["indices"].astype(np.int64), sha256=str(z["sha256"]))
+
+    @functools.cached_property
+    def _specs(self) -> dict[str, builders.ModelSpec]:
+        return {s.name: s for s in self.specs()}
+
+    def specs(self, config: ml_collections.ConfigDict | None = None, *, record: bool = False
+              ) -> list[builders.ModelSpec]:
+        """The sweep's members with their training sets. K-subsets recorded in subsets/<K>.npz are used and
+        checked (a different training set is a `DatasetChangedError`); missing ones are computed from the
+        config (workdirs written before subsets were recorded) and, with record=True (training), written."""
+        config = self.config if config is None else config
+        pool = builders.load_pool(config)
+        ks = sorted({int(k) for k in configlib.sweep(config.data.k)})
+        stored = {k: s for k in ks if (s := self._read_subset(k)) is not None}
+        for k, s in stored.items():
+            if s["indices"].shape != (k,) or s["indices"].min(initial=0) < 0 or s["indices"].max(initial=0) >= len(pool):
+                raise DatasetChangedError(
+                    f"{self.subset_path(k)} selects rows outside the dataset ({len(pool)} examples): the dataset "
+                    f"changed since training. Restore the original data (config.data), or train into a new workdir.")
+        specs = builders.model_specs(config, pool=pool, indices={k: s["indices"] for k, s in stored.items()})
+        for spec in specs:
+            s = stored.get(spec.k)
+            if s is not None and _data_sha256(spec.data) != s["sha256"]:
+                raise DatasetChangedError(
+                    f"The training set of K = {spec.k} is not the one the model was trained on: the data at the "
+                    f"indices in {self.subset_path(spec.k)} has changed (sha256 differs). Restore the original "
+                    "dataset (config.data: source, data_dir, preprocessing), or train into a new workdir.")
+        if record and is_writer():
+            for spec in specs:
+                if spec.k not in stored:
+                    stored[spec.k] = {}
+                    report.write_npz(self.subset_path(spec.k), indices=np.asarray(spec.indices, np.int64),
+                                     sha256=np.str_(_data_sha256(spec.data)), pool_size=np.int64(len(pool)))
+        return specs
+
+    def spec(self, name: str) -> builders.ModelSpec:
+        return _pick(self._specs, str(name), self.path)
+
+    def names(self) -> list[str]:
+        return sort_names(self._specs)
+
+    # ---------------------------------------------------------------- models
+    def model(self, name: str | int, step: int | None = None, kind: str = "trained") -> Model:
+        """Model `name` (its K, or K_s<seed>): the EMA weights of the latest checkpoint (or `step`), or with
+        kind="optimal" the empirical optimal denoiser of its training set."""
+        if kind not in KINDS:
+            raise InputError(f"Unknown model kind {kind!r}; choose one of {KINDS}.")
+        spec = self.spec(str(name))
+        config = self.config
+        if kind == "optimal":
+            if step is not None:
+                raise InputError("The optimal denoiser has no checkpoints: drop step.")
+            return optimal_from_spec(config, spec)
+        from diffmem import checkpoint
+        net = builders.build_model(config, spec.data.shape[1:])
+        x = jnp.asarray(spec.data[:1])
+        like = jax.eval_shape(lambda: net.init(jax.random.key(0), x, jnp.ones((1,), x.dtype)))
+        params, step = checkpoint.restore_item(self.checkpoint_dir(spec.name), "ema_params", like, step,
+                                               workdir=self.path)
+        params = jax.tree.map(jnp.asarray, params)
+        if builders.is_image(config):
+            return _make_model(config, spec, "trained", step, denoiser=builders.denoiser(config, net, params))
+        return _make_model(config, spec, "trained", step, time_score=builders.score_fn(config, net, params))
+
+    # ---------------------------------------------------------------- samples
+    def sample_set(self, name: str, kind: str = "trained", step: int | None = None) -> str:
+        """The set's name relative to samples/: '<name>', '<name>@<step>' or 'optimal/<name>'."""
+        if kind == "optimal":
+            return f"optimal/{name}"
+        return str(name) if step is None else f"{name}@{int(step)}"
+
+    def samples_dir(self, name: str, kind: str = "trained", step: int | None = None) -> str:
+        return self._p("samples", *self.sample_set(name, kind, step).split("/"))
+
+    def picture_path(self, name: str, kind: str = "trained", step: int | None = None) -> str:
+        return self.samples_dir(name, kind, step) + ".png"
+
+    def shard_path(self, name: str, kind: str, step: int | None, seeds: np.ndarray) -> str:
+        """Where a job writes the shard of `seeds`: <first>-<last>_<hash of the seed list>.npz."""
+        seeds = np.asarray(seeds, np.int64)
+        return os.path.join(self.samples_dir(name, kind, step), f"{seeds[0]}-{seeds[-1]}_{_seeds_tag(seeds)}.npz")
+
+    def sample_files(self, name: str, kind: str = "trained", step: int | None = None) -> list[str]:
+        """The shard files of a set (and its one-file form from before shards), sorted."""
+        folder = self.samples_dir(name, kind, step)
+        files = [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+                 if f.endswith(".npz") and not f.startswith(".")] if os.path.isdir(folder) else []
+        legacy = folder + ".npz"
+        return ([legacy] if os.path.isfile(legacy) else []) + files
+
+    def has_samples(self, name: str, kind: str = "trained", step: int | None = None) -> bool:
+        return bool(self.sample_files(name, kind, step))
+
+    def sample_sets(self) -> list[tuple[str, str, int | None]]:
+        """Every sampled set as (name, kind, step) (step None: latest checkpoint), sorted by kind then K."""
+        out = []
+        for kind, sub in (("trained", ()), ("optimal", ("optimal",))):
+            folder = self._p("samples", *sub)
+            entries = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+            seen = set()
+            for entry in entries:
+                base = entry[:-4] if entry.endswith(".npz") else entry
+                m = _SET.match(base)
+                if not m or base in seen or (kind == "optimal" and m["step"] is not None):
+                    continue
+                step = None if m["step"] is None else int(m["step"])
+                if self.sample_files(m["name"], kind, step):
+                    seen.add(base)
+                    out.append((m["name"], kind, step))
+        return sorted(out, key=lambda s: (s[1] != "trained", sort_key(s[0]), -1 if s[2] is None else s[2]))
+
+    def read_samples(self, name: str, kind: str = "trained", step: int | None = None,
+                     files: Sequence[str] | None = None) -> dict:
+        """The union of a set's shards: {samples (N, *S) float32, seeds (N,) int64 sorted, step, sampler,
+        settings (dict), files}. Shards with different settings are an error naming both files; a seed in two
+        shards of the same settings is kept once."""
+        files = list(self.sample_files(name, kind, step) if files is None else files)
+        if not files:
+            raise MissingInputError(f"No samples in {self.samples_dir(name, kind, step)}: sample the model first "
+                                    f"(python bin/sample.py --workdir={self.path} --k={name}"
+                                    f"{' --model=optimal' if kind == 'optimal' else ''}).")
+        return merge_shards([read_shard(f) for f in files])
+
+
+# ------------------------------------------------------------------------------------------ sample shards
+def _read_npz(path: str, what_to_do: str) -> dict:
+    try:
+        return report.read_npz(path)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise InputError(f"{path} is corrupt or truncated ({str(e)[:200]}); nothing was changed: {what_to_do}.") from None
+
+
+def read_shard(path: str) -> dict:
+    """One sample file: {samples, seeds, settings, path}. Files from before shards (settings as separate
+    arrays) are read too."""
+    z = _read_npz(path, "delete it and rerun bin/sample.py for its seeds, or rerun with --overwrite")
+    if "samples" not in z:
+        raise InputError(f"{path} has no 'samples' array (keys {sorted(z)}); write it with bin/sample.py.")
+    x = np.asarray(z["samples"], np.float32)
+    seeds = np.asarray(z.get("seeds", np.arange(len(x))), np.int64)
+    if len(seeds) != len(x):
+        raise InputError(f"{path}: {len(x)} samples but {len(seeds)} seeds; delete it and resample.")
+    if "settings" in z:
+        settings = json.loads(str(z["settings"]))
+    else:  # one-file sets written before shards
+        settings = {k: _scalar(v) for k, v in z.items() if k not in ("samples", "seeds")}
+    return dict(samples=x, seeds=seeds, settings=settings, path=path)
+
+
+def _scalar(v):
+    v = np.asarray(v)
+    return v.item() if v.ndim == 0 else v.tolist()
+
+
+def settings_difference(a: dict, b: dict) -> str:
+    keys = sorted(set(a) | set(b))
+    return ", ".join(f"{k} {a.get(k)} vs {b.get(k)}" for k in keys if a.get(k) != b.get(k))
+
+
+def merge_shards(shards: Sequence[dict]) -> dict:
+    """Merge shards of one set, sorted by seed (module docstring); all must share their settings."""
+    first = shards[0]
+    for s in shards[1:]:
+        if s["settings"] != first["settings"]:
+            raise InputError(
+                f"{s['path']} and {first['path']} hold samples of different settings "
+                f"({settings_difference(s['settings'], first['settings'])}): one sample set comes from one model "
+                "and sampler. Delete the files you do not want, or resample the set with --overwrite.")
+        if s["samples"].shape[1:] != first["samples"].shape[1:]:
+            raise InputError(f"{s['path']} and {first['path']} hold samples of different shapes.")
+    seeds = np.concatenate([s["seeds"] for s in shards])
+    x = np.concatenate([s["samples"] for s in shards])
+    seeds, keep = np.unique(seeds, return_index=True)  # sorted; duplicates (same settings) kept once
+    settings = first["settings"]
+    return dict(samples=x[keep], seeds=seeds, settings=settings, step=int(settings.get("step", -1)),
+                sampler=str(settings.get("sampler", "")), files=[s["path"] for s in shards])
+
+
+def write_shard(path: str, samples: np.ndarray, seeds: np.ndarray, settings: dict) -> str:
+    """Write one shard atomically (process 0 only): samples, seeds and the settings as JSON (plus step and
+    sampler as plain arrays for quick inspection)."""
+    if not is_writer():
+        return path
+    return report.write_npz(path, samples=np.asarray(samples, np.float32), seeds=np.asarray(seeds, np.int64),
+                            settings=np.str_(json.dumps(settings, sort_keys=True)),
+                            step=np.int64(settings.get("step", -1)), sampler=np.str_(settings.get("sampler", "")))
+
+
+def remove_set_files(paths: Sequence[str]) -> None:
+    """Delete sample files (and a shard's unfinished batches) being replaced under --overwrite (process 0)."""
+    if not is_writer():
+        return
+    for p in paths:
+        if os.path.exists(p):
+            os.remove(p)
+        shutil.rmtree(p[:-4] + ".partial", ignore_errors=True)
