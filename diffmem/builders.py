@@ -26,14 +26,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffmem import configlib, cpu_parallel, losses, nets, precond
+from diffmem import configlib, losses, nets, precond
 from diffmem import sde as sde_lib
 from diffmem.data import toy
 
 IMAGE_MODELS = ("ddpm", "ddpmpp")
-MODELS = ("mlp",) + IMAGE_MODELS
-LOSSES = ("dsm", "ddpm", "denoising")
-SUBSETS = ("permutation", "balanced")
+BLIND_MODELS = ("bf_unet", "bf_cnn")  # Kadkhodaie et al.'s bias-free blind denoisers, [0, 1] units
+MODELS = ("mlp",) + IMAGE_MODELS + BLIND_MODELS
+LOSSES = ("dsm", "ddpm", "denoising", "blind")
+SUBSETS = ("permutation", "balanced", "first", "last")  # first / last: Kadkhodaie's disjoint S1 / S2
 LABEL_MODES = ("none", "true", "random", "unique")
 
 
@@ -78,7 +79,8 @@ def build_model(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
         raise configlib.ConfigError(f"model.name={m.name!r} needs images (H, W, C); got data of shape {data_shape}.")
     if m.name == "ddpm":
         return nets.DDPMUNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
-                             attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, num_groups=m.num_groups)
+                             attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, num_groups=m.num_groups,
+                             nin_init_scale=m.get("nin_init_scale", 1.0))
     if m.name == "ddpmpp":
         return nets.SongUNet(model_channels=m.channels, channel_mult=tuple(m.channel_mult), num_blocks=m.num_blocks,
                              attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
@@ -86,6 +88,13 @@ def build_model(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
                              skip_connections=_optional_tuple(m.get("skip_connections"), bool),
                              keep_skips_at=_optional_tuple(m.get("keep_skips_at"), int),
                              drop_disabled_skips=m.get("drop_disabled_skips", False))
+    if m.name in BLIND_MODELS:
+        if len(data_shape) != 3:
+            raise configlib.ConfigError(f"model.name={m.name!r} needs images (H, W, C); got data of shape {data_shape}.")
+        if m.name == "bf_unet":
+            return nets.BFUNet(num_kernels=m.num_kernels, num_blocks=m.num_blocks, num_enc_conv=m.num_enc_conv,
+                               num_mid_conv=m.num_mid_conv, num_dec_conv=m.num_dec_conv)
+        return nets.BFCNN(num_layers=m.num_layers, num_kernels=m.num_kernels, first_layer_linear=m.first_layer_linear)
     raise configlib.ConfigError(f"Unknown model.name {m.name!r}; valid: {list(MODELS)}.")
 
 
@@ -167,6 +176,8 @@ def denoiser(config: ml_collections.ConfigDict, model, params, *, labels=None) -
     labels: class labels bound into D for a conditional DDPM++ (see `network_fn`); an int (B,) or (B, L)
     array must match the batch D is called with.
     """
+    if config.model.name in BLIND_MODELS:  # blind: sigma ignored; D = 2 D_[0,1]((x + 1) / 2) - 1
+        return nets.bfcnn.signed_range_denoiser(model, params)
     if config.model.name not in IMAGE_MODELS:
         raise configlib.ConfigError(f"No denoiser view for model.name {config.model.name!r}; "
                                     f"image networks: {list(IMAGE_MODELS)}.")
@@ -174,8 +185,8 @@ def denoiser(config: ml_collections.ConfigDict, model, params, *, labels=None) -
 
 
 def score_fn(config: ml_collections.ConfigDict, model, params) -> sde_lib.ScoreFn:
-    """The trained network as a batched score function s(x, t) (large batches split over CPU cores)."""
-    return cpu_parallel.split_batch(lambda x, t: model.apply(params, x, t))
+    """The trained network as a batched score function s(x, t)."""
+    return lambda x, t: model.apply(params, x, t)
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -193,8 +204,13 @@ def build_loss(config: ml_collections.ConfigDict, model) -> Callable[..., jax.Ar
         def loss(params, x0, key, labels=None):
             return losses.dsm_from_key(score_fn(config, model, params), x0, key, sde)
         return loss
+    if name == "blind":
+        return _blind_loss(config, model)
     if name not in LOSSES:
         raise configlib.ConfigError(f"Unknown loss.name {name!r}; valid: {list(LOSSES)}.")
+    reduction = config.loss.get("reduction", "mean")  # over each example's pixels; "sum" as EDM's trainer
+    if reduction not in losses.REDUCTIONS:
+        raise configlib.ConfigError(f"Unknown loss.reduction {reduction!r}; valid: {list(losses.REDUCTIONS)}.")
     if name == "ddpm":
         d = config.diffusion
         if d.get("precond", "ddpm") != "ddpm":
@@ -205,14 +221,38 @@ def build_loss(config: ml_collections.ConfigDict, model) -> Callable[..., jax.Ar
         def loss(params, x0, key, labels=None):
             k_loss, k_drop = jax.random.split(key)
             net = network_fn(config, model, params, dropout_rng=k_drop, labels=labels)
-            return losses.ddpm_eps_from_key(net, x0, k_loss, ab)
+            return losses.ddpm_eps_from_key(net, x0, k_loss, ab, reduction)
         return loss
     p = build_precond(config)
 
     def loss(params, x0, key, labels=None):
         k_loss, k_drop = jax.random.split(key)
         d = p.denoiser(network_fn(config, model, params, dropout_rng=k_drop, labels=labels))
-        return losses.weighted_denoising_from_key(d, x0, k_loss, p)
+        return losses.weighted_denoising_from_key(d, x0, k_loss, p, reduction)
+    return loss
+
+
+def _blind_loss(config: ml_collections.ConfigDict, model) -> Callable[..., tuple[jax.Array, dict]]:
+    """Kadkhodaie et al.'s blind loss for a bias-free net: `loss(params, x0, key) -> ((B,), new batch_stats)`.
+
+    x0 in diffmem's [-1, 1] is mapped to the net's [0, 1] units; each example is repeated so a step sees
+    about `loss.images_per_step` noisy images (their tiling of small sets into batches of 512; 0 = none), each
+    with its own sigma = (u sqrt(max_sigma_255))^2 / 255. The network runs in training mode (batch
+    statistics); `mutable_collections` tells the trainer to keep the updated running sds.
+    """
+    if config.model.name not in BLIND_MODELS:
+        raise configlib.ConfigError(f"loss.name='blind' trains a bias-free blind net (model.name in "
+                                    f"{list(BLIND_MODELS)}), not {config.model.name!r}.")
+    lc = config.loss
+    per_step, max_sigma_255 = int(lc.get("images_per_step", 0)), float(lc.get("max_sigma_255", 255.0))
+
+    def loss(params, x0, key, labels=None):
+        copies = max(1, -(-per_step // x0.shape[0]))
+        def residual(y):
+            return model.apply(params, y, train=True, mutable=["batch_stats"])
+        return losses.blind_denoising_from_key(residual, (x0 + 1.0) / 2.0, key, copies=copies,
+                                               max_sigma_255=max_sigma_255)
+    loss.mutable_collections = ("batch_stats",)
     return loss
 
 
@@ -252,7 +292,9 @@ def _molrg_pool(config: ml_collections.ConfigDict):
 
 
 def _load_images(d):
-    from diffmem.data import images
+    from diffmem.data import images, synthetic
+    if synthetic.is_synthetic(d.source):  # C-alpha / discs / prepared CelebA-80 and LSUN crops
+        return synthetic.load(d.source, image_size=d.image_size or None)
     return images.load_images(d.source, split=d.split, data_dir=d.data_dir or None, image_size=d.image_size or None,
                               center_crop_images=d.center_crop, to_grayscale=d.grayscale)
 
@@ -280,7 +322,7 @@ def model_specs(config: ml_collections.ConfigDict, *, pool: np.ndarray | None = 
     pool: the loaded `load_pool(config)` (loaded here if None); indices: {K: rows of the pool} recorded at
     train time (`diffmem.workdir`), used instead of recomputing those subsets.
     """
-    from diffmem.data.subsets import check_k, class_balanced, first_k_of_permutation
+    from diffmem.data.subsets import check_k, class_balanced, disjoint_set, first_k_of_permutation
     d = config.data
     ks, seeds = configlib.sweep(d.k), configlib.sweep(config.seed)
     subset, label_mode = d.get("subset", "permutation"), d.get("labels", "none")
@@ -300,6 +342,7 @@ def model_specs(config: ml_collections.ConfigDict, *, pool: np.ndarray | None = 
             idx = np.asarray(indices[k], np.int64)
         else:
             idx = (class_balanced(pool_labels, k, d.subset_seed) if subset == "balanced"
+                   else disjoint_set(pool.shape[0], k, d.subset_seed, subset) if subset in ("first", "last")
                    else first_k_of_permutation(pool.shape[0], k, d.subset_seed))
         labels = subset_labels(label_mode, k, None if pool_labels is None else pool_labels[idx],
                                config.model.get("label_dim", 0), d.subset_seed)

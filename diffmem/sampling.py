@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import diffrax
 import jax
@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from diffmem.errors import InputError
 from diffmem.sde import SDE, Denoiser, ScoreFn, _bcast, ddpm_alpha_bar, edm_sigma_steps
 
 _UPFRONT_NOISE_MAX = 1 << 24  # draw all EM noise in one op when it fits in 16M numbers (64 MB float32)
@@ -205,18 +206,36 @@ def ddpm_ancestral(denoiser: Denoiser, x_T: jax.Array, key_or_seeds, *, num_step
     return posterior_mean(x, num_steps - 1)
 
 
-def ddim_timesteps(num_steps: int, T: int = 1000) -> np.ndarray:
-    """DDIM's uniform sub-sequence of the T DDPM steps (0-based), floor(i T / num_steps), i < num_steps:
-    0, 50, ..., 950 for 20 of 1000 (the official code's range(0, T, T // num_steps) when it divides)."""
+DDIM_SPACINGS = ("floor", "leading")
+
+
+def ddim_timesteps(num_steps: int, T: int = 1000, spacing: str = "floor", steps_offset: int = 0) -> np.ndarray:
+    """DDIM's sub-sequence of the T DDPM steps (0-based, increasing), num_steps of them.
+
+    spacing "floor": floor(i T / num_steps), i < num_steps: 0, 50, ..., 950 for 20 of 1000 (the official
+    code's range(0, T, T // num_steps) when it divides). "leading": diffusers' DDIMScheduler,
+    i * (T // num_steps) + steps_offset; the two differ when num_steps does not divide T (7 of 1000:
+    leading 0, 142, 284, ..., 852; floor 0, 142, 285, ..., 857).
+    """
     if not 1 <= num_steps <= T:
         raise ValueError(f"num_steps must lie in [1, T = {T}]; got {num_steps}.")
-    return (np.arange(num_steps) * T) // num_steps
+    if spacing == "floor":
+        if steps_offset:
+            raise ValueError("steps_offset is a setting of spacing='leading' (diffusers); floor spacing has none.")
+        return (np.arange(num_steps) * T) // num_steps
+    if spacing == "leading":
+        ts = np.arange(num_steps) * (T // num_steps) + steps_offset
+        if ts[-1] >= T or steps_offset < 0:
+            raise ValueError(f"steps_offset = {steps_offset} puts DDIM steps outside [0, {T}).")
+        return ts
+    raise ValueError(f"Unknown DDIM spacing {spacing!r}; valid: {list(DDIM_SPACINGS)}.")
 
 
 def ddim(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: int = 50, eta: float = 0.0,
          T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, clip_x0: bool = False,
-         final_denoise: bool = True) -> jax.Array:
-    """Song, Meng & Ermon (2021) DDIM, eq. 12, over `ddim_timesteps(num_steps, T)` of the T-step DDPM schedule.
+         final_denoise: bool = True, spacing: str = "floor", steps_offset: int = 0) -> jax.Array:
+    """Song, Meng & Ermon (2021) DDIM, eq. 12, over `ddim_timesteps(num_steps, T, spacing, steps_offset)` of
+    the T-step DDPM schedule (spacing "leading": diffusers' DDIMScheduler grid).
 
     x_T (B, *S) is the state at the largest step of the grid. eta = 0 is deterministic (seeds unused);
     eta = 1 is DDPM's posterior variance. clip_x0 clips each x0 prediction to [-1, 1] (epsilon stays the
@@ -227,7 +246,7 @@ def ddim(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: in
     keys = _noise_keys(key_or_seeds, eta > 0, "DDIM with eta > 0 draws noise")
     _check_batch(x_T, keys, "x_T")
     ab = ddpm_alpha_bar(T, beta_start, beta_end)
-    ts = ddim_timesteps(num_steps, T)[::-1]
+    ts = ddim_timesteps(num_steps, T, spacing, steps_offset)[::-1]
     a_now = jnp.asarray(ab[ts], x_T.dtype)
     a_next = jnp.asarray(np.concatenate([ab[ts[1:]], [1.0]]), x_T.dtype)  # alpha_bar of "t = -1" is 1
 
@@ -328,16 +347,27 @@ def _sharded_jit(sampler_fn, mesh: Mesh, axis: str, options: tuple = ()):
                    compiler_options=dict(options) or None), sharding
 
 
+# Seeds per device in every compiled sampler call (see `sample_sharded`); part of what a sample's bits depend on.
+SAMPLE_BLOCK = 128
+
+
 def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Mesh, *,
-                   axis: str = "data", compiler_options: dict | None = None) -> jax.Array:
+                   axis: str = "data", compiler_options: dict | None = None,
+                   block: int = SAMPLE_BLOCK) -> jax.Array:
     """Run a single-device `sampler_fn(seeds (B,)) -> samples (B, ...)` with seeds and samples sharded
     over the mesh axis `axis` (NamedSharding, PartitionSpec(axis)).
 
-    The seed batch is padded to a multiple of the axis size by repeating its last seed (the extra rows are
-    dropped), so any B works. Because sample i depends only on seed i, the result equals an unsharded run.
+    Batch invariance: the seeds run in calls of exactly `block` seeds per device (the last call padded by
+    repeating its last seed; the extra rows are dropped), so every sample comes out of the same compiled
+    program on the same per-device shape whatever B, the device count or the job split. XLA picks kernels
+    and summation orders by shape (a LayerNorm over 7 rows rounds differently from one over 600), so this,
+    with per-sample keys, is what makes sample i depend on seed i alone, bit for bit
+    (tests/test_batch_invariance.py). Keep the default `block` for samples that must match other runs.
     The jitted function is cached per (sampler_fn, mesh, axis): keep `sampler_fn` the same object across
     calls to avoid recompiling. Build the mesh as `Mesh(np.array(jax.devices()), ("data",))`.
-    compiler_options: passed to `jax.jit` (e.g. `cpu_parallel.compiler_options(rows)`).
+    compiler_options: passed to `jax.jit`.
+    With a mesh over several processes (jax.distributed) every process gets all B samples as numpy (an
+    all-gather), so `np.asarray` of the result works everywhere.
     """
     seeds = np.asarray(seeds)
     if seeds.ndim != 1 or seeds.size == 0 or not np.issubdtype(seeds.dtype, np.integer):
@@ -346,11 +376,21 @@ def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Me
         raise ValueError("Seeds must lie in [0, 2**32): each is read as a uint32.")
     if axis not in mesh.shape:
         raise ValueError(f"Mesh has axes {tuple(mesh.shape)}; no axis {axis!r} to shard the seeds over.")
-    n = seeds.shape[0]
-    pad = -n % mesh.shape[axis]
-    padded = np.concatenate([seeds, np.repeat(seeds[-1:], pad)]).astype(np.uint32)
+    if block < 1:
+        raise ValueError(f"block must be >= 1 seed per device; got {block}.")
+    n, rows = seeds.shape[0], block * mesh.shape[axis]
     run, sharding = _sharded_jit(sampler_fn, mesh, axis, tuple(sorted((compiler_options or {}).items())))
-    return run(jax.device_put(padded, sharding))[:n]
+    outs = []
+    for start in range(0, n, rows):
+        part = seeds[start:start + rows]
+        padded = np.concatenate([part, np.repeat(part[-1:], rows - len(part))]).astype(np.uint32)
+        out = run(jax.device_put(padded, sharding))
+        if not out.is_fully_addressable:  # a mesh over several processes (jax.distributed): every host gets all
+            from diffmem import multihost
+            out = multihost.to_host(out)
+        outs.append(out[:len(part)])
+    return outs[0] if len(outs) == 1 else (np.concatenate(outs) if isinstance(outs[0], np.ndarray)
+                                           else jnp.concatenate(outs))
 
 
 # ----------------------------------------------------------------------------------- the sampler registry
@@ -374,7 +414,7 @@ class Sampler:
         """The full settings: `given` (None = default), then the defaults (evaluated on the model)."""
         unknown = sorted(k for k, v in given.items() if k not in self.settings and v is not None)
         if unknown:
-            raise ValueError(f"Sampler {self.name!r} has no setting(s) {unknown}; its settings: {sorted(self.settings)}.")
+            raise InputError(f"Sampler {self.name!r} has no setting(s) {unknown}; its settings: {sorted(self.settings)}.")
         out = {}
         for key, default in self.settings.items():
             value = given.get(key)
@@ -384,7 +424,7 @@ class Sampler:
         return out
 
 
-SAMPLERS: dict[str, Sampler] = {}
+SAMPLERS: dict[str, Sampler] = {}  # name -> Sampler; add one with @register below
 
 
 def register(name: str, settings: dict | None = None, *, needs_sde: bool = False):
@@ -400,11 +440,11 @@ def register(name: str, settings: dict | None = None, *, needs_sde: bool = False
 def get_sampler(name: str, model=None) -> Sampler:
     """The registered sampler `name`, checked against what `model` provides; errors list the valid names."""
     if name not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.")
+        raise InputError(f"Unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.")
     spec = SAMPLERS[name]
     if model is not None and spec.needs_sde and (model.sde is None or model.time_score is None):
         valid = sorted(n for n, s in SAMPLERS.items() if not s.needs_sde)
-        raise ValueError(f"Sampler {name!r} integrates an SDE, which this model ({model.kind}, K = {model.k}) does "
+        raise InputError(f"Sampler {name!r} integrates an SDE, which this model ({model.kind}, K = {model.k}) does "
                          f"not have; choose one of {valid}.")
     return spec
 
@@ -484,3 +524,81 @@ def _edm_euler(model, *, num_steps, sigma_min, sigma_max):
 def _edm_heun(model, *, num_steps, sigma_min, sigma_max):
     """Karras et al.'s Algorithm 1 (Heun), num_steps (18, 35 evaluations), rho 7"""
     return _edm_run(model, True, num_steps, sigma_min, sigma_max)
+
+
+# ------------------------------------------------------------------ Kadkhodaie & Simoncelli (blind ascent)
+class KSResult(NamedTuple):
+    """Output of `kadkhodaie_simoncelli`: samples (B, *S), iterations (B,) int (updates taken), sigma (B,)
+    (the last estimate ||f(y)|| / sqrt(N)) and converged (B,) bool (sigma reached sigma_L; False when the cap
+    max_iters stopped it or sigma exceeded 2, upstream's "not converging")."""
+    samples: jax.Array
+    iterations: jax.Array
+    sigma: jax.Array
+    converged: jax.Array
+
+
+def kadkhodaie_simoncelli(denoiser: Denoiser, shape: tuple[int, ...], key_or_seeds, *, h0: float = 0.01,
+                          beta: float = 0.01, sigma_0: float = 1.0, sigma_L: float = 0.01, init_mean: float = 0.0,
+                          fixed_h: bool = False, max_iters: int = 3000) -> KSResult:
+    """Kadkhodaie & Simoncelli (2021) Algorithm 1, unconstrained synthesis (`univ_inv_sol`, M = 0).
+
+    Units are the denoiser's (Kadkhodaie: [0, 1] images, sigma_0 = 1). denoiser: D(y (B,*S), sigma (B,)); a
+    blind net ignores sigma, others get the current estimate sigma = ||f(y)|| / sqrt(N), f(y) = y - D(y).
+    Per sample (vmapped `lax.while_loop`, at most max_iters updates): y0 = init_mean + sigma_0 n0 with
+    n0 from fold_in(key, 0), and the z of update t from fold_in(key, t), so two models given the same seeds
+    see the same noise stream, whatever their stopping times.
+    """
+    keys = per_sample_keys(key_or_seeds)
+    n = math.prod(shape)
+
+    def f(y, sigma):
+        return y - denoiser(y[None], sigma[None])[0]
+
+    def one(key):
+        y = init_mean + sigma_0 * jax.random.normal(jax.random.fold_in(key, 0), shape)
+        sigma = jnp.linalg.norm(f(y, jnp.asarray(sigma_0, y.dtype))) / math.sqrt(n)
+
+        def cond(c):
+            _, sigma, t = c
+            return (sigma > sigma_L) & (sigma <= 2.0) & (t <= max_iters)
+
+        def body(c):
+            y, sigma, t = c
+            tf = t.astype(y.dtype)
+            h = h0 if fixed_h else h0 * tf / (1.0 + h0 * (tf - 1.0))
+            d = f(y, sigma)
+            sigma = jnp.linalg.norm(d) / math.sqrt(n)
+            gamma = sigma * jnp.sqrt(jnp.maximum((1.0 - beta * h) ** 2 - (1.0 - h) ** 2, 0.0))
+            z = jax.random.normal(jax.random.fold_in(key, t), shape, y.dtype)
+            return y - h * d + gamma * z, sigma, t + 1
+
+        y, sigma, t = jax.lax.while_loop(cond, body, (y, sigma, jnp.asarray(1, jnp.int32)))
+        return y - f(y, sigma), t - 1, sigma, sigma <= sigma_L
+
+    samples, iters, sigma, ok = jax.vmap(one)(keys)
+    return KSResult(samples, iters, sigma, ok)
+
+
+def ks_recursion_iterations(sigma_start: float, *, h0: float = 0.01, beta: float = 0.01, sigma_L: float = 0.01,
+                            max_iters: int = 100_000) -> int:
+    """Updates the sampler takes when the effective noise follows sigma_t = (1 - beta h_t) sigma_{t-1} exactly
+    (the loop tests the estimate of the previous update's input): ~662 from 1 to 0.01 with the defaults."""
+    s_prev, s, t = sigma_start, sigma_start, 1
+    while s_prev > sigma_L and t <= max_iters:
+        h = h0 * t / (1.0 + h0 * (t - 1))
+        s_prev, s = s, (1.0 - beta * h) * s
+        t += 1
+    return t - 1
+
+
+@register("ks", dict(h0=0.01, beta=0.01, sigma_L=0.01, init_mean=0.0, max_iters=3000))
+def _ks(model, *, h0, beta, sigma_L, init_mean, max_iters):
+    """Kadkhodaie & Simoncelli's blind stochastic ascent in [0, 1] units (h0 0.01, beta 0.01, sigma_L 0.01)"""
+    def d01(y, sigma):  # the model's [-1, 1] denoiser seen in [0, 1] units (sigma doubles)
+        return (model.denoiser(2.0 * y - 1.0, 2.0 * sigma) + 1.0) / 2.0
+
+    def run(seeds):
+        r = kadkhodaie_simoncelli(d01, model.shape, seeds, h0=h0, beta=beta, sigma_L=sigma_L, init_mean=init_mean,
+                                  max_iters=max_iters)
+        return _clip(model, 2.0 * r.samples - 1.0)
+    return run

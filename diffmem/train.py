@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffmem import builders, checkpoint, configlib, cpu_parallel, sampling
+from diffmem import atomic, builders, checkpoint, configlib, cpu_parallel, lock, multihost, report, sampling, schedules
 from diffmem import workdir as workdir_lib
 from diffmem.errors import DiffmemError
 
@@ -54,7 +54,7 @@ RULES = {
     "optim.grad_clip": ("range", 0.0, 1e6),
     "ema.decay": ("range", 0.0, 0.999999999),
     "batch_size": ("range", 1, 1 << 20),
-    "steps": ("range", 1, 1 << 40),
+    "steps": ("range", 0, 1 << 40),   # 0: each member trains for its schedule (`diffmem.schedules`)
     "steps_per_call": ("range", 1, 1 << 20),
     "log_every": ("range", 1, 1 << 40),
     "ckpt_every": ("range", 1, 1 << 40),
@@ -83,13 +83,21 @@ class TrainState:
 
 
 def make_optimizer(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, grad_clip: float = 0.0,
-                   warmup_steps: int = 0, flatten: bool = False) -> optax.GradientTransformation:
+                   warmup_steps: int = 0, flatten: bool = False, decay_every: int = 0,
+                   decay_factor: float = 0.5) -> optax.GradientTransformation:
     """Adam with optional global-norm clipping (grad_clip > 0) and linear learning-rate warm-up.
+
+    decay_every > 0: the learning rate is multiplied by `decay_factor` every `decay_every` steps (staircase;
+    Kadkhodaie et al.: 1e-3 halved every 100 epochs).
 
     flatten=True runs it on all parameters as one vector (`optax.flatten`): a few large ops per step instead
     of a few per parameter array, which is what a small MLP's step is made of (+6-20% steps/s at K = 9).
     """
     schedule = optax.linear_schedule(0.0, lr, warmup_steps) if warmup_steps else lr
+    if decay_every:
+        warm = schedule
+        staircase = optax.exponential_decay(1.0, decay_every, decay_factor, staircase=True)
+        schedule = lambda count: (warm(count) if callable(warm) else warm) * staircase(count)
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
     optimizer = optax.chain(*parts, optax.adam(schedule, b1=b1, b2=b2, eps=eps))
     return optax.flatten(optimizer) if flatten else optimizer
@@ -100,7 +108,8 @@ def optimizer_from_config(config: ml_collections.ConfigDict) -> optax.GradientTr
     of its checkpoints must build alike."""
     o = config.optim
     return make_optimizer(o.lr, o.b1, o.b2, o.eps, o.grad_clip, o.get("warmup_steps", 0),
-                          flatten=not builders.is_image(config))
+                          flatten=not builders.is_image(config), decay_every=o.get("decay_every", 0),
+                          decay_factor=o.get("decay_factor", 0.5))
 
 
 def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
@@ -114,21 +123,40 @@ def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, decay: float, warmup: bool):
-    """A pure step `(state, x0 (B,*S), valid (B,), key, labels=None) -> (state, metrics)` for one model.
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, decay: float, warmup: bool, *,
+                    lr_in_images: bool = False, ema_in_images: bool = False):
+    """A pure step `(state, x0 (B,*S), valid (B,), key, labels=None, sched=None) -> (state, metrics)` for one
+    model.
 
     `loss_fn(params, x0, key[, labels]) -> (B,)` gives per-example losses; padded examples (valid = 0) are
-    masked; labels (B,) int are passed on for class-conditional models.
+    masked; labels (B,) int are passed on for class-conditional models. lr_in_images / ema_in_images: the
+    learning-rate ramp-up / the EMA decay follow the member's schedule in images (`diffmem.schedules`), read
+    from `sched` = {"batch", "lr_rampup", "ema_halflife", "ema_rampup_ratio"} (this member's scalars), instead
+    of the optimizer's own warm-up / (decay, warmup).
+    A loss with `loss_fn.mutable_collections` (e.g. ("batch_stats",) for batch norm) returns
+    (per_example, {collection: new values}); those collections live in the model variables (`state.params`),
+    get zero gradients (Adam leaves them unchanged) and are replaced by the new values after the update.
     """
-    def step(state: TrainState, x0, valid, key, labels=None):
-        def objective(params):
-            per_example = loss_fn(params, x0, key) if labels is None else loss_fn(params, x0, key, labels)
-            return jnp.sum(per_example * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+    mutable = bool(getattr(loss_fn, "mutable_collections", ()))
 
-        loss, grads = jax.value_and_grad(objective)(state.params)
+    def step(state: TrainState, x0, valid, key, labels=None, sched=None):
+        def objective(params):
+            out = loss_fn(params, x0, key) if labels is None else loss_fn(params, x0, key, labels)
+            per_example, new_state = out if mutable else (out, {})
+            return jnp.sum(per_example * valid) / jnp.maximum(jnp.sum(valid), 1.0), new_state
+
+        (loss, new_state), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        if lr_in_images:  # Adam's update is linear in lr: scaling it is lr * factor (moments still update)
+            f = schedules.lr_factor(state.step, sched["batch"], sched["lr_rampup"])
+            updates = jax.tree.map(lambda u: u * f.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
-        d = ema_decay(state.step, decay, warmup)
+        if new_state:  # running statistics (batch norm): the forward pass's values, not an optimizer update
+            params = {**params, **new_state}
+        if ema_in_images:
+            d = schedules.ema_decay(state.step, sched["batch"], sched["ema_halflife"], sched["ema_rampup_ratio"])
+        else:
+            d = ema_decay(state.step, decay, warmup)
         ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, ema, opt_state), metrics
@@ -158,20 +186,11 @@ def make_batch(data: jax.Array, k: jax.Array, batch: jax.Array, step: jax.Array,
 def _permutation(key: jax.Array, k: jax.Array, k_max: int) -> jax.Array:
     """A uniformly random order of rows 0..k-1, followed by the padding rows k..k_max-1: (k_max,) int32.
 
-    Up to 4096 rows, each row's random key and its index share one uint32 (20 or more random bits above
-    the index bits) and a plain integer sort orders them: 29 us for 1000 rows on CPU against 160 us for
-    argsort, whose (key, index) comparator XLA runs element by element (5% of a K = 1000 step). Equal random
-    parts (about 1e-4 of pairs at 4096 rows) keep their row order.
+    A uniform permutation of all k_max rows (`jax.random.permutation`), then the rows >= k moved to the end
+    by a stable sort on "is padding": the valid rows keep their relative order, which is uniform.
     """
-    rows = jnp.arange(k_max, dtype=jnp.uint32)
-    index_bits = max(1, (k_max - 1).bit_length())
-    if index_bits > 12:
-        u = jax.random.uniform(key, (k_max,))
-        return jnp.argsort(jnp.where(rows < k, u, 2.0)).astype(jnp.int32)
-    random_part = jax.random.bits(key, (k_max,), jnp.uint32) >> index_bits
-    random_part = jnp.where(rows < k, random_part, jnp.uint32((1 << (32 - index_bits)) - 1))  # padding last
-    packed = (random_part << index_bits) | rows
-    return (jnp.sort(packed) & jnp.uint32((1 << index_bits) - 1)).astype(jnp.int32)
+    perm = jax.random.permutation(key, k_max).astype(jnp.int32)
+    return perm[jnp.argsort(perm >= k, stable=True)]
 
 
 # ------------------------------------------------------------------------- 3. compiled loop over a sweep
@@ -181,15 +200,18 @@ def data_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), ("data",))
 
 
-def _groups(specs: list[builders.ModelSpec], num_devices: int, vmap: bool = True) -> list[list[int]]:
-    """Sweep members grouped by padded batch size (a multiple of the device count); vmap=False puts each
-    member in its own group (vmapped convolutions become grouped convolutions, which XLA's CPU backend
-    runs about 2x slower per model than a plain loop over the models)."""
+def _groups(specs: list[builders.ModelSpec], num_devices: int, vmap: bool = True,
+            steps: list[int] | None = None) -> list[list[int]]:
+    """Sweep members grouped by padded batch size (a multiple of the device count) and by their number of
+    training steps (`steps`, one per member; members of a group step together to the same end); vmap=False
+    puts each member in its own group (vmapped convolutions become grouped convolutions, which XLA's CPU
+    backend runs about 2x slower per model than a plain loop over the models)."""
     if not vmap:
         return [[i] for i in range(len(specs))]
-    by_size: dict[int, list[int]] = {}
+    steps = [0] * len(specs) if steps is None else steps
+    by_size: dict[tuple[int, int], list[int]] = {}
     for i, s in enumerate(specs):
-        by_size.setdefault(_padded(s.batch_size, num_devices), []).append(i)
+        by_size.setdefault((_padded(s.batch_size, num_devices), steps[i]), []).append(i)
     return [by_size[b] for b in sorted(by_size)]
 
 
@@ -213,6 +235,8 @@ def make_multi_step(train_step: Callable, groups_meta: list[dict], mesh: Mesh, l
     """`(states, datas, num_steps) -> (states, metrics)` running `num_steps` steps of every group.
 
     states, datas: tuples with one entry per group; inside a group, leaves have a leading model axis.
+    num_steps: an int for every group, or one int per group (0: the group is left as it is, its metrics None).
+    A group's meta may hold "sched": this member's schedule scalars (members,) for `make_train_step`.
     loop="scan": all steps in one compiled `lax.scan` (best for small MLPs, where dispatch dominates);
     loop="python": one compiled step called num_steps times. XLA's CPU backend runs convolutions inside a
     while loop about 20x slower than at top level (measured: DDPM UNet on digits, 3.2 s vs 0.14 s a step),
@@ -240,8 +264,12 @@ def make_multi_step(train_step: Callable, groups_meta: list[dict], mesh: Mesh, l
                                                       batch_sharding)
         x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
         valid = jax.lax.with_sharding_constraint(valid, batch_sharding)
+        sched = meta.get("sched")
         if lone(meta):
-            return train_step(state, x0[0], valid[0], noise_keys[0], None if labels is None else labels[0])
+            extra = () if sched is None else (jax.tree.map(lambda v: v[0], sched),)
+            return train_step(state, x0[0], valid[0], noise_keys[0], None if labels is None else labels[0], *extra)
+        if sched is not None:
+            return jax.vmap(train_step)(state, x0, valid, noise_keys, labels, sched)
         if labels is None:
             return jax.vmap(train_step)(state, x0, valid, noise_keys)
         return jax.vmap(train_step)(state, x0, valid, noise_keys, labels)
@@ -253,36 +281,38 @@ def make_multi_step(train_step: Callable, groups_meta: list[dict], mesh: Mesh, l
         state, metrics = run(jax.tree.map(lambda v: v[0], state), lambda s: one_group_step(s, data, meta))
         return jax.tree.map(lambda v: v[None], (state, metrics))
 
-    def body(states, datas):
-        out = [group_loop(s, d, m, lambda s0, f: f(s0)) for s, d, m in zip(states, datas, groups_meta)]
-        return tuple(o[0] for o in out), tuple(o[1] for o in out)
+    def counts(num_steps) -> list[int]:
+        return [int(num_steps)] * len(groups_meta) if np.ndim(num_steps) == 0 else [int(n) for n in num_steps]
 
     if loop == "python":
-        one = jax.jit(body, donate_argnums=0)
+        def one_step_fn(meta):
+            return jax.jit(lambda s, d: group_loop(s, d, meta, lambda s0, f: f(s0)), donate_argnums=0)
+        ones = [one_step_fn(m) for m in groups_meta]
 
         def python_loop(states, datas, num_steps):
-            metrics = []
-            for _ in range(num_steps):
-                states, m = one(states, datas)
-                metrics.append(m)
-            return states, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+            out_states, out_metrics = [], []
+            for one, state, data, n in zip(ones, states, datas, counts(num_steps)):
+                metrics = []
+                for _ in range(n):
+                    state, m = one(state, data)
+                    metrics.append(m)
+                out_states.append(state)
+                out_metrics.append(jax.tree.map(lambda *xs: jnp.stack(xs), *metrics) if metrics else None)
+            return tuple(out_states), tuple(out_metrics)
         return python_loop
 
     # One compiled scan per group, run one after the other: a tight loop per model size runs faster than one
-    # loop whose body steps every group (measured on the tutorial's K = 2, 9, 1000 sweep), and each group
-    # gets the compilation that suits its batch (`cpu_parallel`: Eigen dots for large batches on CPU).
+    # loop whose body steps every group (measured on the tutorial's K = 2, 9, 1000 sweep).
     def group_scan(meta):
         def run(state, data, num_steps):
             return group_loop(state, data, meta, lambda s0, f: jax.lax.scan(lambda s, _: f(s), s0, None,
                                                                              length=num_steps))
-        rows = meta["padded_batch"] // mesh.devices.size
-        return jax.jit(run, static_argnums=2, donate_argnums=0,
-                       compiler_options=cpu_parallel.compiler_options(rows))
+        return jax.jit(run, static_argnums=2, donate_argnums=0)
 
     scans = [group_scan(m) for m in groups_meta]
 
     def multi_step(states, datas, num_steps):
-        out = [scan(s, d, num_steps) for scan, s, d in zip(scans, states, datas)]
+        out = [scan(s, d, n) if n else (s, None) for scan, s, d, n in zip(scans, states, datas, counts(num_steps))]
         return tuple(o[0] for o in out), tuple(o[1] for o in out)
 
     return multi_step
@@ -307,8 +337,14 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
     new = json.loads(configlib.to_json(config))
     if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except ValueError as e:
+            raise configlib.ConfigError(
+                f"{path} is not valid JSON ({e}): the file is damaged. Restore it (bin/train.py writes the "
+                "config it was given; rerun with the original --config to check it), or start a new "
+                "--workdir.") from e
         free = {k: None for k in workdir_lib.RERUN_KEYS}
         old_cmp, new_cmp = dict(old, **free), dict(new, **free)
         if old_cmp != new_cmp:
@@ -316,23 +352,13 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             raise configlib.ConfigError(
                 f"{workdir} holds a run with a different config (differs in {diff}); finished work is never "
                 "overwritten: use a new --workdir, or the same config to resume.")
-    atomic_write_text(path, configlib.to_json(config))
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, configlib.to_json(config))
 
 
 def _trim_metrics(path: str, last_step: int) -> None:
-    """Drop metric lines written after the checkpoint a run resumes from."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= last_step]
-    atomic_write_text(path, "".join(lines))
+    """Drop metric lines written after the checkpoint a run resumes from (and a line cut short by a kill)."""
+    if os.path.exists(path):
+        report.write_jsonl(path, [r for r in report.read_jsonl(path) if r.get("step", 0) <= last_step])
 
 
 def _resume_step(workdir: str, names: list[str]) -> int:
@@ -351,9 +377,9 @@ def _resume_step(workdir: str, names: list[str]) -> int:
 
 
 def use_one_cpu_thread_if_small(config: ml_collections.ConfigDict) -> bool:
-    """For a training script, before JAX's first computation: one XLA CPU thread when every model of a toy
-    config trains on batches too small to split over cores (`cpu_parallel.one_thread_for_small_batches`;
-    K = 9 trains ~15-30% faster on 2 cores). Image configs keep every thread. Returns whether it applied."""
+    """The opt-in CPU policy (`bin/train.py --cpu_policy`), before JAX's first computation: one XLA CPU thread
+    when every model of a toy config trains on small batches (`cpu_parallel.one_thread_for_small_batches`;
+    figures in bench/results/bench_tutorial.txt). Image configs keep every thread. Returns whether it applied."""
     configlib.check(config, RULES)
     if builders.is_image(config):
         return False
@@ -365,26 +391,41 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
           progress: bool = True) -> dict[str, TrainState]:
     """Train every member of the config's sweep, resuming from `workdir` if it holds checkpoints.
 
-    Returns {name: TrainState} of the final states (name = K, or K_s<seed> in seed sweeps).
+    Returns {name: TrainState} of the final states (name = K, or K_s<seed> in seed sweeps). Each member
+    trains for its own schedule (`diffmem.schedules.member_schedule`: steps, lr ramp-up and EMA from its K
+    and batch when the config gives them in images); members with the same number of steps and batch
+    train together, and each member's checkpoints are written at its own steps.
     """
     configlib.check(config, RULES)
+    schedules.check(config)
     for every in ("ckpt_every", "log_every"):
         if config[every] % config.steps_per_call:
             raise configlib.ConfigError(f"config.{every} = {config[every]} must be a multiple of "
                                         f"config.steps_per_call = {config.steps_per_call}.")
-    os.makedirs(workdir, exist_ok=True)
+    with lock.workdir_lock(workdir, "training"):  # one writer per workdir; released however this ends
+        return _train_locked(config, workdir, mesh, progress)
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None,
+                  progress: bool) -> dict[str, TrainState]:
     write_config(config, workdir)
     mesh = data_mesh() if mesh is None else mesh
     n_dev = mesh.devices.size
 
     specs = workdir_lib.Workdir(workdir, config).specs(config, record=True)  # K-subsets recorded / checked
+    scheds = [schedules.member_schedule(config, s.k, s.batch_size) for s in specs]
+    lr_in_images = any(sc.lr_rampup_images >= 0 for sc in scheds)
+    ema_in_images = any(sc.ema_halflife_images >= 0 for sc in scheds)
     model = builders.build_model(config, specs[0].data.shape[1:])
     loss_fn = builders.build_loss(config, model)
     optimizer = optimizer_from_config(config)
-    train_step = make_train_step(loss_fn, optimizer, config.ema.decay, config.ema.warmup)
+    ema = config.get("ema", None) or {}
+    train_step = make_train_step(loss_fn, optimizer, ema.get("decay", 0.0), ema.get("warmup", False),
+                                 lr_in_images=lr_in_images, ema_in_images=ema_in_images)
 
-    # Group members by padded batch size; pad training sets to the group's largest K.
-    groups = _groups(specs, n_dev, vmap=not builders.is_image(config))  # see _groups and make_multi_step
+    # Group members by padded batch size and step count; pad training sets to the group's largest K.
+    groups = _groups(specs, n_dev, vmap=not builders.is_image(config),  # see _groups and make_multi_step
+                     steps=[sc.steps for sc in scheds])
     replicated = NamedSharding(mesh, P())
     init_fn = jax.jit(model.init)  # one compilation for every member
     metas, datas, states = [], [], []
@@ -398,53 +439,70 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
                       "k": jnp.asarray([s.k for s in members], jnp.int32),
                       "batch": jnp.asarray([s.batch_size for s in members], jnp.int32),
                       "padded_batch": _padded(members[0].batch_size, n_dev),
-                      "labels": _group_labels(members, k_max)})
+                      "labels": _group_labels(members, k_max),
+                      "sched": _group_schedule([scheds[i] for i in idx]) if lr_in_images or ema_in_images
+                      else None})
         datas.append(jax.device_put(data, replicated))
         states.append([init_state(model, optimizer, s, init_fn) for s in members])
 
-    # Resume.
+    # Resume: each group from the last checkpoint step all its members have.
     names = [s.name for s in specs]
     managers = {n: checkpoint.manager(workdir, n, config.keep_checkpoints) for n in names}
-    start = _resume_step(workdir, names)
-    if start:
-        for g, idx in enumerate(groups):
-            states[g] = [TrainState(**checkpoint.restore(managers[specs[i].name], start, st.as_dict()))
+    starts = [_resume_step(workdir, [specs[i].name for i in idx]) for idx in groups]
+    for g, idx in enumerate(groups):
+        if starts[g]:
+            states[g] = [TrainState(**checkpoint.restore(managers[specs[i].name], starts[g], st.as_dict()))
                          for i, st in zip(idx, states[g])]
-    stacked = tuple(jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *sts), replicated) for sts in states)
+    # Stacked on the host: under jax.distributed a committed array (from orbax) cannot be device_put onto
+    # a mesh that spans other processes, while a numpy value (the same on every process) can.
+    stacked = tuple(jax.device_put(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *sts),
+                                   replicated) for sts in states)
     metrics_path = workdir_lib.Workdir(workdir).metrics_path
+    totals = [scheds[idx[0]].steps for idx in groups]
+    unfinished = [s for s, t in zip(starts, totals) if s < t]
+    start = min(unfinished) if unfinished else max(starts)   # the sweep's clock resumes here
     _trim_metrics(metrics_path, start)
 
     image = builders.is_image(config)
     multi_step = make_multi_step(train_step, metas, mesh, loop="python" if image else "scan")
-    total = config.steps
-    bar = _progress(total, start, names, progress)
-    step, last_saved, window_t, window_steps = start, start, time.perf_counter(), 0
-    with open(metrics_path, "a") as metrics_file, matmul_precision(config):
-        while step < total:
-            n = min(config.steps_per_call, total - step)
-            stacked, metrics = multi_step(stacked, tuple(datas), n)
-            losses = [np.asarray(m["loss"]) for m in metrics]  # (n, group size) each; syncs the device
-            _nan_guard(losses, groups, specs, step, last_saved, managers)
-            step += n
-            window_steps += n
-            bar.update(n)
-            if step % config.log_every == 0 or step == total:
+    # One clock for the sweep, in chunks of steps_per_call; group g runs while its own step is below
+    # min(clock, its total), so a shorter member stops at its own end (and a group resumed later waits).
+    group_step, last_saved = list(starts), list(starts)
+    end = max(totals)
+    bar = _progress(end, start, names, progress)
+    step, window_t, window_steps = start, time.perf_counter(), 0
+    with report.JsonlAppender(metrics_path) as metrics_file, matmul_precision(config):
+        while step < end:
+            target = min((step // config.steps_per_call + 1) * config.steps_per_call, end)
+            counts = [max(0, min(target, t) - s) for t, s in zip(totals, group_step)]
+            stacked, metrics = multi_step(stacked, tuple(datas), counts)
+            # (n, group size) each, None for groups that did not run; syncs the device
+            losses = [None if m is None else multihost.to_host(m["loss"]) for m in metrics]
+            grad_norms = [None if m is None else multihost.to_host(m["grad_norm"]) for m in metrics]
+            _nan_guard(losses, groups, specs, group_step, last_saved, managers)
+            group_step = [s + n for s, n in zip(group_step, counts)]
+            window_steps += target - step
+            bar.update(target - step)
+            step = target
+            if (step % config.log_every == 0 or step == end) and any(x is not None for x in losses):
                 now = time.perf_counter()
                 record = {"step": step, "steps_per_s": round(window_steps / (now - window_t), 2)}
                 for g, idx in enumerate(groups):
                     for j, i in enumerate(idx):
-                        record[f"loss/{specs[i].name}"] = float(losses[g][:, j].mean())
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
+                        if losses[g] is not None:
+                            record[f"loss/{specs[i].name}"] = float(losses[g][:, j].mean())
+                            record[f"grad_norm/{specs[i].name}"] = float(grad_norms[g][:, j].mean())
+                metrics_file.write(record)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.4f}" for k, v in record.items() if k.startswith("loss/")}
                                 | {"steps/s": record["steps_per_s"]})
                 window_t, window_steps = now, 0
-            if step % config.ckpt_every == 0 or step == total:
-                for g, idx in enumerate(groups):
+            for g, idx in enumerate(groups):
+                at = group_step[g]
+                if counts[g] and (at % config.ckpt_every == 0 or at == totals[g]):
                     for j, i in enumerate(idx):
                         member = jax.tree.map(lambda x: x[j], stacked[g])
-                        checkpoint.save(managers[specs[i].name], step, member.as_dict())
-                last_saved = step
+                        checkpoint.save(managers[specs[i].name], at, member.as_dict())
+                    last_saved[g] = at
     bar.close()
     for m in managers.values():
         m.wait_until_finished()
@@ -452,21 +510,34 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
             for g, idx in enumerate(groups) for j, i in enumerate(idx)}
 
 
-def _nan_guard(losses, groups, specs, step, last_saved, managers) -> None:
+def _nan_guard(losses, groups, specs, steps, last_saved, managers) -> None:
+    """Stop on the first non-finite loss; steps, last_saved: each group's step before the chunk and its last
+    checkpoint step."""
     for g, idx in enumerate(groups):
+        if losses[g] is None:
+            continue
         bad = ~np.isfinite(losses[g])
         if bad.any():
             row, col = np.argwhere(bad)[0]
             for m in managers.values():
                 m.wait_until_finished()
             raise TrainingDiverged(
-                f"Loss of model {specs[idx[col]].name} became {losses[g][row, col]} at step {step + row + 1}. "
-                f"The last good checkpoint (step {last_saved}) is kept and nothing after it was saved. "
+                f"Loss of model {specs[idx[col]].name} became {losses[g][row, col]} at step {steps[g] + row + 1}. "
+                f"The last good checkpoint (step {last_saved[g]}) is kept and nothing after it was saved. "
                 "Lower --config.optim.lr, set --config.optim.grad_clip=1.0, or check the data for NaN/inf.")
+
+
+def _group_schedule(member_schedules: list[schedules.MemberSchedule]) -> dict:
+    """The per-member scalars a group's train step reads (`make_train_step`'s `sched`), each (members,) f32."""
+    def col(f):
+        return jnp.asarray([f(m) for m in member_schedules], jnp.float32)
+    return {"batch": col(lambda m: m.batch), "lr_rampup": col(lambda m: m.lr_rampup_images),
+            "ema_halflife": col(lambda m: m.ema_halflife_images), "ema_rampup_ratio": col(lambda m: m.ema_rampup_ratio)}
 
 
 def _progress(total: int, start: int, names: list[str], enabled: bool):
     from tqdm.auto import tqdm
     desc = f"train K={','.join(names)}" if len(names) <= 6 else f"train {len(names)} models"
-    return tqdm(total=total, initial=start, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True,
+    return tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True,
+                disable=not enabled or not multihost.is_main_process(),
                 smoothing=0.1)

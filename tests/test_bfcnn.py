@@ -75,3 +75,21 @@ def test_signed_range_denoiser_maps_units():
     d01 = jax.jit(bfcnn.unit_range_denoiser(net, variables))
     d = jax.jit(bfcnn.signed_range_denoiser(net, variables))(x, jnp.ones(2))
     np.testing.assert_allclose(d, 2 * d01((x + 1) / 2) - 1, atol=1e-6)
+
+
+def test_blind_loss_noise_law_and_reduction():
+    from diffmem import losses
+    x0 = jax.random.uniform(jax.random.key(0), (3, 4, 4, 1))
+    key = jax.random.key(5)
+    # A perfect residual (f(y) = y - x0, i.e. the noise itself) has zero loss; f = 0 costs sum (sigma z)^2.
+    xr = jnp.repeat(x0, 4, axis=0)
+    perfect, aux = losses.blind_denoising_from_key(lambda y: (y - xr, "aux"), x0, key, copies=4)
+    assert aux == "aux" and float(jnp.abs(perfect).max()) < 1e-10
+    zero, _ = losses.blind_denoising_from_key(lambda y: (jnp.zeros_like(y), None), x0, key, copies=4)
+    sigma, z = losses.blind_noise(key, xr)
+    expected = (np.asarray(sigma)[:, None] ** 2 * np.asarray(z).reshape(12, -1) ** 2).sum(1).reshape(3, 4).mean(1)
+    np.testing.assert_allclose(zero, expected, rtol=1e-5)
+    # sqrt(255 sigma) ~ U[0, sqrt(255)]: Kolmogorov-Smirnov distance of 4000 draws.
+    s, _ = losses.blind_noise(jax.random.key(1), jnp.zeros((4000, 1)))
+    u = np.sort(np.sqrt(255 * np.asarray(s)) / np.sqrt(255))
+    assert np.abs(u - (np.arange(1, 4001) - 0.5) / 4000).max() < 0.03 and float(s.max()) <= 1.0

@@ -54,3 +54,21 @@ def class_balanced(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
             raise ValueError(f"Class {c} has only {len(members)} examples; K = {k} needs {per_class} per class.")
         chosen.append(members[:per_class])
     return np.concatenate(chosen).astype(np.int64)
+
+
+def fixed_order(pool_size: int, seed: int) -> np.ndarray:
+    """The one recorded order two disjoint sets are cut from: a permutation seeded by `seed`, or the pool's
+    own order (e.g. sorted file names) when seed < 0. (pool_size,) int64."""
+    if seed < 0:
+        return np.arange(pool_size, dtype=np.int64)
+    return np.random.default_rng(seed).permutation(pool_size).astype(np.int64)
+
+
+def disjoint_set(pool_size: int, n: int, seed: int, which: str) -> np.ndarray:
+    """Kadkhodaie et al.'s disjoint training sets: S1 = the first n ("first") and S2 = the last n ("last")
+    of `fixed_order(pool_size, seed)`; n is capped by the caller at pool_size // 2 so they never overlap."""
+    if which not in ("first", "last"):
+        raise ValueError(f"which must be 'first' (S1) or 'last' (S2); got {which!r}.")
+    check_k(n, pool_size // 2, f"half the pool ({pool_size} examples; S1 and S2 must be disjoint)")
+    order = fixed_order(pool_size, seed)
+    return order[:n] if which == "first" else order[pool_size - n:]
