@@ -47,21 +47,30 @@ def c_alpha_images(n: int, size: int = 80, alpha: float = 1.0, beta: float | Non
     f2 = np.where(k2 == 0, 1.0, 1.0 / np.maximum(k2, 1)) ** beta
     rng = np.random.default_rng(seed)
     out = np.empty((n, L, L))
-    rows = np.arange(L)[:, None]
     for i in range(n):
         w = rng.uniform(-1, 1, L)
         c = np.real(np.fft.ifft(np.fft.ifftshift(np.fft.fftshift(np.fft.fft(w)) * f1)))
-        # FIX: upstream slices M[0:r] with r possibly negative (zeroing all but the last |r| rows); clip to [0, L].
-        r = np.clip(np.round(c * L).astype(int) + L // 2, 0, L)
+        r = contour_rows(c, L)
         b = [np.real(np.fft.ifft2(np.fft.ifftshift(np.fft.fftshift(np.fft.fft2(rng.uniform(-1, 1, (L, L)))) * f2)))
              for _ in range(2)]
         u1, u2 = rng.uniform(0, 1, 2)
         lo_hi = [(u1, 1.0), (0.0, u2)] if rng.uniform() < 0.5 else [(0.0, u2), (u1, 1.0)]
         b1, b2 = (_minmax(bi, lo, hi) for bi, (lo, hi) in zip(b, lo_hi))
-        mask = (rows >= r[None, :]).astype(np.float64)  # M = 1, M[0:r_i, i] = 0
-        m = blur2(mask)
+        m = blur2(contour_mask(r, L))
         out[i] = b1 * m + b2 * (1.0 - m)
     return out
+
+
+def contour_rows(c: np.ndarray, size: int) -> np.ndarray:
+    """Row index of the contour in each column, round(c L) + L/2.
+    FIX (flagged): upstream slices M[0:r] with r possibly negative, which zeroes all but the last |r| rows
+    instead of none; here r is clipped to [0, L]."""
+    return np.clip(np.round(c * size).astype(int) + size // 2, 0, size)
+
+
+def contour_mask(r: np.ndarray, size: int) -> np.ndarray:
+    """M = 1 with M[0:r_i, i] = 0 (rows above the contour), (L, L) float64."""
+    return (np.arange(size)[:, None] >= r[None, :]).astype(np.float64)
 
 
 def _minmax(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
