@@ -1,35 +1,76 @@
-"""What every bin/ script shares: config flags with clear errors, quiet logging, and error exits."""
+"""What every bin/ script shares: config flags with clear errors, quiet logging, multi-host start-up and
+error exits.
+
+Flags every script accepts (defined here):
+  --distributed          join a jax.distributed cluster first (SLURM / Open MPI / TPU pods are detected)
+  --coordinator=H:P --num_processes=N --process_id=I   the same, by hand (implies --distributed)
+  --debug                show the traceback of diffmem's own errors instead of a one-line message
+"""
 from __future__ import annotations
 
-import os
 import sys
 from typing import Callable, Sequence
+
+from absl import flags
+
+flags.DEFINE_bool("distributed", False, "Initialise jax.distributed before any work (one process per host or "
+                  "accelerator; SLURM, Open MPI and TPU pods are detected automatically).")
+flags.DEFINE_string("coordinator", None, "jax.distributed coordinator HOST:PORT (process 0's host), with "
+                    "--num_processes and --process_id; implies --distributed.")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a --coordinator cluster.")
+flags.DEFINE_integer("process_id", None, "This process's id in 0..num_processes-1 (--coordinator cluster).")
+flags.DEFINE_bool("debug", False, "Re-raise diffmem's errors with their traceback instead of a one-line message.")
+FLAGS = flags.FLAGS
 
 CONFIG = None  # the ConfigDict parsed from --config / --config.KEY=VALUE, set by run()
 
 
 def run(main: Callable[[list[str]], None], argv: Sequence[str], needs_config: bool = False) -> None:
-    """Parse --config* (diffmem.configlib), then hand the rest to absl's app.run(main)."""
+    """Parse --config* (diffmem.configlib), then hand the rest to absl's app.run(main).
+
+    Before `main`, joins jax.distributed when asked (`start_distributed`). diffmem's own errors
+    (`diffmem.errors.DiffmemError`: bad config, unreadable checkpoint, diverged training, busy workdir,
+    failed write...) end the script with `error: <message>` and exit status 1 (with --debug: the
+    traceback); any other exception is a bug and keeps its traceback.
+    """
     global CONFIG
     from absl import app, logging
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
 
     from diffmem import configlib
+    from diffmem.errors import DiffmemError
 
+    debug = any(a in ("--debug", "--debug=true", "--debug=True", "--debug=1") for a in argv)
     try:
         CONFIG, rest = configlib.parse_config_argv(list(argv))
     except configlib.ConfigError as e:
+        if debug:
+            raise
         sys.exit(f"error: {e}")
     if needs_config and CONFIG is None:
         sys.exit("error: --config=path/to/config.py[:arg] is required (e.g. --config=configs/circle.py:k=9).")
 
     def guarded(args):
-        from diffmem import checkpoint, train
         try:
+            start_distributed()
             main(args)
-        except (configlib.ConfigError, checkpoint.CheckpointError, train.TrainingDiverged, ValueError,
-                FileNotFoundError, FileExistsError) as e:
+        except DiffmemError as e:
+            if FLAGS.debug:
+                raise
             sys.exit(f"error: {e}")
 
     app.run(guarded, argv=rest)
+
+
+def start_distributed() -> bool:
+    """Join jax.distributed if --distributed or --coordinator was given (before JAX computes anything);
+    returns whether it did. Every bin/ script calls it through `run`."""
+    if not (FLAGS.distributed or FLAGS.coordinator):
+        return False
+    if FLAGS.coordinator and (FLAGS.num_processes is None or FLAGS.process_id is None):
+        from diffmem.errors import InputError
+        raise InputError("--coordinator needs --num_processes=N and --process_id=I (0..N-1) on every process.")
+    from diffmem import multihost
+    multihost.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    return True

@@ -1,30 +1,26 @@
 """A study's summary: JSON with every number, and a short Markdown page with the figures.
 
-Files are written atomically; `write_npz` is the one writer of array files (allow_pickle-free formats).
+Files are written atomically (`diffmem.atomic`, process 0 only under jax.distributed); `write_npz` is the one
+writer of array files (allow_pickle-free formats).
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-
-def _atomic(path: str, write) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{os.getpid()}{ext}"
-    write(tmp)
-    os.replace(tmp, path)
-    return path
+from diffmem import atomic
+from diffmem.errors import InputError, MissingInputError, WriteError
 
 
 def write_json(path: str, obj: Any) -> str:
     def w(tmp):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True, default=_default)
-    return _atomic(path, w)
+    return atomic.write(path, w)
 
 
 def _default(o):
@@ -42,18 +38,19 @@ def write_npz(path: str, **arrays) -> str:
     for k, v in arrays.items():
         if np.asarray(v).dtype == object:
             raise TypeError(f"Array {k!r} has dtype object; only numeric/string arrays are written.")
-    return _atomic(path, lambda tmp: np.savez(tmp, **arrays))
+    return atomic.write(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
     """Load an .npz without pickle; a missing or corrupt file is a clear error."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist.")
+        raise MissingInputError(f"{path} does not exist.")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as e:
-        raise ValueError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}).") from e
+        raise InputError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); it is truncated or "
+                         "corrupt: delete it and rerun the stage that writes it.") from e
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -74,7 +71,72 @@ def write_markdown(path: str, title: str, sections: Sequence[tuple[str, str]], f
             rel = os.path.relpath(os.path.abspath(fig), base)
             parts.append(f"\n![{os.path.basename(fig)}]({rel})\n")
 
-    def w(tmp):
-        with open(tmp, "w") as f:
-            f.write("".join(parts))
-    return _atomic(path, w)
+    return atomic.write_text(path, "".join(parts))
+
+
+# ------------------------------------------------------------------------------- JSON-lines logs (metrics)
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSON-lines file (one object a line); [] if it does not exist.
+
+    A run killed while appending leaves a truncated last line: it is dropped with a warning. A bad line
+    elsewhere means the file was damaged otherwise, which is an `InputError` naming the line.
+    """
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if all(not rest.strip() for rest in lines[n:]):
+                warnings.warn(f"{path}: dropped a truncated last line ({line[:60]!r}), left by an interrupted run.")
+                break
+            raise InputError(f"{path}, line {n}, is not a JSON object ({e}): the file is damaged; repair or "
+                             "delete that line (or the file) and rerun.") from e
+        records.append(record)
+    return records
+
+
+def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> str:
+    """Replace `path` atomically with these records, one JSON object a line."""
+    return atomic.write_text(path, "".join(json.dumps(r, default=_default) + "\n" for r in records))
+
+
+class JsonlAppender:
+    """Appends records to a JSON-lines file, flushed line by line (`with JsonlAppender(path) as log:
+    log.write({...})`). Only the writing process (`atomic.is_writer`) opens the file; failures to open or
+    write raise `WriteError` naming the path."""
+
+    def __init__(self, path: str):
+        self.path, self._file = path, None
+
+    def __enter__(self):
+        if atomic.is_writer():
+            try:
+                self._file = open(self.path, "a", encoding="utf-8")
+            except OSError as e:
+                raise self._error(e) from e
+        return self
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(json.dumps(record, default=_default) + "\n")
+            self._file.flush()
+        except OSError as e:
+            raise self._error(e) from e
+
+    def __exit__(self, *exc):
+        if self._file is not None:
+            self._file.close()
+
+    def _error(self, e: OSError) -> WriteError:
+        return WriteError(f"Cannot write {self.path}: {e.strerror or e} (errno {e.errno}). Check that the "
+                          "directory is writable and the disk has space; checkpoints already saved are kept.")

@@ -5,7 +5,6 @@ path. matplotlib runs headless (Agg).
 """
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
 import matplotlib
@@ -14,16 +13,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from diffmem import atomic  # noqa: E402
+
 
 def save_figure(fig, path: str, dpi: int = 150) -> str:
-    """Write `fig` to `path` through a temporary file and close it."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{os.getpid()}{ext}"
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    """Write `fig` to `path` atomically (`diffmem.atomic`) and close it."""
+    try:
+        return atomic.write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def scatter_samples(path: str, samples: np.ndarray, patterns: np.ndarray | None = None, title: str = "",

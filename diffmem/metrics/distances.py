@@ -30,6 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from diffmem import multihost
+from diffmem.errors import InputError
+
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -51,6 +54,8 @@ def knn(queries, refs, k: int, *, start: int = 0, stop: int | None = None,
       query_tile, ref_tile: rows per block; memory ~ query_tile * ref_tile floats per device. Keep them equal
         across the parts of a split computation so the parts merge to the bit-identical unsplit result.
       mesh: shard the queries over all axes of this device mesh (references replicated); None: one device.
+        A mesh may span several jax.distributed processes: all of them call `knn` with the same inputs and
+        all get the full result.
       precision: matmul precision (HIGHEST keeps float32 GEMMs exact-float32 on GPUs/TPUs too).
     Returns:
       (dists, idx), host numpy arrays of shape (stop - start, k): *squared* Euclidean distances (float32,
@@ -81,14 +86,15 @@ def knn(queries, refs, k: int, *, start: int = 0, stop: int | None = None,
         r = jax.device_put(r, everywhere)
         scalars = [jax.device_put(x, everywhere) for x in scalars]
     dists, idx = run(q, qidx, r, *scalars)
-    return np.asarray(dists)[:n], np.asarray(idx)[:n].astype(np.int64)
+    dists, idx = multihost.to_host(dists), multihost.to_host(idx)  # all-gathered over jax.distributed processes
+    return dists[:n], idx[:n].astype(np.int64)
 
 
 def query_range(n: int, start: int = 0, stop: int | None = None) -> tuple[int, int]:
     """Validated query rows [start, stop) of a set of n (stop=None means n)."""
     stop = n if stop is None else stop
     if not (0 <= start < stop <= n):
-        raise ValueError(f"Query range [{start}, {stop}) is not a non-empty range inside [0, {n}): use "
+        raise InputError(f"Query range [{start}, {stop}) is not a non-empty range inside [0, {n}): use "
                          f"0 <= start < stop <= {n} (stop=None for the end).")
     return int(start), int(stop)
 
@@ -114,16 +120,16 @@ def merge_knn(parts: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> tuple[np.n
     """
     parts = sorted(((int(s), np.asarray(d), np.asarray(i)) for s, d, i in parts), key=lambda p: p[0])
     if not parts:
-        raise ValueError("merge_knn needs at least one part.")
+        raise InputError("merge_knn needs at least one part.")
     expected, ks = 0, {p[1].shape[1] for p in parts}
     if len(ks) != 1:
-        raise ValueError(f"Parts have different k: {sorted(ks)}; merge results computed with the same k.")
+        raise InputError(f"Parts have different k: {sorted(ks)}; merge results computed with the same k.")
     for s, d, i in parts:
         if d.shape != i.shape or d.ndim != 2:
-            raise ValueError(f"Part at {s}: dists {d.shape} and idx {i.shape} must be equal (n, k) shapes.")
+            raise InputError(f"Part at {s}: dists {d.shape} and idx {i.shape} must be equal (n, k) shapes.")
         if s != expected:
             what = "a gap" if s > expected else "an overlap"
-            raise ValueError(f"Query ranges leave {what} at row {min(s, expected)}: a part starts at {s} but the "
+            raise InputError(f"Query ranges leave {what} at row {min(s, expected)}: a part starts at {s} but the "
                              f"previous parts end at {expected}. Parts must cover [0, N) exactly once.")
         expected = s + len(d)
     return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
@@ -143,34 +149,34 @@ def merge_knn_refs(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int | None
       (dists (n, k), idx (n, k)) sorted by distance, ties by smaller index ((inf, -1) entries last).
     """
     if not parts:
-        raise ValueError("merge_knn_refs needs at least one part.")
+        raise InputError("merge_knn_refs needs at least one part.")
     dists = np.concatenate([np.asarray(d) for d, _ in parts], axis=1)
     idx = np.concatenate([np.asarray(i) for _, i in parts], axis=1).astype(np.int64)
     if dists.shape != idx.shape or len({np.asarray(d).shape[0] for d, _ in parts}) != 1:
-        raise ValueError("All parts must hold the same queries, with dists and idx of equal (n, k) shapes.")
+        raise InputError("All parts must hold the same queries, with dists and idx of equal (n, k) shapes.")
     k = np.asarray(parts[0][0]).shape[1] if k is None else k
     if not 1 <= k <= dists.shape[1]:
-        raise ValueError(f"k = {k} but the parts hold only {dists.shape[1]} candidates per query.")
+        raise InputError(f"k = {k} but the parts hold only {dists.shape[1]} candidates per query.")
     s = np.sort(idx, axis=1)
     if np.any((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)):  # -1 marks "no candidate", not a reference
-        raise ValueError("A reference index appears in two parts: the reference ranges must be disjoint.")
+        raise InputError("A reference index appears in two parts: the reference ranges must be disjoint.")
     order = np.lexsort((idx, dists), axis=1)[:, :k]
     return np.take_along_axis(dists, order, 1), np.take_along_axis(idx, order, 1)
 
 
 def _validate(q, r, k, query_tile, ref_tile):
     if q.ndim != 2 or r.ndim != 2 or q.shape[1] != r.shape[1]:
-        raise ValueError(f"Queries and references must have the same features per row; got {q.shape[1:]} "
+        raise InputError(f"Queries and references must have the same features per row; got {q.shape[1:]} "
                          f"and {r.shape[1:]} after flattening.")
     if query_tile < 1 or ref_tile < 1:
-        raise ValueError(f"Tile sizes must be positive; got query_tile={query_tile}, ref_tile={ref_tile}.")
+        raise InputError(f"Tile sizes must be positive; got query_tile={query_tile}, ref_tile={ref_tile}.")
     m = r.shape[0]
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= m:
-        raise ValueError(f"k = {k} must be an integer in [1, {m}] (the number of references).")
+        raise InputError(f"k = {k} must be an integer in [1, {m}] (the number of references).")
     for name, x in (("queries", q), ("refs", r)):
         finite = jnp.isfinite(x).all() if isinstance(x, jax.Array) else np.isfinite(x).all()
         if not bool(finite):
-            raise ValueError(f"{name} contain NaN or infinite values; distances would be meaningless.")
+            raise InputError(f"{name} contain NaN or infinite values; distances would be meaningless.")
 
 
 def _rows(x):
