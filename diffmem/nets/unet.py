@@ -8,6 +8,9 @@ GroupNorm, dropout, sinusoidal embedding of the step. The CIFAR-10 setting (ch 1
 Initialisation follows Ho et al.: every kernel is variance-scaling (fan_avg, uniform), i.e. Xavier uniform,
 biases zero, and the last convolution of each residual branch, the attention output projection and the
 output convolution start (almost) at zero (scale 1e-10), so every block starts as the identity.
+`nin_init_scale` sets the scale of the 1x1 ("NIN") layers, i.e. the attention q/k/v projections and the
+residual blocks' channel-changing shortcuts: 1.0 in Ho et al.'s TensorFlow code, 0.1 in the score_sde
+PyTorch port that Pham et al. train (its NIN default; their recipe sets it).
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ class ResBlock(nn.Module):
     out_ch: int
     dropout: float
     num_groups: int = 32
+    nin_init_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x, temb, train: bool):
@@ -50,19 +54,21 @@ class ResBlock(nn.Module):
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.out_ch, (3, 3), kernel_init=_init(_ZERO), name="conv2")(h)
         if x.shape[-1] != self.out_ch:
-            x = nn.Dense(self.out_ch, kernel_init=_init(), name="skip")(x)  # 1x1 convolution ("NIN")
+            x = nn.Dense(self.out_ch, kernel_init=_init(self.nin_init_scale), name="skip")(x)  # 1x1 conv ("NIN")
         return x + h
 
 
 class AttnBlock(nn.Module):
     """Single-head self-attention over the H*W positions with a residual connection: (B,H,W,C) -> same."""
     num_groups: int = 32
+    nin_init_scale: float = 1.0   # q, k, v projections (the output projection starts at zero)
 
     @nn.compact
     def __call__(self, x):
         b, hh, ww, c = x.shape
         h = _norm(self.num_groups, c, "norm")(x)
-        q, k, v = (nn.Dense(c, kernel_init=_init(), name=n)(h).reshape(b, hh * ww, c) for n in ("q", "k", "v"))
+        q, k, v = (nn.Dense(c, kernel_init=_init(self.nin_init_scale), name=n)(h).reshape(b, hh * ww, c)
+                   for n in ("q", "k", "v"))
         logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(float(c))
         w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         out = jnp.einsum("bij,bjc->bic", w, v).reshape(b, hh, ww, c)
@@ -81,6 +87,8 @@ class DDPMUNet(nn.Module):
       num_groups: GroupNorm groups, capped at the channel count (so tiny test networks work).
       resamp_with_conv: a 3x3 convolution in the up/down-sampling layers (Ho et al.: True); else
         nearest-neighbour up-sampling / 2x2 average pooling alone.
+      nin_init_scale: variance-scaling scale of the 1x1 layers (attention q/k/v, residual shortcuts): Ho et
+        al. 1.0, Pham et al.'s code 0.1.
 
     Call: x (B, H, W, C) NHWC with H = W divisible by 2^(len(ch_mult) - 1), t (B,) integer-valued steps
     (float is fine; (1,) shares one step across the batch) -> epsilon prediction (B, H, W, out_channels or C).
@@ -93,13 +101,14 @@ class DDPMUNet(nn.Module):
     out_channels: int | None = None
     num_groups: int = 32
     resamp_with_conv: bool = True
+    nin_init_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x, t, *, train: bool = False):
         _check_image(x, len(self.ch_mult), "DDPMUNet")
         if t.ndim != 1 or t.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"DDPMUNet: t must have shape (B,) = {x.shape[:1]} (or (1,)); got {t.shape}.")
-        g = self.num_groups
+        g, nin = self.num_groups, self.nin_init_scale
         temb = SinusoidalEmbedding(self.ch)(t)
         temb = nn.Dense(4 * self.ch, kernel_init=_init(), name="temb_0")(temb)
         temb = nn.Dense(4 * self.ch, kernel_init=_init(), name="temb_1")(nn.swish(temb))
@@ -107,9 +116,9 @@ class DDPMUNet(nn.Module):
         res = x.shape[1]
         for level, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):
-                h = ResBlock(self.ch * mult, self.dropout, g)(hs[-1], temb, train)
+                h = ResBlock(self.ch * mult, self.dropout, g, nin)(hs[-1], temb, train)
                 if res in self.attn_resolutions:
-                    h = AttnBlock(g)(h)
+                    h = AttnBlock(g, nin)(h)
                 hs.append(h)
             if level != len(self.ch_mult) - 1:
                 h = hs[-1]
@@ -120,14 +129,15 @@ class DDPMUNet(nn.Module):
                     h = nn.avg_pool(h, (2, 2), (2, 2))
                 hs.append(h)
                 res //= 2
-        h = ResBlock(hs[-1].shape[-1], self.dropout, g)(hs[-1], temb, train)
-        h = AttnBlock(g)(h)
-        h = ResBlock(h.shape[-1], self.dropout, g)(h, temb, train)
+        h = ResBlock(hs[-1].shape[-1], self.dropout, g, nin)(hs[-1], temb, train)
+        h = AttnBlock(g, nin)(h)
+        h = ResBlock(h.shape[-1], self.dropout, g, nin)(h, temb, train)
         for level, mult in reversed(list(enumerate(self.ch_mult))):
             for _ in range(self.num_res_blocks + 1):
-                h = ResBlock(self.ch * mult, self.dropout, g)(jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+                h = ResBlock(self.ch * mult, self.dropout, g, nin)(jnp.concatenate([h, hs.pop()], axis=-1), temb,
+                                                                    train)
                 if res in self.attn_resolutions:
-                    h = AttnBlock(g)(h)
+                    h = AttnBlock(g, nin)(h)
             if level != 0:
                 b, hh, ww, c = h.shape
                 h = jax.image.resize(h, (b, hh * 2, ww * 2, c), "nearest")
