@@ -25,6 +25,8 @@ def test_rank_99_rule():
     assert jacobian.rank_99(np.r_[np.ones(7), np.zeros(41)]) == 7
     assert jacobian.rank_99(np.zeros(4)) == 0
     assert jacobian.rank_from_partial([3.0, 1.0], frobenius=10.0) == 3  # not reached in the top 2: a bound
+    noise = 1e-12 * np.random.default_rng(0).normal(size=(8, 8))        # a locally constant denoiser: J ~ 0
+    assert jacobian.jacobian_rank(noise) == 0 and jacobian.rank_99(np.linalg.svd(noise)[1]) > 1
 
 
 def test_randomized_rank_matches_exact(x64):

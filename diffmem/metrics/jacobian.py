@@ -21,6 +21,7 @@ import numpy as np
 from diffmem.sde import Denoiser, edm_sigma_steps
 
 FROBENIUS_FRACTION = 0.99
+ZERO_JACOBIAN_NORM = 1e-7  # ||J||_F at or below this counts as rank 0 (see `jacobian_rank`)
 EXACT_SVD_MAX_N = 1024  # above this, singular values come from a randomized estimate (see `singular_values`)
 
 
@@ -92,8 +93,12 @@ def randomized_singular_values(jac, rank: int, key, *, oversample: int = 10, pow
 
 
 def jacobian_rank(jac, *, method: str = "auto", key=None, max_rank: int | None = None,
-                  fraction: float = FROBENIUS_FRACTION) -> int:
-    """Rank of one Jacobian (n, n) by the 99% rule.
+                  fraction: float = FROBENIUS_FRACTION, atol: float = ZERO_JACOBIAN_NORM) -> int:
+    """Rank of one Jacobian (n, n) by the 99% rule; 0 when ||J||_F <= atol.
+
+    The tolerance matters for denoisers that become locally constant: the empirical optimal denoiser at a
+    collapsed state has J = Cov(posterior) / sigma^2 ~ 0 exactly, and the rule applied to rounding noise
+    would return an arbitrary rank.
 
     method "exact": full SVD. "randomized": top singular values by `randomized_singular_values`, doubling the
     sketch (from `max_rank` or 64) until the rule is met inside it, with ||J||_F exact. "auto": exact for
@@ -101,6 +106,8 @@ def jacobian_rank(jac, *, method: str = "auto", key=None, max_rank: int | None =
     """
     jac = jnp.asarray(jac)
     n = jac.shape[0]
+    if float(jnp.sqrt(jnp.sum(jac**2))) <= atol:
+        return 0
     if method == "auto":
         method = "exact" if n <= EXACT_SVD_MAX_N else "randomized"
     if method == "exact":
