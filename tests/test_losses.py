@@ -72,3 +72,44 @@ def test_weighted_loss_at_the_exact_denoiser_is_its_analytic_minimum(name, x64):
     diff = per - expected
     assert per.shape == (n,)
     assert abs(float(diff.mean())) < 4 * float(diff.std()) / np.sqrt(n)
+
+
+def test_sum_reduction_is_pixel_count_times_mean_exactly():
+    """EDM (and Gu et al.) sum each example's squared error over its pixels; diffmem's mean is 1/n of it
+    (n = 64 pixels here: a power of two, so the two agree to the last bit)."""
+    x0 = jax.random.normal(jax.random.key(0), (3, 4, 4, 4))
+    noise = jax.random.normal(jax.random.key(1), x0.shape)
+    d = lambda x, s: 0.5 * x  # noqa: E731
+    sigma, w = jnp.asarray([0.1, 1.0, 7.0]), jnp.asarray([1.0, 2.0, 0.5])
+    mean = losses.weighted_denoising(d, x0, sigma, noise, w)
+    total = losses.weighted_denoising(d, x0, sigma, noise, w, reduction="sum")
+    np.testing.assert_array_equal(np.asarray(total), 64 * np.asarray(mean))
+    ab = jnp.asarray(ddpm_alpha_bar(), jnp.float32)
+    eps = lambda x, t: 0.3 * x  # noqa: E731
+    m = losses.ddpm_eps_from_key(eps, x0, jax.random.key(2), ab)
+    s = losses.ddpm_eps_from_key(eps, x0, jax.random.key(2), ab, reduction="sum")
+    np.testing.assert_array_equal(np.asarray(s), 64 * np.asarray(m))
+    with pytest.raises(ValueError, match=r"valid: \['mean', 'sum'\]"):
+        losses.weighted_denoising(d, x0, sigma, noise, w, reduction="avg")
+
+
+def test_config_loss_reduction_reaches_the_training_loss():
+    """The Gu recipe's loss.reduction = "sum" gives 64x the "mean" loss on the same draws (8x8x1 digits)."""
+    import os
+    from diffmem import builders, configlib
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    c = configlib.load_config_file(os.path.join(repo, "configs/digits.py") + ":arch=ddpmpp,precond=edm")
+    assert c.loss.reduction == "mean"
+
+    class Net:  # a stand-in for the DDPM++ (builders only calls apply)
+        def apply(self, params, x, c_noise, labels=None, train=False, rngs=None):
+            return params * x
+
+    x0 = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1), minval=-1, maxval=1)
+    mean = builders.build_loss(c, Net())(0.5, x0, jax.random.key(2))
+    c.loss.reduction = "sum"
+    total = builders.build_loss(c, Net())(0.5, x0, jax.random.key(2))
+    np.testing.assert_allclose(np.asarray(total), 64 * np.asarray(mean), rtol=1e-6)
+    c.loss.reduction = "avg"
+    with pytest.raises(configlib.ConfigError, match=r"loss.reduction 'avg'; valid: \['mean', 'sum'\]"):
+        builders.build_loss(c, Net())

@@ -87,6 +87,27 @@ def test_grayscale_small_images_resized_and_finite(alexnet, images):
         lpips.prepare_images(np.zeros((1, 32, 32, 2)))
 
 
+def test_small_images_are_enlarged_by_nearest_exact_as_pham_et_al():
+    """PyTorch's "nearest-exact": output i reads input floor((i + 0.5) in / out), worked by hand."""
+    # 28 -> 32: scale 7/8; outputs 0..7 read floor(0.4375, 1.3125, 2.1875, 3.0625, 3.9375, 4.8125, 5.6875,
+    # 6.5625) = 0, 1, 2, 3, 3, 4, 5, 6, and every 8 outputs repeat that 7 inputs further on.
+    expected = np.concatenate([np.array([0, 1, 2, 3, 3, 4, 5, 6]) + 7 * j for j in range(4)])
+    np.testing.assert_array_equal(lpips.nearest_exact_indices(28, 32), expected)
+    np.testing.assert_array_equal(lpips.nearest_exact_indices(8, 32), np.arange(32) // 4)   # floor((i + .5) / 4)
+    # 5 -> 7: floor((i + 0.5) * 5 / 7) = floor(0.357, 1.071, 1.786, 2.5, 3.214, 3.929, 4.643)
+    np.testing.assert_array_equal(lpips.nearest_exact_indices(5, 7), [0, 1, 1, 2, 3, 3, 4])
+    x = np.arange(28 * 28, dtype=np.float32).reshape(1, 28, 28, 1) / (28 * 28) * 2 - 1
+    out = np.asarray(lpips.prepare_images(x))                                  # the default
+    assert out.shape == (1, 32, 32, 3)
+    np.testing.assert_array_equal(out[0, :, :, 1], x[0, expected][:, expected, 0])
+    bilinear = np.asarray(lpips.prepare_images(x, resize="bilinear"))
+    assert bilinear.shape == out.shape and not np.array_equal(bilinear, out)
+    # Not square: the short side becomes 32 and the long one int(32 * long / short), as torchvision's resize.
+    assert lpips.prepare_images(np.zeros((1, 20, 30, 1))).shape == (1, 32, 48, 3)
+    with pytest.raises(ValueError, match=r"valid: \['nearest-exact', 'bilinear'\]"):
+        lpips.prepare_images(x, resize="bicubic")
+
+
 class _RunsACommand:
     def __reduce__(self):
         return (os.system, ("touch pwned",))

@@ -153,3 +153,32 @@ def test_sweep_members_stop_at_their_own_step_and_resume(tmp_path, one_device):
     for name in ("100", "300"):
         for a, b in zip(jax.tree.leaves(out[name].ema_params), jax.tree.leaves(again[name].ema_params)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ------------------------------------------------------------------------------ sampler grids (item 7)
+def test_ddim_leading_spacing_is_diffusers_grid():
+    """diffusers' DDIMScheduler ("leading"): step_ratio = T // n, timesteps i * step_ratio + steps_offset.
+    7 of 1000: ratio 142 -> 0, 142, ..., 852 (diffmem's floor(i T / n) grid: 0, 142, 285, ..., 857)."""
+    from diffmem import sampling
+    from diffmem.sde import ddpm_alpha_bar
+    np.testing.assert_array_equal(sampling.ddim_timesteps(7, 1000, "leading"), [0, 142, 284, 426, 568, 710, 852])
+    np.testing.assert_array_equal(sampling.ddim_timesteps(7, 1000), [0, 142, 285, 428, 571, 714, 857])
+    np.testing.assert_array_equal(sampling.ddim_timesteps(7, 1000, "leading", steps_offset=1),
+                                  [1, 143, 285, 427, 569, 711, 853])
+    np.testing.assert_array_equal(sampling.ddim_timesteps(20, 1000, "leading"), sampling.ddim_timesteps(20, 1000))
+    with pytest.raises(ValueError, match=r"valid: \['floor', 'leading'\]"):
+        sampling.ddim_timesteps(7, 1000, "trailing")
+    # The sampler walks that grid: a float64 transcription of DDIM (eta = 0) on it, D(y, s) = y / (1 + s^2).
+    ab = ddpm_alpha_bar(1000, 1e-4, 0.02)
+    x_T = np.asarray(jax.random.normal(jax.random.key(0), (2, 3)), np.float64)
+    x, grid = x_T.copy(), [852, 710, 568, 426, 284, 142, 0]
+    for i, t in enumerate(grid):
+        a, an = ab[t], (ab[grid[i + 1]] if i + 1 < len(grid) else 1.0)
+        x0 = (x / np.sqrt(a)) / (1 + (1 - a) / a)
+        eps = (x - np.sqrt(a) * x0) / np.sqrt(1 - a)
+        x = np.sqrt(an) * x0 + np.sqrt(1 - an) * eps
+    d = lambda y, s: y / (1 + s[:, None] ** 2)  # noqa: E731
+    out = np.asarray(sampling.ddim(d, jnp.asarray(x_T, jnp.float32), num_steps=7, spacing="leading"))
+    np.testing.assert_allclose(out, x, rtol=1e-4, atol=1e-6)
+    floor = np.asarray(sampling.ddim(d, jnp.asarray(x_T, jnp.float32), num_steps=7))
+    assert np.abs(floor - x).max() > 1e-4
