@@ -7,7 +7,9 @@
 Data: TFDS `celeb_a` prepared as array_record (178x178 centre crop, resized to 80x80, luminance); no labels,
 so K-subsets are random. Network and training follow Pham et al.'s DDPM recipe: DDPM UNet ch 128,
 multipliers 1,2,2,2 (80/40/20/10 px), 2 blocks, attention at 20 px (the level nearest CIFAR's 16 px),
-dropout 0.1, Adam 2e-4 clipped at norm 1, batch 128, EMA 0.9999, 500k iterations (a GPU job).
+dropout 0.1, Adam 2e-4 clipped at norm 1, batch 128, EMA 0.9999, 500k iterations (a GPU job); sampler: DDPM
+ancestral, 1000 steps. (Kadkhodaie et al. themselves train a bias-free UNet as a blind denoiser and sample
+with their stochastic ascent: configs/kadkhodaie.py.)
 Kadkhodaie et al. report memorization for N <= 100 and nearly identical samples from models trained on
 disjoint sets for N >= 10^4.
 Arg keys: k, steps, seed, lr, batch (0 = the recipe's), arch (ddpm | ddpmpp), precond (ddpm | vp | ve | edm).

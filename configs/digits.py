@@ -9,7 +9,8 @@
 1,797 real 8x8 images scaled to [-1, 1]; the K-subset is the first K of a seeded permutation. A small DDPM
 UNet (ch 32, multipliers 1,2, attention at 4 px) or DDPM++ (32 channels, 1,2, one block per level) learns
 them in a few thousand steps (minutes on a laptop CPU); small K memorizes (samples copy training digits),
-larger K produces new digits.
+larger K produces new digits. Samplers: DDPM ancestral (1000 steps) for precond=ddpm; EDM's Heun (18 steps)
+otherwise, and EDM's Euler for the empirical optimal denoiser (Zhang et al.; `sample.optimal_sampler`).
 Arg keys: k (int or a+b sweep), steps (steps, "100ep" epochs or "500kimg" images), seed, lr, batch, arch (ddpm | ddpmpp),
 precond (ddpm | vp | ve | edm; ddpm trains with Ho et al.'s epsilon loss, the others with EDM's loss).
 """

@@ -7,8 +7,10 @@
 Data: the real Fashion-MNIST IDX files of Debian's `dataset-fashion-mnist` package (offline; another
 location: --config.data.source=fmnist:/dir/with/idx/files). Pham et al.'s setting (their configs/fmnist.yaml):
 DDPM UNet ch 128, multipliers 1,2,2, 2 blocks, attention list (16,) (no 28/14/7 px level has it; the
-middle block always does), dropout 0.1, epsilon loss on 1000 linear betas, Adam 2e-4 clipped at norm 1,
-batch 128, EMA 0.9999, 400k iterations: a GPU job (hours). Small K memorizes, K in the thousands
+middle block always does), dropout 0.1, NIN layers initialised at scale 0.1, epsilon loss on 1000 linear
+betas, Adam 2e-4 clipped at norm 1, batch 128, EMA 0.9999, 400k iterations: a GPU job (hours). Sampler:
+DDPM ancestral, 1000 steps, as Pham et al.; LPIPS enlarges the 28 px images to 32 px by nearest-exact, as
+their code. Small K memorizes, K in the thousands
 produces spurious then generalized samples (memorized / spurious / generalized by LPIPS distances).
 Arg keys: k, steps, seed, lr, batch (0 = the recipe's), arch (ddpm | ddpmpp: Gu et al.'s DDPM++ recipe),
 precond (ddpm | vp | ve | edm); see diffmem.image_configs.
