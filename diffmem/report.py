@@ -133,9 +133,14 @@ class JsonlAppender:
         except OSError as e:
             raise self._error(e) from e
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *_):
         if self._file is not None:
-            self._file.close()
+            f, self._file = self._file, None
+            try:
+                f.close()
+            except OSError as e:  # a failed write left unflushed bytes; report it unless already raising
+                if exc_type is None:
+                    raise self._error(e) from e
 
     def _error(self, e: OSError) -> WriteError:
         return WriteError(f"Cannot write {self.path}: {e.strerror or e} (errno {e.errno}). Check that the "
