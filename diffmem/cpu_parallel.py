@@ -1,37 +1,30 @@
-"""Spreading a toy model's large batches over the cores of a CPU host (the same function, computed faster).
+"""diffmem's one opt-in CPU policy: `bin/train.py --cpu_policy` (off by default).
 
-XLA's CPU runtime sends dots to YNNPACK by default, which runs each dot on one core and its neighbours
-one after the other; through Eigen, the runtime runs independent operations of a computation on separate
-cores. So for a batch worth splitting (>= 250 rows per core, on a host with several cores and one JAX
-device) two levers, used together:
+What it does: a toy config whose batches are all small (< SMALL_BATCH rows) trains on one XLA CPU thread
+(NPROC=1 before JAX starts). A toy MLP step at batch 9 is a chain of microsecond kernels, and XLA's CPU
+runtime handing them (and its partitioned optimizer loops) between threads costs more than a second core
+gives; bench/bench_tutorial.py prints what it buys beside the plain run (bench/results/bench_tutorial.txt).
 
-  * `compiler_options(rows)`: compile with Eigen dots (YNNPACK fusions off);
-  * `split_batch(fn)`: apply the network to the batch as independent slices, one per core.
+What it keeps: the model code is the plain math whatever the policy, and sample i depends on seed i alone,
+bit for bit, whatever the batch size, device count or job split: samplers run in fixed per-device blocks
+(`sampling.sample_sharded`), which no CPU setting changes. The policy only changes how training is
+scheduled on the cores; a run resumed with the same policy replays the same steps.
 
-Measured on 2 cores (AMD EPYC Zen 4), tutorial MLP: training at K = 1000 (batch 500) 340 -> 370 -> ~395
-steps/s (Eigen, then split), 1,500 Euler-Maruyama samples 1.0 -> 0.9 s; on 2 Intel Xeon cores 351 -> ~360
--> 368-404 steps/s and 0.99 -> 0.89 -> 0.86 s. At batch 9 YNNPACK is 30% faster,
-and a data-parallel mesh already gives every device its own slice, so neither lever applies there.
-Accelerators are untouched.
-
-The other way round, a job whose batches are all too small to split runs fastest on one thread
-(`one_thread_for_small_batches`): a toy MLP step at batch 9 is a chain of microsecond kernels, and XLA's
-CPU runtime handing them (and its partitioned 100k-parameter optimizer loops) between threads costs more
-than the second core gives. Measured on 2 cores (Intel Xeon): K = 9 training 3000 -> 3300-3900 steps/s.
+What went (each made a row's arithmetic depend on the batch, or relied on experimental options): the fused
+input_proj/hidden_0 map above a row threshold, float32 polynomial sin/cos, splitting large batches over
+cores, Eigen dots through an experimental XLA option, and a packed-integer sort for the epoch permutation.
 """
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import importlib.util
 import os
 import re
-from typing import Callable, MutableMapping
+from typing import MutableMapping
 
 import jax
-import jax.numpy as jnp
 
-MIN_ROWS = 250  # rows per slice below which splitting costs more than it gains
+SMALL_BATCH = 500  # rows per step below which one XLA thread trains a toy MLP faster (2-core measurement)
 
 
 def num_cores() -> int:
@@ -41,53 +34,16 @@ def num_cores() -> int:
         return os.cpu_count() or 1
 
 
-def num_slices(rows: int) -> int:
-    """How many independent slices a batch of `rows` is split into: 1 unless on a single CPU device."""
-    if jax.default_backend() != "cpu" or jax.device_count() != 1:
-        return 1
-    return _host_slices(rows)
-
-
-def _host_slices(rows: int) -> int:
-    """Slices for `rows` on this host's cores, before asking JAX (which would start its backend)."""
-    return max(1, min(num_cores(), rows // MIN_ROWS))
-
-
-def compiler_options(rows: int) -> dict[str, str] | None:
-    """`jax.jit(..., compiler_options=...)` for a computation on batches of `rows` (see the module note);
-    None where the default compilation is best or the jaxlib has no YNNPACK option."""
-    if num_slices(rows) < 2 or not _has_ynn_option():
-        return None
-    return dict(_EIGEN_DOTS)
-
-
-def split_batch(fn: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """`fn(x (B, ...), t (B,) or (1,)) -> (B, ...)` evaluated on `num_slices(B)` slices of the batch and
-    concatenated; t of shape (1,) (one time for the batch) is shared by every slice. Row by row the same
-    function as fn(x, t) (up to float rounding of the dot kernels); the slices are independent subgraphs that
-    XLA's CPU runtime runs concurrently."""
-    @functools.wraps(fn)
-    def apply(x: jax.Array, t: jax.Array) -> jax.Array:
-        n = num_slices(x.shape[0])
-        if n == 1:
-            return fn(x, t)
-        b = [x.shape[0] * i // n for i in range(n + 1)]
-        return jnp.concatenate([fn(x[b[i]:b[i + 1]], t if t.shape[0] == 1 else t[b[i]:b[i + 1]])
-                                for i in range(n)])
-    return apply
-
-
 def one_thread_for_small_batches(max_rows: int, environ: MutableMapping[str, str] = os.environ) -> bool:
-    """Give XLA's CPU runtime one thread if no batch of the job (at most `max_rows` rows) is worth splitting.
+    """Give XLA's CPU runtime one thread if every batch of the job has fewer than SMALL_BATCH rows.
 
-    For a script whose whole job is training small-batch toy models (`bin/train.py`), called before JAX's
-    first computation: it sets NPROC=1, the thread count XLA's CPU client reads once, when it creates its
-    thread pools (later calls change nothing). It leaves the environment alone, and returns False, where
-    the batches are worth splitting (`split_batch` uses the cores), where the user set NPROC,
-    where several host devices are requested (a data-parallel mesh), where an accelerator plugin may be
-    used, or on a one-core host. Returns True where it set NPROC.
+    Called (through `train.use_one_cpu_thread_if_small`) before JAX's first computation: it sets NPROC=1,
+    the thread count XLA's CPU client reads once, when it creates its thread pools (later calls change
+    nothing). It leaves the environment alone, and returns False, for larger batches, where the user set
+    NPROC, where several host devices are requested (a data-parallel mesh), where an accelerator plugin may
+    be used, or on a one-core host. Returns True where it set NPROC.
     """
-    if _host_slices(max_rows) > 1 or "NPROC" in environ or num_cores() < 2:
+    if max_rows >= SMALL_BATCH or "NPROC" in environ or num_cores() < 2:
         return False
     if _host_device_count(environ) > 1 or _accelerator_possible(environ):
         return False
@@ -108,15 +64,3 @@ def _accelerator_possible(environ: MutableMapping[str, str]) -> bool:
     # JAX finds PJRT plugins through these entry points and the jax_plugins namespace package.
     return (bool(importlib.metadata.entry_points(group="jax_plugins"))
             or any(importlib.util.find_spec(m) is not None for m in ("jax_plugins", "libtpu")))
-
-
-_EIGEN_DOTS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
-@functools.cache
-def _has_ynn_option() -> bool:
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=_EIGEN_DOTS).lower(jnp.zeros(2)).compile()
-        return True
-    except Exception:  # older jaxlib: "No such compile option"
-        return False

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from diffmem import builders, checkpoint, configlib, cpu_parallel, energy, report, sampling, train, viz
+from diffmem import builders, checkpoint, configlib, energy, report, sampling, train, viz
 
 IMAGE_SAMPLERS = ("ddpm", "ddim", "edm_euler", "edm_heun")
 TOY_SAMPLERS = ("em", "ode")
@@ -198,7 +198,6 @@ def sample_workdir(workdir: str, seeds: Sequence[int], sampler: str | None = Non
             meta.update(eps=np.float64(eps or -1), num_steps=np.int64(num_steps or config.sample.num_steps))
         with train.matmul_precision(config):
             samples = _sample_resumable(path, run, seeds, meta, batch=batch, mesh=mesh, overwrite=overwrite,
-                                        options=None if image else cpu_parallel.compiler_options(batch),
                                         desc=f"K={spec.k} {model} {sampler}", progress=progress)
         if samples is not None:
             title = f"K = {spec.k}, {model}, {sampler}, step {ckpt_step}"

@@ -9,8 +9,6 @@ Hutchinson's estimator (Rademacher or Gaussian probes, fixed for the solve). Ene
 from __future__ import annotations
 
 import math
-from functools import partial
-
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -48,14 +46,19 @@ def hutchinson_divergence(f, x: jax.Array, probes: jax.Array) -> tuple[jax.Array
 def log_likelihood(score_fn: ScoreFn | None, sde: SDE, x: jax.Array, *, denoiser: Denoiser | None = None,
                    t_eval: float | None = None, divergence: str = "exact", num_probes: int = 1,
                    probe: str = "rademacher", key: jax.Array | None = None, solver=None, rtol: float = 1e-5,
-                   atol: float = 1e-5, max_steps: int = 16_384, prior_logp=None) -> jax.Array:
+                   atol: float = 1e-5, max_steps: int = 16_384, prior_logp=None, return_stats: bool = False):
     """log p_{t_eval}(x) for x (B, *S) -> (B,) under the model's probability-flow ODE.
 
-    Give a batched `score_fn(x, t)` or a `denoiser(x, sigma)`. t_eval defaults to sde.t_min. The solver
-    (default Dopri5, the reference's RK45 pair) and tolerances are arguments; `divergence` is "exact" or
-    "hutchinson" (with `num_probes` Rademacher/Gaussian probes drawn from `key`). `prior_logp(x_T) -> (B,)`
-    replaces the SDE's Gaussian prior at T (e.g. an exact marginal in tests). Jit it around the call
-    (compiled once per shape): `jax.jit(partial(log_likelihood, score_fn, sde))(x)`.
+    Give a batched `score_fn(x, t)` or a `denoiser(x, sigma)`. t_eval defaults to sde.t_min. Every example
+    has its own adaptive solve (vmapped; default Dopri5, the reference's RK45 pair, with the given
+    tolerances), so its step sizes, and log p(x_i), do not depend on the other rows. `divergence` is "exact"
+    or "hutchinson" (`num_probes` Rademacher/Gaussian probes drawn from `key`, the same probes for every
+    example). `prior_logp(x_T) -> (B,)` replaces the SDE's Gaussian prior at T (e.g. an exact marginal in
+    tests). Jit it around the call (compiled once per shape): `jax.jit(functools.partial(log_likelihood, score_fn, sde))(x)`.
+
+    return_stats=False: a failed solve (e.g. max_steps reached) raises. return_stats=True: returns
+    (log_p (B,), stats) instead, stats = {"num_steps", "num_accepted_steps", "num_rejected_steps": (B,) int,
+    "result": (B,) int, diffrax's result code (0 = successful)}, and failures are reported there, not raised.
     """
     if score_fn is None:
         if denoiser is None:
@@ -63,16 +66,16 @@ def log_likelihood(score_fn: ScoreFn | None, sde: SDE, x: jax.Array, *, denoiser
         score_fn = score_from_denoiser(denoiser, sde)
     t0 = sde.t_min if t_eval is None else t_eval
     drift = _drift(score_fn, sde)
+    shape = (1,) + x.shape[1:]  # one example, as a batch of one for the batched score / denoiser
     if divergence == "exact":
         field = lambda t, y: exact_divergence(lambda z: drift(z, t), y)
     elif divergence == "hutchinson":
         if key is None:
             raise ValueError("Hutchinson's estimator needs a `key` for its probes.")
-        shape = (num_probes,) + x.shape
         if probe == "rademacher":
-            probes = jax.random.rademacher(key, shape, x.dtype)
+            probes = jax.random.rademacher(key, (num_probes,) + shape, x.dtype)
         elif probe == "gaussian":
-            probes = jax.random.normal(key, shape, x.dtype)
+            probes = jax.random.normal(key, (num_probes,) + shape, x.dtype)
         else:
             raise ValueError(f"Unknown probe {probe!r}; choose 'rademacher' or 'gaussian'.")
         field = lambda t, y: hutchinson_divergence(lambda z: drift(z, t), y, probes)
@@ -81,19 +84,20 @@ def log_likelihood(score_fn: ScoreFn | None, sde: SDE, x: jax.Array, *, denoiser
 
     def vector_field(t, state, args):
         y, _ = state
-        dy, div = field(t, y)
-        return dy, div
+        return field(t, y)
 
     term = diffrax.ODETerm(vector_field)
-    sol = diffrax.diffeqsolve(term, solver or diffrax.Dopri5(), t0, sde.t_max, None,
-                              (x, jnp.zeros(x.shape[:1], x.dtype)),
-                              stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-                              max_steps=max_steps)
-    x_T, delta = sol.ys[0][-1], sol.ys[1][-1]
-    return (sde.prior_logp if prior_logp is None else prior_logp)(x_T) + delta
+    prior = sde.prior_logp if prior_logp is None else prior_logp
 
+    def one(x_i):  # the probability-flow ODE of one example, with its own adaptive steps
+        sol = diffrax.diffeqsolve(term, solver or diffrax.Dopri5(), t0, sde.t_max, None,
+                                  (x_i.reshape(shape), jnp.zeros((1,), x.dtype)),
+                                  stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+                                  max_steps=max_steps, throw=not return_stats)
+        x_T, delta = sol.ys[0][-1], sol.ys[1][-1]
+        stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
+        stats["result"] = jnp.asarray(sol.result._value, jnp.int32)
+        return (prior(x_T) + delta)[0], stats
 
-def energy(score_fn: ScoreFn | None, sde: SDE, x: jax.Array, *, relative: bool = True, **kwargs) -> jax.Array:
-    """Energy = -log p (minus its minimum over the batch when `relative`)."""
-    e = -log_likelihood(score_fn, sde, x, **kwargs)
-    return e - jnp.min(e) if relative else e
+    log_p, stats = jax.vmap(one)(x)
+    return (log_p, stats) if return_stats else log_p

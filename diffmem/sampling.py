@@ -341,10 +341,8 @@ def _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, heun
 
 # ----------------------------------------------------------------------------------- sharding
 @functools.lru_cache(maxsize=8)
-def _sharded_jit(sampler_fn, mesh: Mesh, axis: str, options: tuple = ()):
-    sharding = NamedSharding(mesh, PartitionSpec(axis))
-    return jax.jit(sampler_fn, in_shardings=sharding, out_shardings=sharding,
-                   compiler_options=dict(options) or None), sharding
+def _block_jit(sampler_fn, options: tuple = ()):
+    return jax.jit(sampler_fn, compiler_options=dict(options) or None)
 
 
 # Seeds per device in every compiled sampler call (see `sample_sharded`); part of what a sample's bits depend on.
@@ -379,12 +377,17 @@ def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Me
     if block < 1:
         raise ValueError(f"block must be >= 1 seed per device; got {block}.")
     n, rows = seeds.shape[0], block * mesh.shape[axis]
-    run, sharding = _sharded_jit(sampler_fn, mesh, axis, tuple(sorted((compiler_options or {}).items())))
+    run = _block_jit(sampler_fn, tuple(sorted((compiler_options or {}).items())))
+    sharding = NamedSharding(mesh, PartitionSpec(axis))
     outs = []
     for start in range(0, n, rows):
         part = seeds[start:start + rows]
         padded = np.concatenate([part, np.repeat(part[-1:], rows - len(part))]).astype(np.uint32)
-        out = run(jax.device_put(padded, sharding))
+        # Each device runs the one-device program on its own block (dispatched asynchronously, so they run
+        # side by side): a program partitioned over a mesh is compiled differently (other fusions, so other
+        # fused multiply-adds) from the one-device program, and its bits would depend on the device count.
+        blocks = [run(shard.data) for shard in jax.device_put(padded, sharding).addressable_shards]
+        out = jax.make_array_from_single_device_arrays((rows,) + blocks[0].shape[1:], sharding, blocks)
         if not out.is_fully_addressable:  # a mesh over several processes (jax.distributed): every host gets all
             from diffmem import multihost
             out = multihost.to_host(out)

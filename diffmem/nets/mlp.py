@@ -35,36 +35,16 @@ class ScoreMLP(nn.Module):
         emb = FourierEmbedding(self.embed, self.fourier_scale, name="fourier")(t)
         emb = nn.silu(nn.Dense(self.embed, name="time_dense_0")(emb))
         emb = nn.silu(nn.Dense(self.embed, name="time_dense_1")(emb))
-        # input_proj acts on concat(x, emb); written as x @ Kx + (emb @ Ke + b), so a shared time (t of shape
-        # (1,)) is projected once and broadcast over the batch. It is followed by hidden_0 with no
-        # nonlinearity in between (the tutorial's layout), so for batches larger than the composition's own
-        # cost (B > d + embed rows) both are applied as one affine map with the same parameters:
-        # x @ (Kx W0) + [emb @ (Ke W0) + (b W0 + b0)], one hidden x hidden matmul less per example.
+        # input_proj is one Dense on concat(x, emb), written as x @ Kx + (emb @ Ke + b) so that a shared time
+        # (t of shape (1,)) is projected once and broadcast over the batch.
         d = x.shape[-1]
         kernel = self.param("input_proj_kernel", nn.initializers.lecun_normal(), (d + self.embed, self.hidden))
         bias = self.param("input_proj_bias", nn.initializers.zeros_init(), (self.hidden,))
-        first = 0
-        if self.num_layers >= 2 and x.shape[0] > d + self.embed:
-            w0, b0 = _DenseParams(self.hidden, name="hidden_0")(self.hidden)
-            kernel, bias, first = kernel @ w0, bias @ w0 + b0, 1
         h = x @ kernel[:d] + (emb.astype(x.dtype) @ kernel[d:] + bias)
         for i in range(self.num_layers - 1):
-            if i >= first:
-                h = nn.Dense(self.hidden, name=f"hidden_{i}")(h)
+            h = nn.Dense(self.hidden, name=f"hidden_{i}")(h)
             if i == self.num_layers - 2:
                 h = nn.LayerNorm(name="norm")(h)
             h = nn.silu(h)
         h = nn.Dense(self.out_dim, name="output")(h)
         return h / self.marginal_std(t)[:, None]
-
-
-class _DenseParams(nn.Module):
-    """The kernel (in, features) and bias (features,) of an `nn.Dense` (same names and initialisers), returned
-    instead of applied, so a caller can compose consecutive affine maps."""
-    features: int
-
-    @nn.compact
-    def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (in_features, self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        return kernel, bias
