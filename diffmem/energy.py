@@ -6,7 +6,9 @@ Notation (DESIGN.md section 3): patterns y_i, i = 1..N (rows of `patterns`, any 
   E_DM(x, t; sigma)      = -2 sigma^2 t log sum_i exp(-||x - y_i||^2 / (2 sigma^2 t))   (beta_t = 1/(2 sigma^2 t))
   D(x; s)                = sum_i softmax_i(-||x - y_i||^2 / (2 s^2)) y_i               (empirical optimal denoiser)
 All are computed as GEMMs over chunks of patterns with a running log-sum-exp (memory bounded by `chunk`
-rows of patterns, never an N x B matrix), exact in float64 when x64 is enabled.
+rows of patterns, default DEFAULT_CHUNK, never an N x B matrix), exact in float64 when x64 is enabled.
+Every value is absolute: nothing subtracts a minimum over the batch (energies relative to a reference are
+formed explicitly by the caller, e.g. `relative_energy`).
 """
 from __future__ import annotations
 
@@ -22,11 +24,15 @@ from diffmem.sde import Denoiser, ScoreFn
 
 
 # --------------------------------------------------------------------------------- streamed log-sum-exp
+DEFAULT_CHUNK = 1024  # patterns per GEMM when `chunk` is None: B x 1024 logits and 1024 patterns in memory
+
+
 def _chunked(patterns: jax.Array, chunk: int | None):
-    """Patterns as (C, chunk, D) with a validity mask (C, chunk); N padded up to a multiple of chunk."""
+    """Patterns as (C, chunk, D) with a validity mask (C, chunk); N padded up to a multiple of chunk
+    (chunk None: DEFAULT_CHUNK)."""
     n = patterns.shape[0]
     flat = jnp.reshape(patterns, (n, -1))
-    chunk = n if chunk is None else max(1, min(int(chunk), n))
+    chunk = max(1, min(DEFAULT_CHUNK if chunk is None else int(chunk), n))
     num = -(-n // chunk)
     pad = num * chunk - n
     flat = jnp.pad(flat, ((0, pad), (0, 0)))

@@ -53,8 +53,31 @@ def test_streaming_large_pattern_set_matches_unchunked():
     y = jnp.asarray(rng.normal(size=(5000, 64)), jnp.float32)
     x = jnp.asarray(rng.normal(size=(16, 64)), jnp.float32)
     s = jnp.full((16,), 8.0)
-    np.testing.assert_allclose(energy.empirical_denoiser(y, 512)(x, s), energy.empirical_denoiser(y)(x, s),
+    np.testing.assert_allclose(energy.empirical_denoiser(y, 512)(x, s), energy.empirical_denoiser(y, 5000)(x, s),
                                rtol=2e-4, atol=2e-5)
+
+
+def test_default_chunk_is_bounded_and_equals_brute_force(x64, monkeypatch):
+    """chunk=None streams DEFAULT_CHUNK patterns at a time (never all N at once) and equals the unchunked
+    brute force in float64 (the default made small so this small case spans 3 chunks, the last padded)."""
+    monkeypatch.setattr(energy, "DEFAULT_CHUNK", 40)
+    rng = np.random.default_rng(3)
+    y, x = rng.normal(size=(103, 3)), rng.normal(size=(6, 3)) * 1.5
+    ys, valid = energy._chunked(jnp.asarray(y), None)
+    assert ys.shape == (3, 40, 3) and int(valid.sum()) == 103
+    d2 = ((x[:, None] - y[None]) ** 2).sum(-1)
+    beta, t, sigma = 1.7, 0.4, 1.2
+    v = 2 * sigma**2 * t
+    np.testing.assert_allclose(energy.dense_am_energy(jnp.asarray(x), jnp.asarray(y), beta),
+                               -scipy.special.logsumexp(-beta * d2, axis=1) / beta, rtol=1e-12)
+    np.testing.assert_allclose(energy.diffusion_energy(jnp.asarray(x), t, jnp.asarray(y), sigma),
+                               -v * scipy.special.logsumexp(-d2 / v, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(energy.empirical_denoiser(jnp.asarray(y))(jnp.asarray(x), jnp.full((6,), 0.7)),
+                               brute_denoiser(x, y, 0.7), rtol=1e-10, atol=1e-12)
+    # The real default bounds a chunk too: N = 5000 patterns stream in ceil(5000 / DEFAULT_CHUNK) chunks.
+    monkeypatch.undo()
+    ys, _ = energy._chunked(jnp.zeros((5000, 2)), None)
+    assert ys.shape[1] == energy.DEFAULT_CHUNK < 5000
 
 
 def test_circle_energy_matches_bessel_and_survives_large_beta(x64):
