@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from diffmem.sde import SDE, Denoiser, ScoreFn, _bcast, score_from_denoiser
+from diffmem.errors import InputError
 
 
 def _drift(score_fn: ScoreFn, sde: SDE):
@@ -62,7 +63,7 @@ def log_likelihood(score_fn: ScoreFn | None, sde: SDE, x: jax.Array, *, denoiser
     """
     if score_fn is None:
         if denoiser is None:
-            raise ValueError("Give a score_fn or a denoiser.")
+            raise InputError("Give a score_fn or a denoiser.")
         score_fn = score_from_denoiser(denoiser, sde)
     t0 = sde.t_min if t_eval is None else t_eval
     drift = _drift(score_fn, sde)
@@ -71,16 +72,16 @@ def log_likelihood(score_fn: ScoreFn | None, sde: SDE, x: jax.Array, *, denoiser
         field = lambda t, y: exact_divergence(lambda z: drift(z, t), y)
     elif divergence == "hutchinson":
         if key is None:
-            raise ValueError("Hutchinson's estimator needs a `key` for its probes.")
+            raise InputError("Hutchinson's estimator needs a `key` for its probes.")
         if probe == "rademacher":
             probes = jax.random.rademacher(key, (num_probes,) + shape, x.dtype)
         elif probe == "gaussian":
             probes = jax.random.normal(key, (num_probes,) + shape, x.dtype)
         else:
-            raise ValueError(f"Unknown probe {probe!r}; choose 'rademacher' or 'gaussian'.")
+            raise InputError(f"Unknown probe {probe!r}; choose 'rademacher' or 'gaussian'.")
         field = lambda t, y: hutchinson_divergence(lambda z: drift(z, t), y, probes)
     else:
-        raise ValueError(f"Unknown divergence {divergence!r}; choose 'exact' or 'hutchinson'.")
+        raise InputError(f"Unknown divergence {divergence!r}; choose 'exact' or 'hutchinson'.")
 
     def vector_field(t, state, args):
         y, _ = state

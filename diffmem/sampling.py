@@ -37,18 +37,18 @@ def per_sample_keys(key_or_seeds) -> jax.Array:
     """
     if isinstance(key_or_seeds, jax.Array) and jnp.issubdtype(key_or_seeds.dtype, jax.dtypes.prng_key):
         if key_or_seeds.ndim != 1:
-            raise ValueError(f"Expected one key per sample, a (B,) key array; got shape {key_or_seeds.shape}. "
+            raise InputError(f"Expected one key per sample, a (B,) key array; got shape {key_or_seeds.shape}. "
                              "A single batch-level key would tie each sample to the batch: pass seeds (B,).")
         return key_or_seeds
     if not isinstance(key_or_seeds, jax.core.Tracer):
         seeds = np.asarray(key_or_seeds)
         if seeds.ndim != 1 or not np.issubdtype(seeds.dtype, np.integer):
-            raise ValueError(f"Expected per-sample integer seeds of shape (B,); got {seeds.dtype} {seeds.shape}.")
+            raise InputError(f"Expected per-sample integer seeds of shape (B,); got {seeds.dtype} {seeds.shape}.")
         if seeds.size and (seeds.min() < 0 or seeds.max() >= 2**32):
-            raise ValueError("Seeds must lie in [0, 2**32): each is read as a uint32.")
+            raise InputError("Seeds must lie in [0, 2**32): each is read as a uint32.")
     seeds = jnp.asarray(key_or_seeds)
     if seeds.ndim != 1 or not jnp.issubdtype(seeds.dtype, jnp.integer):
-        raise ValueError(f"Expected per-sample integer seeds of shape (B,); got {seeds.dtype} {seeds.shape}.")
+        raise InputError(f"Expected per-sample integer seeds of shape (B,); got {seeds.dtype} {seeds.shape}.")
     return jax.vmap(jax.random.key)(seeds.astype(jnp.uint32))
 
 
@@ -76,7 +76,7 @@ def tutorial_init(key_or_seeds, dim: int, sde: SDE, *, start: str = "tutorial") 
         return z * sde.prior_std()
     if start == "tutorial":
         return z / jnp.linalg.norm(z, axis=-1, keepdims=True) * sde.marginal_std(jnp.asarray(sde.t_max))
-    raise ValueError(f"Unknown start {start!r}; choose 'tutorial' or 'prior'.")
+    raise InputError(f"Unknown start {start!r}; choose 'tutorial' or 'prior'.")
 
 
 def _noise_keys(key_or_seeds, needed: bool, why: str) -> jax.Array | None:
@@ -84,15 +84,15 @@ def _noise_keys(key_or_seeds, needed: bool, why: str) -> jax.Array | None:
     if not needed:
         return None
     if key_or_seeds is None:
-        raise ValueError(f"{why}: pass per-sample seeds (B,).")
+        raise InputError(f"{why}: pass per-sample seeds (B,).")
     return per_sample_keys(key_or_seeds)
 
 
 def _check_batch(x: jax.Array, keys: jax.Array | None, what: str) -> None:
     if x.ndim < 2:
-        raise ValueError(f"{what} must be batched, (B, *S); got shape {x.shape}.")
+        raise InputError(f"{what} must be batched, (B, *S); got shape {x.shape}.")
     if keys is not None and keys.shape[0] != x.shape[0]:
-        raise ValueError(f"{what} has {x.shape[0]} rows but {keys.shape[0]} seeds were given: one seed per sample.")
+        raise InputError(f"{what} has {x.shape[0]} rows but {keys.shape[0]} seeds were given: one seed per sample.")
 
 
 # ----------------------------------------------------------------------------------- score-based (SDE view)
@@ -110,9 +110,9 @@ def euler_maruyama(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, key_or_seeds,
     """
     eps = sde.t_min if eps is None else eps
     if not 0 < eps < sde.t_max:
-        raise ValueError(f"eps must lie in (0, t_max = {sde.t_max}); got {eps}.")
+        raise InputError(f"eps must lie in (0, t_max = {sde.t_max}); got {eps}.")
     if num_steps < 2:
-        raise ValueError(f"num_steps must be >= 2 (the step is t_0 - t_1); got {num_steps}.")
+        raise InputError(f"num_steps must be >= 2 (the step is t_0 - t_1); got {num_steps}.")
     keys = per_sample_keys(key_or_seeds)
     _check_batch(x_init, keys, "x_init")
     ts = jnp.linspace(sde.t_max, eps, num_steps, dtype=x_init.dtype)
@@ -218,17 +218,17 @@ def ddim_timesteps(num_steps: int, T: int = 1000, spacing: str = "floor", steps_
     leading 0, 142, 284, ..., 852; floor 0, 142, 285, ..., 857).
     """
     if not 1 <= num_steps <= T:
-        raise ValueError(f"num_steps must lie in [1, T = {T}]; got {num_steps}.")
+        raise InputError(f"num_steps must lie in [1, T = {T}]; got {num_steps}.")
     if spacing == "floor":
         if steps_offset:
-            raise ValueError("steps_offset is a setting of spacing='leading' (diffusers); floor spacing has none.")
+            raise InputError("steps_offset is a setting of spacing='leading' (diffusers); floor spacing has none.")
         return (np.arange(num_steps) * T) // num_steps
     if spacing == "leading":
         ts = np.arange(num_steps) * (T // num_steps) + steps_offset
         if ts[-1] >= T or steps_offset < 0:
-            raise ValueError(f"steps_offset = {steps_offset} puts DDIM steps outside [0, {T}).")
+            raise InputError(f"steps_offset = {steps_offset} puts DDIM steps outside [0, {T}).")
         return ts
-    raise ValueError(f"Unknown DDIM spacing {spacing!r}; valid: {list(DDIM_SPACINGS)}.")
+    raise InputError(f"Unknown DDIM spacing {spacing!r}; valid: {list(DDIM_SPACINGS)}.")
 
 
 def ddim(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: int = 50, eta: float = 0.0,
@@ -311,7 +311,7 @@ def edm_heun(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps
 def _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, heun, S_churn, S_min, S_max,
          S_noise):
     if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1; got {num_steps}.")
+        raise InputError(f"num_steps must be >= 1; got {num_steps}.")
     keys = _noise_keys(key_or_seeds, S_churn > 0, "S_churn > 0 adds noise (Algorithm 2)")
     _check_batch(x_T, keys, "x_T")
     sig = jnp.asarray(edm_sigma_steps(num_steps, sigma_min, sigma_max, rho), x_T.dtype)  # (N + 1,), ends at 0
@@ -369,13 +369,13 @@ def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Me
     """
     seeds = np.asarray(seeds)
     if seeds.ndim != 1 or seeds.size == 0 or not np.issubdtype(seeds.dtype, np.integer):
-        raise ValueError(f"Expected a non-empty (B,) array of integer seeds; got {seeds.dtype} {seeds.shape}.")
+        raise InputError(f"Expected a non-empty (B,) array of integer seeds; got {seeds.dtype} {seeds.shape}.")
     if seeds.min() < 0 or seeds.max() >= 2**32:
-        raise ValueError("Seeds must lie in [0, 2**32): each is read as a uint32.")
+        raise InputError("Seeds must lie in [0, 2**32): each is read as a uint32.")
     if axis not in mesh.shape:
-        raise ValueError(f"Mesh has axes {tuple(mesh.shape)}; no axis {axis!r} to shard the seeds over.")
+        raise InputError(f"Mesh has axes {tuple(mesh.shape)}; no axis {axis!r} to shard the seeds over.")
     if block < 1:
-        raise ValueError(f"block must be >= 1 seed per device; got {block}.")
+        raise InputError(f"block must be >= 1 seed per device; got {block}.")
     n, rows = seeds.shape[0], block * mesh.shape[axis]
     run = _block_jit(sampler_fn, tuple(sorted((compiler_options or {}).items())))
     sharding = NamedSharding(mesh, PartitionSpec(axis))

@@ -24,6 +24,7 @@ import zlib
 from typing import Callable
 
 import numpy as np
+from diffmem.errors import InputError, MissingInputError
 
 # Where Debian's `dataset-fashion-mnist` package installs the four gzip'd IDX files (`dpkg -L` lists them).
 FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -49,18 +50,18 @@ def read_idx(path: str) -> np.ndarray:
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"{path}: cannot read IDX file ({e}); is the download complete?") from e
+        raise InputError(f"{path}: cannot read IDX file ({e}); is the download complete?") from e
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (bad magic number {raw[:4].hex()}).")
+        raise InputError(f"{path}: not an unsigned-byte IDX file (bad magic number {raw[:4].hex()}).")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if ndim == 0 or len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions).")
+        raise InputError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions).")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     expected = int(np.prod(dims))
     if len(raw) - header != expected:
         what = "truncated" if len(raw) - header < expected else "oversized"
-        raise ValueError(f"{path}: {what} IDX file ({len(raw) - header} values, its header says "
+        raise InputError(f"{path}: {what} IDX file ({len(raw) - header} values, its header says "
                          f"{expected} for shape {dims}).")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
@@ -80,26 +81,26 @@ def read_fmnist(directory: str | None = None, split: str = "train") -> tuple[np.
       real set).
     """
     if split not in FMNIST_FILES:
-        raise ValueError(f"Fashion-MNIST split must be one of {sorted(FMNIST_FILES)}; got {split!r}.")
+        raise InputError(f"Fashion-MNIST split must be one of {sorted(FMNIST_FILES)}; got {split!r}.")
     dirs = (directory,) if directory else FMNIST_DIRS
     for d in dirs:
         image_path, label_path = (_idx_path(d, stem) for stem in FMNIST_FILES[split])
         if image_path and label_path:
             break
     else:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"Fashion-MNIST IDX files {list(FMNIST_FILES[split])} (plain or .gz) not found in {list(dirs)}. "
             "Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, puts them in "
             f"{FMNIST_DIRS[0]}), or put the four IDX files from the Fashion-MNIST GitHub page in a folder "
             "and use the source 'fmnist:/that/folder'.")
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.ndim != 3:
-        raise ValueError(f"{image_path}: expected images of shape (N, H, W); got {images.shape}.")
+        raise InputError(f"{image_path}: expected images of shape (N, H, W); got {images.shape}.")
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"{label_path}: expected {len(images)} labels (one per image in {image_path}); "
+        raise InputError(f"{label_path}: expected {len(images)} labels (one per image in {image_path}); "
                          f"got shape {labels.shape}.")
     if labels.size and labels.max() > 9:
-        raise ValueError(f"{label_path}: labels must be in 0..9; found {labels.max()}.")
+        raise InputError(f"{label_path}: labels must be in 0..9; found {labels.max()}.")
     return images[..., None], labels.astype(np.int64)
 
 
@@ -114,9 +115,9 @@ def read_cifar10_binary(path: str, split: str = "train") -> tuple[np.ndarray, np
       images (N, 32, 32, 3) uint8 (N = 50,000 train / 10,000 test) and labels (N,) int64 in 0..9.
     """
     if split not in CIFAR10_FILES:
-        raise ValueError(f"CIFAR-10 split must be one of {sorted(CIFAR10_FILES)}; got {split!r}.")
+        raise InputError(f"CIFAR-10 split must be one of {sorted(CIFAR10_FILES)}; got {split!r}.")
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} not found: download cifar-10-binary.tar.gz (the *binary* version, not the python one) "
             "from https://www.cs.toronto.edu/~kriz/cifar.html and pass its path as 'cifar10-binary:PATH'.")
     wanted = CIFAR10_FILES[split]
@@ -128,23 +129,23 @@ def read_cifar10_binary(path: str, split: str = "train") -> tuple[np.ndarray, np
                 if member.isfile() and base in wanted:
                     members[base] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"{path}: not a readable CIFAR-10 binary tarball ({e}); is the download "
+        raise InputError(f"{path}: not a readable CIFAR-10 binary tarball ({e}); is the download "
                          "complete?") from e
     missing = [n for n in wanted if n not in members]
     if missing:
-        raise ValueError(f"{path}: the archive lacks {missing}; is it the CIFAR-10 *binary* tarball "
+        raise InputError(f"{path}: the archive lacks {missing}; is it the CIFAR-10 *binary* tarball "
                          "(cifar-10-binary.tar.gz)?")
     records = []
     for name in wanted:
         raw = members.pop(name)
         if not raw or len(raw) % CIFAR10_RECORD:
-            raise ValueError(f"{path}: {name} is truncated or not CIFAR-10 data ({len(raw)} bytes is not a "
+            raise InputError(f"{path}: {name} is truncated or not CIFAR-10 data ({len(raw)} bytes is not a "
                              f"positive multiple of the {CIFAR10_RECORD}-byte record).")
         records.append(np.frombuffer(raw, np.uint8).reshape(-1, CIFAR10_RECORD))
     records = np.concatenate(records)  # the bytes objects are freed as soon as this returns
     labels = records[:, 0].astype(np.int64)
     if labels.max() > 9:
-        raise ValueError(f"{path}: label bytes must be in 0..9; found {labels.max()} (not CIFAR-10 data?).")
+        raise InputError(f"{path}: label bytes must be in 0..9; found {labels.max()} (not CIFAR-10 data?).")
     return records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels  # HWC view, no copy
 
 
@@ -160,48 +161,48 @@ def read_npz(path: str) -> tuple[np.ndarray, np.ndarray | None, float | None]:
       with max_value None.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found.")
+        raise MissingInputError(f"{path} not found.")
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path}: a single .npy array, not an .npz archive; save it with "
+            raise InputError(f"{path}: a single .npy array, not an .npz archive; save it with "
                              "np.savez(path, images=..., labels=...).")
         with archive:
             if "images" not in archive.files:
-                raise ValueError(f"{path}: no 'images' array (it holds {archive.files}).")
+                raise InputError(f"{path}: no 'images' array (it holds {archive.files}).")
             images = archive["images"]
             labels = archive["labels"] if "labels" in archive.files else None
     except ValueError as e:
         if str(e).startswith(f"{path}:"):
             raise
-        raise ValueError(f"{path}: not a readable .npz archive of plain arrays ({e}).") from e
+        raise InputError(f"{path}: not a readable .npz archive of plain arrays ({e}).") from e
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a readable .npz archive ({e}).") from e
+        raise InputError(f"{path}: not a readable .npz archive ({e}).") from e
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3) or 0 in images.shape:
-        raise ValueError(f"{path}: 'images' must have shape (N, H, W) or (N, H, W, C) with C in 1, 3 and "
+        raise InputError(f"{path}: 'images' must have shape (N, H, W) or (N, H, W, C) with C in 1, 3 and "
                          f"no empty axis; got {images.shape}.")
     if np.issubdtype(images.dtype, np.integer) and images.dtype != np.bool_:
         if images.min() < 0 or images.max() > 255:
-            raise ValueError(f"{path}: integer 'images' must be in 0..255; found [{images.min()}, "
+            raise InputError(f"{path}: integer 'images' must be in 0..255; found [{images.min()}, "
                              f"{images.max()}].")
         images, max_value = images.astype(np.uint8, copy=False), 255.0
     elif np.issubdtype(images.dtype, np.floating):
         finite = np.isfinite(images)
         if not finite.all():
-            raise ValueError(f"{path}: float 'images' must be finite and in [-1, 1]; found "
+            raise InputError(f"{path}: float 'images' must be finite and in [-1, 1]; found "
                              f"{images.size - int(finite.sum())} NaN/inf values.")
         if images.min() < -1 or images.max() > 1:
-            raise ValueError(f"{path}: float 'images' must be finite and in [-1, 1]; found "
+            raise InputError(f"{path}: float 'images' must be finite and in [-1, 1]; found "
                              f"[{images.min():.4g}, {images.max():.4g}]. Store uint8 pixels in 0..255 or "
                              "scale floats to [-1, 1].")
         images, max_value = images.astype(np.float32, copy=False), None
     else:
-        raise ValueError(f"{path}: 'images' must be uint8 (0..255) or float ([-1, 1]); got {images.dtype}.")
+        raise InputError(f"{path}: 'images' must be uint8 (0..255) or float ([-1, 1]); got {images.dtype}.")
     if labels is not None:
         if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"{path}: 'labels' must be {len(images)} integers (one per image); got "
+            raise InputError(f"{path}: 'labels' must be {len(images)} integers (one per image); got "
                              f"{labels.dtype} of shape {labels.shape}.")
         labels = labels.astype(np.int64)
     return images, labels, max_value
@@ -215,11 +216,11 @@ def _read_image(path: str) -> np.ndarray:
         with Image.open(path) as im:
             im.load()  # decode now, so a truncated file fails here, naming itself
             if im.mode.startswith(("I", "F")):
-                raise ValueError(f"{path}: {im.mode} (16-bit or float) images are not supported; save "
+                raise InputError(f"{path}: {im.mode} (16-bit or float) images are not supported; save "
                                  "8-bit gray or RGB files.")
             pixels = np.asarray(im.convert("L" if im.mode in ("1", "L", "LA") else "RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path}: not a readable image ({e}).") from e
+        raise InputError(f"{path}: not a readable image ({e}).") from e
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
@@ -229,17 +230,17 @@ def read_image_folder(path: str) -> np.ndarray:
     All files must share one size and one kind (gray -> C = 1, colour -> C = 3).
     """
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path} is not a folder (expected a folder of .png/.jpg images).")
+        raise MissingInputError(f"{path} is not a folder (expected a folder of .png/.jpg images).")
     names = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES))
     if not names:
-        raise ValueError(f"{path}: no {'/'.join(IMAGE_SUFFIXES)} files in this folder.")
+        raise InputError(f"{path}: no {'/'.join(IMAGE_SUFFIXES)} files in this folder.")
     first = _read_image(os.path.join(path, names[0]))
     out = np.empty((len(names),) + first.shape, np.uint8)
     out[0] = first
     for i, name in enumerate(names[1:], start=1):
         pixels = _read_image(os.path.join(path, name))
         if pixels.shape != first.shape:
-            raise ValueError(f"{os.path.join(path, name)}: image of shape {pixels.shape} (H, W, C) differs "
+            raise InputError(f"{os.path.join(path, name)}: image of shape {pixels.shape} (H, W, C) differs "
                              f"from {names[0]}'s {first.shape}; all images in a folder must match.")
         out[i] = pixels
     return out
@@ -266,13 +267,13 @@ def open_tfds(name: str, data_dir: str | None = None, split: str = "train") -> t
       (stop - start,) int64, or None for datasets without a 'label' feature (celeb_a).
     """
     if name not in TFDS_NAMES:
-        raise ValueError(f"TFDS dataset {name!r} is not supported; choose one of {list(TFDS_NAMES)}.")
+        raise InputError(f"TFDS dataset {name!r} is not supported; choose one of {list(TFDS_NAMES)}.")
     data_dir = tfds_data_dir(data_dir)
     root = os.path.join(data_dir, name)
     versions = sorted((v for v in (os.listdir(root) if os.path.isdir(root) else [])
                        if os.path.isfile(os.path.join(root, v, "dataset_info.json"))), key=_version_key)
     if not versions:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"TFDS dataset {name!r} is not prepared under {data_dir} (no {name}/<version>/dataset_info.json)."
             " Prepare it once on a machine that can download it, with TensorFlow installed "
             "(pip install 'diffmem[tfds-build]'):\n"
@@ -287,15 +288,15 @@ def open_tfds(name: str, data_dir: str | None = None, split: str = "train") -> t
         with open(info_path) as f:
             info = json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{info_path}: unreadable TFDS dataset info ({e}).") from e
+        raise InputError(f"{info_path}: unreadable TFDS dataset info ({e}).") from e
     if info.get("fileFormat") != "array_record":
-        raise ValueError(
+        raise InputError(
             f"{info_path}: the dataset was prepared as {info.get('fileFormat', 'tfrecord')!r}, which needs "
             f"TensorFlow to read. Rebuild it with tfds.builder({name!r}, data_dir={data_dir!r})"
             ".download_and_prepare(file_format='array_record').")
     splits = [s.get("name") for s in info.get("splits", [])]
     if split.split("[")[0] not in splits:
-        raise ValueError(f"{info_path}: no split {split!r}; this dataset has {splits}.")
+        raise InputError(f"{info_path}: no split {split!r}; this dataset has {splits}.")
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
@@ -306,7 +307,7 @@ def open_tfds(name: str, data_dir: str | None = None, split: str = "train") -> t
     except ImportError:
         raise
     except Exception as e:  # TFDS raises assorted types for damaged data; add which folder it was
-        raise ValueError(f"{version_dir}: TFDS could not open split {split!r} ({type(e).__name__}: {e}).") from e
+        raise InputError(f"{version_dir}: TFDS could not open split {split!r} ({type(e).__name__}: {e}).") from e
 
     def read(start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
         examples = source.__getitems__(list(range(start, stop)))

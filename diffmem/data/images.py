@@ -25,6 +25,7 @@ import numpy as np
 
 from diffmem.data import image_formats as formats
 from diffmem.data.subsets import class_balanced, first_k_of_permutation
+from diffmem.errors import InputError
 
 SOURCES = ("digits", "fmnist[:DIR]", "cifar10-binary:PATH", "npz:PATH", "folder:PATH",
            "tfds:NAME (NAME in " + ", ".join(formats.TFDS_NAMES) + ")")
@@ -47,10 +48,10 @@ class ImageData:
 
     def __post_init__(self):
         if self.images.ndim != 4 or self.images.dtype != np.float32:
-            raise ValueError(f"{self.name}: images must be (N, H, W, C) float32; got {self.images.dtype} "
+            raise InputError(f"{self.name}: images must be (N, H, W, C) float32; got {self.images.dtype} "
                              f"{self.images.shape}.")
         if self.labels is not None and self.labels.shape != self.images.shape[:1]:
-            raise ValueError(f"{self.name}: {self.labels.shape} labels for {len(self.images)} images.")
+            raise InputError(f"{self.name}: {self.labels.shape} labels for {len(self.images)} images.")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -128,7 +129,7 @@ def _assemble(n: int, read: formats.ChunkReader, max_value: float | None, name: 
               **options) -> ImageData:
     """Preprocess `n` images read in chunks into one preallocated float32 array."""
     if n == 0:
-        raise ValueError(f"{name}: the dataset has no images.")
+        raise InputError(f"{name}: the dataset has no images.")
     images = labels = None
     for start in range(0, n, CHUNK):
         stop = min(n, start + CHUNK)
@@ -171,12 +172,12 @@ def load_images(source: str, *, split: str = "train", data_dir: str | None = Non
     kind, _, arg = source.partition(":")
     kind, arg = kind.strip().lower(), os.path.expanduser(arg)
     if kind in ("digits", "npz", "folder") and split != "train":
-        raise ValueError(f"Source {kind!r} has a single split, 'train' (the whole set); got split={split!r}.")
+        raise InputError(f"Source {kind!r} has a single split, 'train' (the whole set); got split={split!r}.")
     if kind in ("cifar10-binary", "npz", "folder", "tfds") and not arg:
-        raise ValueError(f"Source {source!r} needs an argument: {kind}:PATH (or tfds:NAME).")
+        raise InputError(f"Source {source!r} needs an argument: {kind}:PATH (or tfds:NAME).")
     options = dict(center_crop_images=center_crop_images, to_grayscale=to_grayscale, image_size=image_size)
     if image_size is not None and (not isinstance(image_size, (int, np.integer)) or image_size < 1):
-        raise ValueError(f"image_size must be a positive integer or None; got {image_size!r}.")
+        raise InputError(f"image_size must be a positive integer or None; got {image_size!r}.")
     max_value: float | None = 255.0
     if kind == "digits":
         from sklearn.datasets import load_digits
@@ -200,7 +201,7 @@ def load_images(source: str, *, split: str = "train", data_dir: str | None = Non
         n, read = formats.open_tfds(arg, data_dir, split)
         name = arg
     else:
-        raise ValueError(f"Unknown image source {source!r}; valid sources: {', '.join(SOURCES)}.")
+        raise InputError(f"Unknown image source {source!r}; valid sources: {', '.join(SOURCES)}.")
     return _assemble(n, read, max_value, name, **options)
 
 
@@ -219,9 +220,9 @@ def k_subset(data: ImageData, k: int, seed: int, mode: str = "permutation") -> I
         idx = first_k_of_permutation(len(data), k, seed)
     elif mode == "balanced":
         if data.labels is None:
-            raise ValueError(f"A class-balanced K-subset needs labels; {data.name} has none. "
+            raise InputError(f"A class-balanced K-subset needs labels; {data.name} has none. "
                              "Use mode='permutation'.")
         idx = class_balanced(data.labels, k, seed)
     else:
-        raise ValueError(f"Unknown K-subset mode {mode!r}; choose 'permutation' or 'balanced'.")
+        raise InputError(f"Unknown K-subset mode {mode!r}; choose 'permutation' or 'balanced'.")
     return ImageData(data.images[idx], None if data.labels is None else data.labels[idx], data.name)

@@ -8,14 +8,15 @@ Both return sorted-by-selection-order int64 index arrays, so `pool[idx]` is the 
 from __future__ import annotations
 
 import numpy as np
+from diffmem.errors import InputError
 
 
 def check_k(k: int, pool_size: int, what: str = "the pool") -> None:
     """Raise a clear error unless 1 <= k <= pool_size."""
     if not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"K must be a positive integer, got {k!r}.")
+        raise InputError(f"K must be a positive integer, got {k!r}.")
     if k > pool_size:
-        raise ValueError(
+        raise InputError(
             f"K = {k} is larger than {what} ({pool_size} examples): choose K <= {pool_size} "
             "or a larger dataset.")
 
@@ -44,14 +45,14 @@ def class_balanced(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     check_k(k, labels.shape[0])
     classes = np.unique(labels)
     if k % len(classes):
-        raise ValueError(f"A class-balanced K-subset needs K divisible by the {len(classes)} classes; got K = {k}.")
+        raise InputError(f"A class-balanced K-subset needs K divisible by the {len(classes)} classes; got K = {k}.")
     per_class = k // len(classes)
     perm = np.random.default_rng(seed).permutation(labels.shape[0])
     chosen = []
     for c in classes:
         members = perm[labels[perm] == c]
         if len(members) < per_class:
-            raise ValueError(f"Class {c} has only {len(members)} examples; K = {k} needs {per_class} per class.")
+            raise InputError(f"Class {c} has only {len(members)} examples; K = {k} needs {per_class} per class.")
         chosen.append(members[:per_class])
     return np.concatenate(chosen).astype(np.int64)
 
@@ -68,7 +69,7 @@ def disjoint_set(pool_size: int, n: int, seed: int, which: str) -> np.ndarray:
     """Kadkhodaie et al.'s disjoint training sets: S1 = the first n ("first") and S2 = the last n ("last")
     of `fixed_order(pool_size, seed)`; n is capped by the caller at pool_size // 2 so they never overlap."""
     if which not in ("first", "last"):
-        raise ValueError(f"which must be 'first' (S1) or 'last' (S2); got {which!r}.")
+        raise InputError(f"which must be 'first' (S1) or 'last' (S2); got {which!r}.")
     check_k(n, pool_size // 2, f"half the pool ({pool_size} examples; S1 and S2 must be disjoint)")
     order = fixed_order(pool_size, seed)
     return order[:n] if which == "first" else order[pool_size - n:]

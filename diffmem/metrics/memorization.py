@@ -10,6 +10,7 @@ import math
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
+from diffmem.errors import InputError
 
 
 def is_memorized(d1: np.ndarray, d2: np.ndarray, threshold: float = 1.0 / 3.0) -> np.ndarray:
@@ -17,7 +18,7 @@ def is_memorized(d1: np.ndarray, d2: np.ndarray, threshold: float = 1.0 / 3.0) -
     only if d1 = 0 too (an exact duplicate pair in the training set)."""
     d1, d2 = np.asarray(d1, np.float64), np.asarray(d2, np.float64)
     if np.any(d1 > d2 * (1 + 1e-6) + 1e-12):
-        raise ValueError("d1 must be the nearest and d2 the second-nearest distance (d1 <= d2).")
+        raise InputError("d1 must be the nearest and d2 the second-nearest distance (d1 <= d2).")
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(d2 > 0, d1 / np.where(d2 > 0, d2, 1.0), np.where(d1 > 0, np.inf, 0.0))
     return ratio < threshold
@@ -31,7 +32,7 @@ def memorization_ratio(d1: np.ndarray, d2: np.ndarray, threshold: float = 1.0 / 
 def max_over_snapshots(ratios: Mapping[int, float]) -> tuple[int, float]:
     """(step, ratio) of the snapshot with the highest memorization ratio (Gu et al.'s reported value)."""
     if not ratios:
-        raise ValueError("No snapshots to take the maximum over.")
+        raise InputError("No snapshots to take the maximum over.")
     step = max(ratios, key=lambda s: (ratios[s], -s))
     return step, ratios[step]
 
@@ -63,14 +64,14 @@ def find_emm(ratio_at: Callable[[int], float], k_grid: Iterable[int], level: flo
       order: {"k", "ratio", "phase" ("grid" | "bisect"), "reused" (from `known`), "bracket" after it}.
     """
     if not 0.0 < level <= 1.0:
-        raise ValueError(f"level = {level} must be in (0, 1] (Gu et al. use 0.9).")
+        raise InputError(f"level = {level} must be in (0, 1] (Gu et al. use 0.9).")
     if tolerance < 0:
-        raise ValueError(f"tolerance = {tolerance} must be >= 0 (0 bisects to the exact integer K).")
+        raise InputError(f"tolerance = {tolerance} must be >= 0 (0 bisects to the exact integer K).")
     grid = sorted(set(int(k) for k in k_grid))
     if not grid:
-        raise ValueError("k_grid is empty: give at least one K, e.g. 250,500,1000,2000.")
+        raise InputError("k_grid is empty: give at least one K, e.g. 250,500,1000,2000.")
     if grid[0] < 1:
-        raise ValueError(f"k_grid holds K = {grid[0]}; training-set sizes must be >= 1.")
+        raise InputError(f"k_grid holds K = {grid[0]}; training-set sizes must be >= 1.")
     known = {int(k): float(v) for k, v in (known or {}).items()}
     ratios: dict[int, float] = {}
     history: list[dict] = []
