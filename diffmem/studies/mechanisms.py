@@ -223,14 +223,15 @@ def critical_time_figure(workdir: str, kind: str = "trained") -> str | None:
         ax.set_xticks(range(len(ks)), [str(k) for k in ks])
         ax.set_xlabel("K")
         ax.set_ylabel(label)
-    try:  # the data-only collapse / speciation indices of each K, where they apply (DDPM time)
-        for i, k in enumerate(ks):
-            pt = phase_times.phase_times(wd.spec(str(k)).data, collapse=False)
-            axes[0].plot([i], [pt["t_s_index"]], "k_", ms=14)
-    except Exception:  # a model not in this config (e.g. seeds) has no single training set: no marker
-        pass
+    table = phase_table(workdir, names=[n for n in wd.names() if n in {str(k) for k in ks}])
+    for i, k in enumerate(ks):  # the data-only speciation / collapse steps of each K (DDPM time)
+        row = table.get(str(k))
+        if row:
+            axes[0].plot([i], [row["t_s_index"]], "k_", ms=14)
+            if row.get("t_c_index") is not None and row["t_c_index"] >= 0:
+                axes[0].plot([i], [row["t_c_index"]], "kx", ms=6)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Critical times ({kind}); bars: speciation index t_S from the data")
+    fig.suptitle(f"Critical times ({kind}); bars: speciation step t_S, crosses: collapse step t_C (data only)")
     fig.tight_layout()
     path = _out_dir(wd, "critical_times", f"critical_times{'_optimal' if kind == 'optimal' else ''}.png")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -265,10 +266,11 @@ def rank_vs_snr(workdir: str, *, names: Sequence[str] | None = None, kind: str =
             res = jacobian.rank_vs_snr(d, states=states, shape=model.shape,
                                        data=model.train_data[:num_latents], sigmas=sigmas, num_latents=num_latents,
                                        seed=seed, subset=subset)
-            pt = phase_times.phase_times(model.train_data, collapse=len(model.train_data) > 1, num_draws=1000,
-                                         ts=np.geomspace(0.01, 3.0, 30))
-            res.update(snr_speciation=1 / math.sqrt(max(pt["lambda"] - 1, 1e-12)),
-                       snr_collapse=1 / math.sqrt(math.expm1(2 * pt["t_c"])) if np.isfinite(pt.get("t_c", np.nan)) else np.nan)
+            pt = phase_table(workdir, names=[name])[name]
+            # OU time t <-> sigma = sqrt(e^{2t} - 1) (x_t / e^{-t} = a + sigma z): SNR_S = 1 / sqrt(Lambda - 1)
+            t_c = pt.get("t_c")
+            res.update(snr_speciation=1 / math.sqrt(pt["lambda"] - 1) if pt["lambda"] > 1 else np.nan,
+                       snr_collapse=1 / math.sqrt(math.expm1(2 * t_c)) if t_c is not None and t_c > 0 else np.nan)
             report.write_npz(path, **res, settings=json.dumps(settings, sort_keys=True))
             results[name] = res
             if log:
@@ -285,7 +287,8 @@ def rank_vs_snr(workdir: str, *, names: Sequence[str] | None = None, kind: str =
     finally:
         jax.config.update("jax_enable_x64", old_x64)
     _rank_figure(wd, results, analytic, kind)
-    return {"models": results, "analytic": analytic}
+    metrics = molrg_metrics(workdir, names=names, kind=kind, log=log) if config.data.name == "molrg" else None
+    return {"models": results, "analytic": analytic, "molrg": metrics}
 
 
 def _promoted(denoiser):
@@ -418,3 +421,80 @@ def _energy_figure(wd: Workdir, results: dict, kind: str) -> str | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# ------------------------------------------------------------------------------------------- phase times
+def phase_table(workdir: str, *, names: Sequence[str] | None = None, num_draws: int = 2000,
+                log: Callable[[str], None] | None = None) -> dict:
+    """Data-only speciation and collapse times of every model's training set (Biroli et al.; see
+    `metrics.phase_times`), cached in mechanisms/phase_times.json: {name: {lambda, t_s, t_s_index, t_c,
+    t_c_index, t_c_gaussian, alpha, n, dim}} (OU times; indices are 0-based DDPM steps)."""
+    wd = Workdir(workdir)
+    path = _out_dir(wd, "phase_times.json")
+    table = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            table = json.load(f)
+    changed = False
+    for name in _names(wd, names):
+        if name in table and table[name].get("num_draws") == num_draws:
+            continue
+        data = wd.spec(name).data
+        pt = phase_times.phase_times(data, collapse=len(data) > 1, num_draws=num_draws,
+                                     ts=np.geomspace(0.01, 3.0, 40))
+        table[name] = {k: (float(v) if np.ndim(v) == 0 else None) for k, v in pt.items() if not k.startswith("curve")}
+        table[name]["num_draws"] = num_draws
+        changed = True
+        if log:
+            log(f"{name}: t_S {pt['t_s']:.3f} (step {pt['t_s_index']}), t_C {pt.get('t_c', float('nan')):.3f}")
+    if changed:
+        report.write_json(path, table)
+    return table
+
+
+# ------------------------------------------------------------------------------------------- MoLRG
+def molrg_metrics(workdir: str, *, names: Sequence[str] | None = None, kind: str = "trained",
+                  sigma: float = 0.05, points: int = 4, log: Callable[[str], None] | None = print) -> dict:
+    """Wang et al.'s MoLRG generalization measures per model (a config with data.name = "molrg"):
+    subspace error of its samples (median of min_k ||x - P_k x|| / ||x||), Gu et al.'s memorization ratio to
+    its training set, and the recovery angle (largest principal angle, radians) between the top-d right
+    singular vectors of J at noise `sigma` around `points` fresh population points of each class and that
+    class's basis. Writes mechanisms/molrg.json and molrg.png (measures vs K: the generalization-vs-N sweep)."""
+    from diffmem import builders
+    from diffmem.data import molrg
+    wd = Workdir(workdir)
+    config = wd.config
+    if config.data.name != "molrg":
+        raise InputError(f"{workdir} is not a MoLRG workdir (data.name = {config.data.name!r}).")
+    m = builders.molrg_from_config(config)
+    shape = (config.data.resolution, config.data.resolution, 3)
+    table = {}
+    for name in _names(wd, names):
+        model = wd.model(name, kind=kind)
+        row = {"k": model.k}
+        if wd.has_samples(name, kind):
+            s = wd.read_samples(name, kind)["samples"]
+            row.update(subspace_error=float(np.median(m.subspace_error(s))),
+                       memorization_ratio=molrg.memorization_ratio(s, model.train_data), num_samples=len(s))
+        x, labels = m.sample(points, seed=12345, shape=shape)
+        noisy = x + sigma * np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+        angles = [molrg.subspace_recovery(jacobian.denoiser_jacobian(model.denoiser, jnp.asarray(v), sigma),
+                                          m.bases[c]) for v, c in zip(noisy, labels)]
+        row.update(recovery_angle=float(np.median(angles)), sigma=sigma)
+        table[name] = row
+        if log:
+            log(f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    report.write_json(_out_dir(wd, f"molrg{'_optimal' if kind == 'optimal' else ''}.json"), table)
+    ks = [table[n]["k"] for n in table]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in ("subspace_error", "memorization_ratio", "recovery_angle"):
+        vals = [table[n].get(key, np.nan) for n in table]
+        ax.plot(ks, vals, "o-", label=key)
+    ax.set_xscale("log")
+    ax.set_xlabel("training-set size K")
+    ax.set_title(f"MoLRG n = {m.n}, {m.num_classes} classes of dimension {m.dim} ({kind})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(_out_dir(wd, f"molrg{'_optimal' if kind == 'optimal' else ''}.png"), dpi=110)
+    plt.close(fig)
+    return table
