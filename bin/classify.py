@@ -13,7 +13,8 @@ from absl import flags
 
 from diffmem import cli
 
-flags.DEFINE_string("workdir", None, "Workdir with config.json and samples/<K>.npz (bin/train.py, bin/sample.py).")
+flags.DEFINE_string("workdir", None, "Workdir with trained (or optimal-denoiser) models and their samples "
+                    "(bin/train.py, bin/sample.py).")
 flags.DEFINE_enum("metric", "lpips", ["lpips", "pixel"], "Distance of Pham et al.'s d_m and d_s.")
 flags.DEFINE_float("delta_m", None, "Memorized iff d_m <= delta_m (default 0.03 for LPIPS; required for pixel).")
 flags.DEFINE_float("delta_s", None, "Spurious iff not memorized and d_s <= delta_s (default 0.02 for LPIPS).")
@@ -28,9 +29,10 @@ def main(argv):
     import os
 
     from diffmem.studies import memorization
+    from diffmem.workdir import Workdir
     memorization.run(FLAGS.workdir, metric=FLAGS.metric, delta_m=FLAGS.delta_m, delta_s=FLAGS.delta_s,
                      names=FLAGS.k, lpips_net=FLAGS.lpips_net, rows_per_class=FLAGS.rows)
-    print(f"report: {os.path.join(FLAGS.workdir, 'classify', 'report.md')}")
+    print(f"report: {os.path.join(Workdir(FLAGS.workdir).classify_dir(), 'report.md')}")
 
 
 if __name__ == "__main__":

@@ -32,13 +32,14 @@ def main(argv):
     import numpy as np
 
     from diffmem import generate
+    from diffmem.errors import InputError
     from diffmem.studies import memorization
     seeds = generate.parse_seeds(FLAGS.seeds) if FLAGS.seeds else (
         None if FLAGS.num is None else np.arange(FLAGS.num))
     try:
         k_grid = [int(k) for k in FLAGS.k_grid]
     except ValueError:
-        raise ValueError(f"--k_grid={','.join(FLAGS.k_grid)}: give integers, e.g. --k_grid=250,500,1000.") from None
+        raise InputError(f"--k_grid={','.join(FLAGS.k_grid)}: give integers, e.g. --k_grid=250,500,1000.") from None
     memorization.emm(FLAGS.root, cli.CONFIG, k_grid, seeds=seeds, sampler=FLAGS.sampler, level=FLAGS.level,
                      tolerance=FLAGS.tolerance, metric=FLAGS.metric, delta_m=FLAGS.delta_m, delta_s=FLAGS.delta_s,
                      progress=FLAGS.progress)

@@ -4,8 +4,8 @@
     python bin/reproducibility.py --workdir=runs/digits_a --other=runs/digits_b --features=pixel
     python bin/reproducibility.py --workdir=runs/digits --other=optimal --features=lpips
 
-Writes <workdir>/reproducibility/{<K>.<features>.json, summary.<features>.json, report.<features>.md,
-scores_vs_k.<features>.png}.
+Writes {<K>.<features>.json, summary.<features>.json, report.<features>.md, scores_vs_k.<features>.png} in the
+workdir's reproducibility folder.
 """
 import sys
 
@@ -13,7 +13,7 @@ from absl import flags
 
 from diffmem import cli
 
-flags.DEFINE_string("workdir", None, "Side a: a workdir with samples/<K>.npz (bin/sample.py).")
+flags.DEFINE_string("workdir", None, "Side a: a sampled workdir (bin/sample.py).")
 flags.DEFINE_string("other", "optimal", "Side b: another workdir sampled with the same seeds, or 'optimal' for "
                     "side a's optimal-denoiser samples (bin/sample.py --model=optimal).")
 flags.DEFINE_enum("features", "pixel", ["pixel", "lpips", "sscd"], "Feature space of the cosine similarities.")

@@ -17,11 +17,13 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     import json
+    import os
 
     from diffmem.studies import circle
+    from diffmem.workdir import Workdir
     summary = circle.run(cli.CONFIG, FLAGS.workdir, progress=FLAGS.progress)
     print(json.dumps(summary["checks"], indent=2))
-    print(f"report: {FLAGS.workdir}/study/report.md")
+    print(f"report: {os.path.join(Workdir(FLAGS.workdir).study_dir(), 'report.md')}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """All orbax use in one place: one checkpoint directory per model, found by name (K).
 
-Layout inside a workdir:  checkpoints/<name>/<step>/...  where <name> is the model's K (`"9"`), or
-`"<K>_s<seed>"` in seed sweeps. Each checkpoint holds {"params", "ema_params", "opt_state", "step"}.
+Each model's directory is `Workdir(path).checkpoint_dir(name)` (checkpoints/<name>/<step>/..., <name> the
+model's K `"9"`, or `"<K>_s<seed>"` in seed sweeps). Each checkpoint holds {"params", "ema_params",
+"opt_state", "step"}; `restore_item` reads one of them alone (the sampling stages read "ema_params").
 orbax writes every step to a temporary directory and renames it when complete, so a run killed while
 saving leaves the previous checkpoint intact.
 """

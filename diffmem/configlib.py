@@ -14,7 +14,7 @@ import importlib.util
 import json
 import math
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 
@@ -95,15 +95,6 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise ConfigError(f"Config file {path!r} defines no get_config(arg) function.")
     return module.get_config(arg or None)
-
-
-def _keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in config.items():
-        keys.append(prefix + k)
-        if isinstance(v, ml_collections.ConfigDict):
-            keys.extend(_keys(v, prefix + k + "."))
-    return keys
 
 
 def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
@@ -241,8 +232,3 @@ def duration_to_steps(duration: str | int, *, dataset_size: int, batch_size: int
 def sweep(value: Any) -> tuple:
     """A config value as a tuple of sweep items (a scalar is a one-item sweep)."""
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-
-
-def iter_keys(config: ml_collections.ConfigDict) -> Iterable[str]:
-    """All dotted keys of a config (for help and error messages)."""
-    return _keys(config)

@@ -334,7 +334,7 @@ def init_state(model, optimizer, spec: builders.ModelSpec, init_fn: Callable | N
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Write workdir/config.json, or check a rerun matches it in everything that shapes training: `steps`
     (to extend a run) and the sections that only drive later stages (sample, study, logging) may change."""
-    path = os.path.join(workdir, "config.json")
+    path = workdir_lib.Workdir(workdir).config_path
     new = json.loads(configlib.to_json(config))
     if os.path.exists(path):
         try:

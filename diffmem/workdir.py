@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffmem import builders, configlib, energy, report
+from diffmem import builders, configlib, energy, multihost, report
 from diffmem import sde as sde_lib
 from diffmem.errors import InputError, MissingInputError, OutputExistsError
 
@@ -164,9 +164,7 @@ def _seeds_tag(seeds: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(seeds, np.int64).tobytes()).hexdigest()[:10]
 
 
-def is_writer() -> bool:
-    """Only process 0 writes shared files under jax.distributed."""
-    return jax.process_index() == 0
+is_writer = multihost.is_main_process  # only process 0 writes shared files under jax.distributed
 
 
 # ---------------------------------------------------------------------------------------------- Workdir
@@ -216,6 +214,10 @@ class Workdir:
     def relative(self, path: str) -> str:
         """`path` relative to the workdir (what reports record: no absolute paths)."""
         return os.path.relpath(os.path.abspath(path), os.path.abspath(self.path))
+
+    def path_of(self, relative: str) -> str:
+        """The inverse of `relative`."""
+        return os.path.join(self.path, relative)
 
     # ---------------------------------------------------------------- config
     def exists(self) -> bool:
@@ -272,7 +274,7 @@ class Workdir:
         path = self.subset_path(k)
         if not os.path.exists(path):
             return None
-        z = _read_npz(path, f"delete it to recompute the subset from the config (the dataset must be unchanged)")
+        z = _read_npz(path, "delete it to recompute the subset from the config (the dataset must be unchanged)")
         if "indices" not in z or "sha256" not in z:
             raise InputError(f"{path} has no indices / sha256 (keys {sorted(z)}): delete it to recompute the subset.")
         return dict(indices=z["indices"].astype(np.int64), sha256=str(z["sha256"]))
@@ -397,7 +399,7 @@ class Workdir:
             raise MissingInputError(f"No samples in {self.samples_dir(name, kind, step)}: sample the model first "
                                     f"(python bin/sample.py --workdir={self.path} --k={name}"
                                     f"{' --model=optimal' if kind == 'optimal' else ''}).")
-        return merge_shards([read_shard(f) for f in files])
+        return read_sample_files(files)
 
 
 # ------------------------------------------------------------------------------------------ sample shards
@@ -425,6 +427,11 @@ def read_shard(path: str) -> dict:
     else:  # one-file sets written before shards
         settings = {k: _scalar(v) for k, v in z.items() if k not in ("samples", "seeds")}
     return dict(samples=x, seeds=seeds, settings=settings, path=path)
+
+
+def read_sample_files(files: Sequence[str]) -> dict:
+    """The union of the given shard files of one set (`Workdir.read_samples`)."""
+    return merge_shards([read_shard(f) for f in files])
 
 
 def _scalar(v):

@@ -5,8 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from diffmem import configlib, generate, report, train
+from diffmem import configlib, generate, train
 from diffmem.data import toy
+from diffmem.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,16 +24,17 @@ def test_k2_circle_model_memorizes(tmp_path):
     # One device: a batch of 2 split over conftest's 8 fake CPU devices only adds collectives.
     train.train(c, str(tmp_path), mesh=train.data_mesh(jax.devices()[:1]), progress=False)
     [path] = generate.sample_workdir(str(tmp_path), np.arange(500), "em", eps=1e-4)
-    out = report.read_npz(path)
-    assert out["samples"].shape == (500, 2) and int(out["step"]) == 30000
+    wd = Workdir(str(tmp_path))
+    out = wd.read_samples("2")
+    assert out["samples"].shape == (500, 2) and out["step"] == 30000
     np.testing.assert_array_equal(out["seeds"], np.arange(500))
-    assert os.path.exists(path[:-4] + ".png")
+    assert os.path.exists(path + ".png")
     d = np.linalg.norm(out["samples"][:, None] - toy.circle_subset(2)[None], axis=-1).min(axis=1)
     assert np.mean(d < 0.1) >= 0.95, np.mean(d < 0.1)
-    # A rerun with the same request skips; a different one refuses to overwrite silently.
+    # A rerun with the same request skips; other settings refuse to overwrite silently.
     assert generate.sample_workdir(str(tmp_path), np.arange(500), "em", eps=1e-4) == [path]
     with pytest.raises(FileExistsError, match="--overwrite"):
-        generate.sample_workdir(str(tmp_path), np.arange(10), "em", eps=1e-4)
-    # Seed splits give identical samples.
-    half = generate.sample_workdir(str(tmp_path), np.arange(250), "em", eps=1e-4, overwrite=True)
-    np.testing.assert_array_equal(report.read_npz(half[0])["samples"], out["samples"][:250])
+        generate.sample_workdir(str(tmp_path), np.arange(10), "em", eps=1e-3)
+    # Seed splits give identical samples (the same checkpoint named by its step: another sample set).
+    generate.sample_workdir(str(tmp_path), np.arange(250), "em", eps=1e-4, step=30000)
+    np.testing.assert_array_equal(wd.read_samples("2", step=30000)["samples"], out["samples"][:250])

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from diffmem import builders, configlib, generate, report, sampling, train
+from diffmem import configlib, generate, report, sampling, train
+from diffmem.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,15 +59,18 @@ def test_digits_eight_devices_equal_one_device(workdir, tmp_path):
 
 def test_sample_workdir_images_grid_skip_and_refuse(workdir):
     [path] = generate.sample_workdir(workdir, np.arange(12), "ddim", num_steps=5, batch=8, progress=False)
-    assert path.endswith(os.path.join("samples", "16.npz"))
-    out = report.read_npz(path)
+    assert path.endswith(os.path.join("samples", "16"))
+    out = Workdir(workdir).read_samples("16")
     assert out["samples"].shape == (12, 8, 8, 1) and out["samples"].dtype == np.float32
-    assert np.all(np.abs(out["samples"]) <= 1) and int(out["step"]) == STEPS
+    assert np.all(np.abs(out["samples"]) <= 1) and out["step"] == STEPS
+    assert out["settings"] == dict(sampler="ddim", model="trained", step=STEPS, num_steps=5, eta=0.0, timesteps=1000,
+                                   beta_start=1e-4, beta_end=0.02)
     np.testing.assert_array_equal(out["seeds"], np.arange(12))
-    assert os.path.exists(path[:-4] + ".png") and not os.path.exists(path[:-4] + ".partial")
-    mtime = os.path.getmtime(path)
+    [shard] = out["files"]
+    assert os.path.exists(path + ".png") and os.listdir(path) == [os.path.basename(shard)]  # no .partial left
+    mtime = os.path.getmtime(shard)
     assert generate.sample_workdir(workdir, np.arange(12), "ddim", num_steps=5, progress=False) == [path]
-    assert os.path.getmtime(path) == mtime  # finished work is skipped
+    assert os.path.getmtime(shard) == mtime and os.listdir(path) == [os.path.basename(shard)]  # skipped
     with pytest.raises(FileExistsError, match="--overwrite"):
         generate.sample_workdir(workdir, np.arange(12), "ddim", num_steps=6, progress=False)
     with pytest.raises(ValueError, match="ddpm"):
@@ -75,11 +79,9 @@ def test_sample_workdir_images_grid_skip_and_refuse(workdir):
 
 def test_seed_splits_and_devices_give_identical_images(workdir, tmp_path):
     """Sample i depends on seed i only: one 1-device call on all seeds equals two 8-device calls on halves."""
-    config = generate.load_config(workdir)
-    [spec] = builders.model_specs(config)
-    net = builders.build_model(config, spec.data.shape[1:])
-    params, _ = generate.load_ema_params(workdir, config, spec, net)
-    run = generate.image_sampler(builders.denoiser(config, net, params), (8, 8, 1), "ddpm", timesteps=1000)
+    wd = Workdir(workdir)
+    model = wd.model("16")
+    run = sampling.SAMPLERS["ddpm"].build(model, **generate.sampler_settings(wd.config, "ddpm", model))
     seeds = np.arange(100, 110)
     whole = np.asarray(sampling.sample_sharded(run, seeds, train.data_mesh(jax.devices()[:1])))
     halves = [np.asarray(sampling.sample_sharded(run, s, train.data_mesh())) for s in (seeds[:3], seeds[3:])]
@@ -101,27 +103,27 @@ def test_interrupted_sampling_resumes_from_saved_batches(workdir, monkeypatch):
     monkeypatch.setattr(sampling, "sample_sharded", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         generate.sample_workdir(workdir, seeds, overwrite=True, **kw)
-    partial = os.path.join(workdir, "samples", "16.partial")
+    partial = Workdir(workdir).shard_path("16", "trained", None, seeds)[:-4] + ".partial"
     assert sorted(os.listdir(partial)) == ["0000000000.npz", "0000000008.npz"]
     calls.clear()
     monkeypatch.setattr(sampling, "sample_sharded", lambda fn, s, mesh, **k: (calls.append(len(s)), real(fn, s, mesh, **k))[1])
     [path] = generate.sample_workdir(workdir, seeds, overwrite=True, **kw)
     assert calls == [8]  # only the missing batch ran
-    resumed = report.read_npz(path)["samples"]
-    os.remove(path)
+    [shard] = Workdir(workdir).sample_files("16")
+    resumed = report.read_npz(shard)["samples"]
+    os.remove(shard)
     calls.clear()
-    [path] = generate.sample_workdir(workdir, seeds, **kw)
+    generate.sample_workdir(workdir, seeds, **kw)
     assert calls == [8, 8, 8]  # a fresh run recomputes everything: the same images
-    np.testing.assert_array_equal(report.read_npz(path)["samples"], resumed)
+    np.testing.assert_array_equal(Workdir(workdir).read_samples("16")["samples"], resumed)
 
 
 def test_optimal_denoiser_samples_memorize(workdir):
     [path] = generate.sample_workdir(workdir, np.arange(32), "edm_heun", model="optimal", batch=16, progress=False)
-    assert path.endswith(os.path.join("samples", "optimal", "16.npz"))
-    out = report.read_npz(path)
-    assert int(out["step"]) == -1
-    config = generate.load_config(workdir)
-    train_set = builders.model_specs(config)[0].data.reshape(16, -1)
+    assert path.endswith(os.path.join("samples", "optimal", "16"))
+    out = Workdir(workdir).read_samples("16", "optimal")
+    assert out["step"] == -1
+    train_set = Workdir(workdir).model("16", kind="optimal").train_data.reshape(16, -1)
     x = out["samples"].reshape(32, -1)
     d = np.sort(np.linalg.norm(x[:, None] - train_set[None], axis=-1), axis=1)
     assert np.all(d[:, 0] < d[:, 1] / 3), "Gu et al.'s criterion: every optimal-denoiser sample is a copy"

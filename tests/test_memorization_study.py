@@ -131,6 +131,9 @@ def test_study_writes_per_k_results_summary_and_figures(workdir):
     saved = json.loads(open(os.path.join(out, "summary.json")).read())
     assert set(saved["trained"]) == {"16", "64"} and set(saved["optimal"]) == {"16"}
     assert "| 64 | 64 | 11 | 4000 |" in open(os.path.join(out, "report.md")).read()
+    for f in ("summary.json", "report.md", "16.json"):  # no absolute paths in written reports
+        assert w not in open(os.path.join(out, f)).read(), f
+    assert "](ratio_vs_k.png)" in open(os.path.join(out, "report.md")).read()
 
 
 def test_rerun_skips_relabels_or_recomputes_never_mixing(workdir):

@@ -50,6 +50,11 @@ def test_rp_matches_by_seed_and_generalization_counts_copies(pair):
     assert row["generalization_b"] == pytest.approx(2 / 5)  # of the paired b rows, 3 copies, 2 noise
     assert os.path.exists(os.path.join(a, "reproducibility", "16.pixel.json"))
     assert os.path.exists(os.path.join(a, "reproducibility", "scores_vs_k.pixel.png"))
+    md = open(os.path.join(a, "reproducibility", "report.pixel.md")).read()
+    assert "](scores_vs_k.pixel.png)" in md  # the figure link resolves next to the report
+    for f in ("report.pixel.md", "summary.pixel.json", "16.pixel.json"):  # no absolute paths in reports
+        assert os.path.dirname(a) not in open(os.path.join(a, "reproducibility", f)).read(), f
+    assert row["b"] == os.path.join("..", "b", "samples", "16") and row["a"] == os.path.join("samples", "16")
 
 
 def test_against_the_optimal_denoiser_and_a_user_extractor(pair):

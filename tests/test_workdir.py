@@ -2,15 +2,19 @@
 workdir or a config alone), EMA-only restore, recorded K-subsets (a changed dataset is an error), config.json
 checks, the sampler registry, and split sampling jobs (sequential or concurrent) equal to one job."""
 import os
+import subprocess
+import sys
+import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffmem import builders, configlib, report, sampling, train
+from diffmem import builders, configlib, generate, report, sampling, train
 from diffmem.errors import InputError
-from diffmem.workdir import DatasetChangedError, Workdir, config_differences, optimal_model
+from diffmem.studies import memorization as mm
+from diffmem.workdir import DatasetChangedError, Workdir, config_differences, optimal_model, write_shard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,7 +117,7 @@ def test_config_json_rerun_keys_and_corruption(tmp_path):
         Workdir(str(tmp_path)).config
 
 
-def test_sampler_registry_feeds_config_checks(monkeypatch):
+def test_sampler_registry_feeds_config_checks_and_the_sampling_stage(tmp_path, monkeypatch):
     def zeros(model, *, level):
         """every sample is `level` (a test sampler)"""
         return lambda seeds: jnp.full((seeds.shape[0],) + model.shape, level, jnp.float32)
@@ -124,3 +128,104 @@ def test_sampler_registry_feeds_config_checks(monkeypatch):
     c.sample.sampler = "nope"
     with pytest.raises(configlib.ConfigError, match="'zeros'"):
         configlib.check(c, train.RULES)
+    [path] = generate.sample_workdir(str(tmp_path), np.arange(3), "zeros", model="optimal", config=digits(),
+                                     mesh=one_mesh(), progress=False)
+    out = Workdir(str(tmp_path)).read_samples("16", "optimal")
+    assert np.all(out["samples"] == 0.25) and out["settings"]["level"] == 0.25 and out["sampler"] == "zeros"
+    with pytest.raises(ValueError, match="integrates an SDE"):
+        generate.sample_workdir(str(tmp_path), np.arange(3), "em", model="optimal", progress=False)
+
+
+KW = dict(sampler="edm_euler", model="optimal", num_steps=3, batch=4, progress=False)
+
+
+def test_split_jobs_sequential_or_concurrent_equal_one_job(tmp_path):
+    """Disjoint --seeds jobs into one workdir all succeed and their union is bit for bit the one-job set."""
+    config, mesh = digits(), one_mesh()
+    one = str(tmp_path / "one")
+    generate.sample_workdir(one, np.arange(12), config=config, mesh=mesh, **KW)
+    whole = Workdir(one).read_samples("16", "optimal")
+    seq = str(tmp_path / "seq")
+    generate.sample_workdir(seq, np.arange(0, 5), config=config, mesh=mesh, **KW)
+    generate.sample_workdir(seq, np.arange(5, 12), config=config, mesh=mesh, **KW)
+    conc = str(tmp_path / "conc")
+    generate.sample_workdir(conc, np.arange(0, 1), config=config, mesh=mesh, **KW)  # create the workdir
+    errors = []
+
+    def job(seeds):
+        try:
+            generate.sample_workdir(conc, seeds, config=config, mesh=mesh, **KW)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=job, args=(s,)) for s in (np.arange(1, 7), np.arange(7, 12))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors, errors
+    for path, shards in ((seq, 2), (conc, 3)):
+        got = Workdir(path).read_samples("16", "optimal")
+        assert len(got["files"]) == shards
+        np.testing.assert_array_equal(got["seeds"], np.arange(12))
+        np.testing.assert_array_equal(got["samples"], whole["samples"])
+        assert got["settings"] == whole["settings"]
+    # A job asking for seeds the set holds already samples nothing.
+    before = sorted(os.listdir(Workdir(seq).samples_dir("16", "optimal")))
+    generate.sample_workdir(seq, np.arange(3, 9), config=config, mesh=mesh, **KW)
+    assert sorted(os.listdir(Workdir(seq).samples_dir("16", "optimal"))) == before
+    # A later stage reads the union: the classification of the split set is the one-job classification.
+    pixel = dict(metric="pixel", delta_m=0.5, delta_s=0.5, figures=False, log=None, mesh=mesh)
+    a, b = mm.run(one, **pixel)["optimal"]["16"], mm.run(seq, **pixel)["optimal"]["16"]
+    assert a["num_samples"] == b["num_samples"] == 12 and a["counts"] == b["counts"]
+    arrays = [report.read_npz(Workdir(w).classify_paths("16", "optimal")[0]) for w in (one, seq)]
+    for key in arrays[0]:
+        np.testing.assert_array_equal(arrays[0][key], arrays[1][key])
+
+
+def test_overlaps_conflicts_and_corrupt_shards(tmp_path):
+    w = str(tmp_path)
+    config, mesh = digits(), one_mesh()
+    generate.sample_workdir(w, np.arange(4), config=config, mesh=mesh, **KW)
+    wd = Workdir(w)
+    first = wd.read_samples("16", "optimal")
+    # A shard overlapping in seeds with the same settings: each seed kept once.
+    write_shard(wd.shard_path("16", "optimal", None, np.arange(2, 6)), np.zeros((4, 8, 8, 1)), np.arange(2, 6),
+                first["settings"])
+    both = wd.read_samples("16", "optimal")
+    np.testing.assert_array_equal(both["seeds"], np.arange(6))
+    np.testing.assert_array_equal(both["samples"][:4], first["samples"])
+    # Other settings: refused (never mixed), replaced with overwrite.
+    with pytest.raises(FileExistsError, match=r"num_steps 3 vs 4.*--overwrite"):
+        generate.sample_workdir(w, np.arange(4, 8), config=config, mesh=mesh, **dict(KW, num_steps=4))
+    extra = wd.shard_path("16", "optimal", None, np.arange(8, 9))
+    write_shard(extra, np.zeros((1, 8, 8, 1)), np.arange(8, 9), dict(first["settings"], num_steps=9))
+    with pytest.raises(InputError, match=r"different settings \(num_steps 9 vs 3\)"):
+        wd.read_samples("16", "optimal")
+    # A truncated shard names itself and what to do; --overwrite replaces what cannot be read.
+    with open(extra, "wb") as f:
+        f.write(b"PK\x03\x04 truncated")
+    with pytest.raises(InputError, match=r"8-8_.*npz is corrupt or truncated.*--overwrite"):
+        generate.sample_workdir(w, np.arange(4), config=config, mesh=mesh, **KW)
+    generate.sample_workdir(w, np.arange(4), config=config, mesh=mesh, overwrite=True, **KW)
+    np.testing.assert_array_equal(wd.read_samples("16", "optimal")["seeds"], np.arange(6))
+    # A corrupt finished batch of an interrupted job names itself; nothing else is touched.
+    part = wd.shard_path("16", "optimal", None, np.arange(6, 10))[:-4] + ".partial"
+    os.makedirs(part)
+    open(os.path.join(part, "0000000000.npz"), "wb").write(b"\x00" * 10)
+    with pytest.raises(InputError, match=r"0000000000.npz \(a finished batch.*delete it"):
+        generate.sample_workdir(w, np.arange(10), config=config, mesh=mesh, **KW)
+    np.testing.assert_array_equal(wd.read_samples("16", "optimal")["seeds"], np.arange(6))
+
+
+@pytest.mark.slow
+def test_sample_script_optimal_from_a_config_without_training(tmp_path):
+    w = str(tmp_path / "opt")
+    cmd = [sys.executable, os.path.join(REPO, "bin", "sample.py"), "--config=" + os.path.join(REPO, "configs/digits.py")
+           + ":k=16", "--model=optimal", f"--workdir={w}", "--seeds=0-3", "--sampler=edm_euler", "--steps=2"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = Workdir(w).read_samples("16", "optimal")
+    np.testing.assert_array_equal(out["seeds"], np.arange(4))
+    assert os.path.exists(os.path.join(w, "subsets", "16.npz"))
+    proc = subprocess.run(cmd[:3] + [f"--workdir={tmp_path / 'new'}", "--seeds=0-3"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and "--model=optimal" in proc.stderr

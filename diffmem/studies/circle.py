@@ -23,6 +23,7 @@ import numpy as np
 from sklearn.cluster import AgglomerativeClustering
 
 from diffmem import builders, energy, generate, likelihood, report, sampling, train, viz
+from diffmem.workdir import Workdir
 
 KINDS = ("memorized", "spurious", "generalized")
 
@@ -79,9 +80,10 @@ def _summary(kinds, counts) -> dict:
 def run(config, workdir: str, *, progress: bool = True) -> dict:
     """Run the whole study; returns the summary also written to workdir/study/report.json."""
     st = config.study
-    out_dir = os.path.join(workdir, "study")
+    wd = Workdir(workdir, config)
+    out_dir = wd.study_dir()
     train.train(config, workdir, progress=progress)
-    specs = builders.model_specs(config)
+    specs = wd.specs()
     sde = builders.build_sde(config)
     seeds = np.arange(config.sample.num)
     generate.sample_workdir(workdir, seeds, config.sample.sampler)
@@ -94,10 +96,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         thr = thresholds[min(i, len(thresholds) - 1)]
         patterns = spec.data
         # ----- trained model
-        model = builders.build_model(config, (2,))
-        params, step = generate.load_ema_params(workdir, config, spec, model)
-        score = builders.score_fn(config, model, params)
-        samples = report.read_npz(os.path.join(workdir, "samples", f"{spec.name}.npz"))["samples"]
+        model = wd.model(spec.name)
+        score, step = model.time_score, model.step
+        samples = wd.read_samples(spec.name)["samples"]
         labels, centres, counts, spreads = cluster(samples, thr)
         kinds = classify_centres(centres, counts, spreads, patterns, delta_m=st.delta_m, delta_s=st.delta_s,
                                  min_frac=st.min_cluster_frac)

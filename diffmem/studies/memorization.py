@@ -4,21 +4,21 @@
     summary = run("runs/digits", metric="pixel", delta_m=2.0, delta_s=1.5, names=["16"])
     result = emm("runs/emm", config, k_grid=[250, 500, 1000, 2000])  # train/sample/classify on demand
 
-Inputs (bin/train.py, bin/sample.py):
-  W/config.json                 the config; `builders.model_specs` gives each model's training set (K, H, W, C)
-  W/samples/<K>.npz             samples (N, H, W, C) float32 in [-1, 1], seeds (N,), step, sampler
-  W/samples/<K>@<step>.npz      optional samples of an earlier checkpoint (for the max over snapshots)
-  W/samples/optimal/<K>.npz     optional samples of the empirical optimal denoiser (step -1)
+Inputs (bin/train.py, bin/sample.py; layout in `diffmem.workdir`):
+  the config and each model's training set (K, H, W, C)
+  the sample set of each model: samples (N, H, W, C) float32 in [-1, 1] with their seeds, step and sampler
+    (the union of its shards), optional sets of earlier checkpoints (for the max over snapshots) and of the
+    empirical optimal denoiser (step -1)
 Per model (a trained K, or the optimal denoiser of the same K points):
   * pixel L2 (flattened images) to the nearest and second-nearest training image -> Gu et al.'s ratio:
-    memorized iff d1 / d2 < 1/3, reported as the maximum over the snapshots (`<K>.npz` and `<K>@<step>.npz`);
+    memorized iff d1 / d2 < 1/3, reported as the maximum over the snapshots (the latest and earlier checkpoints' samples);
   * d_m, d_s: distance to the nearest training image and to the nearest *other* sample (self excluded by
     index) in the classification metric -- LPIPS (AlexNet; `lpips.features` then the tiled k-NN) by default,
     or pixel L2 -- and Pham et al.'s labels memorized (d_m <= delta_m) / spurious (d_s <= delta_s) /
     generalized;
-  * W/classify/<K>.npz, <K>.json (W/classify/optimal/... for the optimal denoiser), see `NPZ_KEYS`.
+  * classify/<K>.npz, <K>.json (classify/optimal/... for the optimal denoiser), see `NPZ_KEYS`.
 A model whose results are newer than its sample files and used the same settings is skipped; new thresholds
-with the same metric relabel the stored distances; a new metric recomputes. Then W/classify/summary.json,
+with the same metric relabel the stored distances; a new metric recomputes. Then classify/summary.json,
 report.md and figures: ratio and class fractions vs K (optimal denoiser beside trained), and per model an
 image panel (for each class a few rows: sample | nearest training image | nearest other sample).
 """
@@ -27,19 +27,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from typing import Callable, Sequence
 
 import numpy as np
 
-from diffmem import builders, checkpoint, configlib, generate, report, viz
+from diffmem import configlib, generate, report, viz
+from diffmem.errors import InputError, MissingInputError
+from diffmem.workdir import Workdir, read_sample_files, sort_key
 from diffmem.metrics import classify, distances, memorization
 
 import matplotlib.pyplot as plt  # noqa: E402  (after viz, which selects the Agg backend)
 
 METRICS = ("lpips", "pixel")
 DEFAULT_DELTAS = {"lpips": (0.03, 0.02)}  # Pham et al.'s published example thresholds (LPIPS units)
-KINDS = {"trained": "", "optimal": "optimal"}  # kind -> sub-folder of samples/ and classify/
+KINDS = ("trained", "optimal")
 NPZ_KEYS = {
     "seeds": "(N,) int64 sample seeds",
     "labels": "(N,) int8 Pham class: 0 memorized, 1 spurious, 2 generalized (classify.NAMES)",
@@ -53,7 +54,6 @@ NPZ_KEYS = {
     "sample_idx": "(N,) int64 its index",
     "gu_memorized": "(N,) bool d1 / d2 < 1/3",
 }
-_FILE = re.compile(r"^(?P<name>\d+(?:_s\d+)?)(?:@(?P<step>-?\d+))?\.npz$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,15 +74,15 @@ def make_settings(metric: str = "lpips", delta_m: float | None = None, delta_s: 
                   lpips_net: str = "alexnet") -> Settings:
     """Validated Settings; LPIPS thresholds default to Pham et al.'s 0.03 / 0.02, pixel ones must be given."""
     if metric not in METRICS:
-        raise ValueError(f"Unknown metric {metric!r}; choose one of {METRICS}.")
+        raise InputError(f"Unknown metric {metric!r}; choose one of {METRICS}.")
     if metric not in DEFAULT_DELTAS and (delta_m is None or delta_s is None):
-        raise ValueError(f"metric={metric!r} has no published thresholds: pass both delta_m and delta_s in "
+        raise InputError(f"metric={metric!r} has no published thresholds: pass both delta_m and delta_s in "
                          "pixel L2 units (flattened images in [-1, 1]; e.g. --delta_m=1.0 --delta_s=1.0), or "
                          "use metric='lpips'.")
     dm, ds = DEFAULT_DELTAS.get(metric, (None, None))
     dm, ds = float(dm if delta_m is None else delta_m), float(ds if delta_s is None else delta_s)
     if dm < 0 or ds < 0:
-        raise ValueError(f"Thresholds must be >= 0; got delta_m={dm}, delta_s={ds}.")
+        raise InputError(f"Thresholds must be >= 0; got delta_m={dm}, delta_s={ds}.")
     return Settings(metric, dm, ds, lpips_net if metric == "lpips" else "")
 
 
@@ -104,10 +104,10 @@ def neighbours(samples: np.ndarray, train: np.ndarray, settings: Settings, *, lp
     samples, train = np.asarray(samples, np.float32), np.asarray(train, np.float32)
     n, m = len(samples), len(train)
     if samples.shape[1:] != train.shape[1:]:
-        raise ValueError(f"Samples of shape {samples.shape[1:]} cannot be compared with training images of shape "
+        raise InputError(f"Samples of shape {samples.shape[1:]} cannot be compared with training images of shape "
                          f"{train.shape[1:]}: were they sampled from this workdir's models?")
     if n < 2 or m < 1:
-        raise ValueError(f"Need >= 2 samples (nearest *other* sample) and >= 1 training image; got {n} and {m}.")
+        raise InputError(f"Need >= 2 samples (nearest *other* sample) and >= 1 training image; got {n} and {m}.")
     _, i = distances.knn(samples, train, min(2, m), mesh=mesh, **_tiles(n, m))
     if m == 1:
         i = np.pad(i, ((0, 0), (0, 1)), constant_values=-1)
@@ -121,7 +121,7 @@ def neighbours(samples: np.ndarray, train: np.ndarray, settings: Settings, *, lp
     else:
         from diffmem.metrics import lpips
         if lpips_weights is None:
-            raise ValueError("metric='lpips' needs lpips_weights (diffmem.metrics.lpips.load_weights('alexnet')).")
+            raise InputError("metric='lpips' needs lpips_weights (diffmem.metrics.lpips.load_weights('alexnet')).")
         dm, im = lpips.lpips_knn(lpips_weights, samples, train, 1, mesh=mesh, **_tiles(n, m))
         dd, jd = lpips.lpips_knn(lpips_weights, samples, samples, 1, exclude_self_offset=0, mesh=mesh,
                                  **_tiles(n, n))
@@ -162,51 +162,46 @@ def gu_ratio(samples: np.ndarray, train: np.ndarray, mesh=None) -> float | None:
 # ------------------------------------------------------------------------------------------ one model
 @dataclasses.dataclass(frozen=True)
 class SampleSet:
-    """A model's sample files: `latest` (samples/<name>.npz) and earlier `snapshots` {step: path}."""
+    """A model's sample files (shards): `latest` (latest checkpoint, or the optimal denoiser) and earlier
+    `snapshots` {step: files}."""
     name: str
     kind: str  # "trained" | "optimal"
-    latest: str
+    latest: tuple
     snapshots: dict
 
     @property
     def key(self) -> str:
         return self.name if self.kind == "trained" else f"optimal/{self.name}"
 
+    @property
+    def files(self) -> list[str]:
+        return [*self.latest, *(f for files in self.snapshots.values() for f in files)]
+
 
 def find_samples(workdir: str) -> list[SampleSet]:
-    """The sample sets in workdir/samples (trained) and workdir/samples/optimal, sorted by K.
-    Snapshot files without their latest file (sampling unfinished) are ignored."""
-    sets = []
-    for kind, sub in KINDS.items():
-        folder = os.path.join(workdir, "samples", sub)
-        found: dict[str, dict] = {}
-        for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            match = _FILE.match(f)
-            if match:
-                step = match["step"]
-                found.setdefault(match["name"], {})[None if step is None else int(step)] = os.path.join(folder, f)
-        for name, files in found.items():
-            if None in files:
-                latest = files.pop(None)
-                sets.append(SampleSet(name, kind, latest, dict(sorted(files.items()))))
-    return sorted(sets, key=lambda s: (s.kind != "trained", checkpoint.sort_key(s.name)))
+    """The sample sets of the trained models and of the optimal denoiser, sorted by K. Snapshot sets
+    without their latest set (sampling unfinished) are ignored."""
+    wd = Workdir(workdir)
+    found: dict[tuple, dict] = {}
+    for name, kind, step in wd.sample_sets():
+        found.setdefault((name, kind), {})[step] = tuple(wd.sample_files(name, kind, step))
+    sets = [SampleSet(name, kind, files.pop(None), dict(sorted(files.items())))
+            for (name, kind), files in found.items() if None in files]
+    return sorted(sets, key=lambda s: (s.kind != "trained", sort_key(s.name)))
 
 
 def _outputs(workdir: str, sset: SampleSet) -> tuple[str, str]:
-    base = os.path.join(workdir, "classify", KINDS[sset.kind], sset.name)
-    return base + ".npz", base + ".json"
+    return Workdir(workdir).classify_paths(sset.name, sset.kind)
 
 
-def _load_samples(path: str) -> dict:
-    z = report.read_npz(path)
-    if "samples" not in z:
-        raise ValueError(f"{path} has no 'samples' array (keys {sorted(z)}); write it with bin/sample.py.")
-    x = z["samples"]
+def _load_samples(files: Sequence[str]) -> dict:
+    """The union of a set's shards (`Workdir.read_samples`), checked to be finite images."""
+    data = read_sample_files(files)
+    x = data["samples"]
     if x.ndim != 4 or not np.all(np.isfinite(x)):
-        raise ValueError(f"{path}: samples must be finite (N, H, W, C) images; got shape {x.shape}"
+        raise InputError(f"{files[0]}: samples must be finite (N, H, W, C) images; got shape {x.shape}"
                          f"{'' if x.ndim != 4 else ' with non-finite values'}.")
-    return dict(samples=x.astype(np.float32), seeds=z.get("seeds", np.arange(len(x))).astype(np.int64),
-                step=int(z.get("step", -1)), sampler=str(z.get("sampler", "")))
+    return data
 
 
 def _existing(workdir: str, sset: SampleSet) -> dict | None:
@@ -222,7 +217,7 @@ def _existing(workdir: str, sset: SampleSet) -> dict | None:
         return None
     if not isinstance(meta, dict) or not {"settings", "ratio_by_step", "inputs"} <= set(meta):
         return None  # results of another format: recompute
-    inputs = [sset.latest, *sset.snapshots.values()]
+    inputs = sset.files
     if sorted(meta["inputs"]) != sorted(os.path.relpath(p, workdir) for p in inputs):
         return None
     newest_input = max(os.stat(p).st_mtime_ns for p in inputs)
@@ -266,7 +261,7 @@ def classify_model(workdir: str, sset: SampleSet, train: np.ndarray, k: int, set
         memorization_ratio=best, ratio_step=best_step, ratio_latest=by_step[data["step"]],
         ratio_by_step={str(s): r for s, r in sorted(by_step.items())},
         median_d_m=float(np.median(arrays["d_m"])), median_d_s=float(np.median(arrays["d_s"])),
-        inputs=sorted(os.path.relpath(p, workdir) for p in [sset.latest, *sset.snapshots.values()]),
+        inputs=sorted(os.path.relpath(p, workdir) for p in sset.files),
         arrays={key: NPZ_KEYS[key] for key in NPZ_KEYS})
     report.write_json(json_path, meta)
     return meta, status
@@ -282,18 +277,18 @@ def run(workdir: str, *, metric: str = "lpips", delta_m: float | None = None, de
      "not_included": {key: reason}, "figures": [paths]} with meta as in classify/<name>.json.
     """
     settings = make_settings(metric, delta_m, delta_s, lpips_net)
-    config = generate.load_config(workdir)
-    specs = {s.name: s for s in builders.model_specs(config)}
+    wd = Workdir(workdir)
+    specs = {s.name: s for s in wd.specs()}
     sets = find_samples(workdir)
     if not sets:
-        raise FileNotFoundError(f"No samples in {os.path.join(workdir, 'samples')}: sample the models first "
+        raise MissingInputError(f"No samples in {workdir}: sample the models first "
                                 f"(python bin/sample.py --workdir={workdir} --seeds=0-999).")
     wanted = None if names is None else [str(n) for n in names]
     if wanted is not None:
         missing = [n for n in wanted if n not in {s.name for s in sets}]
         if missing:
-            have = sorted({s.name for s in sets}, key=checkpoint.sort_key)
-            raise FileNotFoundError(f"No samples for K = {missing} in {workdir}/samples (have {have}); sample "
+            have = sorted({s.name for s in sets}, key=sort_key)
+            raise MissingInputError(f"No samples for K = {missing} in {workdir} (have {have}); sample "
                                     f"them with python bin/sample.py --workdir={workdir} --k={','.join(missing)}.")
     weights = []
 
@@ -303,13 +298,13 @@ def run(workdir: str, *, metric: str = "lpips", delta_m: float | None = None, de
             weights.append(lpips.load_weights(settings.lpips_net))
         return weights[0]
 
-    out_dir = os.path.join(workdir, "classify")
+    out_dir = wd.classify_dir()
     panels: list[str | None] = []
-    summary = dict(workdir=os.path.abspath(workdir), settings=dataclasses.asdict(settings), units=settings.units,
+    summary = dict(workdir=os.path.basename(os.path.abspath(workdir)), settings=dataclasses.asdict(settings), units=settings.units,
                    trained={}, optimal={}, status={}, not_included={}, figures=[])
     for sset in sets:
         if sset.name not in specs:
-            summary["not_included"][sset.key] = f"no model {sset.name!r} in {workdir}/config.json"
+            summary["not_included"][sset.key] = f"no model {sset.name!r} in the workdir's config"
             continue
         spec = specs[sset.name]
         if wanted is not None and sset.name not in wanted:
@@ -331,9 +326,10 @@ def run(workdir: str, *, metric: str = "lpips", delta_m: float | None = None, de
                 panel = draw_panels(panel, workdir, sset, spec.data, meta, rows_per_class)
             panels.append(panel)
     if figures:
-        summary["figures"] = _curves(out_dir, summary) + [p for p in panels if p]
+        figs = _curves(out_dir, summary) + [p for p in panels if p]
+        summary["figures"] = [wd.relative(p) for p in figs]  # reports hold no absolute paths
     report.write_json(os.path.join(out_dir, "summary.json"), summary)
-    _markdown(os.path.join(out_dir, "report.md"), summary)
+    _markdown(os.path.join(out_dir, "report.md"), summary, [wd.path_of(p) for p in summary["figures"]])
     return summary
 
 
@@ -407,7 +403,7 @@ def _curves(out_dir: str, summary: dict) -> list[str]:
     return figs
 
 
-def _markdown(path: str, summary: dict) -> str:
+def _markdown(path: str, summary: dict, figures: Sequence[str]) -> str:
     s = summary["settings"]
     cols = ["K", "name", "samples", "step", "ratio", "ratio step", "memorized", "spurious", "generalized",
             "median d_m", "median d_s"]
@@ -416,7 +412,7 @@ def _markdown(path: str, summary: dict) -> str:
                  "training image, d_s: nearest other sample). Memorization ratio (Gu et al.): fraction of samples "
                  "with d1/d2 < 1/3 in pixel L2, maximum over the sampled snapshots.")]
     for kind, head in (("trained", "Trained models"), ("optimal", "Empirical optimal denoiser")):
-        metas = sorted(summary[kind].values(), key=lambda m: checkpoint.sort_key(m["name"]))
+        metas = sorted(summary[kind].values(), key=lambda m: sort_key(m["name"]))
         rows = [dict(K=m["k"], name=m["name"], samples=m["num_samples"], step=m["step"],
                      ratio="n/a (K < 2)" if m["memorization_ratio"] is None else m["memorization_ratio"],
                      **{"ratio step": m["ratio_step"], "median d_m": m["median_d_m"], "median d_s": m["median_d_s"]},
@@ -426,13 +422,10 @@ def _markdown(path: str, summary: dict) -> str:
     if summary["not_included"]:
         sections.append(("Not included", "".join(f"- {k}: {v}\n" for k, v in summary["not_included"].items())))
     return report.write_markdown(path, "Memorization: Gu et al.'s ratio and Pham et al.'s classes", sections,
-                                 summary["figures"])
+                                 figures)
 
 
 # ------------------------------------------------------------------------------ effective model memorization
-_FREE_KEYS = ("sample", "study", "log_every", "keep_checkpoints")  # keys that do not change a trained model
-
-
 def config_for_k(config, k: int):
     """A copy of `config` training one model on K = `k` examples (data.k replaced; a seed sweep is refused)."""
     d = json.loads(configlib.to_json(config))
@@ -459,11 +452,11 @@ def emm(root: str, config, k_grid: Sequence[int], *, seeds: Sequence[int] | None
     Each K gets its own workdir root/k<K> holding one model trained with `config_for_k(config, K)`.
     `metrics.memorization.find_emm` brackets on `k_grid` and bisects in log K; a K is evaluated by
       1. its finished classification (root/k<K>/classify/<K>.json, same settings, newer than the samples), or
-      2. classifying its existing samples (root/k<K>/samples/<K>.npz; `run` with these settings), or
+      2. classifying its existing samples (`run` with these settings), or
       3. `runner(config_K, workdir, seeds, sampler)` (default `train_and_sample`: diffmem.train then
          diffmem.generate) followed by 2.
-    A K's workdir whose config.json differs from config_K (beyond sampling/report settings) is an error: its
-    results belong to another experiment. root/emm.json is rewritten after every new K and at the end:
+    A K's workdir whose config.json differs from config_K (beyond `workdir.RERUN_KEYS`, steps included) is an
+    error: its results belong to another experiment. root/emm.json is rewritten after every new K and at the end:
     {"result": find_emm's dict (emm, bracket, status, ratios, history), "runs": {K: how it was obtained},
      "settings": {...}}.
 
@@ -474,13 +467,13 @@ def emm(root: str, config, k_grid: Sequence[int], *, seeds: Sequence[int] | None
       seeds, sampler: what the runner samples (default: range(config.sample.num), config.sample.sampler).
       level, tolerance: see `find_emm` (tolerance=0 bisects to the exact integer K).
       metric, delta_m, delta_s, lpips_net: the classification settings of `run`.
-      runner: replaces `train_and_sample` (tests, cluster launchers); must write samples/<K>.npz.
+      runner: replaces `train_and_sample` (tests, cluster launchers); must write model K's samples.
       figures: draw each K's figures (`run`).
     """
     settings = make_settings(metric, delta_m, delta_s, lpips_net)
     grid = sorted({int(k) for k in k_grid})
     if not grid or grid[0] < 2:
-        raise ValueError(f"k_grid = {list(k_grid)}: give K values >= 2 (the ratio d1/d2 needs two training images).")
+        raise InputError(f"k_grid = {list(k_grid)}: give K values >= 2 (the ratio d1/d2 needs two training images).")
     seeds = np.arange(config.sample.num) if seeds is None else np.asarray(seeds, np.int64)
     sampler = sampler or config.sample.sampler
     runner = runner or (lambda c, w, s, smp: train_and_sample(c, w, s, smp, progress))
@@ -494,19 +487,19 @@ def emm(root: str, config, k_grid: Sequence[int], *, seeds: Sequence[int] | None
         config_k = config_for_k(config, k)
         _check_same_experiment(workdir, config_k)
         source = "samples reused"
-        if not os.path.exists(os.path.join(workdir, "samples", f"{name}.npz")):
+        if not Workdir(workdir).has_samples(name):
             if log:
                 log(f"EMM: K = {k}: training and sampling into {workdir}")
             runner(config_k, workdir, seeds, sampler)
             source = "trained and sampled"
-            if not os.path.exists(os.path.join(workdir, "samples", f"{name}.npz")):
-                raise FileNotFoundError(f"The EMM runner did not write {workdir}/samples/{name}.npz.")
+            if not Workdir(workdir).has_samples(name):
+                raise MissingInputError(f"The EMM runner did not write the samples of K = {k} in {workdir}.")
         summary = run(workdir, metric=settings.metric, delta_m=settings.delta_m, delta_s=settings.delta_s,
                       names=[name], lpips_net=lpips_net, figures=figures, log=None)
         meta = summary["trained"][name]
         if summary["status"][name] == "skipped" and source == "samples reused":
             source = "classification reused"
-        runs[name] = dict(workdir=workdir, source=source, ratio=meta["memorization_ratio"], step=meta["step"],
+        runs[name] = dict(workdir=os.path.relpath(workdir, root), source=source, ratio=meta["memorization_ratio"], step=meta["step"],
                           num_samples=meta["num_samples"], fractions=meta["fractions"])
         if log:
             log(f"EMM: K = {k}: memorization ratio {meta['memorization_ratio']:.4f} ({source})")
@@ -523,13 +516,8 @@ def emm(root: str, config, k_grid: Sequence[int], *, seeds: Sequence[int] | None
 
 
 def _check_same_experiment(workdir: str, config) -> None:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        old = json.load(f)
-    new = json.loads(configlib.to_json(config))
-    diff = sorted(k for k in set(old) | set(new) if k not in _FREE_KEYS and old.get(k) != new.get(k))
-    if diff:
-        raise configlib.ConfigError(f"{workdir} holds a run of a different config (differs in {diff}); its results "
-                                    "would mix two experiments: use a new root, or the same config.")
+    """Refuse a K workdir of another config: its samples would mix two experiments (steps count too)."""
+    try:
+        Workdir(workdir).check_config(config, keep_steps=True)
+    except configlib.ConfigError as e:
+        raise configlib.ConfigError(f"{e} Its results would mix two experiments: use a new root.") from None

