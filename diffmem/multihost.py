@@ -16,14 +16,15 @@ from diffmem.errors import DiffmemError
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+               process_id: int | None = None, *, timeout_s: int = 300) -> None:
     """Join the jax.distributed cluster; without arguments JAX detects SLURM, Open MPI or a TPU pod (or
-    reads JAX_COORDINATOR_ADDRESS). On CPU the processes talk through gloo (JAX's default). Idempotent."""
+    reads JAX_COORDINATOR_ADDRESS). On CPU the processes talk through gloo (JAX's default). timeout_s: how
+    long to wait for every process to connect. Idempotent."""
     if jax.distributed.is_initialized():
         return
     try:
         jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id)
+                                   process_id=process_id, initialization_timeout=timeout_s)
     except (RuntimeError, ValueError, TypeError) as e:
         raise DiffmemError(
             f"jax.distributed.initialize failed ({type(e).__name__}: {e}). Run under SLURM / Open MPI, or give "

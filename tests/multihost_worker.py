@@ -64,7 +64,7 @@ def main(argv):
     from diffmem import multihost
     if cluster:
         coordinator, num_processes, process_id = cluster
-        multihost.initialize(coordinator, int(num_processes), int(process_id))
+        multihost.initialize(coordinator, int(num_processes), int(process_id), timeout_s=90)
     import jax
     result = run(workdir)
     np.savez(os.path.join(out, f"result{jax.process_index()}.npz"), **result)

@@ -171,3 +171,13 @@ def test_cli_reports_diffmem_errors_and_lets_bugs_through():
     assert issubclass(configlib.ConfigError, DiffmemError) and issubclass(train.TrainingDiverged, DiffmemError)
     assert issubclass(checkpoint.CheckpointError, DiffmemError)
     assert "--num_processes" in _cli(lambda argv: None, "--debug=false", "--coordinator=127.0.0.1:1")
+
+
+def test_distributed_start_after_jax_started_is_a_clear_error():
+    import jax
+
+    from diffmem import multihost
+    jax.devices()  # JAX has computed: too late to join a cluster
+    with pytest.raises(DiffmemError, match="before any JAX computation"):
+        multihost.initialize("127.0.0.1:1", 2, 0, timeout_s=5)
+    assert not jax.distributed.is_initialized()
