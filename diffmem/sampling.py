@@ -12,6 +12,7 @@ and any split of a seed range across calls, devices, hosts or jobs gives identic
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import math
@@ -386,7 +387,12 @@ def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Me
         # Each device runs the one-device program on its own block (dispatched asynchronously, so they run
         # side by side): a program partitioned over a mesh is compiled differently (other fusions, so other
         # fused multiply-adds) from the one-device program, and its bits would depend on the device count.
-        blocks = [run(shard.data) for shard in jax.device_put(padded, sharding).addressable_shards]
+        shards = jax.device_put(padded, sharding).addressable_shards
+        if len(shards) == 1:
+            blocks = [run(shards[0].data)]
+        else:  # the first call compiles once per device: in threads, side by side
+            with concurrent.futures.ThreadPoolExecutor(len(shards)) as pool:
+                blocks = list(pool.map(lambda shard: run(shard.data), shards))
         out = jax.make_array_from_single_device_arrays((rows,) + blocks[0].shape[1:], sharding, blocks)
         if not out.is_fully_addressable:  # a mesh over several processes (jax.distributed): every host gets all
             from diffmem import multihost

@@ -186,11 +186,11 @@ def make_batch(data: jax.Array, k: jax.Array, batch: jax.Array, step: jax.Array,
 def _permutation(key: jax.Array, k: jax.Array, k_max: int) -> jax.Array:
     """A uniformly random order of rows 0..k-1, followed by the padding rows k..k_max-1: (k_max,) int32.
 
-    A uniform permutation of all k_max rows (`jax.random.permutation`), then the rows >= k moved to the end
-    by a stable sort on "is padding": the valid rows keep their relative order, which is uniform.
+    A uniform permutation of all k_max rows (`jax.random.permutation`), then a stable sort that keeps the
+    valid rows first, in their (uniform) relative order, and puts the padding rows after them in order.
     """
     perm = jax.random.permutation(key, k_max).astype(jnp.int32)
-    return perm[jnp.argsort(perm >= k, stable=True)]
+    return perm[jnp.argsort(jnp.where(perm < k, -1, perm), stable=True)]
 
 
 # ------------------------------------------------------------------------- 3. compiled loop over a sweep
