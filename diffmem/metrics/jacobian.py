@@ -225,5 +225,5 @@ def plot_rank_vs_snr(result: dict, path: str, *, title: str = "", reference: dic
     ax.set_title(title or f"Jacobian rank, n = {result['n']}")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from diffmem import viz
+    viz.save_figure(fig, path, dpi=120)  # atomic, process 0 only
