@@ -214,7 +214,7 @@ def critical_time_figure(workdir: str, kind: str = "trained") -> str | None:
     for j, source in enumerate(data):
         for ax, which in zip(axes, (0, 1)):
             vals = [np.median(data[source][k][which], axis=1) for k in ks if k in data[source]]
-            pos = [ks.index(k) + 0.2 * (j - 1) for k in ks if k in data[source]]
+            pos = [ks.index(k) + 0.2 * (j - (len(data) - 1) / 2) for k in ks if k in data[source]]
             parts = ax.violinplot(vals, positions=pos, widths=0.18, showmedians=True)
             for b in parts["bodies"]:
                 b.set_color(colors[source])
@@ -412,7 +412,7 @@ def _energy_figure(wd: Workdir, results: dict, kind: str) -> str | None:
             ax.plot(r["a"], p.mean(0), color=f"C{int(c)}", label=f"{labels[int(c)]} ({len(p)})")
             ax.fill_between(r["a"], np.percentile(p, 25, 0), np.percentile(p, 75, 0), color=f"C{int(c)}", alpha=0.2)
         ax.set_title(f"K = {name}")
-        ax.set_xlabel("a (x -> nearest training image)")
+        ax.set_xlabel("a: x(a) = cos(a) x + sin(a) r")
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("E(a) - E(0)")
     fig.tight_layout()
