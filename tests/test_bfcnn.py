@@ -93,3 +93,20 @@ def test_blind_loss_noise_law_and_reduction():
     s, _ = losses.blind_noise(jax.random.key(1), jnp.zeros((4000, 1)))
     u = np.sort(np.sqrt(255 * np.asarray(s)) / np.sqrt(255))
     assert np.abs(u - (np.arange(1, 4001) - 0.5) / 4000).max() < 0.03 and float(s.max()) <= 1.0
+
+
+def test_upconv_is_pytorch_conv_transpose_k2_s2():
+    x = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
+    up = bfcnn.UpConv2(6)
+    v = up.init(jax.random.key(0), x)
+    w = np.asarray(v["params"]["kernel"])  # (a, b, c, o)
+    ref = np.zeros((2, 6, 8, 6), np.float32)
+    for i in range(3):
+        for j in range(4):
+            for a in range(2):
+                for b in range(2):
+                    ref[:, 2 * i + a, 2 * j + b] = x[:, i, j] @ w[a, b]
+    np.testing.assert_allclose(up.apply(v, x), ref, rtol=1e-5, atol=1e-5)
+    # PyTorch's ConvTranspose2d fan_in quirk: fan_in = out channels x k^2 = 256 -> std sqrt(2 / 256).
+    big = bfcnn.UpConv2(64).init(jax.random.key(1), jnp.zeros((1, 2, 2, 128)))["params"]["kernel"]
+    assert abs(float(jnp.std(big)) - np.sqrt(2 / 256)) < 0.01

@@ -58,6 +58,26 @@ class BFBatchNorm(nn.Module):
         return gamma * x / sd
 
 
+def _avg_pool2(x: jax.Array) -> jax.Array:
+    """2x2 average pooling, stride 2, as a reshape and mean (XLA's CPU reduce_window gradient is slow)."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+class UpConv2(nn.Module):
+    """ConvTranspose2d(k=2, s=2, no bias) as PyTorch defines it: out[2i+a, 2j+b, o] = sum_c x[i, j, c] W[a, b, c, o].
+    The 2x2 stride-2 windows do not overlap, so it is one matmul and a reshape (XLA's CPU runs the
+    input-dilated convolution flax's ConvTranspose lowers to several times slower)."""
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", _KAIMING_CONVT, (2, 2, x.shape[-1], self.features))
+        n, h, w, _ = x.shape
+        y = jnp.einsum("nhwc,abco->nhawbo", x, kernel)
+        return y.reshape(n, 2 * h, 2 * w, self.features)
+
+
 def _conv(features: int, name: str | None = None) -> nn.Conv:
     return nn.Conv(features, (3, 3), padding=1, use_bias=False, kernel_init=_KAIMING, name=name)
 
@@ -95,13 +115,12 @@ class BFUNet(nn.Module):
             for i in range(self.num_enc_conv):
                 x = nn.relu(_conv(ch)(x)) if (b == 0 and i == 0) else conv_bn_relu(x, ch)
             skips.append(x)
-            x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+            x = _avg_pool2(x)
         for _ in range(self.num_mid_conv):
             x = conv_bn_relu(x, self.num_kernels * 2 ** self.num_blocks)
         for b in reversed(range(self.num_blocks)):
             ch = self.num_kernels * 2 ** b
-            x = nn.ConvTranspose(ch, (2, 2), strides=(2, 2), padding="VALID", use_bias=False,
-                                 kernel_init=_KAIMING_CONVT)(x)
+            x = UpConv2(ch)(x)
             x = jnp.concatenate([x, skips[b]], axis=-1)
             for i in range(self.num_dec_conv):
                 last = b == 0 and i == self.num_dec_conv - 1
