@@ -14,7 +14,11 @@ Design:
     padded to the largest K and masked), groups with different batch sizes run side by side in the
     scan body, so a K = 2 model does not pay for a K = 1000 batch.
   * Data parallel: the batch axis is sharded over a 1-D device `Mesh` ("data") with `NamedSharding`; the
-    same code runs on 1 CPU, 8 fake CPU devices or many accelerators (params are replicated).
+    same code runs on 1 CPU, 8 fake CPU devices or many accelerators (params are replicated). Under
+    jax.distributed the mesh spans every process: each process holds the same training sets and keys, so
+    builds the same global batch, and keeps its devices' rows; only process 0 writes config.json and
+    metrics.jsonl (orbax checkpoints are written jointly), and a lock (`diffmem.lock`) keeps a second
+    training out of the workdir.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffmem import atomic, builders, checkpoint, configlib, cpu_parallel, lock, multihost, report, sampling, schedules
 from diffmem import workdir as workdir_lib
-from diffmem.errors import DiffmemError
+from diffmem.errors import DiffmemError, WriteError
 
 MATMUL_PRECISIONS = ("default", "bfloat16", "tensorfloat32", "float32", "highest")
 
@@ -471,7 +475,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
     end = max(totals)
     bar = _progress(end, start, names, progress)
     step, window_t, window_steps = start, time.perf_counter(), 0
-    with report.JsonlAppender(metrics_path) as metrics_file, matmul_precision(config):
+    with report.JsonlAppender(metrics_path) as metrics_file, matmul_precision(config), _checkpoint_writes(workdir):
         while step < end:
             target = min((step // config.steps_per_call + 1) * config.steps_per_call, end)
             counts = [max(0, min(target, t) - s) for t, s in zip(totals, group_step)]
@@ -504,10 +508,24 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
                         checkpoint.save(managers[specs[i].name], at, member.as_dict())
                     last_saved[g] = at
     bar.close()
-    for m in managers.values():
-        m.wait_until_finished()
+    with _checkpoint_writes(workdir):
+        for m in managers.values():
+            m.wait_until_finished()
     return {specs[i].name: jax.tree.map(lambda x: x[j], stacked[g])
             for g, idx in enumerate(groups) for j, i in enumerate(idx)}
+
+
+@contextlib.contextmanager
+def _checkpoint_writes(workdir: str):
+    """orbax's OSErrors (full disk, read-only or unwritable checkpoints/) as a `WriteError` naming the path."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, DiffmemError):
+            raise
+        raise WriteError(
+            f"Cannot write a checkpoint under {os.path.join(workdir, 'checkpoints')}: {e}. Free disk space or make "
+            "it writable, then rerun: training resumes from the last complete checkpoint.") from e
 
 
 def _nan_guard(losses, groups, specs, steps, last_saved, managers) -> None:

@@ -181,3 +181,16 @@ def test_distributed_start_after_jax_started_is_a_clear_error():
     with pytest.raises(DiffmemError, match="before any JAX computation"):
         multihost.initialize("127.0.0.1:1", 2, 0, timeout_s=5)
     assert not jax.distributed.is_initialized()
+
+
+def test_checkpoint_write_failure_is_a_write_error(tmp_path, monkeypatch, one_device):
+    """orbax raises a bare OSError when checkpoints/ cannot be written (measured: NotADirectoryError on the
+    step's temporary directory); training reports it naming the directory and what to do."""
+    def full_disk(mngr, step, tree):
+        raise OSError(errno.ENOSPC, "No space left on device", f"{mngr.directory}/{step}.orbax-checkpoint-tmp")
+
+    monkeypatch.setattr(checkpoint, "save", full_disk)
+    c = tiny_config(steps=10)
+    c.model.hidden, c.model.embed = 8, 8
+    with pytest.raises(WriteError, match=r"Cannot write a checkpoint under .*checkpoints.*No space left"):
+        train.train(c, str(tmp_path), progress=False)
