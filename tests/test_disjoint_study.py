@@ -29,16 +29,23 @@ def test_im_set_corr_and_closest_against_brute_force():
     np.testing.assert_allclose(disjoint.paired_corr(a, b[:3]), np.diag(c[:, :3]))
 
 
+def test_ns_capped_at_half_the_pool():
+    config = configlib.load_config_file("configs/kadkhodaie.py:data=digits,n=1+10+1000+5000")
+    assert disjoint.capped_ns(config, 1797) == (1, 10, 898)
+    assert disjoint.set_config(config, "last", (1, 898)).data.subset == "last"
+
+
 @pytest.mark.slow
 def test_end_to_end_tiny_digits(tmp_path, one_device):
     config = configlib.load_config_file(
-        "configs/kadkhodaie.py:data=digits,n=1+4,blocks=1,kernels=4,batch=8,steps=6,epoch_images=16,"
+        "configs/kadkhodaie.py:data=digits,n=4,blocks=1,kernels=4,batch=8,steps=6,epoch_images=16,"
         "halve_every=1,samples=2,max_iters=30")
     config.study.test_images = 8
     summary = disjoint.run_disjoint(config, str(tmp_path), progress=False)
-    assert summary["ns"] == [1, 4] and [r["steps"] for r in summary["rows"]] == [6, 6]
+    assert summary["ns"] == [4] and [r["steps"] for r in summary["rows"]] == [6]
     out = tmp_path / "disjoint"
-    for name in ("report.md", "summary.json", "four_rows.png", "similarity_hist.png", "psnr_vs_n.png", "N4.npz"):
+    for name in ("report.md", "summary.json", "four_rows.png", "similarity_hist.png", "psnr_vs_n.png", "N4.npz",
+                 "adaptive_basis_S1_N4.png"):
         assert (out / name).exists(), name
     z = np.load(out / "N4.npz")
     assert z["S1_samples"].shape == (2, 8, 8, 1) and z["S1_iterations"].shape == (2,)
@@ -59,3 +66,5 @@ def test_end_to_end_tiny_digits(tmp_path, one_device):
     for a, b in zip(jax.tree.leaves(tree["params"]), jax.tree.leaves(tree["ema_params"])):
         np.testing.assert_array_equal(a, b)
     assert len(open(os.path.join(tmp_path, "S1", "metrics.jsonl")).read().splitlines()) >= 1
+    b = summary["adaptive_basis"]
+    assert b["n"] == 64 and b["euler_residual"] < 1e-4 and np.isfinite(b["mse_slope"])  # bias-free: D(y) = J y

@@ -110,3 +110,29 @@ def eigenvector_panel(path: str, result: dict, shape: tuple[int, int], ks=None, 
         a.imshow(vecs[:, k].reshape(shape), cmap="gray", interpolation="nearest")
         a.set_title(f"k={k + 1}, lambda={lam[k]:.3f}", fontsize=6), a.axis("off")
     return viz.save_figure(fig, path)
+
+
+def basis_report(denoiser01, images01, out_dir: str, *, sigma: float = 0.1, sigmas=None, alpha: float | None = None,
+                 seed: int = 0, name: str = "adaptive_basis") -> dict:
+    """The analysis of one blind denoiser D(y) ([0, 1] units, y (B, H, W, C)) for a report: at the first image
+    + sigma z, the Jacobian's asymmetry, tr J, Euler residual, leading shrinkage factors and an eigenvector
+    panel (<out_dir>/<name>.png); and the MSE-vs-sigma slope on all `images01` (beside 2 alpha / (alpha + 1)
+    for C-alpha images when `alpha` is given). Returns a JSON-ready dict."""
+    import os
+    key = jax.random.key(seed)
+    x = jnp.asarray(images01[0])
+    y = x + sigma * jax.random.normal(key, x.shape, x.dtype)
+    d = lambda v, s: denoiser01(v)
+    a = analyse(d, y, sigma, clean=x)
+    n = a["eigenvalues"].size
+    ks = sorted({0, 1, 4, min(16, n - 1), n // 4, n // 2, n - 1})
+    panel = eigenvector_panel(os.path.join(out_dir, f"{name}.png"), a, x.shape[:2], ks=ks,
+                              title=f"sigma = {sigma:g}, tr J = {a['trace']:.1f} of {n}")
+    sigmas = np.logspace(-2, 0, 8) if sigmas is None else np.asarray(sigmas)
+    mses = mse_vs_sigma(d, images01, sigmas, jax.random.fold_in(key, 1))
+    out = dict(sigma=sigma, n=n, asymmetry=a["asymmetry"], trace=a["trace"], euler_residual=a["euler_residual"],
+               top_eigenvalues=a["eigenvalues"][:8].tolist(), sigmas=sigmas.tolist(), mse=mses.tolist(),
+               mse_slope=mse_slope(sigmas, mses), figure=panel)
+    if alpha is not None:
+        out["optimal_slope"] = c_alpha_optimal_slope(alpha)
+    return out

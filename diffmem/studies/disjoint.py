@@ -162,8 +162,17 @@ def run_disjoint(config: ml_collections.ConfigDict, workdir: str, *, num_samples
                    sigmas_255=(sigmas * 255).tolist(), rows=rows,
                    psnr={str(n): {lab: dict(train=per_n[n][0][lab]["psnr_train"], test=per_n[n][0][lab]["psnr_test"])
                                   for lab, _ in SETS} for n in ns})
+    # The adaptive basis of the largest-N S1 model at a held-out image (C-alpha: its MSE slope vs the optimum).
+    from diffmem.metrics import adaptive_basis
+    spec = sides["S1"][1][ns[-1]]
+    variables, _ = _restore_variables(sides["S1"][0], spec, os.path.join(workdir, "S1"))
+    source = str(config.data.get("source", ""))
+    alpha = float(source.split("alpha=")[1].split(",")[0]) if source.startswith("calpha:alpha=") else None
+    summary["adaptive_basis"] = adaptive_basis.basis_report(
+        functools.partial(apply01, variables), pool01[test_rows["S1"]], out_dir, alpha=alpha,
+        name=f"adaptive_basis_S1_N{ns[-1]}")
     report.write_json(os.path.join(out_dir, "summary.json"), summary)
-    figures = [_histograms(os.path.join(out_dir, "similarity_hist.png"), per_n),
+    figures = [summary["adaptive_basis"]["figure"],_histograms(os.path.join(out_dir, "similarity_hist.png"), per_n),
                _four_rows(os.path.join(out_dir, "four_rows.png"), per_n),
                _psnr_figure(os.path.join(out_dir, "psnr_vs_n.png"), per_n, sigmas)]
     _write_report(os.path.join(out_dir, "report.md"), summary, figures)
@@ -235,4 +244,16 @@ def _write_report(path: str, summary: dict, figures: list[str]) -> str:
                   f"S2 = last N; {len(summary['seeds'])} seeds shared by both models (same noise stream)."),
         ("Similarity per N", text + "\n\n" + table),
         ("Denoising PSNR (S1 model, [0, 1] units, peak 1)", report.markdown_table(psnr_rows, psnr_cols)),
+        ("Adaptive basis (S1 model of the largest N, one held-out image)", _basis_text(summary["adaptive_basis"])),
     ], figures)
+
+
+def _basis_text(b: dict) -> str:
+    text = (f"At sigma = {b['sigma']:g} ([0, 1] units): Jacobian asymmetry ||J - J^T|| / ||J|| = {b['asymmetry']:.3g}, "
+            f"effective dimension tr J = {b['trace']:.1f} of n = {b['n']}, Euler residual ||J y - D(y)|| / ||D(y)|| = "
+            f"{b['euler_residual']:.2g} (0 for a bias-free net), leading shrinkage factors "
+            f"{', '.join(f'{v:.3f}' for v in b['top_eigenvalues'][:5])}. MSE-vs-sigma log-log slope "
+            f"{b['mse_slope']:.3f}")
+    if "optimal_slope" in b:
+        text += f" (optimal for C-alpha: 2 alpha / (alpha + 1) = {b['optimal_slope']:.3f})"
+    return text + "."
