@@ -17,8 +17,10 @@ pooling down and nearest-neighbour up):
 
 Initialisation is EDM's: Xavier uniform with zero biases, the last conv of each block, the attention
 projection and the output conv scaled by 1e-5, the attention qkv by sqrt(0.2). Submodule and parameter
-names follow EDM's (`enc_32x32_block0/conv0`, `map_layer0`, ...), so its checkpoints map one-to-one (conv
-kernels transposed from OIHW to HWIO, Linear weights transposed).
+names follow EDM's (`enc_32x32_block0/conv0` for `enc.32x32_block0.conv0`, `map_layer0`, ...) and the qkv
+channel order is EDM's, so EDM's weights could be matched by name; diffmem ships no converter and does not
+test one (it would transpose conv kernels OIHW -> HWIO and Linear weights, and rename GroupNorm's weight to
+scale).
 
 Skip switches: `skip_connections` (one bool per encoder skip, Gu et al.'s `--skip-connections=1,1,0,...`)
 or `keep_skips_at` (the resolutions whose skips are kept). A disabled skip is, as in Gu et al.'s code,
