@@ -129,27 +129,37 @@ def test_train_step_ramps_lr_and_ema_from_images_seen():
     np.testing.assert_allclose(s2.params["w"], 0.1 * 0.25, rtol=1e-4)
 
 
-def tiny_sweep(k="100+101+300"):
+def tiny_sweep(k="100+149+300"):
     c = load("circle", f"k={k},batch=100")
     c.model.hidden, c.model.embed = 16, 8
     c.steps, c.steps_per_call, c.log_every, c.ckpt_every = 0, 10, 10, 10
-    # |D|-scaled: int(0.5 K / 50) kimg = 1, 1, 3 kimg -> 10, 10, 30 steps at batch 100.
-    c.schedule = image_configs.schedule_section(duration_mimg=0.5, scale_with_k=True)
+    # |D|-scaled, whole kimg: duration int(0.5 K / 50) = 1, 1, 3 kimg -> 10, 10, 30 steps at batch 100; lr ramp-up
+    # and EMA half-life int(0.7 K / 50) = 1, 2, 4 kimg (EDM's EMA rule, no EMA ramp-up).
+    c.schedule = image_configs.schedule_section(duration_mimg=0.5, lr_rampup_mimg=0.7, ema_halflife_mimg=0.7,
+                                                scale_with_k=True)
     return c
 
 
 def test_sweep_members_stop_at_their_own_step_and_resume(tmp_path, one_device):
     from diffmem import checkpoint
     c = tiny_sweep()
-    assert [schedules.member_schedule(c, k, 100).steps for k in (100, 101, 300)] == [10, 10, 30]
+    scheds = [schedules.member_schedule(c, k, 100) for k in (100, 149, 300)]
+    assert [(s.steps, s.lr_rampup_images, s.ema_halflife_images) for s in scheds] == [
+        (10, 1000, 1000), (10, 2000, 2000), (30, 4000, 4000)]
     assert train._groups(train.builders.model_specs(c), 1, steps=[10, 10, 30]) == [[0, 1], [2]]
     out = train.train(c, str(tmp_path / "sweep"), progress=False)
-    assert {n: int(s.step) for n, s in out.items()} == {"100": 10, "101": 10, "300": 30}
-    assert [checkpoint.latest_step(str(tmp_path / "sweep"), n) for n in ("100", "101", "300")] == [10, 10, 30]
+    assert {n: int(s.step) for n, s in out.items()} == {"100": 10, "149": 10, "300": 30}
+    assert [checkpoint.latest_step(str(tmp_path / "sweep"), n) for n in ("100", "149", "300")] == [10, 10, 30]
+    # K = 149 is vmapped with K = 100 but ramps its lr and averages its EMA over its own images: it equals its
+    # solo run (a lone group).
+    solo = train.train(tiny_sweep("149"), str(tmp_path / "solo"), progress=False)
+    for a, b in zip(jax.tree.leaves((out["149"].params, out["149"].ema_params)),
+                    jax.tree.leaves((solo["149"].params, solo["149"].ema_params))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     # Lose K = 300's last checkpoint: a rerun resumes it alone from step 20 and ends where it did.
     shutil.rmtree(tmp_path / "sweep" / "checkpoints" / "300" / "30")
     again = train.train(c, str(tmp_path / "sweep"), progress=False)
-    assert {n: int(s.step) for n, s in again.items()} == {"100": 10, "101": 10, "300": 30}
+    assert {n: int(s.step) for n, s in again.items()} == {"100": 10, "149": 10, "300": 30}
     for name in ("100", "300"):
         for a, b in zip(jax.tree.leaves(out[name].ema_params), jax.tree.leaves(again[name].ema_params)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
