@@ -31,10 +31,10 @@ def test_rank_99_rule():
 
 def test_randomized_rank_matches_exact(x64):
     rng = np.random.default_rng(1)
-    n = 300
+    n = 160
     u, _ = np.linalg.qr(rng.normal(size=(n, n)))
     v, _ = np.linalg.qr(rng.normal(size=(n, n)))
-    for decay in (0.9, 0.97):
+    for decay in (0.9, 0.96):                          # ranks 22 and 48: one and two sketch doublings
         j = (u * decay ** np.arange(n)) @ v.T
         exact = jacobian.jacobian_rank(j, method="exact")
         assert exact == jacobian.rank_99(decay ** np.arange(n))

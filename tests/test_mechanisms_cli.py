@@ -2,8 +2,6 @@
 sharded, settings guarded), Jacobian rank of MoLRG, and the relative energy against a closed form."""
 import math
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +11,6 @@ import pytest
 from diffmem import configlib, energy, report
 from diffmem.errors import InputError
 from diffmem.studies import mechanisms
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def test_ddpm_relative_energy_matches_closed_form(x64):
     """With the empirical denoiser, the DDPM force -beta_0 s - beta_0 x / 2 is the gradient of
@@ -34,49 +29,11 @@ def test_ddpm_relative_energy_matches_closed_form(x64):
     np.testing.assert_allclose(prof[:, ::40], exact, rtol=2e-3, atol=1e-6)
 
 
-def test_critical_times_driver_resumable_sharded_and_guarded(tmp_path):
-    config = configlib.load_config_file("configs/digits.py:k=2")
-    wd = str(tmp_path / "opt")
-    logs = []
-    kw = dict(samples="train", kind="optimal", metric="l2", delta=1.0, trials=4, config=config, log=logs.append,
-              progress=False)
-    out = mechanisms.critical_times(wd, stop=1, **kw)
-    shard = out["2"]
-    assert shard.endswith("train/optimal/2_0-1.npz")
-    r = report.read_npz(shard)
-    assert r["time"].shape == (1, 4) and int(r["k"]) == 2 and np.all(r["time"] >= 1)
-    assert np.all(r["time"] > 200)                # a training image of the optimal denoiser recovers far out
-    mechanisms.critical_times(wd, start=1, **kw)
-    merged = mechanisms.gather_critical_times(wd, kind="optimal")["train"][2]
-    assert merged[0].shape == (2, 4)
-    mechanisms.critical_times(wd, stop=1, **kw)
-    assert logs[-1].startswith("2: finished")
-    with pytest.raises(InputError, match="other settings"):
-        mechanisms.critical_times(wd, stop=1, **{**kw, "delta": 0.5})
-    with pytest.raises(InputError, match="delta is required"):
-        mechanisms.critical_times(wd, **{**kw, "delta": None})
-    assert os.path.exists(os.path.join(wd, "mechanisms", "critical_times", "critical_times_optimal.png"))
-
-
 @pytest.mark.slow
-def test_jacobian_rank_cli_on_molrg(tmp_path):
-    wd = str(tmp_path / "molrg")
-    cmd = [sys.executable, os.path.join(ROOT, "bin", "jacobian_rank.py"), "--config=configs/molrg.py:k=8",
-           f"--workdir={wd}", "--model=optimal", "--latents=2", "--subset=0,8,17"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = report.read_npz(os.path.join(wd, "mechanisms", "jacobian", "8_optimal.npz"))
-    assert r["rank"].shape == (3, 2) and int(r["n"]) == 48
-    assert np.all(r["rank"][0] <= 7)              # J = Cov(posterior) / sigma^2 has rank <= K - 1
-    assert np.all(r["rank"][-1] == 0)             # sigma 0.002: the optimal D copies one point, J = 0
-    assert np.isfinite(r["snr_speciation"])
-    assert os.path.exists(os.path.join(wd, "mechanisms", "jacobian", "rank_vs_snr_optimal.png"))
-
-
-@pytest.mark.slow
-def test_classes_from_classification_feed_critical_times_and_energy(tmp_path, one_device):
+def test_mechanisms_on_an_optimal_digits_workdir(tmp_path, one_device):
     """Optimal-denoiser samples of 4 digits, classified in pixel L2: the memorized ones (copies of training
-    images) are read in d_m order, scanned, and their energy paths to the nearest training image written."""
+    images) are read in d_m order and scanned in two shards (resumable, settings guarded); then their energy
+    paths to the nearest training image."""
     from diffmem import generate
     from diffmem.studies import memorization
     config = configlib.load_config_file("configs/digits.py:k=4")
@@ -85,11 +42,41 @@ def test_classes_from_classification_feed_critical_times_and_energy(tmp_path, on
     memorization.run(wd, metric="pixel", delta_m=1.0, delta_s=0.5, figures=False, log=None)
     sel = mechanisms.select_samples(mechanisms.open_workdir(wd), "4", "memorized", kind="optimal")
     d_m = report.read_npz(os.path.join(wd, "classify", "optimal", "4.npz"))["d_m"]
-    assert len(sel["x"]) >= 1 and np.all(np.diff(np.sort(d_m)[: len(sel["x"])]) >= 0)
-    out = mechanisms.critical_times(wd, samples="memorized", kind="optimal", metric="l2", delta=1.0, trials=2,
-                                    log=None, progress=False, figures=False)
-    assert report.read_npz(out["4"])["time"].shape == (len(sel["x"]), 2)
+    assert len(sel["x"]) >= 2 and np.all(np.diff(np.sort(d_m)[: len(sel["x"])]) >= 0)
+    logs = []
+    kw = dict(samples="memorized", kind="optimal", metric="l2", delta=1.0, trials=2, log=logs.append,
+              progress=False)
+    shard = mechanisms.critical_times(wd, stop=1, figures=False, **kw)["4"]
+    assert shard.endswith("memorized/optimal/4_0-1.npz")
+    r = report.read_npz(shard)
+    assert r["time"].shape == (1, 2) and int(r["k"]) == 4
+    assert np.all(r["time"] > 100)                # a copy of a training image recovers far out
+    mechanisms.critical_times(wd, start=1, **kw)
+    merged = mechanisms.gather_critical_times(wd, kind="optimal")["memorized"][4]
+    assert merged[0].shape == (len(sel["x"]), 2)
+    mechanisms.critical_times(wd, stop=1, figures=False, **kw)
+    assert logs[-1].startswith("4: finished")
+    with pytest.raises(InputError, match="other settings"):
+        mechanisms.critical_times(wd, stop=1, **{**kw, "delta": 0.5})
+    with pytest.raises(InputError, match="delta is required"):
+        mechanisms.critical_times(wd, **{**kw, "delta": None})
+    assert os.path.exists(os.path.join(wd, "mechanisms", "critical_times", "critical_times_optimal.png"))
     res = mechanisms.energy_profiles(wd, kind="optimal", per_class=2, num=8, log=None)["4"]
     assert res["profiles"].shape[1] == 8 and np.all(res["profiles"][:, 0] == 0)
     assert np.all(res["barrier"] >= 0) and 0 in set(res["labels"].tolist())
     assert os.path.exists(os.path.join(wd, "mechanisms", "energy", "energy_optimal.png"))
+
+
+@pytest.mark.slow
+def test_jacobian_rank_of_a_molrg_workdir(tmp_path):
+    wd = str(tmp_path / "molrg")
+    config = configlib.load_config_file("configs/molrg.py:k=8")
+    out = mechanisms.rank_vs_snr(wd, kind="optimal", num_latents=2, subset=[0, 8, 17], config=config, log=None)
+    r = report.read_npz(os.path.join(wd, "mechanisms", "jacobian", "8_optimal.npz"))
+    assert r["rank"].shape == (3, 2) and int(r["n"]) == 48
+    assert np.all(r["rank"][0] <= 7)              # J = Cov(posterior) / sigma^2 has rank <= K - 1
+    assert np.all(r["rank"][-1] == 0)             # sigma 0.002: the optimal D copies one point, J = 0
+    assert np.isfinite(r["snr_speciation"])
+    np.testing.assert_array_equal(out["analytic"]["rank"], [[12, 12], [12, 12], [6, 6]])   # the population D
+    assert out["molrg"]["8"]["recovery_angle"] >= 0
+    assert os.path.exists(os.path.join(wd, "mechanisms", "jacobian", "rank_vs_snr_optimal.png"))

@@ -55,7 +55,7 @@ def test_population_denoiser_is_the_monte_carlo_posterior_mean(x64):
 def test_analytic_jacobian_equals_jacfwd(x64):
     m = _general(1)
     x = jax.random.normal(jax.random.key(1), (12,), jnp.float64)
-    for alpha, s in ((1.0, 0.4), (0.8, 0.6), (1.0, 5.0)):
+    for alpha, s in ((0.8, 0.6), (1.0, 5.0)):
         auto = jacobian.denoiser_jacobian(lambda v, sig: m.posterior_mean(v, alpha, s), x, s)
         np.testing.assert_allclose(m.jacobian(x, alpha, s), auto, rtol=1e-9, atol=1e-12)
 

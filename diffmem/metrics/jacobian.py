@@ -12,6 +12,7 @@ Run under `jax.config.update("jax_enable_x64", True)` for float64 Jacobians (the
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -79,6 +80,7 @@ def rank_from_partial(top_singular_values, frobenius: float, fraction: float = F
     return int(hit[0]) + 1 if hit.size else s.size + 1
 
 
+@functools.partial(jax.jit, static_argnums=(1,), static_argnames=("oversample", "power_iters"))
 def randomized_singular_values(jac, rank: int, key, *, oversample: int = 10, power_iters: int = 2) -> jax.Array:
     """Top-`rank` singular values of a matrix (n, n) by Halko et al.'s randomized range finder with power
     iterations: Q = orth((J J^T)^q J Omega), s = svd(Q^T J). Accurate for fast-decaying spectra."""
@@ -106,16 +108,16 @@ def jacobian_rank(jac, *, method: str = "auto", key=None, max_rank: int | None =
     """
     jac = jnp.asarray(jac)
     n = jac.shape[0]
-    if float(jnp.sqrt(jnp.sum(jac**2))) <= atol:
+    fro = float(np.linalg.norm(np.asarray(jac)))
+    if fro <= atol:
         return 0
     if method == "auto":
         method = "exact" if n <= EXACT_SVD_MAX_N else "randomized"
     if method == "exact":
-        return rank_99(np.asarray(jnp.linalg.svd(jac, compute_uv=False)), fraction)
+        return rank_99(np.linalg.svd(np.asarray(jac, np.float64), compute_uv=False), fraction)
     if method != "randomized":
         raise ValueError(f"Unknown method {method!r}; valid: 'auto', 'exact', 'randomized'.")
     key = jax.random.key(0) if key is None else key
-    fro = float(jnp.sqrt(jnp.sum(jac**2)))
     r = min(max_rank or 64, n)
     while True:
         s = np.asarray(randomized_singular_values(jac, r, key))
