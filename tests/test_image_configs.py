@@ -297,3 +297,14 @@ def test_bf16_matmul_precision_is_a_checked_config_choice():
     c.matmul_precision = "bf16"
     with pytest.raises(configlib.ConfigError, match="bfloat16"):
         train.matmul_precision(c)
+
+
+def test_optimal_denoiser_defaults_to_zhang_et_als_edm_euler(tmp_path, one_device):
+    """With no --sampler, the empirical optimal denoiser of an EDM-family config samples with EDM's Euler, as
+    Zhang et al. do (`sample.optimal_sampler`; the trained model keeps `sample.sampler`, EDM's Heun)."""
+    from diffmem import generate
+    from diffmem.workdir import Workdir
+    c = load("digits", "k=16,arch=ddpmpp,precond=edm")
+    wd = str(tmp_path / "wd")
+    generate.sample_workdir(wd, np.arange(2), model="optimal", config=c, num_steps=2, progress=False)
+    assert Workdir(wd).read_samples("16", "optimal")["settings"]["sampler"] == "edm_euler"
