@@ -87,6 +87,7 @@ def test_sweep_members_equal_solo_runs(tmp_path, one_device):
     leaves_close(seeds["9_s4"].params, solo4["9"].params, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_after_repeated_sigkill_gives_identical_parameters(tmp_path):
     """Kill the trainer with SIGKILL at three seeded random moments (one of them while orbax writes a
     checkpoint), rerun it to the end, and compare with a run that was never interrupted: the final parameters
