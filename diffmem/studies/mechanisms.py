@@ -38,6 +38,8 @@ PUBLISHED_REAL = {500: 0.95, 125: 0.7, 50: 0.5, 10: 0.2, 1.67: 0.08, 0.91: 0.05,
                   0.08: 0.006, 0.04: 0.0045, 0.02: 0.005}
 PUBLISHED_MOLRG_ANALYTIC = {500: 0.125, 125: 0.125, 50: 0.125, 10: 0.125, 1.67: 0.125, 0.91: 0.23, 0.3: 0.25,
                             0.12: 0.25, 0.08: 0.25, 0.04: 0.25, 0.02: 0.25, 0.01: 0.25}
+PUBLISHED_MOLRG_UNET = {500: 0.98, 125: 0.96, 50: 0.94, 10: 0.22, 1.67: 0.12, 0.91: 0.19, 0.3: 0.48, 0.12: 0.67,
+                        0.08: 0.67, 0.04: 0.67, 0.02: 0.67, 0.01: 0.67}
 
 
 def open_workdir(workdir: str, config=None) -> Workdir:
@@ -313,10 +315,11 @@ def _rank_figure(wd: Workdir, results: dict, analytic: dict | None, kind: str) -
         order = np.argsort(analytic["snr"])
         ax.plot(np.log10(analytic["snr"][order]), np.median(analytic["rank_over_n"][order], axis=1), "k--",
                 label="analytic MoLRG")
-        ref = PUBLISHED_MOLRG_ANALYTIC
+        refs = {"published analytic": PUBLISHED_MOLRG_ANALYTIC, "published U-Net": PUBLISHED_MOLRG_UNET}
     else:
-        ref = PUBLISHED_REAL
-    ax.plot(np.log10(list(ref)), list(ref.values()), "r^", ms=5, label="published (Zhang et al.)")
+        refs = {"published, real data (median)": PUBLISHED_REAL}
+    for (label, ref), marker in zip(refs.items(), ("r^", "mv")):
+        ax.plot(np.log10(list(ref)), list(ref.values()), marker, ms=5, label=f"{label} (Zhang et al.)")
     ax.set_yscale("log")
     ax.set_xlabel("log10 SNR = log10(1/sigma)")
     ax.set_ylabel("median rank(J)/n")
@@ -478,8 +481,8 @@ def molrg_metrics(workdir: str, *, names: Sequence[str] | None = None, kind: str
                        memorization_ratio=molrg.memorization_ratio(s, model.train_data), num_samples=len(s))
         x, labels = m.sample(points, seed=12345, shape=shape)
         noisy = x + sigma * np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
-        angles = [molrg.subspace_recovery(jacobian.denoiser_jacobian(model.denoiser, jnp.asarray(v), sigma),
-                                          m.bases[c]) for v, c in zip(noisy, labels)]
+        jac = jax.jit(jax.vmap(lambda v: jacobian.denoiser_jacobian(model.denoiser, v, sigma)))(jnp.asarray(noisy))
+        angles = [molrg.subspace_recovery(j, m.bases[c]) for j, c in zip(np.asarray(jac), labels)]
         row.update(recovery_angle=float(np.median(angles)), sigma=sigma)
         table[name] = row
         if log:
