@@ -62,7 +62,10 @@ def largest_eigenvalue(data) -> float:
 
 
 def speciation_time(data, **schedule) -> dict:
-    """{"lambda": Lambda, "t_s": 1/2 log Lambda (OU), "index": first 0-based step with alpha_bar < 1 / Lambda}."""
+    """{"lambda": Lambda, "t_s": 1/2 log Lambda (OU), "index": first 0-based step with alpha_bar < 1 / Lambda}.
+
+    Lambda <= 1 (e.g. MoLRG with unit variances split over classes) gives t_s <= 0 and index 0: the classes
+    are already indistinguishable from the noise's point of view at every step; there is no speciation."""
     lam = largest_eigenvalue(data)
     ab = ddpm_alpha_bar(**schedule)
     below = np.nonzero(ab < 1.0 / lam)[0]
