@@ -7,6 +7,11 @@ Targets (issue 2): >= 5x the reference at K = 9 (batch 9), >= 1.2x at K = 1000 (
 three-model run (K = 2, 9, 1000; 50,000 steps each) >= 2x faster end to end, and 1,500 Euler-Maruyama
 samples of 1,000 steps >= 5x faster.
 
+diffmem runs the plain math (issue 12 item 3); each row is measured without and with the one opt-in CPU
+policy (`bin/train.py --cpu_policy`, diffmem/cpu_parallel.py), so the table shows what the policy buys.
+EM runs as `bin/sample.py` does (`sampling.sample_sharded`: fixed blocks of SAMPLE_BLOCK seeds, the price of
+batch-independent bits), beside one whole-batch call for comparison.
+
 Every training run, diffmem's and the reference's, is a fresh process, as a user runs it (diffmem's starts as
 bin/train.py does). The reference runs twice, before and after diffmem's measurements, and its better
 figures are the ones compared; the 3-model reference time is extrapolated from its steady
@@ -25,22 +30,24 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 
-def diffmem_steps_per_s(arg: str, steps: int, steps_per_call: int = 1000) -> tuple[float, float]:
+def diffmem_steps_per_s(arg: str, steps: int, policy: bool, steps_per_call: int = 1000) -> tuple[float, float]:
     """(steady-state steps/s, wall seconds end to end incl. compile and checkpoints) of bin/train's trainer,
-    in a fresh process that starts as bin/train.py does (one XLA CPU thread when every batch is small)."""
+    in a fresh process that starts as bin/train.py does (with --cpu_policy when `policy`)."""
     run = subprocess.run([sys.executable, os.path.abspath(__file__), f"--worker={arg}", f"--steps={steps}",
-                          f"--steps_per_call={steps_per_call}"], capture_output=True, text=True)
+                          f"--steps_per_call={steps_per_call}"] + (["--policy"] if policy else []),
+                         capture_output=True, text=True)
     if run.returncode:
         raise RuntimeError(f"diffmem worker {arg} failed:\n{run.stderr[-3000:]}")
     out = json.loads(run.stdout.strip().splitlines()[-1])
     return out["rate"], out["wall"]
 
 
-def _train_worker(arg: str, steps: int, steps_per_call: int) -> None:
+def _train_worker(arg: str, steps: int, steps_per_call: int, policy: bool) -> None:
     from diffmem import configlib, train
     c = configlib.load_config_file(os.path.join(common.REPO, "configs/circle.py") + ":" + arg)
     c.steps, c.steps_per_call, c.log_every, c.ckpt_every = steps, steps_per_call, steps_per_call, steps
-    train.use_one_cpu_thread_if_small(c)  # as bin/train.py
+    if policy:
+        train.use_one_cpu_thread_if_small(c)  # as bin/train.py --cpu_policy
     workdir = tempfile.mkdtemp(prefix="bench_train_")
     try:
         t = time.perf_counter()
@@ -53,48 +60,46 @@ def _train_worker(arg: str, steps: int, steps_per_call: int) -> None:
     print(json.dumps({"rate": rates[len(rates) // 2], "wall": wall}))
 
 
-def diffmem_em_seconds(n: int = 1500, steps: int = 1000) -> tuple[float, float]:
-    """(seconds per run after compilation, compile seconds) of diffmem's EM sampler on the tutorial net."""
+def diffmem_em_seconds(n: int = 1500, steps: int = 1000) -> tuple[float, float, float]:
+    """(seconds per run after compilation, compile seconds, seconds of one whole-batch call) of diffmem's EM
+    sampler on the tutorial net, run as bin/sample.py runs it (`sample_sharded`, fixed blocks)."""
     import jax
     import jax.numpy as jnp
-    from diffmem import cpu_parallel, nets, sampling, sde as sde_lib
+    from diffmem import nets, sampling, sde as sde_lib, train
     sde = sde_lib.VESDE()
     model = nets.ScoreMLP(sde.marginal_std)
     params = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.ones((1,)))
-    score = cpu_parallel.split_batch(lambda x, t: model.apply(params, x, t))  # as builders.score_fn
-    run = jax.jit(lambda s: sampling.euler_maruyama(score, sde, sampling.tutorial_init(s, 2, sde), s, steps,
-                                                    shared_time=True),
-                  compiler_options=cpu_parallel.compiler_options(n))  # as bin/sample.py
+    score = lambda x, t: model.apply(params, x, t)  # as builders.score_fn
+    sampler = lambda s: sampling.euler_maruyama(score, sde, sampling.tutorial_init(s, 2, sde), s, steps,
+                                                shared_time=True)
+    mesh = train.data_mesh(jax.devices()[:1])
     seeds = jnp.arange(n)
+    run = lambda s: sampling.sample_sharded(sampler, s, mesh)
     t = time.perf_counter()
-    run(seeds).block_until_ready()
+    jax.block_until_ready(run(seeds))
     compile_s = time.perf_counter() - t
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        run(seeds).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return best, compile_s - best
+    best = common.best_time(run, seeds)
+    whole = common.best_time(jax.jit(sampler), seeds)
+    return best, compile_s - best, whole
 
 
 def gemm_floor_seconds(n: int = 1500, steps: int = 1000) -> tuple[float, float | None]:
-    """Seconds for the matrix products alone of an EM run, by XLA (as diffmem compiles them: Eigen) and by
-    torch: per step the two n x 128 x 128 products diffmem's MLP needs at a shared time (the tutorial's
-    input_proj and hidden_0 compose into one map). No sampler can run the whole EM faster than this."""
+    """Seconds for the matrix products alone of an EM run, by XLA and by torch: per step the three
+    n x 128 x 128 products of diffmem's MLP at a shared time (input_proj's 2 x 128 one is negligible).
+    No sampler can run the whole EM faster than this."""
     import jax
     import jax.numpy as jnp
-    from diffmem import cpu_parallel
     # Orthogonal factors keep the iterate's scale (a shrinking one would end in slow subnormal floats).
-    w = jnp.linalg.qr(jax.random.normal(jax.random.key(0), (2, 128, 128)))[0]
-    run = jax.jit(lambda x: jax.lax.scan(lambda x, _: ((x @ w[0]) @ w[1], None), x, None, length=steps)[0],
-                  compiler_options=cpu_parallel.compiler_options(n))
+    w = jnp.linalg.qr(jax.random.normal(jax.random.key(0), (3, 128, 128)))[0]
+    run = jax.jit(lambda x: jax.lax.scan(lambda x, _: (((x @ w[0]) @ w[1]) @ w[2], None), x, None,
+                                         length=steps)[0])
     ours = common.best_time(run, jnp.ones((n, 128)))
     code = ("import time, torch\n"
-            "w = torch.linalg.qr(torch.randn(2, 128, 128))[0]; x = torch.ones(%d, 128); best = 1e9\n"
+            "w = torch.linalg.qr(torch.randn(3, 128, 128))[0]; x = torch.ones(%d, 128); best = 1e9\n"
             "with torch.no_grad():\n"
             "    for _ in range(4):\n"
             "        t = time.perf_counter(); y = x\n"
-            "        for _ in range(%d): y = (y @ w[0]) @ w[1]\n"
+            "        for _ in range(%d): y = ((y @ w[0]) @ w[1]) @ w[2]\n"
             "        best = min(best, time.perf_counter() - t)\n"
             "print(best)\n" % (n, steps))
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -126,18 +131,21 @@ def main():
                    help="steps per model for the 3-model run (50000 = the tutorial; reference extrapolated)")
     p.add_argument("--reference", default=common.DEFAULT_REFERENCE)
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one diffmem training run, JSON on stdout
+    p.add_argument("--policy", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--steps_per_call", type=int, default=1000, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        return _train_worker(a.worker, a.steps, a.steps_per_call)
+        return _train_worker(a.worker, a.steps, a.steps_per_call, a.policy)
     ref, why = common.load_reference(a.reference)
     before = reference_figures(a.reference, a.ref_steps) if ref is not None else None
     print("machine:", common.machine())
     if ref is None:
         print("reference skipped:", why)
-    ours = {k: diffmem_steps_per_s(f"k={k}", a.steps)[0] for k in (9, 1000)}
-    _, wall = diffmem_steps_per_s("k=2+9+1000", a.full_steps)
-    em, em_compile = diffmem_em_seconds()
+    plain = {k: diffmem_steps_per_s(f"k={k}", a.steps, False)[0] for k in (9, 1000)}
+    policy = {k: diffmem_steps_per_s(f"k={k}", a.steps, True)[0] for k in (9, 1000)}
+    _, wall_plain = diffmem_steps_per_s("k=2+9+1000", a.full_steps, False)
+    _, wall_policy = diffmem_steps_per_s("k=2+9+1000", a.full_steps, True)
+    em, em_compile, em_whole = diffmem_em_seconds()
     ref_rate, ref_em = {}, None
     if before is not None:
         # The machine is shared: the reference runs before and after diffmem and keeps its better figures.
@@ -146,16 +154,21 @@ def main():
         ref_em = min(before["em"], after["em"])
     ratio = lambda num, den: f"{num / den:.2f}x" if num and den else "-"
     fmt = lambda v, spec: format(v, spec) if v else "-"
-    rows = [(f"train K={k} (batch {min(k, 500)}), steps/s", f"{ours[k]:.0f}", fmt(ref_rate.get(k), ".0f"),
-             ratio(ours[k], ref_rate.get(k))) for k in (9, 1000)]
+    rows = [(f"train K={k} (batch {min(k, 500)}), steps/s", f"{plain[k]:.0f}", f"{policy[k]:.0f}",
+             ratio(policy[k], plain[k]), fmt(ref_rate.get(k), ".0f"), ratio(plain[k], ref_rate.get(k)),
+             ratio(policy[k], ref_rate.get(k))) for k in (9, 1000)]
     ref_wall = sum(a.full_steps / ref_rate[k] for k in (2, 9, 1000)) if ref_rate else None
-    rows.append((f"3 models x {a.full_steps} steps, s (ref extrapolated)", f"{wall:.1f}", fmt(ref_wall, ".1f"),
-                 ratio(ref_wall, wall)))
-    rows.append(("EM 1,500 samples x 1,000 steps, s", f"{em:.2f} (+{em_compile:.1f} compile)", fmt(ref_em, ".2f"),
-                 ratio(ref_em, em)))
-    print(common.table(rows, ("workload", "diffmem", "torch reference", "speed-up")))
+    rows.append((f"3 models x {a.full_steps} steps, s (ref extrapolated)", f"{wall_plain:.1f}", f"{wall_policy:.1f}",
+                 ratio(wall_plain, wall_policy), fmt(ref_wall, ".1f"), ratio(ref_wall, wall_plain),
+                 ratio(ref_wall, wall_policy)))
+    rows.append(("EM 1,500 samples x 1,000 steps, s", f"{em:.2f} (+{em_compile:.1f} compile)", "same", "1.00x",
+                 fmt(ref_em, ".2f"), ratio(ref_em, em), ratio(ref_em, em)))
+    print(common.table(rows, ("workload", "diffmem plain", "with --cpu_policy", "policy buys", "torch reference",
+                              "plain vs ref", "policy vs ref")))
+    print(f"EM as one whole-batch call instead of sample_sharded's fixed blocks: {em_whole:.2f} s "
+          f"(blocks cost {ratio(em, em_whole)} of that)")
     floor, torch_floor = gemm_floor_seconds()
-    print(f"EM floor, its 2 x (1500 x 128 x 128) matrix products per step alone: {floor:.2f} s in XLA, "
+    print(f"EM floor, its 3 x (1500 x 128 x 128) matrix products per step alone: {floor:.2f} s in XLA, "
           f"{fmt(torch_floor, '.2f')} s in torch" + (f"; 5x the reference EM would be {ref_em / 5:.2f} s" if ref_em else ""))
 
 
