@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffmem.errors import InputError
+
 
 def orthonormal_basis(n: int, seed: int) -> np.ndarray:
     """U (n, n): left singular vectors of an n x n standard-normal matrix drawn from numpy's PCG64(seed)."""
@@ -46,16 +48,16 @@ class MoLRG:
     def make(cls, n: int, num_classes: int, dim: int, seed: int = 0, lambdas=None, weights=None) -> "MoLRG":
         """Class k spans columns [dim k, dim (k+1)) of `orthonormal_basis(n, seed)`."""
         if num_classes * dim > n:
-            raise ValueError(f"MoLRG needs num_classes * dim <= n; got {num_classes} * {dim} > {n}.")
+            raise InputError(f"MoLRG needs num_classes * dim <= n; got {num_classes} * {dim} > {n}.")
         if num_classes < 1 or dim < 1:
-            raise ValueError(f"num_classes and dim must be >= 1; got {num_classes}, {dim}.")
+            raise InputError(f"num_classes and dim must be >= 1; got {num_classes}, {dim}.")
         u = orthonormal_basis(n, seed)[:, :num_classes * dim]
         bases = u.reshape(n, num_classes, dim).transpose(1, 0, 2)
         lam = np.ones((num_classes, dim)) if lambdas is None else np.broadcast_to(
             np.asarray(lambdas, np.float64), (num_classes, dim)).copy()
         w = np.full(num_classes, 1.0 / num_classes) if weights is None else np.asarray(weights, np.float64)
         if np.any(lam <= 0) or w.shape != (num_classes,) or np.any(w <= 0) or abs(w.sum() - 1) > 1e-9:
-            raise ValueError("lambdas must be positive (K, d); weights positive (K,) summing to 1.")
+            raise InputError("lambdas must be positive (K, d); weights positive (K,) summing to 1.")
         return cls(bases, lam, w)
 
     @property
@@ -81,7 +83,7 @@ class MoLRG:
         labels = np.repeat(np.arange(self.num_classes), per_class)
         shape = (self.n,) if shape is None else tuple(shape)
         if math.prod(shape) != self.n:
-            raise ValueError(f"shape {shape} does not hold n = {self.n} values.")
+            raise InputError(f"shape {shape} does not hold n = {self.n} values.")
         return x.reshape((-1,) + shape).astype(np.float32), labels
 
     # ------------------------------------------------------------------------------ posterior mean

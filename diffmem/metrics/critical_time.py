@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffmem.errors import InputError
 from diffmem.sde import SDE, Denoiser, ScoreFn, ddpm_alpha_bar
 
 STOP_RULES = ("per_sample", "batch")
@@ -139,7 +140,7 @@ def apply_stop_rule(rec: np.ndarray, ts, *, p: float = 0.9, stop: str = "per_sam
     never read, so they may be anything. per_trial=False is the toy rule (t_opt per sample, no sticky trials).
     Returns (tc (B, trials), stopped_at (B,) index into ts of the t that stopped the scan, L if none)."""
     if stop not in STOP_RULES:
-        raise ValueError(f"Unknown stop rule {stop!r}; valid: {list(STOP_RULES)}.")
+        raise InputError(f"Unknown stop rule {stop!r}; valid: {list(STOP_RULES)}.")
     ts = np.asarray(ts)
     num_t, b, trials = rec.shape
     tc = np.full((b, trials), ts[0] if initial is None else initial, dtype=np.float64)
@@ -221,7 +222,7 @@ def image_critical_times(denoiser: Denoiser, samples, *, distance: Distance = l2
     ids = np.arange(b) if sample_ids is None else np.asarray(sample_ids)
     ts = np.asarray(ts, np.int64)
     if ts.min() < 1 or ts.max() > 999:
-        raise ValueError("Image scan times are 0-based DDPM steps in [1, 999].")
+        raise InputError("Image scan times are 0-based DDPM steps in [1, 999].")
     ab_np = ddpm_alpha_bar() if alpha_bar is None else np.asarray(alpha_bar, np.float64)
     ab = jnp.asarray(ab_np, jnp.float32)
 
@@ -288,13 +289,13 @@ def toy_critical_times(score_fn: ScoreFn, sde: SDE, samples, *, delta: float, tr
     uses 0.1, 0.05 and 0.5 in different entry points). ts defaults to linspace(0.01, 1, 500).
     Returns {"time" (B,), "radius" (B, trials), "delta", "ts", "p"}."""
     if delta is None or not delta > 0:
-        raise ValueError("delta (the Euclidean recovery radius) is required and must be > 0.")
+        raise InputError("delta (the Euclidean recovery radius) is required and must be > 0.")
     x0 = np.asarray(samples)
     b, shape = x0.shape[0], x0.shape[1:]
     ids = np.arange(b) if sample_ids is None else np.asarray(sample_ids)
     ts = np.linspace(0.01, 1.0, 500) if ts is None else np.asarray(ts, np.float64)
     if ts.min() <= eps:
-        raise ValueError(f"Scan times must exceed eps = {eps}.")
+        raise InputError(f"Scan times must exceed eps = {eps}.")
 
     @functools.partial(jax.jit, static_argnums=(3,))
     def rows_recovered(x, gid, tix, max_steps):

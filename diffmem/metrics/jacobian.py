@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffmem.errors import InputError
 from diffmem.sde import Denoiser, edm_sigma_steps
 
 FROBENIUS_FRACTION = 0.99
@@ -116,7 +117,7 @@ def jacobian_rank(jac, *, method: str = "auto", key=None, max_rank: int | None =
     if method == "exact":
         return rank_99(np.linalg.svd(np.asarray(jac, np.float64), compute_uv=False), fraction)
     if method != "randomized":
-        raise ValueError(f"Unknown method {method!r}; valid: 'auto', 'exact', 'randomized'.")
+        raise InputError(f"Unknown method {method!r}; valid: 'auto', 'exact', 'randomized'.")
     key = jax.random.key(0) if key is None else key
     r = min(max_rank or 64, n)
     while True:
@@ -174,7 +175,7 @@ def rank_vs_snr(denoiser: Denoiser, *, states: str, shape: tuple[int, ...] | Non
     key = jax.random.key(seed)
     if states == "trajectory":
         if shape is None:
-            raise ValueError("states='trajectory' needs the example shape (shape=...).")
+            raise InputError("states='trajectory' needs the example shape (shape=...).")
         x_T = 80.0 * jax.random.normal(key, (num_latents,) + tuple(shape), dtype)
         xs, sig, _ = jax.jit(lambda x: edm_trajectory_states(denoiser, x))(x_T)
         xs, sig = np.asarray(xs), np.asarray(sig)
@@ -182,11 +183,11 @@ def rank_vs_snr(denoiser: Denoiser, *, states: str, shape: tuple[int, ...] | Non
             xs, sig = xs[np.asarray(subset)], sig[np.asarray(subset)]
     elif states == "forward":
         if data is None:
-            raise ValueError("states='forward' needs data rows y (B, *S) (data=...).")
+            raise InputError("states='forward' needs data rows y (B, *S) (data=...).")
         sig = np.asarray(edm_sigma_steps(18)[:-1] if sigmas is None else sigmas, np.float64)
         xs = forward_states(jnp.asarray(data, dtype), sig, key)
     else:
-        raise ValueError(f"Unknown states {states!r}; valid: 'trajectory', 'forward'.")
+        raise InputError(f"Unknown states {states!r}; valid: 'trajectory', 'forward'.")
     n = math.prod(xs.shape[2:])
     jac_fn = jax.jit(lambda x, s: batched_jacobians(denoiser, x, s))
     ranks = np.zeros(xs.shape[:2], np.int64)

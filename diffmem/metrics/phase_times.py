@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffmem.errors import InputError
 from diffmem.energy import log_sum_exp_sq
 from diffmem.sde import ddpm_alpha_bar
 
@@ -99,7 +100,7 @@ def excess_entropy(data, ts, *, num_draws: int = 10_000, seed: int = 0, chunk: i
     out = []
     for i, t in enumerate(np.asarray(ts, np.float64)):
         if t <= 0:
-            raise ValueError(f"OU times must be > 0; got {t}.")
+            raise InputError(f"OU times must be > 0; got {t}.")
         total, done = 0.0, 0
         while done < num_draws:
             rows = min(batch, num_draws - done)
@@ -136,7 +137,7 @@ def collapse_time(data, ts=None, *, level: float = 0.05, num_draws: int = 10_000
     x0 = _flat(data)
     n, dim = x0.shape
     if n < 2:
-        raise ValueError("The collapse time needs at least 2 training points.")
+        raise InputError("The collapse time needs at least 2 training points.")
     ts = np.geomspace(0.01, 3.0, 60) if ts is None else np.asarray(ts, np.float64)
     f = excess_entropy(x0, ts, num_draws=num_draws, seed=seed, chunk=chunk)
     alpha = math.log(n) / dim
@@ -174,7 +175,7 @@ def gaussian_collapse_time(eigenvalues, n: int, dim: int | None = None, *, tol: 
     while excess(hi) > 0:
         hi *= 2
         if hi > 1e3:
-            raise ValueError("No collapse time below t = 1000: is the covariance nonzero and n > 1?")
+            raise InputError("No collapse time below t = 1000: is the covariance nonzero and n > 1?")
     if excess(lo) <= 0:
         return 0.0
     while hi - lo > tol * max(1.0, hi):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffmem import report, viz  # noqa: F401  (viz selects the Agg backend)
+from diffmem import report, viz
 from diffmem.errors import InputError, MissingInputError
 from diffmem.metrics import critical_time as ct
 from diffmem.metrics import jacobian, phase_times
@@ -236,10 +236,7 @@ def critical_time_figure(workdir: str, kind: str = "trained") -> str | None:
     fig.suptitle(f"Critical times ({kind}); bars: speciation step t_S, crosses: collapse step t_C (data only)")
     fig.tight_layout()
     path = _out_dir(wd, "critical_times", f"critical_times{'_optimal' if kind == 'optimal' else ''}.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return viz.save_figure(fig, path, dpi=110)
 
 
 # ------------------------------------------------------------------------------------------- Jacobian rank
@@ -327,10 +324,7 @@ def _rank_figure(wd: Workdir, results: dict, analytic: dict | None, kind: str) -
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = _out_dir(wd, "jacobian", f"rank_vs_snr{'_optimal' if kind == 'optimal' else ''}.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return viz.save_figure(fig, path, dpi=110)
 
 
 # ------------------------------------------------------------------------------------------- relative energy
@@ -420,10 +414,7 @@ def _energy_figure(wd: Workdir, results: dict, kind: str) -> str | None:
     axes[0][0].set_ylabel("E(a) - E(0)")
     fig.tight_layout()
     path = _out_dir(wd, "energy", f"energy{'_optimal' if kind == 'optimal' else ''}.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return viz.save_figure(fig, path, dpi=110)
 
 
 # ------------------------------------------------------------------------------------------- phase times
@@ -498,6 +489,5 @@ def molrg_metrics(workdir: str, *, names: Sequence[str] | None = None, kind: str
     ax.set_title(f"MoLRG n = {m.n}, {m.num_classes} classes of dimension {m.dim} ({kind})")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(_out_dir(wd, f"molrg{'_optimal' if kind == 'optimal' else ''}.png"), dpi=110)
-    plt.close(fig)
+    viz.save_figure(fig, _out_dir(wd, f"molrg{'_optimal' if kind == 'optimal' else ''}.png"), dpi=110)
     return table
