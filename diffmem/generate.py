@@ -193,7 +193,9 @@ def sample_set(wd: wdlib.Workdir, name: str, kind: str, step: int | None, run, s
                 f"sample set comes from one model and sampler. Pass --overwrite to replace the set's {len(other)} "
                 "file(s) of other settings, or choose another --workdir.")
     held = [h["seeds"] for f, h in headers.items() if f not in other]
-    missing = seeds[~np.isin(seeds, np.concatenate(held))] if held else seeds
+    # Every process runs the same batches: the plan is process 0's (a file system may lag on other hosts).
+    need = multihost.broadcast_from_main(~np.isin(seeds, np.concatenate(held)) if held else np.ones(len(seeds), bool))
+    missing = seeds[np.asarray(need, bool)]
     multihost.sync("diffmem.generate: every process has read the set")  # before process 0 changes it
     wdlib.remove_set_files(list(other))
     if missing.size == 0:
@@ -202,24 +204,25 @@ def sample_set(wd: wdlib.Workdir, name: str, kind: str, step: int | None, run, s
     partial = shard[:-4] + ".partial"
     ndev = mesh.devices.size
     batch = -(-max(1, batch) // ndev) * ndev
+    starts = range(0, len(missing), batch)
+    finished = {}  # batches an earlier, interrupted job saved (read by process 0, which writes the shard)
+    if wdlib.is_writer():
+        for start in starts:
+            old = _finished_batch(os.path.join(partial, f"{start:010d}.npz"), missing[start:start + batch], record,
+                                  overwrite)
+            if old is not None:
+                finished[start] = old
+    done = multihost.broadcast_from_main(np.asarray([start in finished for start in starts], bool))
     chunks, done_rows, t0 = [], 0, time.perf_counter()
     bar = tqdm(total=len(missing), desc=desc, unit="sample", disable=not progress or not wdlib.is_writer(),
                dynamic_ncols=True)
-    for start in range(0, len(missing), batch):
+    for i, start in enumerate(starts):
         part_seeds = missing[start:start + batch]
         part = os.path.join(partial, f"{start:010d}.npz")
-        if os.path.exists(part):  # finished by an earlier, interrupted run?
-            try:
-                old = wdlib.read_shard(part)
-            except InputError:
-                if not overwrite:
-                    raise InputError(f"{part} (a finished batch of an interrupted run) is corrupt or truncated: "
-                                     "delete it (its batch is recomputed), or rerun with --overwrite.") from None
-                old = None
-            if old is not None and old["settings"] == record and np.array_equal(old["seeds"], part_seeds):
-                chunks.append(old["samples"])
-                bar.update(len(part_seeds))
-                continue
+        if done[i]:
+            chunks.append(finished.get(start))
+            bar.update(len(part_seeds))
+            continue
         x = multihost.to_host(sampling.sample_sharded(run, part_seeds, mesh)).astype(np.float32)
         if not np.all(np.isfinite(x)):
             raise SamplingDiverged(f"Non-finite samples for seeds {part_seeds[0]}..{part_seeds[-1]} ({desc}): "
@@ -230,7 +233,21 @@ def sample_set(wd: wdlib.Workdir, name: str, kind: str, step: int | None, run, s
         bar.update(len(part_seeds))
         bar.set_postfix(per_s=f"{done_rows / (time.perf_counter() - t0):.1f}")
     bar.close()
-    wdlib.write_shard(shard, np.concatenate(chunks), missing, record)
     if wdlib.is_writer():
+        wdlib.write_shard(shard, np.concatenate(chunks), missing, record)
         shutil.rmtree(partial, ignore_errors=True)
     return True
+
+
+def _finished_batch(part: str, seeds: np.ndarray, record: dict, overwrite: bool) -> np.ndarray | None:
+    """The samples of a batch saved by an interrupted job with these seeds and settings, else None."""
+    if not os.path.exists(part):
+        return None
+    try:
+        old = wdlib.read_shard(part)
+    except InputError:
+        if not overwrite:
+            raise InputError(f"{part} (a finished batch of an interrupted run) is corrupt or truncated: "
+                             "delete it (its batch is recomputed), or rerun with --overwrite.") from None
+        return None
+    return old["samples"] if old["settings"] == record and np.array_equal(old["seeds"], seeds) else None

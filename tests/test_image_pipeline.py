@@ -28,6 +28,7 @@ def tiny_digits(k="16", steps=4, lr=2e-3, batch=16, **kw):
 
 
 STEPS, EVERY = 200, 50
+ONE = lambda: train.data_mesh(jax.devices()[:1])  # stage tests not about sharding: 8 devices x 128-seed blocks
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,8 @@ def test_digits_eight_devices_equal_one_device(workdir, tmp_path):
 
 
 def test_sample_workdir_images_grid_skip_and_refuse(workdir):
-    [path] = generate.sample_workdir(workdir, np.arange(12), "ddim", num_steps=5, batch=8, progress=False)
+    [path] = generate.sample_workdir(workdir, np.arange(12), "ddim", num_steps=5, batch=8, progress=False,
+                                     mesh=ONE())
     assert path.endswith(os.path.join("samples", "16"))
     out = Workdir(workdir).read_samples("16")
     assert out["samples"].shape == (12, 8, 8, 1) and out["samples"].dtype == np.float32
@@ -78,18 +80,20 @@ def test_sample_workdir_images_grid_skip_and_refuse(workdir):
 
 
 def test_seed_splits_and_devices_give_identical_images(workdir, tmp_path):
-    """Sample i depends on seed i only: one 1-device call on all seeds equals two 8-device calls on halves."""
+    """Sample i depends on seed i only: one 1-device call on all seeds equals two 8-device calls on halves
+    (stochastic DDIM, eta = 1: noise at every step from each sample's seed)."""
     wd = Workdir(workdir)
     model = wd.model("16")
-    run = sampling.SAMPLERS["ddpm"].build(model, **generate.sampler_settings(wd.config, "ddpm", model))
+    run = sampling.SAMPLERS["ddim"].build(model, **generate.sampler_settings(wd.config, "ddim", model, num_steps=10,
+                                                                             eta=1.0))
     seeds = np.arange(100, 110)
-    whole = np.asarray(sampling.sample_sharded(run, seeds, train.data_mesh(jax.devices()[:1])))
-    halves = [np.asarray(sampling.sample_sharded(run, s, train.data_mesh())) for s in (seeds[:3], seeds[3:])]
+    whole = np.asarray(sampling.sample_sharded(run, seeds, train.data_mesh(jax.devices()[:1]), block=4))
+    halves = [np.asarray(sampling.sample_sharded(run, s, train.data_mesh(), block=4)) for s in (seeds[:3], seeds[3:])]
     np.testing.assert_allclose(np.concatenate(halves), whole, rtol=1e-5, atol=1e-5)
 
 
 def test_interrupted_sampling_resumes_from_saved_batches(workdir, monkeypatch):
-    kw = dict(sampler="edm_euler", num_steps=4, batch=8, names=["16"], progress=False)
+    kw = dict(sampler="edm_euler", num_steps=4, batch=8, names=["16"], progress=False, mesh=ONE())
     seeds = np.arange(200, 224)  # three batches of 8
     calls = []
     real = sampling.sample_sharded
@@ -119,7 +123,8 @@ def test_interrupted_sampling_resumes_from_saved_batches(workdir, monkeypatch):
 
 
 def test_optimal_denoiser_samples_memorize(workdir):
-    [path] = generate.sample_workdir(workdir, np.arange(32), "edm_heun", model="optimal", batch=16, progress=False)
+    [path] = generate.sample_workdir(workdir, np.arange(32), "edm_heun", model="optimal", batch=16, progress=False,
+                                     mesh=ONE())
     assert path.endswith(os.path.join("samples", "optimal", "16"))
     out = Workdir(workdir).read_samples("16", "optimal")
     assert out["step"] == -1
