@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from diffmem import atomic
 from diffmem.errors import DiffmemError
 
 
@@ -33,8 +34,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def is_main_process() -> bool:
-    """Process 0: the one that writes shared files and shows progress."""
-    return jax.process_index() == 0
+    """Process 0: the one that writes shared files and shows progress (the rule of `atomic.is_writer`)."""
+    return atomic.is_writer()
 
 
 def to_host(x) -> np.ndarray:
