@@ -69,3 +69,65 @@ def test_mse_slope():
     sig = np.logspace(-2, 0, 6)
     mses = ab.mse_vs_sigma(lambda y, s: y, jnp.zeros((64, 8, 8, 1)), sig, jax.random.key(0))  # identity: sigma^2
     assert abs(ab.mse_slope(sig, mses) - 2.0) < 0.02
+
+
+def _linear(w):
+    wj = jnp.asarray(w)
+    return lambda y, s: (y.reshape(y.shape[0], -1) @ wj.T).reshape(y.shape)
+
+
+def test_matrix_free_top_eigenpairs_of_a_linear_denoiser(x64):
+    # W = Q diag(lambda) Q^T with a known, well-separated spectrum (shrinkage factors in (0, 1]), n = 144.
+    n, k = 144, 6
+    rng = np.random.default_rng(0)
+    q = np.linalg.qr(rng.normal(size=(n, n)))[0]
+    lam = np.concatenate([[1.0, 0.9, 0.8, 0.7, 0.6, 0.5], np.linspace(0.3, -0.1, n - 6)])  # indefinite tail
+    w = q @ np.diag(lam) @ q.T
+    y = jnp.asarray(rng.normal(size=(12, 12, 1)))
+    ev, vecs, res = ab.top_eigenpairs(_linear(w), y, 0.1, k, jax.random.key(1), oversample=4, iters=10)
+    np.testing.assert_allclose(ev, lam[:k], atol=1e-10)
+    np.testing.assert_allclose(np.abs(np.sum(np.asarray(vecs) * q[:, :k], axis=0)), 1.0, atol=1e-8)  # e_k = +-q_k
+    assert np.max(res) < 1e-5 and np.all(np.abs(np.asarray(ev) - lam[:k]) <= np.asarray(res) + 1e-12)  # res bounds
+    # An asymmetric W with the same symmetric part: the estimate targets (W + W^T)/2, as the dense analysis does.
+    b = rng.normal(size=(n, n))
+    wa = w + 0.3 * (b - b.T) / np.sqrt(n)
+    exact = ab.analyse(_linear(wa), y, 0.1, method="exact")
+    mf = ab.analyse(_linear(wa), y, 0.1, method="matrix_free", k=k, key=jax.random.key(2), num_probes=256, iters=10)
+    np.testing.assert_allclose(exact["eigenvalues"][:k], lam[:k], atol=1e-12)
+    np.testing.assert_allclose(mf["eigenvalues"], exact["eigenvalues"][:k], atol=1e-9)
+    overlap = np.abs(np.sum(mf["eigenvectors"] * exact["eigenvectors"][:, :k], axis=0))
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-6)
+    assert mf["jacobian"] is None and mf["euler_residual"] < 1e-12 and exact["euler_residual"] < 1e-12
+    assert abs(mf["trace"] - np.trace(wa)) < 0.2 * abs(np.trace(wa)) + 1.0
+    assert 0.3 * exact["asymmetry"] < mf["asymmetry"] < 3 * exact["asymmetry"]
+    assert ab.analyse(_linear(wa), y, 0.1)["method"] == "exact"  # auto at n = 144
+
+
+def test_matrix_free_top_eigenvalues_of_a_bias_free_net(x64):
+    from diffmem import nets
+    from diffmem.nets import bfcnn
+    net = nets.BFCNN(num_layers=3, num_kernels=4)
+    y = jax.random.uniform(jax.random.key(0), (1, 8, 8, 1), jnp.float64)  # n = 64
+    shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), y))
+    rng = np.random.default_rng(0)
+    variables = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.5, s.shape) + (1 if s.ndim == 1 else 0)), shapes)
+    d01 = bfcnn.unit_range_denoiser(net, variables)
+    D = lambda v, s: d01(v)
+    exact = ab.analyse(D, y[0], 0.1, method="exact")
+    k = 4  # one block of 4, 12 Krylov steps: a 52-dimensional subspace of R^64
+    lam, vecs, res = ab.top_eigenpairs(D, y[0], 0.1, k, jax.random.key(3), oversample=0, iters=12)
+    lam, vecs, res = (np.asarray(a) for a in (lam, vecs, res))
+    top = exact["eigenvalues"][:k]
+    np.testing.assert_allclose(lam, top, rtol=1e-6)
+    assert np.all(np.abs(lam - top) <= res + 1e-12)  # the residual bounds the eigenvalue error
+    assert np.min(-np.diff(exact["eigenvalues"][:k + 1])) > 0.1  # separated: the eigenvectors are determined
+    np.testing.assert_allclose(np.abs(np.sum(vecs * exact["eigenvectors"][:, :k], axis=0)), 1.0, atol=1e-4)
+    np.testing.assert_allclose(vecs.T @ vecs, np.eye(k), atol=1e-12)
+
+def test_matrix_free_validates_inputs():
+    import pytest
+    from diffmem.errors import InputError
+    with pytest.raises(InputError):
+        ab.analyse(lambda y, s: y, jnp.ones((2, 2, 1)), 0.1, method="dense")
+    with pytest.raises(InputError):
+        ab.top_eigenpairs(lambda y, s: y, jnp.ones((2, 2, 1)), 0.1, k=5)
