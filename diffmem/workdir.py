@@ -22,7 +22,15 @@ Layout (nothing outside this module builds these paths):
     samples/<set>.png                 a picture of the set
     classify/[optimal/]<name>.{npz,json}, classify/summary.json, report.md, figures   (memorization study)
     reproducibility/...               Zhang et al.'s scores (reproducibility study)
-    study/...                         the circle study
+    study/...                         the circle study (`study_dir`)
+    <study>/...                       other studies' outputs (`study_output_dir(study, ...)`), study one of
+                                      `STUDY_OUTPUTS`:
+      mechanisms/                       critical_times/, jacobian/, energy/, phase_times.json, molrg*.{json,png}
+                                        (diffmem.studies.mechanisms)
+      disjoint/                         N<N>.npz, summary.json, report.md, figures (Kadkhodaie et al.'s
+                                        two-disjoint-sets study, diffmem.studies.disjoint)
+    S1/, S2/                          the disjoint study's two sides, each a whole workdir of this layout
+                                      (`sub_workdir`)
 
 <name> is a model's K ("64"), or "<K>_s<seed>" in seed sweeps.
 """
@@ -47,6 +55,8 @@ from diffmem import sde as sde_lib
 from diffmem.errors import InputError, MissingInputError, OutputExistsError
 
 KINDS = ("trained", "optimal")
+STUDY_OUTPUTS = ("mechanisms", "disjoint")
+"""The studies whose outputs live in <workdir>/<study>/ (`Workdir.study_output_dir`)."""
 RERUN_KEYS = ("steps", "sample", "study", "log_every", "keep_checkpoints")
 """Top-level config keys a rerun into an existing workdir may change: `steps` extends (or shortens) training;
 the others only drive later stages. Any other difference is a different experiment."""
@@ -210,6 +220,16 @@ class Workdir:
 
     def study_dir(self) -> str:
         return self._p("study")
+
+    def study_output_dir(self, study: str, *parts: str) -> str:
+        """<workdir>/<study>/<parts...>: where a study of `STUDY_OUTPUTS` writes (parts: sub-folders or a file)."""
+        if study not in STUDY_OUTPUTS:
+            raise InputError(f"Unknown study {study!r}; studies with an output folder: {list(STUDY_OUTPUTS)}.")
+        return self._p(study, *(str(p) for p in parts))
+
+    def sub_workdir(self, name: str, config: ml_collections.ConfigDict | None = None) -> "Workdir":
+        """The workdir <workdir>/<name> nested in this one (the disjoint study's S1 / S2 sides)."""
+        return Workdir(self._p(str(name)), config)
 
     def relative(self, path: str) -> str:
         """`path` relative to the workdir (what reports record: no absolute paths)."""

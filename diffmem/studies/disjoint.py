@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from diffmem import builders, configlib, report, sampling, train, viz
 from diffmem.data import subsets
+from diffmem.workdir import Workdir
 
 SETS = (("S1", "first"), ("S2", "last"))
 
@@ -88,25 +89,21 @@ def capped_ns(config: ml_collections.ConfigDict, pool_size: int) -> tuple[int, .
     return tuple(sorted({min(int(n), pool_size // 2) for n in configlib.sweep(config.data.k)}))
 
 
-def _restore_variables(config, spec, workdir):
-    """The trained model variables (params and batch_stats; EMA = params without EMA) and checkpoint step."""
-    from diffmem import checkpoint
-    net = builders.build_model(config, spec.data.shape[1:])
-    state_like = jax.eval_shape(lambda: train.init_state(net, train.optimizer_from_config(config), spec).as_dict())
-    tree, step = checkpoint.restore_latest(workdir, spec.name, state_like)
-    return tree["ema_params"], step
+def _load(side, n: int):
+    """Side S1 or S2's model of N through its workdir's model record, with the [0, 1]-unit denoiser D_[0,1](y)
+    (blind: sigma ignored) the KS sampler and the PSNR curves take, jitted once per model."""
+    wd, specs = side
+    model = wd.model(specs[n].name)
+    d01 = jax.jit(lambda y: (model.denoiser(2.0 * y - 1.0, None) + 1.0) / 2.0)
+    return model, d01
 
 
-def _compiled(config, shape, s):
-    """(D_[0,1](variables, y), sample(variables, seeds) -> KSResult), compiled once for every model of a shape."""
-    net = builders.build_model(config, shape)
-    d01 = jax.jit(lambda v, y: y - net.apply(v, y, train=False))
-
-    @jax.jit
-    def sample(v, seeds):
-        return sampling.kadkhodaie_simoncelli(lambda y, sig: d01(v, y), shape, seeds, h0=s.h0, beta=s.beta,
-                                              sigma_L=s.sigma_L, init_mean=s.init_mean, max_iters=s.max_iters)
-    return d01, sample
+def _sample(d01, shape, seeds, s):
+    """Kadkhodaie-Simoncelli samples of D_[0,1] from `seeds` (a KSResult; the same noise stream for both sides)."""
+    run = jax.jit(lambda seeds: sampling.kadkhodaie_simoncelli(
+        lambda y, sig: d01(y), shape, seeds, h0=s.h0, beta=s.beta, sigma_L=s.sigma_L, init_mean=s.init_mean,
+        max_iters=s.max_iters))
+    return run(seeds)
 
 
 def run_disjoint(config: ml_collections.ConfigDict, workdir: str, *, num_samples: int | None = None,
@@ -116,13 +113,15 @@ def run_disjoint(config: ml_collections.ConfigDict, workdir: str, *, num_samples
         raise configlib.ConfigError("run_disjoint needs a blind bias-free model (configs/kadkhodaie.py).")
     pool = builders.load_pool(config)
     ns = capped_ns(config, len(pool))
-    out_dir = os.path.join(workdir, "disjoint")
+    wd = Workdir(workdir)
+    out_dir = wd.study_output_dir("disjoint")
     os.makedirs(out_dir, exist_ok=True)
     sides = {}
     for label, which in SETS:
         c = set_config(config, which, ns)
-        train.train(c, os.path.join(workdir, label), mesh=mesh, progress=progress)
-        sides[label] = (c, {s.k: s for s in builders.model_specs(c, pool=pool)})
+        side = wd.sub_workdir(label, c)
+        train.train(c, side.path, mesh=mesh, progress=progress)
+        sides[label] = (side, {spec.k: spec for spec in side.specs()})
     s = config.sample
     num = int(num_samples or s.num)
     seeds = np.arange(num) + int(config.study.get("seeds_from", 0))
@@ -131,25 +130,21 @@ def run_disjoint(config: ml_collections.ConfigDict, workdir: str, *, num_samples
     n_test = min(int(config.study.test_images), len(pool) // 2)
     test_rows = {"S1": order[len(pool) - n_test:], "S2": order[:n_test]}  # the other end of the order
     pool01 = (pool + 1.0) / 2.0
-    apply01, sample = _compiled(config, pool.shape[1:], s)
     rows, per_n = [], {}
     for n in tqdm(ns, desc="disjoint N", disable=not progress):
         res = {}
         for label, _ in SETS:
-            c, specs = sides[label]
-            spec = specs[n]
-            variables, step = _restore_variables(c, spec, os.path.join(workdir, label))
-            d01 = functools.partial(apply01, variables)
-            r = sample(variables, seeds)
+            model, d01 = _load(sides[label], n)
+            r = _sample(d01, model.shape, seeds, s)
             samples = 2.0 * np.asarray(r.samples) - 1.0  # back to diffmem's [-1, 1]
-            idx, corr = closest(samples, spec.data)
+            idx, corr = closest(samples, model.train_data)
             res[label] = dict(samples=samples, iterations=np.asarray(r.iterations), converged=np.asarray(r.converged),
-                              closest=idx, closest_corr=corr, step=step, train=spec.data,
-                              psnr_train=psnr_vs_sigma(d01, (spec.data[:n_test] + 1.0) / 2.0, sigmas),
+                              closest=idx, closest_corr=corr, step=model.step, train=model.train_data,
+                              psnr_train=psnr_vs_sigma(d01, (model.train_data[:n_test] + 1.0) / 2.0, sigmas),
                               psnr_test=psnr_vs_sigma(d01, pool01[test_rows[label]], sigmas))
         pair = paired_corr(res["S1"]["samples"], res["S2"]["samples"])
         per_n[n] = (res, pair)
-        report.write_npz(os.path.join(out_dir, f"N{n}.npz"), seeds=seeds, s1_vs_s2=pair,
+        report.write_npz(wd.study_output_dir("disjoint", f"N{n}.npz"), seeds=seeds, s1_vs_s2=pair,
                          **{f"{lab}_{k}": res[lab][k] for lab, _ in SETS
                             for k in ("samples", "iterations", "converged", "closest", "closest_corr",
                                       "psnr_train", "psnr_test")})
@@ -164,18 +159,17 @@ def run_disjoint(config: ml_collections.ConfigDict, workdir: str, *, num_samples
                                   for lab, _ in SETS} for n in ns})
     # The adaptive basis of the largest-N S1 model at a held-out image (C-alpha: its MSE slope vs the optimum).
     from diffmem.metrics import adaptive_basis
-    spec = sides["S1"][1][ns[-1]]
-    variables, _ = _restore_variables(sides["S1"][0], spec, os.path.join(workdir, "S1"))
+    _, d01 = _load(sides["S1"], ns[-1])
     source = str(config.data.get("source", ""))
     alpha = float(source.split("alpha=")[1].split(",")[0]) if source.startswith("calpha:alpha=") else None
     summary["adaptive_basis"] = adaptive_basis.basis_report(
-        functools.partial(apply01, variables), pool01[test_rows["S1"]], out_dir, alpha=alpha,
+        d01, pool01[test_rows["S1"]], out_dir, alpha=alpha,
         name=f"adaptive_basis_S1_N{ns[-1]}")
-    report.write_json(os.path.join(out_dir, "summary.json"), summary)
-    figures = [summary["adaptive_basis"]["figure"],_histograms(os.path.join(out_dir, "similarity_hist.png"), per_n),
-               _four_rows(os.path.join(out_dir, "four_rows.png"), per_n),
-               _psnr_figure(os.path.join(out_dir, "psnr_vs_n.png"), per_n, sigmas)]
-    _write_report(os.path.join(out_dir, "report.md"), summary, figures)
+    out = functools.partial(wd.study_output_dir, "disjoint")
+    report.write_json(out("summary.json"), summary)
+    figures = [summary["adaptive_basis"]["figure"], _histograms(out("similarity_hist.png"), per_n),
+               _four_rows(out("four_rows.png"), per_n), _psnr_figure(out("psnr_vs_n.png"), per_n, sigmas)]
+    _write_report(out("report.md"), summary, figures)
     return summary
 
 

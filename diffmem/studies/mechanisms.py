@@ -55,7 +55,7 @@ def open_workdir(workdir: str, config=None) -> Workdir:
 
 
 def _out_dir(wd: Workdir, *parts: str) -> str:
-    return os.path.join(wd.path, "mechanisms", *parts)
+    return wd.study_output_dir("mechanisms", *parts)
 
 
 def _names(wd: Workdir, names: Sequence[str] | None) -> list[str]:
