@@ -106,22 +106,29 @@ def top_eigenpairs(denoiser, y, sigma: float, k: int = 16, key=None, *, oversamp
     return _top_eigenpairs(denoiser, y, jnp.asarray(sigma, y.dtype), key, k, oversample, iters)
 
 
-def _analyse_matrix_free(denoiser, y, sigma, clean, k, key, num_probes, iters):
-    lam, vecs, res = top_eigenpairs(denoiser, y, sigma, k, key, iters=iters)
+@functools.partial(jax.jit, static_argnames=("denoiser", "num_probes"))
+def _probe_stats(denoiser, y, sigma, key, num_probes: int):
+    """(D(y), J y, ||(J - J^T) V||_F / ||J V||_F, mean v^T J v) over Gaussian probes V (num_probes, n):
+    E ||A v||^2 = ||A||_F^2 and E v^T J v = tr J, so the last two estimate the asymmetry and tr J."""
     f = _flat_fn(denoiser, y, sigma)
     yf = y.reshape(-1)
     d, jvp_fn = jax.linearize(f, yf)
     vjp_fn = jax.linear_transpose(jvp_fn, yf)
-    probes = jax.random.normal(jax.random.fold_in(key, 1), (num_probes, yf.size), y.dtype)
+    probes = jax.random.normal(key, (num_probes, yf.size), y.dtype)
     jv = jax.vmap(jvp_fn)(probes)
     jtv = jax.vmap(lambda v: vjp_fn(v)[0])(probes)
-    d = np.asarray(d, np.float64)
-    jy = np.asarray(jvp_fn(yf), np.float64)  # Euler: J y exactly, one JVP
+    asym = jnp.linalg.norm(jv - jtv) / jnp.maximum(jnp.linalg.norm(jv), jnp.finfo(y.dtype).tiny)
+    return d, jvp_fn(yf), asym, jnp.mean(jnp.sum(probes * jv, axis=1))
+
+
+def _analyse_matrix_free(denoiser, y, sigma, clean, k, key, num_probes, iters):
+    lam, vecs, res = top_eigenpairs(denoiser, y, sigma, k, key, iters=iters)
+    d, jy, asym, trace = _probe_stats(denoiser, y, jnp.asarray(sigma, y.dtype), jax.random.fold_in(key, 1),
+                                      num_probes)
+    d, jy = np.asarray(d, np.float64), np.asarray(jy, np.float64)  # Euler: J y exactly, one JVP
     lam, vecs = np.asarray(lam, np.float64), np.asarray(vecs, np.float64)
     out = dict(jacobian=None, eigenvalues=lam, eigenvectors=vecs, residuals=np.asarray(res, np.float64),
-               # E ||A v||^2 = ||A||_F^2 for Gaussian v: Hutchinson estimates of both norms and tr J
-               asymmetry=float(jnp.linalg.norm(jv - jtv) / jnp.maximum(jnp.linalg.norm(jv), 1e-300)),
-               trace=float(jnp.mean(jnp.sum(probes * jv, axis=1))),
+               asymmetry=float(asym), trace=float(trace),
                euler_residual=float(np.linalg.norm(jy - d) / max(np.linalg.norm(d), 1e-300)), method="matrix_free")
     if clean is not None:
         out["coefficients"] = vecs.T @ np.asarray(clean, np.float64).ravel()
