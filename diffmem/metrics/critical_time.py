@@ -206,6 +206,18 @@ def _pad_rows(n: int) -> int:
     return max(8, 1 << (n - 1).bit_length())
 
 
+def _in_fixed_blocks(call, local: np.ndarray, tix: np.ndarray, rows: int) -> np.ndarray:
+    """`call(samples, time_indices)` over blocks of exactly `rows` (the last padded by repeating its final row, so
+    one compiled shape serves every call); the results without the padding, concatenated."""
+    out = []
+    for c in range(0, len(local), rows):
+        lc, tc = local[c:c + rows], tix[c:c + rows]
+        pad = rows - len(lc)
+        lp, tp = np.r_[lc, np.repeat(lc[-1:], pad)], np.r_[tc, np.repeat(tc[-1:], pad)]
+        out.append(np.asarray(call(lp, tp))[:len(lc)])
+    return np.concatenate(out)
+
+
 # ------------------------------------------------------------------------------------------- image version
 def image_critical_times(denoiser: Denoiser, samples, *, distance: Distance = l2_distance, delta: float = 0.1,
                          trials: int = 10, ts=IMAGE_TIMES, p: float = 0.9, stop: str = "per_sample",
@@ -242,14 +254,8 @@ def image_critical_times(denoiser: Denoiser, samples, *, distance: Distance = l2
 
     def recovered_for(offset):
         def recovered(local, tix):
-            out = []
-            for c in range(0, len(local), rows):
-                lc, tc_ = local[c:c + rows], tix[c:c + rows]
-                pad = rows - len(lc)
-                lp, tp = np.r_[lc, np.repeat(lc[-1:], pad)], np.r_[tc_, np.repeat(tc_[-1:], pad)]
-                r = rows_recovered(x0[offset + lp], ids[offset + lp], tp, iters)
-                out.append(np.asarray(r)[:len(lc)])
-            return np.concatenate(out)
+            return _in_fixed_blocks(lambda lp, tp: rows_recovered(x0[offset + lp], ids[offset + lp], tp, iters),
+                                    local, tix, rows)
         return recovered
 
     groups = [(0, b)] if stop != "batch" or not batch_size else [(s, min(s + batch_size, b)) for s in range(0, b, batch_size)]
@@ -316,13 +322,7 @@ def toy_critical_times(score_fn: ScoreFn, sde: SDE, samples, *, delta: float, tr
     rows = _pad_rows(min(max(rows_per_call // trials, 1), b * len(ts)))   # one compiled shape per call
 
     def recovered(local, tix):
-        out = []
-        for c in range(0, len(local), rows):
-            lc, tc_ = local[c:c + rows], tix[c:c + rows]
-            pad = rows - len(lc)
-            lp, tp = np.r_[lc, np.repeat(lc[-1:], pad)], np.r_[tc_, np.repeat(tc_[-1:], pad)]
-            out.append(np.asarray(rows_recovered(x0[lp], ids[lp], tp, max_steps))[:len(lc)])
-        return np.concatenate(out)
+        return _in_fixed_blocks(lambda lp, tp: rows_recovered(x0[lp], ids[lp], tp, max_steps), local, tix, rows)
 
     tc = _scan(recovered, ts, b, trials, p=p, stop="per_sample", initial=0.0, per_trial=False,
                rows_per_call=rows_per_call, progress=progress)[0][:, 0]
