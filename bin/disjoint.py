@@ -10,7 +10,7 @@ summary.json, N<N>.npz).
 """
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from diffmem import cli
 

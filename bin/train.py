@@ -7,7 +7,7 @@
 """
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from diffmem import cli
 

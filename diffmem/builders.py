@@ -19,7 +19,7 @@ step of sigma (`precond.StepLabels`), the kind of label its embedding is built f
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

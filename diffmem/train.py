@@ -23,8 +23,6 @@ Design:
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import time
 from typing import Any, Callable
@@ -37,7 +35,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffmem import atomic, builders, checkpoint, configlib, cpu_parallel, lock, multihost, report, sampling, schedules
+from diffmem import builders, checkpoint, configlib, cpu_parallel, lock, multihost, report, sampling, schedules
 from diffmem import workdir as workdir_lib
 from diffmem.errors import DiffmemError, WriteError
 
@@ -335,30 +333,6 @@ def init_state(model, optimizer, spec: builders.ModelSpec, init_fn: Callable | N
     return TrainState(jnp.zeros((), jnp.int32), params, params, optimizer.init(params))
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Write workdir/config.json, or check a rerun matches it in everything that shapes training: `steps`
-    (to extend a run) and the sections that only drive later stages (sample, study, logging) may change."""
-    path = workdir_lib.Workdir(workdir).config_path
-    new = json.loads(configlib.to_json(config))
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                old = json.load(f)
-        except ValueError as e:
-            raise configlib.ConfigError(
-                f"{path} is not valid JSON ({e}): the file is damaged. Restore it (bin/train.py writes the "
-                "config it was given; rerun with the original --config to check it), or start a new "
-                "--workdir.") from e
-        free = {k: None for k in workdir_lib.RERUN_KEYS}
-        old_cmp, new_cmp = dict(old, **free), dict(new, **free)
-        if old_cmp != new_cmp:
-            diff = sorted(k for k in set(old_cmp) | set(new_cmp) if old_cmp.get(k) != new_cmp.get(k))
-            raise configlib.ConfigError(
-                f"{workdir} holds a run with a different config (differs in {diff}); finished work is never "
-                "overwritten: use a new --workdir, or the same config to resume.")
-    atomic.write_text(path, configlib.to_json(config))
-
-
 def _trim_metrics(path: str, last_step: int) -> None:
     """Drop metric lines written after the checkpoint a run resumes from (and a line cut short by a kill)."""
     if os.path.exists(path):
@@ -412,11 +386,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
 
 def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None,
                   progress: bool) -> dict[str, TrainState]:
-    write_config(config, workdir)
+    wd = workdir_lib.Workdir(workdir)
+    wd.write_config(config)  # or refuse a rerun whose config differs beyond RERUN_KEYS
     mesh = data_mesh() if mesh is None else mesh
     n_dev = mesh.devices.size
 
-    specs = workdir_lib.Workdir(workdir, config).specs(config, record=True)  # K-subsets recorded / checked
+    specs = wd.specs(config, record=True)  # K-subsets recorded / checked
     scheds = [schedules.member_schedule(config, s.k, s.batch_size) for s in specs]
     lr_in_images = any(sc.lr_rampup_images >= 0 for sc in scheds)
     ema_in_images = any(sc.ema_halflife_images >= 0 for sc in scheds)

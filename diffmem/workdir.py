@@ -52,7 +52,7 @@ import numpy as np
 
 from diffmem import builders, configlib, energy, multihost, report
 from diffmem import sde as sde_lib
-from diffmem.errors import InputError, MissingInputError, OutputExistsError
+from diffmem.errors import InputError, MissingInputError
 
 KINDS = ("trained", "optimal")
 STUDY_OUTPUTS = ("mechanisms", "disjoint")

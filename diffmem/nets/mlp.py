@@ -5,7 +5,6 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from diffmem.nets.embeddings import FourierEmbedding
 

@@ -175,7 +175,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
                                                radial_energy_range=float(exact_r.max()))
             viz.radial_profile(os.path.join(out_dir, "exact_vs_model_radial.png"), np.asarray(radii),
                                {f"K = {spec.k} model (ODE likelihood)": model_r,
-                                f"exact circle score, same ODE likelihood": exact_r,
+                                "exact circle score, same ODE likelihood": exact_r,
                                 f"closed form beta_t E(R), beta_t = {beta_t:.2f}": closed_r},
                                title=f"energy along the radius at t = {st.t_eval}")
             viz.energy_landscapes(os.path.join(out_dir, "exact_vs_model.png"), [
