@@ -57,9 +57,11 @@ from diffmem.errors import InputError, MissingInputError
 KINDS = ("trained", "optimal")
 STUDY_OUTPUTS = ("mechanisms", "disjoint")
 """The studies whose outputs live in <workdir>/<study>/ (`Workdir.study_output_dir`)."""
-RERUN_KEYS = ("steps", "sample", "study", "log_every", "keep_checkpoints")
-"""Top-level config keys a rerun into an existing workdir may change: `steps` extends (or shortens) training;
-the others only drive later stages. Any other difference is a different experiment."""
+RERUN_KEYS = ("steps", "schedule.duration_mimg", "sample", "study", "log_every", "keep_checkpoints")
+"""Config keys (dotted for nested ones) a rerun into an existing workdir may change: `steps` and
+`schedule.duration_mimg` extend (or shorten) training; the others only drive later stages. Any other
+difference is a different experiment."""
+_LENGTH_KEYS = ("steps", "schedule.duration_mimg")
 
 _SET = re.compile(r"^(?P<name>\d+(?:_s\d+)?)(?:@(?P<step>-?\d+))?$")
 
@@ -158,9 +160,21 @@ def sort_names(names) -> list[str]:
 def config_differences(old: dict, new: dict, *, keep_steps: bool = False) -> list[str]:
     """Top-level keys in which two configs (as JSON dicts) differ, ignoring `RERUN_KEYS` (but not `steps`
     when keep_steps: a stage that reuses finished samples needs the same training length)."""
-    free = [k for k in RERUN_KEYS if not (keep_steps and k == "steps")]
-    keys = set(old) | set(new)
-    return sorted(k for k in keys if k not in free and old.get(k) != new.get(k))
+    free = [k for k in RERUN_KEYS if not (keep_steps and k in _LENGTH_KEYS)]
+    old, new = _without(old, free), _without(new, free)
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _without(config: dict, dotted_keys) -> dict:
+    """A copy of a JSON config dict with the given (dotted) keys removed."""
+    config = dict(config)
+    for key in dotted_keys:
+        head, _, rest = key.partition(".")
+        if rest and isinstance(config.get(head), dict):
+            config[head] = _without(config[head], [rest])
+        elif not rest:
+            config.pop(head, None)
+    return config
 
 
 def _data_sha256(data: np.ndarray) -> str:

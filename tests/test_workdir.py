@@ -108,6 +108,13 @@ def test_config_json_rerun_keys_and_corruption(tmp_path):
     assert config_differences(old, dict(old, steps=20, sample={"num": 5})) == []
     assert config_differences(old, dict(old, steps=20), keep_steps=True) == ["steps"]
     assert config_differences(old, dict(old, optim={"lr": 2e-3})) == ["optim"]
+    # A schedule in images is extended through its duration; its other fields shape training.
+    sched = dict(old, schedule={"duration_mimg": 1.0, "ema_halflife_mimg": 0.5})
+    longer = dict(sched, schedule={"duration_mimg": 2.0, "ema_halflife_mimg": 0.5})
+    assert config_differences(sched, longer) == []
+    assert config_differences(sched, longer, keep_steps=True) == ["schedule"]
+    assert config_differences(sched, dict(sched, schedule={"duration_mimg": 1.0, "ema_halflife_mimg": 1.0})) == [
+        "schedule"]
     wd = Workdir(str(tmp_path))
     wd.write_config(digits())
     with pytest.raises(configlib.ConfigError, match=r"differs in \['data'\]"):
