@@ -58,14 +58,23 @@ def image_grid(path: str, images: np.ndarray, ncols: int = 8, title: str = "") -
 
 
 def energy_landscapes(path: str, panels: Sequence[Mapping], bounds: float = 1.5) -> str:
-    """Side-by-side 2-D energy landscapes, as in the tutorial.
+    """Side-by-side 2-D energy landscapes, as in the tutorial (`energy_landscapes_figure`), saved to `path`."""
+    return save_figure(energy_landscapes_figure(panels, bounds), path)
+
+
+def energy_landscapes_figure(panels: Sequence[Mapping], bounds: float = 1.5):
+    """The figure of `energy_landscapes`: heat map of the energy, score quiver, samples, training stars and
+    cluster centres (X, coloured by kind), with numeric energy labels placed so that no two overlap.
 
     Each panel: {"title", "grid_x" (R,R), "grid_y" (R,R), "energy" (R,R), optional "score" (R,R,2),
     "patterns" (K,2), "samples" (N,2), "labels" (N,), "centers" (C,2), "center_energy" (C,),
-    "pattern_energy" (K,), "center_kind" (C,) strings}.
+    "pattern_energy" (K,), "center_kind" (C,) strings}. Labels that find no free spot near their marker are
+    summarised in one line under the panel (how many, and their energy range) instead of being drawn over
+    other labels.
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     kind_color = {"memorized": "lime", "spurious": "red", "generalized": "aqua"}
+    pending = []
     for ax, p in zip(axes[0], panels):
         cs = ax.contourf(p["grid_x"], p["grid_y"], p["energy"], levels=60, cmap="inferno")
         a = np.linspace(0, 2 * np.pi, 200)
@@ -76,21 +85,72 @@ def energy_landscapes(path: str, panels: Sequence[Mapping], bounds: float = 1.5)
                       s[::step, ::step, 1], color="white", alpha=0.5, width=0.004)
         if p.get("samples") is not None:
             ax.scatter(p["samples"][:, 0], p["samples"][:, 1], c=p.get("labels"), s=4, alpha=0.25, cmap="viridis")
-        pats = p.get("patterns")
-        if pats is not None and len(pats) <= 50:
-            ax.scatter(pats[:, 0], pats[:, 1], marker="*", s=90, color="deeppink", edgecolor="black", zorder=5)
-            for xy, e in zip(pats, p.get("pattern_energy", [])):
-                ax.annotate(f"{e:.2f}", xy, xytext=(6, 0), textcoords="offset points", color="deeppink", fontsize=6)
+        labels = []  # (xy, text, colour): centres first (they are what the figure is about), then patterns
         if p.get("centers") is not None and len(p["centers"]) <= 60:
             kinds = p.get("center_kind", ["generalized"] * len(p["centers"]))
             ax.scatter(p["centers"][:, 0], p["centers"][:, 1], marker="X", s=45, edgecolor="black", zorder=6,
                        color=[kind_color.get(k, "aqua") for k in kinds])
-            for xy, e in zip(p["centers"], p.get("center_energy", [])):
-                ax.annotate(f"{e:.2f}", xy, xytext=(-16, 5), textcoords="offset points", color="aqua", fontsize=6)
+            labels += [(xy, float(e), "aqua") for xy, e in zip(p["centers"], p.get("center_energy", []))]
+        pats = p.get("patterns")
+        if pats is not None and len(pats) <= 50:
+            ax.scatter(pats[:, 0], pats[:, 1], marker="*", s=90, color="deeppink", edgecolor="black", zorder=5)
+            labels += [(xy, float(e), "deeppink") for xy, e in zip(pats, p.get("pattern_energy", []))]
         ax.set_xlim(-bounds, bounds), ax.set_ylim(-bounds, bounds), ax.set_aspect("equal")
         ax.set_xticks([]), ax.set_yticks([]), ax.set_title(p.get("title", ""), fontsize=9)
         fig.colorbar(cs, ax=ax, shrink=0.7, label="energy (min = 0)")
-    return save_figure(fig, path)
+        pending.append((ax, labels))
+    fig.canvas.draw()  # final axes positions (colour bars and equal aspect applied) before placing labels
+    for ax, labels in pending:
+        place_labels(ax, labels)
+    return fig
+
+
+# Offsets (in points) tried around a marker, nearest first; each names the text's anchor corner.
+_LABEL_OFFSETS = [(dx * r, dy * r, ha, va) for r in (1, 2, 3.5)
+                  for dx, dy, ha, va in ((5, 3, "left", "bottom"), (5, -3, "left", "top"),
+                                         (-5, 3, "right", "bottom"), (-5, -3, "right", "top"),
+                                         (0, 6, "center", "bottom"), (0, -6, "center", "top"))]
+
+
+def place_labels(ax, labels: Sequence[tuple], fontsize: float = 6, fmt: str = "{:.2f}") -> list:
+    """Annotate points with numbers so that no two label boxes overlap (greedy, in `labels` order).
+
+    labels: (xy data coordinates, value, colour). Each label tries `_LABEL_OFFSETS` around its point and takes
+    the first spot inside the axes that overlaps no label placed before. The ones that fit nowhere are
+    summarised in one line below the axes. Returns the Text artists drawn.
+    """
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    px = fig.dpi / 72.0
+    placed, boxes, unplaced = [], [], []
+    for xy, value, color in labels:
+        text = ax.annotate(fmt.format(value), xy, xytext=(0, 0), textcoords="offset points", color=color,
+                           fontsize=fontsize, zorder=7)
+        size = text.get_window_extent(renderer)
+        w, h = size.width, size.height
+        x0, y0 = ax.transData.transform(xy)
+        for dx, dy, ha, va in _LABEL_OFFSETS:
+            left = x0 + dx * px - {"left": 0.0, "center": w / 2, "right": w}[ha]
+            bottom = y0 + dy * px - {"bottom": 0.0, "top": h}[va]
+            box = (left - 1, bottom - 1, left + w + 1, bottom + h + 1)
+            inside = box[0] >= frame.x0 and box[2] <= frame.x1 and box[1] >= frame.y0 and box[3] <= frame.y1
+            if inside and not any(_overlap(box, b) for b in boxes):
+                text.set_position((dx, dy)), text.set_ha(ha), text.set_va(va)
+                boxes.append(box), placed.append(text)
+                break
+        else:
+            text.remove()
+            unplaced.append(value)
+    if unplaced:
+        placed.append(ax.text(0.5, -0.02, f"{len(unplaced)} more not labelled (no free spot): energies "
+                              f"{min(unplaced):.2f} to {max(unplaced):.2f}", transform=ax.transAxes,
+                              ha="center", va="top", fontsize=fontsize))
+    return placed
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def energy_surfaces(path: str, panels: Sequence[Mapping]) -> str:
