@@ -1,0 +1,113 @@
+"""Machines as denoisers of a training set, and as `diffmem.workdir.Model` records every sampler, metric and
+study takes (kind = the machine's name, step -1).
+
+    D = machine_denoiser(train, "els", patch_size=5)                  # D(x (B, H, W, C), sigma (B,))
+    m = machine_model("runs/digits", "64", "els", patch_size=sched)  # a Model of K = 64's training set
+    run = sampling.get_sampler("edm_euler", m).build(m, **settings)    # any registered sampler
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from diffmem import builders
+from diffmem import sde as sde_lib
+from diffmem import workdir as wdlib
+from diffmem.errors import InputError
+from diffmem.machines import local_score as ls
+from diffmem.machines import schedule as sched
+from diffmem.machines import wiener
+
+MACHINES = ("ideal", "ls", "els", "bbels", "pspc_square", "pspc_flex", "wiener")
+"""ideal (empirical), local, equivariant local, boundary-broken ELS, PSPC square / flex, Wiener filter."""
+
+_PATCH_FNS = {"ls": ls.local, "els": ls.equivariant, "bbels": ls.boundary_broken, "pspc_square": ls.pspc_square}
+
+
+def pspc_tau_schedule() -> sched.Schedule:
+    """Niedoba et al.'s CIFAR threshold schedule on EDM's 18-step grid (sigma 80 -> 0.002, rho 7)."""
+    taus = (1.0,) * 7 + (0.7, 0.7, 0.5, 0.4, 0.4, 0.4, 0.4, 0.3, 0.3, 0.3, 0.3)
+    sigmas = sde_lib.edm_sigma_steps(18)[:-1]
+    return sched.Schedule(tuple(float(s) for s in sigmas[::-1]), taus[::-1])
+
+
+def default_patch_schedule(image_size: int) -> sched.Schedule:
+    """Kamb & Ganguli's MNIST UNet scales, rescaled to the image size (use `calibration.calibrate` for a model's own)."""
+    return sched.kamb_schedule("mnist_unet_zeros", image_size=image_size)
+
+
+def machine_denoiser(train, machine: str = "els", patch_size=None, *, tau=None, heatmap: Callable | None = None,
+                     chunk: int | None = None):
+    """The machine `machine` of the training set `train` (N, *S) as a jitted D(x (B, *S), sigma (B,)).
+
+    patch_size: k, or a schedule sigma -> k (a number, a function, a `schedule.Schedule` or its dict) for ls, els,
+    bbels, pspc_square (default: `default_patch_schedule`); tau: the mass threshold (or its schedule) of pspc_flex
+    (default `pspc_tau_schedule`), with heatmap(sigma (B,)) -> (B, HW, HW) (default the Wiener filter's rows).
+    chunk: training images per streamed chunk (None: automatic). Compiled once per input shape and dtype."""
+    if machine not in MACHINES:
+        raise InputError(f"Unknown machine {machine!r}; choose one of {list(MACHINES)}.")
+    if machine == "wiener":
+        return jax.jit(wiener.wiener_denoiser(train))
+    data = jnp.asarray(train)
+    if machine == "ideal":
+        return jax.jit(lambda x, sigma: ls.ideal(data, x, _sigmas(sigma, x), chunk))
+    if data.ndim != 4:
+        raise InputError(f"Machine {machine!r} works on images (N, H, W, C); this training set has shape "
+                         f"{tuple(data.shape)}. Use 'ideal' or 'wiener' for other data.")
+    if machine == "pspc_flex":
+        schedule = sched.as_schedule(pspc_tau_schedule() if tau is None else tau)
+        heat = heatmap or wiener.wiener_heatmap(np.asarray(train))
+        fn = lambda t, x, sigma: ls.pspc_flex(data, x, sigma, float(t), heat, chunk)
+    else:
+        schedule = sched.as_schedule(default_patch_schedule(data.shape[1]) if patch_size is None else patch_size)
+        patch = _PATCH_FNS[machine]
+        fn = lambda k, x, sigma: patch(data, x, sigma, int(k), chunk)
+    run = sched.by_level(schedule, fn)
+    return jax.jit(lambda x, sigma: run(x, _sigmas(sigma, x)))
+
+
+def _sigmas(sigma, x):
+    return jnp.broadcast_to(jnp.asarray(sigma, x.dtype).reshape(-1), x.shape[:1])
+
+
+def _score_of(denoiser):
+    def score(x, sigma):
+        sigma = _sigmas(sigma, x)
+        return (denoiser(x, sigma) - x) / sigma.reshape((-1,) + (1,) * (x.ndim - 1)) ** 2
+    return score
+
+
+def _config_and_spec(config_or_workdir, name):
+    if isinstance(config_or_workdir, ml_collections.ConfigDict):
+        config = config_or_workdir
+        specs = {s.name: s for s in builders.model_specs(config)}
+        if str(name) not in specs:
+            raise InputError(f"No model named {name!r} in this config; its models are {wdlib.sort_names(specs)}.")
+        return config, specs[str(name)]
+    wd = config_or_workdir if isinstance(config_or_workdir, wdlib.Workdir) else wdlib.Workdir(os.fspath(config_or_workdir))
+    return wd.config, wd.spec(str(name))
+
+
+def machine_model(config_or_workdir, name, machine: str = "els", patch_size=None, *, tau=None,
+                  heatmap: Callable | None = None, chunk: int | None = None) -> wdlib.Model:
+    """The machine of model `name`'s training set (a workdir's recorded K-subset, or a config's) as a `Model`
+    (kind = machine, step -1); the other arguments as `machine_denoiser`."""
+    config, spec = _config_and_spec(config_or_workdir, name)
+    denoiser = machine_denoiser(spec.data, machine, patch_size, tau=tau, heatmap=heatmap, chunk=chunk)
+    image = builders.is_image(config)
+    sde, time_score = None, None
+    if image:
+        lo, hi = builders.sigma_range(config)
+    else:
+        sde = builders.build_sde(config)
+        time_score = sde_lib.score_from_denoiser(denoiser, sde)
+        lo, hi = (float(sde.sigma(jnp.asarray(t, jnp.float32))) for t in (sde.t_min, sde.t_max))
+    return wdlib.Model(name=spec.name, k=spec.k, kind=machine, denoiser=denoiser, score=_score_of(denoiser),
+                       shape=tuple(spec.data.shape[1:]), sde=sde, sigma_min=float(lo), sigma_max=float(hi),
+                       train_data=spec.data, step=-1, seed=int(spec.seed), labels=spec.labels,
+                       time_score=time_score, data_range=(-1.0, 1.0) if image else None, config=config)

@@ -1,0 +1,137 @@
+"""The one streamed patch log-sum-exp kernel every analytic machine runs on, and patch extraction.
+
+For query rows q_gb (group g, row b) and reference rows p_gn streamed in chunks, the kernel returns
+
+    lse_gb  = log sum_n exp(-||q_gb - p_gn||_w^2 * inv_var_gb / 2)          (over allowed pairs)
+    mean_gb = sum_n softmax_n(...) v_gn                                       (values v: centres or patches)
+
+with ||u||_w^2 = sum_d w_d u_d^2 (w a per-query precision vector, default all ones; hard masks are 0/1).
+The squared distance is a GEMM: ||q||^2 - 2 q.p + ||p||^2 (with w: sum w q^2 - 2 (w q).p + w.p^2), so the
+work runs at GEMM speed; a running maximum per query row (never over the batch) keeps the sums finite where
+one shared maximum would underflow for some rows. Memory is bounded by (rows x chunk) logits and one chunk of
+references: the full query x reference matrix is never formed. Groups g are independent problems solved in one
+batched GEMM: one group with many rows (ELS: every pixel of every example against every patch), or one
+group per image position (LS, PSPC: the references at the same location).
+
+Which pairs count is said by integer tags: a reference row with tag < 0 is padding (ignored); with
+`query_tags` given, a pair counts only where the tags are equal (boundary-broken ELS: the border class).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+ChunkFn = Callable[[jax.Array], tuple]
+"""chunk(item) -> (refs (Gr, n, D), values (Gr, n, V), tags (Gr, n) int), Gr in {1, G}: one chunk of references
+made from one item of the scanned inputs (e.g. a chunk of training images), so only a chunk is ever in memory."""
+
+
+def stream_patch_lse(queries: jax.Array, inv_var: jax.Array, chunk: ChunkFn, items, *,
+                     weights: jax.Array | None = None, query_tags: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
+    """(lse (G, B), mean (G, B, V)) for queries (G, B, D), inv_var (G|1, B) and the chunks `chunk(item)` for
+    each item along the leading axis of the pytree `items` (scanned with lax.scan).
+
+    weights: optional (G|1, B|1, D) per-query precision vector; query_tags: optional (G, B) int (pairs count
+    only where a reference's tag equals the query's). A query row with no allowed reference gets lse = -inf and
+    mean 0.
+    """
+    dtype = queries.dtype
+    g, b, _ = queries.shape
+    inv_var = jnp.broadcast_to(jnp.asarray(inv_var, dtype), (g, b))
+    if weights is None:
+        qsq = jnp.sum(queries * queries, axis=-1)
+        qw = queries
+    else:
+        weights = jnp.asarray(weights, dtype)
+        qw = queries * weights
+        qsq = jnp.sum(qw * queries, axis=-1)
+
+    def body(carry, item):
+        m, s, acc = carry
+        refs, values, tags = chunk(item)
+        refs = refs.astype(dtype)
+        values = values.astype(dtype)
+        # q.p - |p|^2/2 (the -|q|^2/2 is added once at the end): one (batched) GEMM per chunk.
+        cross = _gemm(qw, refs)
+        if weights is None:
+            half_psq = 0.5 * jnp.sum(refs * refs, axis=-1)[:, None, :]              # (Gr, 1, n)
+        else:
+            half_psq = 0.5 * _gemm(jnp.broadcast_to(weights, (g, b, weights.shape[-1])), refs * refs)
+        logits = (cross - half_psq) * inv_var[..., None]
+        tags = jnp.broadcast_to(tags, (g, tags.shape[-1]))
+        ok = (tags >= 0)[:, None, :]
+        if query_tags is not None:
+            ok = ok & (tags[:, None, :] == query_tags[..., None])
+        logits = jnp.where(ok, logits, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+        safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+        scale = jnp.where(jnp.isfinite(m), jnp.exp(m - safe), 0.0)
+        p = jnp.exp(logits - safe[..., None])                                       # 0 where not allowed
+        s = s * scale + jnp.sum(p, axis=-1)
+        acc = acc * scale[..., None] + _gemm(p, jnp.swapaxes(values, 1, 2))
+        return (m_new, s, acc), None
+
+    v = jax.eval_shape(chunk, jax.tree.map(lambda a: a[0], items))[1].shape[-1]
+    init = (jnp.full((g, b), -jnp.inf, dtype), jnp.zeros((g, b), dtype), jnp.zeros((g, b, v), dtype))
+    (m, s, acc), _ = jax.lax.scan(body, init, items)
+    lse = m + jnp.log(s) - 0.5 * qsq * inv_var
+    return lse, acc / jnp.where(s > 0, s, 1.0)[..., None]
+
+
+def _gemm(a: jax.Array, r: jax.Array) -> jax.Array:
+    """a (G, B, D) times r (Gr, n, D) transposed -> (G, B, n): one plain GEMM over all G*B rows when the
+    references are shared (Gr = 1), else G batched GEMMs."""
+    g, b, d = a.shape
+    if r.shape[0] == 1:
+        return (a.reshape(g * b, d) @ r[0].T).reshape(g, b, r.shape[1])
+    return jnp.einsum("gbd,gnd->gbn", a, r)
+
+
+# ------------------------------------------------------------------------------------------ patches
+def patches(images: jax.Array, kh: int, kw: int) -> jax.Array:
+    """All kh x kw windows fully inside images (N, H, W, C): (N, H - kh + 1, W - kw + 1, kh * kw * C), features
+    ordered (row in window, column in window, channel); window (i, j) has its upper-left corner at (i, j)."""
+    n, h, w, c = images.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    cols = [images[:, i:i + oh, j:j + ow, :] for i in range(kh) for j in range(kw)]
+    return jnp.stack(cols, axis=3).reshape(n, oh, ow, kh * kw * c)
+
+
+def centred_patches(images: jax.Array, k: int, mode: str) -> jax.Array:
+    """The k x k patch centred at every pixel (k odd): (N, H, W, k * k * C), images padded by k // 2 with
+    zeros (mode "zeros") or circularly (mode "circular")."""
+    r = k // 2
+    pad = ((0, 0), (r, r), (r, r), (0, 0))
+    padded = jnp.pad(images, pad, mode="wrap" if mode == "circular" else "constant")
+    return patches(padded, k, k)
+
+
+def fold(windows: jax.Array, shape: tuple, kh: int, kw: int) -> jax.Array:
+    """The adjoint of `patches`: each window (N, H', W', kh*kw*C) added back at its place in an (N, H, W, C)
+    image (overlap-add)."""
+    zeros = jnp.zeros(shape, windows.dtype)
+    _, adjoint = jax.vjp(lambda im: patches(im, kh, kw), zeros)
+    return adjoint(windows)[0]
+
+
+def chunked(array: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """array (N, ...) as (num, size, ...) zero-padded chunks and a validity mask (num, size)."""
+    n = array.shape[0]
+    size = max(1, min(int(size), n))
+    num = -(-n // size)
+    pad = num * size - n
+    padded = jnp.pad(array, ((0, pad),) + ((0, 0),) * (array.ndim - 1))
+    valid = jnp.arange(num * size) < n
+    return padded.reshape((num, size) + array.shape[1:]), valid.reshape(num, size)
+
+
+DEFAULT_LOGITS = 1 << 22  # logits per chunk (rows x references): 16 MB in float32
+
+
+def images_per_chunk(rows: int, refs_per_image: int, chunk: int | None) -> int:
+    """Training images per chunk: `chunk` references (None: about DEFAULT_LOGITS / rows of them), whole images."""
+    target = chunk if chunk is not None else max(256, DEFAULT_LOGITS // max(1, rows))
+    return max(1, int(target) // max(1, refs_per_image))

@@ -1,0 +1,189 @@
+"""Analytic local score machines: closed forms and brute-force numpy twins (float64), streaming, Model records."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.special
+
+from diffmem import configlib, energy, sampling
+from diffmem.data import toy
+from diffmem.machines import MACHINES, Schedule, machine_denoiser, machine_model
+from diffmem.machines import local_score as ls
+from diffmem.machines import patch_kernel as pk
+from diffmem.machines import wiener
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------------------ brute-force numpy twins
+def _softmax_mean(queries_minus_refs_sq, values, sigma):
+    """sum_p softmax_p(-d_p / 2 s^2) v_p in float64 with its own max (one query)."""
+    logits = -np.asarray(queries_minus_refs_sq) / (2 * sigma**2)
+    w = np.exp(logits - logits.max())
+    return (w[:, None] * np.asarray(values)).sum(0) / w.sum()
+
+
+def _padded(img, r, mode="constant"):
+    return np.pad(img, ((r, r), (r, r), (0, 0)), mode=mode)
+
+
+def _brute(Y, x, sigma, machine, k=3, masks=None):
+    """Per-pixel enumeration of each machine's references (local_score docstring), independent of the kernel."""
+    Y, x = np.asarray(Y, np.float64), np.asarray(x, np.float64)
+    n, h, w, c = Y.shape
+    r = k // 2
+    out = np.zeros_like(x)
+    for b in range(len(x)):
+        s = float(sigma[b])
+        if machine == "pspc_square":
+            total, count = np.zeros((h, w, c)), np.zeros((h, w, 1))
+            for i in range(h - k + 1):
+                for j in range(w - k + 1):
+                    d = ((x[b, i:i + k, j:j + k] - Y[:, i:i + k, j:j + k]) ** 2).reshape(n, -1).sum(1)
+                    total[i:i + k, j:j + k] += _softmax_mean(d, Y[:, i:i + k, j:j + k].reshape(n, -1), s).reshape(k, k, c)
+                    count[i:i + k, j:j + k] += 1
+            out[b] = total / count
+            continue
+        if machine == "pspc_flex":
+            total, count = np.zeros((h * w, c)), np.zeros((h * w, 1))
+            for p in range(h * w):
+                m = masks[b, p]
+                d = ((x[b].reshape(h * w, c)[m] - Y.reshape(n, h * w, c)[:, m]) ** 2).reshape(n, -1).sum(1)
+                total[m] += _softmax_mean(d, Y.reshape(n, h * w, c)[:, m].reshape(n, -1), s).reshape(-1, c)
+                count[m] += 1
+            out[b] = (total / count).reshape(h, w, c)
+            continue
+        xz, xc, Yz = _padded(x[b], r), _padded(x[b], r, "wrap"), np.stack([_padded(y, r) for y in Y])
+        for hh in range(h):
+            for ww in range(w):
+                if machine == "ideal":
+                    d = ((x[b] - Y) ** 2).reshape(n, -1).sum(1)
+                    vals = Y[:, hh, ww]
+                elif machine == "ls":
+                    d = ((xz[hh:hh + k, ww:ww + k] - Yz[:, hh:hh + k, ww:ww + k]) ** 2).reshape(n, -1).sum(1)
+                    vals = Y[:, hh, ww]
+                else:  # els / bbels: every allowed (image, position) pair
+                    q = xc[hh:hh + k, ww:ww + k] if machine == "els" else xz[hh:hh + k, ww:ww + k]
+                    d, vals = [], []
+                    for i in range(h):
+                        for j in range(w):
+                            if machine == "els":
+                                ok = r <= i < h - r and r <= j < w - r
+                            else:  # same offset from an edge, or anywhere in the interior along that axis
+                                same = lambda a, bb, size: a == bb if (a < r or a >= size - r) else r <= bb < size - r
+                                ok = same(hh, i, h) and same(ww, j, w)
+                            if ok:
+                                d.extend(((q - Yz[:, i:i + k, j:j + k]) ** 2).reshape(n, -1).sum(1))
+                                vals.extend(Y[:, i, j])
+                    d, vals = np.asarray(d), np.asarray(vals)
+                out[b, hh, ww] = _softmax_mean(d, vals, s)
+    return out
+
+
+def _data(n=3, h=5, w=5, c=1, b=2, seed=0):
+    rng = np.random.default_rng(seed)
+    Y = rng.uniform(-1, 1, (n, h, w, c))
+    x = Y[:b] + 0.6 * rng.normal(size=(b, h, w, c))
+    return Y, x, np.array([0.5, 0.9])[:b]
+
+
+# ------------------------------------------------------------------------------------------ the tests
+@pytest.mark.parametrize("machine,c", [("ls", 1), ("els", 2), ("bbels", 1), ("pspc_square", 1)])
+def test_machines_equal_their_brute_force_twins(x64, machine, c):
+    Y, x, s = _data(c=c)
+    got = machine_denoiser(Y, machine, patch_size=3)(jnp.asarray(x), jnp.asarray(s))
+    np.testing.assert_allclose(np.asarray(got), _brute(Y, x, s, machine), rtol=0, atol=1e-10)
+
+
+def test_pspc_flex_equals_its_twin_and_tau_one_is_the_empirical_denoiser(x64):
+    Y, x, s = _data()
+    heat = lambda sig: jnp.broadcast_to(jnp.asarray(np.random.default_rng(1).uniform(size=(25, 25))), (sig.shape[0], 25, 25))
+    masks = np.asarray(ls.flex_masks(heat(jnp.asarray(s)), 0.6))
+    assert 1 < masks.sum(-1).mean() < 25  # a real partial mask
+    got = machine_denoiser(Y, "pspc_flex", tau=0.6, heatmap=heat)(jnp.asarray(x), jnp.asarray(s))
+    np.testing.assert_allclose(np.asarray(got), _brute(Y, x, s, "pspc_flex", masks=masks), atol=1e-10)
+    full = machine_denoiser(Y, "pspc_flex", tau=1.0)(jnp.asarray(x), jnp.asarray(s))  # Wiener heatmap, tau = 1
+    np.testing.assert_allclose(np.asarray(full), np.asarray(energy.empirical_denoiser(Y)(x, s)), atol=1e-12)
+
+
+def test_full_image_patches_and_ideal_equal_the_empirical_denoiser(x64):
+    Y, x, s = _data(h=4, w=5)
+    want = np.asarray(energy.empirical_denoiser(Y)(x, s))
+    np.testing.assert_allclose(np.asarray(machine_denoiser(Y, "ideal")(x, s)), want, atol=1e-12)
+    # PSPC with a full-image window (k clipped to the image) and LS whose centred patch covers the whole image
+    np.testing.assert_allclose(np.asarray(machine_denoiser(Y, "pspc_square", patch_size=99)(x, s)), want, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(machine_denoiser(Y, "ls", patch_size=9)(x, s)), want, atol=1e-12)
+
+
+def test_els_of_one_training_image_closed_forms(x64):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 6, 6, 1))
+    const = np.full((1, 6, 6, 1), 0.3)  # every patch identical: every pixel is the constant, for any x and sigma
+    out = machine_denoiser(const, "els", patch_size=3)(x, np.array([0.05, 3.0]))
+    np.testing.assert_allclose(np.asarray(out), 0.3, atol=1e-12)
+    y = rng.uniform(-1, 1, (1, 6, 6, 1))
+    d = machine_denoiser(y, "els", patch_size=3)
+    # sigma -> infinity: all 16 patches weigh the same, every pixel is the mean of the interior (centre) pixels
+    np.testing.assert_allclose(np.asarray(d(x, np.array([1e6, 1e6]))), y[0, 1:5, 1:5].mean(), atol=1e-9)
+    # sigma -> 0 at x = y: a pixel's own patch is the nearest, so interior pixels are returned exactly
+    np.testing.assert_allclose(np.asarray(d(y, np.array([1e-3])))[0, 1:5, 1:5], y[0, 1:5, 1:5], atol=1e-12)
+    s = np.array([0.4, 1.2])
+    np.testing.assert_allclose(np.asarray(d(x, s)), _brute(y, x, s, "els"), atol=1e-10)
+    # LS of one image: one reference per pixel, weight 1: the image itself
+    np.testing.assert_allclose(np.asarray(machine_denoiser(y, "ls", patch_size=3)(x, s)), np.broadcast_to(y, x.shape))
+
+
+def test_wiener_filter_is_the_gaussian_posterior_mean(x64):
+    key = jax.random.key(0)
+    a = jax.random.normal(key, (6, 6), jnp.float64)
+    gmm = toy.GaussianMixture(jnp.ones(1), jnp.linspace(-1, 1, 6)[None], (a @ a.T / 6 + 0.1 * jnp.eye(6))[None])
+    x = jax.random.normal(jax.random.fold_in(key, 1), (4, 6), jnp.float64) * 2
+    s = jnp.array([0.1, 0.5, 1.0, 3.0])
+    d = wiener.wiener_from_moments(gmm.means[0], gmm.covs[0])
+    np.testing.assert_allclose(np.asarray(d(x, s)), np.asarray(gmm.denoiser(x, s)), atol=1e-12)
+    # from a training set: its mean and (1/N) covariance
+    y = np.asarray(gmm.sample(jax.random.fold_in(key, 2), 50))
+    want = wiener.wiener_from_moments(y.mean(0), np.cov(y.T, bias=True))(x, s)
+    np.testing.assert_allclose(np.asarray(machine_denoiser(y, "wiener")(x, s)), np.asarray(want), atol=1e-12)
+
+
+def test_streaming_chunk_sizes_agree_and_rows_keep_their_own_maximum(x64):
+    Y, x, s = _data(n=5)
+    full = machine_denoiser(Y, "bbels", patch_size=3, chunk=None)(x, s)
+    one = machine_denoiser(Y, "bbels", patch_size=3, chunk=1)(x, s)
+    np.testing.assert_allclose(np.asarray(one), np.asarray(full), atol=1e-12)
+    # a row whose logits are all ~ -1e6 beside one near 0: a max shared over rows would underflow it to 0 / 0
+    refs = jnp.asarray(np.random.default_rng(0).normal(size=(1, 7, 4)))
+    q = jnp.concatenate([refs[:, :1] + 1e-3, refs[:, :1] + 1e3], axis=1)              # (1, 2, 4)
+    items = pk.chunked(refs[0], 3)
+    lse, mean = pk.stream_patch_lse(q, jnp.ones((1, 2)), lambda it: (it[0][None], it[0][None],
+                                                                     jnp.where(it[1], 0, -1)[None]), items)
+    d2 = ((np.asarray(q)[0, :, None] - np.asarray(refs)[0][None]) ** 2).sum(-1)
+    np.testing.assert_allclose(np.asarray(lse)[0], scipy.special.logsumexp(-0.5 * d2, axis=1), rtol=1e-9)
+    assert np.all(np.isfinite(np.asarray(mean)))
+
+
+def test_schedule_runs_each_example_at_its_own_patch_size(x64):
+    Y, x, _ = _data(b=2)
+    s = np.array([0.2, 2.0])
+    d = machine_denoiser(Y, "els", patch_size=Schedule((0.3, 1.0), (1, 3)))(x, s)
+    np.testing.assert_allclose(np.asarray(d)[0], _brute(Y, x[:1], s[:1], "els", k=1)[0], atol=1e-10)
+    np.testing.assert_allclose(np.asarray(d)[1], _brute(Y, x[1:], s[1:], "els", k=3)[0], atol=1e-10)
+
+
+def test_machine_model_runs_through_a_registered_sampler(one_device):
+    config = configlib.load_config_file(os.path.join(REPO, "configs/digits.py") + ":k=8")
+    m = machine_model(config, "8", "els", patch_size=3)
+    assert (m.kind, m.step, m.shape, m.k) == ("els", -1, (8, 8, 1), 8)
+    opt = machine_model(config, "8", "ideal")
+    from diffmem.workdir import optimal_model
+    ref = optimal_model(config, "8")
+    settings = dict(num_steps=4, sigma_min=0.002, sigma_max=80.0)
+    seeds = np.arange(3)
+    x = sampling.get_sampler("edm_euler", m).build(m, **settings)(seeds)
+    assert x.shape == (3, 8, 8, 1) and np.all(np.isfinite(np.asarray(x)))
+    a = sampling.get_sampler("edm_euler", opt).build(opt, **settings)(seeds)
+    b = sampling.get_sampler("edm_euler", ref).build(ref, **settings)(seeds)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
