@@ -1,0 +1,239 @@
+"""Machine-vs-network agreement across a K sweep, and the K-sweep study's "machines" section.
+
+r (Kamb & Ganguli's eval_script): each output is mean-removed and scaled to unit norm, r = <a, b>, a Pearson
+correlation over the pixels of one image; the papers report the median over images (whether they square it
+is unverified, so both r and r^2 are reported). Two comparisons per K:
+  samples    the network and the machine run the same deterministic sampler from the same seeds (the same
+             starting noise): r between the two final images, per seed (the papers' comparison);
+  denoisers  D_net and D_machine on the same noised images x0 + sigma n, per sigma: r per image.
+The machines' locality (patch size per sigma) is first calibrated against the network (`calibration`).
+
+    study_section(workdir, names, **kw) -> dict(title, markdown, figures, data)   (diffmem.studies.k_sweep)
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from diffmem import builders, report, sampling, viz
+from diffmem import workdir as wdlib
+from diffmem.errors import InputError
+from diffmem.machines import models as mm
+
+TITLE = "Analytic local score machines"
+TUNED = ("ls", "els", "bbels", "pspc_square", "pspc_flex")  # machines with a calibrated hyperparameter
+
+
+def pearson_r(a, b) -> np.ndarray:
+    """(B,) correlation over the pixels of each pair of images a[i], b[i] (mean-removed, unit norm; nan where an
+    image is constant)."""
+    a = np.asarray(a, np.float64).reshape(len(a), -1)
+    b = np.asarray(b, np.float64).reshape(len(b), -1)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sum(a * b, axis=1) / (na * nb)
+
+
+def sample_agreement(model_a, model_b, seeds, sampler: str = "edm_euler", **settings) -> np.ndarray:
+    """r per seed between the samples of two models drawn by the same sampler and settings (resolved on model_a)
+    from the same seeds."""
+    spec = sampling.get_sampler(sampler, model_a)
+    resolved = spec.resolve(model_a, **settings)
+    seeds = np.asarray(seeds, np.int64)
+    xa = spec.build(model_a, **resolved)(seeds)
+    xb = sampling.get_sampler(sampler, model_b).build(model_b, **resolved)(seeds)
+    return pearson_r(xa, xb)
+
+
+def denoiser_agreement(model_a, model_b, images, sigmas: Sequence[float], seed: int = 0) -> np.ndarray:
+    """(L, M) r between D_a and D_b on images (M, *S) noised at each sigma (noise from fold_in(key(seed), l))."""
+    from diffmem.machines.calibration import noised
+    images = np.asarray(images, np.float32)
+    da, db = jax.jit(model_a.denoiser), jax.jit(model_b.denoiser)
+    out = []
+    for i, s in enumerate(sigmas):
+        x = jnp.asarray(noised(images, s, seed, i))
+        sig = jnp.full((len(images),), s, jnp.float32)
+        out.append(pearson_r(da(x, sig), db(x, sig)))
+    return np.stack(out)
+
+
+def heldout_images(config, spec, num: int) -> np.ndarray:
+    """Up to `num` images of the dataset pool that are not in the spec's training set (first in pool order)."""
+    pool = builders.load_pool(config)
+    keep = np.ones(len(pool), bool)
+    if spec.indices is not None:
+        keep[np.asarray(spec.indices)] = False
+    return np.asarray(pool[keep][:num], np.float32)
+
+
+def output_dir(wd: wdlib.Workdir, *parts: str) -> str:
+    """<workdir>/machines/...: `Workdir.study_output_dir("machines")` once the layout lists it, else the same path."""
+    try:
+        return wd.study_output_dir("machines", *parts)
+    except InputError:
+        return os.path.join(wd.path, "machines", *parts)
+
+
+def _median(v) -> float | None:
+    v = np.asarray(v, np.float64)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else None
+
+
+def agreement_for(wd: wdlib.Workdir, name: str, *, machines: Sequence[str], network: str, calibrate_machine: str,
+                  candidates, sigmas, num_images: int, images: str, seeds, sampler: str, num_steps: int,
+                  chunk, seed: int) -> dict:
+    """One K: calibration of `calibrate_machine`, then sample and denoiser agreement of every machine."""
+    from diffmem.machines import calibration
+    net = wd.model(name, kind=network)
+    spec = wd.spec(name)
+    x0 = (np.asarray(spec.data[:num_images]) if images == "train"
+          else heldout_images(wd.config, spec, num_images))
+    sig = np.asarray(calibration.default_sigmas(net) if sigmas is None else sigmas, np.float64)
+    cal = calibration.calibrate(net, calibrate_machine, candidates=candidates, sigmas=sig, images=x0, seed=seed,
+                                chunk=chunk)
+    schedule = cal["schedule"]
+    row = dict(k=int(spec.k), calibration={k: v for k, v in cal.items() if k != "schedule"},
+               schedule=schedule.to_dict(), machines={})
+    for machine in machines:
+        tuned = machine in TUNED
+        own = (schedule if machine == calibrate_machine else
+               calibration.calibrate(net, machine, sigmas=sig, images=x0, seed=seed, chunk=chunk)["schedule"]
+               ) if tuned else None
+        m = mm.machine_model(wd, name, machine, patch_size=own, tau=own, chunk=chunk)
+        rs = sample_agreement(net, m, seeds, sampler, num_steps=num_steps)
+        rd = denoiser_agreement(net, m, x0, sig, seed)
+        row["machines"][machine] = dict(
+            r_samples=rs.tolist(), r=_median(rs), r2=_median(rs**2),
+            r_denoiser=[_median(v) for v in rd], r2_denoiser=[_median(v**2) for v in rd],
+            schedule=None if own is None else own.to_dict())
+    return row
+
+
+def agreement_vs_k(workdir, names: Sequence[str] | None = None, *, machines: Sequence[str] = ("ideal", "els", "wiener"),
+                   network: str = "trained", calibrate_machine: str = "els", candidates=None,
+                   sigmas: Sequence[float] | None = None, num_images: int = 16, images: str = "train",
+                   num_seeds: int = 16, sampler: str = "edm_euler", num_steps: int = 18, chunk: int | None = None,
+                   seed: int = 0, progress: bool = True) -> dict:
+    """Agreement of each machine with the network for each K of a workdir ({name: row}, rows as `agreement_for`),
+    saved as machines/agreement/<name>.json and reused when a rerun asks for the same settings.
+
+    network: "trained" (the checkpoint's EMA weights) or "optimal" (the empirical denoiser: how local is the
+    memorizing optimum?). images: "train" or "heldout" (noised images of the denoiser comparison and the
+    calibration). num_seeds: seeds 0..num_seeds-1 of the sample comparison."""
+    wd = workdir if isinstance(workdir, wdlib.Workdir) else wdlib.Workdir(os.fspath(workdir))
+    bad = [m for m in machines if m not in mm.MACHINES]
+    if bad or calibrate_machine not in TUNED:
+        raise InputError(f"Unknown machine(s) {bad or [calibrate_machine]}: machines are {list(mm.MACHINES)}, the "
+                         f"calibrated one one of {list(TUNED)}.")
+    if images not in ("train", "heldout") or network not in wdlib.KINDS:
+        raise InputError(f"images must be 'train' or 'heldout' and network one of {wdlib.KINDS}.")
+    names = wd.names() if names is None else [str(n) for n in names]
+    settings = dict(machines=list(machines), network=network, calibrate_machine=calibrate_machine,
+                    candidates=None if candidates is None else list(candidates),
+                    sigmas=None if sigmas is None else [float(s) for s in sigmas], num_images=num_images,
+                    images=images, num_seeds=num_seeds, sampler=sampler, num_steps=num_steps, seed=seed)
+    rows = {}
+    for name in tqdm(wdlib.sort_names(names), desc="machines vs network", disable=not progress):
+        path = output_dir(wd, "agreement", f"{name}.json")
+        old = _read(path)
+        if old is not None and old.get("settings") == settings and old.get("step") == _step(wd, name, network):
+            rows[name] = old["row"]
+            continue
+        row = agreement_for(wd, name, machines=machines, network=network, calibrate_machine=calibrate_machine,
+                            candidates=candidates, sigmas=sigmas, num_images=num_images, images=images,
+                            seeds=np.arange(num_seeds), sampler=sampler, num_steps=num_steps, chunk=chunk, seed=seed)
+        if wdlib.is_writer():
+            report.write_json(path, dict(settings=settings, step=_step(wd, name, network), row=row))
+        rows[name] = row
+    return rows
+
+
+def _step(wd, name, network) -> int:
+    if network == "optimal":
+        return -1
+    from diffmem import checkpoint
+    step = checkpoint.latest_step(wd.path, name)
+    return -2 if step is None else int(step)
+
+
+def _read(path):
+    import json
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def figures(wd: wdlib.Workdir, rows: dict) -> list[str]:
+    """agreement_vs_k.png (median r and r^2 of the samples vs K, per machine) and calibration.png (k per sigma)."""
+    import matplotlib.pyplot as plt
+    names = wdlib.sort_names(rows)
+    ks = [rows[n]["k"] for n in names]
+    machines = list(rows[names[0]]["machines"])
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key in zip(axes, ("r", "r2")):
+        for m in machines:
+            ax.plot(ks, [np.nan if rows[n]["machines"][m][key] is None else rows[n]["machines"][m][key]
+                         for n in names], marker="o", label=m)
+        ax.set_xscale("log"), ax.set_xlabel("training set size K"), ax.grid(alpha=0.3)
+        ax.set_ylabel(f"median {'r' if key == 'r' else 'r^2'} (machine vs network samples)")
+    axes[0].legend(fontsize=8)
+    out = [viz.save_figure(fig, output_dir(wd, "agreement_vs_k.png"))]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for n in names:
+        s = rows[n]["schedule"]
+        ax.plot(s["sigmas"], s["values"], marker="o", label=f"K = {rows[n]['k']}")
+    ax.set_xscale("log"), ax.set_xlabel("sigma"), ax.set_ylabel("calibrated patch size k"), ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    out.append(viz.save_figure(fig, output_dir(wd, "calibration.png")))
+    return out
+
+
+def study_section(workdir, names: Sequence[str] | None = None, **kw) -> dict:
+    """The K-sweep report's "machines" section: agreement_vs_k(workdir, names, **kw), figures and a table."""
+    wd = workdir if isinstance(workdir, wdlib.Workdir) else wdlib.Workdir(os.fspath(workdir))
+    kw.setdefault("progress", False)
+    rows = agreement_vs_k(wd, names, **kw)
+    if not rows:
+        raise InputError("No models to compare with the machines.")
+    figs = figures(wd, rows) if wdlib.is_writer() else []
+    names = wdlib.sort_names(rows)
+    machines = list(rows[names[0]]["machines"])
+    table = []
+    for n in names:
+        r = dict(K=rows[n]["k"], **{"calibration r^2 (median over sigma)": _median(rows[n]["calibration"]["r2"])})
+        for m in machines:
+            r[f"r {m}"] = rows[n]["machines"][m]["r"]
+            r[f"r^2 {m}"] = rows[n]["machines"][m]["r2"]
+        table.append(r)
+    columns = list(table[0])
+    markdown = (
+        "Median over seeds of the per-image correlation r (and r^2) between the network's samples and each "
+        "machine's from the same seeds and the same deterministic sampler; the patch size per noise level is "
+        "calibrated per K against the network's denoiser (minimum MSE on noised images). Memorization shows as "
+        "the ideal (empirical) machine agreeing at small K; the local equivariant machine should take over as K "
+        "grows (Kamb & Ganguli 2025 report median r^2 0.94-0.96 on MNIST / FashionMNIST).\n\n"
+        + report.markdown_table([{c: ("-" if v is None else v) for c, v in r.items()} for r in table], columns))
+    return dict(title=TITLE, markdown=markdown, figures=figs,
+                data=dict(rows=rows, ks=[rows[n]["k"] for n in names], machines=machines))
+
+
+def write_report(workdir, names: Sequence[str] | None = None, **kw) -> str:
+    """`study_section` written as machines/report.md (bin/machines.py agreement); returns its path."""
+    wd = workdir if isinstance(workdir, wdlib.Workdir) else wdlib.Workdir(os.fspath(workdir))
+    section = study_section(wd, names, **kw)
+    path = output_dir(wd, "report.md")
+    if wdlib.is_writer():
+        report.write_markdown(path, section["title"], [("Machine vs network agreement", section["markdown"])],
+                              section["figures"])
+    return path
