@@ -7,28 +7,27 @@ radius 2, std `std`); the exact score of every noisy marginal is known (diffmem.
 so the DSM loss floor and sample moments can be checked against closed forms.
 Arg keys: k, dim, components, std, steps, seed, lr, batch.
 """
-import ml_collections
-
+from diffmem import config_schema as schema
 from diffmem import configlib
 
 
 def get_config(arg=None):
     a = configlib.parse_arg(arg, k=1000, dim=2, components=4, std=0.2, steps=20_000, seed=0, lr=1e-3,
                             batch=500)
-    c = ml_collections.ConfigDict()
-    c.seed = a.seed
-    c.data = dict(name="gmm", k=a.k, dim=a.dim, components=a.components, std=a.std, radius=2.0,
-                  subset_seed=0, pool_size=100_000)
-    c.sde = dict(name="ve", sigma_max=5.0, t_min=1e-5)
-    c.model = dict(name="mlp", num_layers=4, hidden=128, embed=128, fourier_scale=16.0)
-    c.loss = dict(name="dsm")
-    c.optim = dict(lr=a.lr, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0)
-    c.ema = dict(decay=0.999, warmup=True)
-    c.batch_size = a.batch
-    c.steps = a.steps
-    c.steps_per_call = 500
-    c.log_every = 1000
-    c.ckpt_every = 5000
-    c.keep_checkpoints = 2
-    c.sample = dict(num=2000, sampler="em", num_steps=1000, eps=1e-5)
-    return c
+    return schema.assemble(
+        seed=a.seed,
+        data=dict(name="gmm", k=a.k, dim=a.dim, components=a.components, std=a.std, radius=2.0, subset_seed=0,
+                  pool_size=100_000),
+        model=dict(name="mlp", num_layers=4, hidden=128, embed=128, fourier_scale=16.0),
+        diffusion=schema.sde_section("ve", sigma_max=5.0, t_min=1e-5),
+        loss=dict(name="dsm"),
+        optim=schema.optim_section(a.lr, grad_clip=1.0),
+        ema=dict(decay=0.999, warmup=True),
+        batch_size=a.batch,
+        steps=a.steps,
+        steps_per_call=500,
+        log_every=1000,
+        ckpt_every=5000,
+        keep_checkpoints=2,
+        sample=dict(num=2000, sampler="em", num_steps=1000, eps=1e-5, batch=4096),
+    )

@@ -53,7 +53,7 @@ def get_config(arg=None):
     ckpt_every = min(10 * steps_per_epoch, steps)
     diffusion = ic.diffusion_section("ve")
     diffusion["precond_fields"].update(sigma_min=0.02, sigma_max=2.0)
-    c = ic.assemble(
+    return ic.assemble(
         seed=a.seed,
         data=ic.data_section(source, a.n, subset=a.set, subset_seed=a.order_seed,
                              image_size=0 if a.data in SIZES else size),
@@ -70,7 +70,6 @@ def get_config(arg=None):
         ckpt_every=ckpt_every,
         sample=dict(num=a.samples, sampler="ks", batch=a.samples, h0=0.01, beta=0.01, sigma_L=0.01, init_mean=0.0,
                     max_iters=a.max_iters),
+        study=dict(psnr_sigmas_255=[float(v) for v in (10 ** (2.5 * i / 9) for i in range(10))],
+                   test_images=512, seeds_from=0),
     )
-    c.study = dict(psnr_sigmas_255=[float(v) for v in (10 ** (2.5 * i / 9) for i in range(10))],
-                   test_images=512, seeds_from=0)
-    return c

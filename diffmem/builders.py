@@ -54,15 +54,40 @@ class ModelSpec:
     indices: np.ndarray | None = None  # rows of the dataset pool (`data = pool[indices]`)
 
 
+VECTOR_MODELS = ("mlp",)  # small networks of vector data: one flat optimizer vector, vmapped sweeps, lax.scan
+DATA_RANGES = {"images": (-1.0, 1.0), "molrg": (-1.0, 1.0)}  # what samples are clipped to, by data.name
+
+
+def diffusion_kind(config: ml_collections.ConfigDict) -> str:
+    """What the noise process is (`config.diffusion.kind`): "sde", a score network trained in SDE time (its
+    Model has an `sde`), or "precond", a preconditioned denoiser on EDM's sigma scale."""
+    return config.diffusion.get("kind", "precond")
+
+
+def is_vector_model(config: ml_collections.ConfigDict) -> bool:
+    """Whether the network is one of the small vector models (`VECTOR_MODELS`), which the trainer runs as
+    one flat parameter vector, vmapped over a sweep, many steps per lax.scan."""
+    return config.model.name in VECTOR_MODELS
+
+
+def data_range(config: ml_collections.ConfigDict) -> tuple[float, float] | None:
+    """(lo, hi) the dataset's examples lie in and samples are clipped to (images: [-1, 1]), else None."""
+    return DATA_RANGES.get(config.data.name)
+
+
 def is_image(config: ml_collections.ConfigDict) -> bool:
-    return config.data.name in ("images", "molrg")  # MoLRG: (res, res, 3) "images" for the image networks
+    """Deprecated (kept for callers not yet moved): decide by what the model is instead, with
+    `diffusion_kind`, `is_vector_model` or `data_range`. True for preconditioned (image-shaped) models."""
+    return diffusion_kind(config) == "precond"
 
 
 def build_sde(config: ml_collections.ConfigDict) -> sde_lib.SDE:
-    if "sde" not in config:
-        raise configlib.ConfigError("This config has no 'sde' section (image configs use 'diffusion').")
-    fields = dict(config.sde)
-    return sde_lib.make_sde(fields.pop("name"), **fields)
+    """The noise process of a config whose `diffusion.kind` is "sde" (`config_schema.sde_section`)."""
+    if diffusion_kind(config) != "sde":
+        raise configlib.ConfigError(f"config.diffusion is of kind {diffusion_kind(config)!r} (a preconditioning), "
+                                    "not 'sde': this config's model has no SDE.")
+    fields = {k: v for k, v in config.diffusion.items() if k not in ("kind", "sde")}
+    return sde_lib.make_sde(config.diffusion.sde, **fields)
 
 
 # ------------------------------------------------------------------------------------------------ network
@@ -138,8 +163,9 @@ def _batch_labels(labels, batch: int):
 def base_precond(config: ml_collections.ConfigDict):
     """The preconditioning named by `diffusion.precond`, with `diffusion.precond_fields` (the DDPM one takes
     its steps and betas from `diffusion.timesteps`, `beta_start`, `beta_end`)."""
-    if "diffusion" not in config:
-        raise configlib.ConfigError("This config has no 'diffusion' section (only image configs have one).")
+    if diffusion_kind(config) != "precond":
+        raise configlib.ConfigError(f"config.diffusion is of kind {diffusion_kind(config)!r}, not 'precond': "
+                                    "this config's model has no preconditioning (its noise process is an SDE).")
     d = config.diffusion
     name = d.get("precond", "ddpm")
     if name not in precond.PRECONDITIONINGS:
@@ -275,7 +301,7 @@ def load_pool_labels(config: ml_collections.ConfigDict) -> np.ndarray | None:
     """The pool's (N,) int class labels (image datasets that have them), else None."""
     if config.data.name == "molrg":
         return _molrg_pool(config)[1]
-    return _load_images(config.data).labels if is_image(config) else None
+    return _load_images(config.data).labels if config.data.name == "images" else None
 
 
 def molrg_from_config(config: ml_collections.ConfigDict):

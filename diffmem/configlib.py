@@ -3,7 +3,8 @@
 This module is the one place that
   * parses the `arg` string (`"k=9,steps=20000"`, `"k=2+9+1000"` for sweeps) against typed defaults,
   * loads `path/to/config.py:arg` and applies `--config.a.b=value` overrides with clear errors,
-  * checks values against declared ranges / choices,
+  * checks a config's sections and keys against the one schema (`validate`, tables in
+    `diffmem.config_schema`) and values against declared ranges / choices,
   * converts configs to and from JSON (the workdir's `config.json`),
   * turns a duration given in steps, epochs or images into steps.
 """
@@ -94,7 +95,9 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"Config file {path!r} defines no get_config(arg) function.")
-    return module.get_config(arg or None)
+    config = module.get_config(arg or None)
+    validate(config)
+    return config
 
 
 def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
@@ -150,10 +153,18 @@ def parse_config_argv(argv: Sequence[str], default_spec: str | None = None
     config = load_config_file(spec)
     for key, val in overrides:
         apply_override(config, key, val)
+    validate(config)
     return config, rest
 
 
 # ------------------------------------------------------------------------------------------- validation
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Check the config's sections and keys against the one schema (`diffmem.config_schema`): a misspelt
+    section or key is a ConfigError naming the valid ones."""
+    from diffmem import config_schema
+    config_schema.validate(config)
+
+
 def check(config: ml_collections.ConfigDict, rules: Mapping[str, tuple]) -> None:
     """Check fields against rules {dotted key: ("range", lo, hi) | ("choices", [..]) | ("positive",)}.
 

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from diffmem import builders, multihost, sampling, train, viz
+from diffmem import config_schema, multihost, sampling, train, viz
 from diffmem import workdir as wdlib
 from diffmem.errors import DiffmemError, InputError, MissingInputError, OutputExistsError
 
@@ -131,12 +131,12 @@ def sample_workdir(workdir: str, seeds: Sequence[int], sampler: str | None = Non
     seeds = np.asarray(seeds, np.int64)
     if seeds.ndim != 1 or seeds.size == 0 or len(np.unique(seeds)) != len(seeds):
         raise InputError("Seeds must be a non-empty list without repeats.")
-    image = builders.is_image(config)
     mesh = mesh or train.data_mesh()
-    batch = batch or int(config.sample.get("batch", 4096 if not image else 256))
     paths = []
     for name in wdlib.sort_names(wanted):
         m = wd.model(name, step, kind=model)
+        m_batch = batch or int(config.sample.get("batch", config_schema.SAMPLE_BATCH[
+            "sde" if m.sde is not None else "precond"]))
         settings = sampler_settings(config, sampler, m, num_steps=num_steps, eps=eps, eta=eta)
         record = dict(settings, sampler=sampler, model=model, step=m.step)
         key = (os.path.abspath(workdir), name, model, m.step, json.dumps(record, sort_keys=True))
@@ -147,19 +147,19 @@ def sample_workdir(workdir: str, seeds: Sequence[int], sampler: str | None = Non
                 _RUNS.pop(next(iter(_RUNS)))
         set_step = None if (step is None or model == "optimal") else m.step
         with train.matmul_precision(config):
-            wrote = sample_set(wd, name, model, set_step, run, seeds, record, batch=batch, mesh=mesh,
+            wrote = sample_set(wd, name, model, set_step, run, seeds, record, batch=m_batch, mesh=mesh,
                                overwrite=overwrite, desc=f"K={m.k} {model} {sampler}", progress=progress)
         if wrote and wdlib.is_writer():
-            _picture(wd, name, model, set_step, m, image)
+            _picture(wd, name, model, set_step, m)
         paths.append(wd.samples_dir(name, model, set_step))
     return paths
 
 
-def _picture(wd: wdlib.Workdir, name: str, kind: str, step, m, image: bool) -> None:
+def _picture(wd: wdlib.Workdir, name: str, kind: str, step, m) -> None:
     data = wd.read_samples(name, kind, step)
     title = f"K = {m.k}, {kind}, {data['sampler']}, step {m.step}, {len(data['seeds'])} samples"
     path = wd.picture_path(name, kind, step)
-    if image:
+    if len(m.shape) == 3:  # (H, W, C) images
         viz.image_grid(path, data["samples"][:64], ncols=8, title=title)
     elif data["samples"].shape[1] == 2:
         viz.scatter_samples(path, data["samples"], m.train_data, title=title)

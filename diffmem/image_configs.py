@@ -1,5 +1,6 @@
 """The sections every image config shares, written once (configs/digits.py, mnist.py, fmnist.py,
-cifar10.py, celeba.py compose them; `diffmem.builders` reads them).
+cifar10.py, celeba.py compose them with `diffmem.config_schema.assemble`, the one schema of every config;
+`diffmem.builders` reads them).
 
 A config's arg string chooses the architecture and the preconditioning:
 
@@ -36,6 +37,7 @@ import dataclasses
 import ml_collections
 
 from diffmem import configlib, precond, schedules
+from diffmem.config_schema import assemble, optim_section, schedule_section  # noqa: F401 (the configs use them)
 
 ARCHS = ("ddpm", "ddpmpp")
 PRECONDS = tuple(sorted(precond.PRECONDITIONINGS))  # ddpm, edm, ve, vp
@@ -102,8 +104,8 @@ def diffusion_section(precond_name: str, *, timesteps: int = 1000, beta_start: f
     cls = precond.PRECONDITIONINGS[precond_name]
     grid = {"num_steps", "beta_start", "beta_end"} if precond_name == "ddpm" else set()
     fields = {f.name: f.default for f in dataclasses.fields(cls) if f.name not in grid}
-    return dict(precond=precond_name, timesteps=timesteps, beta_start=beta_start, beta_end=beta_end,
-                precond_fields=fields)
+    return dict(kind="precond", precond=precond_name, timesteps=timesteps, beta_start=beta_start,
+                beta_end=beta_end, precond_fields=fields)
 
 
 def loss_section(precond_name: str, reduction: str = "mean") -> dict:
@@ -112,23 +114,8 @@ def loss_section(precond_name: str, reduction: str = "mean") -> dict:
     return dict(name="ddpm" if precond_name == "ddpm" else "denoising", reduction=reduction)
 
 
-def schedule_section(*, duration_mimg: float = 0.0, lr_rampup_mimg: float = 0.0, ema_halflife_mimg: float = 0.0,
-                     ema_rampup_ratio: float = 0.0, ema_mode: str = "edm", scale_with_k: bool = False) -> dict:
-    """`schedule`: training length, lr ramp-up and EMA half-life in Mimg, turned into steps per member at
-    train time from its K and batch (`diffmem.schedules`; each 0 = the step-based setting: `steps`,
-    `optim.warmup_steps`, `ema.decay`)."""
-    return dict(duration_mimg=duration_mimg, lr_rampup_mimg=lr_rampup_mimg, ema_halflife_mimg=ema_halflife_mimg,
-                ema_rampup_ratio=ema_rampup_ratio, ema_mode=ema_mode, scale_with_k=scale_with_k)
-
-
 GU_SCHEDULE = dict(duration_mimg=2000.0, lr_rampup_mimg=10.0, ema_halflife_mimg=0.5, ema_rampup_ratio=0.05,
                    ema_mode="gu", scale_with_k=True)   # their train.py defaults with --duration=2000
-
-
-def optim_section(lr: float, *, grad_clip: float = 0.0, warmup_steps: int = 0, b1: float = 0.9, b2: float = 0.999,
-                  eps: float = 1e-8) -> dict:
-    """`optim`: Adam (b1, b2, eps), global-norm clipping (0 = off), linear warm-up over `warmup_steps`."""
-    return dict(lr=lr, b1=b1, b2=b2, eps=eps, grad_clip=grad_clip, warmup_steps=warmup_steps)
 
 
 def sample_section(precond_name: str, *, num: int, batch: int) -> dict:
@@ -139,33 +126,6 @@ def sample_section(precond_name: str, *, num: int, batch: int) -> dict:
     if precond_name == "ddpm":
         return dict(num=num, sampler="ddpm", optimal_sampler="ddpm", num_steps=1000, batch=batch)
     return dict(num=num, sampler="edm_heun", optimal_sampler="edm_euler", num_steps=18, batch=batch)
-
-
-def assemble(*, seed, data: dict, model: dict, diffusion: dict, loss: dict, optim: dict, ema: dict, batch_size: int,
-             steps: int, steps_per_call: int, log_every: int, ckpt_every: int, sample: dict,
-             keep_checkpoints: int = 2, matmul_precision: str = "default",
-             schedule: dict | None = None) -> ml_collections.ConfigDict:
-    """The full image config (the keys `diffmem.train` and `diffmem.builders` read)."""
-    c = ml_collections.ConfigDict()
-    c.seed = seed                # model init and training noise (per step: fold_in(seed, step))
-    c.data = data
-    c.model = model
-    c.diffusion = diffusion
-    c.loss = loss
-    c.optim = optim
-    c.ema = ema
-    c.batch_size = batch_size    # per model: min(batch_size, K)
-    c.steps = steps              # optimizer steps of every member; 0 = each member's schedule.duration_mimg
-    c.schedule = schedule if schedule is not None else schedule_section()
-    c.steps_per_call = steps_per_call
-    c.log_every = log_every
-    c.ckpt_every = ckpt_every
-    c.keep_checkpoints = keep_checkpoints
-    # "bfloat16": float32 matmuls and convolutions take bf16 inputs on GPUs/TPUs (params, optimizer state
-    # and accumulation stay float32); no effect on CPU. See `jax.default_matmul_precision`.
-    c.matmul_precision = matmul_precision
-    c.sample = sample
-    return c
 
 
 # ------------------------------------------------------------------------------------------------ recipes

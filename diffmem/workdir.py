@@ -27,6 +27,8 @@ Layout (nothing outside this module builds these paths):
                                       `STUDY_OUTPUTS`:
       mechanisms/                       critical_times/, jacobian/, energy/, phase_times.json, molrg*.{json,png}
                                         (diffmem.studies.mechanisms)
+      training_time/                    <name>/step_<step>.npz (f_mem of each snapshot), summary.json, figures,
+                                        monitor_stops.json (diffmem.studies.training_time, diffmem.monitor)
       disjoint/                         N<N>.npz, summary.json, report.md, figures (Kadkhodaie et al.'s
                                         two-disjoint-sets study, diffmem.studies.disjoint)
     S1/, S2/                          the disjoint study's two sides, each a whole workdir of this layout
@@ -50,14 +52,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffmem import builders, configlib, energy, multihost, report
+from diffmem import builders, config_schema, configlib, energy, multihost, report
 from diffmem import sde as sde_lib
 from diffmem.errors import InputError, MissingInputError
 
 KINDS = ("trained", "optimal")
-STUDY_OUTPUTS = ("mechanisms", "disjoint")
+STUDY_OUTPUTS = ("mechanisms", "disjoint", "training_time")
 """The studies whose outputs live in <workdir>/<study>/ (`Workdir.study_output_dir`)."""
-RERUN_KEYS = ("steps", "schedule.duration_mimg", "sample", "study", "log_every", "keep_checkpoints")
+RERUN_KEYS = ("steps", "schedule.duration_mimg", "sample", "study", "monitor", "log_every", "keep_checkpoints")
 """Config keys (dotted for nested ones) a rerun into an existing workdir may change: `steps` and
 `schedule.duration_mimg` extend (or shorten) training; the others only drive later stages. Any other
 difference is a different experiment."""
@@ -113,20 +115,19 @@ def _make_model(config, spec: builders.ModelSpec, kind: str, step: int, *, denoi
                 time_score: Callable | None = None) -> Model:
     """A `Model` from either view: a denoiser (image networks, the optimal denoiser) or, for toy models, a
     score in SDE time (converted by Tweedie's formula, `sde.denoiser_from_score`)."""
-    image = builders.is_image(config)
-    sde = None if image else builders.build_sde(config)
+    sde = builders.build_sde(config) if builders.diffusion_kind(config) == "sde" else None
     if denoiser is None:
         denoiser = sde_lib.denoiser_from_score(time_score, sde)
     elif time_score is None and sde is not None:
         time_score = sde_lib.score_from_denoiser(denoiser, sde)
-    if image:
+    if sde is None:
         lo, hi = builders.sigma_range(config)
     else:
         lo, hi = (float(sde.sigma(jnp.asarray(t, jnp.float32))) for t in (sde.t_min, sde.t_max))
     return Model(name=spec.name, k=spec.k, kind=kind, denoiser=denoiser, score=_score_of(denoiser),
                  shape=tuple(spec.data.shape[1:]), sde=sde, sigma_min=float(lo), sigma_max=float(hi),
                  train_data=spec.data, step=int(step), seed=int(spec.seed), labels=spec.labels,
-                 time_score=time_score, data_range=(-1.0, 1.0) if image else None, config=config)
+                 time_score=time_score, data_range=builders.data_range(config), config=config)
 
 
 def optimal_from_spec(config, spec: builders.ModelSpec, chunk: int = 4096) -> Model:
@@ -264,9 +265,14 @@ class Workdir:
         return self._config
 
     def read_config(self) -> ml_collections.ConfigDict:
+        """config.json in the current schema (files of earlier schemas are migrated on load, not rewritten)."""
         return configlib.from_json(json.dumps(self._read_config_json()))
 
     def _read_config_json(self) -> dict:
+        """config.json as a JSON dict, migrated to the current schema (`config_schema.migrate`)."""
+        return config_schema.migrate(self._read_raw_config_json())
+
+    def _read_raw_config_json(self) -> dict:
         path = self.config_path
         if not os.path.exists(path):
             raise MissingInputError(f"{path} not found: {self.path} is not a diffmem workdir. Train into it first "
@@ -288,19 +294,21 @@ class Workdir:
         """Refuse a config that differs from config.json beyond `RERUN_KEYS` (no config.json: nothing to check)."""
         if not self.exists():
             return
-        diff = config_differences(self._read_config_json(), json.loads(configlib.to_json(config)),
-                                  keep_steps=keep_steps)
+        new = config_schema.migrate(json.loads(configlib.to_json(config)))
+        diff = config_differences(self._read_config_json(), new, keep_steps=keep_steps)
         if diff:
             raise configlib.ConfigError(
                 f"{self.path} holds a run with a different config (differs in {diff}); finished work is never "
                 "overwritten: use a new --workdir, or the same config to resume.")
 
     def write_config(self, config: ml_collections.ConfigDict) -> None:
-        """Write config.json, or check a rerun's config against it (`check_config`) and record the new one."""
+        """Write config.json (checked against the schema, its defaults filled), or check a rerun's config
+        against it (`check_config`) and record the new one."""
+        configlib.validate(config)
         self.check_config(config)
         if is_writer():
             os.makedirs(self.path, exist_ok=True)
-            report.write_json(self.config_path, json.loads(configlib.to_json(config)))
+            report.write_json(self.config_path, config_schema.migrate(json.loads(configlib.to_json(config))))
         self._config = config
 
     # ---------------------------------------------------------------- training sets
@@ -372,9 +380,9 @@ class Workdir:
         params, step = checkpoint.restore_item(self.checkpoint_dir(spec.name), "ema_params", like, step,
                                                workdir=self.path)
         params = jax.tree.map(jnp.asarray, params)
-        if builders.is_image(config):
-            return _make_model(config, spec, "trained", step, denoiser=builders.denoiser(config, net, params))
-        return _make_model(config, spec, "trained", step, time_score=builders.score_fn(config, net, params))
+        if builders.diffusion_kind(config) == "sde":  # a score network in SDE time
+            return _make_model(config, spec, "trained", step, time_score=builders.score_fn(config, net, params))
+        return _make_model(config, spec, "trained", step, denoiser=builders.denoiser(config, net, params))
 
     # ---------------------------------------------------------------- samples
     def sample_set(self, name: str, kind: str = "trained", step: int | None = None) -> str:

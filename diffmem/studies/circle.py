@@ -130,7 +130,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
                                   min_frac=st.min_cluster_frac)
         sig = float(sde.sigma(st.t_eval))
         e_emp = np.asarray(energy.diffusion_energy(jnp.asarray(grid), st.t_eval, jnp.asarray(patterns),
-                                                   config.sde.sigma_max, chunk=4096)) / (2 * sig**2)
+                                                   sde.sigma_max, chunk=4096)) / (2 * sig**2)
         starts = jnp.asarray(np.random.default_rng(0).uniform(-st.bounds, st.bounds, (st.attractor_starts, 2)),
                              jnp.float32)
         att = energy.find_attractors(jnp.asarray(patterns), sig, starts, merge_tol=1e-2, stored_tol=st.delta_m)

@@ -127,7 +127,7 @@ def critical_times(workdir: str, *, samples: str = "memorized", names: Sequence[
     wd = open_workdir(workdir, config)
     config = wd.config
     from diffmem import builders
-    image = builders.is_image(config)
+    image = builders.diffusion_kind(config) == "precond"  # a preconditioned denoiser; "sde": the toy EM scan
     if not image and samples != "train":
         raise InputError("Toy workdirs have no sample classes here: use samples='train' (Pham et al.'s toy scan "
                          "of the training points).")
@@ -355,7 +355,7 @@ def energy_profiles(workdir: str, *, names: Sequence[str] | None = None, kind: s
     from diffmem.energy import relative_energy
     wd = open_workdir(workdir, config)
     config = wd.config
-    image = builders.is_image(config)
+    image = builders.diffusion_kind(config) == "precond"  # DDPM force of a denoiser; "sde": the toy score
     settings = dict(kind=kind, per_class=per_class, num=num)
     results = {}
     for name in _names(wd, names):

@@ -1,0 +1,228 @@
+"""The one config schema: every config (toy, image, MoLRG, blind denoiser) has the same top-level sections.
+
+    section           meaning                                                            default
+    seed              model init and training noise (per step: fold_in(seed, step))     required
+    data              the dataset (`data.name`: circle | gmm | images | molrg) and K     required
+    model             the network (`model.name`: mlp | ddpm | ddpmpp | bf_unet | bf_cnn) required
+    diffusion         the noise process (`diffusion.kind`): "sde" (a VE / VP SDE in time  required
+                      t, for score networks: `sde_section`) or "precond" (an EDM-family
+                      preconditioning of a denoiser, `image_configs.diffusion_section`)
+    loss              `loss.name`: dsm | ddpm | denoising | blind                        required
+    optim             Adam, clipping, warm-up, staircase decay (`optim_section`)         required
+    ema               EMA of the weights: decay, warmup                                  {}
+    schedule          length / lr ramp-up / EMA half-life in images (`schedule_section`)  all 0 (step-based)
+    batch_size, steps, steps_per_call, log_every, ckpt_every                             required
+    keep_checkpoints  checkpoints kept per model                                         2
+    matmul_precision  "default" | "bfloat16" | ...                                       "default"
+    sample            the sampler (`sample.sampler`) and its settings                    required
+    study             the settings of the config's study (bin/toy.py, bin/disjoint.py)   {}
+    monitor           memorization measured during training (`every` = 0: off;          MONITOR_DEFAULTS
+                      `diffmem.monitor`)
+
+Every config is built by `assemble`, which fills the defaults and checks the result (`validate`): an unknown
+section or key is a ConfigError naming the valid ones. Within `data`, `model`, `diffusion` and `loss` the
+valid keys depend on the section's kind (its `name`, or `kind` for diffusion); `study` is free-form.
+config.json files written before this schema (toy configs with an `sde` section, image `diffusion` sections
+without `kind`, missing sections) are brought up to it on load by `migrate` (`diffmem.workdir`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from typing import Any
+
+import ml_collections
+
+from diffmem import configlib
+
+REQUIRED = ("seed", "data", "model", "diffusion", "loss", "optim", "batch_size", "steps", "steps_per_call",
+            "log_every", "ckpt_every", "sample")
+MONITOR_DEFAULTS = dict(every=0, num_samples=256, level=0.0, metric="pixel", snapshots=())
+"""`diffmem.monitor`: f_mem every `every` steps (0: off), stop at `level` (0: never); `snapshots`: checkpoint
+steps kept besides the latest `keep_checkpoints` (the training-time study samples them)."""
+SCHEDULE_DEFAULTS = dict(duration_mimg=0.0, lr_rampup_mimg=0.0, ema_halflife_mimg=0.0, ema_rampup_ratio=0.0,
+                         ema_mode="edm", scale_with_k=False)
+OPTIONAL = dict(ema={}, schedule=SCHEDULE_DEFAULTS, keep_checkpoints=2, matmul_precision="default", study={},
+                monitor=MONITOR_DEFAULTS)
+SECTIONS = REQUIRED[:6] + ("ema", "schedule") + REQUIRED[6:11] + ("keep_checkpoints", "matmul_precision",
+                                                                   "sample", "study", "monitor")
+"""Every top-level key, in the order configs list them."""
+SAMPLE_BATCH = {"sde": 4096, "precond": 256}
+"""Seeds per sharded sampling call when `sample.batch` is not given, by `diffusion.kind`."""
+
+# Keys of the kinded sections, by kind (`name`; `kind` for diffusion). `subset` and `labels` are read for
+# every dataset (`builders.model_specs`).
+_SUBSET_KEYS = ("name", "k", "subset", "subset_seed", "labels")
+DATA_KEYS = {
+    "circle": _SUBSET_KEYS + ("pool_size",),
+    "gmm": _SUBSET_KEYS + ("dim", "components", "std", "radius", "pool_size"),
+    "images": _SUBSET_KEYS + ("source", "split", "image_size", "center_crop", "grayscale", "data_dir"),
+    "molrg": _SUBSET_KEYS + ("resolution", "classes", "dim", "basis_seed", "sample_seed", "per_class"),
+}
+MODEL_KEYS = {
+    "mlp": ("name", "num_layers", "hidden", "embed", "fourier_scale"),
+    "ddpm": ("name", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "num_groups",
+             "nin_init_scale"),
+    "ddpmpp": ("name", "channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout", "embedding_type",
+               "label_dim", "skip_connections", "keep_skips_at", "drop_disabled_skips"),
+    "bf_unet": ("name", "num_kernels", "num_blocks", "num_enc_conv", "num_mid_conv", "num_dec_conv"),
+    "bf_cnn": ("name", "num_layers", "num_kernels", "first_layer_linear"),
+}
+LOSS_KEYS = {
+    "dsm": ("name",),
+    "ddpm": ("name", "reduction"),
+    "denoising": ("name", "reduction"),
+    "blind": ("name", "images_per_step", "max_sigma_255", "units"),
+}
+DIFFUSION_KINDS = ("sde", "precond")
+PRECOND_KEYS = ("kind", "precond", "timesteps", "beta_start", "beta_end", "precond_fields")
+OPTIM_KEYS = ("lr", "b1", "b2", "eps", "grad_clip", "warmup_steps", "decay_every", "decay_factor")
+EMA_KEYS = ("decay", "warmup")
+MONITOR_KEYS = tuple(MONITOR_DEFAULTS) + ("sampler", "num_steps")
+SAMPLE_KEYS = ("num", "sampler", "optimal_sampler", "batch")
+"""`sample` keys besides the settings of the registered samplers (`diffmem.sampling.SAMPLERS`)."""
+
+
+# ----------------------------------------------------------------------------------------------- sections
+def sde_section(name: str = "ve", **fields) -> dict:
+    """`diffusion` of a score network trained in SDE time: `diffusion.sde` names a `diffmem.sde` process
+    ("ve", "ve_geometric", "vp") and the other keys are its fields (sigma_max, t_min, ...)."""
+    from diffmem import sde as sde_lib
+    if name not in sde_lib.SDES:
+        raise configlib.ConfigError(f"Unknown SDE {name!r}; valid: {sorted(sde_lib.SDES)}.")
+    return dict(kind="sde", sde=name, **fields)
+
+
+def optim_section(lr: float, *, grad_clip: float = 0.0, warmup_steps: int = 0, b1: float = 0.9, b2: float = 0.999,
+                  eps: float = 1e-8) -> dict:
+    """`optim`: Adam (b1, b2, eps), global-norm clipping (0 = off), linear warm-up over `warmup_steps`."""
+    return dict(lr=lr, b1=b1, b2=b2, eps=eps, grad_clip=grad_clip, warmup_steps=warmup_steps)
+
+
+def schedule_section(**fields) -> dict:
+    """`schedule`: training length, lr ramp-up and EMA half-life in Mimg, turned into steps per member at
+    train time from its K and batch (`diffmem.schedules`; each 0 = the step-based setting: `steps`,
+    `optim.warmup_steps`, `ema.decay`). Fields: SCHEDULE_DEFAULTS."""
+    unknown = sorted(set(fields) - set(SCHEDULE_DEFAULTS))
+    if unknown:
+        raise configlib.ConfigError(f"Unknown schedule field(s) {unknown}; valid: {list(SCHEDULE_DEFAULTS)}.")
+    return dict(SCHEDULE_DEFAULTS, **fields)
+
+
+def assemble(*, seed, data: dict, model: dict, diffusion: dict, loss: dict, optim: dict, batch_size: int,
+             steps: int, steps_per_call: int, log_every: int, ckpt_every: int, sample: dict, ema: dict | None = None,
+             schedule: dict | None = None, keep_checkpoints: int = 2, matmul_precision: str = "default",
+             study: dict | None = None, monitor: dict | None = None) -> ml_collections.ConfigDict:
+    """The full config of the one schema (module docstring), defaults filled in and checked.
+
+    batch_size: per model, min(batch_size, K). steps: optimizer steps of every member (0 = each member's
+    schedule.duration_mimg). steps_per_call: optimizer steps per compiled call. matmul_precision "bfloat16":
+    float32 matmuls and convolutions take bf16 inputs on GPUs/TPUs (params, optimizer state and accumulation
+    stay float32; no effect on CPU; see `jax.default_matmul_precision`).
+    """
+    c = dict(seed=seed, data=data, model=model, diffusion=diffusion, loss=loss, optim=optim, batch_size=batch_size,
+             steps=steps, steps_per_call=steps_per_call, log_every=log_every, ckpt_every=ckpt_every, sample=sample,
+             keep_checkpoints=keep_checkpoints, matmul_precision=matmul_precision)
+    for key, value in (("ema", ema), ("schedule", schedule), ("study", study), ("monitor", monitor)):
+        if value is not None:
+            c[key] = value
+    config = ml_collections.ConfigDict({key: c[key] for key in SECTIONS if key in c})
+    normalize(config)
+    validate(config)
+    return config
+
+
+# ----------------------------------------------------------------------------------- defaults, migration
+def normalize(config) -> Any:
+    """Fill the schema's defaults in place (a ConfigDict or a JSON dict): missing optional sections, missing
+    `monitor` / `schedule` fields, `optim.warmup_steps`, `sample.batch`. Returns `config`."""
+    def has(node, key):
+        return key in node
+
+    def put(node, key, value):
+        if isinstance(node, ml_collections.ConfigDict):
+            with node.unlocked():
+                node[key] = copy.deepcopy(value)
+        else:  # a JSON dict: tuples as lists, as config.json holds them
+            node[key] = json.loads(json.dumps(value))
+
+    for key, default in OPTIONAL.items():
+        if not has(config, key):
+            put(config, key, default)
+    for key, defaults in (("schedule", SCHEDULE_DEFAULTS), ("monitor", MONITOR_DEFAULTS)):
+        for field, value in defaults.items():
+            if not has(config[key], field):
+                put(config[key], field, value)
+    if "optim" in config and not has(config["optim"], "warmup_steps"):
+        put(config["optim"], "warmup_steps", 0)
+    if "sample" in config and "diffusion" in config and not has(config["sample"], "batch"):
+        put(config["sample"], "batch", SAMPLE_BATCH[config["diffusion"].get("kind", "precond")])
+    return config
+
+
+def migrate(obj: dict) -> dict:
+    """A config.json dict of any earlier schema in this one (a new dict): the toy `sde` section {name, ...}
+    becomes `diffusion` of kind "sde", an image `diffusion` section without `kind` gets kind "precond", and
+    the defaults are filled (`normalize`). A config of this schema comes back equal."""
+    obj = copy.deepcopy(dict(obj))
+    if "sde" in obj and "diffusion" not in obj:
+        fields = dict(obj.pop("sde"))
+        obj["diffusion"] = dict(kind="sde", sde=fields.pop("name", "ve"), **fields)
+    if isinstance(obj.get("diffusion"), dict) and "kind" not in obj["diffusion"]:
+        obj["diffusion"] = dict(kind="precond", **obj["diffusion"])
+    obj = {key: obj[key] for key in sorted(obj, key=lambda k: SECTIONS.index(k) if k in SECTIONS else len(SECTIONS))}
+    return normalize(obj)
+
+
+# ------------------------------------------------------------------------------------------- validation
+def validate(config) -> None:
+    """Check the config's keys against the schema: every required section present, no unknown section or key
+    (the error names the valid ones), known kinds in the kinded sections."""
+    keys = list(config.keys())
+    if "sde" in keys and "diffusion" not in keys:
+        raise configlib.ConfigError(
+            "config.sde is the old name of the noise process: write it as config.diffusion = "
+            "config_schema.sde_section(name, sigma_max=..., t_min=...) (kind 'sde'; see diffmem.config_schema).")
+    _check_keys("config", keys, SECTIONS, "sections")
+    missing = [k for k in REQUIRED if k not in keys]
+    if missing:
+        raise configlib.ConfigError(f"The config lacks the section(s) {missing}; every config has {list(REQUIRED)} "
+                                    "(build it with diffmem.config_schema.assemble).")
+    _check_kinded(config, "data", "name", DATA_KEYS)
+    _check_kinded(config, "model", "name", MODEL_KEYS)
+    _check_kinded(config, "loss", "name", LOSS_KEYS)
+    kind = config.diffusion.get("kind", "precond")
+    _check_kinded(config, "diffusion", "kind",
+                  {"sde": _sde_keys(config.diffusion) if kind == "sde" else (), "precond": PRECOND_KEYS},
+                  default="precond")
+    for section, valid in (("optim", OPTIM_KEYS), ("ema", EMA_KEYS), ("schedule", tuple(SCHEDULE_DEFAULTS)),
+                           ("monitor", MONITOR_KEYS)):
+        if section in keys:
+            _check_keys(f"config.{section}", config[section].keys(), valid, "keys")
+    from diffmem import sampling
+    settings = sorted({s for spec in sampling.SAMPLERS.values() for s in spec.settings})
+    _check_keys("config.sample", config.sample.keys(), SAMPLE_KEYS + tuple(settings), "keys")
+
+
+def _sde_keys(diffusion) -> tuple:
+    from diffmem import sde as sde_lib
+    name = diffusion.get("sde", None)
+    if name not in sde_lib.SDES:
+        raise configlib.ConfigError(f"config.diffusion.sde = {name!r}: name a noise process, one of "
+                                    f"{sorted(sde_lib.SDES)}.")
+    return ("kind", "sde") + tuple(f.name for f in dataclasses.fields(sde_lib.SDES[name]))
+
+
+def _check_kinded(config, section: str, kind_key: str, table: dict, default: str | None = None) -> None:
+    node = config[section]
+    kind = node.get(kind_key, default)
+    if kind not in table:
+        raise configlib.ConfigError(f"config.{section}.{kind_key} = {kind!r} is not known; valid: {list(table)}.")
+    _check_keys(f"config.{section} ({kind_key} {kind!r})", node.keys(), table[kind], "keys")
+
+
+def _check_keys(where: str, keys, valid, what: str) -> None:
+    unknown = [k for k in keys if k not in valid]
+    if unknown:
+        raise configlib.ConfigError(f"Unknown key(s) {unknown} in {where}; valid {what}: {list(valid)}.")

@@ -1,0 +1,130 @@
+"""diffmem.config_schema: one schema for every config (the same top-level sections, checked keys that name the
+valid ones on a typo) and config.json files of the previous schema migrated on load (old workdirs keep working,
+reruns are accepted, samples are the same)."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from diffmem import builders, config_schema, configlib, generate, train
+from diffmem.workdir import RERUN_KEYS, Workdir, config_differences
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPECS = ["circle.py", "gmm.py:dim=3", "digits.py", "digits.py:arch=ddpmpp,precond=edm", "mnist.py",
+         "fmnist.py:arch=ddpmpp", "cifar10.py:arch=ddpmpp,precond=vp", "celeba.py", "kadkhodaie.py",
+         "kadkhodaie.py:data=calpha,arch=bf_cnn", "molrg.py:k=4+16"]
+
+# config.json as the previous schema wrote them (configs/circle.py:k=2 and configs/digits.py:k=16): the toy
+# noise process in a section `sde`, image `diffusion` without `kind`, no schedule / monitor / ... for toys.
+OLD_CIRCLE = json.loads("""{"batch_size": 500, "ckpt_every": 5000, "data": {"k": 2, "name": "circle",
+ "pool_size": 60000, "subset_seed": 9}, "ema": {"decay": 0.9999, "warmup": true}, "keep_checkpoints": 2,
+ "log_every": 1000, "loss": {"name": "dsm"}, "model": {"embed": 128, "fourier_scale": 16.0, "hidden": 128,
+ "name": "mlp", "num_layers": 4}, "optim": {"b1": 0.9, "b2": 0.999, "eps": 1e-08, "grad_clip": 0.0,
+ "lr": 0.0001}, "sample": {"eps": 0.0001, "num": 1500, "num_steps": 1000, "sampler": "em"},
+ "sde": {"name": "ve", "sigma_max": 1.0, "t_min": 1e-05}, "seed": 9, "steps": 50000, "steps_per_call": 1000,
+ "study": {"attractor_starts": 400, "bounds": 1.5, "delta_m": 0.1, "delta_s": 0.1, "empirical_eps": 0.001,
+ "grid": 75, "lik_tol": 3e-06, "min_cluster_frac": 0.01, "t_eval": 0.15, "thresholds": [3.0, 2.0, 0.45]}}""")
+OLD_DIGITS = json.loads("""{"batch_size": 64, "ckpt_every": 1000, "data": {"center_crop": false, "data_dir": "",
+ "grayscale": false, "image_size": 0, "k": 16, "labels": "none", "name": "images", "source": "digits",
+ "split": "train", "subset": "permutation", "subset_seed": 0}, "diffusion": {"beta_end": 0.02,
+ "beta_start": 0.0001, "precond": "ddpm", "precond_fields": {"timestep": "nearest"}, "timesteps": 1000},
+ "ema": {"decay": 0.999, "warmup": true}, "keep_checkpoints": 2, "log_every": 100, "loss": {"name": "ddpm",
+ "reduction": "mean"}, "matmul_precision": "default", "model": {"attn_resolutions": [4], "ch": 32,
+ "ch_mult": [1, 2], "dropout": 0.1, "name": "ddpm", "nin_init_scale": 1.0, "num_groups": 8,
+ "num_res_blocks": 1}, "optim": {"b1": 0.9, "b2": 0.999, "eps": 1e-08, "grad_clip": 1.0, "lr": 0.001,
+ "warmup_steps": 200}, "sample": {"batch": 256, "num": 256, "num_steps": 1000, "optimal_sampler": "ddpm",
+ "sampler": "ddpm"}, "schedule": {"duration_mimg": 0.0, "ema_halflife_mimg": 0.0, "ema_mode": "edm",
+ "ema_rampup_ratio": 0.0, "lr_rampup_mimg": 0.0, "scale_with_k": false}, "seed": 0, "steps": 4000,
+ "steps_per_call": 100}""")
+
+
+def load(spec):
+    return configlib.load_config_file(os.path.join(REPO, "configs", spec))
+
+
+def old_workdir(tmp_path, name, obj):
+    path = tmp_path / name
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(obj))
+    return str(path)
+
+
+def test_every_config_has_the_same_sections_and_the_monitor_is_off_by_default():
+    want = list(config_schema.SECTIONS)
+    kinds = set()
+    for spec in SPECS:
+        c = load(spec)
+        assert sorted(c.keys()) == sorted(want), spec
+        assert c.monitor.to_dict() == dict(every=0, num_samples=256, level=0.0, metric="pixel", snapshots=()), spec
+        kinds.add(builders.diffusion_kind(c))
+        # what the config is, from its sections: toy SDE score networks vs preconditioned denoisers
+        assert (builders.diffusion_kind(c) == "sde") == (c.model.name == "mlp"), spec
+    assert kinds == {"sde", "precond"}
+    assert "monitor" in RERUN_KEYS
+    old = json.loads(configlib.to_json(load("circle.py")))
+    assert config_differences(old, dict(old, monitor=dict(old["monitor"], every=1000))) == []
+
+
+def test_a_misspelt_section_or_key_names_the_valid_ones():
+    c = load("circle.py")
+    with c.unlocked():
+        c.optimizer = c.optim
+    with pytest.raises(configlib.ConfigError, match=r"\['optimizer'\].*valid sections.*'optim'"):
+        configlib.validate(c)
+    for section, bad, good in (("model", "hiden", "hidden"), ("diffusion", "sigma_maxx", "sigma_max"),
+                               ("optim", "learning_rate", "lr"), ("monitor", "evry", "every"),
+                               ("sample", "num_step", "num_steps")):
+        c = load("circle.py")
+        with c[section].unlocked():
+            c[section][bad] = 1
+        with pytest.raises(configlib.ConfigError, match=rf"\['{bad}'\] in config\.{section}.*'{good}'"):
+            configlib.validate(c)
+    c = load("digits.py")
+    with c.diffusion.unlocked():
+        c.diffusion.kind = "sdee"
+    with pytest.raises(configlib.ConfigError, match=r"diffusion.kind = 'sdee'.*\['sde', 'precond'\]"):
+        configlib.validate(c)
+    c = load("digits.py")
+    with c.unlocked():
+        del c["loss"]
+    with pytest.raises(configlib.ConfigError, match=r"lacks the section\(s\) \['loss'\]"):
+        configlib.validate(c)
+    with pytest.raises(configlib.ConfigError, match="valid keys there"):  # command-line overrides, as before
+        configlib.parse_config_argv([f"--config={REPO}/configs/circle.py", "--config.monitor.evry=5"])
+
+
+def test_old_config_json_is_migrated_on_load_and_a_rerun_of_the_same_experiment_is_accepted(tmp_path):
+    for spec, old in (("circle.py:k=2", OLD_CIRCLE), ("digits.py:k=16", OLD_DIGITS)):
+        new = json.loads(configlib.to_json(load(spec)))
+        assert config_schema.migrate(old) == new                  # the previous schema's file, exactly migrated
+        assert config_schema.migrate(new) == new
+        path = old_workdir(tmp_path, spec.replace(":", "_"), old)
+        wd = Workdir(path)
+        assert json.loads(configlib.to_json(wd.config)) == new
+        wd.check_config(load(spec), keep_steps=True)              # the same experiment: no difference
+        changed = load(spec)
+        changed.optim.lr = 0.5
+        with pytest.raises(configlib.ConfigError, match=r"differs in \['optim'\]"):
+            wd.check_config(changed)
+        Workdir(path).write_config(load(spec))                    # a rerun is accepted and records the new schema
+        assert json.loads(open(os.path.join(path, "config.json")).read()) == new
+    m = Workdir(old_workdir(tmp_path, "old_circle", OLD_CIRCLE)).model("2", kind="optimal")
+    assert m.sde == builders.build_sde(load("circle.py")) and m.sigma_max == pytest.approx(1.0) and m.data_range is None
+    m = Workdir(old_workdir(tmp_path, "old_digits", OLD_DIGITS)).model("16", kind="optimal")
+    assert m.sde is None and (m.sigma_min, m.sigma_max) == builders.sigma_range(load("digits.py"))
+    assert m.data_range == (-1.0, 1.0)
+
+
+def test_an_old_toy_workdir_samples_exactly_as_a_new_one(tmp_path):
+    mesh = train.data_mesh(jax.devices()[:1])
+    kw = dict(sampler="em", model="optimal", num_steps=5, mesh=mesh, progress=False)
+    old = old_workdir(tmp_path, "old", OLD_CIRCLE)
+    generate.sample_workdir(old, np.arange(4), **kw)
+    generate.sample_workdir(str(tmp_path / "new"), np.arange(4), config=load("circle.py:k=2"), **kw)
+    a, b = Workdir(old).read_samples("2", "optimal"), Workdir(str(tmp_path / "new")).read_samples("2", "optimal")
+    np.testing.assert_array_equal(a["samples"], b["samples"])
+    assert a["settings"] == b["settings"]
+    assert generate.sample_workdir(old, np.arange(4), **kw)      # finished samples are kept, not redone
+    assert Workdir(old).read_samples("2", "optimal")["files"] == a["files"]
