@@ -1,0 +1,183 @@
+"""The one-command K-sweep study (diffmem.studies.k_sweep, bin/study.py): a tiny end-to-end run whose
+report.json agrees with the stage outputs it summarises, a self-contained report.html, a rerun that does
+nothing, the optional-section plumbing with a stand-in section, and clear errors for bad stages and
+missing datasets."""
+import json
+import math
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from diffmem import configlib, report
+from diffmem.errors import DiffmemError, InputError
+from diffmem.metrics import classify as classify_lib
+from diffmem.studies import disjoint, k_sweep
+from diffmem.workdir import Workdir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0, num_groups=4)
+TINY_STUDY = dict(num_samples=8, sampler="ddim", sample_steps=4, rank_latents=1, ct_per_class=1, ct_trials=2,
+                  phase_draws=64)
+
+
+def tiny_config(k="4+16", steps=6):
+    c = configlib.load_config_file(os.path.join(REPO, "configs/digits.py") + f":k={k},steps={steps},lr=2e-3,batch=8")
+    c.model.update(TINY)
+    c.optim.warmup_steps = 0
+    c.steps_per_call = c.log_every = c.ckpt_every = steps
+    c.sample.update(batch=8)
+    return c
+
+
+def _tree_state(root):
+    """{path: (size, mtime_ns)} of every file under root."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            st = os.stat(p)
+            out[p] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_study_report_matches_stage_outputs_and_rerun_does_nothing(tmp_path, one_device):
+    wd_path = str(tmp_path / "study")
+    stages = ("train", "sample", "classify", "disjoint", "jacobian", "critical_times", "phase_times", "report")
+    rep = k_sweep.run(tiny_config(), wd_path, stages=stages, progress=False, log=None, **TINY_STUDY)
+    assert rep["statuses"] == {s: "computed" for s in stages}
+    wd = Workdir(wd_path)
+    out = os.path.join(wd_path, "study")
+    with open(os.path.join(out, "report.json")) as f:
+        saved = json.load(f)
+    assert saved["ks"] == [4, 16] and saved["names"] == ["4", "16"]
+    for key in ("config", "settings", "stages", "classes", "gu", "disjoint", "jacobian", "critical_times",
+                "phase_times", "panels", "figures"):
+        assert key in saved, key
+    assert saved["stages"]["reproducibility"]["status"] == "off"
+
+    # Classes and the Gu ratio are the classification stage's, per K; the fixed-threshold fractions are
+    # Pham's rule applied to the stored pixel distances at delta = fixed_rms * sqrt(64).
+    fixed = 0.125 * 8.0
+    assert saved["classes"]["fixed"]["delta_m"] == pytest.approx(fixed)
+    for name in ("4", "16"):
+        npz, js = wd.classify_paths(name)
+        with open(js) as f:
+            meta = json.load(f)
+        arrays = report.read_npz(npz)
+        assert saved["classes"]["fractions"][name] == meta["fractions"]
+        assert sum(saved["classes"]["fractions"][name].values()) == pytest.approx(1.0)
+        assert saved["gu"]["ratio"][name] == meta["memorization_ratio"]
+        want = classify_lib.fractions(classify_lib.classify(arrays["train_dist"][:, 0], arrays["sample_dist"], fixed, fixed))
+        assert saved["classes"]["fixed"]["fractions"][name] == pytest.approx(want)
+        for c, (lo, hi) in saved["classes"]["fractions_ci"][name].items():
+            assert lo <= saved["classes"]["fractions"][name][c] <= hi
+        assert os.path.exists(wd.path_of(saved["panels"][name]))
+
+    # Disjoint halves: recomputed from the two sides' sample sets (same seeds) and training sets.
+    s2 = wd.sub_workdir(os.path.join("disjoint_sweep", "S2"))
+    for name in ("4", "16"):
+        a, b = wd.read_samples(name), s2.read_samples(name)
+        assert np.array_equal(a["seeds"], b["seeds"])
+        assert not set(wd.spec(name).indices) & set(s2.spec(name).indices)  # disjoint training sets
+        pair = disjoint.paired_corr(a["samples"], b["samples"])
+        assert saved["disjoint"]["rows"][name]["s1_vs_s2"] == pytest.approx(float(pair.mean()), abs=1e-6)
+
+    # Phase times and the Jacobian ranks are the mechanism stage files' values.
+    with open(wd.study_output_dir("mechanisms", "phase_times.json")) as f:
+        table = json.load(f)
+    for name in ("4", "16"):
+        assert saved["phase_times"][name]["t_s"] == pytest.approx(table[name]["t_s"])
+    assert sorted(saved["jacobian"]) == ["16", "4"]
+    for name, row in saved["jacobian"].items():
+        z = report.read_npz(wd.study_output_dir("mechanisms", "jacobian", f"{name}.npz"))
+        order = np.argsort(z["snr"])
+        assert row["median"] == pytest.approx(np.median(z["rank_over_n"][order], axis=1).tolist())
+        assert all(0 < v <= 1 for v in row["median"])
+    assert set(saved["critical_times"]["tc"]) <= set(k_sweep.CLASSES)
+
+    # report.html is self-contained: every src= is an inline data URI, and the figures are there.
+    with open(os.path.join(out, "report.html")) as f:
+        page = f.read()
+    srcs = page.split('src="')[1:]
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "href=" not in page
+    assert len(srcs) >= 2 + 2   # K panels, rank vs SNR, one sample panel per K
+    with open(os.path.join(out, "report.md")) as f:
+        assert "Gu ratio" in f.read()
+
+    # A rerun does nothing: every stage skipped, no file touched.
+    before = _tree_state(wd_path)
+    again = k_sweep.run(tiny_config(), wd_path, stages=stages, progress=False, log=None, **TINY_STUDY)
+    assert again["statuses"] == {s: "skipped" for s in stages}
+    assert _tree_state(wd_path) == before
+
+
+def test_optional_section_plumbing_with_a_stand_in(tmp_path, monkeypatch):
+    """The machines stage calls diffmem.machines.agreement.study_section(workdir, names, **kw) and the
+    report includes its title, markdown and figure (inline in the HTML)."""
+    import matplotlib.pyplot as plt
+    wd_path = str(tmp_path / "w")
+    Workdir(wd_path).write_config(tiny_config())
+    fig_path = str(tmp_path / "w" / "machines.png")
+    calls = []
+
+    def study_section(workdir, names, **kw):
+        calls.append((workdir, list(names), kw))
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [1, 0])
+        fig.savefig(fig_path)
+        plt.close(fig)
+        return dict(title="Local score machines", markdown="Agreement r2 per K:\n\n| K | r2 |\n|---|---|\n| 4 | 0.5 |",
+                    figures=[fig_path], data={"r2": {"4": 0.5}})
+
+    fake = types.ModuleType("diffmem.machines.agreement")
+    fake.study_section = study_section
+    monkeypatch.setitem(sys.modules, "diffmem.machines.agreement", fake)
+    rep = k_sweep.run(tiny_config(), wd_path, stages=("machines", "report"), progress=False, log=None,
+                      section_kw={"agreement": {"patch": 3}})
+    assert calls == [(wd_path, ["4", "16"], {"patch": 3})]
+    sec = rep["sections"]["machines"]
+    assert sec["title"] == "Local score machines" and sec["data"] == {"r2": {"4": 0.5}}
+    assert sec["figures"] == ["machines.png"]
+    out = os.path.join(wd_path, "study")
+    with open(os.path.join(out, "report.md")) as f:
+        assert "Local score machines" in f.read()
+    with open(os.path.join(out, "report.html")) as f:
+        page = f.read()
+    assert "<td>0.5</td>" in page and 'src="data:image/png;base64,' in page
+    again = k_sweep.run(tiny_config(), wd_path, stages=("machines", "report"), progress=False, log=None,
+                        section_kw={"agreement": {"patch": 3}})
+    assert again["statuses"] == {"machines": "skipped", "report": "skipped"} and len(calls) == 1
+
+
+def test_bad_stage_names_the_valid_ones():
+    with pytest.raises(InputError, match="valid stages.*classify"):
+        k_sweep.check_stages(["train", "clasify"])
+    assert k_sweep.check_stages(["report", "train"]) == ("train", "report")   # pipeline order
+    assert "machines" not in k_sweep.DEFAULT_STAGES and "training_time" not in k_sweep.DEFAULT_STAGES
+
+
+def test_missing_dataset_says_what_to_fetch(tmp_path):
+    c = configlib.load_config_file(os.path.join(REPO, "configs/fmnist.py") + ":k=10")
+    c.data.source = f"fmnist:{tmp_path / 'nowhere'}"
+    with pytest.raises(DiffmemError, match="dataset-fashion-mnist"):
+        k_sweep.run(c, str(tmp_path / "w"), progress=False, log=None)
+    assert not os.path.exists(tmp_path / "w")   # nothing written
+
+
+def test_emm_on_the_grid_and_bootstrap_intervals():
+    r = k_sweep.emm_on_grid({2: 1.0, 8: 0.95, 32: 0.5, 128: 0.1})
+    assert r["k"] == 8 and r["bracket"] == [8, 32] and r["status"] == "bracketed"
+    frac = (0.95 - 0.9) / (0.95 - 0.5)
+    assert r["k_crossing"] == pytest.approx(math.exp(math.log(8) + frac * (math.log(32) - math.log(8))))
+    assert k_sweep.emm_on_grid({2: 0.5})["k"] is None
+    assert k_sweep.emm_on_grid({2: 1.0, 8: 0.99})["status"] == "above_grid"
+    ci = k_sweep.bootstrap_fractions(np.zeros(50, np.int8))
+    assert ci["memorized"] == [1.0, 1.0] and ci["generalized"] == [0.0, 0.0]
+    labels = np.array([0] * 50 + [2] * 50, np.int8)
+    lo, hi = k_sweep.bootstrap_fractions(labels)["memorized"]
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.96 * 0.05, abs=0.04)   # binomial sd 0.05
