@@ -27,9 +27,17 @@ def _dir(workdir: str, name: str) -> str:
     return Workdir(workdir).checkpoint_dir(name)
 
 
-def manager(workdir: str, name: str, max_to_keep: int | None = 2) -> ocp.CheckpointManager:
-    """The orbax CheckpointManager of model `name` in `workdir` (created on first use)."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+def manager(workdir: str, name: str, max_to_keep: int | None = 2, keep_steps=()) -> ocp.CheckpointManager:
+    """The orbax CheckpointManager of model `name` in `workdir` (created on first use): it keeps the latest
+    `max_to_keep` checkpoints (None: all) and, besides them, every step of `keep_steps` (the snapshots of
+    `config.monitor.snapshots`, `diffmem.monitor`)."""
+    if keep_steps and max_to_keep is not None:
+        from orbax.checkpoint import checkpoint_managers as policies
+        keep = policies.AnyPreservationPolicy([policies.LatestN(max_to_keep),
+                                               policies.CustomSteps(sorted(int(s) for s in keep_steps))])
+        options = ocp.CheckpointManagerOptions(create=True, preservation_policy=keep)
+    else:
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     return ocp.CheckpointManager(_dir(workdir, name), options=options)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffmem import builders, checkpoint, configlib, cpu_parallel, lock, multihost, report, sampling, schedules
+from diffmem import builders, checkpoint, configlib, cpu_parallel, lock, monitor, multihost, report, sampling, schedules
 from diffmem import workdir as workdir_lib
 from diffmem.errors import DiffmemError, WriteError
 
@@ -426,7 +426,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
 
     # Resume: each group from the last checkpoint step all its members have.
     names = [s.name for s in specs]
-    managers = {n: checkpoint.manager(workdir, n, config.keep_checkpoints) for n in names}
+    snapshots = monitor.snapshot_steps(config)  # kept besides the latest keep_checkpoints (diffmem.monitor)
+    managers = {n: checkpoint.manager(workdir, n, config.keep_checkpoints, snapshots) for n in names}
     starts = [_resume_step(workdir, [specs[i].name for i in idx]) for idx in groups]
     for g, idx in enumerate(groups):
         if starts[g]:
@@ -438,6 +439,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
                                    replicated) for sts in states)
     metrics_path = workdir_lib.Workdir(workdir).metrics_path
     totals = [scheds[idx[0]].steps for idx in groups]
+    mon = monitor.Monitor.from_config(config, workdir, specs, groups)  # None unless config.monitor.every > 0
+    if mon is not None:
+        totals = mon.prepare(starts, totals)  # groups stopped at monitor.level stay stopped
     unfinished = [s for s, t in zip(starts, totals) if s < t]
     start = min(unfinished) if unfinished else max(starts)   # the sweep's clock resumes here
     _trim_metrics(metrics_path, start)
@@ -451,6 +455,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
     bar = _progress(end, start, names, progress)
     step, window_t, window_steps = start, time.perf_counter(), 0
     with report.JsonlAppender(metrics_path) as metrics_file, matmul_precision(config), _checkpoint_writes(workdir):
+        if mon is not None:  # f_mem at the resumed step (deterministic), as the uninterrupted run had it
+            end = mon.resume(starts, totals, stacked, metrics_file)
         while step < end:
             target = min((step // config.steps_per_call + 1) * config.steps_per_call, end)
             counts = [max(0, min(target, t) - s) for t, s in zip(totals, group_step)]
@@ -475,9 +481,11 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
                 bar.set_postfix({k.split("/")[-1]: f"{v:.4f}" for k, v in record.items() if k.startswith("loss/")}
                                 | {"steps/s": record["steps_per_s"]})
                 window_t, window_steps = now, 0
+            if mon is not None:  # f_mem/<name> lines; a group at monitor.level stops (checkpoint just below)
+                end = mon.after_chunk(group_step, counts, stacked, totals, metrics_file)
             for g, idx in enumerate(groups):
                 at = group_step[g]
-                if counts[g] and (at % config.ckpt_every == 0 or at == totals[g]):
+                if counts[g] and (at % config.ckpt_every == 0 or at == totals[g] or at in snapshots):
                     for j, i in enumerate(idx):
                         member = jax.tree.map(lambda x: x[j], stacked[g])
                         checkpoint.save(managers[specs[i].name], at, member.as_dict())

@@ -1,0 +1,289 @@
+"""Memorization during training: kept snapshot checkpoints and the optional f_mem monitor of the trainer.
+
+    config.monitor.snapshots = (100, 300, 1000, 3000)   # checkpoint steps kept besides the latest ones
+    config.monitor.update(every=500, num_samples=256, level=0.9, metric="pixel")
+
+Snapshots: every step of `monitor.snapshots` (each a multiple of `steps_per_call`) is checkpointed and never
+deleted by `keep_checkpoints` (`diffmem.checkpoint.manager(keep_steps=...)`); the training-time study
+(`diffmem.studies.training_time`) samples them.
+
+The monitor (off unless `monitor.every > 0`): every `every` steps of a sweep member it samples `num_samples`
+fixed seeds (0 .. num_samples - 1) from the member's EMA weights and writes the memorization fraction
+f_mem (Gu et al. / Bonnaire et al. E.5: d1 / d2 < 1/3, pixel L2 to all K training examples) as
+`f_mem/<name>` in metrics.jsonl. With `level > 0` a member whose f_mem reaches the level is recorded in
+<workdir>/training_time/monitor_stops.json (step, f_mem, level, reason), and its training group stops there
+(its checkpoint at that step is saved). Image members each train alone, so each stops at its own step; toy
+members train in vmapped groups (`diffmem.train._groups`), and such a group stops when all its members
+(with K >= 2: f_mem is undefined for K = 1) have reached the level.
+
+Sampler: the config's sampler with its settings, except that DDPM ancestral sampling (1000 network
+evaluations) is replaced by DDIM with 100 steps, eta = 0 (Bonnaire et al.'s generation, E.5).
+
+Exactness: the monitor reads the EMA weights only and draws its noise from its own seeds, so training never
+depends on it (a run with the monitor is bit-identical to one without, until a stop). A resumed run evaluates
+the monitor again at the step it resumes from (it is deterministic), so a kill between an evaluation and the
+checkpoint gives the uninterrupted run's stop; a rerun of a stopped run does nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffmem import builders, configlib, multihost, report, sampling
+from diffmem import sde as sde_lib
+from diffmem import workdir as wdlib
+from diffmem.errors import InputError
+
+GU_THRESHOLD = 1.0 / 3.0
+METRICS = ("pixel",)   # LPIPS weights are not shipped; Bonnaire et al. use pixel L2
+DEFAULTS = dict(every=0, num_samples=256, level=0.0, metric="pixel", snapshots=())
+CHEAP_SAMPLER = ("ddim", 100)  # what replaces DDPM ancestral sampling (E.5: DDIM, 100 steps, eta 0)
+
+
+# ------------------------------------------------------------------------------------ f_mem of samples
+def nearest_two(samples: np.ndarray, train: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel L2 distances (N,), (N,) of each sample to its nearest and second-nearest training example,
+    exact in float64 (brute force over reference chunks; the GEMM form only ranks, the two kept distances
+    are recomputed directly). train must hold >= 2 examples."""
+    x = np.asarray(samples, np.float64).reshape(len(samples), -1)
+    t = np.asarray(train, np.float64).reshape(len(train), -1)
+    if len(t) < 2:
+        raise InputError(f"The d1/d2 criterion needs >= 2 training examples; got K = {len(t)}.")
+    if x.shape[1] != t.shape[1]:
+        raise InputError(f"Samples of {x.shape[1]} features cannot be compared with training examples of "
+                         f"{t.shape[1]}: were they sampled from this model?")
+    best_d = np.full((len(x), 2), np.inf)
+    best_i = np.zeros((len(x), 2), np.int64)
+    xx = np.sum(x * x, axis=1)[:, None]
+    for s in range(0, len(t), chunk):
+        tc = t[s:s + chunk]
+        d = np.maximum(xx + np.sum(tc * tc, axis=1)[None] - 2.0 * x @ tc.T, 0.0)
+        d_all = np.concatenate([best_d, d], axis=1)
+        i_all = np.concatenate([best_i, np.arange(s, s + len(tc))[None].repeat(len(x), 0)], axis=1)
+        keep = np.argsort(d_all, axis=1, kind="stable")[:, :2]
+        best_d, best_i = np.take_along_axis(d_all, keep, 1), np.take_along_axis(i_all, keep, 1)
+    exact = np.sqrt(np.sum((x[:, None, :] - t[best_i]) ** 2, axis=2))
+    return np.min(exact, axis=1), np.max(exact, axis=1)
+
+
+def memorized(samples: np.ndarray, train: np.ndarray, threshold: float = GU_THRESHOLD) -> np.ndarray:
+    """(N,) bool: d1 / d2 < threshold (Gu et al.; Bonnaire et al.'s f_mem is its mean)."""
+    from diffmem.metrics import memorization
+    d1, d2 = nearest_two(samples, train)
+    return memorization.is_memorized(d1, d2, threshold)
+
+
+# --------------------------------------------------------------------------- sampling from raw params
+def sampler_choice(config, sampler: str | None = None, num_steps: int | None = None) -> tuple[str, dict]:
+    """(sampler name, given settings) the monitor and the training-time study use (module docstring)."""
+    name = sampler or config.sample.sampler
+    given = {} if num_steps is None else {"num_steps": int(num_steps)}
+    if sampler is None and name == "ddpm":
+        name, given = CHEAP_SAMPLER[0], dict({"num_steps": CHEAP_SAMPLER[1], "eta": 0.0}, **given)
+    sampling.get_sampler(name)
+    return name, given
+
+
+def _with_params(probe: wdlib.Model, config, net, params) -> wdlib.Model:
+    """`probe` (a Model of this config and member) with the network views of `params`: traceable under jit
+    (the sigma range and SDE, which need concrete values, come from the probe)."""
+    if probe.sde is not None:  # a score network in SDE time
+        time_score = builders.score_fn(config, net, params)
+        denoiser = sde_lib.denoiser_from_score(time_score, probe.sde)
+    else:
+        time_score, denoiser = None, builders.denoiser(config, net, params)
+    return dataclasses.replace(probe, denoiser=denoiser, score=wdlib._score_of(denoiser), time_score=time_score)
+
+
+@dataclasses.dataclass
+class ParamsSampler:
+    """`sample(ema_params, seeds) -> (N, *S)` numpy for any member of a config: one compiled program taking
+    the parameters as an argument (snapshots and members reuse it), run on one device in fixed blocks of
+    `block` seeds (the last padded), so sample i depends on seed i and the parameters alone."""
+    config: Any
+    spec: builders.ModelSpec
+    sampler: str | None = None
+    num_steps: int | None = None
+    block: int = sampling.SAMPLE_BLOCK
+
+    def __post_init__(self):
+        from diffmem import generate  # generate imports train, which imports this module
+        self.net = builders.build_model(self.config, self.spec.data.shape[1:])
+        self.name, given = sampler_choice(self.config, self.sampler, self.num_steps)
+        x = jnp.asarray(self.spec.data[:1])
+        like = jax.eval_shape(lambda: self.net.init(jax.random.key(0), x, jnp.ones((1,), x.dtype)))
+        zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), like)
+        if builders.is_image(self.config):
+            probe = wdlib._make_model(self.config, self.spec, "trained", 0,
+                                      denoiser=builders.denoiser(self.config, self.net, zeros))
+        else:
+            probe = wdlib._make_model(self.config, self.spec, "trained", 0,
+                                      time_score=builders.score_fn(self.config, self.net, zeros))
+        self.settings = generate.sampler_settings(self.config, self.name, probe, **given)
+        build = sampling.get_sampler(self.name, probe).build
+        config, net, settings = self.config, self.net, self.settings
+
+        def run(params, seeds):
+            return build(_with_params(probe, config, net, params), **settings)(seeds)
+        self._run = jax.jit(run)
+
+    @property
+    def record(self) -> dict:
+        """What the samples depend on besides params and seeds (stored beside results)."""
+        return dict(self.settings, sampler=self.name, block=self.block)
+
+    def sample(self, params, seeds) -> np.ndarray:
+        seeds = np.asarray(seeds, np.int64)
+        params = jax.tree.map(lambda v: jnp.asarray(multihost.to_host(v)), params)
+        out = []
+        for s in range(0, len(seeds), self.block):
+            part = seeds[s:s + self.block]
+            padded = np.concatenate([part, np.repeat(part[-1:], self.block - len(part))]).astype(np.uint32)
+            out.append(np.asarray(self._run(params, jnp.asarray(padded)))[:len(part)])
+        x = np.concatenate(out).astype(np.float32)
+        if not np.all(np.isfinite(x)):
+            raise FloatingPointError(f"Non-finite samples from the {self.name} sampler: the model diverged.")
+        return x
+
+
+# -------------------------------------------------------------------------------------- config helpers
+def snapshot_steps(config) -> frozenset:
+    """The steps of `config.monitor.snapshots` (absent or empty: none), checked: positive multiples of
+    steps_per_call."""
+    steps = (config.get("monitor", None) or {}).get("snapshots", None) or ()
+    steps = configlib.sweep(steps) if not isinstance(steps, (tuple, list)) else tuple(steps)
+    bad = [s for s in steps if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1
+           or s % config.steps_per_call]
+    if bad:
+        raise configlib.ConfigError(
+            f"config.monitor.snapshots holds {bad}: snapshot steps must be positive multiples of config.steps_per_call = "
+            f"{config.steps_per_call} (diffmem.studies.training_time.snapshot_schedule picks such steps).")
+    return frozenset(int(s) for s in steps)
+
+
+def monitor_settings(config) -> dict | None:
+    """The `monitor` section with its defaults filled in, checked; None when the monitor is off."""
+    section = config.get("monitor", None) or {}
+    m = dict(DEFAULTS, **{k: section[k] for k in section})
+    if not m["every"]:
+        return None
+    if not isinstance(m["every"], int) or m["every"] < 0 or m["every"] % config.steps_per_call:
+        raise configlib.ConfigError(f"config.monitor.every = {m['every']!r} must be 0 (off) or a positive multiple "
+                                    f"of config.steps_per_call = {config.steps_per_call}.")
+    if not isinstance(m["num_samples"], int) or m["num_samples"] < 1:
+        raise configlib.ConfigError(f"config.monitor.num_samples = {m['num_samples']!r} must be a positive integer.")
+    if not 0.0 <= float(m["level"]) <= 1.0:
+        raise configlib.ConfigError(f"config.monitor.level = {m['level']!r} must be in [0, 1] (0: never stop).")
+    if m["metric"] not in METRICS:
+        raise configlib.ConfigError(f"config.monitor.metric = {m['metric']!r}; valid: {list(METRICS)} (LPIPS "
+                                    "weights are not available to the trainer).")
+    return m
+
+
+def stops_path(workdir: str) -> str:
+    return wdlib.Workdir(workdir).study_output_dir("training_time", "monitor_stops.json")
+
+
+def read_stops(workdir: str) -> dict:
+    """{name: {"step", "f_mem", "level", "reason"}} of the members that reached the monitor's level."""
+    path = stops_path(workdir)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise InputError(f"{path} is corrupt ({e}): delete it and rerun training (the monitor re-evaluates).") from None
+
+
+# ------------------------------------------------------------------------------------------ the monitor
+class Monitor:
+    """The trainer's hooks (diffmem.train): `prepare` before resuming, `resume` and `after_chunk` in the loop.
+
+    groups: the trainer's groups of member indices; specs: its members. Each hook returns the new end of the
+    sweep (max of the groups' totals, which a stop lowers)."""
+
+    def __init__(self, config, workdir: str, specs: Sequence[builders.ModelSpec], groups: list[list[int]]):
+        self.settings = monitor_settings(config)
+        self.config, self.workdir, self.specs, self.groups = config, workdir, list(specs), groups
+        self.every, self.level = int(self.settings["every"]), float(self.settings["level"])
+        self.seeds = np.arange(int(self.settings["num_samples"]))
+        self.stops = read_stops(workdir)
+        self._sampler = None
+
+    @classmethod
+    def from_config(cls, config, workdir: str, specs, groups) -> "Monitor | None":
+        return None if monitor_settings(config) is None else cls(config, workdir, specs, groups)
+
+    def _eligible(self, g: int) -> list[int]:
+        return [i for i in self.groups[g] if self.specs[i].k >= 2]
+
+    def _stopped_at(self, g: int) -> int | None:
+        names = [self.specs[i].name for i in self._eligible(g)]
+        if self.level <= 0 or not names or any(n not in self.stops for n in names):
+            return None
+        return max(int(self.stops[n]["step"]) for n in names)
+
+    def prepare(self, starts: list[int], totals: list[int]) -> list[int]:
+        """Totals with recorded stops applied; drops the f_mem lines `resume` will write again."""
+        totals = [t if (s := self._stopped_at(g)) is None else min(t, s) for g, t in enumerate(totals)]
+        redo = {self.specs[i].name: starts[g] for g in range(len(self.groups)) if self._redo(g, starts, totals)
+                for i in self.groups[g]}
+        path = wdlib.Workdir(self.workdir).metrics_path
+        if redo and os.path.exists(path) and wdlib.is_writer():
+            rows = []
+            for r in report.read_jsonl(path):
+                r = {k: v for k, v in r.items()
+                     if not (k.startswith(("f_mem/", "monitor_stop/")) and redo.get(k.split("/", 1)[1]) == r.get("step"))}
+                if set(r) != {"step"}:
+                    rows.append(r)
+            report.write_jsonl(path, rows)
+        return totals
+
+    def _redo(self, g: int, starts, totals) -> bool:
+        return 0 < starts[g] < totals[g] and starts[g] % self.every == 0
+
+    def resume(self, starts: list[int], totals: list[int], stacked, metrics_file) -> int:
+        """Evaluate at the step each unfinished group resumes from (what the interrupted run may not have)."""
+        for g in range(len(self.groups)):
+            if self._redo(g, starts, totals):
+                self._evaluate(g, starts[g], stacked[g], totals, metrics_file)
+        return max(totals)
+
+    def after_chunk(self, group_step: list[int], counts: list[int], stacked, totals: list[int], metrics_file) -> int:
+        for g in range(len(self.groups)):
+            if counts[g] and group_step[g] % self.every == 0:
+                self._evaluate(g, group_step[g], stacked[g], totals, metrics_file)
+        return max(totals)
+
+    def f_mem(self, spec: builders.ModelSpec, ema_params, step: int) -> float:
+        """The memorized fraction of the fixed seeds' samples from these EMA weights (step: for stand-ins)."""
+        if self._sampler is None:
+            self._sampler = ParamsSampler(self.config, spec)
+        return float(np.mean(memorized(self._sampler.sample(ema_params, self.seeds), spec.data)))
+
+    def _evaluate(self, g: int, step: int, state, totals: list[int], metrics_file) -> None:
+        record: dict[str, Any] = {"step": step}
+        for j, i in enumerate(self.groups[g]):
+            spec = self.specs[i]
+            if spec.k < 2:
+                continue
+            f = self.f_mem(spec, jax.tree.map(lambda v: v[j], state.ema_params), step)
+            record[f"f_mem/{spec.name}"] = f
+            if self.level > 0 and f >= self.level and spec.name not in self.stops:
+                self.stops[spec.name] = dict(step=step, f_mem=f, level=self.level, reason=(
+                    f"f_mem = {f:.4f} >= monitor.level = {self.level} at step {step} ({len(self.seeds)} samples); "
+                    "delete this entry to train further"))
+                if wdlib.is_writer():
+                    report.write_json(stops_path(self.workdir), self.stops)
+        stop = self._stopped_at(g)
+        if stop is not None and stop <= step:
+            totals[g] = step
+            record.update({f"monitor_stop/{self.specs[i].name}": step for i in self.groups[g]})
+        metrics_file.write(record)
