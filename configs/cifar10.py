@@ -3,6 +3,8 @@
     python bin/train.py --config=configs/cifar10.py:k=1000 --workdir=runs/cifar-ddpm
     python bin/train.py --config=configs/cifar10.py:k=1000,arch=ddpmpp,precond=vp --workdir=runs/cifar-gu
     python bin/sample.py --workdir=runs/cifar-gu --seeds=0-9999
+    python bin/study.py --config=configs/cifar10.py:k=500+1000+2000+4000,arch=ddpmpp,precond=vp --workdir=runs/cifar-study
+      # the one-command K-sweep study (diffmem.studies.k_sweep) on accelerators
 
 Data: TFDS `cifar10` prepared as array_record, or the binary tarball with
 --config.data.source=cifar10-binary:/path/cifar-10-binary.tar.gz (nothing is downloaded).

@@ -35,6 +35,7 @@ report.json keys (what notebooks/k_sweep.ipynb reads; K-indexed dicts use the mo
     workdir                 the workdir's base name
     config                  {"source", "ks" [int], "steps", "arch", "precond", "seed"}
     settings                the study settings (`Settings` as a dict; "quick" says whether the preset ran)
+    sampling                {"sampler", "steps", "optimal_sampler"} the sample sets were drawn with
     stages                  {stage: {"status": "computed" | "skipped" | "off" | "failed: ...", "seconds"}}
                             (status of the run that wrote the report; seconds of the run that computed it)
     ks                      [int] the sweep's K, ascending; names: [str] the same as model names
@@ -508,10 +509,12 @@ def _ct_delta(ctx: Context) -> float:
 def _stage_critical_times(ctx: Context) -> dict:
     from diffmem.studies import mechanisms
     s = ctx.settings
-    delta = _ct_delta(ctx)
+    lpips = ((ctx.records.get("classify") or {}).get("data") or {}).get("metric") == "lpips"
+    metric = "lpips" if lpips else "l2"   # the classification's metric: Pham et al.'s LPIPS delta 0.1, else pixel
+    delta = (0.1 if s.ct_delta is None else float(s.ct_delta)) if lpips else _ct_delta(ctx)
     tc, radius = {}, {}
     for cls in CLASSES:
-        mechanisms.critical_times(ctx.wd.path, samples=cls, metric="l2", delta=delta, trials=s.ct_trials,
+        mechanisms.critical_times(ctx.wd.path, samples=cls, metric=metric, delta=delta, trials=s.ct_trials,
                                   stop=s.ct_per_class, figures=False, progress=ctx.progress, log=None)
     found = mechanisms.gather_critical_times(ctx.wd.path)
     by_k = {ctx.wd.spec(n).k: n for n in ctx.names}
@@ -520,7 +523,7 @@ def _stage_critical_times(ctx: Context) -> dict:
             if k in by_k:
                 tc.setdefault(cls, {})[by_k[k]] = np.median(t, axis=1).tolist()
                 radius.setdefault(cls, {})[by_k[k]] = np.median(r, axis=1).tolist()
-    return dict(metric="l2", delta=delta, trials=s.ct_trials, per_class=s.ct_per_class, tc=tc, radius=radius)
+    return dict(metric=metric, delta=delta, trials=s.ct_trials, per_class=s.ct_per_class, tc=tc, radius=radius)
 
 
 def _stage_phase_times(ctx: Context) -> dict:
@@ -701,6 +704,9 @@ def build_report(ctx: Context, statuses: dict) -> dict:
                            arch=str(model.get("name", "")), precond=str((c.get("diffusion", {}) or {}).get("precond", "")),
                            seed=_config_json(c).get("seed")),
                settings=dataclasses.asdict(ctx.settings), ks=ks, names=names, stages={}, sections={}, panels={})
+    sampler, steps = sampler_of(c, ctx.settings)
+    rep["sampling"] = dict(sampler=sampler or c.sample.sampler, steps=steps if sampler else c.sample.get("num_steps"),
+                           optimal_sampler=sampler or c.sample.get("optimal_sampler", None) or c.sample.sampler)
     for stage in STAGES:
         if stage == "report":
             continue
@@ -919,8 +925,9 @@ def report_sections(ctx: Context, rep: dict) -> list[dict]:
     sections.append(dict(title="Setup", text=(
         f"Data `{cfg['source']}`, K = {', '.join(map(str, rep['ks']))}; network {cfg['arch']} ({cfg['precond']}), "
         f"{cfg['steps']} training steps, seed {cfg['seed']}; {rep['settings']['num_samples']} samples per model "
-        f"(sampler {rep['settings']['sampler'] or 'of the config'}"
-        f"{', ' + str(rep['settings']['sample_steps']) + ' steps' if rep['settings']['sample_steps'] else ''})"
+        f"(sampler {rep['sampling']['sampler']}"
+        f"{', ' + str(rep['sampling']['steps']) + ' steps' if rep['sampling']['steps'] else ''}; optimal denoiser: "
+        f"{rep['sampling']['optimal_sampler']})"
         f"{'; --quick preset' if rep['settings']['quick'] else ''}."), rows=st, columns=["stage", "status", "seconds"]))
     if rep.get("figures", {}).get("k_panels"):
         sections.append(dict(title="Every measure vs K", text="All panels share one log-K axis.",
