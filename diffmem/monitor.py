@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from diffmem import builders, configlib, multihost, report, sampling
@@ -152,6 +153,22 @@ class ParamsSampler:
         return x
 
 
+_SAMPLERS: dict = {}
+
+
+def params_sampler(config, spec: builders.ModelSpec, sampler: str | None = None, num_steps: int | None = None
+                   ) -> ParamsSampler:
+    """A `ParamsSampler`, shared by every caller with the same network, noise process, sampler and example
+    shape (the monitor and the study then compile it once)."""
+    parts = {k: config.get(k, None) for k in ("model", "diffusion", "sample")}
+    key = (configlib.to_json(ml_collections.ConfigDict(parts)), tuple(spec.data.shape[1:]), sampler, num_steps)
+    if key not in _SAMPLERS:
+        while len(_SAMPLERS) >= 4:
+            _SAMPLERS.pop(next(iter(_SAMPLERS)))
+        _SAMPLERS[key] = ParamsSampler(config, spec, sampler, num_steps)
+    return _SAMPLERS[key]
+
+
 # -------------------------------------------------------------------------------------- config helpers
 def snapshot_steps(config) -> frozenset:
     """The steps of `config.monitor.snapshots` (absent or empty: none), checked: positive multiples of
@@ -265,7 +282,7 @@ class Monitor:
     def f_mem(self, spec: builders.ModelSpec, ema_params, step: int) -> float:
         """The memorized fraction of the fixed seeds' samples from these EMA weights (step: for stand-ins)."""
         if self._sampler is None:
-            self._sampler = ParamsSampler(self.config, spec)
+            self._sampler = params_sampler(self.config, spec)
         return float(np.mean(memorized(self._sampler.sample(ema_params, self.seeds), spec.data)))
 
     def _evaluate(self, g: int, step: int, state, totals: list[int], metrics_file) -> None:
@@ -286,4 +303,5 @@ class Monitor:
         if stop is not None and stop <= step:
             totals[g] = step
             record.update({f"monitor_stop/{self.specs[i].name}": step for i in self.groups[g]})
-        metrics_file.write(record)
+        if len(record) > 1:  # members with K < 2 have no f_mem
+            metrics_file.write(record)

@@ -161,11 +161,8 @@ def _result_path(wd: wdlib.Workdir, name: str, step: int) -> str:
     return wd.study_output_dir(STUDY, str(name), f"step_{int(step):09d}.npz")
 
 
-def _sampler_for(wd: wdlib.Workdir, sampler: str | None, num_steps: int | None, cache: dict):
-    key = (sampler, num_steps)
-    if key not in cache:
-        cache[key] = monitor.ParamsSampler(wd.config, wd.spec(wd.names()[0]), sampler, num_steps)
-    return cache[key]
+def _sampler_for(wd: wdlib.Workdir, sampler: str | None, num_steps: int | None):
+    return monitor.params_sampler(wd.config, wd.spec(wd.names()[0]), sampler, num_steps)
 
 
 def evaluate_snapshot(wd: wdlib.Workdir, name: str, step: int, seeds: np.ndarray, sampler_fn, *,
@@ -210,7 +207,6 @@ def f_mem_curves(workdir: str, names: Sequence[str] | None = None, *, num_sample
     wd = wdlib.Workdir(workdir)
     names = wd.names() if names is None else [str(n) for n in names]
     seeds = np.arange(int(num_samples), dtype=np.int64)
-    cache: dict = {}
     todo = []
     for name in names:
         if wd.spec(name).k < 2:
@@ -223,7 +219,7 @@ def f_mem_curves(workdir: str, names: Sequence[str] | None = None, *, num_sample
         todo += [(name, s) for s in steps]
     curves: dict = {}
     for name, step in tqdm(todo, desc="f_mem of snapshots", unit="snapshot", disable=not progress):
-        r = evaluate_snapshot(wd, name, step, seeds, _sampler_for(wd, sampler, num_steps, cache),
+        r = evaluate_snapshot(wd, name, step, seeds, _sampler_for(wd, sampler, num_steps),
                               num_bootstrap=num_bootstrap, seed=seed, overwrite=overwrite)
         c = curves.setdefault(name, dict(k=int(r["k"]), steps=[], f_mem=[], se=[], lo=[], hi=[], memorized=[]))
         c["steps"].append(int(r["step"]))
