@@ -58,6 +58,20 @@ def test_leave_one_out_when_the_training_set_is_the_whole_pool():
         calibration.calibrate(train, train, quantile=1.5)
 
 
+def test_nearest_distance_host_and_knn_paths_agree_with_brute_force(monkeypatch):
+    rng = np.random.default_rng(5)
+    q, r = rng.normal(size=(70, 3, 2)), rng.normal(size=(40, 3, 2))
+    flat_q, flat_r = q.reshape(70, -1), r.reshape(40, -1)
+    brute = np.linalg.norm(flat_q[:, None] - flat_r[None], axis=-1).min(1)
+    self_d = np.linalg.norm(flat_q[:, None] - flat_q[None], axis=-1) + np.diag(np.full(70, np.inf))
+    host = (calibration.nearest_distance(q, r), calibration.nearest_distance(q, q, exclude_self=True))
+    monkeypatch.setattr(calibration, "HOST_WORK", 0)  # force the tiled k-NN
+    knn = (calibration.nearest_distance(q, r), calibration.nearest_distance(q, q, exclude_self=True))
+    for got in (host, knn):
+        np.testing.assert_allclose(got[0], brute, rtol=1e-5)
+        np.testing.assert_allclose(got[1], self_d.min(1), rtol=1e-5)
+
+
 def test_bootstrap_covers_the_truth_and_is_deterministic():
     p = np.array([0.2, 0.3, 0.5])
     rng = np.random.default_rng(1)

@@ -129,13 +129,13 @@ def calibrate(train, heldout, *, metric: str = "pixel", features: Callable | Non
     f_held = np.asarray(features(heldout), np.float32) if len(heldout) else np.zeros((0, f_train.shape[1]),
                                                                                          np.float32)
     if len(heldout) >= min_heldout:
-        method, d_m = "heldout", _nearest(f_held, f_train, exclude_self=False, mesh=mesh)
+        method, d_m = "heldout", nearest_distance(f_held, f_train, exclude_self=False, mesh=mesh)
     else:
         if len(train) < 2:
             raise InputError(f"Cannot calibrate: {len(heldout)} held-out images (< min_heldout = {min_heldout}) and "
                              f"K = {len(train)} training images (leave-one-out needs >= 2). Pass thresholds "
                              "explicitly (delta_m, delta_s).")
-        method, d_m = "leave-one-out", _nearest(f_train, f_train, exclude_self=True, mesh=mesh)
+        method, d_m = "leave-one-out", nearest_distance(f_train, f_train, exclude_self=True, mesh=mesh)
     n = len(heldout) if num_samples is None else int(num_samples)
     if n < 2:
         raise InputError(f"num_samples = {n}: d_s needs >= 2 samples.")
@@ -158,14 +158,38 @@ def _tiles(n: int, m: int) -> dict:
     return dict(query_tile=pow2(n, 512), ref_tile=pow2(m, 2048))
 
 
-def _nearest(queries: np.ndarray, refs: np.ndarray, *, exclude_self: bool, mesh=None) -> np.ndarray:
+def nearest_distance(queries, refs, *, exclude_self: bool = False, mesh=None) -> np.ndarray:
     """Euclidean distance (float64) of each query row to its nearest ref row (query i excluded as ref i when
     exclude_self). The k-NN finds the neighbour; the distance is recomputed directly (the GEMM form loses
-    ~sqrt(eps) ||a|| near 0, and copies must come out at exactly 0)."""
-    _, idx = distances.knn(queries, refs, 1, exclude_self_offset=0 if exclude_self else None, mesh=mesh,
-                           **_tiles(len(queries), len(refs)))
-    diff = queries.astype(np.float64) - refs[idx[:, 0]].astype(np.float64)
+    ~sqrt(eps) ||a|| near 0, and copies must come out at exactly 0). Rows of any shape are flattened."""
+    queries, refs = pixel_features(queries), pixel_features(refs)
+    if mesh is None and queries.size * len(refs) <= HOST_WORK:
+        idx = _nearest_host(queries, refs, exclude_self)
+    else:
+        _, idx = distances.knn(queries, refs, 1, exclude_self_offset=0 if exclude_self else None, mesh=mesh,
+                               **_tiles(len(queries), len(refs)))
+        idx = idx[:, 0]
+    diff = queries.astype(np.float64) - refs[idx].astype(np.float64)
     return np.sqrt(np.sum(diff * diff, axis=1))
+
+
+HOST_WORK = 2 * 10**9  # multiply-adds below which the nearest neighbour is found on the host (no compile)
+
+
+def _nearest_host(queries: np.ndarray, refs: np.ndarray, exclude_self: bool) -> np.ndarray:
+    """Index of each query's nearest ref by float64 GEMMs in blocks of queries (ties: the smaller index, as
+    `distances.knn`); small problems (the circle, digits) skip the k-NN's compilations."""
+    r = refs.astype(np.float64)
+    r2 = np.sum(r * r, axis=1)
+    out = np.empty(len(queries), np.int64)
+    for s in range(0, len(queries), 1024):
+        q = queries[s:s + 1024].astype(np.float64)
+        d = r2[None] - 2 * q @ r.T  # + ||q||^2, constant per row
+        if exclude_self:
+            rows = np.arange(len(q))
+            d[rows, rows + s] = np.inf
+        out[s:s + len(q)] = np.argmin(d, axis=1)
+    return out
 
 
 def _nearest_in_groups(feats: np.ndarray, n: int, rng: np.random.Generator, mesh=None) -> tuple[np.ndarray, int]:
@@ -178,12 +202,12 @@ def _nearest_in_groups(feats: np.ndarray, n: int, rng: np.random.Generator, mesh
     out = []
     for b in range(full):
         idx = perm[b * g:(b + 1) * g]
-        out.append(_nearest(feats[idx], feats[idx], exclude_self=True, mesh=mesh))
+        out.append(nearest_distance(feats[idx], feats[idx], exclude_self=True, mesh=mesh))
     rest = perm[full * g:]
     if len(rest):  # queries only with its own rows; references filled up from the complete groups
         fill = rng.choice(perm[:full * g], g - len(rest), replace=False)
         refs = feats[np.concatenate([rest, fill])]
-        out.append(_nearest(feats[rest], refs, exclude_self=True, mesh=mesh))
+        out.append(nearest_distance(feats[rest], refs, exclude_self=True, mesh=mesh))
     return np.concatenate(out), g
 
 
