@@ -16,6 +16,8 @@ import concurrent.futures
 import dataclasses
 import functools
 import math
+import re
+import threading
 from typing import Callable, NamedTuple
 
 import diffrax
@@ -341,9 +343,75 @@ def _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, heun
 
 
 # ----------------------------------------------------------------------------------- sharding
+class _OneBinary:
+    """`sampler_fn` compiled once per block shape, for the first device that runs a block, and that same binary
+    loaded on every other device (jax.jit alone compiles it once per device: 8 compiles on 8 devices). Every
+    device thus runs literally the same machine code as a one-device `jax.jit(sampler_fn)`.
+
+    Where the binary cannot be moved (host callbacks in the program, a jax without executable serialization,
+    arguments other than the seeds), the other devices fall back to jax.jit's own per-device compile: slower,
+    the same bits."""
+
+    def __init__(self, sampler_fn, options: tuple):
+        self.jitted = jax.jit(sampler_fn, compiler_options=dict(options) or None)
+        self._programs = {}  # (shape, dtype) -> (device, Compiled, serialized binary or None)
+        self._loaded = {}  # (shape, dtype, device) -> LoadedExecutable
+        self._lock = threading.Lock()
+
+    def _program(self, x: jax.Array):
+        key = (x.shape, x.dtype)
+        with self._lock:
+            if key not in self._programs:
+                compiled = self.jitted.lower(x).compile()
+                self._programs[key] = (next(iter(x.devices())), compiled, _movable_binary(compiled))
+            return self._programs[key]
+
+    def __call__(self, x: jax.Array):
+        """Run on one device's block of seeds `x` (a single-device array); the result stays on that device."""
+        home, compiled, binary = self._program(x)
+        device = next(iter(x.devices()))
+        if device == home:
+            return compiled(x)
+        if binary is None:
+            return self.jitted(x)
+        key = (x.shape, x.dtype, device)
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = _load_on(device, binary)
+        if self._loaded[key] is None:
+            return self.jitted(x)
+        outs = self._loaded[key].execute_sharded([x]).disassemble_into_single_device_arrays()
+        return compiled.out_tree.unflatten([o[0] for o in outs])
+
+
+def _movable_binary(compiled) -> bytes | None:
+    """The serialized executable of a one-device `Compiled` if it can be loaded on another device as it is
+    (one argument, the seeds; every output computed by it; no host callbacks), else None."""
+    try:
+        executable = compiled.runtime_executable()
+        if (len(executable.get_parameter_layouts()) != 1
+                or len(executable.get_output_layouts()) != compiled.out_tree.num_leaves
+                or re.search(r'custom_call_target="[^"]*callback', compiled.as_text() or "")):
+            return None
+        return executable.client.serialize_executable(executable)
+    except Exception:  # an older or newer jax without these calls: compile per device instead
+        return None
+
+
+def _load_on(device, binary: bytes):
+    """The serialized one-device executable loaded on `device` (no compile), or None if this jax cannot."""
+    try:
+        from jaxlib import xla_client
+        options = xla_client.CompileOptions()
+        options.device_assignment = xla_client.DeviceAssignment.create(np.array([[device.id]]))
+        return device.client.deserialize_executable(binary, xla_client.DeviceList((device,)), options)
+    except Exception:  # another jaxlib's API: jax.jit compiles for this device instead
+        return None
+
+
 @functools.lru_cache(maxsize=8)
-def _block_jit(sampler_fn, options: tuple = ()):
-    return jax.jit(sampler_fn, compiler_options=dict(options) or None)
+def _block_jit(sampler_fn, options: tuple = ()) -> _OneBinary:
+    return _OneBinary(sampler_fn, options)
 
 
 # Seeds per device in every compiled sampler call (see `sample_sharded`); part of what a sample's bits depend on.
@@ -362,8 +430,9 @@ def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Me
     and summation orders by shape (a LayerNorm over 7 rows rounds differently from one over 600), so this,
     with per-sample keys, is what makes sample i depend on seed i alone, bit for bit
     (tests/test_batch_invariance.py). Keep the default `block` for samples that must match other runs.
-    The jitted function is cached per (sampler_fn, mesh, axis): keep `sampler_fn` the same object across
-    calls to avoid recompiling. Build the mesh as `Mesh(np.array(jax.devices()), ("data",))`.
+    The program is compiled once per (sampler_fn, block shape), for the first device, and that binary is
+    loaded on the others (`_OneBinary`): keep `sampler_fn` the same object across calls to avoid recompiling.
+    Build the mesh as `Mesh(np.array(jax.devices()), ("data",))`.
     compiler_options: passed to `jax.jit`.
     With a mesh over several processes (jax.distributed) every process gets all B samples as numpy (an
     all-gather), so `np.asarray` of the result works everywhere.
@@ -388,11 +457,10 @@ def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Me
         # side by side): a program partitioned over a mesh is compiled differently (other fusions, so other
         # fused multiply-adds) from the one-device program, and its bits would depend on the device count.
         shards = jax.device_put(padded, sharding).addressable_shards
-        if len(shards) == 1:
-            blocks = [run(shards[0].data)]
-        else:  # the first call compiles once per device: in threads, side by side
-            with concurrent.futures.ThreadPoolExecutor(len(shards)) as pool:
-                blocks = list(pool.map(lambda shard: run(shard.data), shards))
+        blocks = [run(shards[0].data)]  # compiles on the first call; the other devices load that binary
+        if len(shards) > 1:  # in threads: where the binary cannot move, jax.jit compiles per device, side by side
+            with concurrent.futures.ThreadPoolExecutor(len(shards) - 1) as pool:
+                blocks += list(pool.map(lambda shard: run(shard.data), shards[1:]))
         out = jax.make_array_from_single_device_arrays((rows,) + blocks[0].shape[1:], sharding, blocks)
         if not out.is_fully_addressable:  # a mesh over several processes (jax.distributed): every host gets all
             from diffmem import multihost

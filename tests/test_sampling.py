@@ -255,6 +255,44 @@ def test_sample_sharded_over_8_devices_equals_1_device():
     np.testing.assert_array_equal(np.asarray(one), np.asarray(jax.jit(sampler)(jnp.asarray(seeds))))
 
 
+def _compiles_of(name, fn):
+    """How many XLA compiles of a function called `name` running fn() takes."""
+    names = []
+
+    def listen(event, secs, **kw):
+        if event.endswith("backend_compile_duration"):
+            names.append(kw.get("fun_name"))
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return sum(n is not None and name in n for n in names)
+
+
+def test_sample_sharded_compiles_once_for_8_devices():
+    """The one-device program is compiled once and its binary loaded on the other 7 devices (not 8 compiles);
+    a program with a host callback cannot move and is compiled per device; both give the 1-device bits."""
+    eight, one = Mesh(np.array(jax.devices()), ("data",)), Mesh(np.array(jax.devices()[:1]), ("data",))
+
+    def shifted_noise(seeds):
+        return sampling.initial_noise(seeds, (3,)) * 2.0 + 1.0
+
+    def with_callback(seeds):
+        x = sampling.initial_noise(seeds, (3,))
+        return jax.pure_callback(lambda a: np.asarray(a) * 2.0 + 1.0, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+    for fn, compiles in ((shifted_noise, 1), (with_callback, 8)):
+        got = []
+        run = lambda: got.append(sampling.sample_sharded(fn, np.arange(30), eight, block=4))
+        assert _compiles_of(fn.__name__, run) == compiles
+        assert len(got[0].sharding.device_set) == 8
+        alone = sampling.sample_sharded(fn, np.arange(30), one, block=4)
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(alone))
+        noise = np.asarray(sampling.initial_noise(np.arange(30), (3,)))  # another batch shape: rounding may differ
+        np.testing.assert_allclose(np.asarray(got[0]), 2.0 * noise + 1.0, rtol=1e-6, atol=1e-6)
+
+
 def test_inputs_are_validated():
     x = jnp.zeros((4, D))
     with pytest.raises(ValueError, match="seed"):
