@@ -2,7 +2,10 @@
 
 Networks, noise processes, losses and training sets are built from a ConfigDict here (the trainer, the
 workdir and the stages read their own settings); the objects built take explicit arguments, never a config.
-A config describes a *sweep* of models when `data.k` (or `seed`) is a tuple.
+A config describes a *sweep* of models when `data.k` (or `seed`) is a tuple. Every config has the sections
+of `diffmem.config_schema`; what a model is follows from them, never from a toy / image flag:
+`diffusion_kind` ("sde": a score network s(x, t) trained in SDE time, the tutorial MLP; "precond": a
+preconditioned denoiser), `is_vector_model` (the trainer's small-model path) and `data_range`.
 
 Image models combine an architecture (`model.name`) with a preconditioning (`diffusion.precond`):
 

@@ -201,14 +201,13 @@ def sample_set(wd: wdlib.Workdir, name: str, kind: str, step: int | None, run, s
     if missing.size == 0:
         return False
     shard = wd.shard_path(name, kind, step, missing)
-    partial = shard[:-4] + ".partial"
     ndev = mesh.devices.size
     batch = -(-max(1, batch) // ndev) * ndev
     starts = range(0, len(missing), batch)
     finished = {}  # batches an earlier, interrupted job saved (read by process 0, which writes the shard)
     if wdlib.is_writer():
         for start in starts:
-            old = _finished_batch(os.path.join(partial, f"{start:010d}.npz"), missing[start:start + batch], record,
+            old = _finished_batch(wd.partial_path(shard, start), missing[start:start + batch], record,
                                   overwrite)
             if old is not None:
                 finished[start] = old
@@ -218,7 +217,7 @@ def sample_set(wd: wdlib.Workdir, name: str, kind: str, step: int | None, run, s
                dynamic_ncols=True)
     for i, start in enumerate(starts):
         part_seeds = missing[start:start + batch]
-        part = os.path.join(partial, f"{start:010d}.npz")
+        part = wd.partial_path(shard, start)
         if done[i]:
             chunks.append(finished.get(start))
             bar.update(len(part_seeds))
@@ -235,7 +234,7 @@ def sample_set(wd: wdlib.Workdir, name: str, kind: str, step: int | None, run, s
     bar.close()
     if wdlib.is_writer():
         wdlib.write_shard(shard, np.concatenate(chunks), missing, record)
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(wd.partial_path(shard), ignore_errors=True)
     return True
 
 

@@ -1,4 +1,4 @@
-"""One training writes a workdir at a time: an advisory lock on `<workdir>/.diffmem.lock`.
+"""One training writes a workdir at a time: an advisory lock on `<workdir>/.diffmem.lock` (`Workdir.lock_path`).
 
 The lock is `fcntl.flock` on that file, which the kernel drops when its holder exits in any way (SIGKILL
 included): a lock file left by a dead process is stale by construction and the next run simply takes it
@@ -19,7 +19,7 @@ import warnings
 
 from diffmem.errors import WorkdirBusyError, WriteError
 
-LOCK_NAME = ".diffmem.lock"
+LOCK_NAME = ".diffmem.lock"  # its path in a workdir: `Workdir.lock_path`
 
 
 @contextlib.contextmanager
@@ -46,7 +46,8 @@ def workdir_lock(workdir: str, what: str = "training"):
 
 
 def _acquire(workdir: str, what: str) -> int | None:
-    path = os.path.join(workdir, LOCK_NAME)
+    from diffmem.workdir import Workdir
+    path = Workdir(workdir).lock_path
     try:
         os.makedirs(workdir, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -61,7 +61,7 @@ RULES = {
     "log_every": ("range", 1, 1 << 40),
     "ckpt_every": ("range", 1, 1 << 40),
     "data.k": ("range", 1, 1 << 40),
-    "sde.sigma_max": ("range", 1e-6, 1e6),
+    "diffusion.sigma_max": ("range", 1e-6, 1e6),
     "sample.sampler": ("choices", sampling.SAMPLERS),  # the live registry: every registered sampler
     "matmul_precision": ("choices", MATMUL_PRECISIONS),
 }
@@ -110,7 +110,7 @@ def optimizer_from_config(config: ml_collections.ConfigDict) -> optax.GradientTr
     of its checkpoints must build alike."""
     o = config.optim
     return make_optimizer(o.lr, o.b1, o.b2, o.eps, o.grad_clip, o.get("warmup_steps", 0),
-                          flatten=not builders.is_image(config), decay_every=o.get("decay_every", 0),
+                          flatten=builders.is_vector_model(config), decay_every=o.get("decay_every", 0),
                           decay_factor=o.get("decay_factor", 0.5))
 
 
@@ -354,12 +354,17 @@ def _resume_step(workdir: str, names: list[str]) -> int:
     return max(common)
 
 
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Write workdir/config.json or check a rerun against it: `Workdir.write_config` (the one rerun rule)."""
+    workdir_lib.Workdir(workdir).write_config(config)
+
+
 def use_one_cpu_thread_if_small(config: ml_collections.ConfigDict) -> bool:
     """The opt-in CPU policy (`bin/train.py --cpu_policy`), before JAX's first computation: one XLA CPU thread
     when every model of a toy config trains on small batches (`cpu_parallel.one_thread_for_small_batches`;
     figures in bench/results/bench_tutorial.txt). Image configs keep every thread. Returns whether it applied."""
     configlib.check(config, RULES)
-    if builders.is_image(config):
+    if not builders.is_vector_model(config):
         return False
     rows = max(builders.batch_size(config, k) for k in configlib.sweep(config.data.k))
     return cpu_parallel.one_thread_for_small_batches(rows)
@@ -403,7 +408,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
                                  lr_in_images=lr_in_images, ema_in_images=ema_in_images)
 
     # Group members by padded batch size and step count; pad training sets to the group's largest K.
-    groups = _groups(specs, n_dev, vmap=not builders.is_image(config),  # see _groups and make_multi_step
+    groups = _groups(specs, n_dev, vmap=builders.is_vector_model(config),  # see _groups and make_multi_step
                      steps=[sc.steps for sc in scheds])
     replicated = NamedSharding(mesh, P())
     init_fn = jax.jit(model.init)  # one compilation for every member
@@ -446,8 +451,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
     start = min(unfinished) if unfinished else max(starts)   # the sweep's clock resumes here
     _trim_metrics(metrics_path, start)
 
-    image = builders.is_image(config)
-    multi_step = make_multi_step(train_step, metas, mesh, loop="python" if image else "scan")
+    multi_step = make_multi_step(train_step, metas, mesh, loop="scan" if builders.is_vector_model(config) else "python")
     # One clock for the sweep, in chunks of steps_per_call; group g runs while its own step is below
     # min(clock, its total), so a shorter member stops at its own end (and a group resumed later waits).
     group_step, last_saved = list(starts), list(starts)

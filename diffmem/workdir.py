@@ -9,7 +9,9 @@
 
 Layout (nothing outside this module builds these paths):
 
-    config.json                       the config (`write_config`; a rerun may change only `RERUN_KEYS`)
+    config.json                       the config (`write_config`; a rerun may change only `RERUN_KEYS`;
+                                      files of earlier schemas are migrated on load, `config_schema.migrate`)
+    .diffmem.lock                     the one-writer lock of a training (`lock_path`, `diffmem.lock`)
     metrics.jsonl                     training metrics
     subsets/<K>.npz                   the K-subset: `indices` into the dataset pool and `sha256` of the
                                       training set they select, written at train time; a changed dataset
@@ -18,9 +20,11 @@ Layout (nothing outside this module builds these paths):
     samples/<set>/<shard>.npz         sample shards, set = <name> (latest checkpoint), <name>@<step> (an
                                       earlier one) or optimal/<name>; a shard holds samples (N, *S), seeds
                                       (N,) and its settings (JSON); readers merge the shards of a set
+    samples/<set>/<shard>.partial/    an unfinished shard's batches, <start>.npz (`partial_path`)
     samples/<set>.npz                 a whole set in one file (workdirs written before shards; still read)
     samples/<set>.png                 a picture of the set
-    classify/[optimal/]<name>.{npz,json}, classify/summary.json, report.md, figures   (memorization study)
+    classify/[optimal/]<name>.{npz,json}, classify/summary.json, report.md, figures   (memorization study;
+                                      `classify_paths`, `classify_file`)
     reproducibility/...               Zhang et al.'s scores (reproducibility study)
     study/...                         the circle study (`study_dir`)
     <study>/...                       other studies' outputs (`study_output_dir(study, ...)`), study one of
@@ -33,6 +37,9 @@ Layout (nothing outside this module builds these paths):
                                         two-disjoint-sets study, diffmem.studies.disjoint)
     S1/, S2/                          the disjoint study's two sides, each a whole workdir of this layout
                                       (`sub_workdir`)
+
+An EMM root (`diffmem.studies.memorization.emm`) is a folder of such workdirs, k<K>/ (`emm_member`), beside
+its emm.json (`emm_path`).
 
 <name> is a model's K ("64"), or "<K>_s<seed>" in seed sweeps.
 """
@@ -111,10 +118,11 @@ def _score_of(denoiser: Callable) -> Callable:
     return score
 
 
-def _make_model(config, spec: builders.ModelSpec, kind: str, step: int, *, denoiser: Callable | None = None,
-                time_score: Callable | None = None) -> Model:
-    """A `Model` from either view: a denoiser (image networks, the optimal denoiser) or, for toy models, a
-    score in SDE time (converted by Tweedie's formula, `sde.denoiser_from_score`)."""
+def make_model(config, spec: builders.ModelSpec, kind: str, step: int, *, denoiser: Callable | None = None,
+               time_score: Callable | None = None) -> Model:
+    """A `Model` from either view: a denoiser (preconditioned networks, the optimal denoiser, machines) or a
+    score in SDE time (`diffusion.kind` "sde"; converted by Tweedie's formula, `sde.denoiser_from_score`).
+    The noise process, sigma range and data range follow from the config's sections."""
     sde = builders.build_sde(config) if builders.diffusion_kind(config) == "sde" else None
     if denoiser is None:
         denoiser = sde_lib.denoiser_from_score(time_score, sde)
@@ -130,9 +138,20 @@ def _make_model(config, spec: builders.ModelSpec, kind: str, step: int, *, denoi
                  time_score=time_score, data_range=builders.data_range(config), config=config)
 
 
+_make_model = make_model  # the name callers used first
+
+
+def trained_model(config, spec: builders.ModelSpec, net, params, step: int) -> Model:
+    """The `Model` of network parameters `params` of `net` (`builders.build_model`): a score network in SDE
+    time for `diffusion.kind` "sde", else the preconditioned denoiser (`builders.denoiser`)."""
+    if builders.diffusion_kind(config) == "sde":
+        return make_model(config, spec, "trained", step, time_score=builders.score_fn(config, net, params))
+    return make_model(config, spec, "trained", step, denoiser=builders.denoiser(config, net, params))
+
+
 def optimal_from_spec(config, spec: builders.ModelSpec, chunk: int = 4096) -> Model:
     """The empirical optimal denoiser of a sweep member's training set (step -1)."""
-    return _make_model(config, spec, "optimal", -1,
+    return make_model(config, spec, "optimal", -1,
                        denoiser=energy.empirical_denoiser(jnp.asarray(spec.data), chunk=chunk))
 
 
@@ -226,15 +245,37 @@ class Workdir:
         """classify/ (kind None or "trained") or classify/optimal/."""
         return self._p("classify", *(("optimal",) if kind == "optimal" else ()))
 
+    def classify_file(self, filename: str) -> str:
+        """classify/<filename>: the memorization study's summary.json, report.md and figures."""
+        return self._p("classify", filename)
+
     def classify_paths(self, name: str, kind: str = "trained") -> tuple[str, str]:
         base = os.path.join(self.classify_dir(kind), str(name))
         return base + ".npz", base + ".json"
 
-    def reproducibility_dir(self) -> str:
-        return self._p("reproducibility")
+    def reproducibility_dir(self, *parts: str) -> str:
+        """reproducibility/<parts...> (parts: a file name)."""
+        return self._p("reproducibility", *parts)
 
-    def study_dir(self) -> str:
-        return self._p("study")
+    def study_dir(self, *parts: str) -> str:
+        """study/<parts...>: the circle study's outputs (parts: a file name)."""
+        return self._p("study", *parts)
+
+    @property
+    def lock_path(self) -> str:
+        """.diffmem.lock: the one-writer lock of a training (`diffmem.lock`)."""
+        from diffmem import lock
+        return self._p(lock.LOCK_NAME)
+
+    # ---------------------------------------------------------------- EMM roots
+    @property
+    def emm_path(self) -> str:
+        """emm.json of an EMM root: this folder holds one workdir per K (`emm_member`)."""
+        return self._p("emm.json")
+
+    def emm_member(self, k: int) -> "Workdir":
+        """The workdir k<K> of an EMM root (Gu et al.'s effective model memorization, one model per K)."""
+        return self.sub_workdir(f"k{int(k)}")
 
     def study_output_dir(self, study: str, *parts: str) -> str:
         """<workdir>/<study>/<parts...>: where a study of `STUDY_OUTPUTS` writes (parts: sub-folders or a file)."""
@@ -380,9 +421,7 @@ class Workdir:
         params, step = checkpoint.restore_item(self.checkpoint_dir(spec.name), "ema_params", like, step,
                                                workdir=self.path)
         params = jax.tree.map(jnp.asarray, params)
-        if builders.diffusion_kind(config) == "sde":  # a score network in SDE time
-            return _make_model(config, spec, "trained", step, time_score=builders.score_fn(config, net, params))
-        return _make_model(config, spec, "trained", step, denoiser=builders.denoiser(config, net, params))
+        return trained_model(config, spec, net, params, step)
 
     # ---------------------------------------------------------------- samples
     def sample_set(self, name: str, kind: str = "trained", step: int | None = None) -> str:
@@ -396,6 +435,13 @@ class Workdir:
 
     def picture_path(self, name: str, kind: str = "trained", step: int | None = None) -> str:
         return self.samples_dir(name, kind, step) + ".png"
+
+    @staticmethod
+    def partial_path(shard: str, start: int | None = None) -> str:
+        """<shard>.partial/: the batches of an unfinished shard, saved as they finish; with `start`, the file
+        of the batch starting at that row (<start:010d>.npz)."""
+        folder = shard[:-4] + ".partial"
+        return folder if start is None else os.path.join(folder, f"{int(start):010d}.npz")
 
     def shard_path(self, name: str, kind: str, step: int | None, seeds: np.ndarray) -> str:
         """Where a job writes the shard of `seeds`: <first>-<last>_<hash of the seed list>.npz."""
@@ -522,4 +568,4 @@ def remove_set_files(paths: Sequence[str]) -> None:
     for p in paths:
         if os.path.exists(p):
             os.remove(p)
-        shutil.rmtree(p[:-4] + ".partial", ignore_errors=True)
+        shutil.rmtree(Workdir.partial_path(p), ignore_errors=True)

@@ -402,7 +402,6 @@ def run(workdir: str, *, metric: str = "auto", delta_m: float | None = None, del
             return calibrated[spec.name, n]
         return get
 
-    out_dir = wd.classify_dir()
     panels: list[str | None] = []
     summary = dict(workdir=os.path.basename(os.path.abspath(workdir)), settings=dataclasses.asdict(settings),
                    metric_note=note, units=settings.units, trained={}, optimal={}, status={}, not_included={},
@@ -428,15 +427,15 @@ def run(workdir: str, *, metric: str = "auto", delta_m: float | None = None, del
                 + ", ".join(f"{c} {meta['fractions'][c]:.3f}" for c in classify.NAMES)
                 + f" (delta_m {t['delta_m']:.4g}, delta_s {t['delta_s']:.4g}, {t['method']})")
         if figures:
-            panel = os.path.join(out_dir, f"panels_{sset.key.replace('/', '_')}.png")
+            panel = wd.classify_file(f"panels_{sset.key.replace('/', '_')}.png")
             if status != "skipped" or not os.path.exists(panel):
                 panel = draw_panels(panel, workdir, sset, spec.data, meta, rows_per_class)
             panels.append(panel)
     if figures:
-        figs = _curves(out_dir, summary) + [p for p in panels if p]
+        figs = _curves(wd, summary) + [p for p in panels if p]
         summary["figures"] = [wd.relative(p) for p in figs]  # reports hold no absolute paths
-    report.write_json(os.path.join(out_dir, "summary.json"), summary)
-    _markdown(os.path.join(out_dir, "report.md"), summary, [wd.path_of(p) for p in summary["figures"]])
+    report.write_json(wd.classify_file("summary.json"), summary)
+    _markdown(wd.classify_file("report.md"), summary, [wd.path_of(p) for p in summary["figures"]])
     return summary
 
 
@@ -482,7 +481,7 @@ def _series(summary: dict, value: Callable[[dict], float | None]) -> dict:
     return out
 
 
-def _curves(out_dir: str, summary: dict) -> list[str]:
+def _curves(wd: Workdir, summary: dict) -> list[str]:
     """ratio_vs_k.png (Gu et al.'s ratio) and classes_vs_k.png (Pham et al.'s fractions); the optimal
     denoiser dashed beside the trained models."""
     figs = []
@@ -496,15 +495,15 @@ def _curves(out_dir: str, summary: dict) -> list[str]:
         ax.set_xscale("log"), ax.set_ylim(-3, 103), ax.set_xlabel("training set size K")
         ax.set_ylabel("memorization ratio (%)"), ax.set_title("Gu et al.: d1/d2 < 1/3 (pixel L2)", fontsize=9)
         ax.grid(alpha=0.3), ax.legend(fontsize=8)
-        figs.append(viz.save_figure(fig, os.path.join(out_dir, "ratio_vs_k.png")))
+        figs.append(viz.save_figure(fig, wd.classify_file("ratio_vs_k.png")))
     s = summary["settings"]
     how = (f"calibrated: {100 * s['quantile']:g}% quantiles of held-out distances"
            if s.get("thresholds") == "calibrated" else f"delta_m {s['delta_m']}, delta_s {s['delta_s']}")
     if summary["trained"] or summary["optimal"]:
-        figs.append(_class_figure(os.path.join(out_dir, "classes_vs_k.png"), summary, lambda m: m,
+        figs.append(_class_figure(wd.classify_file("classes_vs_k.png"), summary, lambda m: m,
                                   f"Pham et al.: {summary['units']}, {how}"))
     if any("published" in m for kind in KINDS for m in summary[kind].values()):
-        figs.append(_class_figure(os.path.join(out_dir, "classes_vs_k_published.png"), summary,
+        figs.append(_class_figure(wd.classify_file("classes_vs_k_published.png"), summary,
                                   lambda m: m.get("published"),
                                   f"Pham et al.'s published thresholds: {summary['units']}, 0.03 / 0.02"))
     return figs
@@ -623,12 +622,12 @@ def emm(root: str, config, k_grid: Sequence[int], *, seeds: Sequence[int] | None
     sampler = sampler or config.sample.sampler
     runner = runner or (lambda c, w, s, smp: train_and_sample(c, w, s, smp, progress))
     runs: dict[str, dict] = {}
-    path = os.path.join(root, "emm.json")
+    path = Workdir(root).emm_path
     record = dict(settings=dict(dataclasses.asdict(settings), level=level, tolerance=tolerance, k_grid=grid,
                                 num_seeds=len(seeds), sampler=sampler), runs=runs)
 
     def ratio_at(k: int) -> float:
-        workdir, name = os.path.join(root, f"k{k}"), str(k)
+        workdir, name = Workdir(root).emm_member(k).path, str(k)
         config_k = config_for_k(config, k)
         _check_same_experiment(workdir, config_k)
         source = "samples reused"

@@ -103,7 +103,6 @@ def run(workdir_a: str, workdir_b: str, *, features: str | Extractor = "pixel", 
     wanted = sorted(specs if names is None else [str(n) for n in names], key=sort_key)
     feat = extractor(features, lpips_net=lpips_net)
     tag = features if isinstance(features, str) else getattr(features, "__name__", "custom")
-    out_dir = wa.reproducibility_dir()
     summary = {}
     for name in wanted:
         if not (wa.has_samples(name) and wb.has_samples(name, side_b)):
@@ -121,21 +120,21 @@ def run(workdir_a: str, workdir_b: str, *, features: str | Extractor = "pixel", 
                    a=wa.relative(wa.samples_dir(name)),
                    b=os.path.join(label_b, wb.relative(wb.samples_dir(name))) if side_b == "trained"
                    else wa.relative(wa.samples_dir(name, "optimal")))
-        report.write_json(os.path.join(out_dir, f"{name}.{tag}.json"), row)
+        report.write_json(wa.reproducibility_dir(f"{name}.{tag}.json"), row)
         summary[name] = row
     if not summary:
         raise MissingInputError(f"No K has samples on both sides ({workdir_a} and "
                                 f"{'its optimal denoiser' if side_b == 'optimal' else workdir_b}): run "
                                 "bin/sample.py with the same --seeds on both first.")
     ks = [summary[n]["k"] for n in summary]
-    fig = viz.curves_vs_k(os.path.join(out_dir, f"scores_vs_k.{tag}.png"), ks,
+    fig = viz.curves_vs_k(wa.reproducibility_dir(f"scores_vs_k.{tag}.png"), ks,
                           {"RP (a vs b)": [r["rp"] for r in summary.values()],
                            "generalization a": [r["generalization_a"] for r in summary.values()],
                            "generalization b": [r["generalization_b"] for r in summary.values()]},
                           ylabel="score", title=f"Zhang et al. scores, {tag} features, b = {label_b}")
-    report.write_json(os.path.join(out_dir, f"summary.{tag}.json"), summary)
+    report.write_json(wa.reproducibility_dir(f"summary.{tag}.json"), summary)
     cols = ["k", "num_pairs", "rp", "generalization_a", "generalization_b"]
-    report.write_markdown(os.path.join(out_dir, f"report.{tag}.md"), "Reproducibility (Zhang et al.)",
+    report.write_markdown(wa.reproducibility_dir(f"report.{tag}.md"), "Reproducibility (Zhang et al.)",
                           [("Scores", f"a = this workdir, b = {label_b}, features {tag}, cosine > {threshold}\n\n"
                             + report.markdown_table(list(summary.values()), cols))], [fig])
     return summary
