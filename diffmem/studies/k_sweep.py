@@ -99,7 +99,7 @@ DEPENDS = {"train": (), "sample": ("train",), "classify": ("sample",), "reproduc
            "phase_times": ("train",), "machines": ("sample",), "training_time": ("train",)}
 CLASSES = classify_lib.NAMES
 QUICK_KS = (8, 64, 512)
-QUICK_STEPS = 600
+QUICK_STEPS = 400
 REPORT_VERSION = 1
 
 
@@ -132,19 +132,20 @@ class Settings:
     quick: bool = False
 
 
-QUICK = dict(num_samples=64, sample_steps=50, rank_latents=2, ct_per_class=3, ct_trials=3, phase_draws=500,
+QUICK = dict(num_samples=64, sample_steps=25, rank_latents=2, ct_per_class=2, ct_trials=3, phase_draws=500,
              quick=True)
 
 
 def quick_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The --quick preset's config: K in `QUICK_KS` (capped at the pool) and `QUICK_STEPS` training steps."""
-    c = copy.deepcopy(config)
-    c.data.k = tuple(QUICK_KS)
-    c.steps = min(int(c.steps) or QUICK_STEPS, QUICK_STEPS)
-    for every in ("log_every", "ckpt_every"):
-        if every in c and int(c[every]) > c.steps:
-            c[every] = int(c.steps_per_call) * max(1, c.steps // int(c.steps_per_call))
-    return c
+    """The --quick preset's config: K in `QUICK_KS` and at most `QUICK_STEPS` training steps."""
+    steps = min(int(config.steps) or QUICK_STEPS, QUICK_STEPS)
+    every = int(config.steps_per_call)
+    steps = max(every, steps // every * every)
+    changes = {"data.k": list(QUICK_KS), "steps": steps}
+    for key in ("log_every", "ckpt_every"):
+        if int(config[key]) > steps:
+            changes[key] = steps
+    return _with(config, **changes)
 
 
 # ---------------------------------------------------------------------------------------------- plumbing
@@ -159,6 +160,7 @@ class Context:
     progress: bool
     records: dict = dataclasses.field(default_factory=dict)   # stage -> its record (this run or earlier)
     section_kw: dict = dataclasses.field(default_factory=dict)
+    overwrite: bool = False   # replace the study's own stale sample sets and mechanism files
 
     def path(self, *parts) -> str:
         return os.path.join(self.out, *parts)
@@ -284,7 +286,7 @@ def _sample(ctx: Context, wd: Workdir, kinds=("trained",), names=None) -> dict:
     for kind in kinds:
         kw = _sample_kw(ctx)
         generate.sample_workdir(wd.path, ctx.seeds, names=names, model=kind, progress=ctx.progress,
-                                **(kw if kind == "trained" or kw["sampler"] else {}))
+                                overwrite=ctx.overwrite, **(kw if kind == "trained" or kw["sampler"] else {}))
         for name in (names or wd.names()):
             data = wd.read_samples(name, kind)
             out.setdefault(kind, {})[name] = dict(num=len(data["seeds"]), sampler=data["sampler"], step=data["step"])
@@ -479,6 +481,7 @@ def _stage_jacobian(ctx: Context) -> dict:
     from diffmem.studies import mechanisms
     ks = {n: ctx.wd.spec(n).k for n in ctx.names}
     names = rank_names(ctx.names, ks, ctx.settings.rank_ks)
+    _remove_stale(ctx, ctx.wd.study_output_dir("mechanisms", "jacobian"), names)
     res = mechanisms.rank_vs_snr(ctx.wd.path, names=names, states="trajectory", num_latents=ctx.settings.rank_latents,
                                  float64=True, log=ctx.log if ctx.progress else None)
     out = {}
@@ -514,6 +517,7 @@ def _stage_critical_times(ctx: Context) -> dict:
     delta = (0.1 if s.ct_delta is None else float(s.ct_delta)) if lpips else _ct_delta(ctx)
     tc, radius = {}, {}
     for cls in CLASSES:
+        _remove_stale(ctx, ctx.wd.study_output_dir("mechanisms", "critical_times", cls), ctx.names)
         mechanisms.critical_times(ctx.wd.path, samples=cls, metric=metric, delta=delta, trials=s.ct_trials,
                                   stop=s.ct_per_class, figures=False, progress=ctx.progress, log=None)
     found = mechanisms.gather_critical_times(ctx.wd.path)
@@ -554,6 +558,19 @@ def _section_json(ctx: Context, section: dict) -> dict:
                 data=json.loads(json.dumps(section.get("data", {}), default=report._default)))
 
 
+_NOT_TRAINING = ("sample", "study", "log_every", "keep_checkpoints", "monitor")  # config keys training ignores
+
+
+def _remove_stale(ctx: Context, folder: str, names: Sequence[str]) -> None:
+    """With overwrite: delete the mechanism result files of `names` under `folder` (other settings' results
+    make the mechanism functions stop, as they never overwrite silently)."""
+    if not ctx.overwrite or not os.path.isdir(folder):
+        return
+    for f in os.listdir(folder):
+        if f.endswith(".npz") and f[:-4].split("_")[0] in names:
+            os.remove(os.path.join(folder, f))
+
+
 SECTION_MODULES = {"machines": "diffmem.machines.agreement", "training_time": "diffmem.studies.training_time"}
 STAGE_FUNCTIONS = {
     "train": (_stage_train, _train_present),
@@ -574,7 +591,7 @@ def _stage_settings(ctx: Context, stage: str) -> dict:
     sampler, steps = sampler_of(ctx.config, ctx.settings)
     sample = dict(num_samples=s["num_samples"], sampler=sampler, sample_steps=steps)
     return {
-        "train": dict(config=_config_json(ctx.config)),
+        "train": dict(config={k: v for k, v in _config_json(ctx.config).items() if k not in _NOT_TRAINING}),
         "sample": sample,
         "classify": dict(fixed_rms=s["fixed_rms"], calibrated=_calibration_api()),
         "reproducibility": dict(sample, seed_offset=s["seed_offset"]),
@@ -600,14 +617,17 @@ def check_stages(stages: Sequence[str] | None) -> tuple[str, ...]:
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, stages: Sequence[str] | None = None,
         quick: bool = False, settings: Settings | None = None, section_kw: dict | None = None,
-        progress: bool = True, log: Callable[[str], None] | None = print, **overrides) -> dict:
+        overwrite: bool = False, progress: bool = True, log: Callable[[str], None] | None = print,
+        **overrides) -> dict:
     """Run the study's stages (module docstring) on `config` in `workdir`; returns the report dict
     (report.json) with "statuses": {stage: "computed" | "skipped" | "off"} of this run added.
 
     stages: names of `STAGES` (default `DEFAULT_STAGES`; "machines" and "training_time" are opt-in); the
     "report" stage writes report.json/md/html from every stage record there is. quick: the --quick preset
     (`quick_config` and `QUICK` settings). settings / **overrides: `Settings` fields. section_kw: keyword
-    arguments of the optional sections' study_section, keyed "agreement" / "training_time".
+    arguments of the optional sections' study_section, keyed "agreement" / "training_time". overwrite: a stage
+    rerun after its inputs changed (e.g. more training steps) replaces the study's sample sets and mechanism
+    files of other settings instead of stopping with an error (finished work is never replaced silently).
     """
     stages = check_stages(stages)
     base = dataclasses.asdict(settings or Settings())
@@ -631,7 +651,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stages: Sequence[str
     wd = Workdir(workdir)
     say = log or (lambda m: None)
     ctx = Context(wd=wd, config=config, settings=settings, out=study_dir(wd), log=say, progress=progress,
-                  section_kw=dict(section_kw or {}))
+                  section_kw=dict(section_kw or {}), overwrite=overwrite)
     for stage in STAGES:  # earlier runs' records feed the keys (and the report) of stages not run now
         if stage != "report":
             rec = _read_record(ctx, stage)
