@@ -98,13 +98,14 @@ def agreement_for(wd: wdlib.Workdir, name: str, *, machines: Sequence[str], netw
     x0 = (np.asarray(spec.data[:num_images]) if images == "train"
           else heldout_images(wd.config, spec, num_images))
     sig = np.asarray(calibration.default_sigmas(net) if sigmas is None else sigmas, np.float64)
-    cal = calibration.calibrate(net, calibrate_machine, candidates=candidates, sigmas=sig, images=x0, seed=seed,
-                                chunk=chunk)
-    schedule = cal["schedule"]
-    row = dict(k=int(spec.k), calibration={k: v for k, v in cal.items() if k != "schedule"},
-               schedule=schedule.to_dict(), machines={})
+    cal, schedule = {}, None
+    if calibrate_machine is not None:
+        cal = calibration.calibrate(net, calibrate_machine, candidates=candidates, sigmas=sig, images=x0, seed=seed,
+                                    chunk=chunk)
+        schedule = cal.pop("schedule")
+    row = dict(k=int(spec.k), calibration=cal, schedule=None if schedule is None else schedule.to_dict(), machines={})
     for machine in machines:
-        tuned = machine in TUNED
+        tuned = machine in TUNED and calibrate_machine is not None
         own = (schedule if machine == calibrate_machine else
                calibration.calibrate(net, machine, sigmas=sig, images=x0, seed=seed, chunk=chunk)["schedule"]
                ) if tuned else None
@@ -127,11 +128,12 @@ def agreement_vs_k(workdir, names: Sequence[str] | None = None, *, machines: Seq
     saved as machines/agreement/<name>.json and reused when a rerun asks for the same settings.
 
     network: "trained" (the checkpoint's EMA weights) or "optimal" (the empirical denoiser: how local is the
-    memorizing optimum?). images: "train" or "heldout" (noised images of the denoiser comparison and the
+    memorizing optimum?). calibrate_machine: the machine whose hyperparameter is calibrated first (every tuned
+    machine gets its own calibration); None: no calibration, the machines' default schedules. images: "train" or "heldout" (noised images of the denoiser comparison and the
     calibration). num_seeds: seeds 0..num_seeds-1 of the sample comparison."""
     wd = workdir if isinstance(workdir, wdlib.Workdir) else wdlib.Workdir(os.fspath(workdir))
     bad = [m for m in machines if m not in mm.MACHINES]
-    if bad or calibrate_machine not in TUNED:
+    if bad or calibrate_machine not in TUNED + (None,):
         raise InputError(f"Unknown machine(s) {bad or [calibrate_machine]}: machines are {list(mm.MACHINES)}, the "
                          f"calibrated one one of {list(TUNED)}.")
     if images not in ("train", "heldout") or network not in wdlib.KINDS:
@@ -189,6 +191,8 @@ def figures(wd: wdlib.Workdir, rows: dict) -> list[str]:
         ax.set_ylabel(f"median {'r' if key == 'r' else 'r^2'} (machine vs network samples)")
     axes[0].legend(fontsize=8)
     out = [viz.save_figure(fig, output_dir(wd, "agreement_vs_k.png"))]
+    if any(rows[n]["schedule"] is None for n in names):
+        return out
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for n in names:
         s = rows[n]["schedule"]
@@ -211,7 +215,7 @@ def study_section(workdir, names: Sequence[str] | None = None, **kw) -> dict:
     machines = list(rows[names[0]]["machines"])
     table = []
     for n in names:
-        r = dict(K=rows[n]["k"], **{"calibration r^2 (median over sigma)": _median(rows[n]["calibration"]["r2"])})
+        r = dict(K=rows[n]["k"], **{"calibration r^2 (median over sigma)": _median(rows[n]["calibration"].get("r2", []))})
         for m in machines:
             r[f"r {m}"] = rows[n]["machines"][m]["r"]
             r[f"r^2 {m}"] = rows[n]["machines"][m]["r2"]

@@ -22,7 +22,7 @@ D = (x_t + b_t^2 s) / a_t. Below, y_n are the training images, P(.)_hw the k x k
           always holding the pixel itself (else an uncovered pixel would have no output).
 
 Cost per query image: ideal N HWC; ls N HW k^2 C; els N (H-k+1)(W-k+1) HW k^2 C (the GEMM the bench measures).
-`chunk` is the number of training images per streamed chunk (None: about 4M logits per chunk).
+`chunk` is the number of training images per streamed chunk (None: about DEFAULT_LOGITS logits per chunk).
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def local(train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, chunk: int |
     k = _check_odd(k, "ls")
     b, h, w, c = x.shape
     q = pk.centred_patches(x, k, "zeros").reshape(b, h * w, -1).transpose(1, 0, 2)       # (HW, B, D)
-    items = _images(train, b * h * w, h * w, chunk)
+    items = _images(train, b * h * w, 1, chunk)
 
     def chunk_fn(item):
         y, valid = item
@@ -183,7 +183,7 @@ def pspc_square(train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, chunk:
     oh, ow = q.shape[1:3]
     g = oh * ow
     q = q.reshape(b, g, -1).transpose(1, 0, 2)                                             # (G, B, D)
-    items = _images(train, b * g, g, chunk)
+    items = _images(train, b * g, 1, chunk)
 
     def chunk_fn(item):
         y, valid = item

@@ -6,8 +6,9 @@ For query rows q_gb (group g, row b) and reference rows p_gn streamed in chunks,
     mean_gb = sum_n softmax_n(...) v_gn                                       (values v: centres or patches)
 
 with ||u||_w^2 = sum_d w_d u_d^2 (w a per-query precision vector, default all ones; hard masks are 0/1).
-The squared distance is a GEMM: ||q||^2 - 2 q.p + ||p||^2 (with w: sum w q^2 - 2 (w q).p + w.p^2), so the
-work runs at GEMM speed; a running maximum per query row (never over the batch) keeps the sums finite where
+The squared distance is a GEMM: ||q||^2 - 2 q.p + ||p||^2 (with w: sum w q^2 - 2 (w q).p + w.p^2), the
+logits of a chunk come out of one GEMM of augmented rows and the weighted sums out of a second, so the work
+runs near GEMM speed; a running maximum per query row (never over the batch) keeps the sums finite where
 one shared maximum would underflow for some rows. Memory is bounded by (rows x chunk) logits and one chunk of
 references: the full query x reference matrix is never formed. Groups g are independent problems solved in one
 batched GEMM: one group with many rows (ELS: every pixel of every example against every patch), or one
@@ -29,56 +30,87 @@ made from one item of the scanned inputs (e.g. a chunk of training images), so o
 
 
 def stream_patch_lse(queries: jax.Array, inv_var: jax.Array, chunk: ChunkFn, items, *,
-                     weights: jax.Array | None = None, query_tags: jax.Array | None = None
-                     ) -> tuple[jax.Array, jax.Array]:
+                     weights: jax.Array | None = None, query_tags: jax.Array | None = None,
+                     row_block: int | None = None) -> tuple[jax.Array, jax.Array]:
     """(lse (G, B), mean (G, B, V)) for queries (G, B, D), inv_var (G|1, B) and the chunks `chunk(item)` for
     each item along the leading axis of the pytree `items` (scanned with lax.scan).
 
     weights: optional (G|1, B|1, D) per-query precision vector; query_tags: optional (G, B) int (pairs count
     only where a reference's tag equals the query's). A query row with no allowed reference gets lse = -inf and
-    mean 0.
+    mean 0. row_block: query rows per pass over the references (None: as many as keep G x rows x chunk near
+    DEFAULT_LOGITS, so the logits of a chunk stay in cache); blocks run one after another (lax.map).
     """
+    g, b, _ = queries.shape
+    inv_var = jnp.broadcast_to(jnp.asarray(inv_var, queries.dtype), (g, b))
+    n = jax.eval_shape(chunk, jax.tree.map(lambda a: a[0], items))[0].shape[1]
+    rb = block_rows(g, n) if row_block is None else int(row_block)
+    if rb >= b:
+        return _stream(queries, inv_var, chunk, items, weights, query_tags)
+    nb = -(-b // rb)
+    pad = lambda a: None if a is None else jnp.pad(a, [(0, 0), (0, nb * rb - b)] + [(0, 0)] * (a.ndim - 2))
+    split = lambda a: None if a is None else jnp.moveaxis(pad(a).reshape((a.shape[0], nb, rb) + a.shape[2:]), 1, 0)
+    per_row_w = weights is not None and weights.shape[1] != 1
+    blocks = (split(queries), split(inv_var), split(weights) if per_row_w else None, split(query_tags))
+
+    def one(block):
+        q, iv, w, tags = block
+        return _stream(q, iv, chunk, items, w if per_row_w else weights, tags)
+    lse, mean = jax.lax.map(one, blocks)
+    unsplit = lambda a: jnp.moveaxis(a, 0, 1).reshape((g, nb * rb) + a.shape[3:])[:, :b]
+    return unsplit(lse), unsplit(mean)
+
+
+def _stream(queries, inv_var, chunk, items, weights, query_tags):
+    """`stream_patch_lse` for one block of rows: the scan over reference chunks.
+
+    The logits come out of one GEMM of augmented rows, inv_var * (q.p - |p|^2 / 2) = q'.p' with
+    q' = [iv q, -iv/2] and p' = [p, |p|^2 + PAD] (with weights: q' = [iv w q, -iv w / 2, -iv/2], p' = [p, p^2, PAD]),
+    PAD = 0 for real references and PAD_PENALTY for padding; the softmax sum and the weighted values come out of
+    a second, [v, 1]. The -iv |q|^2 / 2 of each row is added once at the end."""
     dtype = queries.dtype
     g, b, _ = queries.shape
-    inv_var = jnp.broadcast_to(jnp.asarray(inv_var, dtype), (g, b))
+    iv = inv_var[..., None]
     if weights is None:
         qsq = jnp.sum(queries * queries, axis=-1)
-        qw = queries
+        q_aug = jnp.concatenate([iv * queries, -0.5 * iv], axis=-1)
     else:
-        weights = jnp.asarray(weights, dtype)
-        qw = queries * weights
-        qsq = jnp.sum(qw * queries, axis=-1)
+        w = jnp.broadcast_to(jnp.asarray(weights, dtype), queries.shape)
+        qsq = jnp.sum(w * queries * queries, axis=-1)
+        q_aug = jnp.concatenate([iv * w * queries, -0.5 * iv * w, -0.5 * iv], axis=-1)
 
     def body(carry, item):
-        m, s, acc = carry
+        m, acc = carry
         refs, values, tags = chunk(item)
         refs = refs.astype(dtype)
-        values = values.astype(dtype)
-        # q.p - |p|^2/2 (the -|q|^2/2 is added once at the end): one (batched) GEMM per chunk.
-        cross = _gemm(qw, refs)
+        pad = jnp.broadcast_to(jnp.where(tags >= 0, 0.0, PAD_PENALTY).astype(dtype)[..., None],
+                               refs.shape[:-1] + (1,))                                # (Gr, n, 1)
         if weights is None:
-            half_psq = 0.5 * jnp.sum(refs * refs, axis=-1)[:, None, :]              # (Gr, 1, n)
+            p_aug = jnp.concatenate([refs, jnp.sum(refs * refs, axis=-1, keepdims=True) + pad], axis=-1)
         else:
-            half_psq = 0.5 * _gemm(jnp.broadcast_to(weights, (g, b, weights.shape[-1])), refs * refs)
-        logits = (cross - half_psq) * inv_var[..., None]
-        tags = jnp.broadcast_to(tags, (g, tags.shape[-1]))
-        ok = (tags >= 0)[:, None, :]
+            p_aug = jnp.concatenate([refs, refs * refs, pad], axis=-1)
+        logits = _gemm(q_aug, p_aug)                                                  # (G, B, n)
         if query_tags is not None:
-            ok = ok & (tags[:, None, :] == query_tags[..., None])
-        logits = jnp.where(ok, logits, -jnp.inf)
+            ok = tags[:, None, :] == query_tags[..., None]
+            logits = jnp.where(ok, logits, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
         safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
         scale = jnp.where(jnp.isfinite(m), jnp.exp(m - safe), 0.0)
-        p = jnp.exp(logits - safe[..., None])                                       # 0 where not allowed
-        s = s * scale + jnp.sum(p, axis=-1)
-        acc = acc * scale[..., None] + _gemm(p, jnp.swapaxes(values, 1, 2))
-        return (m_new, s, acc), None
+        p = jnp.exp(logits - safe[..., None])
+        v_aug = jnp.concatenate([values.astype(dtype), jnp.ones(values.shape[:-1] + (1,), dtype)], axis=-1)
+        acc = acc * scale[..., None] + _gemm(p, jnp.swapaxes(v_aug, 1, 2))          # [sum p v, sum p]
+        return (m_new, acc), None
 
     v = jax.eval_shape(chunk, jax.tree.map(lambda a: a[0], items))[1].shape[-1]
-    init = (jnp.full((g, b), -jnp.inf, dtype), jnp.zeros((g, b), dtype), jnp.zeros((g, b, v), dtype))
-    (m, s, acc), _ = jax.lax.scan(body, init, items)
+    init = (jnp.full((g, b), -jnp.inf, dtype), jnp.zeros((g, b, v + 1), dtype))
+    (m, acc), _ = jax.lax.scan(body, init, items)
+    s = acc[..., -1]
     lse = m + jnp.log(s) - 0.5 * qsq * inv_var
-    return lse, acc / jnp.where(s > 0, s, 1.0)[..., None]
+    return lse, acc[..., :-1] / jnp.where(s > 0, s, 1.0)[..., None]
+
+
+PAD_PENALTY = 1e30
+"""Added to |p|^2 of padding references: their logits (-iv PAD / 2) underflow to weight 0 for any sigma in
+[1e-12, 1e12]."""
 
 
 def _gemm(a: jax.Array, r: jax.Array) -> jax.Array:
@@ -128,10 +160,17 @@ def chunked(array: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
     return padded.reshape((num, size) + array.shape[1:]), valid.reshape(num, size)
 
 
-DEFAULT_LOGITS = 1 << 22  # logits per chunk (rows x references): 16 MB in float32
+DEFAULT_LOGITS = 1 << 20  # logits per chunk (rows x references): 4 MB in float32, so a chunk stays in cache
+
+
+def block_rows(groups: int, refs: int) -> int:
+    """Query rows per pass of the kernel (`stream_patch_lse` with row_block None): groups x rows x refs logits
+    near DEFAULT_LOGITS."""
+    return max(1, DEFAULT_LOGITS // max(1, groups * refs))
 
 
 def images_per_chunk(rows: int, refs_per_image: int, chunk: int | None) -> int:
-    """Training images per chunk: `chunk` references (None: about DEFAULT_LOGITS / rows of them), whole images."""
-    target = chunk if chunk is not None else max(256, DEFAULT_LOGITS // max(1, rows))
-    return max(1, int(target) // max(1, refs_per_image))
+    """Training images per chunk: `chunk` if given, else as many as keep rows x references near DEFAULT_LOGITS."""
+    if chunk is not None:
+        return max(1, int(chunk))
+    return max(1, DEFAULT_LOGITS // max(1, rows * refs_per_image))

@@ -1,0 +1,136 @@
+"""The streamed patch log-sum-exp kernel (diffmem.machines) beside a plain float32 GEMM of the same size,
+measured in the same run, for digits (8x8) and Fashion-MNIST (28x28) sizes; and the kernel's working memory
+against the chunk size.
+
+    python bench/bench_patch_kernel.py            # digits (1,797 images) and FMNIST-sized (1,000 images)
+    python bench/bench_patch_kernel.py --small    # fewer queries and training images (a quick check)
+
+Target (issue 16): the kernel at >= 60% of the float32 GEMM rate on CPU. FLOPs counted (the useful work):
+the distance GEMM 2 M R D plus the weighted sum 2 M R V, with M query rows (batch x pixels for ELS), R
+reference patches, D = k^2 C, V = C values per patch. The reference GEMM is (M x D) @ (D x n), n the
+kernel's references per chunk, materialised and timed over the same total number of references (the same
+shapes the kernel multiplies; a single M x R product would not fit in memory at FMNIST sizes). Rows interleave
+kernel and GEMM timings (best of 3) because the host is shared. Memory: XLA's temporary buffer size of the
+compiled machine for several chunk sizes beside the M x R logits a non-streamed version would hold.
+Results: bench/results/bench_patch_kernel.txt (appended) and .json (one line per run).
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from diffmem.machines import local_score as ls  # noqa: E402
+from diffmem.machines import patch_kernel as pk  # noqa: E402
+
+
+def digits(n):
+    from sklearn.datasets import load_digits
+    x = load_digits().images[:n].astype(np.float32) / 8.0 - 1.0
+    return x[..., None]
+
+
+def synthetic(n, size, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, size, size, 1)).astype(np.float32)
+
+
+def case(name, train, batch, k, chunk, machine="els"):
+    """One row: kernel rate, same-shape GEMM rate, ratio."""
+    n, h, w, c = train.shape
+    fn = {"els": ls.equivariant, "ls": ls.local}[machine]
+    per_image = (h - k + 1) * (w - k + 1) if machine == "els" else 1
+    rows = batch * h * w if machine == "els" else batch
+    groups = 1 if machine == "els" else h * w
+    refs = n * per_image
+    d = k * k * c
+    x = jnp.asarray(train[:batch] + 0.3 * np.random.default_rng(1).normal(size=(batch, h, w, c)).astype(np.float32))
+    sigma = jnp.full((batch,), 0.5, jnp.float32)
+    train_j = jnp.asarray(train)
+    kernel = jax.jit(lambda t, x, s: fn(t, x, s, k, chunk))
+    imgs = pk.images_per_chunk(rows * groups, per_image, chunk)  # as the machine chooses its chunks
+    n_chunk = imgs * per_image
+    num_chunks = -(-n // imgs)
+    rb = min(rows, pk.block_rows(groups, n_chunk))               # and the kernel its row blocks
+    blocks = -(-rows // rb)
+    flops = 2.0 * groups * rows * num_chunks * n_chunk * (d + c)
+    # the reference: the same (groups x) (rb x D) @ (D x n_chunk) products, each materialised in full as the
+    # loop's carry (nothing to fuse away), as many as the kernel multiplies
+    q = jax.random.normal(jax.random.key(0), (groups, rb, d), jnp.float32)
+    p = jax.random.normal(jax.random.key(1), (num_chunks * blocks, groups, n_chunk, d), jnp.float32)
+
+    @jax.jit
+    def gemm(q, p):
+        def body(carry, pi):
+            return jnp.einsum("gbd,gnd->gbn", q, pi), None
+        return jax.lax.scan(body, jnp.zeros((groups, rb, n_chunk), jnp.float32), p)[0]
+    gemm_flops = 2.0 * groups * rb * blocks * num_chunks * n_chunk * d
+    tk, tg = [], []
+    jax.block_until_ready(kernel(train_j, x, sigma)), jax.block_until_ready(gemm(q, p))
+    for _ in range(5):  # interleaved: both see the same load
+        tk.append(common.best_time(kernel, train_j, x, sigma, repeats=1, warmup=False))
+        tg.append(common.best_time(gemm, q, p, repeats=1, warmup=False))
+    rk, rg = flops / min(tk) / 1e9, gemm_flops / min(tg) / 1e9
+    return dict(case=name, machine=machine, k=k, rows=rows * groups, refs=refs, d=d, chunk_refs=n_chunk,
+                row_block=rb, kernel_s=round(min(tk), 4), kernel_gflops=round(rk, 2), gemm_gflops=round(rg, 2),
+                ratio=round(rk / rg, 3))
+
+
+def memory_rows(train, batch, k, chunks):
+    """XLA temp bytes of the compiled ELS for each chunk (images per chunk) beside the full logits matrix."""
+    n, h, w, c = train.shape
+    x = jax.ShapeDtypeStruct((batch, h, w, c), jnp.float32)
+    s = jax.ShapeDtypeStruct((batch,), jnp.float32)
+    t = jax.ShapeDtypeStruct(train.shape, jnp.float32)
+    full = batch * h * w * n * (h - k + 1) * (w - k + 1) * 4
+    out = []
+    for ch in chunks:
+        comp = jax.jit(lambda t, x, s: ls.equivariant(t, x, s, k, ch)).lower(t, x, s).compile()
+        mem = comp.memory_analysis()
+        temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
+        out.append(dict(chunk_images=ch, temp_mb=None if temp is None else round(temp / 2**20, 2),
+                        full_logits_mb=round(full / 2**20, 1)))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--small", action="store_true")
+    args = ap.parse_args()
+    small = args.small
+    dig = digits(400 if small else 1797)
+    fm = synthetic(100 if small else 1000, 28)
+    t0 = time.time()
+    rows = [
+        case("digits 8x8, ELS k=3", dig, 16 if small else 64, 3, None),
+        case("digits 8x8, ELS k=5", dig, 16 if small else 64, 5, None),
+        case("digits 8x8, LS k=5", dig, 16 if small else 64, 5, None, machine="ls"),
+        case("FMNIST 28x28, ELS k=5", fm, 2 if small else 8, 5, None),
+        case("FMNIST 28x28, ELS k=9", fm, 2 if small else 8, 9, None),
+    ]
+    mem = memory_rows(fm, 2 if small else 8, 5, (1, 4, 16, 64))
+    gemm_square = common.gemm_gflops(2048)
+    header = ("case", "rows M", "refs R", "D", "refs/chunk", "rows/pass", "kernel s", "kernel GFLOP/s", "GEMM GFLOP/s", "ratio")
+    text = [f"# bench_patch_kernel {time.strftime('%Y-%m-%d %H:%M')} ({'small' if small else 'full'}), "
+            f"{common.machine()}, load {os.getloadavg()[0]:.1f}",
+            common.table([(r["case"], r["rows"], r["refs"], r["d"], r["chunk_refs"], r["row_block"], r["kernel_s"], r["kernel_gflops"],
+                           r["gemm_gflops"], r["ratio"]) for r in rows], header),
+            f"square 2048 float32 GEMM (jnp.dot) now: {gemm_square:.1f} GFLOP/s",
+            "memory (FMNIST-sized ELS k=5, XLA temp buffers vs the full query x reference logits):",
+            common.table([(m["chunk_images"], m["temp_mb"], m["full_logits_mb"]) for m in mem],
+                         ("images/chunk", "temp MB", "full logits MB")),
+            f"total {time.time() - t0:.0f} s", ""]
+    print("\n".join(text))
+    os.makedirs(common.RESULTS, exist_ok=True)
+    with open(os.path.join(common.RESULTS, "bench_patch_kernel.txt"), "a") as f:
+        f.write("\n".join(text) + "\n")
+    common.write_results("bench_patch_kernel", dict(rows=rows, memory=mem, gemm_square_gflops=gemm_square), small=small)
+
+
+if __name__ == "__main__":
+    main()
