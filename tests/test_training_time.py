@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_circle(arg="k=2+9", **over):
     c = configlib.load_config_file(os.path.join(REPO, "configs/circle.py") + ":" + arg)
-    c.model.hidden, c.model.embed = 32, 16
+    c.model.num_layers, c.model.hidden, c.model.embed = 2, 16, 16
     c.steps, c.steps_per_call, c.log_every, c.ckpt_every = 40, 10, 20, 20
     c.sample.num_steps = 20  # the monitor's and the study's Euler-Maruyama steps: compiles and runs fast
     for k, v in over.items():

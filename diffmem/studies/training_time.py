@@ -353,5 +353,10 @@ def run(config, workdir: str, *, num_snapshots: int = 12, names: Sequence[str] |
     then `study_section` over its members (or `names`)."""
     from diffmem import train
     config = with_snapshots(config, num_snapshots)
+    wd = wdlib.Workdir(workdir)
+    if wd.exists():  # a longer rerun keeps the snapshots taken so far (the manager would delete the others)
+        old = (wd.read_config().get("monitor", None) or {}).get("snapshots", None) or ()
+        with config.unlocked():
+            config.monitor.snapshots = tuple(sorted(set(config.monitor.snapshots) | {int(v) for v in old}))
     train.train(config, workdir, progress=progress)
     return study_section(workdir, names, progress=progress, **section_kw)
