@@ -128,3 +128,27 @@ def test_an_old_toy_workdir_samples_exactly_as_a_new_one(tmp_path):
     assert a["settings"] == b["settings"]
     assert generate.sample_workdir(old, np.arange(4), **kw)      # finished samples are kept, not redone
     assert Workdir(old).read_samples("2", "optimal")["files"] == a["files"]
+
+
+def test_an_old_toy_workdir_with_finished_training_is_resumed_not_retrained(tmp_path):
+    c = load("circle.py:k=2,steps=10")
+    c.model.hidden, c.model.embed, c.model.num_layers = 8, 8, 1
+    c.steps_per_call, c.log_every, c.ckpt_every = 10, 10, 10
+    path = str(tmp_path / "run")
+    mesh = train.data_mesh(jax.devices()[:1])
+    first = train.train(c, path, mesh=mesh, progress=False)
+    # Rewrite its config.json as the previous schema wrote it (the noise process in `sde`, no new sections).
+    old = json.loads(open(os.path.join(path, "config.json")).read())
+    diffusion = old.pop("diffusion")
+    old["sde"] = dict(name=diffusion.pop("sde"), **{k: v for k, v in diffusion.items() if k != "kind"})
+    for key in ("schedule", "monitor", "matmul_precision"):
+        old.pop(key)
+    old["optim"].pop("warmup_steps")
+    del old["sample"]["batch"]
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(old, f)
+    metrics = open(os.path.join(path, "metrics.jsonl")).read()
+    again = train.train(c, path, mesh=mesh, progress=False)     # nothing left to train: same weights
+    jax.tree.map(np.testing.assert_array_equal, again["2"].ema_params, first["2"].ema_params)
+    assert open(os.path.join(path, "metrics.jsonl")).read() == metrics
+    assert int(Workdir(path).model("2").step) == 10
