@@ -151,8 +151,8 @@ def test_wiener_filter_is_the_gaussian_posterior_mean(x64):
 
 def test_streaming_chunk_sizes_agree_and_rows_keep_their_own_maximum(x64):
     Y, x, s = _data(n=5)
-    full = machine_denoiser(Y, "bbels", patch_size=3, chunk=None)(x, s)
-    one = machine_denoiser(Y, "bbels", patch_size=3, chunk=1)(x, s)
+    full = machine_denoiser(Y, "els", patch_size=3, chunk=None)(x, s)
+    one = machine_denoiser(Y, "els", patch_size=3, chunk=2)(x, s)  # 3 chunks, the last one half padding
     np.testing.assert_allclose(np.asarray(one), np.asarray(full), atol=1e-12)
     # a row whose logits are all ~ -1e6 beside one near 0: a max shared over rows would underflow it to 0 / 0
     refs = jnp.asarray(np.random.default_rng(0).normal(size=(1, 7, 4)))
@@ -208,7 +208,7 @@ def test_row_blocks_and_masks_stream_like_one_pass(x64):
         np.testing.assert_allclose(np.asarray(mean), want_mean, atol=1e-12)
 
 
-def test_calibration_recovers_the_patch_size_of_a_machine_network(x64):
+def test_calibration_recovers_the_patch_size_of_a_machine_network():
     import types
     from diffmem.machines import calibration
     Y, _, _ = _data(n=4, h=6, w=6)
@@ -216,8 +216,8 @@ def test_calibration_recovers_the_patch_size_of_a_machine_network(x64):
                                 denoiser=machine_denoiser(Y, "els", patch_size=3))   # the "network": ELS k = 3
     res = calibration.calibrate(net, "els", candidates=(1, 3), sigmas=(0.5,), images=Y[:2])
     assert res["best"] == [3] and res["schedule"](0.5) == 3
-    np.testing.assert_allclose(res["r2"], 1.0, atol=1e-12)
-    assert res["mse"][0][0] > 1e-6 > res["mse"][0][1]
+    np.testing.assert_allclose(res["r2"], 1.0, atol=1e-6)
+    assert res["mse"][0][0] > 1e-4 > 1e-10 > res["mse"][0][1]
 
 
 def test_agreement_of_the_empirical_machine_with_itself_is_one(tmp_path, one_device):
