@@ -72,6 +72,19 @@ def test_nearest_distance_host_and_knn_paths_agree_with_brute_force(monkeypatch)
         np.testing.assert_allclose(got[1], self_d.min(1), rtol=1e-5)
 
 
+def test_pool_features_are_computed_once_and_calibrate_pool_equals_calibrate():
+    rng = np.random.default_rng(6)
+    pool = rng.normal(size=(300, 4, 4, 1)).astype(np.float32)
+    calls = []
+    pf = calibration.PoolFeatures(pool, lambda x: (calls.append(len(x)), calibration.pixel_features(x))[1])
+    idx = rng.choice(300, 40, replace=False)
+    got = calibration.calibrate_pool(pf, idx, metric="pixel", squared=False, quantile=0.05, num_samples=50)
+    assert got == calibration.calibrate(pool[idx], calibration.heldout_images(pool, idx), quantile=0.05,
+                                        num_samples=50)
+    calibration.calibrate_pool(pf, idx[:10], metric="pixel", squared=False, num_samples=50)  # all rows cached
+    assert sum(calls) == 300
+
+
 def test_bootstrap_covers_the_truth_and_is_deterministic():
     p = np.array([0.2, 0.3, 0.5])
     rng = np.random.default_rng(1)

@@ -153,6 +153,45 @@ def calibrate(train, heldout, *, metric: str = "pixel", features: Callable | Non
                       delta_s_source=source)
 
 
+class PoolFeatures:
+    """Features of a dataset pool's rows, each computed once on first use: the models of one workdir share
+    their training and held-out images (LPIPS features of the pool are the costly part of calibrating)."""
+
+    def __init__(self, pool: np.ndarray, features: Callable[[np.ndarray], np.ndarray]):
+        self.pool, self.features = pool, features
+        self._have = np.zeros(len(pool), bool)
+        self._store: np.ndarray | None = None
+
+    def __call__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        missing = np.unique(rows[~self._have[rows]])
+        if len(missing):
+            f = np.asarray(self.features(self.pool[missing]), np.float32)
+            if self._store is None:
+                self._store = np.zeros((len(self.pool), f.shape[1]), np.float32)
+            self._store[missing], self._have[missing] = f, True
+        return self._store[rows] if self._store is not None else np.zeros((0, 0), np.float32)
+
+
+def calibrate_pool(pool_features: PoolFeatures, indices, *, metric: str, squared: bool, quantile: float = 0.01,
+                   num_samples: int | None = None, min_heldout: int = 64, max_heldout: int = 10_000, seed: int = 0,
+                   mesh=None) -> Thresholds:
+    """`calibrate` for the model trained on pool rows `indices`: held-out = the other rows (a seeded subset
+    of at most max_heldout), features from the shared `pool_features`."""
+    keep = np.ones(len(pool_features.pool), bool)
+    keep[np.asarray(indices, np.int64)] = False
+    held = np.flatnonzero(keep)
+    if len(held) > max_heldout:
+        held = np.sort(np.random.default_rng(seed).choice(held, max_heldout, replace=False))
+    return calibrate(pool_features(indices), pool_features(held), metric=metric, features=_as_rows,
+                     squared=squared, quantile=quantile, num_samples=num_samples, min_heldout=min_heldout,
+                     max_heldout=max_heldout, seed=seed, mesh=mesh)
+
+
+def _as_rows(x) -> np.ndarray:
+    return np.asarray(x, np.float32)
+
+
 def _tiles(n: int, m: int) -> dict:
     pow2 = lambda v, cap: min(cap, 1 << max(0, int(v) - 1).bit_length())
     return dict(query_tile=pow2(n, 512), ref_tile=pow2(m, 2048))

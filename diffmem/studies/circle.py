@@ -8,6 +8,19 @@ ODE likelihood at t_eval) of the training points, the cluster centres and a grid
   memorized   samples concentrated (RMS spread <= delta_s) within delta_m of a training point,
   spurious    samples concentrated away from every training point (a new attractor, >= min_cluster_frac),
   generalized samples spread out (spread > delta_s), e.g. along an arc of the circle.
+
+Scale-free (calibrated) thresholds, the study's labels: fixed distances cannot serve every K -- every point of
+the circle lies within 0.003 of one of K = 1000 training points, so the tutorial's delta_m = 0.1 calls the
+K = 1000 model 100% memorized. Fresh points of the data process (the circle pool minus the training points)
+give the scale instead (`diffmem.metrics.calibration`): delta_m = the `quantile` (default 10%) of their
+distances to the nearest training point, and the spread scale = the median of that distance (a cluster wider
+than a typical point's distance to its nearest training point spans several training points: an arc,
+generalized). Both shrink like the training-point spacing 2 pi / K. Per sample: memorized iff its distance to
+the nearest training point is <= delta_m, spurious iff not and it belongs to a spurious cluster, generalized
+otherwise (fractions with 95% bootstrap intervals). The quantile is 10%, not the image studies' 1%, because the
+trained sampler ends with a noise of ~0.02 (EM at eps = 1e-4): 1% of K = 2's half spacing (0.016) is below
+that resolution, 10% (0.15) is not; fresh points are then labelled memorized 10% of the time. The tutorial's
+fixed thresholds are reported beside (`tutorial`).
 The same study runs on the closed-form empirical model (no training): EM with the exact empirical score,
 its energy E_DM, and the fixed points of the empirical denoiser at the energy's noise level. The largest K
 is compared with the K -> infinity circle energy. Figures and report.{json,md} land in workdir/study/.
@@ -15,7 +28,6 @@ is compared with the K -> infinity circle energy. Figures and report.{json,md} l
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +35,12 @@ import numpy as np
 from sklearn.cluster import AgglomerativeClustering
 
 from diffmem import builders, energy, generate, likelihood, report, sampling, train, viz
+from diffmem.metrics import calibration, classify
 from diffmem.workdir import Workdir
 
 KINDS = ("memorized", "spurious", "generalized")
+QUANTILE = 0.1          # delta_m: this quantile of fresh points' nearest-training distances (module docstring)
+SPACING_QUANTILE = 0.5  # cluster spread scale: the median of the same distances
 
 
 def cluster(samples: np.ndarray, threshold: float):
@@ -64,6 +79,51 @@ def classify_centres(centres: np.ndarray, counts: np.ndarray, spreads: np.ndarra
     return kinds
 
 
+def calibrated_scales(patterns: np.ndarray, fresh: np.ndarray, num_samples: int, *, quantile: float = QUANTILE,
+                      spacing_quantile: float = SPACING_QUANTILE) -> tuple[calibration.Thresholds, float]:
+    """(Thresholds with delta_m = the `quantile` of fresh points' distances to the nearest training point,
+    spread scale = their `spacing_quantile`) from fresh draws of the data process (not training points)."""
+    t = calibration.calibrate(patterns, fresh, quantile=quantile, num_samples=num_samples)
+    d = calibration.nearest_distance(fresh[:10_000], patterns)
+    return t, float(np.quantile(d, spacing_quantile))
+
+
+def label_samples(samples: np.ndarray, patterns: np.ndarray, cluster_labels: np.ndarray, kinds: list[str],
+                  delta_m: float) -> np.ndarray:
+    """Per-sample classes (classify.MEMORIZED / SPURIOUS / GENERALIZED): memorized iff the distance to the
+    nearest training point is <= delta_m, spurious iff not and its cluster is labelled spurious, else
+    generalized. cluster_labels index the clusters in sorted order of their ids (as `cluster` returns them)."""
+    d_m = calibration.nearest_distance(samples, patterns)
+    ids = np.unique(cluster_labels)
+    spurious_ids = ids[np.asarray([k == "spurious" for k in kinds], bool)]
+    labels = np.full(len(samples), classify.GENERALIZED, np.int8)
+    labels[np.isin(cluster_labels, spurious_ids)] = classify.SPURIOUS
+    labels[d_m <= delta_m] = classify.MEMORIZED
+    return labels
+
+
+def calibrated_labels(samples, patterns, fresh, cluster_out, st) -> tuple[dict, list[str], list[str]]:
+    """(record, calibrated cluster kinds, the tutorial's fixed-threshold kinds) of one sample set.
+
+    cluster_out: `cluster(samples, threshold)`; fresh: points of the data process that are not training points;
+    st: the config's study section (quantile (optional), min_cluster_frac, delta_m, delta_s). The record holds
+    clusters / sample_fraction (by calibrated cluster kind), thresholds (`calibration.Thresholds` plus
+    spread_scale; its delta_s is reported, not used: a 2-D cloud of samples is not comparable with points on
+    the 1-D circle), per-sample fractions with fractions_ci, and "tutorial": the fixed thresholds' counts."""
+    labels, centres, counts, spreads = cluster_out
+    t, spacing = calibrated_scales(patterns, fresh, len(samples), quantile=st.get("quantile", QUANTILE))
+    kinds = classify_centres(centres, counts, spreads, patterns, delta_m=t.delta_m, delta_s=spacing,
+                             min_frac=st.min_cluster_frac)
+    fixed = classify_centres(centres, counts, spreads, patterns, delta_m=st.delta_m, delta_s=st.delta_s,
+                             min_frac=st.min_cluster_frac)
+    per_sample = label_samples(samples, patterns, labels, kinds, t.delta_m)
+    ci = calibration.bootstrap_fractions(per_sample)
+    record = dict(**_summary(kinds, counts), thresholds=dict(t.as_dict(), spread_scale=spacing),
+                  fractions=classify.fractions(per_sample), fractions_ci={c: list(v) for c, v in ci.items()},
+                  tutorial=dict(**_summary(fixed, counts), delta_m=float(st.delta_m), delta_s=float(st.delta_s)))
+    return record, kinds, fixed
+
+
 def _grid(n: int, bounds: float):
     g = np.linspace(-bounds, bounds, n)
     gx, gy = np.meshgrid(g, g, indexing="ij")
@@ -81,9 +141,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     """Run the whole study; returns the summary also written to workdir/study/report.json."""
     st = config.study
     wd = Workdir(workdir, config)
-    out_dir = wd.study_dir()
     train.train(config, workdir, progress=progress)
     specs = wd.specs()
+    pool = builders.load_pool(config)  # fresh points of the data process: the pool minus a model's training set
     sde = builders.build_sde(config)
     seeds = np.arange(config.sample.num)
     generate.sample_workdir(workdir, seeds, config.sample.sampler)
@@ -99,9 +159,10 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         model = wd.model(spec.name)
         score, step = model.time_score, model.step
         samples = wd.read_samples(spec.name)["samples"]
+        fresh = calibration.heldout_images(pool, spec.indices)
         labels, centres, counts, spreads = cluster(samples, thr)
-        kinds = classify_centres(centres, counts, spreads, patterns, delta_m=st.delta_m, delta_s=st.delta_s,
-                                 min_frac=st.min_cluster_frac)
+        record, kinds, fixed_kinds = calibrated_labels(samples, patterns, fresh,
+                                                       (labels, centres, counts, spreads), st)
         lik = jax.jit(functools.partial(likelihood.log_likelihood, score, sde, t_eval=st.t_eval, rtol=st.lik_tol,
                                         atol=st.lik_tol))
         shown = patterns[:50]
@@ -116,9 +177,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
                                    center_energy=e_centres, pattern_energy=e_pats, center_kind=kinds))
         surfaces.append(dict(title=f"K = {spec.k}", grid_x=gx, grid_y=gy, energy=e_grid.reshape(gx.shape)))
         summary["models"][spec.name] = dict(
-            k=spec.k, step=step, threshold=thr, **_summary(kinds, counts),
-            centres=[dict(x=c.tolist(), kind=k, count=int(n), spread=float(sp), energy=float(e))
-                     for c, k, n, sp, e in zip(centres, kinds, counts, spreads, e_centres)],
+            k=spec.k, step=step, threshold=thr, **record,
+            centres=[dict(x=c.tolist(), kind=k, tutorial_kind=tk, count=int(n), spread=float(sp), energy=float(e))
+                     for c, k, tk, n, sp, e in zip(centres, kinds, fixed_kinds, counts, spreads, e_centres)],
             pattern_energy_mean=float(np.mean(e_pats)))
         # ----- the closed-form empirical model of the same K points (no training)
         emp_score = energy.empirical_score(jnp.asarray(patterns), sde.sigma, chunk=4096)
@@ -126,8 +187,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         emp_samples = np.asarray(jax.jit(lambda x, s: sampling.euler_maruyama(
             emp_score, sde, x, s, config.sample.num_steps, eps=st.empirical_eps))(x0, jnp.asarray(seeds, jnp.uint32)))
         elabels, ecentres, ecounts, espreads = cluster(emp_samples, thr)
-        ekinds = classify_centres(ecentres, ecounts, espreads, patterns, delta_m=st.delta_m, delta_s=st.delta_s,
-                                  min_frac=st.min_cluster_frac)
+        erecord, ekinds, _ = calibrated_labels(emp_samples, patterns, fresh,
+                                               (elabels, ecentres, ecounts, espreads), st)
         sig = float(sde.sigma(st.t_eval))
         e_emp = np.asarray(energy.diffusion_energy(jnp.asarray(grid), st.t_eval, jnp.asarray(patterns),
                                                    sde.sigma_max, chunk=4096)) / (2 * sig**2)
@@ -139,7 +200,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
                                      samples=emp_samples, labels=elabels, centers=att["points"],
                                      center_kind=["memorized" if k == "stored" else "spurious" for k in att["kind"]]))
         summary["empirical"][spec.name] = dict(
-            k=spec.k, **_summary(ekinds, ecounts), sampler_eps=st.empirical_eps,
+            k=spec.k, **erecord, sampler_eps=st.empirical_eps,
             attractors=dict(sigma=sig, stored=int(np.sum(att["kind"] == "stored")),
                             spurious=int(np.sum(att["kind"] == "spurious"))))
         # ----- the K -> infinity limit beside the largest K
@@ -173,23 +234,23 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
             summary["exact_comparison"] = dict(k=spec.k, beta_t=beta_t, grid_correlation=corr,
                                                radial_rms_error=float(np.sqrt(np.mean((model_r - exact_r) ** 2))),
                                                radial_energy_range=float(exact_r.max()))
-            viz.radial_profile(os.path.join(out_dir, "exact_vs_model_radial.png"), np.asarray(radii),
+            viz.radial_profile(wd.study_dir("exact_vs_model_radial.png"), np.asarray(radii),
                                {f"K = {spec.k} model (ODE likelihood)": model_r,
                                 "exact circle score, same ODE likelihood": exact_r,
                                 f"closed form beta_t E(R), beta_t = {beta_t:.2f}": closed_r},
                                title=f"energy along the radius at t = {st.t_eval}")
-            viz.energy_landscapes(os.path.join(out_dir, "exact_vs_model.png"), [
+            viz.energy_landscapes(wd.study_dir("exact_vs_model.png"), [
                 dict(title="exact circle (K -> infinity)", grid_x=gx, grid_y=gy, energy=exact.reshape(gx.shape),
                      score=np.asarray(energy.circle_score(grid, beta_t)).reshape(gx.shape + (2,))),
                 dict(title=f"K = {spec.k} model", grid_x=gx, grid_y=gy, energy=e_grid.reshape(gx.shape))])
 
-    figs = [viz.energy_landscapes(os.path.join(out_dir, "landscapes_trained.png"), trained_panels, st.bounds),
-            viz.energy_landscapes(os.path.join(out_dir, "landscapes_empirical.png"), empirical_panels, st.bounds),
-            viz.energy_surfaces(os.path.join(out_dir, "surfaces_trained.png"), surfaces)]
-    figs += [os.path.join(out_dir, f) for f in ("exact_vs_model.png", "exact_vs_model_radial.png")]
+    figs = [viz.energy_landscapes(wd.study_dir("landscapes_trained.png"), trained_panels, st.bounds),
+            viz.energy_landscapes(wd.study_dir("landscapes_empirical.png"), empirical_panels, st.bounds),
+            viz.energy_surfaces(wd.study_dir("surfaces_trained.png"), surfaces)]
+    figs += [wd.study_dir(f) for f in ("exact_vs_model.png", "exact_vs_model_radial.png")]
     summary["checks"] = _published_checks(summary, specs)
-    report.write_json(os.path.join(out_dir, "report.json"), summary)
-    report.write_markdown(os.path.join(out_dir, "report.md"), "Circle study: memorized, spurious, generalized",
+    report.write_json(wd.study_dir("report.json"), summary)
+    report.write_markdown(wd.study_dir("report.md"), "Circle study: memorized, spurious, generalized",
                           _sections(summary), figs)
     return summary
 
@@ -197,11 +258,13 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
 def _published_checks(summary: dict, specs) -> dict:
     m = summary["models"]
     checks = {}
-    small, mid = specs[0], specs[1] if len(specs) > 1 else None
-    checks[f"K={small.k} memorized (>= 90% of samples in memorized clusters)"] = (
-        m[small.name]["sample_fraction"]["memorized"] >= 0.9)
+    small, mid, large = specs[0], specs[1] if len(specs) > 1 else None, specs[-1]
+    checks[f"K={small.k} memorized (>= 90% of samples within the calibrated delta_m of a training point)"] = (
+        m[small.name]["fractions"]["memorized"] >= 0.9)
     if mid is not None and len(specs) > 2:
         checks[f"K={mid.k} has at least one spurious cluster"] = m[mid.name]["clusters"]["spurious"] >= 1
+        checks[f"K={large.k} generalized (>= 90% of samples generalized, calibrated)"] = (
+            m[large.name]["fractions"]["generalized"] >= 0.9)
     if "exact_comparison" in summary:
         checks["largest K energy correlates with the exact circle energy (r >= 0.9)"] = (
             summary["exact_comparison"]["grid_correlation"] >= 0.9)
@@ -209,14 +272,32 @@ def _published_checks(summary: dict, specs) -> dict:
 
 
 def _sections(summary: dict):
-    rows = []
+    rows, fixed = [], []
     for source in ("models", "empirical"):
         for name, s in summary[source].items():
-            rows.append({"model": f"K={s['k']} " + ("trained" if source == "models" else "empirical"),
+            who = f"K={s['k']} " + ("trained" if source == "models" else "empirical")
+            ci = s["fractions_ci"]
+            rows.append({"model": who, "delta_m": s["thresholds"]["delta_m"],
+                         "spread scale": s["thresholds"]["spread_scale"],
                          **{f"{k} clusters": s["clusters"][k] for k in KINDS},
-                         **{f"{k} frac": s["sample_fraction"][k] for k in KINDS}})
-    cols = ["model"] + [f"{k} clusters" for k in KINDS] + [f"{k} frac" for k in KINDS]
-    sections = [("Clusters and sample fractions per K", report.markdown_table(rows, cols))]
+                         **{k: f"{s['fractions'][k]:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" for k in KINDS}})
+            fixed.append({"model": who, **{f"{k} clusters": s["tutorial"]["clusters"][k] for k in KINDS},
+                          **{f"{k} frac": s["tutorial"]["sample_fraction"][k] for k in KINDS}})
+    cols = ["model", "delta_m", "spread scale"] + [f"{k} clusters" for k in KINDS] + list(KINDS)
+    first = next(iter(summary["models"].values()), None)
+    q = first["thresholds"]["quantile"] if first else QUANTILE
+    sections = [("Calibrated classes per K",
+                 f"delta_m = the {100 * q:g}% quantile of fresh circle points' distances to the nearest training "
+                 "point, spread scale = their median (both scale with the training-point spacing). Clusters: "
+                 "memorized / spurious if their spread is <= the spread scale (centre within delta_m of a "
+                 "training point or not), generalized if wider. Samples (95% bootstrap intervals): memorized iff "
+                 "within delta_m of a training point, spurious iff not and in a spurious cluster.\n\n"
+                 + report.markdown_table(rows, cols)),
+                ("The tutorial's fixed thresholds",
+                 f"delta_m = {first['tutorial']['delta_m'] if first else ''}, spread <= "
+                 f"{first['tutorial']['delta_s'] if first else ''} for concentrated clusters; sample fractions "
+                 "by cluster.\n\n" + report.markdown_table(fixed, ["model"] + [f"{k} clusters" for k in KINDS]
+                                                          + [f"{k} frac" for k in KINDS]))]
     if "exact_comparison" in summary:
         e = summary["exact_comparison"]
         sections.append(("Largest K against the exact circle energy",

@@ -390,15 +390,20 @@ def run(workdir: str, *, metric: str = "auto", delta_m: float | None = None, del
     pool, calibrated = [], {}
 
     def thresholds_for(spec):
-        """The model's thresholds for N samples, shared by its trained and optimal sample sets."""
+        """The model's thresholds for N samples, shared by its trained and optimal sample sets; calibrated
+        from the pool's features, computed once for all models."""
         def get(n: int) -> calibration.Thresholds:
+            if settings.thresholds != "calibrated":
+                return model_thresholds(settings, spec.data, None, n)
             if (spec.name, n) not in calibrated:
-                if settings.thresholds == "calibrated" and not pool:
-                    pool.append(builders.load_pool(wd.config))
-                heldout = None if not pool else calibration.heldout_images(pool[0], spec.indices)
-                calibrated[spec.name, n] = model_thresholds(
-                    settings, spec.data, heldout, n, mesh=mesh,
-                    lpips_weights=lpips_weights() if settings.metric == "lpips" else None)
+                if not pool:
+                    fn, squared = calibration.metric_features(
+                        settings.metric, lpips_weights() if settings.metric == "lpips" else None)
+                    pool.append((calibration.PoolFeatures(builders.load_pool(wd.config), fn), squared))
+                features, squared = pool[0]
+                calibrated[spec.name, n] = calibration.calibrate_pool(
+                    features, spec.indices, metric=settings.metric, squared=squared, quantile=settings.quantile,
+                    num_samples=n, mesh=mesh)
             return calibrated[spec.name, n]
         return get
 
