@@ -26,7 +26,7 @@ def get_config(arg=None):
     return schema.assemble(
         seed=a.seed,             # model init and training noise (per step: fold_in(seed, step))
         data=dict(name="circle", k=a.k, subset_seed=9, pool_size=60_000),
-        model=dict(name="mlp", num_layers=4, hidden=128, embed=128, fourier_scale=16.0),
+        model=schema.mlp_section(),
         diffusion=schema.sde_section("ve", sigma_max=1.0, t_min=1e-5),
         loss=dict(name="dsm"),
         optim=schema.optim_section(a.lr, grad_clip=0.0),   # grad_clip 0: off, as the tutorial

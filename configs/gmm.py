@@ -18,7 +18,7 @@ def get_config(arg=None):
         seed=a.seed,
         data=dict(name="gmm", k=a.k, dim=a.dim, components=a.components, std=a.std, radius=2.0, subset_seed=0,
                   pool_size=100_000),
-        model=dict(name="mlp", num_layers=4, hidden=128, embed=128, fourier_scale=16.0),
+        model=schema.mlp_section(),
         diffusion=schema.sde_section("ve", sigma_max=5.0, t_min=1e-5),
         loss=dict(name="dsm"),
         optim=schema.optim_section(a.lr, grad_clip=1.0),

@@ -94,6 +94,11 @@ def sde_section(name: str = "ve", **fields) -> dict:
     return dict(kind="sde", sde=name, **fields)
 
 
+def mlp_section(*, num_layers: int = 4, hidden: int = 128, embed: int = 128, fourier_scale: float = 16.0) -> dict:
+    """`model` of the toy configs: the tutorial's score MLP (`nets.ScoreMLP`) at its published sizes."""
+    return dict(name="mlp", num_layers=num_layers, hidden=hidden, embed=embed, fourier_scale=fourier_scale)
+
+
 def optim_section(lr: float, *, grad_clip: float = 0.0, warmup_steps: int = 0, b1: float = 0.9, b2: float = 0.999,
                   eps: float = 1e-8) -> dict:
     """`optim`: Adam (b1, b2, eps), global-norm clipping (0 = off), linear warm-up over `warmup_steps`."""
