@@ -20,12 +20,14 @@ from absl import flags
 from diffmem import cli
 
 flags.DEFINE_string("workdir", None, "Where the models, samples and the study's outputs (study/) live.")
-flags.DEFINE_bool("quick", False, "The quick preset: K = 8, 64, 512, 400 steps, 64 samples, small mechanism stages.")
+flags.DEFINE_bool("quick", False, "The quick preset: K = 8 and 128, 300 steps, 64 samples, small mechanism stages.")
 flags.DEFINE_list("stages", None, "Stages to run (default: all but the opt-in machines, training_time).")
 flags.DEFINE_integer("samples", None, "Samples per model (default 256; --quick 64).")
 flags.DEFINE_string("sampler", None, "Sampler of every sample set (default auto: DDIM where the config samples with "
                     "DDPM's 1000 steps, else the config's own; 'config': always the config's own).")
-flags.DEFINE_integer("sample_steps", None, "Sampler steps (default 100; --quick 50).")
+flags.DEFINE_integer("sample_steps", None, "Sampler steps (default 50; --quick 25).")
+flags.DEFINE_integer("steps", None, "Training steps of every sweep the study trains (default: 1000 for digits, the "
+                     "config's otherwise; 0: the config's own).")
 flags.DEFINE_list("rank_ks", None, "The three K of the Jacobian stage (default: smallest, middle, largest).")
 flags.DEFINE_bool("overwrite", False, "When a stage's inputs changed (e.g. more training steps), replace the study's "
                   "sample sets and mechanism files of other settings instead of stopping.")
@@ -36,7 +38,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     from diffmem.studies import k_sweep
     k_sweep.run(cli.CONFIG, FLAGS.workdir, stages=FLAGS.stages, quick=FLAGS.quick, num_samples=FLAGS.samples,
-                sampler=FLAGS.sampler, sample_steps=FLAGS.sample_steps,
+                sampler=FLAGS.sampler, sample_steps=FLAGS.sample_steps, steps=FLAGS.steps,
                 rank_ks=[int(k) for k in FLAGS.rank_ks] if FLAGS.rank_ks else None, overwrite=FLAGS.overwrite)
 
 

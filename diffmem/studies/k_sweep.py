@@ -98,8 +98,8 @@ DEPENDS = {"train": (), "sample": ("train",), "classify": ("sample",), "reproduc
            "disjoint": ("sample",), "jacobian": ("train",), "critical_times": ("classify",),
            "phase_times": ("train",), "machines": ("sample",), "training_time": ("train",)}
 CLASSES = classify_lib.NAMES
-QUICK_KS = (8, 64, 512)
-QUICK_STEPS = 400
+QUICK_KS = (8, 128)
+QUICK_STEPS = 300
 REPORT_VERSION = 1
 
 
@@ -116,11 +116,15 @@ class Settings:
     rank_ks: the three K of the Jacobian stage (None: smallest, middle, largest); rank_latents: EDM
     trajectories per K; ct_per_class, ct_trials: samples per class and trials of the critical-time scan;
     ct_delta: its recovery distance in pixel L2 (None: the classification's median delta_m); phase_draws:
-    Monte-Carlo draws of the collapse time; quick: the --quick preset ran (config K and steps replaced).
+    Monte-Carlo draws of the collapse time; quick: the --quick preset ran (config K and steps replaced);
+    steps: training steps of every sweep the study trains (None: the study's per-dataset default in
+    `STUDY_STEPS`, else the config's; 0: the config's own): the study trains three sweeps -- the models, a
+    second seed and the disjoint halves -- so on a CPU it trains each for less than a lone run would.
     """
     num_samples: int = 256
     sampler: str | None = "auto"
-    sample_steps: int | None = 100
+    sample_steps: int | None = 50
+    steps: int | None = None
     fixed_rms: float = 0.125
     seed_offset: int = 1
     rank_ks: tuple | None = None
@@ -132,16 +136,21 @@ class Settings:
     quick: bool = False
 
 
+STUDY_STEPS = {"digits": 1000}   # 17 UNets (3 sweeps of K = 2 ... 1797) in <= 30 min on 2 CPU cores
 QUICK = dict(num_samples=64, sample_steps=25, rank_latents=2, ct_per_class=2, ct_trials=3, phase_draws=500,
              quick=True)
 
 
 def quick_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The --quick preset's config: K in `QUICK_KS` and at most `QUICK_STEPS` training steps."""
-    steps = min(int(config.steps) or QUICK_STEPS, QUICK_STEPS)
+    return with_steps(_with(config, **{"data.k": list(QUICK_KS)}), min(int(config.steps) or QUICK_STEPS, QUICK_STEPS))
+
+
+def with_steps(config: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
+    """config training for `steps` steps (a multiple of steps_per_call; log / checkpoint intervals capped)."""
     every = int(config.steps_per_call)
-    steps = max(every, steps // every * every)
-    changes = {"data.k": list(QUICK_KS), "steps": steps}
+    steps = max(every, int(steps) // every * every)
+    changes = {"steps": steps}
     for key in ("log_every", "ckpt_every"):
         if int(config[key]) > steps:
             changes[key] = steps
@@ -543,9 +552,20 @@ def _section_stage(module: str, attr: str = "study_section") -> Callable[[Contex
             fn = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
             raise MissingInputError(f"{module}.{attr} is not available ({e}); leave this stage out.") from None
-        section = fn(ctx.wd.path, ctx.names, **ctx.section_kw.get(module.rsplit(".", 1)[-1], {}))
+        kw = dict(_section_defaults(ctx, module), **ctx.section_kw.get(module.rsplit(".", 1)[-1], {}))
+        section = fn(ctx.wd.path, ctx.names, **kw)
         return dict(section=_section_json(ctx, section))
     return stage
+
+
+def _section_defaults(ctx: Context, module: str) -> dict:
+    """The study's own settings passed to a section (its keyword arguments override them): the training-time
+    section samples its snapshots like the study samples its models."""
+    if module.endswith("training_time"):
+        sampler, steps = sampler_of(ctx.config, ctx.settings)
+        return dict(num_samples=ctx.settings.num_samples, sampler=sampler, num_steps=steps, progress=ctx.progress,
+                    overwrite=ctx.overwrite)
+    return {}
 
 
 def _section_json(ctx: Context, section: dict) -> dict:
@@ -600,7 +620,7 @@ def _stage_settings(ctx: Context, stage: str) -> dict:
         "critical_times": dict(ct_per_class=s["ct_per_class"], ct_trials=s["ct_trials"], ct_delta=s["ct_delta"]),
         "phase_times": dict(phase_draws=s["phase_draws"]),
         "machines": dict(kw=ctx.section_kw.get("agreement", {})),
-        "training_time": dict(kw=ctx.section_kw.get("training_time", {})),
+        "training_time": dict(kw=ctx.section_kw.get("training_time", {}), sample=sample),
     }[stage]
 
 
@@ -639,11 +659,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stages: Sequence[str
     base.update({k: v for k, v in overrides.items() if v is not None})
     if base["rank_ks"] is not None:
         base["rank_ks"] = tuple(int(k) for k in base["rank_ks"])
-    settings = Settings(**base)
-    if settings.num_samples < 2:
-        raise InputError(f"num_samples = {settings.num_samples}: need >= 2 (nearest *other* sample).")
+    if base["num_samples"] < 2:
+        raise InputError(f"num_samples = {base['num_samples']}: need >= 2 (nearest *other* sample).")
     if quick:
         config = quick_config(config)
+    steps = base["steps"]
+    if steps is None and not quick:
+        steps = STUDY_STEPS.get(str(config.data.get("source", "")))
+    if steps:   # 0: the config's own
+        config = with_steps(config, int(steps))
+    base["steps"] = int(config.steps)
+    settings = Settings(**base)
     if base["sampler"] not in ("auto", "config"):
         from diffmem import sampling
         sampling.get_sampler(base["sampler"])   # an unknown name stops here, naming the valid ones
