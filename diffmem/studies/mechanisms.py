@@ -190,13 +190,14 @@ def gather_critical_times(workdir: str, kind: str = "trained") -> dict:
     wd = Workdir(workdir)
     found: dict = {}
     for source in SOURCES:
-        folder = _out_dir(wd, "critical_times", source, *(("optimal",) if kind == "optimal" else ()))
+        parts = ("critical_times", source) + (("optimal",) if kind == "optimal" else ())
+        folder = _out_dir(wd, *parts)
         if not os.path.isdir(folder):
             continue
         for f in sorted(os.listdir(folder)):
             if not f.endswith(".npz"):
                 continue
-            r = report.read_npz(os.path.join(folder, f))
+            r = report.read_npz(_out_dir(wd, *parts, f))
             t, rad = found.setdefault(source, {}).setdefault(int(r["k"]), ([], []))
             t.append(r["time"])
             rad.append(r["radius"])
