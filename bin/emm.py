@@ -20,9 +20,11 @@ flags.DEFINE_float("tolerance", 0.05, "Stop bisecting at relative bracket width 
 flags.DEFINE_integer("num", None, "Samples per model (seeds 0 .. num - 1); default the config's sample.num.")
 flags.DEFINE_string("seeds", None, "Explicit seeds, e.g. 0-9999 (overrides --num).")
 flags.DEFINE_string("sampler", None, "Sampler (default: the config's sample.sampler).")
-flags.DEFINE_enum("metric", "lpips", ["lpips", "pixel"], "Distance of Pham et al.'s classes (also reported).")
-flags.DEFINE_float("delta_m", None, "Memorized iff d_m <= delta_m (default 0.03 for LPIPS; required for pixel).")
-flags.DEFINE_float("delta_s", None, "Spurious iff d_s <= delta_s (default 0.02 for LPIPS; required for pixel).")
+flags.DEFINE_enum("metric", "auto", ["auto", "lpips", "pixel"], "Distance of Pham et al.'s classes (also reported); "
+                  "auto: LPIPS when its weights load, else pixel L2.")
+flags.DEFINE_float("delta_m", None, "Given thresholds: memorized iff d_m <= delta_m (default: calibrated on held-out "
+                   "images, diffmem/metrics/calibration.py).")
+flags.DEFINE_float("delta_s", None, "Given thresholds: spurious iff d_s <= delta_s (default: calibrated).")
 flags.DEFINE_bool("progress", True, "Show training progress bars.")
 flags.mark_flags_as_required(["root", "k_grid"])
 FLAGS = flags.FLAGS

@@ -592,7 +592,7 @@ def train_and_sample(config, workdir: str, seeds: np.ndarray, sampler: str, prog
 
 
 def emm(root: str, config, k_grid: Sequence[int], *, seeds: Sequence[int] | None = None,
-        sampler: str | None = None, level: float = 0.9, tolerance: float = 0.05, metric: str = "lpips",
+        sampler: str | None = None, level: float = 0.9, tolerance: float = 0.05, metric: str = "auto",
         delta_m: float | None = None, delta_s: float | None = None, lpips_net: str = "alexnet",
         runner: Callable | None = None, figures: bool = True, progress: bool = True,
         log: Callable[[str], None] | None = print, thresholds: str | None = None, quantile: float = 0.01) -> dict:
