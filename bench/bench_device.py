@@ -113,7 +113,7 @@ def random_params(model, shape, seed: int = 0):
     return jax.tree.map(lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape, np.float32)), shapes)
 
 
-def section_train(a, sizes: dict, dev: dict) -> dict:
+def section_train(a, sizes: dict, dev: dict, save) -> dict:
     import jax
     import jax.numpy as jnp
     from diffmem import builders, nets, train
@@ -152,6 +152,7 @@ def section_train(a, sizes: dict, dev: dict) -> dict:
         out[f"{tag}_step_mean_s"] = round(sum(times[1:]) / len(times[1:]), 5)
         out[f"{tag}_compile_s"] = round(compile_s, 1)
         out[f"{tag}_gflop_per_step"] = round(flops / 1e9, 3)
+        save(out)  # a later precision that runs out of time keeps this one's figures
     return out
 
 
@@ -168,7 +169,7 @@ def _overrides(a) -> dict:
     return {"bf16": a.peak_tflops_bf16, "tf32": a.peak_tflops_tf32, "fp32": a.peak_tflops_fp32}
 
 
-def section_sample(a, sizes: dict, dev: dict) -> dict:
+def section_sample(a, sizes: dict, dev: dict, save) -> dict:
     import jax
     import jax.numpy as jnp
     from diffmem import builders, sampling, train
@@ -197,10 +198,11 @@ def section_sample(a, sizes: dict, dev: dict) -> dict:
         out[f"{precision}_compile_s"] = round(compile_s, 1)
         out[f"{precision}_gflop_per_image"] = round(flops / batch / 1e9, 3)
         out.update(_mfu(precision, flops, best, precision, dev, a))
+        save(out)
     return out
 
 
-def section_knn(a, sizes: dict, dev: dict) -> dict:
+def section_knn(a, sizes: dict, dev: dict, save) -> dict:
     import jax
     import jax.numpy as jnp
     from diffmem.metrics import distances
@@ -225,7 +227,7 @@ def section_knn(a, sizes: dict, dev: dict) -> dict:
                 share_of_fp32_peak=round(tflops / peak, 4) if peak else "unknown")
 
 
-def section_lpips(a, sizes: dict, dev: dict) -> dict:
+def section_lpips(a, sizes: dict, dev: dict, save) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -323,11 +325,15 @@ def main(argv=None) -> int:
         header.append("SMALL: --small shrank every size (a check that the script runs, not a benchmark)")
     a.cpu_gemm_tflops = gemm_tflops(sizes["gemm_n"], "highest", repeats=2) if dev["platform"] == "cpu" else None
     os.makedirs(a.out, exist_ok=True)
+    path = os.path.join(a.out, f"gpu_{a.section}.txt")
     t0 = time.perf_counter()
-    figures = SECTION_FUNCTIONS[a.section](a, sizes, dev)
+
+    def save(partial: dict) -> None:
+        write(path, a.section, header, dict(partial, section_seconds=round(time.perf_counter() - t0, 1),
+                                            status="partial (the section did not finish)"))
+    figures = SECTION_FUNCTIONS[a.section](a, sizes, dev, save)
     figures["section_seconds"] = round(time.perf_counter() - t0, 1)
     figures["status"] = "ok"
-    path = os.path.join(a.out, f"gpu_{a.section}.txt")
     write(path, a.section, header, figures)
     print(open(path).read(), end="")
     return 0
