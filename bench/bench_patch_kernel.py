@@ -12,6 +12,8 @@ kernel's references per chunk, materialised and timed over the same total number
 shapes the kernel multiplies; a single M x R product would not fit in memory at FMNIST sizes). Rows interleave
 kernel and GEMM timings (best of 3) because the host is shared. Memory: XLA's temporary buffer size of the
 compiled machine for several chunk sizes beside the M x R logits a non-streamed version would hold.
+The last column is the rate of the same GEMMs each followed by only a row max and a sum of exp, over the GEMM's:
+the ceiling any softmax over these logits can reach here (with k^2 C = 9 or 25 the exp, not the GEMM, dominates).
 Results: bench/results/bench_patch_kernel.txt (appended) and .json (one line per run).
 """
 import argparse
@@ -70,15 +72,25 @@ def case(name, train, batch, k, chunk, machine="els"):
             return jnp.einsum("gbd,gnd->gbn", q, pi), None
         return jax.lax.scan(body, jnp.zeros((groups, rb, n_chunk), jnp.float32), p)[0]
     gemm_flops = 2.0 * groups * rb * blocks * num_chunks * n_chunk * d
-    tk, tg = [], []
+
+    @jax.jit
+    def exp_only(q, p):  # the same GEMMs, each followed by a row max and a sum of exp: the softmax's floor
+        def body(carry, pi):
+            logits = jnp.einsum("gbd,gnd->gbn", q, pi)
+            m = jnp.max(logits, axis=-1, keepdims=True)
+            return carry + jnp.sum(jnp.exp(logits - m), axis=-1), None
+        return jax.lax.scan(body, jnp.zeros((groups, rb), jnp.float32), p)[0]
+    tk, tg, te = [], [], []
     jax.block_until_ready(kernel(train_j, x, sigma)), jax.block_until_ready(gemm(q, p))
-    for _ in range(5):  # interleaved: both see the same load
+    jax.block_until_ready(exp_only(q, p))
+    for _ in range(5):  # interleaved: all see the same load
         tk.append(common.best_time(kernel, train_j, x, sigma, repeats=1, warmup=False))
         tg.append(common.best_time(gemm, q, p, repeats=1, warmup=False))
+        te.append(common.best_time(exp_only, q, p, repeats=1, warmup=False))
     rk, rg = flops / min(tk) / 1e9, gemm_flops / min(tg) / 1e9
     return dict(case=name, machine=machine, k=k, rows=rows * groups, refs=refs, d=d, chunk_refs=n_chunk,
                 row_block=rb, kernel_s=round(min(tk), 4), kernel_gflops=round(rk, 2), gemm_gflops=round(rg, 2),
-                ratio=round(rk / rg, 3))
+                ratio=round(rk / rg, 3), exp_floor_ratio=round(min(tg) / min(te), 3))
 
 
 def memory_rows(train, batch, k, chunks):
@@ -115,11 +127,13 @@ def main():
     ]
     mem = memory_rows(fm, 2 if small else 8, 5, (1, 4, 16, 64))
     gemm_square = common.gemm_gflops(2048)
-    header = ("case", "rows M", "refs R", "D", "refs/chunk", "rows/pass", "kernel s", "kernel GFLOP/s", "GEMM GFLOP/s", "ratio")
+    header = ("case", "rows M", "refs R", "D", "refs/chunk", "rows/pass", "kernel s", "kernel GFLOP/s",
+              "GEMM GFLOP/s", "ratio", "GEMM+max+exp / GEMM")
     text = [f"# bench_patch_kernel {time.strftime('%Y-%m-%d %H:%M')} ({'small' if small else 'full'}), "
             f"{common.machine()}, load {os.getloadavg()[0]:.1f}",
-            common.table([(r["case"], r["rows"], r["refs"], r["d"], r["chunk_refs"], r["row_block"], r["kernel_s"], r["kernel_gflops"],
-                           r["gemm_gflops"], r["ratio"]) for r in rows], header),
+            common.table([(r["case"], r["rows"], r["refs"], r["d"], r["chunk_refs"], r["row_block"], r["kernel_s"],
+                           r["kernel_gflops"],
+                           r["gemm_gflops"], r["ratio"], r["exp_floor_ratio"]) for r in rows], header),
             f"square 2048 float32 GEMM (jnp.dot) now: {gemm_square:.1f} GFLOP/s",
             "memory (FMNIST-sized ELS k=5, XLA temp buffers vs the full query x reference logits):",
             common.table([(m["chunk_images"], m["temp_mb"], m["full_logits_mb"]) for m in mem],

@@ -21,8 +21,10 @@ flags.DEFINE_string("workdir", None, "Workdir written by bin/train.py.")
 flags.DEFINE_enum("machine", "els", list(MACHINES), "The machine to calibrate (and to calibrate for agreement).")
 flags.DEFINE_list("machines", ["ideal", "els", "wiener"], "agreement: the machines to compare with the network.")
 flags.DEFINE_list("k", None, "Only these models (names = K), default all.")
-flags.DEFINE_enum("network", "trained", ["trained", "optimal"], "Compare with the trained model or the empirical optimum.")
-flags.DEFINE_list("candidates", None, "Patch sizes (or PSPC-flex thresholds) to try; default: odd sizes up to the image.")
+flags.DEFINE_enum("network", "trained", ["trained", "optimal"],
+                  "Compare with the trained model or the empirical optimum.")
+flags.DEFINE_list("candidates", None,
+                  "Patch sizes (or PSPC-flex thresholds) to try; default: odd sizes up to the image.")
 flags.DEFINE_list("sigmas", None, "Noise levels of the calibration; default 10 log-spaced over the model's range.")
 flags.DEFINE_integer("images", 16, "Noised training images per noise level.")
 flags.DEFINE_enum("on", "train", ["train", "heldout"], "agreement: noise training or held-out images.")

@@ -9,7 +9,7 @@ import scipy.special
 
 from diffmem import configlib, energy, sampling
 from diffmem.data import toy
-from diffmem.machines import MACHINES, Schedule, machine_denoiser, machine_model
+from diffmem.machines import Schedule, machine_denoiser, machine_model
 from diffmem.machines import local_score as ls
 from diffmem.machines import patch_kernel as pk
 from diffmem.machines import wiener
@@ -42,7 +42,8 @@ def _brute(Y, x, sigma, machine, k=3, masks=None):
             for i in range(h - k + 1):
                 for j in range(w - k + 1):
                     d = ((x[b, i:i + k, j:j + k] - Y[:, i:i + k, j:j + k]) ** 2).reshape(n, -1).sum(1)
-                    total[i:i + k, j:j + k] += _softmax_mean(d, Y[:, i:i + k, j:j + k].reshape(n, -1), s).reshape(k, k, c)
+                    mean = _softmax_mean(d, Y[:, i:i + k, j:j + k].reshape(n, -1), s)
+                    total[i:i + k, j:j + k] += mean.reshape(k, k, c)
                     count[i:i + k, j:j + k] += 1
             out[b] = total / count
             continue
@@ -99,7 +100,8 @@ def test_machines_equal_their_brute_force_twins(x64, machine, c):
 
 def test_pspc_flex_equals_its_twin_and_tau_one_is_the_empirical_denoiser(x64):
     Y, x, s = _data()
-    heat = lambda sig: jnp.broadcast_to(jnp.asarray(np.random.default_rng(1).uniform(size=(25, 25))), (sig.shape[0], 25, 25))
+    table = jnp.asarray(np.random.default_rng(1).uniform(size=(25, 25)))
+    heat = lambda sig: jnp.broadcast_to(table, (sig.shape[0], 25, 25))
     masks = np.asarray(ls.flex_masks(heat(jnp.asarray(s)), 0.6))
     assert 1 < masks.sum(-1).mean() < 25  # a real partial mask
     got = machine_denoiser(Y, "pspc_flex", tau=0.6, heatmap=heat)(jnp.asarray(x), jnp.asarray(s))
@@ -172,6 +174,12 @@ def test_schedule_runs_each_example_at_its_own_patch_size(x64):
     d = machine_denoiser(Y, "els", patch_size=Schedule((0.3, 1.0), (1, 3)))(x, s)
     np.testing.assert_allclose(np.asarray(d)[0], _brute(Y, x[:1], s[:1], "els", k=1)[0], atol=1e-10)
     np.testing.assert_allclose(np.asarray(d)[1], _brute(Y, x[1:], s[1:], "els", k=3)[0], atol=1e-10)
+    # published scales: index i at t = i / 20, sigma = b_t / a_t = tan(t / 1.008 pi / 2) (index 0 unused)
+    from diffmem.machines import schedule
+    kamb = schedule.kamb_schedule("mnist_unet_zeros")
+    assert kamb(schedule.kamb_sigma(10 / 20)) == 9 and kamb(schedule.kamb_sigma(19 / 20)) == 27
+    assert kamb.values[0] == schedule.KAMB_SCALES["mnist_unet_zeros"][1] and len(kamb.values) == 19
+    assert schedule.as_schedule(lambda sig: 3 if sig < 1 else 5, [0.5, 2.0]).values == (3, 5)
 
 
 def test_machine_model_runs_through_a_registered_sampler(one_device):

@@ -129,8 +129,9 @@ def agreement_vs_k(workdir, names: Sequence[str] | None = None, *, machines: Seq
 
     network: "trained" (the checkpoint's EMA weights) or "optimal" (the empirical denoiser: how local is the
     memorizing optimum?). calibrate_machine: the machine whose hyperparameter is calibrated first (every tuned
-    machine gets its own calibration); None: no calibration, the machines' default schedules. images: "train" or "heldout" (noised images of the denoiser comparison and the
-    calibration). num_seeds: seeds 0..num_seeds-1 of the sample comparison."""
+    machine gets its own calibration); None: no calibration, the machines' default schedules. images: "train"
+    or "heldout" (noised images of the denoiser comparison and the calibration). num_seeds: seeds
+    0..num_seeds-1 of the sample comparison."""
     wd = workdir if isinstance(workdir, wdlib.Workdir) else wdlib.Workdir(os.fspath(workdir))
     bad = [m for m in machines if m not in mm.MACHINES]
     if bad or calibrate_machine not in TUNED + (None,):
@@ -215,7 +216,8 @@ def study_section(workdir, names: Sequence[str] | None = None, **kw) -> dict:
     machines = list(rows[names[0]]["machines"])
     table = []
     for n in names:
-        r = dict(K=rows[n]["k"], **{"calibration r^2 (median over sigma)": _median(rows[n]["calibration"].get("r2", []))})
+        cal_r2 = _median(rows[n]["calibration"].get("r2", []))
+        r = {"K": rows[n]["k"], "calibration r^2 (median over sigma)": cal_r2}
         for m in machines:
             r[f"r {m}"] = rows[n]["machines"][m]["r"]
             r[f"r^2 {m}"] = rows[n]["machines"][m]["r2"]

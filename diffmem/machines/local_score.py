@@ -9,7 +9,7 @@ D = (x_t + b_t^2 s) / a_t. Below, y_n are the training images, P(.)_hw the k x k
 (k odd), r = k // 2, and every weight is a softmax over the references of one query pixel:
 
   ideal   w_n  ~ exp(-||x - y_n||^2 / 2 s^2)                 D_hw = sum_n w_n y_n[h, w]    (= energy.empirical_denoiser)
-  ls      w_n  ~ exp(-||P(x)_hw - P(y_n)_hw||^2 / 2 s^2)      D_hw = sum_n w_n y_n[h, w]    (zero padding; same location)
+  ls      w_n  ~ exp(-||P(x)_hw - P(y_n)_hw||^2 / 2 s^2)      D_hw = sum_n w_n y_n[h, w]    (zero padding)
   els     w_p  ~ exp(-||P(x)_hw - p||^2 / 2 s^2)              D_hw = sum_p w_p p_centre
           over every patch p fully inside every training image; x padded circularly
   bbels   as els for pixels >= r from every edge; a pixel within r of an edge is compared only with the

@@ -37,7 +37,7 @@ def pspc_tau_schedule() -> sched.Schedule:
 
 
 def default_patch_schedule(image_size: int) -> sched.Schedule:
-    """Kamb & Ganguli's MNIST UNet scales, rescaled to the image size (use `calibration.calibrate` for a model's own)."""
+    """Kamb & Ganguli's MNIST UNet scales, rescaled to the image size (`calibration.calibrate`: a model's own)."""
     return sched.kamb_schedule("mnist_unet_zeros", image_size=image_size)
 
 
@@ -89,7 +89,9 @@ def _config_and_spec(config_or_workdir, name):
         if str(name) not in specs:
             raise InputError(f"No model named {name!r} in this config; its models are {wdlib.sort_names(specs)}.")
         return config, specs[str(name)]
-    wd = config_or_workdir if isinstance(config_or_workdir, wdlib.Workdir) else wdlib.Workdir(os.fspath(config_or_workdir))
+    wd = config_or_workdir
+    if not isinstance(wd, wdlib.Workdir):
+        wd = wdlib.Workdir(os.fspath(wd))
     return wd.config, wd.spec(str(name))
 
 
