@@ -5,8 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from diffmem import configlib, generate, train
+from diffmem import builders, configlib, generate, train
 from diffmem.data import toy
+from diffmem.studies import circle
 from diffmem.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,6 +32,12 @@ def test_k2_circle_model_memorizes(tmp_path):
     assert os.path.exists(path + ".png")
     d = np.linalg.norm(out["samples"][:, None] - toy.circle_subset(2)[None], axis=-1).min(axis=1)
     assert np.mean(d < 0.1) >= 0.95, np.mean(d < 0.1)
+    # The study's scale-free label: memorized within the 10% quantile of fresh circle points' distances to the
+    # nearest training point (~0.15 for K = 2).
+    spec = wd.specs()[0]
+    fresh = np.delete(builders.load_pool(c), spec.indices, axis=0)
+    thresholds, _ = circle.calibrated_scales(spec.data, fresh, len(out["samples"]))
+    assert np.mean(d <= thresholds.delta_m) >= 0.9, (thresholds.delta_m, np.mean(d <= thresholds.delta_m))
     # A rerun with the same request skips; other settings refuse to overwrite silently.
     assert generate.sample_workdir(str(tmp_path), np.arange(500), "em", eps=1e-4) == [path]
     with pytest.raises(FileExistsError, match="--overwrite"):
