@@ -1,9 +1,24 @@
-"""Test-suite set-up: 8 fake CPU devices (so sharded code paths are exercised) and an x64 fixture."""
+"""Test-suite set-up: 8 fake CPU devices (so sharded code paths are exercised), a per-session XLA compilation
+cache, and the x64 and one_device fixtures."""
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must happen before jax is imported anywhere: sharding tests compare a 1-device mesh with 8 devices.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# JAX's persistent compilation cache in a fresh folder per session (removed at exit), inherited by the scripts
+# and workers the tests start: many tests compile the same program again (the same tiny config trained or
+# sampled in several tests, the SIGKILL test's five trainers, CLI subprocesses), and XLA's compile is most of
+# a test's time on a 2-core CPU. A hit loads the binary compiled the first time, so the bits are the same.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="diffmem-test-xla-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
