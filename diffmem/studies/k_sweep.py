@@ -148,11 +148,11 @@ def quick_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 def with_steps(config: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
     """config training for `steps` steps (a multiple of steps_per_call; log / checkpoint intervals capped)."""
-    every = int(config.steps_per_call)
-    steps = max(every, int(steps) // every * every)
-    changes = {"steps": steps}
-    for key in ("log_every", "ckpt_every"):
-        if int(config[key]) > steps:
+    every = min(int(config.steps_per_call), max(1, int(steps)))
+    steps = max(1, int(steps)) // every * every
+    changes = {"steps": steps, "steps_per_call": every}
+    for key in ("log_every", "ckpt_every"):   # multiples of steps_per_call, at most the length
+        if int(config[key]) > steps or int(config[key]) % every:
             changes[key] = steps
     return _with(config, **changes)
 
