@@ -55,20 +55,28 @@ def machine_denoiser(train, machine: str = "els", patch_size=None, *, tau=None, 
         return jax.jit(wiener.wiener_denoiser(train))
     data = jnp.asarray(train)
     if machine == "ideal":
-        return jax.jit(lambda x, sigma: ls.ideal(data, x, _sigmas(sigma, x), chunk))
+        return _bound(jax.jit(lambda y, x, sigma: ls.ideal(y, x, _sigmas(sigma, x), chunk)), data)
     if data.ndim != 4:
         raise InputError(f"Machine {machine!r} works on images (N, H, W, C); this training set has shape "
                          f"{tuple(data.shape)}. Use 'ideal' or 'wiener' for other data.")
     if machine == "pspc_flex":
         schedule = sched.as_schedule(pspc_tau_schedule() if tau is None else tau)
         heat = heatmap or wiener.wiener_heatmap(np.asarray(train))
-        fn = lambda t, x, sigma: ls.pspc_flex(data, x, sigma, float(t), heat, chunk)
+        fn = lambda y, t, x, sigma: ls.pspc_flex(y, x, sigma, float(t), heat, chunk)
     else:
         schedule = sched.as_schedule(default_patch_schedule(data.shape[1]) if patch_size is None else patch_size)
         patch = _PATCH_FNS[machine]
-        fn = lambda k, x, sigma: patch(data, x, sigma, int(k), chunk)
-    run = sched.by_level(schedule, fn)
-    return jax.jit(lambda x, sigma: run(x, _sigmas(sigma, x)))
+        fn = lambda y, k, x, sigma: patch(y, x, sigma, int(k), chunk)
+
+    def apply(y, x, sigma):
+        return sched.by_level(schedule, lambda v, x, s: fn(y, v, x, s))(x, _sigmas(sigma, x))
+    return _bound(jax.jit(apply), data)
+
+
+def _bound(jitted, data):
+    """D(x, sigma) = jitted(data, x, sigma): the training set is an argument of the compiled function (not a
+    constant folded into it) when D is called on its own; inside a caller's jit it is that trace's constant."""
+    return lambda x, sigma: jitted(data, x, sigma)
 
 
 def _sigmas(sigma, x):

@@ -7,10 +7,12 @@ For query rows q_gb (group g, row b) and reference rows p_gn streamed in chunks,
 
 with ||u||_w^2 = sum_d w_d u_d^2 (w a per-query precision vector, default all ones; hard masks are 0/1).
 The squared distance is a GEMM: ||q||^2 - 2 q.p + ||p||^2 (with w: sum w q^2 - 2 (w q).p + w.p^2), the
-logits of a chunk come out of one GEMM of augmented rows and the weighted sums out of a second, so the work
-runs near GEMM speed; a running maximum per query row (never over the batch) keeps the sums finite where
-one shared maximum would underflow for some rows. Memory is bounded by (rows x chunk) logits and one chunk of
-references: the full query x reference matrix is never formed. Groups g are independent problems solved in one
+logits of a chunk come out of one GEMM of augmented rows and the weighted sums out of a second; with patches
+of k^2 C >= ~50 numbers that is GEMM speed, with smaller ones the exp of every logit costs more than the GEMM
+(bench/bench_patch_kernel.py). A running maximum per query row (never over the batch) keeps the sums finite
+where one shared maximum would underflow for some rows. Memory is bounded by one block of query rows times one
+chunk of references (about DEFAULT_LOGITS logits, sized to stay in cache) and one chunk of references: the full
+query x reference matrix is never formed. Groups g are independent problems solved in one
 batched GEMM: one group with many rows (ELS: every pixel of every example against every patch), or one
 group per image position (LS, PSPC: the references at the same location).
 
