@@ -171,7 +171,7 @@ def test_k_larger_than_pool_is_a_clear_error(tmp_path):
         train.train(small_circle("k=70000"), str(tmp_path), progress=False)
 
 
-def test_rerun_with_other_config_refuses_to_overwrite(tmp_path):
+def test_rerun_with_other_config_refuses_to_overwrite(tmp_path, one_device):
     train.train(small_circle(steps=20), str(tmp_path), progress=False)
     with pytest.raises(configlib.ConfigError, match="different config"):
         train.train(small_circle(**{"optim.lr": 1e-3}), str(tmp_path), progress=False)
@@ -180,7 +180,7 @@ def test_rerun_with_other_config_refuses_to_overwrite(tmp_path):
     assert int(out["9"].step) == 40
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, one_device):
     train.train(small_circle(steps=20), str(tmp_path), progress=False)
     step_dir = tmp_path / "checkpoints" / "9" / "20"
     for root, _, files in os.walk(step_dir):
@@ -192,7 +192,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         train.train(small_circle(steps=40), str(tmp_path), progress=False)
 
 
-def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, one_device):
     train.train(small_circle(steps=20), str(tmp_path), progress=False)
     os.remove(tmp_path / "subsets" / "9.npz")  # else the changed data below is refused (DatasetChangedError)
     pool = toy.circle_pool()
