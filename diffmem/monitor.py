@@ -14,7 +14,8 @@ f_mem (Gu et al. / Bonnaire et al. E.5: d1 / d2 < 1/3, pixel L2 to all K trainin
 <workdir>/training_time/monitor_stops.json (step, f_mem, level, reason), and its training group stops there
 (its checkpoint at that step is saved). Image members each train alone, so each stops at its own step; toy
 members train in vmapped groups (`diffmem.train._groups`), and such a group stops when all its members
-(with K >= 2: f_mem is undefined for K = 1) have reached the level.
+(with K >= 2: f_mem is undefined for K = 1) have reached the level. A rerun keeps a stopped group stopped;
+to train it further delete its entry (or change monitor.level: stops of another level are dropped).
 
 Sampler: the config's sampler with its settings, except that DDPM ancestral sampling (1000 network
 evaluations) is replaced by DDIM with 100 steps, eta = 0 (Bonnaire et al.'s generation, E.5).
@@ -231,7 +232,8 @@ class Monitor:
         self.config, self.workdir, self.specs, self.groups = config, workdir, list(specs), groups
         self.every, self.level = int(self.settings["every"]), float(self.settings["level"])
         self.seeds = np.arange(int(self.settings["num_samples"]))
-        self.stops = read_stops(workdir)
+        # stops recorded at another level (monitor is a rerun key) do not apply: the next record replaces them
+        self.stops = {n: s for n, s in read_stops(workdir).items() if float(s.get("level", -1)) == self.level}
         self._sampler = None
 
     @classmethod
