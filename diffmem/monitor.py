@@ -121,12 +121,7 @@ class ParamsSampler:
         x = jnp.asarray(self.spec.data[:1])
         like = jax.eval_shape(lambda: self.net.init(jax.random.key(0), x, jnp.ones((1,), x.dtype)))
         zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), like)
-        if builders.is_image(self.config):
-            probe = wdlib._make_model(self.config, self.spec, "trained", 0,
-                                      denoiser=builders.denoiser(self.config, self.net, zeros))
-        else:
-            probe = wdlib._make_model(self.config, self.spec, "trained", 0,
-                                      time_score=builders.score_fn(self.config, self.net, zeros))
+        probe = wdlib.trained_model(self.config, self.spec, self.net, zeros, 0)
         self.settings = generate.sampler_settings(self.config, self.name, probe, **given)
         build = sampling.get_sampler(self.name, probe).build
         config, net, settings = self.config, self.net, self.settings
