@@ -189,6 +189,7 @@ def figures(wd: wdlib.Workdir, rows: dict) -> list[str]:
             ax.plot(ks, [np.nan if rows[n]["machines"][m][key] is None else rows[n]["machines"][m][key]
                          for n in names], marker="o", label=m)
         ax.set_xscale("log"), ax.set_xlabel("training set size K"), ax.grid(alpha=0.3)
+        ax.set_xticks(ks, [str(k) for k in ks]), ax.minorticks_off()
         ax.set_ylabel(f"median {'r' if key == 'r' else 'r^2'} (machine vs network samples)")
     axes[0].legend(fontsize=8)
     out = [viz.save_figure(fig, output_dir(wd, "agreement_vs_k.png"))]
