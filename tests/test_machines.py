@@ -245,3 +245,13 @@ def test_agreement_of_the_empirical_machine_with_itself_is_one(tmp_path, one_dev
     np.testing.assert_allclose(row["machines"]["ideal"]["r_denoiser"], 1.0, atol=1e-5)
     assert section["title"] and "| 8 |" in section["markdown"]
     assert all(os.path.exists(f) and f.startswith(wd.path) for f in section["figures"])
+
+
+def test_network_heatmap_of_a_linear_denoiser_is_its_gain(x64):
+    import types
+    from diffmem.machines import calibration
+    Y = np.random.default_rng(4).uniform(-1, 1, (6, 3, 3, 2))
+    net = types.SimpleNamespace(shape=Y.shape[1:], denoiser=wiener.wiener_denoiser(Y))  # Jacobian = W_sigma
+    heat = calibration.network_heatmap(net, [0.3, 2.0], Y[:2])
+    want = wiener.wiener_heatmap(Y)(jnp.asarray([0.3, 2.0]))                            # |W_sigma|, channels summed
+    np.testing.assert_allclose(np.asarray(heat(jnp.asarray([0.31, 1.9]))), np.asarray(want), rtol=1e-6)  # float32 table
