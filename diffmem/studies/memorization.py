@@ -99,12 +99,12 @@ def make_settings(metric: str = "lpips", delta_m: float | None = None, delta_s: 
             raise InputError(f"quantile = {quantile}: give a value in (0, 1), e.g. 0.01.")
         return Settings(metric, None, None, net, thresholds, float(quantile))
     if thresholds == "published":
-        if metric not in DEFAULT_DELTAS:
+        if metric not in DEFAULT_DELTAS and metric != "auto":  # auto: checked again once resolved
             raise InputError(f"metric={metric!r} has no published thresholds (Pham et al.'s are LPIPS values): "
                              "use thresholds='calibrated', give delta_m and delta_s, or use metric='lpips'.")
         if given:
             raise InputError("thresholds='published' uses Pham et al.'s 0.03 / 0.02: drop delta_m / delta_s.")
-        dm, ds = DEFAULT_DELTAS[metric]
+        dm, ds = DEFAULT_DELTAS["lpips"]
     else:
         if delta_m is None or delta_s is None:
             raise InputError(f"thresholds='given' needs both delta_m and delta_s (in {metric} units, e.g. "
@@ -363,9 +363,9 @@ def run(workdir: str, *, metric: str = "auto", delta_m: float | None = None, del
     """
     make_settings(metric, delta_m, delta_s, lpips_net, thresholds, quantile)  # bad arguments fail before LPIPS
     metric, auto_weights, note = resolve_metric(metric, lpips_net)
-    settings = make_settings(metric, delta_m, delta_s, lpips_net, thresholds, quantile)
     if note and log:
         log(note)
+    settings = make_settings(metric, delta_m, delta_s, lpips_net, thresholds, quantile)
     wd = Workdir(workdir)
     specs = {s.name: s for s in wd.specs()}
     sets = find_samples(workdir)
