@@ -14,8 +14,8 @@ Per model (a trained K, or the optimal denoiser of the same K points):
   * pixel L2 (flattened images) to the nearest and second-nearest training image -> Gu et al.'s ratio:
     memorized iff d1 / d2 < 1/3, reported as the maximum over the snapshots (the latest and earlier checkpoints' samples);
   * d_m, d_s: distance to the nearest training image and to the nearest *other* sample (self excluded by
-    index) in the classification metric -- LPIPS (AlexNet; `lpips.features` then the tiled k-NN) by default,
-    or pixel L2 -- and Pham et al.'s labels memorized (d_m <= delta_m) / spurious (d_s <= delta_s) /
+    index) in the classification metric -- LPIPS (AlexNet; `lpips.features` then the tiled k-NN) when its
+    weights load (metric="auto"), or pixel L2 -- and Pham et al.'s labels memorized (d_m <= delta_m) / spurious (d_s <= delta_s) /
     generalized, with percentile-bootstrap intervals of the fractions (`calibration.bootstrap_fractions`);
   * thresholds: "calibrated" (default; `diffmem.metrics.calibration`: the `quantile` of held-out real images'
     nearest-training and nearest-other distances, held-out = the dataset pool minus this model's training
