@@ -143,9 +143,10 @@ def place_labels(ax, labels: Sequence[tuple], fontsize: float = 6, fmt: str = "{
             text.remove()
             unplaced.append(value)
     if unplaced:
-        placed.append(ax.text(0.5, -0.02, f"{len(unplaced)} more not labelled (no free spot): energies "
-                              f"{min(unplaced):.2f} to {max(unplaced):.2f}", transform=ax.transAxes,
-                              ha="center", va="top", fontsize=fontsize))
+        values = (f"value {min(unplaced):.2f}" if len(unplaced) == 1 else
+                  f"values {min(unplaced):.2f} to {max(unplaced):.2f}")
+        placed.append(ax.text(0.5, -0.02, f"{len(unplaced)} more not labelled (no free spot): {values}",
+                              transform=ax.transAxes, ha="center", va="top", fontsize=fontsize))
     return placed
 
 
