@@ -217,11 +217,16 @@ def section_knn(a, sizes: dict, dev: dict, save) -> dict:
     seconds = time.perf_counter() - t0
     if not (idx.shape == (n, 1) and (idx >= 0).all()):
         raise AssertionError("knn returned invalid indices")
+    for i in (0, n // 2, n - 1):  # spot-check against brute force (float32 HIGHEST, same as knn)
+        brute = jnp.sum((r - q[i]) ** 2, axis=1)
+        if float(brute[idx[i, 0]]) > float(jnp.min(brute)) * (1 + 1e-5):
+            raise AssertionError(f"query {i}: knn's neighbour {idx[i, 0]} is not the nearest")
     gemm = gemm_tflops(sizes["gemm_n"], "highest")
     tflops = 2.0 * n * n * d / seconds / 1e12
     peak, source = peak_tflops(dev["kind"], "float32", _overrides(a))
     return dict(queries=n, references=n, features=d, k=1, precision="float32 HIGHEST (knn's default)",
-                seconds=round(seconds, 3), first_call_s=round(first, 2), queries_per_s=round(n / seconds, 1), tflops=round(tflops, 4),
+                seconds=round(seconds, 3), first_call_s=round(first, 2), queries_per_s=round(n / seconds, 1),
+                tflops=round(tflops, 4),
                 gemm_n=sizes["gemm_n"], gemm_tflops=round(gemm, 4), share_of_gemm=round(tflops / gemm, 4),
                 peak_fp32_tflops=peak if peak is not None else "unknown", peak_fp32_source=source,
                 share_of_fp32_peak=round(tflops / peak, 4) if peak else "unknown")
