@@ -36,8 +36,9 @@ report.json keys (what notebooks/k_sweep.ipynb reads; K-indexed dicts use the mo
     config                  {"source", "ks" [int], "steps", "arch", "precond", "seed"}
     settings                the study settings (`Settings` as a dict; "quick" says whether the preset ran)
     sampling                {"sampler", "steps", "optimal_sampler"} the sample sets were drawn with
-    stages                  {stage: {"status": "computed" | "skipped" | "off" | "failed: ...", "seconds"}}
-                            (status of the run that wrote the report; seconds of the run that computed it)
+    stages                  {stage: {"status": "computed" | "skipped" (in the run that wrote the report) |
+                             "earlier run" (not asked for in that run, its record is an earlier run's) | "off",
+                             "seconds" (of the run that computed it)}}
     ks                      [int] the sweep's K, ascending; names: [str] the same as model names
     classes                 {"metric", "units", "calibrated" (bool: thresholds from held-out images),
                              "thresholds": {name: {"delta_m", "delta_s"}},
