@@ -28,6 +28,8 @@ flags.DEFINE_string("sampler", None, "Sampler of every sample set (default auto:
 flags.DEFINE_integer("sample_steps", None, "Sampler steps (default 50; --quick 25).")
 flags.DEFINE_integer("steps", None, "Training steps of every sweep the study trains (default: 1000 for digits, the "
                      "config's otherwise; 0: the config's own).")
+flags.DEFINE_enum("metric", None, ["auto", "lpips", "pixel"], "Classification distance (default auto: LPIPS when its "
+                  "weights load, else pixel L2).")
 flags.DEFINE_list("rank_ks", None, "The three K of the Jacobian stage (default: smallest, middle, largest).")
 flags.DEFINE_bool("overwrite", False, "When a stage's inputs changed (e.g. more training steps), replace the study's "
                   "sample sets and mechanism files of other settings instead of stopping.")
@@ -38,7 +40,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     from diffmem.studies import k_sweep
     k_sweep.run(cli.CONFIG, FLAGS.workdir, stages=FLAGS.stages, quick=FLAGS.quick, num_samples=FLAGS.samples,
-                sampler=FLAGS.sampler, sample_steps=FLAGS.sample_steps, steps=FLAGS.steps,
+                sampler=FLAGS.sampler, sample_steps=FLAGS.sample_steps, steps=FLAGS.steps, metric=FLAGS.metric,
                 rank_ks=[int(k) for k in FLAGS.rank_ks] if FLAGS.rank_ks else None, overwrite=FLAGS.overwrite)
 
 

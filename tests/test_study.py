@@ -20,7 +20,7 @@ from diffmem.workdir import Workdir
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A one-level UNet compiles in about half the time of the digits network's two levels with attention.
 TINY = dict(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0, num_groups=4)
-TINY_STUDY = dict(steps=6, num_samples=8, sampler="ddim", sample_steps=3, rank_latents=1, ct_per_class=1, ct_trials=2,
+TINY_STUDY = dict(steps=6, metric="pixel", num_samples=8, sampler="ddim", sample_steps=3, rank_latents=1, ct_per_class=1, ct_trials=2,
                   phase_draws=64)
 STAGES = ("train", "sample", "classify", "phase_times", "report")
 
