@@ -64,6 +64,7 @@ report.json keys (what notebooks/k_sweep.ipynb reads; K-indexed dicts use the mo
     sections                {"machines": {"title", "markdown", "figures", "data"}, "training_time": {...}}
                             (only the optional stages that ran)
     figures                 {figure name: path relative to the workdir}
+    key                     hash of the stage records the report was written from (same key: report skipped)
 A stage that did not run leaves its key out (or empty).
 """
 from __future__ import annotations
