@@ -78,12 +78,6 @@ def data_range(config: ml_collections.ConfigDict) -> tuple[float, float] | None:
     return DATA_RANGES.get(config.data.name)
 
 
-def is_image(config: ml_collections.ConfigDict) -> bool:
-    """Deprecated (kept for callers not yet moved): decide by what the model is instead, with
-    `diffusion_kind`, `is_vector_model` or `data_range`. True for preconditioned (image-shaped) models."""
-    return diffusion_kind(config) == "precond"
-
-
 def build_sde(config: ml_collections.ConfigDict) -> sde_lib.SDE:
     """The noise process of a config whose `diffusion.kind` is "sde" (`config_schema.sde_section`)."""
     if diffusion_kind(config) != "sde":

@@ -26,7 +26,8 @@ Layout (nothing outside this module builds these paths):
     classify/[optimal/]<name>.{npz,json}, classify/summary.json, report.md, figures   (memorization study;
                                       `classify_paths`, `classify_file`)
     reproducibility/...               Zhang et al.'s scores (reproducibility study)
-    study/...                         the circle study (`study_dir`)
+    study/...                         the circle study (`study_dir`), or the K-sweep study's stages/,
+                                      report.{json,md,html} and figures (`study_output_dir("study")`)
     <study>/...                       other studies' outputs (`study_output_dir(study, ...)`), study one of
                                       `STUDY_OUTPUTS`:
       mechanisms/                       critical_times/, jacobian/, energy/, phase_times.json, molrg*.{json,png}
@@ -35,6 +36,7 @@ Layout (nothing outside this module builds these paths):
                                         monitor_stops.json (diffmem.studies.training_time, diffmem.monitor)
       disjoint/                         N<N>.npz, summary.json, report.md, figures (Kadkhodaie et al.'s
                                         two-disjoint-sets study, diffmem.studies.disjoint)
+      machines/                         calibration and machine-vs-network agreement (diffmem.machines.agreement)
     S1/, S2/                          the disjoint study's two sides, each a whole workdir of this layout
                                       (`sub_workdir`)
 
@@ -64,7 +66,7 @@ from diffmem import sde as sde_lib
 from diffmem.errors import InputError, MissingInputError
 
 KINDS = ("trained", "optimal")
-STUDY_OUTPUTS = ("mechanisms", "disjoint", "training_time")
+STUDY_OUTPUTS = ("mechanisms", "disjoint", "training_time", "machines", "study")
 """The studies whose outputs live in <workdir>/<study>/ (`Workdir.study_output_dir`)."""
 RERUN_KEYS = ("steps", "schedule.duration_mimg", "sample", "study", "monitor", "log_every", "keep_checkpoints")
 """Config keys (dotted for nested ones) a rerun into an existing workdir may change: `steps` and

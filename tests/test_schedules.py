@@ -6,7 +6,6 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from diffmem import configlib, image_configs, schedules, train

@@ -226,3 +226,12 @@ def test_jacobian_models_and_quick_preset():
     c = k_sweep.quick_config(tiny_config(k="2+8+32", steps=6000))
     assert tuple(c.data.k) == k_sweep.QUICK_KS and c.steps == k_sweep.QUICK_STEPS
     assert c.log_every <= c.steps and c.ckpt_every <= c.steps and c.steps % c.steps_per_call == 0
+
+
+def test_training_time_stage_makes_the_train_stage_keep_snapshots():
+    c = configlib.load_config_file(os.path.join(REPO, "configs/digits.py") + ":k=8+32")
+    plain = k_sweep.study_config(c, k_sweep.DEFAULT_STAGES, steps=200)
+    assert plain.steps == 200 and not (plain.get("monitor") and plain.monitor.get("snapshots"))
+    timed = k_sweep.study_config(c, ("train", "training_time"), steps=200)
+    snaps = list(timed.monitor.snapshots)
+    assert timed.steps == 200 and len(snaps) >= 2 and snaps == sorted(snaps) and snaps[-1] <= 200

@@ -1,5 +1,4 @@
 """Kadkhodaie et al.'s data: C-alpha and disc recipes, CelebA preparation from files, disjoint S1 / S2."""
-import os
 
 import numpy as np
 import pytest

@@ -75,11 +75,8 @@ def heldout_images(config, spec, num: int) -> np.ndarray:
 
 
 def output_dir(wd: wdlib.Workdir, *parts: str) -> str:
-    """<workdir>/machines/...: `Workdir.study_output_dir("machines")` once the layout lists it, else the same path."""
-    try:
-        return wd.study_output_dir("machines", *parts)
-    except InputError:
-        return os.path.join(wd.path, "machines", *parts)
+    """<workdir>/machines/... (`Workdir.study_output_dir("machines")`)."""
+    return wd.study_output_dir("machines", *parts)
 
 
 def _median(v) -> float | None:

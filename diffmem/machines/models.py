@@ -109,7 +109,7 @@ def machine_model(config_or_workdir, name, machine: str = "els", patch_size=None
     (kind = machine, step -1); the other arguments as `machine_denoiser`."""
     config, spec = _config_and_spec(config_or_workdir, name)
     denoiser = machine_denoiser(spec.data, machine, patch_size, tau=tau, heatmap=heatmap, chunk=chunk)
-    image = builders.is_image(config)
+    image = builders.diffusion_kind(config) == "precond"
     sde, time_score = None, None
     if image:
         lo, hi = builders.sigma_range(config)

@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import html
@@ -190,12 +189,8 @@ class Context:
 
 
 def study_dir(wd: Workdir) -> str:
-    """<workdir>/study (`Workdir.study_output_dir("study")` where the workdir module lists the study, else its
-    `study_dir`, the same folder)."""
-    try:
-        return wd.study_output_dir("study")
-    except InputError:
-        return wd.study_dir()
+    """<workdir>/study (`Workdir.study_output_dir("study")`)."""
+    return wd.study_output_dir("study")
 
 
 def _hash(obj) -> str:
@@ -667,13 +662,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stages: Sequence[str
         base["rank_ks"] = tuple(int(k) for k in base["rank_ks"])
     if base["num_samples"] < 2:
         raise InputError(f"num_samples = {base['num_samples']}: need >= 2 (nearest *other* sample).")
-    if quick:
-        config = quick_config(config)
-    steps = base["steps"]
-    if steps is None and not quick:
-        steps = STUDY_STEPS.get(str(config.data.get("source", "")))
-    if steps:   # 0: the config's own
-        config = with_steps(config, int(steps))
+    config = study_config(config, stages, quick=quick, steps=base["steps"])
     base["steps"] = int(config.steps)
     settings = Settings(**base)
     if base["sampler"] not in ("auto", "config"):
@@ -708,6 +697,23 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stages: Sequence[str
     else:
         rep = _read_json(ctx.path("report.json")) or {}
     return dict(rep, statuses=statuses)
+
+
+def study_config(config: ml_collections.ConfigDict, stages: Sequence[str], *, quick: bool = False,
+                 steps: int | None = None) -> ml_collections.ConfigDict:
+    """The config the study trains: `quick_config` under --quick; `steps` per sweep (None: the dataset's
+    `STUDY_STEPS` default, 0: the config's own); with "training_time" among `stages`, the log-spaced
+    snapshots that stage reads (`training_time.with_snapshots`)."""
+    if quick:
+        config = quick_config(config)
+    if steps is None and not quick:
+        steps = STUDY_STEPS.get(str(config.data.get("source", "")))
+    if steps:
+        config = with_steps(config, int(steps))
+    if "training_time" in stages:
+        from diffmem.studies import training_time
+        config = training_time.with_snapshots(config)
+    return config
 
 
 @contextlib.contextmanager
