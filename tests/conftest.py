@@ -42,3 +42,10 @@ def one_device(monkeypatch):
     from diffmem import train
     full = train.data_mesh
     monkeypatch.setattr(train, "data_mesh", lambda devices=None: full(jax.devices()[:1] if devices is None else devices))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): one worker per core, at most 4. XLA's compiles are single-threaded
+    and most of a test's time on a small CPU, so two workers on CI's 2 cores finish well before one; each
+    worker runs JAX with 8 fake devices, so more than 4 only adds memory. `-n 0` runs in this process."""
+    return max(1, min(os.cpu_count() or 1, 4))

@@ -112,7 +112,13 @@ def test_tiny_study_report_matches_stage_outputs_and_rerun_does_nothing(study, o
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert len(srcs) == 1 + 2 and "href=" not in page   # the K panels, one sample panel per K
     with open(os.path.join(out, "report.md")) as f:
-        assert "Gu ratio" in f.read()
+        md = f.read()
+    assert "Gu ratio" in md
+    # Tables run in increasing K (report.json's keys come back in string order: "16" < "4").
+    for title in ("Memorized, spurious", "Speciation and collapse"):
+        section = md.split("## " + title)[1].split("\n## ")[0]
+        ks = [int(line.split("|")[1]) for line in section.splitlines() if line[:3].strip("| ").isdigit()]
+        assert ks == [4, 16], (title, ks)
 
     # A rerun does nothing: every stage skipped, no file touched.
     before = _tree_state(wd_path)

@@ -736,6 +736,11 @@ def compilation_cache(path: str):
         cc.reset_cache()
 
 
+def _by_k(rows: dict) -> list[dict]:
+    """A stage's {name: row} in increasing K (report.json's keys come back in string order: "128" < "2")."""
+    return sorted(rows.values(), key=lambda r: r["k"])
+
+
 def _read_json(path: str) -> dict | None:
     if not os.path.exists(path):
         return None
@@ -1040,7 +1045,7 @@ def report_sections(ctx: Context, rep: dict) -> list[dict]:
     if rp:
         rows = [dict(K=r["k"], **{k: _fmt(r[k]) for k in ("rp_seeds", "rp_optimal", "generalization_a",
                                                           "generalization_b", "generalization_optimal")},
-                     pairs=r["num_pairs"]) for r in rp["rows"].values()]
+                     pairs=r["num_pairs"]) for r in _by_k(rp["rows"])]
         sections.append(dict(title="Reproducibility (Zhang et al.)", text=(
             f"Seed a = the study's model, seed b = {rp['seed_b']} (`{rp['sub_workdir']}/`), the same samples' seeds; "
             f"{rp['features']} features, cosine > {rp['threshold']}. RP high at large K: both models draw the same "
@@ -1050,7 +1055,7 @@ def report_sections(ctx: Context, rep: dict) -> list[dict]:
     dj = rep.get("disjoint")
     if dj:
         rows = [dict(K=r["k"], s1_vs_s2=_fmt(r["s1_vs_s2"]), **{"5%, 50%, 95%": ", ".join(f"{v:.2f}" for v in r["s1_vs_s2_quantiles"])},
-                     closest_own=_fmt(r["closest_own"]), pairs=r["num_pairs"]) for r in dj["rows"].values()]
+                     closest_own=_fmt(r["closest_own"]), pairs=r["num_pairs"]) for r in _by_k(dj["rows"])]
         sections.append(dict(title="Two models on disjoint K-subsets (Kadkhodaie et al.)", text=(
             f"S1 = the first K of the recorded order, S2 = the last K (pool {dj['pool_size']}); same network, sampler "
             f"and seeds. Mean-removed cosine similarity. K above half the pool: {dj.get('skipped_ks') or 'none'}."),
@@ -1083,7 +1088,7 @@ def report_sections(ctx: Context, rep: dict) -> list[dict]:
     if pt:
         rows = [dict(K=rep["ks"][rep["names"].index(n)], Lambda=_fmt(r.get("lambda")), t_S=_fmt(r.get("t_s")),
                      **{"t_S step": _fmt(r.get("t_s_index")), "t_C": _fmt(r.get("t_c")), "t_C step": _fmt(r.get("t_c_index")),
-                        "t_C Gaussian": _fmt(r.get("t_c_gaussian"))}) for n, r in pt.items() if n in rep["names"]]
+                        "t_C Gaussian": _fmt(r.get("t_c_gaussian"))}) for n, r in ((n, pt[n]) for n in rep["names"] if n in pt)]
         sections.append(dict(title="Speciation and collapse times from the data (Biroli et al.)", text=(
             "OU times; steps on the 1000-step DDPM grid. Marked on the critical-time and rank panels."),
             rows=rows, columns=["K", "Lambda", "t_S", "t_S step", "t_C", "t_C step", "t_C Gaussian"]))
