@@ -2,7 +2,7 @@
 """Analytic local score machines against the trained models of a workdir (diffmem.machines).
 
     python bin/machines.py calibrate --workdir=runs/digits --machine=els          # k(sigma) per K
-    python bin/machines.py agreement --workdir=runs/digits --machines=ideal,els,wiener --seeds=16
+    python bin/machines.py agreement --workdir=runs/digits --machines=ideal,els,bbels,wiener --seeds=16
     python bin/machines.py agreement --workdir=runs/digits --network=optimal      # how local is the optimum?
 
 calibrate: per noise level, the patch size (PSPC-flex: tau) whose machine is closest (MSE) to the network's
@@ -15,11 +15,12 @@ import sys
 from absl import flags
 
 from diffmem import cli
+from diffmem.machines import agreement
 from diffmem.machines.models import MACHINES
 
 flags.DEFINE_string("workdir", None, "Workdir written by bin/train.py.")
 flags.DEFINE_enum("machine", "els", list(MACHINES), "The machine to calibrate (and to calibrate for agreement).")
-flags.DEFINE_list("machines", ["ideal", "els", "wiener"], "agreement: the machines to compare with the network.")
+flags.DEFINE_list("machines", list(agreement.DEFAULT_MACHINES), "agreement: the machines to compare with the network.")
 flags.DEFINE_list("k", None, "Only these models (names = K), default all.")
 flags.DEFINE_enum("network", "trained", ["trained", "optimal"],
                   "Compare with the trained model or the empirical optimum.")
@@ -38,7 +39,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from diffmem.errors import InputError
-    from diffmem.machines import agreement, calibration
+    from diffmem.machines import calibration
     if len(argv) != 2 or argv[1] not in ("calibrate", "agreement"):
         raise InputError("Say what to do: bin/machines.py calibrate|agreement --workdir=...")
     num = lambda xs, f: None if xs is None else [f(x) for x in xs]
