@@ -12,8 +12,10 @@ kernel's references per chunk, materialised and timed over the same total number
 shapes the kernel multiplies; a single M x R product would not fit in memory at FMNIST sizes). Rows interleave
 kernel and GEMM timings (best of 3) because the host is shared. Memory: XLA's temporary buffer size of the
 compiled machine for several chunk sizes beside the M x R logits a non-streamed version would hold.
-The last column is the rate of the same GEMMs each followed by only a row max and a sum of exp, over the GEMM's:
+"ceiling" is the rate of the same GEMMs each followed by only a row max and a sum of exp, over the GEMM's:
 the ceiling any softmax over these logits can reach here (with k^2 C = 9 or 25 the exp, not the GEMM, dominates).
+Each is measured twice: compiled with XLA's defaults and with the options the machines compile with
+(`patch_kernel.compiler_options()`: 512-bit vectors on AVX-512 CPUs); the GEMM reference is the faster of the two.
 Results: bench/results/bench_patch_kernel.txt (appended) and .json (one line per run).
 """
 import argparse
@@ -42,7 +44,7 @@ def synthetic(n, size, seed=0):
     return np.random.default_rng(seed).uniform(-1, 1, (n, size, size, 1)).astype(np.float32)
 
 
-def case(name, train, batch, k, chunk, machine="els"):
+def case(name_, train, batch, k, chunk, machine="els"):
     """One row: kernel rate, same-shape GEMM rate, ratio."""
     n, h, w, c = train.shape
     fn = {"els": ls.equivariant, "ls": ls.local}[machine]
@@ -54,11 +56,14 @@ def case(name, train, batch, k, chunk, machine="els"):
     x = jnp.asarray(train[:batch] + 0.3 * np.random.default_rng(1).normal(size=(batch, h, w, c)).astype(np.float32))
     sigma = jnp.full((batch,), 0.5, jnp.float32)
     train_j = jnp.asarray(train)
-    kernel = jax.jit(lambda t, x, s: fn(t, x, s, k, chunk))
-    imgs = pk.images_per_chunk(rows * groups, per_image, chunk)  # as the machine chooses its chunks
+    opts = pk.compiler_options() or None  # what the machines compile with (512-bit vectors on AVX-512 CPUs)
+    kernel_fn = lambda t, x, s: fn(t, x, s, k, chunk)
+    kernel = jax.jit(kernel_fn)
+    kernel_opt = jax.jit(kernel_fn, compiler_options=opts)
+    imgs = pk.images_per_chunk(rows * groups, per_image, chunk, d if machine == "els" else 0)  # as ELS does
     n_chunk = imgs * per_image
     num_chunks = -(-n // imgs)
-    rb = min(rows, pk.block_rows(groups, n_chunk))               # and the kernel its row blocks
+    rb = pk.even_blocks(rows, pk.block_rows(groups, n_chunk))    # and the kernel its row blocks
     blocks = -(-rows // rb)
     flops = 2.0 * groups * rows * num_chunks * n_chunk * (d + c)
     # the reference: the same (groups x) (rb x D) @ (D x n_chunk) products, each materialised in full as the
@@ -66,31 +71,37 @@ def case(name, train, batch, k, chunk, machine="els"):
     q = jax.random.normal(jax.random.key(0), (groups, rb, d), jnp.float32)
     p = jax.random.normal(jax.random.key(1), (num_chunks * blocks, groups, n_chunk, d), jnp.float32)
 
-    @jax.jit
-    def gemm(q, p):
+    def gemm_fn(q, p):
         def body(carry, pi):
             return jnp.einsum("gbd,gnd->gbn", q, pi), None
         return jax.lax.scan(body, jnp.zeros((groups, rb, n_chunk), jnp.float32), p)[0]
     gemm_flops = 2.0 * groups * rb * blocks * num_chunks * n_chunk * d
 
-    @jax.jit
-    def exp_only(q, p):  # the same GEMMs, each followed by a row max and a sum of exp: the softmax's floor
+    def exp_fn(q, p):  # the same GEMMs, each followed by a row max and a sum of exp: the softmax's floor
         def body(carry, pi):
             logits = jnp.einsum("gbd,gnd->gbn", q, pi)
             m = jnp.max(logits, axis=-1, keepdims=True)
             return carry + jnp.sum(jnp.exp(logits - m), axis=-1), None
         return jax.lax.scan(body, jnp.zeros((groups, rb), jnp.float32), p)[0]
-    tk, tg, te = [], [], []
-    jax.block_until_ready(kernel(train_j, x, sigma)), jax.block_until_ready(gemm(q, p))
-    jax.block_until_ready(exp_only(q, p))
+    progs = dict(kernel=(kernel, (train_j, x, sigma)), kernel_opt=(kernel_opt, (train_j, x, sigma)),
+                 gemm=(jax.jit(gemm_fn), (q, p)), gemm_opt=(jax.jit(gemm_fn, compiler_options=opts), (q, p)),
+                 exp=(jax.jit(exp_fn), (q, p)), exp_opt=(jax.jit(exp_fn, compiler_options=opts), (q, p)))
+    times = {name: [] for name in progs}
+    for f, a in progs.values():
+        jax.block_until_ready(f(*a))
     for _ in range(5):  # interleaved: all see the same load
-        tk.append(common.best_time(kernel, train_j, x, sigma, repeats=1, warmup=False))
-        tg.append(common.best_time(gemm, q, p, repeats=1, warmup=False))
-        te.append(common.best_time(exp_only, q, p, repeats=1, warmup=False))
-    rk, rg = flops / min(tk) / 1e9, gemm_flops / min(tg) / 1e9
-    return dict(case=name, machine=machine, k=k, rows=rows * groups, refs=refs, d=d, chunk_refs=n_chunk,
-                row_block=rb, kernel_s=round(min(tk), 4), kernel_gflops=round(rk, 2), gemm_gflops=round(rg, 2),
-                ratio=round(rk / rg, 3), exp_floor_ratio=round(min(tg) / min(te), 3))
+        for name, (f, a) in progs.items():
+            times[name].append(common.best_time(f, *a, repeats=1, warmup=False))
+    t = {name: min(v) for name, v in times.items()}
+    tg = min(t["gemm"], t["gemm_opt"])  # the faster GEMM of the two programs is the reference
+    rg = gemm_flops / tg / 1e9
+    rk, rko = flops / t["kernel"] / 1e9, flops / t["kernel_opt"] / 1e9
+    return dict(case=name_, machine=machine, k=k, rows=rows * groups, refs=refs, d=d, chunk_refs=n_chunk,
+                row_block=rb, compiler_options=opts or {}, kernel_s=round(t["kernel"], 4),
+                kernel_opt_s=round(t["kernel_opt"], 4), kernel_gflops=round(rk, 2),
+                kernel_opt_gflops=round(rko, 2), gemm_gflops=round(rg, 2), ratio=round(rk / rg, 3),
+                ratio_opt=round(rko / rg, 3), exp_floor_ratio=round(tg / t["exp"], 3),
+                exp_floor_ratio_opt=round(tg / t["exp_opt"], 3))
 
 
 def memory_rows(train, batch, k, chunks):
@@ -127,13 +138,16 @@ def main():
     ]
     mem = memory_rows(fm, 2 if small else 8, 5, (1, 4, 16, 64))
     gemm_square = common.gemm_gflops(2048)
-    header = ("case", "rows M", "refs R", "D", "refs/chunk", "rows/pass", "kernel s", "kernel GFLOP/s",
-              "GEMM GFLOP/s", "ratio", "GEMM+max+exp / GEMM")
+    header = ("case", "rows M", "refs R", "D", "refs/chunk", "rows/pass", "GEMM GFLOP/s", "kernel s",
+              "ratio", "ceiling", "kernel s (opts)", "ratio (opts)", "ceiling (opts)")
     text = [f"# bench_patch_kernel {time.strftime('%Y-%m-%d %H:%M')} ({'small' if small else 'full'}), "
             f"{common.machine()}, load {os.getloadavg()[0]:.1f}",
-            common.table([(r["case"], r["rows"], r["refs"], r["d"], r["chunk_refs"], r["row_block"], r["kernel_s"],
-                           r["kernel_gflops"],
-                           r["gemm_gflops"], r["ratio"], r["exp_floor_ratio"]) for r in rows], header),
+            "ratio: the kernel's rate over the GEMM's; ceiling: GEMM + row max + sum of exp over GEMM (no softmax "
+            "over these logits is faster); (opts): compiled with the machines' options "
+            f"{pk.compiler_options() or '(none on this host: XLA defaults)'}",
+            common.table([(r["case"], r["rows"], r["refs"], r["d"], r["chunk_refs"], r["row_block"], r["gemm_gflops"],
+                           r["kernel_s"], r["ratio"], r["exp_floor_ratio"], r["kernel_opt_s"], r["ratio_opt"],
+                           r["exp_floor_ratio_opt"]) for r in rows], header),
             f"square 2048 float32 GEMM (jnp.dot) now: {gemm_square:.1f} GFLOP/s",
             "memory (FMNIST-sized ELS k=5, XLA temp buffers vs the full query x reference logits):",
             common.table([(m["chunk_images"], m["temp_mb"], m["full_logits_mb"]) for m in mem],

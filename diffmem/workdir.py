@@ -94,6 +94,8 @@ class Model:
     sigma_min, sigma_max   the noise range a sampler should cover
     step      checkpoint step (-1 for the optimal denoiser); kind "trained" | "optimal"
     data_range  (lo, hi) samples are clipped to (images: (-1, 1)), or None
+    compiler_options  XLA options for a `jax.jit` of a program that runs this model, or None (XLA's defaults;
+              machines on AVX-512 CPUs ask for 512-bit vectors, `machines.patch_kernel.compiler_options`)
     """
     name: str
     k: int
@@ -111,6 +113,7 @@ class Model:
     time_score: Callable | None = None
     data_range: tuple | None = None
     config: Any = dataclasses.field(default=None, repr=False)
+    compiler_options: dict | None = dataclasses.field(default=None, repr=False)
 
 
 def _score_of(denoiser: Callable) -> Callable:

@@ -186,6 +186,7 @@ def test_machine_model_runs_through_a_registered_sampler(one_device):
     config = configlib.load_config_file(os.path.join(REPO, "configs/digits.py") + ":k=8")
     m = machine_model(config, "8", "els", patch_size=3)
     assert (m.kind, m.step, m.shape, m.k) == ("els", -1, (8, 8, 1), 8)
+    assert m.compiler_options == (pk.compiler_options() or None)  # what samplers of this model compile with
     x = sampling.get_sampler("edm_euler", m).build(m, num_steps=3, sigma_min=0.002, sigma_max=80.0)(np.arange(3))
     assert x.shape == (3, 8, 8, 1) and np.all(np.isfinite(np.asarray(x)))
     # the last Euler step returns D(x, sigma_min): at sigma 0.002 each pixel is the centre of its nearest training
@@ -255,3 +256,40 @@ def test_network_heatmap_of_a_linear_denoiser_is_its_gain(x64):
     heat = calibration.network_heatmap(net, [0.3, 2.0], Y[:2])
     want = wiener.wiener_heatmap(Y)(jnp.asarray([0.3, 2.0]))                            # |W_sigma|, channels summed
     np.testing.assert_allclose(np.asarray(heat(jnp.asarray([0.31, 1.9]))), np.asarray(want), rtol=1e-6)  # float32 table
+
+
+def test_row_blocks_are_even_and_deep_patches_get_wide_chunks():
+    assert pk.even_blocks(6272, 2621) == 2091            # three blocks of 2091, not 2621 + 2621 + 1030
+    assert pk.even_blocks(5, 2) == 2 and pk.even_blocks(7, 100) == 7 and pk.even_blocks(4096, 4096) == 4096
+    for rows in range(1, 60):
+        for most in range(1, 20):
+            size = pk.even_blocks(rows, most)
+            blocks = -(-rows // size)
+            assert size <= max(most, 1) or size == rows
+            assert blocks == -(-rows // min(most, rows)) and blocks * size - rows < blocks
+    # FMNIST ELS k = 9 (6272 rows, 400 patches per image, D = 81): two images per chunk; shallow patches keep
+    # the logits-sized chunks
+    assert pk.images_per_chunk(6272, 400, None, 81) == 2
+    assert pk.images_per_chunk(4096, 36, None, 9) == pk.images_per_chunk(4096, 36, None) == 7
+    assert pk.images_per_chunk(6272, 400, 5, 81) == 5
+
+
+def test_machines_compiler_options(monkeypatch):
+    monkeypatch.setenv(pk.VECTOR_WIDTH_ENV, "0")
+    assert pk.compiler_options() == {}
+    monkeypatch.setenv(pk.VECTOR_WIDTH_ENV, "256")
+    assert pk.compiler_options() == {"xla_cpu_prefer_vector_width": 256}
+    monkeypatch.delenv(pk.VECTOR_WIDTH_ENV)
+    monkeypatch.setattr(pk, "_host_has_avx512", lambda: True)
+    assert pk.compiler_options() == {"xla_cpu_prefer_vector_width": 512}
+    monkeypatch.setattr(pk, "_host_has_avx512", lambda: False)
+    assert pk.compiler_options() == {}
+    monkeypatch.setattr(pk, "_cpu_backend", lambda: False)
+    monkeypatch.setattr(pk, "_host_has_avx512", lambda: True)
+    assert pk.compiler_options() == {}
+    # the 512-bit program computes the same machine up to float32 rounding
+    Y, x, s = (np.asarray(a, np.float32) for a in _data(n=5))
+    fn = lambda y, x, s: ls.equivariant(y, x, s, 3)
+    plain = jax.jit(fn)(Y, x, s)
+    wide = jax.jit(fn, compiler_options={"xla_cpu_prefer_vector_width": 512})(Y, x, s)
+    np.testing.assert_allclose(np.asarray(wide), np.asarray(plain), rtol=1e-5, atol=1e-6)

@@ -50,17 +50,22 @@ def sample_agreement(model_a, model_b, seeds, sampler: str = "edm_euler", **sett
     from the same seeds."""
     spec = sampling.get_sampler(sampler, model_a)
     resolved = spec.resolve(model_a, **settings)
-    seeds = np.asarray(seeds, np.int64)
-    xa = spec.build(model_a, **resolved)(seeds)
-    xb = sampling.get_sampler(sampler, model_b).build(model_b, **resolved)(seeds)
+    seeds = jnp.asarray(np.asarray(seeds, np.int64).astype(np.uint32))
+    xa = _jit(spec.build(model_a, **resolved), model_a)(seeds)
+    xb = _jit(sampling.get_sampler(sampler, model_b).build(model_b, **resolved), model_b)(seeds)
     return pearson_r(xa, xb)
+
+
+def _jit(fn, model):
+    """jax.jit of fn with the model's compiler options (machines: 512-bit vectors on AVX-512 CPUs)."""
+    return jax.jit(fn, compiler_options=getattr(model, "compiler_options", None))
 
 
 def denoiser_agreement(model_a, model_b, images, sigmas: Sequence[float], seed: int = 0) -> np.ndarray:
     """(L, M) r between D_a and D_b on images (M, *S) noised at each sigma (noise from fold_in(key(seed), l))."""
     from diffmem.machines.calibration import noised
     images = np.asarray(images, np.float32)
-    da, db = jax.jit(model_a.denoiser), jax.jit(model_b.denoiser)
+    da, db = _jit(model_a.denoiser, model_a), _jit(model_b.denoiser, model_b)
     out = []
     for i, s in enumerate(sigmas):
         x = jnp.asarray(noised(images, s, seed, i))

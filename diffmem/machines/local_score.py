@@ -43,9 +43,9 @@ def _inv_var(sigma: jax.Array, dtype) -> jax.Array:
     return 1.0 / jnp.asarray(sigma, dtype) ** 2
 
 
-def _images(train: jax.Array, rows: int, refs_per_image: int, chunk: int | None):
-    """Scan items: (images (num, n, H, W, C), valid (num, n)) with n images per chunk."""
-    return pk.chunked(train, pk.images_per_chunk(rows, refs_per_image, chunk))
+def _images(train: jax.Array, rows: int, refs_per_image: int, chunk: int | None, depth: int = 0):
+    """Scan items: (images (num, n, H, W, C), valid (num, n)) with n images per chunk (`images_per_chunk`)."""
+    return pk.chunked(train, pk.images_per_chunk(rows, refs_per_image, chunk, depth))
 
 
 def _tags(valid: jax.Array, per_image: int = 1, tag=0) -> jax.Array:
@@ -99,7 +99,7 @@ def _valid_patch_chunks(train, k, rows, chunk):
     _, h, w, c = train.shape
     r = k // 2
     per = (h - k + 1) * (w - k + 1)
-    items = _images(train, rows, per, chunk)
+    items = _images(train, rows, per, chunk, k * k * c)
 
     def chunk_fn(item):
         y, valid = item

@@ -20,6 +20,7 @@ from diffmem import sde as sde_lib
 from diffmem import workdir as wdlib
 from diffmem.errors import InputError
 from diffmem.machines import local_score as ls
+from diffmem.machines import patch_kernel as pk
 from diffmem.machines import schedule as sched
 from diffmem.machines import wiener
 
@@ -48,14 +49,15 @@ def machine_denoiser(train, machine: str = "els", patch_size=None, *, tau=None, 
     patch_size: k, or a schedule sigma -> k (a number, a function, a `schedule.Schedule` or its dict) for ls, els,
     bbels, pspc_square (default: `default_patch_schedule`); tau: the mass threshold (or its schedule) of pspc_flex
     (default `pspc_tau_schedule`), with heatmap(sigma (B,)) -> (B, HW, HW) (default the Wiener filter's rows).
-    chunk: training images per streamed chunk (None: automatic). Compiled once per input shape and dtype."""
+    chunk: training images per streamed chunk (None: automatic). Compiled once per input shape and dtype, with
+    `patch_kernel.compiler_options()`."""
     if machine not in MACHINES:
         raise InputError(f"Unknown machine {machine!r}; choose one of {list(MACHINES)}.")
     if machine == "wiener":
-        return jax.jit(wiener.wiener_denoiser(train))
+        return _jit(wiener.wiener_denoiser(train))
     data = jnp.asarray(train)
     if machine == "ideal":
-        return _bound(jax.jit(lambda y, x, sigma: ls.ideal(y, x, _sigmas(sigma, x), chunk)), data)
+        return _bound(_jit(lambda y, x, sigma: ls.ideal(y, x, _sigmas(sigma, x), chunk)), data)
     if data.ndim != 4:
         raise InputError(f"Machine {machine!r} works on images (N, H, W, C); this training set has shape "
                          f"{tuple(data.shape)}. Use 'ideal' or 'wiener' for other data.")
@@ -70,7 +72,15 @@ def machine_denoiser(train, machine: str = "els", patch_size=None, *, tau=None, 
 
     def apply(y, x, sigma):
         return sched.by_level(schedule, lambda v, x, s: fn(y, v, x, s))(x, _sigmas(sigma, x))
-    return _bound(jax.jit(apply), data)
+    return _bound(_jit(apply), data)
+
+
+def _jit(fn):
+    """fn jitted with `patch_kernel.compiler_options()` where it is called on its own, and plainly inside a caller's
+    trace (JAX takes compiler options only on the outermost jit: the caller's own options then apply)."""
+    options = pk.compiler_options() or None
+    top, nested = jax.jit(fn, compiler_options=options), jax.jit(fn)
+    return lambda *args: (nested if any(isinstance(a, jax.core.Tracer) for a in args) else top)(*args)
 
 
 def _bound(jitted, data):
@@ -120,4 +130,5 @@ def machine_model(config_or_workdir, name, machine: str = "els", patch_size=None
     return wdlib.Model(name=spec.name, k=spec.k, kind=machine, denoiser=denoiser, score=_score_of(denoiser),
                        shape=tuple(spec.data.shape[1:]), sde=sde, sigma_min=float(lo), sigma_max=float(hi),
                        train_data=spec.data, step=-1, seed=int(spec.seed), labels=spec.labels,
-                       time_score=time_score, data_range=(-1.0, 1.0) if image else None, config=config)
+                       time_score=time_score, data_range=(-1.0, 1.0) if image else None, config=config,
+                       compiler_options=pk.compiler_options() or None)

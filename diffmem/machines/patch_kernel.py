@@ -21,6 +21,8 @@ Which pairs count is said by integer tags: a reference row with tag < 0 is paddi
 """
 from __future__ import annotations
 
+import functools
+import os
 from typing import Callable
 
 import jax
@@ -39,13 +41,14 @@ def stream_patch_lse(queries: jax.Array, inv_var: jax.Array, chunk: ChunkFn, ite
 
     weights: optional (G|1, B|1, D) per-query precision vector; query_tags: optional (G, B) int (pairs count
     only where a reference's tag equals the query's). A query row with no allowed reference gets lse = -inf and
-    mean 0. row_block: query rows per pass over the references (None: as many as keep G x rows x chunk near
-    DEFAULT_LOGITS, so the logits of a chunk stay in cache); blocks run one after another (lax.map).
+    mean 0. row_block: most query rows per pass over the references (None: as many as keep G x rows x chunk
+    near DEFAULT_LOGITS, so the logits of a chunk stay in cache); the rows run in that many blocks of equal
+    size (`even_blocks`), one after another (lax.map).
     """
     g, b, _ = queries.shape
     inv_var = jnp.broadcast_to(jnp.asarray(inv_var, queries.dtype), (g, b))
     n = jax.eval_shape(chunk, jax.tree.map(lambda a: a[0], items))[0].shape[1]
-    rb = block_rows(g, n) if row_block is None else int(row_block)
+    rb = even_blocks(b, block_rows(g, n) if row_block is None else int(row_block))
     if rb >= b:
         return _stream(queries, inv_var, chunk, items, weights, query_tags)
     nb = -(-b // rb)
@@ -124,6 +127,44 @@ def _gemm(a: jax.Array, r: jax.Array) -> jax.Array:
     return jnp.einsum("gbd,gnd->gbn", a, r)
 
 
+# ------------------------------------------------------------------------------- compiler options
+VECTOR_WIDTH_ENV = "DIFFMEM_CPU_VECTOR_WIDTH"
+"""Environment variable overriding the vector width `compiler_options` asks for (e.g. 256: XLA's CPU default;
+0: no option at all)."""
+
+
+def compiler_options() -> dict:
+    """XLA options for the programs that run this kernel (the machines' `jax.jit`s; pass them to a `jax.jit` of
+    your own around a machine): on a CPU backend whose host has AVX-512, 512-bit vectors.
+
+    XLA's CPU default, 256-bit vectors, leaves half of each AVX-512 register idle in the exp of every logit,
+    which is what the kernel spends most of its time on with patches of k^2 C < 50 numbers: the 512-bit
+    program computes the exps 1.9x as fast and the whole kernel 1.2-1.5x (bench/bench_patch_kernel.py prints
+    both side by side). Results differ from the default program only by float32 rounding. Empty (XLA's
+    defaults) on other backends and hosts, or with DIFFMEM_CPU_VECTOR_WIDTH=0."""
+    width = os.environ.get(VECTOR_WIDTH_ENV)
+    if width is not None:
+        return {"xla_cpu_prefer_vector_width": int(width)} if int(width) > 0 and _cpu_backend() else {}
+    return {"xla_cpu_prefer_vector_width": 512} if _cpu_backend() and _host_has_avx512() else {}
+
+
+def _cpu_backend() -> bool:
+    return jax.default_backend() == "cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def _host_has_avx512() -> bool:
+    """Whether /proc/cpuinfo lists avx512f (Linux x86); False where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512f" in line.split()
+    except OSError:
+        pass
+    return False
+
+
 # ------------------------------------------------------------------------------------------ patches
 def patches(images: jax.Array, kh: int, kw: int) -> jax.Array:
     """All kh x kw windows fully inside images (N, H, W, C): (N, H - kh + 1, W - kw + 1, kh * kw * C), features
@@ -171,8 +212,28 @@ def block_rows(groups: int, refs: int) -> int:
     return max(1, DEFAULT_LOGITS // max(1, groups * refs))
 
 
-def images_per_chunk(rows: int, refs_per_image: int, chunk: int | None) -> int:
-    """Training images per chunk: `chunk` if given, else as many as keep rows x references near DEFAULT_LOGITS."""
+def even_blocks(rows: int, most: int) -> int:
+    """Rows per block when `rows` run in blocks of at most `most`: as many blocks as that takes, of equal size,
+    so the padding of the last block is under one row per block (6,272 rows in blocks of at most 2,621: three
+    of 2,091, not three of 2,621 with 1,591 padding rows computed for nothing)."""
+    most = max(1, int(most))
+    if most >= rows:
+        return rows
+    blocks = -(-rows // most)
+    return -(-rows // blocks)
+
+
+MIN_REFS_PER_DEPTH = 8
+"""Reference rows per chunk at least this many times the patch depth D (where `images_per_chunk` chooses): each
+chunk's GEMM reads its (rows x D) queries again, and with D = 81 (FMNIST, k = 9) one 400-patch image per chunk
+made that read, not the logits, the cost (bench_patch_kernel: 2.2 s -> 1.65 s with two images per chunk)."""
+
+
+def images_per_chunk(rows: int, refs_per_image: int, chunk: int | None, depth: int = 0) -> int:
+    """Training images per chunk: `chunk` if given, else as many as keep rows x references near DEFAULT_LOGITS,
+    and at least MIN_REFS_PER_DEPTH x `depth` references (the rows then run in smaller blocks)."""
     if chunk is not None:
         return max(1, int(chunk))
-    return max(1, DEFAULT_LOGITS // max(1, rows * refs_per_image))
+    fit = DEFAULT_LOGITS // max(1, rows * refs_per_image)
+    wide = -(-MIN_REFS_PER_DEPTH * int(depth) // max(1, refs_per_image))
+    return max(1, fit, wide)
