@@ -11,7 +11,8 @@ reference patches, D = k^2 C, V = C values per patch. The reference GEMM is (M x
 kernel's references per chunk, materialised and timed over the same total number of references (the same
 shapes the kernel multiplies; a single M x R product would not fit in memory at FMNIST sizes). Rows interleave
 kernel and GEMM timings (best of 3) because the host is shared. Memory: XLA's temporary buffer size of the
-compiled machine for several chunk sizes beside the M x R logits a non-streamed version would hold.
+compiled machine for several chunk sizes beside the M x R logits a non-streamed version would hold; and each patch
+machine's seconds per call on digits, with XLA's defaults and with the machines' options.
 "ceiling" is the rate of the same GEMMs each followed by only a row max and a sum of exp, over the GEMM's:
 the ceiling any softmax over these logits can reach here (with k^2 C = 9 or 25 the exp, not the GEMM, dominates).
 Each is measured twice: compiled with XLA's defaults and with the options the machines compile with
@@ -104,6 +105,30 @@ def case(name_, train, batch, k, chunk, machine="els"):
                 exp_floor_ratio_opt=round(tg / t["exp_opt"], 3))
 
 
+def machine_rows(train, batch, k):
+    """Seconds per call of each patch machine on `batch` noised training images, compiled with XLA's defaults and
+    with the machines' options, interleaved."""
+    n, h, w, c = train.shape
+    x = jnp.asarray(train[:batch] + 0.3 * np.random.default_rng(1).normal(size=(batch, h, w, c)).astype(np.float32))
+    sigma = jnp.full((batch,), 0.5, jnp.float32)
+    train_j = jnp.asarray(train)
+    opts = pk.compiler_options() or None
+    out = []
+    for name, fn in (("els", ls.equivariant), ("bbels", ls.boundary_broken), ("ls", ls.local),
+                     ("pspc_square", ls.pspc_square)):
+        call = lambda t, x, s, fn=fn: fn(t, x, s, k, None)
+        progs = (jax.jit(call), jax.jit(call, compiler_options=opts))
+        for f in progs:
+            jax.block_until_ready(f(train_j, x, sigma))
+        times = [[], []]
+        for _ in range(5):
+            for i, f in enumerate(progs):
+                times[i].append(common.best_time(f, train_j, x, sigma, repeats=1, warmup=False))
+        out.append(dict(machine=name, k=k, batch=batch, plain_s=round(min(times[0]), 4),
+                        opts_s=round(min(times[1]), 4)))
+    return out
+
+
 def memory_rows(train, batch, k, chunks):
     """XLA temp bytes of the compiled ELS for each chunk (images per chunk) beside the full logits matrix."""
     n, h, w, c = train.shape
@@ -136,6 +161,7 @@ def main():
         case("FMNIST 28x28, ELS k=5", fm, 2 if small else 8, 5, None),
         case("FMNIST 28x28, ELS k=9", fm, 2 if small else 8, 9, None),
     ]
+    machines = machine_rows(dig, 16 if small else 64, 5)
     mem = memory_rows(fm, 2 if small else 8, 5, (1, 4, 16, 64))
     gemm_square = common.gemm_gflops(2048)
     header = ("case", "rows M", "refs R", "D", "refs/chunk", "rows/pass", "GEMM GFLOP/s", "kernel s",
@@ -149,6 +175,9 @@ def main():
                            r["kernel_s"], r["ratio"], r["exp_floor_ratio"], r["kernel_opt_s"], r["ratio_opt"],
                            r["exp_floor_ratio_opt"]) for r in rows], header),
             f"square 2048 float32 GEMM (jnp.dot) now: {gemm_square:.1f} GFLOP/s",
+            f"each patch machine on {machines[0]['batch']} digits (k = 5), seconds per call:",
+            common.table([(m["machine"], m["plain_s"], m["opts_s"], round(m["plain_s"] / m["opts_s"], 2))
+                          for m in machines], ("machine", "XLA defaults", "machines' options", "speed-up")),
             "memory (FMNIST-sized ELS k=5, XLA temp buffers vs the full query x reference logits):",
             common.table([(m["chunk_images"], m["temp_mb"], m["full_logits_mb"]) for m in mem],
                          ("images/chunk", "temp MB", "full logits MB")),
@@ -157,7 +186,8 @@ def main():
     os.makedirs(common.RESULTS, exist_ok=True)
     with open(os.path.join(common.RESULTS, "bench_patch_kernel.txt"), "a") as f:
         f.write("\n".join(text) + "\n")
-    common.write_results("bench_patch_kernel", dict(rows=rows, memory=mem, gemm_square_gflops=gemm_square), small=small)
+    common.write_results("bench_patch_kernel", dict(rows=rows, machines=machines, memory=mem,
+                                                    gemm_square_gflops=gemm_square), small=small)
 
 
 if __name__ == "__main__":

@@ -91,10 +91,11 @@ def _data(n=3, h=5, w=5, c=1, b=2, seed=0):
 
 
 # ------------------------------------------------------------------------------------------ the tests
-@pytest.mark.parametrize("machine,c", [("ls", 1), ("els", 2), ("bbels", 1), ("pspc_square", 1)])
-def test_machines_equal_their_brute_force_twins(x64, machine, c):
+@pytest.mark.parametrize("machine,c,chunk", [("ls", 1, None), ("els", 2, None), ("bbels", 1, None), ("bbels", 2, 2),
+                                             ("pspc_square", 1, None)])
+def test_machines_equal_their_brute_force_twins(x64, machine, c, chunk):
     Y, x, s = _data(c=c)
-    got = machine_denoiser(Y, machine, patch_size=3)(jnp.asarray(x), jnp.asarray(s))
+    got = machine_denoiser(Y, machine, patch_size=3, chunk=chunk)(jnp.asarray(x), jnp.asarray(s))
     np.testing.assert_allclose(np.asarray(got), _brute(Y, x, s, machine), rtol=0, atol=1e-10)
 
 

@@ -150,21 +150,31 @@ def boundary_broken(train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, ch
     ih, iw = qi.shape[1:3]
     items, chunk_fn = _valid_patch_chunks(train, k, b * ih * iw, chunk)
     _, inner = pk.stream_patch_lse(qi.reshape(1, b * ih * iw, -1), jnp.repeat(inv, ih * iw)[None], chunk_fn, items)
-    # border: zero-padded patches, pairs only within one border class
+    # border: each border pixel's zero-padded patch against the training patches at the positions of its own
+    # border class (one group per border pixel, its class's positions padded to the largest class): only the
+    # pairs that count are computed, not every border pair masked to its class
     cls = border_classes(h, w, k).reshape(-1)
     where = np.flatnonzero(cls != r * (2 * r + 1) + r)
     nb = where.size
-    qb = pk.centred_patches(x, k, "zeros").reshape(b, h * w, -1)[:, where].reshape(1, b * nb, -1)
-    qtags = jnp.asarray(np.tile(cls[where], b)[None], jnp.int32)
-    items_b = _images(train, b * nb, nb, chunk)
+    members = [np.flatnonzero(cls == cls[p]) for p in where]
+    most = max(len(m) for m in members)
+    idx = np.zeros((nb, most), np.int32)
+    real = np.zeros((nb, most), bool)
+    for i, m in enumerate(members):
+        idx[i, :len(m)], real[i, :len(m)] = m, True
+    qb = pk.centred_patches(x, k, "zeros").reshape(b, h * w, -1)[:, where].transpose(1, 0, 2)   # (nb, B, D)
+    items_b = _images(train, b * nb, most, chunk)
 
     def border_chunk(item):
         y, valid = item
         n = y.shape[0]
-        refs = pk.centred_patches(y, k, "zeros").reshape(n, h * w, -1)[:, where].reshape(1, n * nb, -1)
-        vals = y.reshape(n, h * w, c)[:, where].reshape(1, n * nb, c)
-        return refs, vals, _tags(valid, nb, jnp.asarray(cls[where], jnp.int32))
-    _, edge = pk.stream_patch_lse(qb, jnp.repeat(inv, nb)[None], border_chunk, items_b, query_tags=qtags)
+        group = lambda a: a[:, idx].transpose(1, 0, 2, 3).reshape(nb, n * most, a.shape[-1])  # (nb, n * most, .)
+        refs = group(pk.centred_patches(y, k, "zeros").reshape(n, h * w, -1))
+        vals = group(y.reshape(n, h * w, c))
+        tags = jnp.where(valid[None, :, None] & real[:, None, :], 0, -1).reshape(nb, n * most)
+        return refs, vals, tags
+    _, edge = pk.stream_patch_lse(qb, inv[None], border_chunk, items_b)
+    edge = edge.transpose(1, 0, 2)                                                             # (B, nb, C)
     out = jnp.zeros((b, h, w, c), x.dtype)
     out = out.at[:, r:h - r, r:w - r, :].set(inner.reshape(b, ih, iw, c))
     out = out.reshape(b, h * w, c).at[:, where].set(edge.reshape(b, nb, c))

@@ -17,7 +17,7 @@ batched GEMM: one group with many rows (ELS: every pixel of every example agains
 group per image position (LS, PSPC: the references at the same location).
 
 Which pairs count is said by integer tags: a reference row with tag < 0 is padding (ignored); with
-`query_tags` given, a pair counts only where the tags are equal (boundary-broken ELS: the border class).
+`query_tags` given, a pair counts only where the tags are equal (classes of rows and references in one group).
 """
 from __future__ import annotations
 
