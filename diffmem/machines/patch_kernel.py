@@ -139,7 +139,7 @@ def compiler_options() -> dict:
 
     XLA's CPU default, 256-bit vectors, leaves half of each AVX-512 register idle in the exp of every logit,
     which is what the kernel spends most of its time on with patches of k^2 C < 50 numbers: the 512-bit
-    program computes the exps 1.9x as fast and the whole kernel 1.2-1.5x (bench/bench_patch_kernel.py prints
+    program computes the exps 1.9x as fast and the whole kernel 1.1-1.3x (bench/bench_patch_kernel.py prints
     both side by side). Results differ from the default program only by float32 rounding. Empty (XLA's
     defaults) on other backends and hosts, or with DIFFMEM_CPU_VECTOR_WIDTH=0."""
     width = os.environ.get(VECTOR_WIDTH_ENV)
