@@ -47,7 +47,7 @@ def synthetic(n, size, seed=0):
     return np.random.default_rng(seed).uniform(-1, 1, (n, size, size, 1)).astype(np.float32)
 
 
-def case(name_, train, batch, k, chunk, machine="els"):
+def case(name, train, batch, k, chunk, machine="els"):
     """One row: kernel rate, same-shape GEMM rate, ratio."""
     n, h, w, c = train.shape
     fn = {"els": ls.equivariant, "ls": ls.local}[machine]
@@ -56,9 +56,7 @@ def case(name_, train, batch, k, chunk, machine="els"):
     groups = 1 if machine == "els" else h * w
     refs = n * per_image
     d = k * k * c
-    x = jnp.asarray(train[:batch] + 0.3 * np.random.default_rng(1).normal(size=(batch, h, w, c)).astype(np.float32))
-    sigma = jnp.full((batch,), 0.5, jnp.float32)
-    train_j = jnp.asarray(train)
+    train_j, x, sigma = noised_batch(train, batch)
     opts = pk.compiler_options() or None  # what the machines compile with (512-bit vectors on AVX-512 CPUs)
     kernel_fn = lambda t, x, s: fn(t, x, s, k, chunk)
     kernel = jax.jit(kernel_fn)
@@ -89,17 +87,11 @@ def case(name_, train, batch, k, chunk, machine="els"):
     progs = dict(kernel=(kernel, (train_j, x, sigma)), kernel_opt=(kernel_opt, (train_j, x, sigma)),
                  gemm=(jax.jit(gemm_fn), (q, p)), gemm_opt=(jax.jit(gemm_fn, compiler_options=opts), (q, p)),
                  exp=(jax.jit(exp_fn), (q, p)), exp_opt=(jax.jit(exp_fn, compiler_options=opts), (q, p)))
-    times = {name: [] for name in progs}
-    for f, a in progs.values():
-        jax.block_until_ready(f(*a))
-    for _ in range(5):  # interleaved: all see the same load
-        for name, (f, a) in progs.items():
-            times[name].append(common.best_time(f, *a, repeats=1, warmup=False))
-    t = {name: min(v) for name, v in times.items()}
+    t = interleaved_best(progs)
     tg = min(t["gemm"], t["gemm_opt"])  # the faster GEMM of the two programs is the reference
     rg = gemm_flops / tg / 1e9
     rk, rko = flops / t["kernel"] / 1e9, flops / t["kernel_opt"] / 1e9
-    return dict(case=name_, machine=machine, k=k, rows=rows * groups, refs=refs, d=d, chunk_refs=n_chunk,
+    return dict(case=name, machine=machine, k=k, rows=rows * groups, refs=refs, d=d, chunk_refs=n_chunk,
                 row_block=rb, compiler_options=opts or {}, kernel_s=round(t["kernel"], 4),
                 kernel_opt_s=round(t["kernel_opt"], 4), kernel_gflops=round(rk, 2),
                 kernel_opt_gflops=round(rko, 2), gemm_gflops=round(rg, 2), ratio=round(rk / rg, 3),
@@ -110,25 +102,34 @@ def case(name_, train, batch, k, chunk, machine="els"):
 def machine_rows(train, batch, k):
     """Seconds per call of each patch machine on `batch` noised training images, compiled with XLA's defaults and
     with the machines' options, interleaved."""
-    n, h, w, c = train.shape
-    x = jnp.asarray(train[:batch] + 0.3 * np.random.default_rng(1).normal(size=(batch, h, w, c)).astype(np.float32))
-    sigma = jnp.full((batch,), 0.5, jnp.float32)
-    train_j = jnp.asarray(train)
+    args = noised_batch(train, batch)
     opts = pk.compiler_options() or None
     out = []
     for name, fn in (("els", ls.equivariant), ("bbels", ls.boundary_broken), ("ls", ls.local),
                      ("pspc_square", ls.pspc_square)):
         call = lambda t, x, s, fn=fn: fn(t, x, s, k, None)
-        progs = (jax.jit(call), jax.jit(call, compiler_options=opts))
-        for f in progs:
-            jax.block_until_ready(f(train_j, x, sigma))
-        times = [[], []]
-        for _ in range(5):
-            for i, f in enumerate(progs):
-                times[i].append(common.best_time(f, train_j, x, sigma, repeats=1, warmup=False))
-        out.append(dict(machine=name, k=k, batch=batch, plain_s=round(min(times[0]), 4),
-                        opts_s=round(min(times[1]), 4)))
+        t = interleaved_best(dict(plain=(jax.jit(call), args), opts=(jax.jit(call, compiler_options=opts), args)))
+        out.append(dict(machine=name, k=k, batch=batch, plain_s=round(t["plain"], 4), opts_s=round(t["opts"], 4)))
     return out
+
+
+def noised_batch(train, batch):
+    """(training set, the first `batch` training images plus noise 0.3, sigma 0.5 per image) as device arrays."""
+    n, h, w, c = train.shape
+    x = jnp.asarray(train[:batch] + 0.3 * np.random.default_rng(1).normal(size=(batch, h, w, c)).astype(np.float32))
+    return jnp.asarray(train), x, jnp.full((batch,), 0.5, jnp.float32)
+
+
+def interleaved_best(progs: dict, rounds: int = 5) -> dict:
+    """{name: best seconds} of each (function, args) in `progs`, compiled first, then timed in turns for `rounds`
+    rounds so that all see the same load of the shared host."""
+    for f, a in progs.values():
+        jax.block_until_ready(f(*a))
+    times = {name: [] for name in progs}
+    for _ in range(rounds):
+        for name, (f, a) in progs.items():
+            times[name].append(common.best_time(f, *a, repeats=1, warmup=False))
+    return {name: min(v) for name, v in times.items()}
 
 
 def memory_rows(train, batch, k, chunks):
