@@ -4,7 +4,10 @@
 
 integrated with diffrax from t_eval to T, the divergence exact (d Jacobian-vector products of the batched
 drift: examples are independent, so one jvp with tangent e_j gives every example's column j) or by
-Hutchinson's estimator (Rademacher or Gaussian probes, fixed for the solve). Energy = -log p.
+Hutchinson's estimator (Rademacher or Gaussian probes, fixed for the solve; each example draws its own probes
+from fold_in(key, its seed), so its estimate depends on its seed alone, not on the other rows, and the probe
+errors of different examples are independent: a batch mean has the variance of independent estimates).
+Energy = -log p.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import math
 import diffrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffmem.sde import SDE, Denoiser, ScoreFn, _bcast, score_from_denoiser
 from diffmem.errors import InputError
@@ -44,18 +48,36 @@ def hutchinson_divergence(f, x: jax.Array, probes: jax.Array) -> tuple[jax.Array
     return y, jnp.mean(est, axis=0)
 
 
+def hutchinson_probes(key: jax.Array, seeds: jax.Array, num_probes: int, shape: tuple[int, ...],
+                      probe: str = "rademacher", dtype=jnp.float32) -> jax.Array:
+    """Each example's own probes: (B, num_probes, *shape), row i drawn from fold_in(key, seeds[i])."""
+    if probe == "rademacher":
+        draw = lambda k: jax.random.rademacher(k, (num_probes,) + tuple(shape), dtype)
+    elif probe == "gaussian":
+        draw = lambda k: jax.random.normal(k, (num_probes,) + tuple(shape), dtype)
+    else:
+        raise InputError(f"Unknown probe {probe!r}; choose 'rademacher' or 'gaussian'.")
+    seeds = (seeds if isinstance(seeds, jax.Array) else np.asarray(seeds, np.int64)).astype(jnp.uint32)
+    return jax.vmap(lambda s: draw(jax.random.fold_in(key, s)))(seeds)
+
+
 def log_likelihood(score_fn: ScoreFn | None, sde: SDE, x: jax.Array, *, denoiser: Denoiser | None = None,
                    t_eval: float | None = None, divergence: str = "exact", num_probes: int = 1,
-                   probe: str = "rademacher", key: jax.Array | None = None, solver=None, rtol: float = 1e-5,
-                   atol: float = 1e-5, max_steps: int = 16_384, prior_logp=None, return_stats: bool = False):
+                   probe: str = "rademacher", key: jax.Array | None = None, seeds: jax.Array | None = None,
+                   solver=None, rtol: float = 1e-5, atol: float = 1e-5, max_steps: int = 16_384,
+                   prior_logp=None, return_stats: bool = False):
     """log p_{t_eval}(x) for x (B, *S) -> (B,) under the model's probability-flow ODE.
 
     Give a batched `score_fn(x, t)` or a `denoiser(x, sigma)`. t_eval defaults to sde.t_min. Every example
     has its own adaptive solve (vmapped; default Dopri5, the reference's RK45 pair, with the given
     tolerances), so its step sizes, and log p(x_i), do not depend on the other rows. `divergence` is "exact"
-    or "hutchinson" (`num_probes` Rademacher/Gaussian probes drawn from `key`, the same probes for every
-    example). `prior_logp(x_T) -> (B,)` replaces the SDE's Gaussian prior at T (e.g. an exact marginal in
-    tests). Jit it around the call (compiled once per shape): `jax.jit(functools.partial(log_likelihood, score_fn, sde))(x)`.
+    or "hutchinson" (`num_probes` Rademacher/Gaussian probes per example; example i's from
+    fold_in(key, seeds[i]), `seeds` (B,) integers in [0, 2**32), default its row index 0..B-1). Give each
+    example a fixed seed (e.g. its dataset index) to make its estimate independent of the batch it is in:
+    log p(x_i) is then the same alone or beside any other rows. Distinct seeds give independent probes, so
+    the probe errors of a batch are uncorrelated and average out in a batch mean (bits/dim with one probe);
+    equal seeds share probes. `prior_logp(x_T) -> (B,)` replaces the SDE's Gaussian prior at T (e.g. an
+    exact marginal in tests). Jit it around the call (compiled once per shape): `jax.jit(functools.partial(log_likelihood, score_fn, sde))(x)`.
 
     return_stats=False: a failed solve (e.g. max_steps reached) raises. return_stats=True: returns
     (log_p (B,), stats) instead, stats = {"num_steps", "num_accepted_steps", "num_rejected_steps": (B,) int,
@@ -68,31 +90,33 @@ def log_likelihood(score_fn: ScoreFn | None, sde: SDE, x: jax.Array, *, denoiser
     t0 = sde.t_min if t_eval is None else t_eval
     drift = _drift(score_fn, sde)
     shape = (1,) + x.shape[1:]  # one example, as a batch of one for the batched score / denoiser
+    probes = None  # per-example Hutchinson probes (B, P, *shape), passed to each solve as its args
     if divergence == "exact":
         field = lambda t, y: exact_divergence(lambda z: drift(z, t), y)
     elif divergence == "hutchinson":
         if key is None:
             raise InputError("Hutchinson's estimator needs a `key` for its probes.")
-        if probe == "rademacher":
-            probes = jax.random.rademacher(key, (num_probes,) + shape, x.dtype)
-        elif probe == "gaussian":
-            probes = jax.random.normal(key, (num_probes,) + shape, x.dtype)
-        else:
-            raise InputError(f"Unknown probe {probe!r}; choose 'rademacher' or 'gaussian'.")
-        field = lambda t, y: hutchinson_divergence(lambda z: drift(z, t), y, probes)
+        if seeds is None:
+            seeds = jnp.arange(x.shape[0], dtype=jnp.uint32)
+        elif jnp.shape(seeds) != (x.shape[0],):
+            raise InputError(f"seeds must be one integer per example, shape ({x.shape[0]},); got "
+                             f"{jnp.shape(seeds)}.")
+        # (B, P, 1, *S): example i's probes, each a batch of one like the example in its solve.
+        probes = hutchinson_probes(key, seeds, num_probes, shape, probe, x.dtype)
+        field = lambda t, y, v: hutchinson_divergence(lambda z: drift(z, t), y, v)
     else:
         raise InputError(f"Unknown divergence {divergence!r}; choose 'exact' or 'hutchinson'.")
 
     def vector_field(t, state, args):
         y, _ = state
-        return field(t, y)
+        return field(t, y) if args is None else field(t, y, args)
 
     term = diffrax.ODETerm(vector_field)
     prior = sde.prior_logp if prior_logp is None else prior_logp
 
-    def one(x_i):  # the probability-flow ODE of one example, with its own adaptive steps
+    def one(x_i, probes_i):  # the probability-flow ODE of one example, with its own adaptive steps
         sol = diffrax.diffeqsolve(term, solver or diffrax.Dopri5(), t0, sde.t_max, None,
-                                  (x_i.reshape(shape), jnp.zeros((1,), x.dtype)),
+                                  (x_i.reshape(shape), jnp.zeros((1,), x.dtype)), args=probes_i,
                                   stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
                                   max_steps=max_steps, throw=not return_stats)
         x_T, delta = sol.ys[0][-1], sol.ys[1][-1]
@@ -100,5 +124,5 @@ def log_likelihood(score_fn: ScoreFn | None, sde: SDE, x: jax.Array, *, denoiser
         stats["result"] = jnp.asarray(sol.result._value, jnp.int32)
         return (prior(x_T) + delta)[0], stats
 
-    log_p, stats = jax.vmap(one)(x)
+    log_p, stats = jax.vmap(one)(x, probes)
     return (log_p, stats) if return_stats else log_p
