@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from typing import Sequence
 
@@ -181,6 +182,9 @@ def sample_set(wd: wdlib.Workdir, name: str, kind: str, step: int | None, run, s
 
     Shards of other settings are an error (or removed with overwrite); seeds already held with the same
     settings are skipped. Batches are saved under <shard>.partial/ as they finish and reused on a rerun.
+    A sampler with per-sample diagnostics (`run.info`, `sampling.SampleInfo`: the KS sampler's
+    converged and iterations) has them saved in the shard; samples that did not converge are counted
+    in a warning.
     """
     files = wd.sample_files(name, kind, step)
     headers = {f: _header(f, overwrite) for f in files}
@@ -201,6 +205,8 @@ def sample_set(wd: wdlib.Workdir, name: str, kind: str, step: int | None, run, s
     if missing.size == 0:
         return False
     shard = wd.shard_path(name, kind, step, missing)
+    info = getattr(run, "info", None)
+    fields = [f for f, _ in info.fields] if info is not None else []
     ndev = mesh.devices.size
     batch = -(-max(1, batch) // ndev) * ndev
     starts = range(0, len(missing), batch)
@@ -208,7 +214,7 @@ def sample_set(wd: wdlib.Workdir, name: str, kind: str, step: int | None, run, s
     if wdlib.is_writer():
         for start in starts:
             old = _finished_batch(wd.partial_path(shard, start), missing[start:start + batch], record,
-                                  overwrite)
+                                  overwrite, fields)
             if old is not None:
                 finished[start] = old
     done = multihost.broadcast_from_main(np.asarray([start in finished for start in starts], bool))
@@ -222,24 +228,39 @@ def sample_set(wd: wdlib.Workdir, name: str, kind: str, step: int | None, run, s
             chunks.append(finished.get(start))
             bar.update(len(part_seeds))
             continue
-        x = multihost.to_host(sampling.sample_sharded(run, part_seeds, mesh)).astype(np.float32)
+        if info is None:
+            x, part_info = multihost.to_host(sampling.sample_sharded(run, part_seeds, mesh)), {}
+        else:
+            packed = sampling.sample_sharded(info.packed, part_seeds, mesh)
+            x, part_info = info.unpack(multihost.to_host(packed))
+        x = np.asarray(x).astype(np.float32)
         if not np.all(np.isfinite(x)):
             raise SamplingDiverged(f"Non-finite samples for seeds {part_seeds[0]}..{part_seeds[-1]} ({desc}): "
                                      "the model or sampler diverged; check the checkpoint and the sampler settings.")
-        wdlib.write_shard(part, x, part_seeds, record)
-        chunks.append(x)
+        wdlib.write_shard(part, x, part_seeds, record, part_info)
+        chunks.append(dict(samples=x, info=part_info))
         done_rows += len(part_seeds)
         bar.update(len(part_seeds))
         bar.set_postfix(per_s=f"{done_rows / (time.perf_counter() - t0):.1f}")
     bar.close()
     if wdlib.is_writer():
-        wdlib.write_shard(shard, np.concatenate(chunks), missing, record)
+        info_all = {f: np.concatenate([c["info"][f] for c in chunks]) for f in fields}
+        x_all = np.concatenate([c["samples"] for c in chunks])
+        wdlib.write_shard(shard, x_all, missing, record, info_all)
         shutil.rmtree(wd.partial_path(shard), ignore_errors=True)
+        if "converged" in info_all:
+            message = sampling.not_converged_message(info_all["converged"],
+                                                     record.get("max_iters", -1), desc,
+                                                     info_all.get("iterations"))
+            if message:  # one line on stderr; the samples are kept, marked converged=False
+                print(f"WARNING: {message}", file=sys.stderr, flush=True)
     return True
 
 
-def _finished_batch(part: str, seeds: np.ndarray, record: dict, overwrite: bool) -> np.ndarray | None:
-    """The samples of a batch saved by an interrupted job with these seeds and settings, else None."""
+def _finished_batch(part: str, seeds: np.ndarray, record: dict, overwrite: bool,
+                    fields=()) -> dict | None:
+    """{samples, info} of a batch saved by an interrupted job with these seeds and settings (and the
+    per-sample diagnostics `fields`), else None."""
     if not os.path.exists(part):
         return None
     try:
@@ -249,4 +270,7 @@ def _finished_batch(part: str, seeds: np.ndarray, record: dict, overwrite: bool)
             raise InputError(f"{part} (a finished batch of an interrupted run) is corrupt or truncated: "
                              "delete it (its batch is recomputed), or rerun with --overwrite.") from None
         return None
-    return old["samples"] if old["settings"] == record and np.array_equal(old["seeds"], seeds) else None
+    if (old["settings"] != record or not np.array_equal(old["seeds"], seeds)
+            or any(f not in old["info"] for f in fields)):
+        return None
+    return dict(samples=old["samples"], info={f: old["info"][f] for f in fields})

@@ -668,14 +668,69 @@ def ks_recursion_iterations(sigma_start: float, *, h0: float = 0.01, beta: float
     return t - 1
 
 
+class SampleInfo(NamedTuple):
+    """Per-sample diagnostics a registered sampler reports beside its samples, attached to its
+    run function as `run.info` (only the KS sampler has one). `sample_sharded` returns one array
+    per seed, so they travel packed: `packed(seeds (B,)) -> (B, prod(S) + len(fields))` float32
+    (the flattened samples, the same values as `run(seeds)`, then one column per field);
+    `unpack(packed) -> (samples (B, *S), {field: (B,)})`. fields: (name, numpy dtype name) pairs;
+    values must be exact in float32 (integers below 2**24)."""
+    packed: Callable
+    unpack: Callable
+    fields: tuple
+
+
+KS_INFO_FIELDS = (("converged", "bool"), ("iterations", "int32"))
+
+
+def not_converged_message(converged, max_iters: int, what: str = "", iterations=None) -> str | None:
+    """One line: how many samples did not reach sigma_L, naming the cap and the key to raise (None
+    if all converged). With `iterations`, those that stopped early (sigma above 2) are counted."""
+    converged = np.asarray(converged, bool)
+    bad = int(np.sum(~converged))
+    if not bad:
+        return None
+    early = ""
+    if iterations is not None:
+        diverged = int(np.sum(~converged & (np.asarray(iterations) < int(max_iters))))
+        early = f", {diverged} of them stopped early as sigma exceeded 2" if diverged else ""
+    return (f"{what + ': ' if what else ''}{bad} of {converged.size} samples did not converge "
+            f"within max_iters={int(max_iters)} (sigma estimate still above sigma_L{early}); raise "
+            "the cap with --config.sample.max_iters=... (configs/kadkhodaie.py: max_iters=...).")
+
+
 @register("ks", dict(h0=0.01, beta=0.01, sigma_L=0.01, init_mean=0.0, max_iters=3000))
 def _ks(model, *, h0, beta, sigma_L, init_mean, max_iters):
-    """Kadkhodaie & Simoncelli's blind stochastic ascent in [0, 1] units (h0 0.01, beta 0.01, sigma_L 0.01)"""
+    """Kadkhodaie & Simoncelli's blind ascent, [0, 1] units (h0, beta, sigma_L 0.01; max_iters 3000)
+
+    Sample shards record each sample's `converged` (sigma reached sigma_L) and `iterations`
+    (`run.info`)."""
+    if not 0 < int(max_iters) < 2**24:
+        raise InputError(f"max_iters must lie in [1, 2**24); got {max_iters}.")
+
     def d01(y, sigma):  # the model's [-1, 1] denoiser seen in [0, 1] units (sigma doubles)
         return (model.denoiser(2.0 * y - 1.0, 2.0 * sigma) + 1.0) / 2.0
 
+    def sample(seeds):
+        r = kadkhodaie_simoncelli(d01, model.shape, seeds, h0=h0, beta=beta, sigma_L=sigma_L,
+                                  init_mean=init_mean, max_iters=max_iters)
+        return _clip(model, 2.0 * r.samples - 1.0), r
+
     def run(seeds):
-        r = kadkhodaie_simoncelli(d01, model.shape, seeds, h0=h0, beta=beta, sigma_L=sigma_L, init_mean=init_mean,
-                                  max_iters=max_iters)
-        return _clip(model, 2.0 * r.samples - 1.0)
+        return sample(seeds)[0]
+
+    def packed(seeds):
+        x, r = sample(seeds)
+        cols = [x.reshape(x.shape[0], -1)] + [getattr(r, name)[:, None].astype(x.dtype)
+                                              for name, _ in KS_INFO_FIELDS]
+        return jnp.concatenate(cols, axis=1)
+
+    def unpack(p):
+        p = np.asarray(p)
+        n = math.prod(model.shape)
+        x = p[:, :n].reshape((len(p),) + tuple(model.shape))
+        return x, {name: p[:, n + j].astype(dtype)
+                   for j, (name, dtype) in enumerate(KS_INFO_FIELDS)}
+
+    run.info = SampleInfo(packed, unpack, KS_INFO_FIELDS)
     return run

@@ -485,8 +485,10 @@ class Workdir:
     def read_samples(self, name: str, kind: str = "trained", step: int | None = None,
                      files: Sequence[str] | None = None) -> dict:
         """The union of a set's shards: {samples (N, *S) float32, seeds (N,) int64 sorted, step, sampler,
-        settings (dict), files}. Shards with different settings are an error naming both files; a seed in two
-        shards of the same settings is kept once."""
+        settings (dict), files, info}. info: per-sample diagnostics every shard holds, {name: (N,)}
+        in seed order (the KS sampler's converged and iterations; {} for the other samplers). Shards
+        with different settings are an error naming both files; a seed in two shards of the same
+        settings is kept once."""
         files = list(self.sample_files(name, kind, step) if files is None else files)
         if not files:
             raise MissingInputError(f"No samples in {self.samples_dir(name, kind, step)}: sample the model first "
@@ -506,8 +508,9 @@ def _read_npz(path: str, what_to_do: str) -> dict:
 
 
 def read_shard(path: str) -> dict:
-    """One sample file: {samples, seeds, settings, path}. Files from before shards (settings as separate
-    arrays) are read too."""
+    """One sample file: {samples, seeds, settings, path, info}. info: the sampler's per-sample
+    diagnostics {name: (N,)} (e.g. the KS sampler's converged / iterations; {} for others). Files
+    from before shards (settings as separate arrays) are read too."""
     z = _read_npz(path, "delete it and rerun bin/sample.py for its seeds, or rerun with --overwrite")
     if "samples" not in z:
         raise InputError(f"{path} has no 'samples' array (keys {sorted(z)}); write it with bin/sample.py.")
@@ -515,11 +518,16 @@ def read_shard(path: str) -> dict:
     seeds = np.asarray(z.get("seeds", np.arange(len(x))), np.int64)
     if len(seeds) != len(x):
         raise InputError(f"{path}: {len(x)} samples but {len(seeds)} seeds; delete it and resample.")
+    names = json.loads(str(z["info"])) if "info" in z else []
+    info = {k: np.asarray(z[k]) for k in names}
+    if any(v.shape != (len(x),) for v in info.values()):
+        raise InputError(f"{path}: per-sample arrays {names} do not match its {len(x)} samples; "
+                         "delete it and resample.")
     if "settings" in z:
         settings = json.loads(str(z["settings"]))
     else:  # one-file sets written before shards
         settings = {k: _scalar(v) for k, v in z.items() if k not in ("samples", "seeds")}
-    return dict(samples=x, seeds=seeds, settings=settings, path=path)
+    return dict(samples=x, seeds=seeds, settings=settings, path=path, info=info)
 
 
 def read_sample_files(files: Sequence[str]) -> dict:
@@ -552,18 +560,34 @@ def merge_shards(shards: Sequence[dict]) -> dict:
     x = np.concatenate([s["samples"] for s in shards])
     seeds, keep = np.unique(seeds, return_index=True)  # sorted; duplicates (same settings) kept once
     settings = first["settings"]
+    # Per-sample diagnostics every shard holds (a shard written before they were recorded has none).
+    names = [k for k in first.get("info", {}) if all(k in s.get("info", {}) for s in shards)]
+    info = {k: np.concatenate([s["info"][k] for s in shards])[keep] for k in names}
     return dict(samples=x[keep], seeds=seeds, settings=settings, step=int(settings.get("step", -1)),
-                sampler=str(settings.get("sampler", "")), files=[s["path"] for s in shards])
+                sampler=str(settings.get("sampler", "")), files=[s["path"] for s in shards],
+                info=info)
 
 
-def write_shard(path: str, samples: np.ndarray, seeds: np.ndarray, settings: dict) -> str:
+_SHARD_KEYS = ("samples", "seeds", "settings", "step", "sampler", "info")
+
+
+def write_shard(path: str, samples: np.ndarray, seeds: np.ndarray, settings: dict,
+                info: dict | None = None) -> str:
     """Write one shard atomically (process 0 only): samples, seeds and the settings as JSON (plus step and
-    sampler as plain arrays for quick inspection)."""
+    sampler as plain arrays for quick inspection). info: per-sample diagnostics {name: (N,)},
+    saved as arrays of those names with their list in `info` (JSON)."""
     if not is_writer():
         return path
+    info = {k: np.asarray(v) for k, v in (info or {}).items()}
+    bad = [k for k, v in info.items() if k in _SHARD_KEYS or v.shape != (len(samples),)]
+    if bad:
+        raise InputError(f"Per-sample arrays {bad} clash with {_SHARD_KEYS} or do not hold one "
+                         "value per sample.")
+    extra = dict(info, info=np.str_(json.dumps(sorted(info)))) if info else {}
     return report.write_npz(path, samples=np.asarray(samples, np.float32), seeds=np.asarray(seeds, np.int64),
                             settings=np.str_(json.dumps(settings, sort_keys=True)),
-                            step=np.int64(settings.get("step", -1)), sampler=np.str_(settings.get("sampler", "")))
+                            step=np.int64(settings.get("step", -1)),
+                            sampler=np.str_(settings.get("sampler", "")), **extra)
 
 
 def remove_set_files(paths: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -137,6 +138,10 @@ def run_disjoint(config: ml_collections.ConfigDict, workdir: str, *, num_samples
             model, d01 = _load(sides[label], n)
             r = _sample(d01, model.shape, seeds, s)
             samples = 2.0 * np.asarray(r.samples) - 1.0  # back to diffmem's [-1, 1]
+            message = sampling.not_converged_message(r.converged, s.max_iters, f"N={n} {label}",
+                                                     r.iterations)
+            if message:  # kept, and counted in the summary's not_converged
+                print(f"WARNING: {message}", file=sys.stderr, flush=True)
             idx, corr = closest(samples, model.train_data)
             res[label] = dict(samples=samples, iterations=np.asarray(r.iterations), converged=np.asarray(r.converged),
                               closest=idx, closest_corr=corr, step=model.step, train=model.train_data,
@@ -152,6 +157,7 @@ def run_disjoint(config: ml_collections.ConfigDict, workdir: str, *, num_samples
                          s2_vs_closest_s2=float(res["S2"]["closest_corr"].mean()),
                          iterations=float(np.mean([res[l]["iterations"].mean() for l, _ in SETS])),
                          converged=float(np.mean([res[l]["converged"].mean() for l, _ in SETS])),
+                         not_converged=int(sum(np.sum(~res[l]["converged"]) for l, _ in SETS)),
                          steps=int(res["S1"]["step"])))
     summary = dict(ns=list(ns), pool_size=len(pool), order_seed=int(config.data.subset_seed), seeds=seeds.tolist(),
                    sigmas_255=(sigmas * 255).tolist(), rows=rows,
@@ -224,7 +230,8 @@ def _psnr_figure(path: str, per_n: dict, sigmas: np.ndarray) -> str:
 
 def _write_report(path: str, summary: dict, figures: list[str]) -> str:
     table = report.markdown_table(summary["rows"], ["N", "s1_vs_s2", "s1_vs_closest_s1", "s2_vs_closest_s2",
-                                                    "iterations", "converged", "steps"])
+                                                    "iterations", "converged", "not_converged",
+                                                    "steps"])
     psnr_rows = [dict(N=n, **{f"{lab} {kind} @{summary['sigmas_255'][i]:.3g}": summary["psnr"][str(n)][lab][kind][i]
                               for lab in ("S1",) for kind in ("train", "test") for i in (0, 5, 9)})
                  for n in summary["ns"]]

@@ -36,7 +36,9 @@ report.json keys (what notebooks/k_sweep.ipynb reads; K-indexed dicts use the mo
     workdir                 the workdir's base name
     config                  {"source", "ks" [int], "steps", "arch", "precond", "seed"}
     settings                the study settings (`Settings` as a dict; "quick" says whether the preset ran)
-    sampling                {"sampler", "steps", "optimal_sampler"} the sample sets were drawn with
+    sampling                {"sampler", "steps", "optimal_sampler"} the sample sets were drawn
+                            with, and "not_converged": {kind: {name: count}} where sets record
+                            convergence (the KS sampler: samples stopped at sample.max_iters)
     stages                  {stage: {"status": "computed" | "skipped" (in the run that wrote the report) |
                              "earlier run" (not asked for in that run, its record is an earlier run's) | "off",
                              "seconds" (of the run that computed it)}}
@@ -54,7 +56,9 @@ report.json keys (what notebooks/k_sweep.ipynb reads; K-indexed dicts use the mo
     reproducibility         {"seed_b", "threshold", "features", "rows": {name: {"k", "rp_seeds", "generalization_a",
                              "generalization_b", "rp_optimal", "generalization_optimal", "num_pairs"}}}
     disjoint                {"pool_size", "rows": {name: {"k", "s1_vs_s2" (mean), "s1_vs_s2_quantiles" [5%, 50%,
-                             95%], "closest_own" (mean over both sides), "num_pairs", "file"}}, "skipped_ks"}
+                             95%], "closest_own" (mean over both sides), "num_pairs", "file",
+                             "not_converged" (KS sampler only: paired samples stopped at max_iters)}},
+                             "skipped_ks"}
     jacobian                {name: {"k", "snr" [L], "median" [L], "q25" [L], "q75" [L], "n",
                              "snr_speciation", "snr_collapse"}}
     critical_times          {"metric", "delta", "trials", "per_class", "tc": {class: {name: [per-sample median
@@ -299,7 +303,11 @@ def _sample(ctx: Context, wd: Workdir, kinds=("trained",), names=None) -> dict:
                                 overwrite=ctx.overwrite, **(kw if kind == "trained" or kw["sampler"] else {}))
         for name in (names or wd.names()):
             data = wd.read_samples(name, kind)
-            out.setdefault(kind, {})[name] = dict(num=len(data["seeds"]), sampler=data["sampler"], step=data["step"])
+            entry = dict(num=len(data["seeds"]), sampler=data["sampler"], step=data["step"])
+            converged = data.get("info", {}).get("converged")
+            if converged is not None:  # the KS sampler: samples stopped at max_iters
+                entry["not_converged"] = int(np.sum(~np.asarray(converged, bool)))
+            out.setdefault(kind, {})[name] = entry
     return out
 
 
@@ -471,6 +479,10 @@ def _stage_disjoint(ctx: Context) -> dict:
         rows[name] = dict(k=n, s1_vs_s2=float(pair.mean()), s1_vs_s2_quantiles=np.quantile(pair, [0.05, 0.5, 0.95]).tolist(),
                           closest_own=float(np.concatenate([ca, cb]).mean()), num_pairs=int(common.size),
                           file=ctx.wd.relative(path))
+        recorded = [~np.asarray(d["info"]["converged"], bool)[i] for d, i in ((a, ia), (b, ib))
+                    if "converged" in d.get("info", {})]
+        if recorded:  # the KS sampler: paired samples (S1 and S2) stopped at max_iters
+            rows[name]["not_converged"] = int(sum(np.sum(r) for r in recorded))
     return dict(pool_size=pool_size, rows=rows, skipped_ks=skipped, files=files,
                 sides={k: ctx.wd.relative(v.path) for k, v in sides.items()})
 
@@ -791,6 +803,11 @@ def build_report(ctx: Context, statuses: dict) -> dict:
     sampler, steps = sampler_of(c, ctx.settings)
     rep["sampling"] = dict(sampler=sampler or c.sample.sampler, steps=steps if sampler else c.sample.get("num_steps"),
                            optimal_sampler=sampler or c.sample.get("optimal_sampler", None) or c.sample.sampler)
+    sets = (_data(ctx, "sample") or {}).get("sets", {})
+    bad = {kind: {n: v["not_converged"] for n, v in by_name.items() if "not_converged" in v}
+           for kind, by_name in sets.items()}
+    if any(bad.values()):
+        rep["sampling"]["not_converged"] = {kind: b for kind, b in bad.items() if b}
     for stage in STAGES:
         if stage == "report":
             continue
@@ -1001,6 +1018,20 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _not_converged_text(rep: dict) -> str:
+    """' N of M samples did not converge ...' for sets that record convergence (KS), else ''."""
+    bad = rep["sampling"].get("not_converged")
+    if not bad:
+        return ""
+    total = sum(sum(b.values()) for b in bad.values())
+    per = "; ".join(f"{kind} " + ", ".join(f"K = {rep['ks'][rep['names'].index(n)]}: {v}"
+                                           for n, v in b.items() if n in rep["names"])
+                    for kind, b in bad.items())
+    return (f" Samples that did not converge within the sampler's max_iters: {total} ({per}); "
+            "they are kept, marked converged = False in the sample shards (raise "
+            "sample.max_iters).")
+
+
 def report_sections(ctx: Context, rep: dict) -> list[dict]:
     """[{"title", "text" (markdown paragraph), "rows" + "columns" (a table), "figures" [paths]}] in report order."""
     sections = []
@@ -1012,7 +1043,8 @@ def report_sections(ctx: Context, rep: dict) -> list[dict]:
         f"(sampler {rep['sampling']['sampler']}"
         f"{', ' + str(rep['sampling']['steps']) + ' steps' if rep['sampling']['steps'] else ''}; optimal denoiser: "
         f"{rep['sampling']['optimal_sampler']})"
-        f"{'; --quick preset' if rep['settings']['quick'] else ''}."), rows=st, columns=["stage", "status", "seconds"]))
+        f"{'; --quick preset' if rep['settings']['quick'] else ''}."
+        f"{_not_converged_text(rep)}"), rows=st, columns=["stage", "status", "seconds"]))
     if rep.get("figures", {}).get("k_panels"):
         sections.append(dict(title="Every measure vs K", text="All panels share one log-K axis.",
                              figures=[ctx.wd.path_of(rep["figures"]["k_panels"])]))
@@ -1055,11 +1087,13 @@ def report_sections(ctx: Context, rep: dict) -> list[dict]:
     dj = rep.get("disjoint")
     if dj:
         rows = [dict(K=r["k"], s1_vs_s2=_fmt(r["s1_vs_s2"]), **{"5%, 50%, 95%": ", ".join(f"{v:.2f}" for v in r["s1_vs_s2_quantiles"])},
-                     closest_own=_fmt(r["closest_own"]), pairs=r["num_pairs"]) for r in _by_k(dj["rows"])]
+                     closest_own=_fmt(r["closest_own"]), pairs=r["num_pairs"],
+                     not_converged=_fmt(r.get("not_converged"))) for r in _by_k(dj["rows"])]
+        nc = ["not_converged"] if any("not_converged" in r for r in dj["rows"].values()) else []
         sections.append(dict(title="Two models on disjoint K-subsets (Kadkhodaie et al.)", text=(
             f"S1 = the first K of the recorded order, S2 = the last K (pool {dj['pool_size']}); same network, sampler "
             f"and seeds. Mean-removed cosine similarity. K above half the pool: {dj.get('skipped_ks') or 'none'}."),
-            rows=rows, columns=["K", "s1_vs_s2", "5%, 50%, 95%", "closest_own", "pairs"]))
+            rows=rows, columns=["K", "s1_vs_s2", "5%, 50%, 95%", "closest_own", "pairs", *nc]))
     jac = rep.get("jacobian")
     if jac:
         rows = []
