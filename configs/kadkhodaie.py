@@ -21,6 +21,18 @@ folder), alpha (C-alpha), pool (synthetic pool size), size (synthetic image size
 order, e.g. sorted file names), arch (bf_unet | bf_cnn), blocks (0 = 3, or fewer when the size needs it),
 kernels, layers (BF-CNN), epochs, epoch_images, batch, lr, halve_every (epochs), steps (0 = epochs x
 ceil(epoch_images / batch); else optimizer steps), seed, samples (per N), max_iters (sampler cap).
+
+BF-CNN (arch=bf_cnn) follows upstream training (`code/main.py`): 21 layers (702,784 parameters at one
+channel), ReLU after the first conv (first_layer_linear False). Upstream's model loader (`init_BF_CNN`)
+builds another variant, 20 layers (665,856 parameters) with a linear first layer; to match it, add the
+overrides --config.model.num_layers=20 --config.model.first_layer_linear=True (or the arg layers=20 with
+the second override).
+
+Sampler (sample section, `sampling.SAMPLERS["ks"]`): Kadkhodaie & Simoncelli's ascent with h0 = beta =
+sigma_L = 0.01. Upstream has no iteration cap; here sample.max_iters (default 3000, ~4.5x the ~662
+updates the defaults need from sigma 1) stops a sample that has not reached sigma_L: the sample shards
+record `converged` and `iterations` per sample, and sampling prints how many did not converge. Raise it
+with the arg max_iters=N or --config.sample.max_iters=N.
 """
 import math
 
@@ -31,7 +43,7 @@ SIZES = {"digits": 8, "fmnist": 28}
 
 def get_config(arg=None):
     a = configlib.parse_arg(arg, data="digits", dir="", alpha=1.0, pool=2000, size=80, n=10, set="first",
-                               order_seed=0, arch="bf_unet", blocks=0, kernels=64, layers=20, epochs=1000,
+                               order_seed=0, arch="bf_unet", blocks=0, kernels=64, layers=21, epochs=1000,
                                epoch_images=250_000, batch=512, lr=1e-3, halve_every=100, steps=0, seed=0,
                                samples=16, max_iters=3000)
     if a.set not in ("first", "last"):

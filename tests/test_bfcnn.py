@@ -110,3 +110,20 @@ def test_upconv_is_pytorch_conv_transpose_k2_s2():
     # PyTorch's ConvTranspose2d fan_in quirk: fan_in = out channels x k^2 = 256 -> std sqrt(2 / 256).
     big = bfcnn.UpConv2(64).init(jax.random.key(1), jnp.zeros((1, 2, 2, 128)))["params"]["kernel"]
     assert abs(float(jnp.std(big)) - np.sqrt(2 / 256)) < 0.01
+
+
+def test_kadkhodaie_bf_cnn_config_follows_upstream_training_and_the_loader_variant_by_overrides():
+    """configs/kadkhodaie.py with arch=bf_cnn is upstream main.py's BF-CNN (21 layers, ReLU after the first
+    conv, 702,784 parameters); the overrides in its docstring give init_BF_CNN's (20, linear, 665,856)."""
+    import os
+    from diffmem import builders, configlib
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    c = configlib.load_config_file(os.path.join(repo, "configs", "kadkhodaie.py") + ":arch=bf_cnn")
+    assert (c.model.num_layers, c.model.first_layer_linear) == (21, False)
+    net = builders.build_model(c, (8, 8, 1))
+    assert (net.num_layers, net.first_layer_linear) == (21, False)
+    assert nets.count_params(net, (1, 8, 8, 1)) == 702_784
+    c.model.num_layers, c.model.first_layer_linear = 20, True
+    loader = builders.build_model(c, (8, 8, 1))
+    assert (loader.num_layers, loader.first_layer_linear) == (20, True)
+    assert nets.count_params(loader, (1, 8, 8, 1)) == 665_856

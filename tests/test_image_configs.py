@@ -308,3 +308,19 @@ def test_optimal_denoiser_defaults_to_zhang_et_als_edm_euler(tmp_path, one_devic
     wd = str(tmp_path / "wd")
     generate.sample_workdir(wd, np.arange(2), model="optimal", config=c, num_steps=2, progress=False)
     assert Workdir(wd).read_samples("16", "optimal")["settings"]["sampler"] == "edm_euler"
+
+
+def test_kadkhodaie_config_bf_cnn_defaults_and_explicit_sampler_cap():
+    """BF-CNN as upstream trains it (main.py: 21 layers, first layer followed by ReLU), and the KS sampler's
+    iteration cap stated in the sample section (upstream has none), a setting of the registered sampler."""
+    from diffmem import config_schema, sampling
+    c = load("kadkhodaie", "arch=bf_cnn")
+    assert c.model.name == "bf_cnn" and c.model.num_layers == 21 and c.model.first_layer_linear is False
+    params = jax.eval_shape(builders.build_model(c, (8, 8, 1)).init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32))
+    assert count(params["params"]) == 702_784
+    assert load("kadkhodaie", "arch=bf_cnn,layers=20").model.num_layers == 20
+    s = load("kadkhodaie", "max_iters=5000").sample
+    assert s.sampler == "ks" and s.max_iters == 5000 and load("kadkhodaie").sample.max_iters == 3000
+    assert set(sampling.SAMPLERS["ks"].settings) <= set(s.keys())
+    config_schema.validate(c)
