@@ -102,7 +102,7 @@ def test_shards_record_convergence_and_sampling_warns(tmp_path, one_device, caps
                                         + ":data=digits,n=4,samples=3,max_iters=4")
     wd = str(tmp_path / "wd")
     generate.sample_workdir(wd, np.arange(3), model="optimal", config=config, progress=False)
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if "converge" in line]
     assert err == ["WARNING: K=4 optimal ks: 3 of 3 samples did not converge within max_iters=4 (sigma "
                    "estimate still above sigma_L); raise the cap with --config.sample.max_iters=... "
                    "(configs/kadkhodaie.py: max_iters=...)."]
