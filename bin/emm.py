@@ -17,7 +17,8 @@ flags.DEFINE_string("root", None, "Folder of the per-K workdirs (root/k<K>) and 
 flags.DEFINE_list("k_grid", None, "K values to bracket on, e.g. 250,500,1000,2000,4000.")
 flags.DEFINE_float("level", 0.9, "Memorization level (Gu et al.: 0.9).")
 flags.DEFINE_float("tolerance", 0.05, "Stop bisecting at relative bracket width (hi - lo) / lo <= this; 0: exact K.")
-flags.DEFINE_integer("num", None, "Samples per model (seeds 0 .. num - 1); default the config's sample.num.")
+flags.DEFINE_integer("num", None, "Samples per model (seeds 0 .. num - 1); default the config's sample.num.",
+                     lower_bound=1)
 flags.DEFINE_string("seeds", None, "Explicit seeds, e.g. 0-9999 (overrides --num).")
 flags.DEFINE_string("sampler", None, "Sampler (default: the config's sample.sampler).")
 flags.DEFINE_enum("metric", "auto", ["auto", "lpips", "pixel"], "Distance of Pham et al.'s classes (also reported); "
@@ -31,13 +32,11 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    import numpy as np
-
-    from diffmem import generate
     from diffmem.errors import InputError
+    from diffmem.seeds import parse_seeds
     from diffmem.studies import memorization
-    seeds = generate.parse_seeds(FLAGS.seeds) if FLAGS.seeds else (
-        None if FLAGS.num is None else np.arange(FLAGS.num))
+    seeds = parse_seeds(FLAGS.seeds if FLAGS.seeds is not None else f"0-{FLAGS.num - 1}") \
+        if FLAGS.seeds is not None or FLAGS.num is not None else None
     try:
         k_grid = [int(k) for k in FLAGS.k_grid]
     except ValueError:

@@ -15,14 +15,15 @@ import sys
 
 from absl import flags
 
-from diffmem import cli, sampling
+from diffmem import cli, config_schema
 
 flags.DEFINE_string("workdir", None, "Workdir written by bin/train.py (or a new one with --config --model=optimal).")
-flags.DEFINE_integer("num", 1500, "Number of samples (seeds seed .. seed + num - 1) unless --seeds is given.")
-flags.DEFINE_integer("seed", 0, "First seed.")
+flags.DEFINE_integer("num", 1500, "Number of samples (seeds seed .. seed + num - 1) unless --seeds is given.",
+                     lower_bound=1)
+flags.DEFINE_integer("seed", 0, "First seed.", lower_bound=0)
 flags.DEFINE_string("seeds", None, "Explicit seeds: '0-49999' or '0,1,5' (overrides --num/--seed).")
-flags.DEFINE_enum("sampler", None, sorted(sampling.SAMPLERS), "Default: the config's sample.sampler. "
-                  + sampling.sampler_help() + ".")
+flags.DEFINE_enum("sampler", None, sorted(config_schema.SAMPLER_SETTINGS), "Default: the config's "
+                  "sample.sampler (the samplers: diffmem.sampling.SAMPLERS).")
 flags.DEFINE_integer("steps", None, "Sampler steps (num_steps; default the config's sample.num_steps for its own "
                      "sampler, else the sampler's: ddim 50, edm 18, em 1000).")
 flags.DEFINE_float("eta", None, "DDIM eta (default 0 = deterministic).")
@@ -38,10 +39,10 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    import numpy as np
+    from diffmem.seeds import parse_seeds  # no JAX yet: a bad range is refused at once
+    seeds = parse_seeds(FLAGS.seeds if FLAGS.seeds is not None else f"{FLAGS.seed}-{FLAGS.seed + FLAGS.num - 1}")
 
     from diffmem import generate
-    seeds = generate.parse_seeds(FLAGS.seeds) if FLAGS.seeds else np.arange(FLAGS.seed, FLAGS.seed + FLAGS.num)
     for path in generate.sample_workdir(FLAGS.workdir, seeds, FLAGS.sampler, names=FLAGS.k, model=FLAGS.model,
                                         step=FLAGS.step, config=cli.CONFIG, num_steps=FLAGS.steps, eps=FLAGS.eps,
                                         eta=FLAGS.eta, overwrite=FLAGS.overwrite, batch=FLAGS.batch):

@@ -13,13 +13,13 @@ import sys
 
 from absl import flags
 
-from diffmem import cli, sampling
+from diffmem import cli, config_schema
 
 flags.DEFINE_string("workdir", None, "Workdir of the sweep (with --config: trained into it first).")
 flags.DEFINE_integer("snapshots", 12, "Log-spaced snapshot checkpoints to keep when training with --config.")
 flags.DEFINE_float("level", 0.5, "tau_mem: the first step with f_mem >= level (interpolated in log step).")
 flags.DEFINE_integer("num_samples", 256, "Samples per snapshot (fixed seeds 0..num_samples-1).")
-flags.DEFINE_enum("sampler", None, sorted(sampling.SAMPLERS), "Default: the config's sampler (DDPM ancestral "
+flags.DEFINE_enum("sampler", None, sorted(config_schema.SAMPLER_SETTINGS), "Default: the config's sampler (DDPM ancestral "
                   "replaced by DDIM 100 steps, as Bonnaire et al.).")
 flags.DEFINE_integer("steps", None, "Sampler steps (num_steps).")
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the error bars.")

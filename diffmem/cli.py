@@ -8,6 +8,7 @@ Flags every script accepts (defined here):
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -26,12 +27,14 @@ CONFIG = None  # the ConfigDict parsed from --config / --config.KEY=VALUE, set b
 
 
 def run(main: Callable[[list[str]], None], argv: Sequence[str], needs_config: bool = False) -> None:
-    """Parse --config* (diffmem.configlib), then hand the rest to absl's app.run(main).
+    """Parse --config* (diffmem.configlib) and the flags, then run `main` under absl's app.run.
 
-    Before `main`, joins jax.distributed when asked (`start_distributed`). diffmem's own errors
-    (`diffmem.errors.DiffmemError`: bad config, unreadable checkpoint, diverged training, busy workdir,
-    failed write...) end the script with `error: <message>` and exit status 1 (with --debug: the
-    traceback); any other exception is a bug and keeps its traceback.
+    Every user error ends the script with one line, `error: <message>`, and exit status 1, before any JAX work
+    when it is in the command line: a bad config key or value, a bad or missing flag (absl's own errors), a
+    --workdir that is empty or a file. Before `main`, joins jax.distributed when asked (`start_distributed`).
+    diffmem's own errors raised later (`diffmem.errors.DiffmemError`: unreadable checkpoint, diverged
+    training, busy workdir, failed write...) end the same way (with --debug: the traceback); any other
+    exception is a bug and keeps its traceback.
     """
     global CONFIG
     from absl import app, logging
@@ -47,9 +50,20 @@ def run(main: Callable[[list[str]], None], argv: Sequence[str], needs_config: bo
     except configlib.ConfigError as e:
         if debug:
             raise
-        sys.exit(f"error: {e}")
+        fail(e)
     if needs_config and CONFIG is None:
-        sys.exit("error: --config=path/to/config.py[:arg] is required (e.g. --config=configs/circle.py:k=9).")
+        fail("--config=path/to/config.py[:arg] is required (e.g. --config=configs/circle.py:k=9).")
+
+    def parse_flags(args):
+        try:
+            rest = FLAGS(args)
+            if "workdir" in FLAGS and FLAGS["workdir"].present:
+                check_workdir_path(FLAGS.workdir)
+            return rest
+        except (flags.Error, DiffmemError) as e:
+            if debug:
+                raise
+            fail(e)
 
     def guarded(args):
         try:
@@ -58,9 +72,26 @@ def run(main: Callable[[list[str]], None], argv: Sequence[str], needs_config: bo
         except DiffmemError as e:
             if FLAGS.debug:
                 raise
-            sys.exit(f"error: {e}")
+            fail(e)
 
-    app.run(guarded, argv=rest)
+    app.run(guarded, argv=rest, flags_parser=parse_flags)
+
+
+def fail(message) -> None:
+    """Exit with status 1 and one line on stderr, `error: <message>` (a message over several lines is folded)."""
+    sys.exit("error: " + " ".join(str(message).split()))
+
+
+def check_workdir_path(path: str | None) -> None:
+    """Refuse a --workdir that cannot be one: empty, or an existing file (a new or existing directory is fine)."""
+    from diffmem.errors import InputError
+    if path is None:
+        return
+    if not path.strip():
+        raise InputError("--workdir is empty: give the run's directory, e.g. --workdir=runs/c9.")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"--workdir={path} is a file, not a directory: give the run's directory (a new one, or "
+                         "one written by bin/train.py).")
 
 
 def start_distributed() -> bool:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import sys
 from typing import Any
 
 import ml_collections
@@ -82,6 +83,111 @@ EMA_KEYS = ("decay", "warmup")
 MONITOR_KEYS = tuple(MONITOR_DEFAULTS) + ("sampler", "num_steps")
 SAMPLE_KEYS = ("num", "sampler", "optimal_sampler", "batch")
 """`sample` keys besides the settings of the registered samplers (`diffmem.sampling.SAMPLERS`)."""
+
+
+SAMPLER_SETTINGS = {
+    "em": ("num_steps", "eps"),
+    "ode": ("eps",),
+    "ddpm": ("timesteps", "beta_start", "beta_end"),
+    "ddim": ("num_steps", "eta", "timesteps", "beta_start", "beta_end"),
+    "edm_euler": ("num_steps", "sigma_min", "sigma_max"),
+    "edm_heun": ("num_steps", "sigma_min", "sigma_max"),
+    "ks": ("h0", "beta", "sigma_L", "init_mean", "max_iters"),
+}
+"""The built-in samplers (`diffmem.sampling.SAMPLERS`) and their settings, known here without importing JAX
+so a config is checked in a second (a test keeps the two equal)."""
+
+
+def samplers() -> dict[str, tuple[str, ...]]:
+    """{sampler: its settings}: the live registry once `diffmem.sampling` is imported (it may hold samplers a
+    user registered), else the built-in ones (`SAMPLER_SETTINGS`)."""
+    live = sys.modules.get("diffmem.sampling")
+    if live is None:
+        return SAMPLER_SETTINGS
+    return {name: tuple(spec.settings) for name, spec in live.SAMPLERS.items()}
+
+
+def _sampler_names() -> tuple[str, ...]:
+    return tuple(samplers())
+
+# --------------------------------------------------------------------------------------------- value rules
+_SEED = ("range", 0, 2**32 - 1)           # jax.random.key and numpy's RandomState take 32-bit seeds
+_COUNT = ("range", 1, 1 << 40)
+_SIZE = ("range", 1, 1 << 16)             # channels, widths, layers
+_POSITIVE = ("range", 0.0, 1e6, "(]")
+_UNIT_OPEN = ("range", 0.0, 1.0, "()")
+_BOOL = ("bool",)
+RULES = {
+    "seed": _SEED,
+    # data
+    "data.k": _COUNT, "data.subset": ("choices", ("permutation", "balanced", "first", "last")),
+    "data.subset_seed": _SEED, "data.labels": ("choices", ("none", "true", "random", "unique")),
+    "data.pool_size": ("range", 1, 1 << 32), "data.dim": _SIZE, "data.components": _SIZE,
+    "data.std": _POSITIVE, "data.radius": ("range", 0.0, 1e6), "data.image_size": ("range", 0, 4096),
+    "data.center_crop": _BOOL, "data.grayscale": _BOOL, "data.resolution": ("range", 1, 4096),
+    "data.classes": _SIZE, "data.basis_seed": _SEED, "data.sample_seed": _SEED, "data.per_class": _COUNT,
+    # model
+    "model.num_layers": _SIZE, "model.hidden": _SIZE, "model.embed": _SIZE, "model.fourier_scale": _POSITIVE,
+    "model.ch": _SIZE, "model.ch_mult": ("range", 1, 64), "model.num_res_blocks": ("range", 0, 64),
+    "model.attn_resolutions": ("range", 1, 4096), "model.dropout": ("range", 0.0, 1.0, "[)"),
+    "model.num_groups": _SIZE, "model.nin_init_scale": ("range", 0.0, 1e3), "model.channels": _SIZE,
+    "model.channel_mult": ("range", 1, 64), "model.num_blocks": ("range", 1, 64),
+    "model.embedding_type": ("choices", ("positional", "fourier")), "model.label_dim": ("range", 0, 1 << 20),
+    "model.skip_connections": _BOOL, "model.keep_skips_at": ("range", 1, 4096), "model.drop_disabled_skips": _BOOL,
+    "model.num_kernels": _SIZE, "model.num_enc_conv": ("range", 1, 64), "model.num_mid_conv": ("range", 1, 64),
+    "model.num_dec_conv": ("range", 1, 64), "model.first_layer_linear": _BOOL,
+    # diffusion (an SDE's fields, or a preconditioning with its DDPM grid)
+    "diffusion.sigma_max": ("range", 1e-6, 1e6), "diffusion.sigma_min": ("range", 1e-9, 1e6),
+    "diffusion.t_min": _UNIT_OPEN, "diffusion.t_max": ("range", 0.0, 1.0, "(]"),
+    "diffusion.beta_min": _POSITIVE, "diffusion.beta_max": _POSITIVE,
+    "diffusion.precond": ("choices", ("ddpm", "vp", "ve", "edm")), "diffusion.timesteps": ("range", 1, 1 << 20),
+    "diffusion.beta_start": _UNIT_OPEN, "diffusion.beta_end": _UNIT_OPEN,
+    "diffusion.precond_fields.sigma_data": _POSITIVE, "diffusion.precond_fields.sigma_min": _POSITIVE,
+    "diffusion.precond_fields.sigma_max": _POSITIVE, "diffusion.precond_fields.p_mean": ("range", -20.0, 20.0),
+    "diffusion.precond_fields.p_std": ("range", 0.0, 20.0, "(]"),
+    "diffusion.precond_fields.timestep": ("choices", ("nearest", "continuous")),
+    "diffusion.precond_fields.beta_d": _POSITIVE, "diffusion.precond_fields.beta_min": _POSITIVE,
+    "diffusion.precond_fields.M": ("range", 1, 1 << 20), "diffusion.precond_fields.epsilon_t": _UNIT_OPEN,
+    # loss
+    "loss.reduction": ("choices", ("sum", "mean")), "loss.images_per_step": ("range", 1, 1 << 20),
+    "loss.max_sigma_255": ("range", 0.0, 1e4, "(]"),
+    # optimizer, EMA, schedule
+    "optim.lr": ("range", 1e-8, 1.0), "optim.b1": ("range", 0.0, 1.0, "[)"), "optim.b2": ("range", 0.0, 1.0, "[)"),
+    "optim.eps": ("range", 0.0, 1.0, "(]"), "optim.grad_clip": ("range", 0.0, 1e6),
+    "optim.warmup_steps": ("range", 0, 1 << 40), "optim.decay_every": ("range", 0, 1 << 40),
+    "optim.decay_factor": ("range", 0.0, 1.0, "(]"),
+    "ema.decay": ("range", 0.0, 1.0, "[)"), "ema.warmup": _BOOL,
+    "schedule.duration_mimg": ("range", 0.0, 1e6), "schedule.lr_rampup_mimg": ("range", 0.0, 1e6),
+    "schedule.ema_halflife_mimg": ("range", 0.0, 1e6), "schedule.ema_rampup_ratio": ("range", 0.0, 1e3),
+    "schedule.ema_mode": ("choices", ("edm", "gu")), "schedule.scale_with_k": _BOOL,
+    # the training loop
+    "batch_size": ("range", 1, 1 << 20),
+    "steps": ("range", 0, 1 << 40),   # 0: each member trains for its schedule (`diffmem.schedules`)
+    "steps_per_call": ("range", 1, 1 << 20), "log_every": _COUNT, "ckpt_every": _COUNT,
+    "keep_checkpoints": ("range", 1, 1 << 20),   # the last checkpoint is the result: at least one is kept
+    "matmul_precision": ("choices", ("default", "bfloat16", "tensorfloat32", "float32", "highest")),
+    # sampling (`sample.sampler` and the settings of every sampler)
+    "sample.num": ("range", 1, 1 << 30), "sample.batch": ("range", 1, 1 << 20),
+    "sample.sampler": ("choices", _sampler_names), "sample.optimal_sampler": ("choices", _sampler_names),
+    "sample.num_steps": ("range", 1, 1 << 20), "sample.eps": _UNIT_OPEN, "sample.eta": ("range", 0.0, 1.0),
+    "sample.timesteps": ("range", 1, 1 << 20), "sample.beta_start": _UNIT_OPEN, "sample.beta_end": _UNIT_OPEN,
+    "sample.sigma_min": _POSITIVE, "sample.sigma_max": _POSITIVE, "sample.h0": ("range", 0.0, 1.0, "(]"),
+    "sample.beta": ("range", 0.0, 1.0, "(]"), "sample.sigma_L": _POSITIVE, "sample.init_mean": ("range", -1e3, 1e3),
+    "sample.max_iters": ("range", 1, 10**7),
+    # memorization monitor
+    "monitor.every": ("range", 0, 1 << 40), "monitor.num_samples": ("range", 1, 1 << 20),
+    "monitor.level": ("range", 0.0, 1.0), "monitor.metric": ("choices", ("pixel",)),
+    "monitor.snapshots": _COUNT, "monitor.sampler": ("choices", _sampler_names),
+    "monitor.num_steps": ("range", 1, 1 << 20),
+}
+"""The allowed value of every config key that is not free text (`configlib.check`): ("range", lo, hi[, bounds])
+with bounds "[]" (default), "[)", "(]" or "()"; ("choices", names or a function giving them); ("bool",). A sweep (tuple) is checked item
+by item, and None (a documented "unset") passes. Checked by `validate`, so a bad value is refused when the
+config is read, before any JAX work."""
+FREE_TEXT = ("data.name", "data.source", "data.split", "data.data_dir", "model.name", "diffusion.kind",
+             "diffusion.sde", "loss.name", "loss.units")
+"""String keys without a fixed list of values: kinds checked by `validate`'s tables, dataset sources and paths
+checked when the data is read, and notes."""
 
 
 # ----------------------------------------------------------------------------------------------- sections
@@ -205,9 +311,9 @@ def validate(config) -> None:
                            ("monitor", MONITOR_KEYS)):
         if section in keys:
             _check_keys(f"config.{section}", config[section].keys(), valid, "keys")
-    from diffmem import sampling
-    settings = sorted({s for spec in sampling.SAMPLERS.values() for s in spec.settings})
+    settings = sorted({s for names in samplers().values() for s in names})
     _check_keys("config.sample", config.sample.keys(), SAMPLE_KEYS + tuple(settings), "keys")
+    configlib.check(config, RULES)
 
 
 def _sde_keys(diffusion) -> tuple:

@@ -166,31 +166,46 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def check(config: ml_collections.ConfigDict, rules: Mapping[str, tuple]) -> None:
-    """Check fields against rules {dotted key: ("range", lo, hi) | ("choices", [..]) | ("positive",)}.
+    """Check fields against rules {dotted key: ("range", lo, hi[, bounds]) | ("choices", [..] or a function
+    returning them) | ("bool",)};
+    bounds is "[]" (default), "[)", "(]" or "()".
 
-    Sweep values (tuples) are checked item by item. Missing keys are skipped (a rule set can cover many
-    configs). Raises a ConfigError that names the key, the value and the allowed range or choices.
+    Sweep values (tuples) are checked item by item; None passes (a documented "unset"). Missing keys are
+    skipped (a rule set can cover many configs). Raises a ConfigError that names the key, the value and the
+    allowed range or choices.
     """
     for dotted, rule in rules.items():
         node, ok = config, True
         for part in dotted.split("."):
-            if isinstance(node, ml_collections.ConfigDict) and part in node:
+            if isinstance(node, (ml_collections.ConfigDict, dict)) and part in node:
                 node = node[part]
             else:
                 ok = False
                 break
-        if not ok:
+        if not ok or node is None:
             continue
         values = node if isinstance(node, (tuple, list)) else (node,)
         for v in values:
             kind = rule[0]
             if kind == "range":
                 lo, hi = rule[1], rule[2]
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or not (lo <= v <= hi):
-                    raise ConfigError(f"config.{dotted} = {v!r} is out of range: allowed [{lo}, {hi}].")
+                bounds = rule[3] if len(rule) > 3 else "[]"
+                number = isinstance(v, (int, float)) and not isinstance(v, bool)
+                if isinstance(lo, int) and isinstance(hi, int) and number and not float(v).is_integer():
+                    number = False
+                inside = number and math.isfinite(v) and (lo <= v if bounds[0] == "[" else lo < v) and \
+                    (v <= hi if bounds[1] == "]" else v < hi)
+                if not inside:
+                    what = " (integers)" if isinstance(lo, int) and isinstance(hi, int) else ""
+                    raise ConfigError(f"config.{dotted} = {v!r} is out of range: allowed "
+                                      f"{bounds[0]}{lo}, {hi}{bounds[1]}{what}.")
             elif kind == "choices":
-                if v not in rule[1]:
-                    raise ConfigError(f"config.{dotted} = {v!r} is not valid: choose one of {list(rule[1])}.")
+                choices = rule[1]() if callable(rule[1]) else rule[1]
+                if v not in choices:
+                    raise ConfigError(f"config.{dotted} = {v!r} is not valid: choose one of {list(choices)}.")
+            elif kind == "bool":
+                if not isinstance(v, bool):
+                    raise ConfigError(f"config.{dotted} = {v!r} is not valid: write true or false.")
             else:
                 raise AssertionError(f"unknown rule {rule}")
 

@@ -43,26 +43,6 @@ class SamplingDiverged(DiffmemError, FloatingPointError):
     """A sampler produced non-finite samples; nothing of that batch was saved."""
 
 
-def parse_seeds(text: str) -> np.ndarray:
-    """'0-49999' (inclusive range), '0,5,7' or a mix like '0-9,100-109' -> int64 array."""
-    out = []
-    for part in filter(None, text.split(",")):
-        try:
-            if "-" in part:
-                lo, hi = (int(v) for v in part.split("-"))
-                if hi < lo:
-                    raise InputError(f"Seed range {part!r} is empty: write LOW-HIGH with LOW <= HIGH.")
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
-        except ValueError as e:
-            if isinstance(e, InputError):
-                raise
-            raise InputError(f"Seeds {text!r}: {part!r} is not a seed or a LOW-HIGH range (e.g. 0-1499).") from None
-    if not out:
-        raise InputError(f"No seeds in {text!r}: use e.g. 0-1499.")
-    return np.asarray(out, np.int64)
-
 
 def sampler_settings(config: ml_collections.ConfigDict, name: str, model, **given) -> dict:
     """A sampler's resolved settings for `model`: `given` (None = unset), then the config's `sample` section

@@ -35,11 +35,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffmem import builders, checkpoint, configlib, cpu_parallel, lock, monitor, multihost, report, sampling, schedules
+from diffmem import (builders, checkpoint, config_schema, configlib, cpu_parallel, lock, monitor, multihost, report,
+                     schedules)
 from diffmem import workdir as workdir_lib
 from diffmem.errors import DiffmemError, WriteError
 
-MATMUL_PRECISIONS = ("default", "bfloat16", "tensorfloat32", "float32", "highest")
+MATMUL_PRECISIONS = config_schema.RULES["matmul_precision"][1]
 
 
 def matmul_precision(config: ml_collections.ConfigDict):
@@ -51,20 +52,7 @@ def matmul_precision(config: ml_collections.ConfigDict):
     return contextlib.nullcontext() if name == "default" else jax.default_matmul_precision(name)
 
 
-RULES = {
-    "optim.lr": ("range", 1e-8, 1.0),
-    "optim.grad_clip": ("range", 0.0, 1e6),
-    "ema.decay": ("range", 0.0, 0.999999999),
-    "batch_size": ("range", 1, 1 << 20),
-    "steps": ("range", 0, 1 << 40),   # 0: each member trains for its schedule (`diffmem.schedules`)
-    "steps_per_call": ("range", 1, 1 << 20),
-    "log_every": ("range", 1, 1 << 40),
-    "ckpt_every": ("range", 1, 1 << 40),
-    "data.k": ("range", 1, 1 << 40),
-    "diffusion.sigma_max": ("range", 1e-6, 1e6),
-    "sample.sampler": ("choices", sampling.SAMPLERS),  # the live registry: every registered sampler
-    "matmul_precision": ("choices", MATMUL_PRECISIONS),
-}
+RULES = config_schema.RULES  # every config value's allowed range (checked when a config is read, and here)
 
 
 class TrainingDiverged(DiffmemError, FloatingPointError):
@@ -160,7 +148,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         else:
             d = ema_decay(state.step, decay, warmup)
         ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "l2_params": optax.tree.norm(params),
+                   "l2_updates": optax.tree.norm(updates)}
         return TrainState(state.step + 1, params, ema, opt_state), metrics
 
     return step
@@ -282,7 +271,9 @@ def make_multi_step(train_step: Callable, groups_meta: list[dict], mesh: Mesh, l
         if not lone(meta):
             return run(state, lambda s: one_group_step(s, data, meta))
         state, metrics = run(jax.tree.map(lambda v: v[0], state), lambda s: one_group_step(s, data, meta))
-        return jax.tree.map(lambda v: v[None], (state, metrics))
+        # The state gets its model axis back in front; the metrics (steps,) of a scan or () of one step get it
+        # last, as a group's metrics are (steps, members).
+        return jax.tree.map(lambda v: v[None], state), jax.tree.map(lambda v: v[..., None], metrics)
 
     def counts(num_steps) -> list[int]:
         return [int(num_steps)] * len(groups_meta) if np.ndim(num_steps) == 0 else [int(n) for n in num_steps]
@@ -403,6 +394,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
         if config[every] % config.steps_per_call:
             raise configlib.ConfigError(f"config.{every} = {config[every]} must be a multiple of "
                                         f"config.steps_per_call = {config.steps_per_call}.")
+    workdir_lib.Workdir(workdir).check_config(config)  # a different experiment is refused before the lock
     with lock.workdir_lock(workdir, "training"):  # one writer per workdir; released however this ends
         return _train_locked(config, workdir, mesh, progress)
 
@@ -476,33 +468,41 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
     end = max(totals)
     bar = _progress(end, start, names, progress)
     step, window_t, window_steps = start, time.perf_counter(), 0
-    with report.JsonlAppender(metrics_path) as metrics_file, matmul_precision(config), _checkpoint_writes(workdir):
+    window = [[] for _ in groups]  # per group, the chunks' metrics since the last metrics line
+    config_json = workdir_lib.config_as_json(config)  # recorded with every checkpoint
+    with report.JsonlAppender(metrics_path) as metrics_file, matmul_precision(config), _checkpoint_writes(workdir), \
+            _finish_saves_when_stopped(managers):
         if mon is not None:  # f_mem at the resumed step (deterministic), as the uninterrupted run had it
             end = mon.resume(starts, totals, stacked, metrics_file)
         while step < end:
             target = min((step // config.steps_per_call + 1) * config.steps_per_call, end)
             counts = [max(0, min(target, t) - s) for t, s in zip(totals, group_step)]
             stacked, metrics = multi_step(stacked, tuple(datas), counts)
-            # (n, group size) each, None for groups that did not run; syncs the device
-            losses = [None if m is None else multihost.to_host(m["loss"]) for m in metrics]
-            grad_norms = [None if m is None else multihost.to_host(m["grad_norm"]) for m in metrics]
-            _nan_guard(losses, groups, specs, group_step, last_saved, managers)
+            # {metric: (n, group size)} per group, None for groups that did not run; syncs the device
+            metrics = [None if m is None else {k: multihost.to_host(v) for k, v in m.items()} for m in metrics]
+            _nan_guard(metrics, groups, specs, group_step, last_saved, managers)
+            for g, m in enumerate(metrics):  # every step since the last metrics line
+                if m is not None:
+                    window[g].append(m)
             group_step = [s + n for s, n in zip(group_step, counts)]
             window_steps += target - step
             bar.update(target - step)
             step = target
-            if (step % config.log_every == 0 or step == end) and any(x is not None for x in losses):
+            if (step % config.log_every == 0 or step == end) and any(window):
                 now = time.perf_counter()
                 record = {"step": step, "steps_per_s": round(window_steps / (now - window_t), 2)}
                 for g, idx in enumerate(groups):
-                    for j, i in enumerate(idx):
-                        if losses[g] is not None:
-                            record[f"loss/{specs[i].name}"] = float(losses[g][:, j].mean())
-                            record[f"grad_norm/{specs[i].name}"] = float(grad_norms[g][:, j].mean())
+                    if window[g]:
+                        steps_since = {k: np.concatenate([m[k] for m in window[g]]) for k in window[g][0]}
+                        for j, i in enumerate(idx):
+                            record.update(window_means(steps_since, j, specs[i].name))
+                window = [[] for _ in groups]
                 metrics_file.write(record)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.4f}" for k, v in record.items() if k.startswith("loss/")}
                                 | {"steps/s": record["steps_per_s"]})
                 window_t, window_steps = now, 0
+            for m in managers.values():  # a failed asynchronous save stops training now, not at the end
+                checkpoint.check(m)
             if mon is not None:  # f_mem/<name> lines; a group at monitor.level stops (checkpoint just below)
                 end = mon.after_chunk(group_step, counts, stacked, totals, metrics_file)
             for g, idx in enumerate(groups):
@@ -510,14 +510,27 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
                 if counts[g] and (at % config.ckpt_every == 0 or at == totals[g] or at in snapshots):
                     for j, i in enumerate(idx):
                         member = jax.tree.map(lambda x: x[j], stacked[g])
-                        checkpoint.save(managers[specs[i].name], at, member.as_dict())
+                        checkpoint.save(managers[specs[i].name], at, member.as_dict(), config=config_json)
                     last_saved[g] = at
     bar.close()
     with _checkpoint_writes(workdir):
         for m in managers.values():
-            m.wait_until_finished()
+            checkpoint.wait(m)
     return {specs[i].name: jax.tree.map(lambda x: x[j], stacked[g])
             for g, idx in enumerate(groups) for j, i in enumerate(idx)}
+
+
+@contextlib.contextmanager
+def _finish_saves_when_stopped(managers: dict):
+    """However training stops (diverged, a failed write, Ctrl-C), the asynchronous saves already under way are
+    finished, so every checkpoint the run started is complete on disk; their own errors do not hide the first."""
+    try:
+        yield
+    except BaseException:
+        for m in managers.values():
+            with contextlib.suppress(Exception):
+                m.wait_until_finished()
+        raise
 
 
 @contextlib.contextmanager
@@ -533,21 +546,42 @@ def _checkpoint_writes(workdir: str):
             "it writable, then rerun: training resumes from the last complete checkpoint.") from e
 
 
-def _nan_guard(losses, groups, specs, steps, last_saved, managers) -> None:
-    """Stop on the first non-finite loss; steps, last_saved: each group's step before the chunk and its last
-    checkpoint step."""
+def window_means(metrics: dict[str, np.ndarray], member: int, name: str) -> dict[str, float]:
+    """One member's metrics.jsonl entries: {"<metric>/<name>": mean over the steps since the last line} from
+    the group's {metric: (steps, members)} arrays (`loss`, `grad_norm`, `l2_params`, `l2_updates`)."""
+    return {f"{key}/{name}": float(np.mean(values[:, member])) for key, values in metrics.items()}
+
+
+def _nan_guard(metrics, groups, specs, steps, last_saved, managers) -> None:
+    """Stop on the first step whose loss, gradient norm, parameter norm or update norm is not finite.
+
+    metrics: per group {metric: (steps, members)} or None; steps, last_saved: each group's step before the chunk
+    and its last checkpoint step. A non-finite parameter norm is caught at the step that made it, so no
+    checkpoint with non-finite weights is ever written; the message names the last checkpoint on disk.
+    """
     for g, idx in enumerate(groups):
-        if losses[g] is None:
+        if metrics[g] is None:
             continue
-        bad = ~np.isfinite(losses[g])
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
-            for m in managers.values():
-                m.wait_until_finished()
-            raise TrainingDiverged(
-                f"Loss of model {specs[idx[col]].name} became {losses[g][row, col]} at step {steps[g] + row + 1}. "
-                f"The last good checkpoint (step {last_saved[g]}) is kept and nothing after it was saved. "
-                "Lower --config.optim.lr, set --config.optim.grad_clip=1.0, or check the data for NaN/inf.")
+        bad = np.zeros(metrics[g]["loss"].shape, bool)
+        for values in metrics[g].values():
+            bad |= ~np.isfinite(values)
+        if not bad.any():
+            continue
+        row, col = np.argwhere(bad)[0]
+        name = specs[idx[col]].name
+        what = ", ".join(f"{k} {metrics[g][k][row, col]:.4g}" for k in metrics[g])
+        for m in managers.values():
+            checkpoint.wait(m)
+        kept = [s for s in managers[name].all_steps() if s <= last_saved[g]]
+        if kept:
+            path = os.path.join(str(managers[name].directory), str(max(kept)))
+            where = (f"The last good checkpoint, step {max(kept)} ({path}), is kept and nothing after it was "
+                     "saved; a rerun resumes from it.")
+        else:
+            where = "No checkpoint was saved before it (a rerun starts from step 0)."
+        raise TrainingDiverged(
+            f"Training of model {name} diverged at step {steps[g] + row + 1} ({what}). {where} "
+            "Lower --config.optim.lr, set --config.optim.grad_clip=1.0, or check the data for NaN/inf.")
 
 
 def _group_schedule(member_schedules: list[schedules.MemberSchedule]) -> dict:

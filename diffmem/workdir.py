@@ -190,6 +190,11 @@ def config_differences(old: dict, new: dict, *, keep_steps: bool = False) -> lis
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
+def config_as_json(config: ml_collections.ConfigDict) -> dict:
+    """A config as config.json holds it: a JSON dict in the current schema."""
+    return config_schema.migrate(json.loads(configlib.to_json(config)))
+
+
 def _without(config: dict, dotted_keys) -> dict:
     """A copy of a JSON config dict with the given (dotted) keys removed."""
     config = dict(config)
@@ -223,6 +228,7 @@ class Workdir:
     def __init__(self, path: str, config: ml_collections.ConfigDict | None = None):
         self.path = str(path)
         self._config = config
+        self._trained_config_checked = False
 
     def __repr__(self) -> str:
         return f"Workdir({self.path!r})"
@@ -340,7 +346,7 @@ class Workdir:
         """Refuse a config that differs from config.json beyond `RERUN_KEYS` (no config.json: nothing to check)."""
         if not self.exists():
             return
-        new = config_schema.migrate(json.loads(configlib.to_json(config)))
+        new = config_as_json(config)
         diff = config_differences(self._read_config_json(), new, keep_steps=keep_steps)
         if diff:
             raise configlib.ConfigError(
@@ -354,8 +360,30 @@ class Workdir:
         self.check_config(config)
         if is_writer():
             os.makedirs(self.path, exist_ok=True)
-            report.write_json(self.config_path, config_schema.migrate(json.loads(configlib.to_json(config))))
+            report.write_json(self.config_path, config_as_json(config))
         self._config = config
+
+    def check_trained_config(self) -> None:
+        """Refuse a config.json edited after training: compare it with the config recorded in the checkpoints
+        (`diffmem.checkpoint.save`), ignoring `RERUN_KEYS`. Checkpoints written before configs were recorded
+        are not checked."""
+        if self._trained_config_checked:
+            return
+        from diffmem import checkpoint
+        root = self.checkpoint_dir()
+        for name in checkpoint.list_models(self.path):
+            trained = checkpoint.recorded_config(os.path.join(root, name))
+            if trained is None:
+                continue
+            diff = config_differences(config_schema.migrate(trained), self._read_config_json())
+            if diff:
+                raise configlib.ConfigError(
+                    f"{self.config_path} was changed after training: it differs in {diff} from the config model "
+                    f"{name} was trained with (recorded in its checkpoints under {root}). Put config.json back "
+                    f"as it was (the training config is the 'diffmem' entry of {os.path.join(root, name)}/<step>/"
+                    "_CHECKPOINT_METADATA), or train into a new workdir.")
+            break
+        self._trained_config_checked = True
 
     # ---------------------------------------------------------------- training sets
     def _read_subset(self, k: int) -> dict | None:
@@ -420,6 +448,7 @@ class Workdir:
                 raise InputError("The optimal denoiser has no checkpoints: drop step.")
             return optimal_from_spec(config, spec)
         from diffmem import checkpoint
+        self.check_trained_config()
         net = builders.build_model(config, spec.data.shape[1:])
         x = jnp.asarray(spec.data[:1])
         like = jax.eval_shape(lambda: net.init(jax.random.key(0), x, jnp.ones((1,), x.dtype)))

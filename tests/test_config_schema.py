@@ -152,3 +152,55 @@ def test_an_old_toy_workdir_with_finished_training_is_resumed_not_retrained(tmp_
     jax.tree.map(np.testing.assert_array_equal, again["2"].ema_params, first["2"].ema_params)
     assert open(os.path.join(path, "metrics.jsonl")).read() == metrics
     assert int(Workdir(path).model("2").step) == 10
+
+
+# ------------------------------------------------------------------------------------------- value rules
+def _leaves(node, prefix=""):
+    for key, value in node.items():
+        if key == "study" and not prefix:
+            continue  # free-form: each study checks its own settings
+        if hasattr(value, "items"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_every_config_value_has_a_rule_and_every_shipped_config_obeys_it():
+    for spec in SPECS + ["kadkhodaie.py:arch=bf_unet", "digits.py:arch=ddpmpp,precond=ve"]:
+        config = load(spec)
+        configlib.check(config, config_schema.RULES)
+        for key, value in _leaves(config):
+            assert key in config_schema.RULES or key in config_schema.FREE_TEXT, f"{spec}: {key} has no rule"
+            if key in config_schema.FREE_TEXT:
+                assert isinstance(value, str), f"{spec}: {key} = {value!r} is free text but not a string"
+
+
+def test_the_schema_knows_the_samplers_of_the_registry_without_importing_it():
+    from diffmem import sampling
+    assert config_schema.SAMPLER_SETTINGS == {n: tuple(s.settings) for n, s in sampling.SAMPLERS.items()}
+    assert config_schema.samplers() == config_schema.SAMPLER_SETTINGS  # sampling imported: the live registry
+
+
+def test_range_rules_bounds_types_sweeps_and_unset_values():
+    rules = {"a": ("range", 0.0, 1.0, "[)"), "b": ("range", 1, 10), "c": ("bool",), "d": ("choices", lambda: ("x",)),
+             "e": ("range", 0.0, 1.0, "()")}
+
+    def check(**values):
+        configlib.check(configlib.ml_collections.ConfigDict(values), rules)
+
+    check(a=0.0, b=10, c=True, d="x", e=0.5)
+    check(a=None, b=(1, 2, 3))  # None: unset; a sweep item by item
+    for bad, match in [(dict(a=1.0), r"config.a = 1.0 is out of range: allowed \[0.0, 1.0\)"),
+                       (dict(a=float("nan")), "out of range"), (dict(a=True), "out of range"),
+                       (dict(b=0), r"allowed \[1, 10\] \(integers\)"), (dict(b=2.5), "integers"),
+                       (dict(b=(1, 11)), "config.b = 11"), (dict(c=1), "write true or false"),
+                       (dict(d="y"), r"choose one of \['x'\]"), (dict(e=0.0), r"allowed \(0.0, 1.0\)")]:
+        with pytest.raises(configlib.ConfigError, match=match):
+            check(**bad)
+    # Seeds of every kind are 32-bit, K and the number of checkpoints at least 1: refused when read.
+    for key, value in [("seed", "-1"), ("seed", "99999999999"), ("data.subset_seed", "-1"), ("keep_checkpoints", "0"),
+                       ("optim.b1", "1.5"), ("optim.b2", "1.0")]:
+        config = load("circle.py")
+        configlib.apply_override(config, key, value)
+        with pytest.raises(configlib.ConfigError, match=f"config.{key} = "):
+            config_schema.validate(config)

@@ -6,13 +6,14 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffmem import builders, checkpoint, configlib, losses, train
+from diffmem import builders, checkpoint, configlib, losses, report, train
 from diffmem import sde as sde_lib
 from diffmem.data import toy
 
@@ -198,7 +199,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, o
     pool = toy.circle_pool()
     pool[:] = np.nan
     monkeypatch.setattr(builders, "load_pool", lambda config: pool)
-    with pytest.raises(train.TrainingDiverged, match="last good checkpoint \\(step 20\\)"):
+    with pytest.raises(train.TrainingDiverged, match="last good checkpoint, step 20"):
         train.train(small_circle(steps=40), str(tmp_path), progress=False)
     assert checkpoint.latest_step(str(tmp_path), "9") == 20
 
@@ -233,3 +234,52 @@ def test_epoch_permutation_is_uniform_with_padding_last(k_max):
     # Where row 0 lands: uniform over the k slots (chi-square over 5 bins, 4 dof, 99.99% quantile 23.5).
     bins = np.bincount(np.argmax(perms == 0, axis=1) * 5 // k, minlength=5)
     assert ((bins - 400.0) ** 2 / 400.0).sum() < 23.5
+
+
+def test_a_lone_scanned_model_logs_the_chunk_mean_and_its_metrics_are_steps_by_members(tmp_path, monkeypatch,
+                                                                                       one_device):
+    """The scan loop of a lone toy model returns metrics (steps, 1), as every group does: metrics.jsonl holds the
+    mean over the steps since the last line (recomputed here from the per-step metrics the loop returned), not
+    the loss of a chunk's first step."""
+    chunks = []
+    real = train.make_multi_step
+
+    def keeping_metrics(*args, **kwargs):
+        run = real(*args, **kwargs)
+
+        def spy(states, datas, num_steps):
+            out = run(states, datas, num_steps)
+            chunks.append(jax.tree.map(np.asarray, out[1][0]))
+            return out
+        return spy
+
+    monkeypatch.setattr(train, "make_multi_step", keeping_metrics)
+    c = small_circle(steps=20)
+    c.log_every = c.ckpt_every = 20
+    train.train(c, str(tmp_path), progress=False)
+    logged = report.read_jsonl(os.path.join(str(tmp_path), "metrics.jsonl"))
+    assert [m["loss"].shape for m in chunks] == [(10, 1), (10, 1)]  # two chunks of steps_per_call = 10
+    assert set(chunks[0]) == {"loss", "grad_norm", "l2_params", "l2_updates"}
+    assert logged[-1]["step"] == 20
+    for key in chunks[0]:
+        per_step = np.concatenate([chunks[0][key], chunks[1][key]])[:, 0]  # steps 1..20, since the last line
+        assert logged[-1][f"{key}/9"] == float(np.mean(per_step))
+    assert abs(logged[-1]["loss/9"] - float(chunks[0]["loss"][0, 0])) > 1e-4  # not the first step's loss
+
+
+def test_nan_guard_fires_on_any_step_of_a_chunk_and_names_a_checkpoint_that_exists(tmp_path):
+    """A NaN that is not on a chunk's first step (the (steps, members) layout of one lone model), and an infinite
+    parameter norm with a finite loss, both stop training naming the step and the checkpoint on disk."""
+    mngr = checkpoint.manager(str(tmp_path), "9")
+    checkpoint.save(mngr, 10, {"w": np.ones(3, np.float32)})
+    spec = types.SimpleNamespace(name="9")
+    for key, value in (("loss", np.nan), ("l2_params", np.inf)):
+        metrics = {k: np.ones((10, 1), np.float32) for k in ("loss", "grad_norm", "l2_params", "l2_updates")}
+        metrics[key][3, 0] = value
+        with pytest.raises(train.TrainingDiverged) as e:
+            train._nan_guard([metrics], [[0]], [spec], [20], [10], {"9": mngr})
+        message = str(e.value)
+        assert "diverged at step 24" in message and f"{key} {value}" in message
+        assert f"step 10 ({os.path.join(str(mngr.directory), '10')})" in message
+    with pytest.raises(train.TrainingDiverged, match="No checkpoint was saved before it"):
+        train._nan_guard([metrics], [[0]], [spec], [0], [0], {"9": checkpoint.manager(str(tmp_path), "8")})
