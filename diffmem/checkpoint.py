@@ -19,6 +19,7 @@ Checkpoints written before checksums were recorded are read without the check.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -84,10 +85,20 @@ def tree_sha256(tree: Any) -> dict[str, str]:
 
 
 def _recorded(mngr: ocp.CheckpointManager, step: int) -> dict:
-    """diffmem's record in the step's metadata ({} for checkpoints written before it existed)."""
+    """diffmem's record in the step's metadata ({} for checkpoints written before it existed).
+
+    Read from the step's `_CHECKPOINT_METADATA` JSON file (orbax's on-disk name for the step metadata), which
+    takes a millisecond where `CheckpointManager.metadata(step)` also reads every array's metadata (0.3-0.7 s for
+    the digits UNet); `metadata(step)` is the fallback where that file is absent.
+    """
+    path = os.path.join(str(mngr.directory), str(int(step)), "_CHECKPOINT_METADATA")
     try:
-        custom = mngr.metadata(int(step)).custom_metadata or {}
-    except Exception:  # no or unreadable metadata file: the restore itself reports a damaged step
+        if os.path.exists(path):
+            with open(path) as f:
+                custom = json.load(f).get("custom_metadata") or {}
+        else:
+            custom = mngr.metadata(int(step)).custom_metadata or {}
+    except Exception:  # an unreadable metadata file: the restore itself reports a damaged step
         return {}
     record = custom.get(METADATA_KEY)
     return record if isinstance(record, dict) else {}
