@@ -68,7 +68,6 @@ def bench_training(config, model, variables, steps: int) -> dict:
 
 def bench_sampling(model, variables, batch: int, ks_iters: int) -> dict:
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from diffmem import sampling
     apply = jax.jit(lambda v, y: y - model.apply(v, y, train=False))
@@ -91,7 +90,6 @@ def bench_sampling(model, variables, batch: int, ks_iters: int) -> dict:
 
 def bench_jacobian(model, variables, images: int) -> dict:
     import jax
-    import jax.numpy as jnp
     from diffmem.metrics.jacobian import denoiser_jacobian
     d = lambda y, s: y - model.apply(variables, y, train=False)
     ys = jax.random.uniform(jax.random.key(5), (images, *SHAPE))

@@ -116,7 +116,7 @@ def random_params(model, shape, seed: int = 0):
 def section_train(a, sizes: dict, dev: dict, save) -> dict:
     import jax
     import jax.numpy as jnp
-    from diffmem import builders, nets, train
+    from diffmem import builders, devices, nets, train
     config, shape, batch = cifar_config(a.small), sizes["shape"], sizes["train_batch"]
     model = builders.build_model(config, shape)
     step = train.make_train_step(builders.build_loss(config, model), train.optimizer_from_config(config),
@@ -132,7 +132,7 @@ def section_train(a, sizes: dict, dev: dict, save) -> dict:
         fresh = jax.tree.map(jnp.copy, params)  # the step donates its state: new buffers per precision
         state = train.TrainState(jnp.zeros((), jnp.int32), fresh, jax.tree.map(jnp.copy, params),
                                  train.optimizer_from_config(config).init(fresh))
-        with train.matmul_precision(config):
+        with devices.matmul_precision(config.matmul_precision):
             t0 = time.perf_counter()
             compiled = jax.jit(step, donate_argnums=0).lower(state, x0, valid, jax.random.key(2)).compile()
         compile_s = time.perf_counter() - t0
@@ -172,7 +172,7 @@ def _overrides(a) -> dict:
 def section_sample(a, sizes: dict, dev: dict, save) -> dict:
     import jax
     import jax.numpy as jnp
-    from diffmem import builders, sampling, train
+    from diffmem import builders, devices, sampling
     config, shape, batch = cifar_config(a.small), sizes["shape"], sizes["sample_batch"]
     model = builders.build_model(config, shape)
     params = random_params(model, shape)
@@ -185,7 +185,7 @@ def section_sample(a, sizes: dict, dev: dict, save) -> dict:
         def run(p, x):
             return sampling.edm_heun(builders.denoiser(config, model, p), x, num_steps=18)
         x = 80.0 * jax.random.normal(jax.random.key(0), (batch, *shape), jnp.float32)
-        with train.matmul_precision(config):
+        with devices.matmul_precision(config.matmul_precision):
             t0 = time.perf_counter()
             compiled = jax.jit(run).lower(params, x).compile()
         compile_s = time.perf_counter() - t0

@@ -15,7 +15,6 @@ Figures are appended as one JSON line to bench/results/bench_lpips.json.
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -41,7 +40,6 @@ def main():
     a = ap.parse_args()
     n = a.samples or (16 if a.small else 64)
     m = a.train or (64 if a.small else 256)
-    import jax
     import numpy as np
     from diffmem.metrics import lpips
 

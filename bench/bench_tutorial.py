@@ -65,14 +65,14 @@ def diffmem_em_seconds(n: int = 1500, steps: int = 1000) -> tuple[float, float, 
     sampler on the tutorial net, run as bin/sample.py runs it (`sample_sharded`, fixed blocks)."""
     import jax
     import jax.numpy as jnp
-    from diffmem import nets, sampling, sde as sde_lib, train
+    from diffmem import devices, nets, sampling, sde as sde_lib
     sde = sde_lib.VESDE()
     model = nets.ScoreMLP(sde.marginal_std)
     params = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.ones((1,)))
     score = lambda x, t: model.apply(params, x, t)  # as builders.score_fn
     sampler = lambda s: sampling.euler_maruyama(score, sde, sampling.tutorial_init(s, 2, sde), s, steps,
                                                 shared_time=True)
-    mesh = train.data_mesh(jax.devices()[:1])
+    mesh = devices.data_mesh(jax.devices()[:1])
     seeds = jnp.arange(n)
     run = lambda s: sampling.sample_sharded(sampler, s, mesh)
     t = time.perf_counter()

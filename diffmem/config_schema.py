@@ -165,7 +165,7 @@ RULES = {
     "steps": ("range", 0, 1 << 40),   # 0: each member trains for its schedule (`diffmem.schedules`)
     "steps_per_call": ("range", 1, 1 << 20), "log_every": _COUNT, "ckpt_every": _COUNT,
     "keep_checkpoints": ("range", 1, 1 << 20),   # the last checkpoint is the result: at least one is kept
-    "matmul_precision": ("choices", ("default", "bfloat16", "tensorfloat32", "float32", "highest")),
+    "matmul_precision": ("choices", ("default", "bfloat16", "tensorfloat32", "float32", "highest")),  # devices
     # sampling (`sample.sampler` and the settings of every sampler)
     "sample.num": ("range", 1, 1 << 30), "sample.batch": ("range", 1, 1 << 20),
     "sample.sampler": ("choices", _sampler_names), "sample.optimal_sampler": ("choices", _sampler_names),

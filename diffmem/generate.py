@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from diffmem import config_schema, multihost, sampling, train, viz
+from diffmem import config_schema, devices, multihost, sampling, viz
 from diffmem import workdir as wdlib
 from diffmem.errors import DiffmemError, InputError, MissingInputError, OutputExistsError
 
@@ -112,7 +112,7 @@ def sample_workdir(workdir: str, seeds: Sequence[int], sampler: str | None = Non
     seeds = np.asarray(seeds, np.int64)
     if seeds.ndim != 1 or seeds.size == 0 or len(np.unique(seeds)) != len(seeds):
         raise InputError("Seeds must be a non-empty list without repeats.")
-    mesh = mesh or train.data_mesh()
+    mesh = mesh or devices.data_mesh()
     paths = []
     for name in wdlib.sort_names(wanted):
         m = wd.model(name, step, kind=model)
@@ -127,7 +127,7 @@ def sample_workdir(workdir: str, seeds: Sequence[int], sampler: str | None = Non
             while len(_RUNS) > 8:
                 _RUNS.pop(next(iter(_RUNS)))
         set_step = None if (step is None or model == "optimal") else m.step
-        with train.matmul_precision(config):
+        with devices.matmul_precision(config.get("matmul_precision", "default")):
             wrote = sample_set(wd, name, model, set_step, run, seeds, record, batch=m_batch, mesh=mesh,
                                overwrite=overwrite, desc=f"K={m.k} {model} {sampler}", progress=progress)
         if wrote and wdlib.is_writer():

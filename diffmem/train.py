@@ -35,22 +35,10 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffmem import (builders, checkpoint, config_schema, configlib, cpu_parallel, lock, monitor, multihost, report,
-                     schedules)
+from diffmem import (builders, checkpoint, config_schema, configlib, cpu_parallel, devices, lock, monitor, multihost,
+                     report, schedules)
 from diffmem import workdir as workdir_lib
 from diffmem.errors import DiffmemError, WriteError
-
-MATMUL_PRECISIONS = config_schema.RULES["matmul_precision"][1]
-
-
-def matmul_precision(config: ml_collections.ConfigDict):
-    """A context for tracing the config's computations with `config.matmul_precision` ("bfloat16": bf16
-    matmuls/convs on accelerators); a no-op for "default" or configs without the key."""
-    name = config.get("matmul_precision", "default")
-    if name not in MATMUL_PRECISIONS:
-        raise configlib.ConfigError(f"matmul_precision {name!r}; valid: {list(MATMUL_PRECISIONS)}.")
-    return contextlib.nullcontext() if name == "default" else jax.default_matmul_precision(name)
-
 
 RULES = config_schema.RULES  # every config value's allowed range (checked when a config is read, and here)
 
@@ -185,12 +173,6 @@ def _permutation(key: jax.Array, k: jax.Array, k_max: int) -> jax.Array:
 
 
 # ------------------------------------------------------------------------- 3. compiled loop over a sweep
-def data_mesh(devices=None) -> Mesh:
-    """A 1-D mesh named "data" over `devices` (default: all)."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), ("data",))
-
-
 def _groups(specs: list[builders.ModelSpec], num_devices: int, vmap: bool = True,
             steps: list[int] | None = None) -> list[list[int]]:
     """Sweep members grouped by padded batch size (a multiple of the device count) and by their number of
@@ -403,7 +385,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
                   progress: bool) -> dict[str, TrainState]:
     wd = workdir_lib.Workdir(workdir)
     wd.write_config(config)  # or refuse a rerun whose config differs beyond RERUN_KEYS
-    mesh = data_mesh() if mesh is None else mesh
+    mesh = devices.data_mesh() if mesh is None else mesh
     n_dev = mesh.devices.size
 
     specs = wd.specs(config, record=True)  # K-subsets recorded / checked
@@ -470,8 +452,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
     step, window_t, window_steps = start, time.perf_counter(), 0
     window = [[] for _ in groups]  # per group, the chunks' metrics since the last metrics line
     config_json = workdir_lib.config_as_json(config)  # recorded with every checkpoint
-    with report.JsonlAppender(metrics_path) as metrics_file, matmul_precision(config), _checkpoint_writes(workdir), \
-            _finish_saves_when_stopped(managers):
+    with report.JsonlAppender(metrics_path) as metrics_file, devices.matmul_precision(config.get("matmul_precision", "default")), \
+            _checkpoint_writes(workdir), _finish_saves_when_stopped(managers):
         if mon is not None:  # f_mem at the resumed step (deterministic), as the uninterrupted run had it
             end = mon.resume(starts, totals, stacked, metrics_file)
         while step < end:

@@ -37,11 +37,11 @@ def x64():
 
 @pytest.fixture()
 def one_device(monkeypatch):
-    """Make `train.data_mesh()` default to one device for a test that is not about sharding (small batches
+    """Make `devices.data_mesh()` default to one device for a test that is not about sharding (small batches
     split over conftest's 8 fake CPU devices only add collectives)."""
-    from diffmem import train
-    full = train.data_mesh
-    monkeypatch.setattr(train, "data_mesh", lambda devices=None: full(jax.devices()[:1] if devices is None else devices))
+    from diffmem import devices
+    full = devices.data_mesh
+    monkeypatch.setattr(devices, "data_mesh", lambda devices=None: full(jax.devices()[:1] if devices is None else devices))
 
 
 def pytest_xdist_auto_num_workers(config):

@@ -27,10 +27,10 @@ def run(workdir: str, resume: bool = True) -> dict[str, np.ndarray]:
     resume: train in two calls (100 steps, then resumed to 200) rather than one."""
     import jax
 
-    from diffmem import builders, multihost, report, sampling, train
+    from diffmem import builders, devices, multihost, report, sampling, train
     from diffmem.metrics import distances
 
-    mesh = train.data_mesh()
+    mesh = devices.data_mesh()
     if resume:
         train.train(config(100), workdir, mesh=mesh, progress=False)
     c = config(200)

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffmem import builders, configlib, generate, train
+from diffmem import builders, configlib, devices, generate, train
 from diffmem.data import toy
 from diffmem.studies import circle
 from diffmem.workdir import Workdir
@@ -23,7 +23,7 @@ def test_k2_circle_model_memorizes(tmp_path):
     """
     c = configlib.load_config_file(os.path.join(REPO, "configs/circle.py") + ":k=2,steps=30000,lr=3e-4")
     # One device: a batch of 2 split over conftest's 8 fake CPU devices only adds collectives.
-    train.train(c, str(tmp_path), mesh=train.data_mesh(jax.devices()[:1]), progress=False)
+    train.train(c, str(tmp_path), mesh=devices.data_mesh(jax.devices()[:1]), progress=False)
     [path] = generate.sample_workdir(str(tmp_path), np.arange(500), "em", eps=1e-4)
     wd = Workdir(str(tmp_path))
     out = wd.read_samples("2")

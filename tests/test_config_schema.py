@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffmem import builders, config_schema, configlib, generate, train
+from diffmem import builders, config_schema, configlib, devices, generate, train
 from diffmem.workdir import RERUN_KEYS, Workdir, config_differences
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,7 +118,7 @@ def test_old_config_json_is_migrated_on_load_and_a_rerun_of_the_same_experiment_
 
 
 def test_an_old_toy_workdir_samples_exactly_as_a_new_one(tmp_path):
-    mesh = train.data_mesh(jax.devices()[:1])
+    mesh = devices.data_mesh(jax.devices()[:1])
     kw = dict(sampler="em", model="optimal", num_steps=5, mesh=mesh, progress=False)
     old = old_workdir(tmp_path, "old", OLD_CIRCLE)
     generate.sample_workdir(old, np.arange(4), **kw)
@@ -135,7 +135,7 @@ def test_an_old_toy_workdir_with_finished_training_is_resumed_not_retrained(tmp_
     c.model.hidden, c.model.embed, c.model.num_layers = 8, 8, 1
     c.steps_per_call, c.log_every, c.ckpt_every = 10, 10, 10
     path = str(tmp_path / "run")
-    mesh = train.data_mesh(jax.devices()[:1])
+    mesh = devices.data_mesh(jax.devices()[:1])
     first = train.train(c, path, mesh=mesh, progress=False)
     # Rewrite its config.json as the previous schema wrote it (the noise process in `sde`, no new sections).
     old = json.loads(open(os.path.join(path, "config.json")).read())

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffmem import builders, configlib, image_configs, nets, precond, schedules, train
+from diffmem import builders, config_schema, configlib, devices, image_configs, nets, precond, schedules, train
 from diffmem.data import images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -292,11 +292,12 @@ def test_bf16_matmul_precision_is_a_checked_config_choice():
     c = load("cifar10")
     assert c.matmul_precision == "default"
     c.matmul_precision = "bfloat16"
-    with train.matmul_precision(c):
+    with devices.matmul_precision(c.matmul_precision):
         assert jax.config.jax_default_matmul_precision == "bfloat16"
+    assert devices.MATMUL_PRECISIONS == config_schema.RULES["matmul_precision"][1]
     c.matmul_precision = "bf16"
     with pytest.raises(configlib.ConfigError, match="bfloat16"):
-        train.matmul_precision(c)
+        config_schema.validate(c)
 
 
 def test_optimal_denoiser_defaults_to_zhang_et_als_edm_euler(tmp_path, one_device):

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffmem import configlib, generate, report, sampling, train
+from diffmem import configlib, devices, generate, report, sampling, train
 from diffmem.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +28,7 @@ def tiny_digits(k="16", steps=4, lr=2e-3, batch=16, **kw):
 
 
 STEPS, EVERY = 200, 50
-ONE = lambda: train.data_mesh(jax.devices()[:1])  # stage tests not about sharding: 8 devices x 128-seed blocks
+ONE = lambda: devices.data_mesh(jax.devices()[:1])  # stage tests not about sharding: 8 devices x 128-seed blocks
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def workdir(tmp_path_factory):
     """One tiny digits model trained once on one device, shared by the tests below."""
     path = str(tmp_path_factory.mktemp("digits"))
     train.train(tiny_digits(steps=STEPS, steps_per_call=EVERY, log_every=EVERY), path,
-                mesh=train.data_mesh(jax.devices()[:1]), progress=False)
+                mesh=devices.data_mesh(jax.devices()[:1]), progress=False)
     return path
 
 
@@ -87,8 +87,8 @@ def test_seed_splits_and_devices_give_identical_images(workdir, tmp_path):
     run = sampling.SAMPLERS["ddim"].build(model, **generate.sampler_settings(wd.config, "ddim", model, num_steps=10,
                                                                              eta=1.0))
     seeds = np.arange(100, 110)
-    whole = np.asarray(sampling.sample_sharded(run, seeds, train.data_mesh(jax.devices()[:1]), block=4))
-    halves = [np.asarray(sampling.sample_sharded(run, s, train.data_mesh(), block=4)) for s in (seeds[:3], seeds[3:])]
+    whole = np.asarray(sampling.sample_sharded(run, seeds, devices.data_mesh(jax.devices()[:1]), block=4))
+    halves = [np.asarray(sampling.sample_sharded(run, s, devices.data_mesh(), block=4)) for s in (seeds[:3], seeds[3:])]
     np.testing.assert_allclose(np.concatenate(halves), whole, rtol=1e-5, atol=1e-5)
 
 

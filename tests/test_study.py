@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 
-from diffmem import configlib, report
+from diffmem import configlib, devices, report
 from diffmem.errors import DiffmemError, InputError
 from diffmem.metrics import classify as classify_lib
 from diffmem.studies import disjoint, k_sweep
@@ -48,15 +48,14 @@ def _tree_state(root):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """The tiny study's first run (stages `STAGES`), shared by the tests below: (workdir, returned report)."""
-    from diffmem import train
     import jax
-    full = train.data_mesh
-    train.data_mesh = lambda devices=None: full(jax.devices()[:1] if devices is None else devices)
+    full = devices.data_mesh
+    devices.data_mesh = lambda devices=None: full(jax.devices()[:1] if devices is None else devices)
     try:
         wd_path = str(tmp_path_factory.mktemp("study") / "w")
         rep = k_sweep.run(tiny_config(), wd_path, stages=STAGES, progress=False, log=None, **TINY_STUDY)
     finally:
-        train.data_mesh = full
+        devices.data_mesh = full
     return wd_path, rep
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffmem import builders, checkpoint, configlib, losses, report, train
+from diffmem import builders, checkpoint, configlib, devices, losses, report, train
 from diffmem import sde as sde_lib
 from diffmem.data import toy
 
@@ -70,8 +70,8 @@ def test_training_reduces_dsm_loss_towards_mixture_floor(tmp_path, one_device):
 def test_eight_devices_equal_one_device(tmp_path):
     assert len(jax.devices()) == 8
     c = small_circle("k=9", steps=20, ckpt_every=20)
-    one = train.train(c, str(tmp_path / "one"), mesh=train.data_mesh(jax.devices()[:1]), progress=False)
-    eight = train.train(c, str(tmp_path / "eight"), mesh=train.data_mesh(), progress=False)
+    one = train.train(c, str(tmp_path / "one"), mesh=devices.data_mesh(jax.devices()[:1]), progress=False)
+    eight = train.train(c, str(tmp_path / "eight"), mesh=devices.data_mesh(), progress=False)
     leaves_close(one["9"].params, eight["9"].params, rtol=1e-4, atol=1e-5)
     leaves_close(one["9"].ema_params, eight["9"].ema_params, rtol=1e-4, atol=1e-5)
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffmem import builders, configlib, generate, report, sampling, train
+from diffmem import builders, configlib, devices, generate, report, sampling, train
 from diffmem.errors import InputError
 from diffmem.studies import memorization as mm
 from diffmem.workdir import DatasetChangedError, Workdir, config_differences, optimal_model, write_shard
@@ -24,7 +24,7 @@ def digits(k="16"):
 
 
 def one_mesh():
-    return train.data_mesh(jax.devices()[:1])
+    return devices.data_mesh(jax.devices()[:1])
 
 
 def test_optimal_model_from_a_config_alone_is_the_brute_force_posterior_mean(x64):
