@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 from diffmem.errors import InputError
+from diffmem.metrics.distances import require_unsquared
 
 MEMORIZED, SPURIOUS, GENERALIZED = 0, 1, 2
 NAMES = ("memorized", "spurious", "generalized")
 
 
 def classify(d_train: np.ndarray, d_samples: np.ndarray, delta_m: float = 0.03, delta_s: float = 0.02) -> np.ndarray:
-    """Labels (N,) in {MEMORIZED, SPURIOUS, GENERALIZED} from nearest-neighbour distances d_m, d_s (N,)."""
+    """Labels (N,) in {MEMORIZED, SPURIOUS, GENERALIZED} from nearest-neighbour distances d_m, d_s (N,):
+    unsquared (L2 from `neighbours.nearest`, or LPIPS values), in the units of delta_m and delta_s."""
+    require_unsquared(d_train=d_train, d_samples=d_samples)
     d_train, d_samples = np.asarray(d_train), np.asarray(d_samples)
     if d_train.shape != d_samples.shape or d_train.ndim != 1:
         raise InputError(f"d_train and d_samples must be (N,) arrays of the same length; got {d_train.shape} "

@@ -11,11 +11,15 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 from diffmem.errors import InputError
+from diffmem.metrics.distances import require_unsquared
 
 
 def is_memorized(d1: np.ndarray, d2: np.ndarray, threshold: float = 1.0 / 3.0) -> np.ndarray:
     """(N,) booleans d1 / d2 < threshold (d1 <= d2 are *unsquared* L2 distances). d2 = 0 counts as memorized
-    only if d1 = 0 too (an exact duplicate pair in the training set)."""
+    only if d1 = 0 too (an exact duplicate pair in the training set). Squared distances (`distances.knn`)
+    are refused: (d1 / d2)^2 < 1/3 is another criterion; `neighbours.nearest(samples, train, k=2)` gives
+    the right d1, d2 (or use `ratio_of`)."""
+    require_unsquared(d1=d1, d2=d2)
     d1, d2 = np.asarray(d1, np.float64), np.asarray(d2, np.float64)
     if np.any(d1 > d2 * (1 + 1e-6) + 1e-12):
         raise InputError("d1 must be the nearest and d2 the second-nearest distance (d1 <= d2).")
@@ -27,6 +31,16 @@ def is_memorized(d1: np.ndarray, d2: np.ndarray, threshold: float = 1.0 / 3.0) -
 def memorization_ratio(d1: np.ndarray, d2: np.ndarray, threshold: float = 1.0 / 3.0) -> float:
     """Fraction of samples with d1 / d2 < threshold."""
     return float(np.mean(is_memorized(d1, d2, threshold)))
+
+
+def ratio_of(samples, train, threshold: float = 1.0 / 3.0, mesh=None) -> float | None:
+    """Gu et al.'s memorization ratio of samples (N, *S) against all of train (K, *S) by exact pixel L2
+    (`neighbours.nearest`, k = 2); None for K < 2 (no second-nearest training example)."""
+    from diffmem.metrics import neighbours
+    if len(train) < 2:
+        return None
+    d = neighbours.nearest(samples, train, 2, mesh=mesh).distances
+    return memorization_ratio(d[:, 0], d[:, 1], threshold)
 
 
 def max_over_snapshots(ratios: Mapping[int, float]) -> tuple[int, float]:
