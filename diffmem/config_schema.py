@@ -30,12 +30,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import sys
-from typing import Any
+from typing import Any, Mapping
 
 import ml_collections
 
-from diffmem import configlib
+from diffmem.errors import ConfigError
 
 REQUIRED = ("seed", "data", "model", "diffusion", "loss", "optim", "batch_size", "steps", "steps_per_call",
             "log_every", "ckpt_every", "sample")
@@ -180,7 +181,7 @@ RULES = {
     "monitor.snapshots": _COUNT, "monitor.sampler": ("choices", _sampler_names),
     "monitor.num_steps": ("range", 1, 1 << 20),
 }
-"""The allowed value of every config key that is not free text (`configlib.check`): ("range", lo, hi[, bounds])
+"""The allowed value of every config key that is not free text (`check`): ("range", lo, hi[, bounds])
 with bounds "[]" (default), "[)", "(]" or "()"; ("choices", names or a function giving them); ("bool",). A sweep (tuple) is checked item
 by item, and None (a documented "unset") passes. Checked by `validate`, so a bad value is refused when the
 config is read, before any JAX work."""
@@ -194,9 +195,9 @@ checked when the data is read, and notes."""
 def sde_section(name: str = "ve", **fields) -> dict:
     """`diffusion` of a score network trained in SDE time: `diffusion.sde` names a `diffmem.sde` process
     ("ve", "ve_geometric", "vp") and the other keys are its fields (sigma_max, t_min, ...)."""
-    from diffmem import sde as sde_lib
+    from diffmem import sde as sde_lib  # here, not at the top: reading a config does not load JAX
     if name not in sde_lib.SDES:
-        raise configlib.ConfigError(f"Unknown SDE {name!r}; valid: {sorted(sde_lib.SDES)}.")
+        raise ConfigError(f"Unknown SDE {name!r}; valid: {sorted(sde_lib.SDES)}.")
     return dict(kind="sde", sde=name, **fields)
 
 
@@ -217,7 +218,7 @@ def schedule_section(**fields) -> dict:
     `optim.warmup_steps`, `ema.decay`). Fields: SCHEDULE_DEFAULTS."""
     unknown = sorted(set(fields) - set(SCHEDULE_DEFAULTS))
     if unknown:
-        raise configlib.ConfigError(f"Unknown schedule field(s) {unknown}; valid: {list(SCHEDULE_DEFAULTS)}.")
+        raise ConfigError(f"Unknown schedule field(s) {unknown}; valid: {list(SCHEDULE_DEFAULTS)}.")
     return dict(SCHEDULE_DEFAULTS, **fields)
 
 
@@ -292,13 +293,13 @@ def validate(config) -> None:
     (the error names the valid ones), known kinds in the kinded sections."""
     keys = list(config.keys())
     if "sde" in keys and "diffusion" not in keys:
-        raise configlib.ConfigError(
+        raise ConfigError(
             "config.sde is the old name of the noise process: write it as config.diffusion = "
             "config_schema.sde_section(name, sigma_max=..., t_min=...) (kind 'sde'; see diffmem.config_schema).")
     _check_keys("config", keys, SECTIONS, "sections")
     missing = [k for k in REQUIRED if k not in keys]
     if missing:
-        raise configlib.ConfigError(f"The config lacks the section(s) {missing}; every config has {list(REQUIRED)} "
+        raise ConfigError(f"The config lacks the section(s) {missing}; every config has {list(REQUIRED)} "
                                     "(build it with diffmem.config_schema.assemble).")
     _check_kinded(config, "data", "name", DATA_KEYS)
     _check_kinded(config, "model", "name", MODEL_KEYS)
@@ -313,14 +314,59 @@ def validate(config) -> None:
             _check_keys(f"config.{section}", config[section].keys(), valid, "keys")
     settings = sorted({s for names in samplers().values() for s in names})
     _check_keys("config.sample", config.sample.keys(), SAMPLE_KEYS + tuple(settings), "keys")
-    configlib.check(config, RULES)
+    check(config, RULES)
+
+
+def check(config, rules: Mapping[str, tuple]) -> None:
+    """Check fields against rules {dotted key: ("range", lo, hi[, bounds]) | ("choices", [..] or a function
+    returning them) | ("bool",)};
+    bounds is "[]" (default), "[)", "(]" or "()".
+
+    Sweep values (tuples) are checked item by item; None passes (a documented "unset"). Missing keys are
+    skipped (a rule set can cover many configs). Raises a ConfigError that names the key, the value and the
+    allowed range or choices.
+    """
+    for dotted, rule in rules.items():
+        node, ok = config, True
+        for part in dotted.split("."):
+            if isinstance(node, (ml_collections.ConfigDict, dict)) and part in node:
+                node = node[part]
+            else:
+                ok = False
+                break
+        if not ok or node is None:
+            continue
+        values = node if isinstance(node, (tuple, list)) else (node,)
+        for v in values:
+            kind = rule[0]
+            if kind == "range":
+                lo, hi = rule[1], rule[2]
+                bounds = rule[3] if len(rule) > 3 else "[]"
+                number = isinstance(v, (int, float)) and not isinstance(v, bool)
+                if isinstance(lo, int) and isinstance(hi, int) and number and not float(v).is_integer():
+                    number = False
+                inside = number and math.isfinite(v) and (lo <= v if bounds[0] == "[" else lo < v) and \
+                    (v <= hi if bounds[1] == "]" else v < hi)
+                if not inside:
+                    what = " (integers)" if isinstance(lo, int) and isinstance(hi, int) else ""
+                    raise ConfigError(f"config.{dotted} = {v!r} is out of range: allowed "
+                                      f"{bounds[0]}{lo}, {hi}{bounds[1]}{what}.")
+            elif kind == "choices":
+                choices = rule[1]() if callable(rule[1]) else rule[1]
+                if v not in choices:
+                    raise ConfigError(f"config.{dotted} = {v!r} is not valid: choose one of {list(choices)}.")
+            elif kind == "bool":
+                if not isinstance(v, bool):
+                    raise ConfigError(f"config.{dotted} = {v!r} is not valid: write true or false.")
+            else:
+                raise AssertionError(f"unknown rule {rule}")
 
 
 def _sde_keys(diffusion) -> tuple:
-    from diffmem import sde as sde_lib
+    from diffmem import sde as sde_lib  # only for sde configs: this module stays free of JAX
     name = diffusion.get("sde", None)
     if name not in sde_lib.SDES:
-        raise configlib.ConfigError(f"config.diffusion.sde = {name!r}: name a noise process, one of "
+        raise ConfigError(f"config.diffusion.sde = {name!r}: name a noise process, one of "
                                     f"{sorted(sde_lib.SDES)}.")
     return ("kind", "sde") + tuple(f.name for f in dataclasses.fields(sde_lib.SDES[name]))
 
@@ -329,11 +375,11 @@ def _check_kinded(config, section: str, kind_key: str, table: dict, default: str
     node = config[section]
     kind = node.get(kind_key, default)
     if kind not in table:
-        raise configlib.ConfigError(f"config.{section}.{kind_key} = {kind!r} is not known; valid: {list(table)}.")
+        raise ConfigError(f"config.{section}.{kind_key} = {kind!r} is not known; valid: {list(table)}.")
     _check_keys(f"config.{section} ({kind_key} {kind!r})", node.keys(), table[kind], "keys")
 
 
 def _check_keys(where: str, keys, valid, what: str) -> None:
     unknown = [k for k in keys if k not in valid]
     if unknown:
-        raise configlib.ConfigError(f"Unknown key(s) {unknown} in {where}; valid {what}: {list(valid)}.")
+        raise ConfigError(f"Unknown key(s) {unknown} in {where}; valid {what}: {list(valid)}.")

@@ -3,8 +3,8 @@
 This module is the one place that
   * parses the `arg` string (`"k=9,steps=20000"`, `"k=2+9+1000"` for sweeps) against typed defaults,
   * loads `path/to/config.py:arg` and applies `--config.a.b=value` overrides with clear errors,
-  * checks a config's sections and keys against the one schema (`validate`, tables in
-    `diffmem.config_schema`) and values against declared ranges / choices,
+  * checks a config's sections and keys against the one schema and values against declared ranges /
+    choices (`validate`, `check`: both live in `diffmem.config_schema`, which this module builds on),
   * converts configs to and from JSON (the workdir's `config.json`),
   * turns a duration given in steps, epochs or images into steps.
 """
@@ -15,15 +15,13 @@ import importlib.util
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import ml_collections
 
-from diffmem.errors import DiffmemError
-
-
-class ConfigError(DiffmemError, ValueError):
-    """A config key or value a user gave is not valid; the message says what is."""
+from diffmem import config_schema
+from diffmem.config_schema import check  # noqa: F401 (configlib.check: callers' name for it)
+from diffmem.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------------------------- arg parsing
@@ -161,53 +159,7 @@ def parse_config_argv(argv: Sequence[str], default_spec: str | None = None
 def validate(config: ml_collections.ConfigDict) -> None:
     """Check the config's sections and keys against the one schema (`diffmem.config_schema`): a misspelt
     section or key is a ConfigError naming the valid ones."""
-    from diffmem import config_schema
     config_schema.validate(config)
-
-
-def check(config: ml_collections.ConfigDict, rules: Mapping[str, tuple]) -> None:
-    """Check fields against rules {dotted key: ("range", lo, hi[, bounds]) | ("choices", [..] or a function
-    returning them) | ("bool",)};
-    bounds is "[]" (default), "[)", "(]" or "()".
-
-    Sweep values (tuples) are checked item by item; None passes (a documented "unset"). Missing keys are
-    skipped (a rule set can cover many configs). Raises a ConfigError that names the key, the value and the
-    allowed range or choices.
-    """
-    for dotted, rule in rules.items():
-        node, ok = config, True
-        for part in dotted.split("."):
-            if isinstance(node, (ml_collections.ConfigDict, dict)) and part in node:
-                node = node[part]
-            else:
-                ok = False
-                break
-        if not ok or node is None:
-            continue
-        values = node if isinstance(node, (tuple, list)) else (node,)
-        for v in values:
-            kind = rule[0]
-            if kind == "range":
-                lo, hi = rule[1], rule[2]
-                bounds = rule[3] if len(rule) > 3 else "[]"
-                number = isinstance(v, (int, float)) and not isinstance(v, bool)
-                if isinstance(lo, int) and isinstance(hi, int) and number and not float(v).is_integer():
-                    number = False
-                inside = number and math.isfinite(v) and (lo <= v if bounds[0] == "[" else lo < v) and \
-                    (v <= hi if bounds[1] == "]" else v < hi)
-                if not inside:
-                    what = " (integers)" if isinstance(lo, int) and isinstance(hi, int) else ""
-                    raise ConfigError(f"config.{dotted} = {v!r} is out of range: allowed "
-                                      f"{bounds[0]}{lo}, {hi}{bounds[1]}{what}.")
-            elif kind == "choices":
-                choices = rule[1]() if callable(rule[1]) else rule[1]
-                if v not in choices:
-                    raise ConfigError(f"config.{dotted} = {v!r} is not valid: choose one of {list(choices)}.")
-            elif kind == "bool":
-                if not isinstance(v, bool):
-                    raise ConfigError(f"config.{dotted} = {v!r} is not valid: write true or false.")
-            else:
-                raise AssertionError(f"unknown rule {rule}")
 
 
 # ------------------------------------------------------------------------------------------------- JSON

@@ -11,6 +11,11 @@ class DiffmemError(Exception):
     """Base of every error diffmem reports to a user as a message rather than a traceback."""
 
 
+class ConfigError(DiffmemError, ValueError):
+    """A config key or value a user gave is not valid; the message says what is (`diffmem.configlib`,
+    `diffmem.config_schema`)."""
+
+
 class InputError(DiffmemError, ValueError):
     """A bad argument or unreadable input file (corrupt .npz / JSON, wrong shape, out-of-range value)."""
 
