@@ -1,13 +1,13 @@
 """The percentile bootstrap, one implementation for every interval diffmem reports.
 
-    b = bootstrap(flags)                            # mean of (N,) values: mean, se, lo, hi, replicates
-    ci = bootstrap_fractions(labels, classify.NAMES)   # {"memorized": (lo, hi), ...}
+    b = bootstrap(flags)                                # (N,) values: mean, se, lo, hi, replicates
+    ci = bootstrap_fractions(labels, classify.NAMES)    # {"memorized": (lo, hi), ...}
 
 Resampling: `num` resamples of the N values with replacement, drawn at once as
-`np.random.default_rng(seed).integers(0, N, (num, N))` (deterministic given `seed`, which may be anything
-`default_rng` takes, e.g. [seed, K, step]); the interval is the ((1 - level) / 2, (1 + level) / 2)
-quantiles of the statistic over the resamples (linear interpolation, numpy's default). Memory: num * N
-indices (8 MB per 1000 x 1000).
+`np.random.default_rng(seed).integers(0, N, (num, N))` (deterministic given `seed`, which may be
+anything `default_rng` takes, e.g. [seed, K, step]); the interval is the ((1 - level) / 2,
+(1 + level) / 2) quantiles of the statistic over the resamples (linear interpolation, numpy's
+default). Memory: num * N indices (8 MB per 1000 x 1000).
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def bootstrap(values, stat: Callable[[np.ndarray], np.ndarray] = _mean, *, num: 
 
     Args:
       values: (N, ...) array, N >= 1.
-      stat: resamples (num, N, ...) -> (num, ...) statistic of each resample; applied to values[None]
-        for the point estimate. Default: the mean over the N rows.
-      num: resamples (>= 1); seed: for `np.random.default_rng`; level: the interval's coverage in (0, 1).
+      stat: resamples (num, N, ...) -> (num, ...) statistic of each resample; applied to
+        values[None] for the point estimate. Default: the mean over the N rows.
+      num: resamples (>= 1); seed: for `np.random.default_rng`; level: the coverage, in (0, 1).
     Returns:
       {"mean": the statistic of `values` (float or array), "se": the resamples' standard deviation
        (ddof 1; 0 for num = 1), "lo", "hi": the percentile interval, "replicates": (num, ...)}.
@@ -53,9 +53,9 @@ def bootstrap(values, stat: Callable[[np.ndarray], np.ndarray] = _mean, *, num: 
 def bootstrap_fractions(labels, classes: Sequence[str], *, num: int = 1000, seed=0,
                         level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile-bootstrap intervals of class fractions: {classes[i]: (lo, hi)} for labels (N,) in
-    0 .. len(classes) - 1 (label i is class classes[i]). All classes share the same resamples. A class
-    never observed gets (0, 0): the bootstrap cannot see beyond the data (with N labels the one-sided 95%
-    upper bound of an unseen class is ~3/N)."""
+    0 .. len(classes) - 1 (label i is class classes[i]). All classes share the same resamples. A
+    class never observed gets (0, 0): the bootstrap cannot see beyond the data (with N labels the
+    one-sided 95% upper bound of an unseen class is ~3/N)."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) == 0:
         raise InputError(f"labels must be a non-empty (N,) array; got shape {labels.shape}.")
@@ -63,8 +63,8 @@ def bootstrap_fractions(labels, classes: Sequence[str], *, num: int = 1000, seed
     for i in range(len(classes)):
         known |= labels == i
     if not known.all():
-        raise InputError(f"labels must be class indices 0..{len(classes) - 1} ({tuple(classes)}); got "
-                         f"{np.unique(labels)}.")
+        raise InputError(f"labels must be class indices 0..{len(classes) - 1} "
+                         f"({tuple(classes)}); got {np.unique(labels)}.")
 
     def per_class(resampled):  # (num, N) -> (num, C)
         return np.stack([np.mean(resampled == i, axis=1) for i in range(len(classes))], axis=1)

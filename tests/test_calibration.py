@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from diffmem import builders, configlib, report
-from diffmem.metrics import calibration, classify
+from diffmem import builders, configlib, report, stats
+from diffmem.metrics import calibration, classify, neighbours
 from diffmem.studies import memorization as mm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,9 +64,10 @@ def test_nearest_distance_host_and_knn_paths_agree_with_brute_force(monkeypatch)
     flat_q, flat_r = q.reshape(70, -1), r.reshape(40, -1)
     brute = np.linalg.norm(flat_q[:, None] - flat_r[None], axis=-1).min(1)
     self_d = np.linalg.norm(flat_q[:, None] - flat_q[None], axis=-1) + np.diag(np.full(70, np.inf))
-    host = (calibration.nearest_distance(q, r), calibration.nearest_distance(q, q, exclude_self=True))
-    monkeypatch.setattr(calibration, "HOST_WORK", 0)  # force the tiled k-NN
-    knn = (calibration.nearest_distance(q, r), calibration.nearest_distance(q, q, exclude_self=True))
+    near = lambda a, b, **kw: neighbours.nearest(a, b, **kw).distances[:, 0]  # noqa: E731
+    host = (near(q, r), near(q, q, exclude_self=True))
+    monkeypatch.setattr(neighbours, "HOST_WORK", 0)  # force the tiled k-NN
+    knn = (near(q, r), near(q, q, exclude_self=True))
     for got in (host, knn):
         np.testing.assert_allclose(got[0], brute, rtol=1e-5)
         np.testing.assert_allclose(got[1], self_d.min(1), rtol=1e-5)
@@ -92,14 +93,15 @@ def test_bootstrap_covers_the_truth_and_is_deterministic():
     trials = 200
     for _ in range(trials):
         labels = rng.choice(3, size=400, p=p)
-        ci = calibration.bootstrap_fractions(labels, num=500, seed=3)
+        ci = stats.bootstrap_fractions(labels, classify.NAMES, num=500, seed=3)
         hits += [lo <= p[i] <= hi for i, (lo, hi) in enumerate(ci[c] for c in classify.NAMES)]
     assert np.all(hits / trials >= 0.88) and np.all(hits / trials <= 0.995), hits / trials
     labels = rng.choice(3, size=100, p=p)
-    assert calibration.bootstrap_fractions(labels, seed=7) == calibration.bootstrap_fractions(labels, seed=7)
-    assert calibration.bootstrap_fractions(np.zeros(50, int))["spurious"] == (0.0, 0.0)
+    assert stats.bootstrap_fractions(labels, classify.NAMES, seed=7) == \
+        stats.bootstrap_fractions(labels, classify.NAMES, seed=7)
+    assert stats.bootstrap_fractions(np.zeros(50, int), classify.NAMES)["spurious"] == (0.0, 0.0)
     with pytest.raises(ValueError, match="class indices"):
-        calibration.bootstrap_fractions(np.array([0, 5]))
+        stats.bootstrap_fractions(np.array([0, 5]), classify.NAMES)
 
 
 def test_fresh_draws_get_the_quantile_and_copies_get_everything():

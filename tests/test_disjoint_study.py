@@ -23,7 +23,7 @@ def test_im_set_corr_and_closest_against_brute_force():
             ref = u @ v / (np.linalg.norm(u) * nv)
             assert abs(c[i, j] - ref) < 1e-12
     assert abs(c[1, 5] - 1.0) < 1e-12
-    idx, best = disjoint.closest(a, b, chunk=3)
+    idx, best = disjoint.closest(a, b)
     np.testing.assert_array_equal(idx, c.argmax(1))
     np.testing.assert_allclose(best, c.max(1))
     np.testing.assert_allclose(disjoint.paired_corr(a, b[:3]), np.diag(c[:, :3]))

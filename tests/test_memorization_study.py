@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from diffmem import builders, configlib, report
-from diffmem.metrics import classify
+from diffmem.metrics import classify, memorization
 from diffmem.studies import memorization as mm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +35,7 @@ def test_pixel_neighbours_and_labels_have_the_known_answers():
     train = noise_images(rng, 10)
     samples, expected = known_set(train, rng)
     settings = mm.make_settings("pixel", delta_m=0.5, delta_s=0.5)
-    out = mm.label(mm.neighbours(samples, train, settings), settings)
+    out = memorization.label(memorization.neighbour_arrays(samples, train, metric="pixel"), settings)
     np.testing.assert_array_equal(out["labels"], expected)
     np.testing.assert_array_equal(out["d_m_idx"][:2], [3, 0])
     np.testing.assert_array_equal(out["d_s_idx"][2:4], [3, 2])  # the duplicate, never itself
@@ -49,7 +49,8 @@ def test_pixel_neighbours_and_labels_have_the_known_answers():
     np.testing.assert_array_equal(out["d_m"], out["train_dist"][:, 0])
     # Gu et al.: the exact copies are memorized (d1 = 0), new random images are not (d1/d2 near 1).
     np.testing.assert_array_equal(out["gu_memorized"], [True, True, False, False, False, False, False])
-    assert mm.gu_ratio(samples[:2], train) == 1.0 and mm.gu_ratio(samples, train[:1]) is None
+    assert memorization.ratio_of(samples[:2], train) == 1.0
+    assert memorization.ratio_of(samples, train[:1]) is None
 
 
 def test_lpips_labels_have_the_known_answers():
@@ -62,7 +63,8 @@ def test_lpips_labels_have_the_known_answers():
     train, samples = images[:10], np.concatenate([images[[3, 0]], images[10:11], images[10:11], images[11:]])
     settings = mm.make_settings(thresholds="published")  # LPIPS, delta_m = 0.03, delta_s = 0.02
     assert (settings.delta_m, settings.delta_s, settings.lpips_net) == (0.03, 0.02, "alexnet")
-    out = mm.label(mm.neighbours(samples, train, settings, lpips_weights=weights), settings)
+    near = memorization.neighbour_arrays(samples, train, metric="lpips", lpips_weights=weights)
+    out = memorization.label(near, settings)
     np.testing.assert_array_equal(out["labels"], [M, M, S, S, G, G, G])
     np.testing.assert_array_equal(out["d_m_idx"][:2], [3, 0])
     # d_m is the LPIPS value itself: equal to the pairwise LPIPS of the sample and its neighbour.

@@ -53,7 +53,7 @@ def test_rp_and_generalization_scores_brute_force():
     train = rng.normal(size=(100, 16))
     feats = np.concatenate([train[:7] * 2.0, rng.normal(size=(13, 16))])
     best = (reproducibility.normalize(feats) @ reproducibility.normalize(train).T).max(1)
-    np.testing.assert_allclose(reproducibility.max_cosine_to_set(feats, train, chunk=7), best, rtol=1e-5)
+    np.testing.assert_allclose(reproducibility.max_cosine_to_set(feats, train), best, rtol=1e-5)
     assert reproducibility.generalization_score(feats, train) == pytest.approx(1 - np.mean(best > 0.6))
     px = reproducibility.pixel_features(rng.normal(size=(3, 4, 4, 1)))
     np.testing.assert_allclose(px.mean(1), 0, atol=1e-6)

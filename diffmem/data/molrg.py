@@ -165,11 +165,8 @@ def subspace_recovery(jac, basis) -> float:
     return float(principal_angles(v[: basis.shape[1]].T, basis).max())
 
 
-def memorization_ratio(samples, train) -> float:
-    """Gu et al.'s ratio (d1 / d2 < 1/3 to the training set) of samples (B, *S) to training points (N, *S), exact."""
-    from diffmem.metrics.memorization import memorization_ratio as ratio
-    s = np.asarray(samples, np.float64).reshape(len(samples), -1)
-    t = np.asarray(train, np.float64).reshape(len(train), -1)
-    d2 = np.sum(s**2, 1)[:, None] - 2 * s @ t.T + np.sum(t**2, 1)[None]
-    d = np.sqrt(np.maximum(np.sort(d2, axis=1)[:, :2], 0))
-    return float(ratio(d[:, 0], d[:, 1]))
+def memorization_ratio(samples, train) -> float | None:
+    """Gu et al.'s ratio (d1 / d2 < 1/3 to the training set) of samples (B, *S) to training points
+    (N, *S), by exact L2 (`metrics.memorization.ratio_of`); None for N < 2."""
+    from diffmem.metrics.memorization import ratio_of
+    return ratio_of(np.asarray(samples, np.float64), np.asarray(train, np.float64))

@@ -1,4 +1,5 @@
-"""Thresholds of Pham et al.'s classes calibrated from real data, and bootstrap error bars on class fractions.
+"""Thresholds of Pham et al.'s classes calibrated from real data (the class fractions' error bars:
+`diffmem.stats.bootstrap_fractions`).
 
 Pham et al.'s fixed LPIPS thresholds (delta_m = 0.03, delta_s = 0.02) were chosen for their images; on another
 dataset, resolution or metric they can label almost everything memorized (8x8 digits: 97-99% at every K), and
@@ -10,7 +11,6 @@ with probability `quantile` each, whatever the scale of the metric:
     delta_s = quantile_q { d(h, nearest other real image among N - 1) : h held-out }
 
     t = calibrate(train, heldout, metric="pixel", num_samples=500)       # Thresholds(delta_m, delta_s, ...)
-    ci = bootstrap_fractions(labels)                                      # {"memorized": (lo, hi), ...}
 
 Held-out images are the dataset pool minus the model's training subset (`heldout_images`). When fewer than
 `min_heldout` exist (K = the whole dataset), delta_m comes from leave-one-out over the training set (a training
@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from diffmem.errors import InputError
-from diffmem.metrics import classify, distances
+from diffmem.metrics import neighbours
 
 METHODS = ("heldout", "leave-one-out")
 
@@ -129,13 +129,14 @@ def calibrate(train, heldout, *, metric: str = "pixel", features: Callable | Non
     f_held = np.asarray(features(heldout), np.float32) if len(heldout) else np.zeros((0, f_train.shape[1]),
                                                                                          np.float32)
     if len(heldout) >= min_heldout:
-        method, d_m = "heldout", nearest_distance(f_held, f_train, exclude_self=False, mesh=mesh)
+        method, d_m = "heldout", _nearest_distance(f_held, f_train, exclude_self=False, mesh=mesh)
     else:
         if len(train) < 2:
             raise InputError(f"Cannot calibrate: {len(heldout)} held-out images (< min_heldout = {min_heldout}) and "
                              f"K = {len(train)} training images (leave-one-out needs >= 2). Pass thresholds "
                              "explicitly (delta_m, delta_s).")
-        method, d_m = "leave-one-out", nearest_distance(f_train, f_train, exclude_self=True, mesh=mesh)
+        d_m = _nearest_distance(f_train, f_train, exclude_self=True, mesh=mesh)
+        method = "leave-one-out"
     n = len(heldout) if num_samples is None else int(num_samples)
     if n < 2:
         raise InputError(f"num_samples = {n}: d_s needs >= 2 samples.")
@@ -192,43 +193,10 @@ def _as_rows(x) -> np.ndarray:
     return np.asarray(x, np.float32)
 
 
-def _tiles(n: int, m: int) -> dict:
-    pow2 = lambda v, cap: min(cap, 1 << max(0, int(v) - 1).bit_length())
-    return dict(query_tile=pow2(n, 512), ref_tile=pow2(m, 2048))
-
-
-def nearest_distance(queries, refs, *, exclude_self: bool = False, mesh=None) -> np.ndarray:
-    """Euclidean distance (float64) of each query row to its nearest ref row (query i excluded as ref i when
-    exclude_self). The k-NN finds the neighbour; the distance is recomputed directly (the GEMM form loses
-    ~sqrt(eps) ||a|| near 0, and copies must come out at exactly 0). Rows of any shape are flattened."""
-    queries, refs = pixel_features(queries), pixel_features(refs)
-    if mesh is None and queries.size * len(refs) <= HOST_WORK:
-        idx = _nearest_host(queries, refs, exclude_self)
-    else:
-        _, idx = distances.knn(queries, refs, 1, exclude_self_offset=0 if exclude_self else None, mesh=mesh,
-                               **_tiles(len(queries), len(refs)))
-        idx = idx[:, 0]
-    diff = queries.astype(np.float64) - refs[idx].astype(np.float64)
-    return np.sqrt(np.sum(diff * diff, axis=1))
-
-
-HOST_WORK = 2 * 10**9  # multiply-adds below which the nearest neighbour is found on the host (no compile)
-
-
-def _nearest_host(queries: np.ndarray, refs: np.ndarray, exclude_self: bool) -> np.ndarray:
-    """Index of each query's nearest ref by float64 GEMMs in blocks of queries (ties: the smaller index, as
-    `distances.knn`); small problems (the circle, digits) skip the k-NN's compilations."""
-    r = refs.astype(np.float64)
-    r2 = np.sum(r * r, axis=1)
-    out = np.empty(len(queries), np.int64)
-    for s in range(0, len(queries), 1024):
-        q = queries[s:s + 1024].astype(np.float64)
-        d = r2[None] - 2 * q @ r.T  # + ||q||^2, constant per row
-        if exclude_self:
-            rows = np.arange(len(q))
-            d[rows, rows + s] = np.inf
-        out[s:s + len(q)] = np.argmin(d, axis=1)
-    return out
+def _nearest_distance(queries, refs, *, exclude_self: bool = False, mesh=None) -> np.ndarray:
+    """(N,) float64 L2 distance of each feature row to its nearest ref row (`neighbours`)."""
+    near = neighbours.nearest(queries, refs, 1, exclude_self=exclude_self, mesh=mesh)
+    return near.distances[:, 0]
 
 
 def _nearest_in_groups(feats: np.ndarray, n: int, rng: np.random.Generator, mesh=None) -> tuple[np.ndarray, int]:
@@ -241,32 +209,10 @@ def _nearest_in_groups(feats: np.ndarray, n: int, rng: np.random.Generator, mesh
     out = []
     for b in range(full):
         idx = perm[b * g:(b + 1) * g]
-        out.append(nearest_distance(feats[idx], feats[idx], exclude_self=True, mesh=mesh))
+        out.append(_nearest_distance(feats[idx], feats[idx], exclude_self=True, mesh=mesh))
     rest = perm[full * g:]
     if len(rest):  # queries only with its own rows; references filled up from the complete groups
         fill = rng.choice(perm[:full * g], g - len(rest), replace=False)
         refs = feats[np.concatenate([rest, fill])]
-        out.append(nearest_distance(feats[rest], refs, exclude_self=True, mesh=mesh))
+        out.append(_nearest_distance(feats[rest], refs, exclude_self=True, mesh=mesh))
     return np.concatenate(out), g
-
-
-def bootstrap_fractions(labels, num: int = 1000, seed: int = 0, level: float = 0.95,
-                        names=classify.NAMES) -> dict[str, tuple[float, float]]:
-    """Percentile-bootstrap intervals of the class fractions: {name: (lo, hi)}.
-
-    Resampling the N labels with replacement makes the class counts multinomial(N, observed fractions), so
-    the `num` resamples are drawn as multinomial counts directly (same distribution, O(num) not O(num N)).
-    Deterministic given `seed`. A class never observed gets (0, 0): the bootstrap cannot see beyond the data
-    (with N samples the one-sided 95% upper bound of an unseen class is ~3/N).
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or len(labels) == 0:
-        raise InputError(f"labels must be a non-empty (N,) array; got shape {labels.shape}.")
-    if not 0 < level < 1 or num < 1:
-        raise InputError(f"level = {level} must be in (0, 1) and num = {num} >= 1.")
-    counts = np.array([np.sum(labels == i) for i in range(len(names))], np.int64)
-    if counts.sum() != len(labels):
-        raise InputError(f"labels must be class indices 0..{len(names) - 1} ({names}); got {np.unique(labels)}.")
-    draws = np.random.default_rng(seed).multinomial(len(labels), counts / len(labels), size=num) / len(labels)
-    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
-    return {name: (float(lo[i]), float(hi[i])) for i, name in enumerate(names)}

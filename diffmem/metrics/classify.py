@@ -18,8 +18,8 @@ NAMES = ("memorized", "spurious", "generalized")
 
 
 def classify(d_train: np.ndarray, d_samples: np.ndarray, delta_m: float = 0.03, delta_s: float = 0.02) -> np.ndarray:
-    """Labels (N,) in {MEMORIZED, SPURIOUS, GENERALIZED} from nearest-neighbour distances d_m, d_s (N,):
-    unsquared (L2 from `neighbours.nearest`, or LPIPS values), in the units of delta_m and delta_s."""
+    """Labels (N,) in {MEMORIZED, SPURIOUS, GENERALIZED} from nearest-neighbour distances d_m, d_s
+    (N,): unsquared (L2 from `neighbours.nearest`, or LPIPS values), in the units of the deltas."""
     require_unsquared(d_train=d_train, d_samples=d_samples)
     d_train, d_samples = np.asarray(d_train), np.asarray(d_samples)
     if d_train.shape != d_samples.shape or d_train.ndim != 1:

@@ -59,8 +59,8 @@ def knn(queries, refs, k: int, *, start: int = 0, stop: int | None = None,
       precision: matmul precision (HIGHEST keeps float32 GEMMs exact-float32 on GPUs/TPUs too).
     Returns:
       (dists, idx), host numpy arrays of shape (stop - start, k): *squared* Euclidean distances (float32,
-      ascending, a `SquaredDistances` array; for exact unsquared L2 use `neighbours.nearest`) and global
-      reference indices (int64), ties ordered by smaller index.
+      ascending, a `SquaredDistances` array; for exact unsquared L2 use
+      `neighbours.nearest`) and global reference indices (int64), ties ordered by smaller index.
     """
     q, r = _rows(queries), _rows(refs)  # numpy inputs stay numpy until the one transfer below
     dtype = jax.dtypes.canonicalize_dtype(np.promote_types(np.promote_types(q.dtype, r.dtype), np.float32))
@@ -92,9 +92,10 @@ def knn(queries, refs, k: int, *, start: int = 0, stop: int | None = None,
 
 
 class SquaredDistances(np.ndarray):
-    """The *squared* distances `knn` returns, marked so that the metrics that take unsquared L2 distances
-    (`classify.classify`, `memorization.is_memorized`, ...) refuse them (`require_unsquared`). Views and
-    slices keep the mark; any arithmetic (np.sqrt(d), d + 0, ...) gives a plain ndarray."""
+    """The *squared* distances `knn` returns, marked so that the metrics that take unsquared L2
+    distances (`classify.classify`, `memorization.is_memorized`, ...) refuse them
+    (`require_unsquared`). Views and slices keep the mark; any arithmetic (np.sqrt(d), d + 0, ...)
+    gives a plain ndarray."""
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         plain = lambda x: x.view(np.ndarray) if isinstance(x, SquaredDistances) else x  # noqa: E731
@@ -107,8 +108,9 @@ def require_unsquared(**arrays) -> None:
     """Raise InputError if any of the named arrays are `knn`'s squared distances."""
     for name, x in arrays.items():
         if isinstance(x, SquaredDistances):
-            raise InputError(f"{name} holds squared distances from distances.knn, but unsquared L2 distances "
-                             "are needed: use diffmem.metrics.neighbours.nearest (or np.sqrt the squares).")
+            raise InputError(f"{name} holds squared distances from distances.knn, but unsquared "
+                             "L2 distances are needed: use diffmem.metrics.neighbours.nearest (or "
+                             "np.sqrt the squares).")
 
 
 def query_range(n: int, start: int = 0, stop: int | None = None) -> tuple[int, int]:

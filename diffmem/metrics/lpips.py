@@ -242,7 +242,7 @@ def lpips_knn(weights: LPIPSWeights, queries, refs, k: int, *, start: int = 0, s
                              **knn_kwargs)
         best = part if best is None else distances.merge_knn_refs(
             [best, part], k=min(k, best[0].shape[1] + part[0].shape[1]))
-    return best
+    return np.asarray(best[0]).view(np.ndarray), best[1]  # LPIPS *is* the squared feature distance
 
 
 @functools.partial(jax.jit, static_argnums=0)

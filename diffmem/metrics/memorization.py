@@ -11,14 +11,15 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 from diffmem.errors import InputError
+from diffmem.metrics import classify, neighbours
 from diffmem.metrics.distances import require_unsquared
 
 
 def is_memorized(d1: np.ndarray, d2: np.ndarray, threshold: float = 1.0 / 3.0) -> np.ndarray:
     """(N,) booleans d1 / d2 < threshold (d1 <= d2 are *unsquared* L2 distances). d2 = 0 counts as memorized
-    only if d1 = 0 too (an exact duplicate pair in the training set). Squared distances (`distances.knn`)
-    are refused: (d1 / d2)^2 < 1/3 is another criterion; `neighbours.nearest(samples, train, k=2)` gives
-    the right d1, d2 (or use `ratio_of`)."""
+    only if d1 = 0 too (an exact duplicate pair in the training set). Squared distances
+    (`distances.knn`) are refused: (d1 / d2)^2 < 1/3 is another criterion;
+    `neighbours.nearest(samples, train, k=2)` gives the right d1, d2 (or use `ratio_of`)."""
     require_unsquared(d1=d1, d2=d2)
     d1, d2 = np.asarray(d1, np.float64), np.asarray(d2, np.float64)
     if np.any(d1 > d2 * (1 + 1e-6) + 1e-12):
@@ -34,13 +35,73 @@ def memorization_ratio(d1: np.ndarray, d2: np.ndarray, threshold: float = 1.0 / 
 
 
 def ratio_of(samples, train, threshold: float = 1.0 / 3.0, mesh=None) -> float | None:
-    """Gu et al.'s memorization ratio of samples (N, *S) against all of train (K, *S) by exact pixel L2
-    (`neighbours.nearest`, k = 2); None for K < 2 (no second-nearest training example)."""
-    from diffmem.metrics import neighbours
+    """Gu et al.'s memorization ratio of samples (N, *S) against all of train (K, *S) by exact
+    pixel L2 (`neighbours.nearest`, k = 2); None for K < 2 (no second-nearest training example)."""
     if len(train) < 2:
         return None
     d = neighbours.nearest(samples, train, 2, mesh=mesh).distances
     return memorization_ratio(d[:, 0], d[:, 1], threshold)
+
+
+def neighbour_arrays(samples, train, *, metric: str = "pixel", lpips_weights=None, mesh=None
+                     ) -> dict[str, np.ndarray]:
+    """Nearest training images and nearest other samples of `samples` (N, H, W, C) among `train`
+    (K, H, W, C), as the memorization study stores them (`neighbours.nearest`: exact pixel L2,
+    stored as float32):
+
+      train_dist (N, 2): pixel L2 to the nearest and second-nearest training image (inf if K = 1);
+      train_idx (N, 2): int64 their indices (-1 if K = 1);
+      sample_dist (N,): pixel L2 to the nearest other sample; sample_idx (N,): its index;
+      d_m, d_m_idx, d_s, d_s_idx: the nearest training image and nearest other sample in `metric`
+        ("pixel": the values above; "lpips": LPIPS values by `lpips.lpips_knn`, which needs
+        `lpips_weights`).
+    `mesh` shards the k-NN's queries over devices.
+    """
+    samples, train = np.asarray(samples, np.float32), np.asarray(train, np.float32)
+    n, m = len(samples), len(train)
+    if samples.shape[1:] != train.shape[1:]:
+        raise InputError(f"Samples of shape {samples.shape[1:]} cannot be compared with "
+                         f"training images of shape {train.shape[1:]}: were they sampled from "
+                         "this workdir's models?")
+    if n < 2 or m < 1:
+        raise InputError(f"Need >= 2 samples (nearest *other* sample) and >= 1 training image; got "
+                         f"{n} and {m}.")
+    d, i = neighbours.nearest(samples, train, min(2, m), mesh=mesh)
+    d = d.astype(np.float32)
+    if m == 1:
+        d = np.pad(d, ((0, 0), (0, 1)), constant_values=np.inf)
+        i = np.pad(i, ((0, 0), (0, 1)), constant_values=-1)
+    ds, js = neighbours.nearest(samples, samples, 1, exclude_self=True, mesh=mesh)
+    out = dict(train_dist=d, train_idx=i, sample_dist=ds[:, 0].astype(np.float32),
+               sample_idx=js[:, 0])
+    if metric == "pixel":
+        out.update(d_m=d[:, 0], d_m_idx=i[:, 0], d_s=out["sample_dist"], d_s_idx=js[:, 0])
+    elif metric == "lpips":
+        from diffmem.metrics import lpips
+        if lpips_weights is None:
+            raise InputError("metric='lpips' needs lpips_weights "
+                             "(diffmem.metrics.lpips.load_weights('alexnet')).")
+        dm, im = lpips.lpips_knn(lpips_weights, samples, train, 1, mesh=mesh,
+                                 **neighbours.tiles(n, m))
+        dd, jd = lpips.lpips_knn(lpips_weights, samples, samples, 1, exclude_self_offset=0,
+                                 mesh=mesh, **neighbours.tiles(n, n))
+        out.update(d_m=dm[:, 0], d_m_idx=im[:, 0], d_s=dd[:, 0], d_s_idx=jd[:, 0])
+    else:
+        raise InputError(f"Unknown metric {metric!r}; choose 'pixel' or 'lpips'.")
+    return out
+
+
+def label(arrays: dict[str, np.ndarray], thresholds) -> dict[str, np.ndarray]:
+    """Add Pham et al.'s `labels` (`classify.classify` of d_m, d_s) and Gu et al.'s `gu_memorized`
+    (of train_dist) to the arrays of `neighbour_arrays`; `thresholds`: anything with delta_m and
+    delta_s (a `calibration.Thresholds`)."""
+    if thresholds.delta_m is None or thresholds.delta_s is None:
+        raise InputError("Calibrated settings have no thresholds of their own: label with the "
+                         "model's calibration.Thresholds.")
+    d = arrays["train_dist"]
+    return dict(arrays, labels=classify.classify(arrays["d_m"], arrays["d_s"], thresholds.delta_m,
+                                                 thresholds.delta_s),
+                gu_memorized=is_memorized(d[:, 0], d[:, 1]))
 
 
 def max_over_snapshots(ratios: Mapping[int, float]) -> tuple[int, float]:

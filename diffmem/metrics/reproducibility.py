@@ -11,6 +11,8 @@ from typing import Callable
 
 import numpy as np
 
+from diffmem.metrics import neighbours
+
 Extractor = Callable[[np.ndarray], np.ndarray]
 
 
@@ -34,14 +36,10 @@ def rp_score(features_a: np.ndarray, features_b: np.ndarray, threshold: float = 
     return float(np.mean(cos > threshold))
 
 
-def max_cosine_to_set(features: np.ndarray, reference: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Best cosine similarity of each row of `features` (N, D) to any row of `reference` (M, D), in chunks
-    of the reference so no N x M matrix is kept. Returns (N,)."""
-    f, best = normalize(features), np.full(len(features), -np.inf, np.float32)
-    ref = normalize(reference)
-    for i in range(0, len(ref), chunk):
-        best = np.maximum(best, (f @ ref[i:i + chunk].T).max(axis=1))
-    return best
+def max_cosine_to_set(features: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Best cosine similarity of each row of `features` (N, D) to any row of `reference` (M, D):
+    (N,) float32 (`neighbours.most_similar`, exact; no N x M matrix is kept)."""
+    return neighbours.most_similar(features, reference).cosines.astype(np.float32)
 
 
 def generalization_score(features: np.ndarray, train_features: np.ndarray, threshold: float = 0.6) -> float:

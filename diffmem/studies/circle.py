@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering
 
-from diffmem import builders, energy, generate, likelihood, report, sampling, train, viz
-from diffmem.metrics import calibration, classify
+from diffmem import builders, energy, generate, likelihood, report, sampling, stats, train, viz
+from diffmem.metrics import calibration, classify, neighbours
 from diffmem.workdir import Workdir
 
 KINDS = ("memorized", "spurious", "generalized")
@@ -84,8 +84,14 @@ def calibrated_scales(patterns: np.ndarray, fresh: np.ndarray, num_samples: int,
     """(Thresholds with delta_m = the `quantile` of fresh points' distances to the nearest training point,
     spread scale = their `spacing_quantile`) from fresh draws of the data process (not training points)."""
     t = calibration.calibrate(patterns, fresh, quantile=quantile, num_samples=num_samples)
-    d = calibration.nearest_distance(fresh[:10_000], patterns)
+    d = _nearest_distance(fresh[:10_000], patterns)
     return t, float(np.quantile(d, spacing_quantile))
+
+
+def _nearest_distance(points, patterns) -> np.ndarray:
+    """(N,) L2 distance of each point to its nearest training point (rows as float32, as before)."""
+    pts, pats = np.asarray(points, np.float32), np.asarray(patterns, np.float32)
+    return neighbours.nearest(pts, pats).distances[:, 0]
 
 
 def label_samples(samples: np.ndarray, patterns: np.ndarray, cluster_labels: np.ndarray, kinds: list[str],
@@ -93,7 +99,7 @@ def label_samples(samples: np.ndarray, patterns: np.ndarray, cluster_labels: np.
     """Per-sample classes (classify.MEMORIZED / SPURIOUS / GENERALIZED): memorized iff the distance to the
     nearest training point is <= delta_m, spurious iff not and its cluster is labelled spurious, else
     generalized. cluster_labels index the clusters in sorted order of their ids (as `cluster` returns them)."""
-    d_m = calibration.nearest_distance(samples, patterns)
+    d_m = _nearest_distance(samples, patterns)
     ids = np.unique(cluster_labels)
     spurious_ids = ids[np.asarray([k == "spurious" for k in kinds], bool)]
     labels = np.full(len(samples), classify.GENERALIZED, np.int8)
@@ -117,7 +123,7 @@ def calibrated_labels(samples, patterns, fresh, cluster_out, st) -> tuple[dict, 
     fixed = classify_centres(centres, counts, spreads, patterns, delta_m=st.delta_m, delta_s=st.delta_s,
                              min_frac=st.min_cluster_frac)
     per_sample = label_samples(samples, patterns, labels, kinds, t.delta_m)
-    ci = calibration.bootstrap_fractions(per_sample)
+    ci = stats.bootstrap_fractions(per_sample, classify.NAMES)
     record = dict(**_summary(kinds, counts), thresholds=dict(t.as_dict(), spread_scale=spacing),
                   fractions=classify.fractions(per_sample), fractions_ci={c: list(v) for c, v in ci.items()},
                   tutorial=dict(**_summary(fixed, counts), delta_m=float(st.delta_m), delta_s=float(st.delta_s)))

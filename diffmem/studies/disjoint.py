@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from diffmem import builders, configlib, report, sampling, train, viz
 from diffmem.data import subsets
+from diffmem.metrics import neighbours
 from diffmem.workdir import Workdir
 
 SETS = (("S1", "first"), ("S2", "last"))
@@ -49,16 +50,14 @@ def paired_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.array([im_set_corr(x[None], y[None])[0, 0] for x, y in zip(a, b)])
 
 
-def closest(samples: np.ndarray, train_set: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Index and im_set_corr of each sample's closest training image (by that similarity): (n,), (n,)."""
-    best, idx = np.full(len(samples), -np.inf), np.zeros(len(samples), np.int64)
-    for start in range(0, len(train_set), chunk):
-        c = im_set_corr(samples, train_set[start:start + chunk])
-        j = c.argmax(axis=1)
-        v = c[np.arange(len(samples)), j]
-        better = v > best
-        best[better], idx[better] = v[better], j[better] + start
-    return idx, best
+def closest(samples: np.ndarray, train_set: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index and im_set_corr of each sample's closest training image (by that similarity): (n,), (n,)
+    (`neighbours.most_similar` of the mean-removed images)."""
+    def centred(x):
+        v = np.asarray(x, np.float64).reshape(len(x), -1)
+        return v - v.mean(axis=1, keepdims=True)
+    best = neighbours.most_similar(centred(samples), centred(train_set))
+    return best.indices, best.cosines
 
 
 def psnr_vs_sigma(denoiser01, images01: np.ndarray, sigmas: np.ndarray, seed: int = 0, batch: int = 256) -> np.ndarray:

@@ -16,7 +16,7 @@ Per model (a trained K, or the optimal denoiser of the same K points):
   * d_m, d_s: distance to the nearest training image and to the nearest *other* sample (self excluded by
     index) in the classification metric -- LPIPS (AlexNet; `lpips.features` then the tiled k-NN) when its
     weights load (metric="auto"), or pixel L2 -- and Pham et al.'s labels memorized (d_m <= delta_m) / spurious (d_s <= delta_s) /
-    generalized, with percentile-bootstrap intervals of the fractions (`calibration.bootstrap_fractions`);
+    generalized, with percentile-bootstrap intervals of the fractions (`stats.bootstrap_fractions`);
   * thresholds: "calibrated" (default; `diffmem.metrics.calibration`: the `quantile` of held-out real images'
     nearest-training and nearest-other distances, held-out = the dataset pool minus this model's training
     subset, leave-one-out when K is the whole pool), "published" (Pham et al.'s LPIPS 0.03 / 0.02), or
@@ -37,17 +37,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from diffmem import builders, configlib, generate, report, viz
+from diffmem import builders, configlib, generate, report, stats
 from diffmem.errors import InputError, MissingInputError
 from diffmem.workdir import Workdir, read_sample_files, sort_key
-from diffmem.metrics import calibration, classify, distances, memorization
-
-import matplotlib.pyplot as plt  # noqa: E402  (after viz, which selects the Agg backend)
+from diffmem.metrics import calibration, classify, memorization
+from diffmem.studies import memorization_report
 
 METRICS = ("lpips", "pixel")
 DEFAULT_DELTAS = {"lpips": (0.03, 0.02)}  # Pham et al.'s published example thresholds (LPIPS units)
 THRESHOLDS = ("calibrated", "published", "given")
-KINDS = ("trained", "optimal")
+KINDS = memorization_report.KINDS
 NPZ_KEYS = {
     "seeds": "(N,) int64 sample seeds",
     "labels": "(N,) int8 Pham class: 0 memorized, 1 spurious, 2 generalized (classify.NAMES)",
@@ -127,74 +126,7 @@ def resolve_metric(metric: str, lpips_net: str = "alexnet") -> tuple[str, object
         return "pixel", None, f"metric='auto': LPIPS {lpips_net} weights not available ({first}); using pixel L2."
 
 
-# ------------------------------------------------------------------------------------- distances, labels
-def _tiles(n: int, m: int) -> dict:
-    """Tiles no larger than needed (the k-NN pads to whole tiles): powers of two up to 512 x 2048."""
-    pow2 = lambda v, cap: min(cap, 1 << max(0, int(v) - 1).bit_length())
-    return dict(query_tile=pow2(n, 512), ref_tile=pow2(m, 2048))
-
-
-def neighbours(samples: np.ndarray, train: np.ndarray, settings: Settings, *, lpips_weights=None,
-               mesh=None) -> dict[str, np.ndarray]:
-    """Nearest training images and nearest other samples of `samples` (N, H, W, C) among `train` (K, H, W, C).
-
-    Pixel distances are always computed (Gu et al.'s ratio); d_m / d_s are in `settings.metric` (LPIPS needs
-    `lpips_weights`, from `lpips.load_weights`). Returns the arrays of `NPZ_KEYS` except labels, seeds and
-    gu_memorized. `mesh` shards the queries of the k-NN over devices.
-    """
-    samples, train = np.asarray(samples, np.float32), np.asarray(train, np.float32)
-    n, m = len(samples), len(train)
-    if samples.shape[1:] != train.shape[1:]:
-        raise InputError(f"Samples of shape {samples.shape[1:]} cannot be compared with training images of shape "
-                         f"{train.shape[1:]}: were they sampled from this workdir's models?")
-    if n < 2 or m < 1:
-        raise InputError(f"Need >= 2 samples (nearest *other* sample) and >= 1 training image; got {n} and {m}.")
-    _, i = distances.knn(samples, train, min(2, m), mesh=mesh, **_tiles(n, m))
-    if m == 1:
-        i = np.pad(i, ((0, 0), (0, 1)), constant_values=-1)
-    _, js = distances.knn(samples, samples, 1, exclude_self_offset=0, mesh=mesh, **_tiles(n, n))
-    d = np.stack([_l2(samples, train, i[:, 0]), _l2(samples, train, i[:, 1])], axis=1)
-    swap = d[:, 1] < d[:, 0]  # the exact distances may reorder a near tie of the GEMM form
-    d[swap], i[swap] = d[swap][:, ::-1], i[swap][:, ::-1]
-    out = dict(train_dist=d, train_idx=i, sample_dist=_l2(samples, samples, js[:, 0]), sample_idx=js[:, 0])
-    if settings.metric == "pixel":
-        out.update(d_m=out["train_dist"][:, 0], d_m_idx=i[:, 0], d_s=out["sample_dist"], d_s_idx=js[:, 0])
-    else:
-        from diffmem.metrics import lpips
-        if lpips_weights is None:
-            raise InputError("metric='lpips' needs lpips_weights (diffmem.metrics.lpips.load_weights('alexnet')).")
-        dm, im = lpips.lpips_knn(lpips_weights, samples, train, 1, mesh=mesh, **_tiles(n, m))
-        dd, jd = lpips.lpips_knn(lpips_weights, samples, samples, 1, exclude_self_offset=0, mesh=mesh,
-                                 **_tiles(n, n))
-        out.update(d_m=dm[:, 0], d_m_idx=im[:, 0], d_s=dd[:, 0], d_s_idx=jd[:, 0])
-    return out
-
-
-def _l2(x: np.ndarray, refs: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """||x_n - refs[idx_n]|| computed directly (N,) float32, inf where idx is -1. The k-NN's GEMM form
-    ||a||^2 + ||b||^2 - 2 a.b loses ~sqrt(eps) ||a|| to cancellation (an exact copy comes out at ~1e-3, not 0);
-    the neighbours' distances are recomputed exactly here."""
-    out = np.full(len(x), np.inf, np.float32)
-    for s in range(0, len(x), 4096):  # bounded memory for large sample sets
-        j = idx[s:s + 4096]
-        ok = j >= 0
-        diff = x[s:s + 4096][ok].reshape(int(ok.sum()), -1).astype(np.float64) - refs[j[ok]].reshape(int(ok.sum()), -1)
-        out[s:s + 4096][ok] = np.sqrt(np.sum(diff * diff, axis=1))
-    return out
-
-
-def label(arrays: dict[str, np.ndarray], thresholds) -> dict[str, np.ndarray]:
-    """Add Pham et al.'s `labels` and Gu et al.'s `gu_memorized` to the arrays of `neighbours`; `thresholds`:
-    a `calibration.Thresholds` or fixed-threshold Settings (anything with delta_m and delta_s)."""
-    if thresholds.delta_m is None or thresholds.delta_s is None:
-        raise InputError("Calibrated settings have no thresholds of their own: label with the model's "
-                         "calibration.Thresholds (`model_thresholds`).")
-    d = arrays["train_dist"]
-    return dict(arrays, labels=classify.classify(arrays["d_m"], arrays["d_s"], thresholds.delta_m,
-                                                 thresholds.delta_s),
-                gu_memorized=memorization.is_memorized(d[:, 0], d[:, 1]))
-
-
+# ------------------------------------------------------------------------------------ thresholds
 def model_thresholds(settings: Settings, train: np.ndarray, heldout: np.ndarray | None, num_samples: int, *,
                      lpips_weights=None, mesh=None) -> calibration.Thresholds:
     """The thresholds one model's samples are labelled with: calibrated on `heldout` (the pool minus `train`)
@@ -210,19 +142,9 @@ def model_thresholds(settings: Settings, train: np.ndarray, heldout: np.ndarray 
 
 def _fraction_stats(labels: np.ndarray, thresholds: calibration.Thresholds) -> dict:
     """thresholds, counts, fractions and their 95% bootstrap intervals of one labelling."""
-    ci = calibration.bootstrap_fractions(labels)
+    ci = stats.bootstrap_fractions(labels, classify.NAMES)
     return dict(thresholds=thresholds.as_dict(), counts=classify.counts(labels),
                 fractions=classify.fractions(labels), fractions_ci={c: list(v) for c, v in ci.items()})
-
-
-def gu_ratio(samples: np.ndarray, train: np.ndarray, mesh=None) -> float | None:
-    """Gu et al.'s memorization ratio of samples (N, *S) against train (K, *S); None for K < 2 (undefined)."""
-    if len(train) < 2:
-        return None
-    samples, train = np.asarray(samples, np.float32), np.asarray(train, np.float32)
-    _, i = distances.knn(samples, train, 2, mesh=mesh, **_tiles(len(samples), len(train)))
-    d = np.sort(np.stack([_l2(samples, train, i[:, 0]), _l2(samples, train, i[:, 1])], axis=1), axis=1)
-    return memorization.memorization_ratio(d[:, 0], d[:, 1])
 
 
 # ------------------------------------------------------------------------------------------ one model
@@ -314,12 +236,14 @@ def classify_model(workdir: str, sset: SampleSet, train: np.ndarray, k: int, set
     if same_distances:  # only the thresholds changed: relabel the stored distances
         stored = report.read_npz(npz_path)
         if set(NPZ_KEYS) <= set(stored) and len(stored["d_m"]) == len(data["samples"]):
-            arrays, status = label(stored, thresholds), "relabelled"
+            arrays, status = memorization.label(stored, thresholds), "relabelled"
             by_step = {int(s): r for s, r in old["ratio_by_step"].items()}
     if arrays is None:
-        arrays = label(neighbours(data["samples"], train, settings, lpips_weights=weights, mesh=mesh), thresholds)
-        status, d = "computed", arrays["train_dist"]
-        by_step = {s: gu_ratio(_load_samples(p)["samples"], train, mesh) for s, p in sset.snapshots.items()}
+        near = memorization.neighbour_arrays(data["samples"], train, metric=settings.metric,
+                                             lpips_weights=weights, mesh=mesh)
+        arrays, status, d = memorization.label(near, thresholds), "computed", near["train_dist"]
+        by_step = {s: memorization.ratio_of(_load_samples(p)["samples"], train, mesh=mesh)
+                   for s, p in sset.snapshots.items()}
         by_step[data["step"]] = memorization.memorization_ratio(d[:, 0], d[:, 1]) if len(train) > 1 else None
     arrays = {key: arrays[key] for key in NPZ_KEYS if key != "seeds"}
     if os.path.exists(json_path):  # the .json is written last: a crash in between leaves no stale pair
@@ -330,7 +254,8 @@ def classify_model(workdir: str, sset: SampleSet, train: np.ndarray, k: int, set
     extra = {}
     if settings.metric == "lpips":  # Pham et al.'s published thresholds beside the calibrated / given ones
         published = calibration.fixed(*DEFAULT_DELTAS["lpips"], "lpips", "published")
-        extra["published"] = _fraction_stats(label(arrays, published)["labels"], published)
+        labels = memorization.label(arrays, published)["labels"]
+        extra["published"] = _fraction_stats(labels, published)
     meta = dict(
         name=sset.name, k=int(k), kind=sset.kind, settings=want, units=settings.units,
         num_samples=len(data["samples"]), step=data["step"], sampler=data["sampler"],
@@ -434,144 +359,17 @@ def run(workdir: str, *, metric: str = "auto", delta_m: float | None = None, del
         if figures:
             panel = wd.classify_file(f"panels_{sset.key.replace('/', '_')}.png")
             if status != "skipped" or not os.path.exists(panel):
-                panel = draw_panels(panel, workdir, sset, spec.data, meta, rows_per_class)
+                arrays = report.read_npz(_outputs(workdir, sset)[0])
+                panel = memorization_report.draw_panels(panel, _load_samples(sset.latest), arrays,
+                                                        spec.data, meta, rows_per_class)
             panels.append(panel)
     if figures:
-        figs = _curves(wd, summary) + [p for p in panels if p]
+        figs = memorization_report.curves(summary, wd.classify_file) + [p for p in panels if p]
         summary["figures"] = [wd.relative(p) for p in figs]  # reports hold no absolute paths
     report.write_json(wd.classify_file("summary.json"), summary)
-    _markdown(wd.classify_file("report.md"), summary, [wd.path_of(p) for p in summary["figures"]])
+    memorization_report.markdown(wd.classify_file("report.md"), summary,
+                                 [wd.path_of(p) for p in summary["figures"]])
     return summary
-
-
-# ---------------------------------------------------------------------------------------------- figures
-def draw_panels(path: str, workdir: str, sset: SampleSet, train: np.ndarray, meta: dict,
-                rows_per_class: int = 3) -> str | None:
-    """For each class, up to `rows_per_class` rows (the first samples of that class by index):
-    sample | its nearest training image | its nearest other sample, captioned with d_m and d_s.
-    Returns the path, or None if there is nothing to show."""
-    data = _load_samples(sset.latest)
-    arrays = report.read_npz(_outputs(workdir, sset)[0])
-    rows = [(c, i) for c, name in enumerate(classify.NAMES)
-            for i in np.flatnonzero(arrays["labels"] == c)[:rows_per_class]]
-    if not rows:
-        return None
-    x, seeds = data["samples"], data["seeds"]
-    show = lambda img: np.clip((img + 1) / 2, 0, 1)
-    fig, axes = plt.subplots(len(rows), 3, figsize=(4.8, 1.9 * len(rows) + 0.4), squeeze=False,
-                             layout="constrained")
-    for r, (c, i) in enumerate(rows):
-        m, s = int(arrays["d_m_idx"][i]), int(arrays["d_s_idx"][i])
-        cells = ((x[i], f"{classify.NAMES[c]}\nseed {seeds[i]}"), (train[m], f"train #{m}\nd_m {arrays['d_m'][i]:.3g}"),
-                 (x[s], f"seed {seeds[s]}\nd_s {arrays['d_s'][i]:.3g}"))
-        for ax, (img, caption) in zip(axes[r], cells):
-            ax.imshow(show(img[..., 0]) if img.shape[-1] == 1 else show(img), cmap="gray", vmin=0, vmax=1,
-                      interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([]), ax.set_xlabel(caption, fontsize=7)
-    for ax, head in zip(axes[0], ("sample", "nearest training image", "nearest other sample")):
-        ax.set_title(head, fontsize=8)
-    who = f"K = {meta['k']}" + (" (optimal denoiser)" if sset.kind == "optimal" else f", step {meta['step']}")
-    t = meta["thresholds"]
-    fig.suptitle(f"{who}; {meta['units']}, delta_m {t['delta_m']:.4g}, delta_s {t['delta_s']:.4g} ({t['method']})",
-                 fontsize=8)
-    return viz.save_figure(fig, path)
-
-
-def _series(summary: dict, value: Callable[[dict], float | None]) -> dict:
-    out = {}
-    for kind in KINDS:
-        pts = sorted((m["k"], value(m)) for m in summary[kind].values() if value(m) is not None)
-        if pts:
-            out[kind] = (np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
-    return out
-
-
-def _curves(wd: Workdir, summary: dict) -> list[str]:
-    """ratio_vs_k.png (Gu et al.'s ratio) and classes_vs_k.png (Pham et al.'s fractions); the optimal
-    denoiser dashed beside the trained models."""
-    figs = []
-    ratio = _series(summary, lambda m: m["memorization_ratio"])
-    if ratio:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for kind, (ks, ys) in ratio.items():
-            ax.plot(ks, 100 * ys, "o-" if kind == "trained" else "s--", label=f"{kind} (max over snapshots)"
-                    if kind == "trained" else "optimal denoiser")
-        ax.axhline(90, color="gray", lw=0.8, ls=":")
-        ax.set_xscale("log"), ax.set_ylim(-3, 103), ax.set_xlabel("training set size K")
-        ax.set_ylabel("memorization ratio (%)"), ax.set_title("Gu et al.: d1/d2 < 1/3 (pixel L2)", fontsize=9)
-        ax.grid(alpha=0.3), ax.legend(fontsize=8)
-        figs.append(viz.save_figure(fig, wd.classify_file("ratio_vs_k.png")))
-    s = summary["settings"]
-    how = (f"calibrated: {100 * s['quantile']:g}% quantiles of held-out distances"
-           if s.get("thresholds") == "calibrated" else f"delta_m {s['delta_m']}, delta_s {s['delta_s']}")
-    if summary["trained"] or summary["optimal"]:
-        figs.append(_class_figure(wd.classify_file("classes_vs_k.png"), summary, lambda m: m,
-                                  f"Pham et al.: {summary['units']}, {how}"))
-    if any("published" in m for kind in KINDS for m in summary[kind].values()):
-        figs.append(_class_figure(wd.classify_file("classes_vs_k_published.png"), summary,
-                                  lambda m: m.get("published"),
-                                  f"Pham et al.'s published thresholds: {summary['units']}, 0.03 / 0.02"))
-    return figs
-
-
-def _class_figure(path: str, summary: dict, part: Callable[[dict], dict | None], title: str) -> str:
-    """Class fractions vs K with 95% bootstrap error bars; the optimal denoiser dashed."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for c, color in zip(classify.NAMES, ("tab:red", "tab:orange", "tab:green")):
-        for kind in KINDS:
-            rows = sorted((m["k"], part(m)) for m in summary[kind].values() if part(m) is not None)
-            if not rows:
-                continue
-            ks = np.array([k for k, _ in rows])
-            ys = np.array([p["fractions"][c] for _, p in rows])
-            ci = np.array([p.get("fractions_ci", {}).get(c, (y, y)) for (_, p), y in zip(rows, ys)])
-            err = np.clip(np.stack([ys - ci[:, 0], ci[:, 1] - ys]), 0, None)
-            ax.errorbar(ks, ys, yerr=err, fmt="o-" if kind == "trained" else "s--", color=color, capsize=3,
-                        ms=4, label=f"{c} ({'trained' if kind == 'trained' else 'optimal denoiser'})")
-    ax.set_xscale("log"), ax.set_ylim(-0.03, 1.03), ax.set_xlabel("training set size K")
-    ax.set_ylabel("fraction of samples (95% bootstrap CI)"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=8)
-    return viz.save_figure(fig, path)
-
-
-def _markdown(path: str, summary: dict, figures: Sequence[str]) -> str:
-    s = summary["settings"]
-    cols = ["K", "name", "samples", "step", "ratio", "ratio step", "delta_m", "delta_s", "thresholds",
-            "memorized", "spurious", "generalized", "median d_m", "median d_s"]
-    if s.get("thresholds") == "calibrated":
-        rule = (f"thresholds calibrated per model: delta_m = the {100 * s['quantile']:g}% quantile of held-out real "
-                "images' distances to the nearest training image, delta_s = the same quantile of their distances "
-                "to the nearest other real image among N - 1 (N = the number of samples); held-out = the dataset "
-                "minus the model's training set, leave-one-out over the training set when too few remain "
-                "(`diffmem.metrics.calibration`). Fresh draws of the data distribution would be labelled "
-                f"memorized and spurious {100 * s['quantile']:g}% of the time each")
-    else:
-        rule = f"{s.get('thresholds', 'given')} thresholds delta_m = {s['delta_m']}, delta_s = {s['delta_s']}"
-    sections = [("Settings", f"Pham et al. classes in {summary['units']}: memorized iff d_m <= delta_m, "
-                 "spurious iff not memorized and d_s <= delta_s, generalized otherwise (d_m: nearest training "
-                 f"image, d_s: nearest other sample); {rule}. Fractions with 95% percentile-bootstrap intervals. "
-                 "Memorization ratio (Gu et al.): fraction of samples with d1/d2 < 1/3 in pixel L2, maximum over "
-                 "the sampled snapshots." + (f" Note: {summary['metric_note']}" if summary.get("metric_note") else ""))]
-    fmt = lambda p, c: f"{p['fractions'][c]:.3f} [{p['fractions_ci'][c][0]:.3f}, {p['fractions_ci'][c][1]:.3f}]"
-    for kind, head in (("trained", "Trained models"), ("optimal", "Empirical optimal denoiser")):
-        metas = sorted(summary[kind].values(), key=lambda m: sort_key(m["name"]))
-        rows = [dict(K=m["k"], name=m["name"], samples=m["num_samples"], step=m["step"],
-                     ratio="n/a (K < 2)" if m["memorization_ratio"] is None else m["memorization_ratio"],
-                     **{"ratio step": m["ratio_step"], "median d_m": m["median_d_m"], "median d_s": m["median_d_s"],
-                        "delta_m": m["thresholds"]["delta_m"], "delta_s": m["thresholds"]["delta_s"],
-                        "thresholds": m["thresholds"]["method"]},
-                     **{c: fmt(m, c) for c in classify.NAMES}) for m in metas]
-        if rows:
-            sections.append((head, report.markdown_table(rows, cols)))
-        published = [dict(K=m["k"], name=m["name"], **{c: fmt(m["published"], c) for c in classify.NAMES})
-                     for m in metas if "published" in m]
-        if published:
-            sections.append((f"{head}: Pham et al.'s published LPIPS thresholds (0.03 / 0.02)",
-                             report.markdown_table(published, ["K", "name", *classify.NAMES])))
-    if summary["not_included"]:
-        sections.append(("Not included", "".join(f"- {k}: {v}\n" for k, v in summary["not_included"].items())))
-    return report.write_markdown(path, "Memorization: Gu et al.'s ratio and Pham et al.'s classes", sections,
-                                 figures)
 
 
 # ------------------------------------------------------------------------------ effective model memorization
