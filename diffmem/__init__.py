@@ -7,8 +7,9 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("checkpoint", "configlib", "data", "energy", "likelihood", "losses", "metrics", "nets",
-               "precond", "report", "sampling", "sde", "studies", "train", "viz")
+_SUBMODULES = ("checkpoint", "configlib", "data", "energy", "layout", "likelihood", "losses",
+               "metrics", "model", "nets", "precond", "report", "sampling", "sde", "studies",
+               "train", "viz")
 
 
 def __getattr__(name):

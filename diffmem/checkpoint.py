@@ -1,8 +1,9 @@
 """All orbax use in one place: one checkpoint directory per model, found by name (K).
 
-Each model's directory is `Workdir(path).checkpoint_dir(name)` (checkpoints/<name>/<step>/..., <name> the
-model's K `"9"`, or `"<K>_s<seed>"` in seed sweeps). Each checkpoint holds {"params", "ema_params",
-"opt_state", "step"}; `restore_item` reads one of them alone (the sampling stages read "ema_params").
+Each model's directory is `diffmem.layout.Layout(path).checkpoint_dir(name)`
+(checkpoints/<name>/<step>/..., <name> the model's K `"9"`, or `"<K>_s<seed>"` in seed sweeps). Each
+checkpoint holds {"params", "ema_params", "opt_state", "step"}; `restore_item` reads one of them
+alone (the sampling stages read "ema_params").
 orbax writes every step to a temporary directory and renames it when complete, so a run killed while
 saving leaves the previous checkpoint intact.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from typing import Any
 
@@ -29,7 +29,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from diffmem import multihost
 from diffmem.errors import DiffmemError, InputError, WriteError
+from diffmem.layout import Layout, sort_key
 
 METADATA_KEY = "diffmem"
 """The key of diffmem's record in a step's `custom_metadata`: {"sha256": {leaf path: hex}, "config": {...}}."""
@@ -43,8 +45,7 @@ class CheckpointError(DiffmemError, RuntimeError):
 
 
 def _dir(workdir: str, name: str) -> str:
-    from diffmem.workdir import Workdir  # the layout lives there
-    return Workdir(workdir).checkpoint_dir(name)
+    return Layout(workdir).checkpoint_dir(name)
 
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
@@ -74,7 +75,6 @@ def manager(workdir: str, name: str, max_to_keep: int | None = 2, keep_steps=())
 def tree_sha256(tree: Any) -> dict[str, str]:
     """{leaf path: sha256 hex} of a tree's leaves as host arrays (dtype, shape and bytes), paths as
     `jax.tree_util.keystr` writes them (e.g. "['ema_params']['params']['Dense_0']['kernel']")."""
-    from diffmem import multihost
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         value = np.ascontiguousarray(multihost.to_host(leaf))
@@ -221,16 +221,10 @@ def restore(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
 
 def list_models(workdir: str) -> list[str]:
     """Names of the models with checkpoints in `workdir`, sorted numerically by K (then by seed)."""
-    from diffmem.workdir import Workdir
-    root = Workdir(workdir).checkpoint_dir()
+    root = Layout(workdir).checkpoint_dir()
     if not os.path.isdir(root):
         return []
     return sorted(os.listdir(root), key=sort_key)
-
-
-def sort_key(name: str) -> tuple:
-    """Numeric sort key for names like '9', '1000', '1000_s2'."""
-    return tuple(int(n) for n in re.findall(r"\d+", name)) or (float("inf"),)
 
 
 def restore_item(directory: str, item: str, like: Any, step: int | None = None, *,

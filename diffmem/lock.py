@@ -1,4 +1,5 @@
-"""One training writes a workdir at a time: an advisory lock on `<workdir>/.diffmem.lock` (`Workdir.lock_path`).
+"""One training writes a workdir at a time: an advisory lock on `<workdir>/.diffmem.lock`
+(`diffmem.layout.Layout.lock_path`).
 
 The lock is `fcntl.flock` on that file, which the kernel drops when its holder exits in any way (SIGKILL
 included): a lock file left by a dead process is stale by construction and the next run simply takes it
@@ -17,16 +18,16 @@ import socket
 import time
 import warnings
 
+from diffmem import atomic
 from diffmem.errors import WorkdirBusyError, WriteError
-
-LOCK_NAME = ".diffmem.lock"  # its path in a workdir: `Workdir.lock_path`
+from diffmem.layout import LOCK_NAME, Layout  # noqa: F401 (LOCK_NAME: its name in a workdir)
 
 
 @contextlib.contextmanager
 def workdir_lock(workdir: str, what: str = "training"):
     """Hold `workdir`'s writer lock for the duration of the block; raises `WorkdirBusyError` at once when
     another live process holds it (never waits)."""
-    from diffmem import atomic, multihost
+    from diffmem import multihost  # imports JAX, which importing this module does not
     fd, failure = None, None
     if atomic.is_writer():
         try:
@@ -46,8 +47,7 @@ def workdir_lock(workdir: str, what: str = "training"):
 
 
 def _acquire(workdir: str, what: str) -> int | None:
-    from diffmem.workdir import Workdir
-    path = Workdir(workdir).lock_path
+    path = Layout(workdir).lock_path
     try:
         os.makedirs(workdir, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

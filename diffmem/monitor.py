@@ -100,7 +100,8 @@ def _with_params(probe: wdlib.Model, config, net, params) -> wdlib.Model:
         denoiser = sde_lib.denoiser_from_score(time_score, probe.sde)
     else:
         time_score, denoiser = None, builders.denoiser(config, net, params)
-    return dataclasses.replace(probe, denoiser=denoiser, score=wdlib._score_of(denoiser), time_score=time_score)
+    score = sde_lib.score_from_denoiser(denoiser)
+    return dataclasses.replace(probe, denoiser=denoiser, score=score, time_score=time_score)
 
 
 @dataclasses.dataclass
@@ -115,7 +116,7 @@ class ParamsSampler:
     block: int = sampling.SAMPLE_BLOCK
 
     def __post_init__(self):
-        from diffmem import generate  # generate imports train, which imports this module
+        from diffmem import generate  # lazily: it imports viz (matplotlib), unused in training
         self.net = builders.build_model(self.config, self.spec.data.shape[1:])
         self.name, given = sampler_choice(self.config, self.sampler, self.num_steps)
         x = jnp.asarray(self.spec.data[:1])

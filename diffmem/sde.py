@@ -158,8 +158,19 @@ class VPSDE(_PriorMixin):
         return 1.0
 
 
-def score_from_denoiser(denoiser: Denoiser, sde: SDE) -> ScoreFn:
-    """Score of p_t from a denoiser: grad log p_t(x) = (s D(x / s, sigma) - x) / (s sigma)^2."""
+def score_from_denoiser(denoiser: Denoiser, sde: SDE | None = None) -> ScoreFn:
+    """Score of p_t from a denoiser: grad log p_t(x) = (s D(x / s, sigma) - x) / (s sigma)^2.
+
+    With sde None the time is sigma itself (EDM's view, s = 1): the score of the data noised at
+    sigma, s(x (B, *S), sigma (B,) or broadcastable) = (D(x, sigma) - x) / sigma^2
+    (`diffmem.model.Model.score`).
+    This is diffmem's one denoiser -> score conversion."""
+    if sde is None:
+        def sigma_score(x, sigma):
+            sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype).reshape(-1), x.shape[:1])
+            return (denoiser(x, sigma) - x) / _bcast(sigma, x) ** 2
+
+        return sigma_score
 
     def score_fn(x, t):
         t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])

@@ -1,4 +1,4 @@
-"""The workdir: the one module that knows where a run's files live, and the one model record every stage uses.
+"""The workdir: a run's state (config.json, training sets, EMA parameters, sample shards) as models.
 
     wd = Workdir("runs/digits")
     wd.config                                   # config.json as a ConfigDict
@@ -7,140 +7,56 @@
     model = optimal_model(config, "64")         # the same from a config alone (no workdir, no training)
     data = wd.read_samples("64")                # the union of every sample shard, sorted by seed
 
-Layout (nothing outside this module builds these paths):
-
-    config.json                       the config (`write_config`; a rerun may change only `RERUN_KEYS`;
-                                      files of earlier schemas are migrated on load, `config_schema.migrate`)
-    .diffmem.lock                     the one-writer lock of a training (`lock_path`, `diffmem.lock`)
-    metrics.jsonl                     training metrics
-    subsets/<K>.npz                   the K-subset: `indices` into the dataset pool and `sha256` of the
-                                      training set they select, written at train time; a changed dataset
-                                      is an error, never a silently different training set
-    checkpoints/<name>/<step>/        orbax checkpoints (`diffmem.checkpoint`)
-    samples/<set>/<shard>.npz         sample shards, set = <name> (latest checkpoint), <name>@<step> (an
-                                      earlier one) or optimal/<name>; a shard holds samples (N, *S), seeds
-                                      (N,) and its settings (JSON); readers merge the shards of a set
-    samples/<set>/<shard>.partial/    an unfinished shard's batches, <start>.npz (`partial_path`)
-    samples/<set>.npz                 a whole set in one file (workdirs written before shards; still read)
-    samples/<set>.png                 a picture of the set
-    classify/[optimal/]<name>.{npz,json}, classify/summary.json, report.md, figures   (memorization study;
-                                      `classify_paths`, `classify_file`)
-    reproducibility/...               Zhang et al.'s scores (reproducibility study)
-    study/...                         the circle study (`study_dir`), or the K-sweep study's stages/,
-                                      report.{json,md,html} and figures (`study_output_dir("study")`)
-    <study>/...                       other studies' outputs (`study_output_dir(study, ...)`), study one of
-                                      `STUDY_OUTPUTS`:
-      mechanisms/                       critical_times/, jacobian/, energy/, phase_times.json, molrg*.{json,png}
-                                        (diffmem.studies.mechanisms)
-      training_time/                    <name>/step_<step>.npz (f_mem of each snapshot), summary.json, figures,
-                                        monitor_stops.json (diffmem.studies.training_time, diffmem.monitor)
-      disjoint/                         N<N>.npz, summary.json, report.md, figures (Kadkhodaie et al.'s
-                                        two-disjoint-sets study, diffmem.studies.disjoint)
-      machines/                         calibration and machine-vs-network agreement (diffmem.machines.agreement)
-    S1/, S2/                          the disjoint study's two sides, each a whole workdir of this layout
-                                      (`sub_workdir`)
-
-An EMM root (`diffmem.studies.memorization.emm`) is a folder of such workdirs, k<K>/ (`emm_member`), beside
-its emm.json (`emm_path`).
-
-<name> is a model's K ("64"), or "<K>_s<seed>" in seed sweeps.
+The layout of a workdir, every path in it, is `diffmem.layout` (`Layout`, which `Workdir`
+extends with reading and writing); the model record is `diffmem.model.Model`.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
 import os
-import re
 import shutil
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffmem import builders, config_schema, configlib, energy, multihost, report
-from diffmem import sde as sde_lib
+from diffmem import builders, checkpoint, config_schema, configlib, energy, multihost, report
 from diffmem.errors import InputError, MissingInputError
+from diffmem.layout import STUDY_OUTPUTS, Layout, partial_path, sort_key, sort_names  # noqa: F401
+from diffmem.layout import seeds_tag as _seeds_tag  # noqa: F401 (studies.training_time)
+from diffmem.model import Model  # noqa: F401 (callers import it from here too)
 
 KINDS = ("trained", "optimal")
-STUDY_OUTPUTS = ("mechanisms", "disjoint", "training_time", "machines", "study")
-"""The studies whose outputs live in <workdir>/<study>/ (`Workdir.study_output_dir`)."""
 RERUN_KEYS = ("steps", "schedule.duration_mimg", "sample", "study", "monitor", "log_every", "keep_checkpoints")
 """Config keys (dotted for nested ones) a rerun into an existing workdir may change: `steps` and
 `schedule.duration_mimg` extend (or shorten) training; the others only drive later stages. Any other
 difference is a different experiment."""
 _LENGTH_KEYS = ("steps", "schedule.duration_mimg")
 
-_SET = re.compile(r"^(?P<name>\d+(?:_s\d+)?)(?:@(?P<step>-?\d+))?$")
-
 
 class DatasetChangedError(InputError):
     """The data a recorded K-subset selects is no longer the data the model was trained on."""
 
 
-# ------------------------------------------------------------------------------------------- the model
-@dataclasses.dataclass(frozen=True, eq=False)
-class Model:
-    """One model of a workdir (or of a config) in the form every sampler, metric and study takes.
-
-    denoiser  D(x (B, *S), sigma (B,)) -> (B, *S), EDM's unscaled view
-    score     s(x (B, *S), sigma (B,)) = (D(x, sigma) - x) / sigma^2, the score of the noised data at sigma
-    shape     one example's shape S; train_data (K, *S) float32 (images in [-1, 1])
-    sde       the noise process of toy (SDE-trained) models, else None; time_score is then the network's
-              score in that process's time, s(x (B, *S), t (B,) or (1,) shared), what SDE samplers use
-    sigma_min, sigma_max   the noise range a sampler should cover
-    step      checkpoint step (-1 for the optimal denoiser); kind "trained" | "optimal"
-    data_range  (lo, hi) samples are clipped to (images: (-1, 1)), or None
-    compiler_options  XLA options for a `jax.jit` of a program that runs this model, or None (XLA's defaults;
-              machines on AVX-512 CPUs ask for 512-bit vectors, `machines.patch_kernel.compiler_options`)
-    """
-    name: str
-    k: int
-    kind: str
-    denoiser: Callable
-    score: Callable
-    shape: tuple
-    sde: Any
-    sigma_min: float
-    sigma_max: float
-    train_data: np.ndarray
-    step: int
-    seed: int = 0
-    labels: np.ndarray | None = None
-    time_score: Callable | None = None
-    data_range: tuple | None = None
-    config: Any = dataclasses.field(default=None, repr=False)
-    compiler_options: dict | None = dataclasses.field(default=None, repr=False)
-
-
-def _score_of(denoiser: Callable) -> Callable:
-    def score(x, sigma):
-        sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype).reshape(-1), x.shape[:1])
-        return (denoiser(x, sigma) - x) / sde_lib._bcast(sigma, x) ** 2
-    return score
-
-
+# ------------------------------------------------------------------------------------------ models
 def make_model(config, spec: builders.ModelSpec, kind: str, step: int, *, denoiser: Callable | None = None,
                time_score: Callable | None = None) -> Model:
     """A `Model` from either view: a denoiser (preconditioned networks, the optimal denoiser, machines) or a
     score in SDE time (`diffusion.kind` "sde"; converted by Tweedie's formula, `sde.denoiser_from_score`).
     The noise process, sigma range and data range follow from the config's sections."""
     sde = builders.build_sde(config) if builders.diffusion_kind(config) == "sde" else None
+    fields = dict(name=spec.name, k=spec.k, kind=kind, shape=tuple(spec.data.shape[1:]),
+                  train_data=spec.data, step=int(step), seed=int(spec.seed), labels=spec.labels,
+                  data_range=builders.data_range(config))
     if denoiser is None:
-        denoiser = sde_lib.denoiser_from_score(time_score, sde)
-    elif time_score is None and sde is not None:
-        time_score = sde_lib.score_from_denoiser(denoiser, sde)
-    if sde is None:
-        lo, hi = builders.sigma_range(config)
-    else:
-        lo, hi = (float(sde.sigma(jnp.asarray(t, jnp.float32))) for t in (sde.t_min, sde.t_max))
-    return Model(name=spec.name, k=spec.k, kind=kind, denoiser=denoiser, score=_score_of(denoiser),
-                 shape=tuple(spec.data.shape[1:]), sde=sde, sigma_min=float(lo), sigma_max=float(hi),
-                 train_data=spec.data, step=int(step), seed=int(spec.seed), labels=spec.labels,
-                 time_score=time_score, data_range=builders.data_range(config), config=config)
+        return Model.from_time_score(time_score, sde, **fields)
+    sigma_range = builders.sigma_range(config) if sde is None else None
+    return Model.from_denoiser(denoiser, sigma_range=sigma_range, sde=sde, time_score=time_score,
+                               **fields)
 
 
 _make_model = make_model  # the name callers used first
@@ -170,15 +86,6 @@ def _pick(specs: dict, name: str, where: str):
     if name not in specs:
         raise InputError(f"No model named {name!r} in {where}; its models are {sort_names(specs)}.")
     return specs[name]
-
-
-def sort_key(name: str) -> tuple:
-    """Numeric sort key for model names like '9', '1000', '1000_s2'."""
-    return tuple(int(n) for n in re.findall(r"\d+", name)) or (float("inf"),)
-
-
-def sort_names(names) -> list[str]:
-    return sorted(names, key=sort_key)
 
 
 # -------------------------------------------------------------------------------------------- configs
@@ -214,97 +121,22 @@ def _data_sha256(data: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _seeds_tag(seeds: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(seeds, np.int64).tobytes()).hexdigest()[:10]
-
-
 is_writer = multihost.is_main_process  # only process 0 writes shared files under jax.distributed
 
 
 # ---------------------------------------------------------------------------------------------- Workdir
-class Workdir:
-    """A run's directory: config, K-subsets, checkpoints, samples and study outputs (module docstring)."""
+class Workdir(Layout):
+    """A run's directory: its paths (`diffmem.layout.Layout`) and the config, K-subsets, models and
+    samples read from them (module docstring)."""
 
     def __init__(self, path: str, config: ml_collections.ConfigDict | None = None):
-        self.path = str(path)
+        super().__init__(path)
         self._config = config
         self._trained_config_checked = False
-
-    def __repr__(self) -> str:
-        return f"Workdir({self.path!r})"
-
-    def _p(self, *parts: str) -> str:
-        return os.path.join(self.path, *parts)
-
-    # ---------------------------------------------------------------- paths of the stages
-    @property
-    def config_path(self) -> str:
-        return self._p("config.json")
-
-    @property
-    def metrics_path(self) -> str:
-        return self._p("metrics.jsonl")
-
-    def checkpoint_dir(self, name: str | None = None) -> str:
-        root = os.path.join(os.path.abspath(self.path), "checkpoints")
-        return root if name is None else os.path.join(root, str(name))
-
-    def subset_path(self, k: int) -> str:
-        return self._p("subsets", f"{int(k)}.npz")
-
-    def classify_dir(self, kind: str | None = None) -> str:
-        """classify/ (kind None or "trained") or classify/optimal/."""
-        return self._p("classify", *(("optimal",) if kind == "optimal" else ()))
-
-    def classify_file(self, filename: str) -> str:
-        """classify/<filename>: the memorization study's summary.json, report.md and figures."""
-        return self._p("classify", filename)
-
-    def classify_paths(self, name: str, kind: str = "trained") -> tuple[str, str]:
-        base = os.path.join(self.classify_dir(kind), str(name))
-        return base + ".npz", base + ".json"
-
-    def reproducibility_dir(self, *parts: str) -> str:
-        """reproducibility/<parts...> (parts: a file name)."""
-        return self._p("reproducibility", *parts)
-
-    def study_dir(self, *parts: str) -> str:
-        """study/<parts...>: the circle study's outputs (parts: a file name)."""
-        return self._p("study", *parts)
-
-    @property
-    def lock_path(self) -> str:
-        """.diffmem.lock: the one-writer lock of a training (`diffmem.lock`)."""
-        from diffmem import lock
-        return self._p(lock.LOCK_NAME)
-
-    # ---------------------------------------------------------------- EMM roots
-    @property
-    def emm_path(self) -> str:
-        """emm.json of an EMM root: this folder holds one workdir per K (`emm_member`)."""
-        return self._p("emm.json")
-
-    def emm_member(self, k: int) -> "Workdir":
-        """The workdir k<K> of an EMM root (Gu et al.'s effective model memorization, one model per K)."""
-        return self.sub_workdir(f"k{int(k)}")
-
-    def study_output_dir(self, study: str, *parts: str) -> str:
-        """<workdir>/<study>/<parts...>: where a study of `STUDY_OUTPUTS` writes (parts: sub-folders or a file)."""
-        if study not in STUDY_OUTPUTS:
-            raise InputError(f"Unknown study {study!r}; studies with an output folder: {list(STUDY_OUTPUTS)}.")
-        return self._p(study, *(str(p) for p in parts))
 
     def sub_workdir(self, name: str, config: ml_collections.ConfigDict | None = None) -> "Workdir":
         """The workdir <workdir>/<name> nested in this one (the disjoint study's S1 / S2 sides)."""
         return Workdir(self._p(str(name)), config)
-
-    def relative(self, path: str) -> str:
-        """`path` relative to the workdir (what reports record: no absolute paths)."""
-        return os.path.relpath(os.path.abspath(path), os.path.abspath(self.path))
-
-    def path_of(self, relative: str) -> str:
-        """The inverse of `relative`."""
-        return os.path.join(self.path, relative)
 
     # ---------------------------------------------------------------- config
     def exists(self) -> bool:
@@ -369,7 +201,6 @@ class Workdir:
         are not checked."""
         if self._trained_config_checked:
             return
-        from diffmem import checkpoint
         root = self.checkpoint_dir()
         for name in checkpoint.list_models(self.path):
             trained = checkpoint.recorded_config(os.path.join(root, name))
@@ -447,7 +278,6 @@ class Workdir:
             if step is not None:
                 raise InputError("The optimal denoiser has no checkpoints: drop step.")
             return optimal_from_spec(config, spec)
-        from diffmem import checkpoint
         self.check_trained_config()
         net = builders.build_model(config, spec.data.shape[1:])
         x = jnp.asarray(spec.data[:1])
@@ -458,59 +288,6 @@ class Workdir:
         return trained_model(config, spec, net, params, step)
 
     # ---------------------------------------------------------------- samples
-    def sample_set(self, name: str, kind: str = "trained", step: int | None = None) -> str:
-        """The set's name relative to samples/: '<name>', '<name>@<step>' or 'optimal/<name>'."""
-        if kind == "optimal":
-            return f"optimal/{name}"
-        return str(name) if step is None else f"{name}@{int(step)}"
-
-    def samples_dir(self, name: str, kind: str = "trained", step: int | None = None) -> str:
-        return self._p("samples", *self.sample_set(name, kind, step).split("/"))
-
-    def picture_path(self, name: str, kind: str = "trained", step: int | None = None) -> str:
-        return self.samples_dir(name, kind, step) + ".png"
-
-    @staticmethod
-    def partial_path(shard: str, start: int | None = None) -> str:
-        """<shard>.partial/: the batches of an unfinished shard, saved as they finish; with `start`, the file
-        of the batch starting at that row (<start:010d>.npz)."""
-        folder = shard[:-4] + ".partial"
-        return folder if start is None else os.path.join(folder, f"{int(start):010d}.npz")
-
-    def shard_path(self, name: str, kind: str, step: int | None, seeds: np.ndarray) -> str:
-        """Where a job writes the shard of `seeds`: <first>-<last>_<hash of the seed list>.npz."""
-        seeds = np.asarray(seeds, np.int64)
-        return os.path.join(self.samples_dir(name, kind, step), f"{seeds[0]}-{seeds[-1]}_{_seeds_tag(seeds)}.npz")
-
-    def sample_files(self, name: str, kind: str = "trained", step: int | None = None) -> list[str]:
-        """The shard files of a set (and its one-file form from before shards), sorted."""
-        folder = self.samples_dir(name, kind, step)
-        files = [os.path.join(folder, f) for f in sorted(os.listdir(folder))
-                 if f.endswith(".npz") and not f.startswith(".")] if os.path.isdir(folder) else []
-        legacy = folder + ".npz"
-        return ([legacy] if os.path.isfile(legacy) else []) + files
-
-    def has_samples(self, name: str, kind: str = "trained", step: int | None = None) -> bool:
-        return bool(self.sample_files(name, kind, step))
-
-    def sample_sets(self) -> list[tuple[str, str, int | None]]:
-        """Every sampled set as (name, kind, step) (step None: latest checkpoint), sorted by kind then K."""
-        out = []
-        for kind, sub in (("trained", ()), ("optimal", ("optimal",))):
-            folder = self._p("samples", *sub)
-            entries = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-            seen = set()
-            for entry in entries:
-                base = entry[:-4] if entry.endswith(".npz") else entry
-                m = _SET.match(base)
-                if not m or base in seen or (kind == "optimal" and m["step"] is not None):
-                    continue
-                step = None if m["step"] is None else int(m["step"])
-                if self.sample_files(m["name"], kind, step):
-                    seen.add(base)
-                    out.append((m["name"], kind, step))
-        return sorted(out, key=lambda s: (s[1] != "trained", sort_key(s[0]), -1 if s[2] is None else s[2]))
-
     def read_samples(self, name: str, kind: str = "trained", step: int | None = None,
                      files: Sequence[str] | None = None) -> dict:
         """The union of a set's shards: {samples (N, *S) float32, seeds (N,) int64 sorted, step, sampler,
@@ -626,4 +403,4 @@ def remove_set_files(paths: Sequence[str]) -> None:
     for p in paths:
         if os.path.exists(p):
             os.remove(p)
-        shutil.rmtree(Workdir.partial_path(p), ignore_errors=True)
+        shutil.rmtree(partial_path(p), ignore_errors=True)

@@ -20,10 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from diffmem import builders, report, sampling, viz
+from diffmem import builders, checkpoint, report, sampling, viz
 from diffmem import workdir as wdlib
 from diffmem.errors import InputError
+from diffmem.machines import calibration
 from diffmem.machines import models as mm
+from diffmem.machines.calibration import noised, pearson_r  # noqa: F401 (agreement.pearson_r)
 
 TITLE = "Analytic local score machines"
 TUNED = ("ls", "els", "bbels", "pspc_square", "pspc_flex")  # machines with a calibrated hyperparameter
@@ -31,18 +33,6 @@ TUNED = ("ls", "els", "bbels", "pspc_square", "pspc_flex")  # machines with a ca
 # variant (zero-padded networks know where a patch is: on 8x8 digits bbELS follows the network at r 0.97 for
 # K = 1797 where ELS reaches 0.48), and the Gaussian (Wiener) filter.
 DEFAULT_MACHINES = ("ideal", "els", "bbels", "wiener")
-
-
-def pearson_r(a, b) -> np.ndarray:
-    """(B,) correlation over the pixels of each pair of images a[i], b[i] (mean-removed, unit norm; nan where an
-    image is constant)."""
-    a = np.asarray(a, np.float64).reshape(len(a), -1)
-    b = np.asarray(b, np.float64).reshape(len(b), -1)
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.sum(a * b, axis=1) / (na * nb)
 
 
 def sample_agreement(model_a, model_b, seeds, sampler: str = "edm_euler", **settings) -> np.ndarray:
@@ -63,7 +53,6 @@ def _jit(fn, model):
 
 def denoiser_agreement(model_a, model_b, images, sigmas: Sequence[float], seed: int = 0) -> np.ndarray:
     """(L, M) r between D_a and D_b on images (M, *S) noised at each sigma (noise from fold_in(key(seed), l))."""
-    from diffmem.machines.calibration import noised
     images = np.asarray(images, np.float32)
     da, db = _jit(model_a.denoiser, model_a), _jit(model_b.denoiser, model_b)
     out = []
@@ -98,7 +87,6 @@ def agreement_for(wd: wdlib.Workdir, name: str, *, machines: Sequence[str], netw
                   candidates, sigmas, num_images: int, images: str, seeds, sampler: str, num_steps: int,
                   chunk, seed: int) -> dict:
     """One K: calibration of `calibrate_machine`, then sample and denoiser agreement of every machine."""
-    from diffmem.machines import calibration
     net = wd.model(name, kind=network)
     spec = wd.spec(name)
     x0 = (np.asarray(spec.data[:num_images]) if images == "train"
@@ -169,7 +157,6 @@ def agreement_vs_k(workdir, names: Sequence[str] | None = None, *, machines: Seq
 def _step(wd, name, network) -> int:
     if network == "optimal":
         return -1
-    from diffmem import checkpoint
     step = checkpoint.latest_step(wd.path, name)
     return -2 if step is None else int(step)
 

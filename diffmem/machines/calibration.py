@@ -4,10 +4,11 @@ machine is closest to a trained model's denoiser; and network sensitivity heatma
 Kamb & Ganguli calibrate "a single time-dependent hyperparameter" on the network's own reverse trajectory with
 a cosine score criterion; here (as the brief and PSPC's MSE comparison) the criterion is the mean squared
 difference of the two denoisers D(x0 + sigma n, sigma) over noised images (training or held-out), per sigma,
-and the reported agreement is the median over images of the per-image r^2 (`agreement.pearson_r`).
+and the reported agreement is the median over images of the per-image r^2 (`pearson_r`).
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence
 
 import jax
@@ -15,10 +16,23 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from diffmem import report
+from diffmem import workdir as wdlib
 from diffmem.errors import InputError
-from diffmem.machines import agreement as agree
 from diffmem.machines import models as mm
 from diffmem.machines import schedule as sched
+
+
+def pearson_r(a, b) -> np.ndarray:
+    """(B,) correlation over the pixels of each pair of images a[i], b[i] (mean-removed, unit
+    norm; nan where an image is constant)."""
+    a = np.asarray(a, np.float64).reshape(len(a), -1)
+    b = np.asarray(b, np.float64).reshape(len(b), -1)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sum(a * b, axis=1) / (na * nb)
 
 
 def default_sigmas(model, num: int = 10) -> np.ndarray:
@@ -73,7 +87,7 @@ def calibrate(model, machine: str = "els", *, candidates: Sequence | None = None
         for j, c in enumerate(candidates):
             out = np.asarray(fns[c](jnp.asarray(x), jnp.asarray(sig)), np.float64)
             mse[i, j] = np.mean((out - target) ** 2)
-            r[i, j] = agree.pearson_r(out, target)
+            r[i, j] = pearson_r(out, target)
     best = mse.argmin(axis=1)
     best_r = r[np.arange(len(sigmas)), best]
     values = tuple(candidates[j] for j in best)
@@ -115,11 +129,6 @@ def calibrate_workdir(workdir, names: Sequence[str] | None = None, machine: str 
     """`calibrate` for each model of a workdir against its network ("trained") or the empirical optimum
     ("optimal"); writes machines/calibration/<name>_<machine>.json (schedule, per-sigma MSE and r^2) and returns
     {name: result}. The schedule JSON is what `machine_model(..., patch_size=Schedule.from_dict(...))` takes."""
-    import os
-
-    from diffmem import report
-    from diffmem import workdir as wdlib
-    from diffmem.machines.agreement import output_dir
     wd = workdir if isinstance(workdir, wdlib.Workdir) else wdlib.Workdir(os.fspath(workdir))
     out = {}
     for name in wdlib.sort_names(wd.names() if names is None else [str(n) for n in names]):
@@ -127,6 +136,7 @@ def calibrate_workdir(workdir, names: Sequence[str] | None = None, machine: str 
                         num_images=num_images, seed=seed, chunk=chunk, progress=progress)
         res = dict(res, schedule=res["schedule"].to_dict(), network=network)
         if wdlib.is_writer():
-            report.write_json(output_dir(wd, "calibration", f"{name}_{machine}.json"), res)
+            path = wd.study_output_dir("machines", "calibration", f"{name}_{machine}.json")
+            report.write_json(path, res)
         out[name] = res
     return out

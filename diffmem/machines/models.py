@@ -1,5 +1,5 @@
-"""Machines as denoisers of a training set, and as `diffmem.workdir.Model` records every sampler, metric and
-study takes (kind = the machine's name, step -1).
+"""Machines as denoisers of a training set, and as `diffmem.model.Model` records every sampler,
+metric and study takes (kind = the machine's name, step -1).
 
     D = machine_denoiser(train, "els", patch_size=5)                  # D(x (B, H, W, C), sigma (B,))
     m = machine_model("runs/digits", "64", "els", patch_size=sched)  # a Model of K = 64's training set
@@ -19,6 +19,7 @@ from diffmem import builders
 from diffmem import sde as sde_lib
 from diffmem import workdir as wdlib
 from diffmem.errors import InputError
+from diffmem.model import Model
 from diffmem.machines import local_score as ls
 from diffmem.machines import patch_kernel as pk
 from diffmem.machines import schedule as sched
@@ -93,13 +94,6 @@ def _sigmas(sigma, x):
     return jnp.broadcast_to(jnp.asarray(sigma, x.dtype).reshape(-1), x.shape[:1])
 
 
-def _score_of(denoiser):
-    def score(x, sigma):
-        sigma = _sigmas(sigma, x)
-        return (denoiser(x, sigma) - x) / sigma.reshape((-1,) + (1,) * (x.ndim - 1)) ** 2
-    return score
-
-
 def _config_and_spec(config_or_workdir, name):
     if isinstance(config_or_workdir, ml_collections.ConfigDict):
         config = config_or_workdir
@@ -114,21 +108,16 @@ def _config_and_spec(config_or_workdir, name):
 
 
 def machine_model(config_or_workdir, name, machine: str = "els", patch_size=None, *, tau=None,
-                  heatmap: Callable | None = None, chunk: int | None = None) -> wdlib.Model:
+                  heatmap: Callable | None = None, chunk: int | None = None) -> Model:
     """The machine of model `name`'s training set (a workdir's recorded K-subset, or a config's) as a `Model`
     (kind = machine, step -1); the other arguments as `machine_denoiser`."""
     config, spec = _config_and_spec(config_or_workdir, name)
     denoiser = machine_denoiser(spec.data, machine, patch_size, tau=tau, heatmap=heatmap, chunk=chunk)
     image = builders.diffusion_kind(config) == "precond"
-    sde, time_score = None, None
+    fields = dict(name=spec.name, k=spec.k, kind=machine, shape=tuple(spec.data.shape[1:]),
+                  train_data=spec.data, step=-1, seed=int(spec.seed), labels=spec.labels,
+                  data_range=(-1.0, 1.0) if image else None,
+                  compiler_options=pk.compiler_options() or None)
     if image:
-        lo, hi = builders.sigma_range(config)
-    else:
-        sde = builders.build_sde(config)
-        time_score = sde_lib.score_from_denoiser(denoiser, sde)
-        lo, hi = (float(sde.sigma(jnp.asarray(t, jnp.float32))) for t in (sde.t_min, sde.t_max))
-    return wdlib.Model(name=spec.name, k=spec.k, kind=machine, denoiser=denoiser, score=_score_of(denoiser),
-                       shape=tuple(spec.data.shape[1:]), sde=sde, sigma_min=float(lo), sigma_max=float(hi),
-                       train_data=spec.data, step=-1, seed=int(spec.seed), labels=spec.labels,
-                       time_score=time_score, data_range=(-1.0, 1.0) if image else None, config=config,
-                       compiler_options=pk.compiler_options() or None)
+        return Model.from_denoiser(denoiser, sigma_range=builders.sigma_range(config), **fields)
+    return Model.from_denoiser(denoiser, sde=builders.build_sde(config), **fields)
