@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.special
 
+from diffmem.metrics import neighbours
 from diffmem.sde import Denoiser, ScoreFn
 
 
@@ -184,7 +185,7 @@ def find_attractors(patterns: jax.Array, sigma: float, starts: jax.Array, *, max
             counts.append(1)
     points = np.stack(reps).reshape((len(reps),) + final.shape[1:])
     pats = np.asarray(patterns).reshape(len(patterns), -1)
-    nearest = np.sqrt(((np.stack(reps)[:, None, :] - pats[None]) ** 2).sum(-1)).min(axis=1)
+    nearest = neighbours.nearest(np.stack(reps), pats).distances[:, 0]
     stored_tol = merge_tol * 10 if stored_tol is None else stored_tol
     kind = np.where(nearest < stored_tol, "stored", "spurious")
     energy = np.asarray(diffusion_energy(jnp.asarray(points), 1.0, patterns, sigma, chunk))

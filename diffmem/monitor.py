@@ -49,36 +49,15 @@ CHEAP_SAMPLER = ("ddim", 100)  # what replaces DDPM ancestral sampling (E.5: DDI
 
 
 # ------------------------------------------------------------------------------------ f_mem of samples
-def nearest_two(samples: np.ndarray, train: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel L2 distances (N,), (N,) of each sample to its nearest and second-nearest training example,
-    exact in float64 (brute force over reference chunks; the GEMM form only ranks, the two kept distances
-    are recomputed directly). train must hold >= 2 examples."""
-    x = np.asarray(samples, np.float64).reshape(len(samples), -1)
-    t = np.asarray(train, np.float64).reshape(len(train), -1)
-    if len(t) < 2:
-        raise InputError(f"The d1/d2 criterion needs >= 2 training examples; got K = {len(t)}.")
-    if x.shape[1] != t.shape[1]:
-        raise InputError(f"Samples of {x.shape[1]} features cannot be compared with training examples of "
-                         f"{t.shape[1]}: were they sampled from this model?")
-    best_d = np.full((len(x), 2), np.inf)
-    best_i = np.zeros((len(x), 2), np.int64)
-    xx = np.sum(x * x, axis=1)[:, None]
-    for s in range(0, len(t), chunk):
-        tc = t[s:s + chunk]
-        d = np.maximum(xx + np.sum(tc * tc, axis=1)[None] - 2.0 * x @ tc.T, 0.0)
-        d_all = np.concatenate([best_d, d], axis=1)
-        i_all = np.concatenate([best_i, np.arange(s, s + len(tc))[None].repeat(len(x), 0)], axis=1)
-        keep = np.argsort(d_all, axis=1, kind="stable")[:, :2]
-        best_d, best_i = np.take_along_axis(d_all, keep, 1), np.take_along_axis(i_all, keep, 1)
-    exact = np.sqrt(np.sum((x[:, None, :] - t[best_i]) ** 2, axis=2))
-    return np.min(exact, axis=1), np.max(exact, axis=1)
-
-
 def memorized(samples: np.ndarray, train: np.ndarray, threshold: float = GU_THRESHOLD) -> np.ndarray:
-    """(N,) bool: d1 / d2 < threshold (Gu et al.; Bonnaire et al.'s f_mem is its mean)."""
-    from diffmem.metrics import memorization
-    d1, d2 = nearest_two(samples, train)
-    return memorization.is_memorized(d1, d2, threshold)
+    """(N,) bool: d1 / d2 < threshold (Gu et al.; Bonnaire et al.'s f_mem is its mean), d1 and d2 the
+    exact pixel L2 distances to the nearest and second-nearest training example
+    (`neighbours.nearest`). train must hold >= 2 examples."""
+    from diffmem.metrics import memorization, neighbours
+    if len(train) < 2:
+        raise InputError(f"The d1/d2 criterion needs >= 2 training examples; got K = {len(train)}.")
+    d = neighbours.nearest(samples, train, 2).distances
+    return memorization.is_memorized(d[:, 0], d[:, 1], threshold)
 
 
 # --------------------------------------------------------------------------- sampling from raw params

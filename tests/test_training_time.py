@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from diffmem import checkpoint, configlib, monitor, report, sampling, train
+from diffmem import checkpoint, configlib, monitor, report, sampling, stats, train
 from diffmem import workdir as wdlib
+from diffmem.metrics import neighbours
 from diffmem.studies import training_time as tt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,18 +62,18 @@ def test_crossing_and_fits_recover_known_answers():
 
 def test_bootstrap_is_deterministic_and_covers():
     flags = (np.random.default_rng(1).random(150) < 0.4).astype(float)
-    a, b = tt.bootstrap(flags, 500, seed=[0, 9, 100]), tt.bootstrap(flags, 500, seed=[0, 9, 100])
+    a, b = stats.bootstrap(flags, num=500, seed=[0, 9, 100]), stats.bootstrap(flags, num=500, seed=[0, 9, 100])
     assert (a["lo"], a["hi"], a["se"]) == (b["lo"], b["hi"], b["se"])
-    assert tt.bootstrap(flags, 500, seed=1)["replicates"].tolist() != a["replicates"].tolist()
+    assert stats.bootstrap(flags, num=500, seed=1)["replicates"].tolist() != a["replicates"].tolist()
     assert a["lo"] <= a["mean"] <= a["hi"]
     # coverage of the true p by the 95% interval over independent data sets
     rng, p, hits, reps = np.random.default_rng(2), 0.3, 0, 300
     for i in range(reps):
-        r = tt.bootstrap((rng.random(200) < p).astype(float), 400, seed=i)
+        r = stats.bootstrap((rng.random(200) < p).astype(float), num=400, seed=i)
         hits += r["lo"] <= p <= r["hi"]
     assert 0.90 <= hits / reps <= 0.99, hits / reps
     # the standard error matches the binomial one
-    np.testing.assert_allclose(tt.bootstrap(flags, 4000, seed=3)["se"],
+    np.testing.assert_allclose(stats.bootstrap(flags, num=4000, seed=3)["se"],
                                np.sqrt(flags.mean() * (1 - flags.mean()) / len(flags)), rtol=0.1)
 
 
@@ -98,9 +99,10 @@ def test_nearest_two_is_exact_and_copies_are_memorized():
     rng = np.random.default_rng(0)
     train_set, x = rng.normal(size=(7, 3, 2)), rng.normal(size=(20, 3, 2))
     d = np.linalg.norm(x.reshape(20, 1, -1) - train_set.reshape(1, 7, -1), axis=2)
-    d1, d2 = monitor.nearest_two(x, train_set, chunk=3)
-    np.testing.assert_allclose(d1, np.sort(d, 1)[:, 0], rtol=1e-12)
-    np.testing.assert_allclose(d2, np.sort(d, 1)[:, 1], rtol=1e-12)
+    np.testing.assert_allclose(neighbours.nearest(x, train_set, 2).distances, np.sort(d, 1)[:, :2],
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="needs >= 2 training examples"):
+        monitor.memorized(x, train_set[:1])
     assert monitor.memorized(train_set + 1e-6, train_set).all()
     mid = (train_set[:1] + train_set[1:2]) / 2  # equidistant from two training points: d1/d2 = 1
     assert not monitor.memorized(mid, train_set[:2]).any()

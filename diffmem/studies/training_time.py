@@ -12,7 +12,7 @@ f_mem of a snapshot (E.5, `compute_fmem.py`): the EMA weights sample the fixed s
 (`diffmem.monitor.ParamsSampler`: the config's sampler, DDPM ancestral replaced by DDIM 100 steps, eta 0,
 as E.5 generates); a sample is memorized iff d1 / d2 < 1/3 (pixel L2 to its nearest and second-nearest of the
 K training examples); f_mem is the memorized fraction, with a percentile bootstrap over the samples
-(`bootstrap`, 1000 resamples, seeded by (seed, K, step): deterministic).
+(`stats.bootstrap`, 1000 resamples, seeded by (seed, K, step): deterministic).
 
 tau_mem(K) (`crossing_step`): the first snapshot step where f_mem >= level, interpolated linearly in log step
 between it and the snapshot before (E.5 defines tau_mem as the first checkpoint above a threshold; the
@@ -39,7 +39,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from diffmem import builders, checkpoint, configlib, monitor, report, schedules, viz  # noqa: E402
+from diffmem import stats  # noqa: E402
 from diffmem import workdir as wdlib  # noqa: E402
+from diffmem.metrics import neighbours  # noqa: E402
 from diffmem.errors import InputError, MissingInputError, OutputExistsError  # noqa: E402
 
 STUDY = "training_time"
@@ -84,20 +86,6 @@ def with_snapshots(config, num: int = 12, first: int | None = None):
 
 
 # ---------------------------------------------------------------------------------- statistics (pure)
-def bootstrap(values: np.ndarray, num: int = 1000, seed=0, level: float = 0.95) -> dict:
-    """Percentile bootstrap of the mean of `values` (N,): resample N with replacement `num` times.
-    Returns mean, se (replicate std), lo, hi (the (1 -+ level) / 2 percentiles) and the replicate means."""
-    v = np.asarray(values, np.float64)
-    if v.ndim != 1 or v.size == 0:
-        raise InputError(f"bootstrap needs a non-empty 1-D array; got shape {v.shape}.")
-    rng = np.random.default_rng(seed)
-    reps = v[rng.integers(0, v.size, size=(num, v.size))].mean(axis=1)
-    a = (1.0 - level) / 2.0
-    lo, hi = np.quantile(reps, [a, 1.0 - a])
-    return dict(mean=float(v.mean()), se=float(reps.std(ddof=1)) if num > 1 else 0.0, lo=float(lo), hi=float(hi),
-                replicates=reps)
-
-
 def crossing_step(steps: Sequence[int], f: Sequence[float], level: float) -> tuple[float | None, str]:
     """(tau, status): the first step where f >= level, interpolated linearly in log step from the step before.
 
@@ -185,10 +173,12 @@ def evaluate_snapshot(wd: wdlib.Workdir, name: str, step: int, seeds: np.ndarray
                                                       jnp.ones((1,), jnp.float32)))
     params, got = checkpoint.restore_item(wd.checkpoint_dir(name), "ema_params", like, int(step), workdir=wd.path)
     samples = sampler_fn.sample(params, seeds)
-    d1, d2 = monitor.nearest_two(samples, spec.data)
+    d = neighbours.nearest(samples, spec.data, 2).distances  # exact pixel L2, (N, 2)
+    d1, d2 = d[:, 0], d[:, 1]
     from diffmem.metrics import memorization
     flags = memorization.is_memorized(d1, d2, monitor.GU_THRESHOLD)
-    b = bootstrap(flags.astype(np.float64), num_bootstrap, seed=[int(seed), int(spec.k), int(step)])
+    b = stats.bootstrap(flags.astype(np.float64), num=num_bootstrap,
+                        seed=[int(seed), int(spec.k), int(step)])
     out = dict(samples=samples, seeds=np.asarray(seeds, np.int64), d1=d1, d2=d2, memorized=flags,
                f_mem=np.float64(b["mean"]), se=np.float64(b["se"]), lo=np.float64(b["lo"]), hi=np.float64(b["hi"]),
                step=np.int64(got), k=np.int64(spec.k), settings=np.str_(json.dumps(settings, sort_keys=True)))
@@ -239,7 +229,8 @@ def tau_mem(curves: dict, level: float = DEFAULT_LEVEL, num_bootstrap: int = 100
         steps = np.asarray(c["steps"], np.float64)
         flags = np.asarray(c["memorized"], np.float64)
         tau, status = crossing_step(steps, c["f_mem"], level)
-        reps = np.stack([bootstrap(flags[j], num_bootstrap, seed=[int(seed), int(c["k"]), int(s)])["replicates"]
+        reps = np.stack([stats.bootstrap(flags[j], num=num_bootstrap,
+                                         seed=[int(seed), int(c["k"]), int(s)])["replicates"]
                          for j, s in enumerate(c["steps"])], axis=1)  # (B, snapshots)
         taus = np.asarray([crossing_step(steps, r, level)[0] or np.nan for r in reps], np.float64)
         finite = taus[np.isfinite(taus)]
