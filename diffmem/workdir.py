@@ -59,9 +59,6 @@ def make_model(config, spec: builders.ModelSpec, kind: str, step: int, *, denois
                                **fields)
 
 
-_make_model = make_model  # the name callers used first
-
-
 def trained_model(config, spec: builders.ModelSpec, net, params, step: int) -> Model:
     """The `Model` of network parameters `params` of `net` (`builders.build_model`): a score network in SDE
     time for `diffusion.kind` "sde", else the preconditioned denoiser (`builders.denoiser`)."""

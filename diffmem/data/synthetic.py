@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from diffmem.data.images import ImageData
+
 SOURCE_KINDS = ("calpha", "discs", "celeba80", "lsun80")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -212,7 +214,6 @@ def load(source: str, image_size: int | None = None):
     """An `images.ImageData` (N, L, L, 1) in [-1, 1] for the builders' data sources:
     "calpha:alpha=A[,beta=B][,n=N][,seed=S]" and "discs:[n=N][,seed=S][,wrap=1][,antialiasing=J]"
     (image_size default 80), "celeba80:DIR" (img_align_celeba folder), "lsun80:DIR"."""
-    from diffmem.data.images import ImageData
     kind, _, rest = str(source).partition(":")
     if kind not in SOURCE_KINDS:
         raise ValueError(f"Unknown synthetic source {source!r}; valid kinds: {list(SOURCE_KINDS)}.")

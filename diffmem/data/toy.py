@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffmem import losses
 from diffmem.data.subsets import check_k, first_k_of_permutation
 from diffmem.sde import SDE
 
@@ -139,8 +140,6 @@ class GaussianMixture:
         This is the loss's minimum over all score functions (its irreducible part), the oracle a trained
         network is compared with. Returns (mean, standard error) over `num` draws of (t, x0, z).
         """
-        from diffmem import losses  # local: losses imports nothing from data
-
         k0, kl = jax.random.split(key)
         per_example = losses.dsm_from_key(self.score_fn(sde), self.sample(k0, num), kl, sde)
         return jnp.mean(per_example), jnp.std(per_example) / jnp.sqrt(num)

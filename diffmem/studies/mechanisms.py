@@ -23,7 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffmem import report, viz
+from diffmem import builders, report, viz
+from diffmem.data import molrg
+from diffmem.energy import ddpm_grad_energy, relative_energy
 from diffmem.errors import InputError, MissingInputError
 from diffmem.metrics import critical_time as ct
 from diffmem.metrics import jacobian, phase_times
@@ -126,7 +128,6 @@ def critical_times(workdir: str, *, samples: str = "memorized", names: Sequence[
     """
     wd = open_workdir(workdir, config)
     config = wd.config
-    from diffmem import builders
     image = builders.diffusion_kind(config) == "precond"  # a preconditioned denoiser; "sde": the toy EM scan
     if not image and samples != "train":
         raise InputError("Toy workdirs have no sample classes here: use samples='train' (Pham et al.'s toy scan "
@@ -278,7 +279,6 @@ def rank_vs_snr(workdir: str, *, names: Sequence[str] | None = None, kind: str =
                 log(f"{name}: rank/n " + " ".join(f"{s:.3g}:{m:.3f}" for s, m in zip(res["snr"], med)))
         analytic = None
         if config.data.name == "molrg":
-            from diffmem import builders
             m = builders.molrg_from_config(config)
             shape = (config.data.resolution, config.data.resolution, 3)
             analytic = jacobian.rank_vs_snr(m.denoiser, states=states, shape=shape, num_latents=num_latents,
@@ -334,7 +334,6 @@ def ddpm_energy_gradient(denoiser, beta_0: float) -> Callable:
     s(x) = (sqrt(ab_0) D(x / sqrt(ab_0), sigma_0) - x) / std_0^2, ab_0 = 1 - beta_0, std_0 = sqrt(1 - ab_0)
     (from alpha_bar, not the cumprod of the betas), sigma_0 = std_0 / sqrt(ab_0). It is the gradient of
     E(x) = -beta_0 log p_0(x) - beta_0 |x|^2 / 4 (tested against that closed form for the empirical denoiser)."""
-    from diffmem.energy import ddpm_grad_energy
     ab0 = 1.0 - beta_0
     sig0 = math.sqrt((1 - ab0) / ab0)
 
@@ -352,8 +351,6 @@ def energy_profiles(workdir: str, *, names: Sequence[str] | None = None, kind: s
     of up to `per_class` samples x of every class to its nearest training image r (Pham et al.), with the
     barrier max_a E(a) - E(0) and the end difference E(pi/2) - E(0). Image models use the DDPM force at step 0
     (`ddpm_energy_gradient`); toy models -score at sigma_min. Writes mechanisms/energy/<name>.npz, energy.png."""
-    from diffmem import builders
-    from diffmem.energy import relative_energy
     wd = open_workdir(workdir, config)
     config = wd.config
     image = builders.diffusion_kind(config) == "precond"  # DDPM force of a denoiser; "sde": the toy score
@@ -455,8 +452,6 @@ def molrg_metrics(workdir: str, *, names: Sequence[str] | None = None, kind: str
     its training set, and the recovery angle (largest principal angle, radians) between the top-d right
     singular vectors of J at noise `sigma` around `points` fresh population points of each class and that
     class's basis. Writes mechanisms/molrg.json and molrg.png (measures vs K: the generalization-vs-N sweep)."""
-    from diffmem import builders
-    from diffmem.data import molrg
     wd = Workdir(workdir)
     config = wd.config
     if config.data.name != "molrg":
