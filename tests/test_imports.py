@@ -90,7 +90,7 @@ def test_graph_sees_function_level_and_relative_imports():
     assert find_cycle({"a": {"b": [1]}, "b": {}, "c": {"a": [1], "b": [2]}}) is None
     graph = import_graph()
     assert "diffmem.layout" in graph["diffmem.workdir"]           # module level
-    assert "diffmem.metrics.lpips" in graph["diffmem.metrics.critical_time"]  # inside a function
+    assert "diffmem.multihost" in graph["diffmem.lock"]           # inside a function
     assert "diffmem.machines.models" in graph["diffmem.machines"]  # a package's __init__
 
 
