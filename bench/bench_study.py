@@ -52,7 +52,7 @@ def main():
         for stage in k_sweep.DEFAULT_STAGES:
             t, c = time.perf_counter(), cpu_seconds()
             rep = k_sweep.run(config, workdir, stages=(stage,), quick=quick, progress=False, log=None)
-            rows.append((stage, rep["statuses"][stage], time.perf_counter() - t, cpu_seconds() - c))
+            rows.append((stage, rep.statuses[stage], time.perf_counter() - t, cpu_seconds() - c))
             print(f"{stage:16s} {rows[-1][1]:9s} wall {rows[-1][2]:7.1f} s  cpu {rows[-1][3]:7.1f} s", flush=True)
     finally:
         if args.workdir is None:

@@ -280,8 +280,42 @@ def _blind_loss(config: ml_collections.ConfigDict, model) -> Callable[..., tuple
 
 
 # ------------------------------------------------------------------------------------- data and sweeps
+_POOLS: dict = {}   # data config key -> read-only pool (the latest few)
+_POOLS_KEPT = 4
+
+
 def load_pool(config: ml_collections.ConfigDict) -> np.ndarray:
-    """The pool the K-subsets are drawn from, (N, *S) float32."""
+    """The pool the K-subsets are drawn from, (N, *S) float32.
+
+    Loaded once per process for each data config (`config.data` but its K, with the size and mtime
+    of a local source file or folder) and returned read-only: every stage of a study, every `Workdir`
+    and its sub-workdirs share one copy. Copy it to change it."""
+    key = _pool_key(config.data)
+    pool = _POOLS.get(key)
+    if pool is None:
+        pool = np.asarray(_load_pool(config))
+        pool.flags.writeable = False
+        _POOLS[key] = pool
+        while len(_POOLS) > _POOLS_KEPT:
+            _POOLS.pop(next(iter(_POOLS)))
+    return pool
+
+
+def _pool_key(d: ml_collections.ConfigDict) -> str:
+    import json
+    import os
+    data = {k: v for k, v in d.to_dict().items() if k != "k"}
+    stamps = []
+    for name in ("source", "data_dir"):
+        value = str(data.get(name) or "")
+        for path in {value, value.split(":", 1)[-1]}:
+            if path and os.path.exists(path):
+                st = os.stat(path)
+                stamps.append([path, st.st_size, st.st_mtime_ns])
+    return json.dumps([data, stamps], sort_keys=True, default=str)
+
+
+def _load_pool(config: ml_collections.ConfigDict) -> np.ndarray:
     d = config.data
     if d.name == "images":
         return _load_images(d).images

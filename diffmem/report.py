@@ -5,6 +5,8 @@ writer of array files (allow_pickle-free formats).
 """
 from __future__ import annotations
 
+import base64
+import html
 import json
 import os
 import warnings
@@ -57,6 +59,72 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     return head + "".join("| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |\n" for r in rows)
+
+
+def markdown_to_html(text: str) -> str:
+    """Markdown (CommonMark with tables; raw HTML escaped) as HTML. Image lines are dropped: a
+    self-contained page embeds its figures itself."""
+    from markdown_it import MarkdownIt
+    kept = "\n".join(line for line in text.splitlines() if not line.strip().startswith("!["))
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(kept)
+
+
+def _png_data_uri(path: str) -> str:
+    with open(path, "rb") as f:
+        return "data:image/png;base64," + base64.b64encode(f.read()).decode("ascii")
+
+
+def section_markdown(section: Mapping[str, Any]) -> str:
+    """A section's text and table as Markdown (no heading, no figures)."""
+    parts = [section.get("text", "") or ""]
+    if section.get("rows"):
+        parts.append(markdown_table(section["rows"], section["columns"]))
+    return "\n\n".join(p for p in parts if p)
+
+
+def write_sections_markdown(path: str, title: str, sections: Sequence[Mapping[str, Any]],
+                            footer: str = "") -> str:
+    """A Markdown page: `title`, then per section ({"title", "text", "rows" + "columns", "figures"})
+    its heading, text, table and figures (paths made relative to the page)."""
+    base = os.path.dirname(os.path.abspath(path))
+    parts = [f"# {title}\n"]
+    for s in sections:
+        parts.append(f"\n## {s['title']}\n\n{s.get('text', '')}\n")
+        if s.get("rows"):
+            parts.append("\n" + markdown_table(s["rows"], s["columns"]))
+        for fig in s.get("figures", []):
+            rel = os.path.relpath(os.path.abspath(fig), base)
+            parts.append(f"\n![{os.path.basename(fig)}]({rel})\n")
+    if footer:
+        parts.append(f"\n{footer}\n")
+    return atomic.write_text(path, "".join(parts))
+
+
+_STYLE = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+          "table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}"
+          "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}"
+          "figcaption{font-size:0.75em;color:#666}")
+
+
+def write_sections_html(path: str, title: str, sections: Sequence[Mapping[str, Any]],
+                        footer: str = "") -> str:
+    """The same page as `write_sections_markdown`, self-contained: Markdown rendered by
+    markdown-it-py and every PNG figure inline as a base64 data URI (no file references)."""
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for s in sections:
+        body.append(f"<h2>{html.escape(s['title'])}</h2>")
+        body.append(markdown_to_html(section_markdown(s)))
+        for fig in s.get("figures", []):
+            if fig and os.path.exists(fig) and fig.endswith(".png"):
+                name = html.escape(os.path.basename(fig))
+                body.append(f'<figure><img alt="{name}" src="{_png_data_uri(fig)}">'
+                            f"<figcaption>{name}</figcaption></figure>")
+    if footer:
+        body.append(markdown_to_html(footer))
+    page = ('<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+            f"<title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return atomic.write_text(path, page)
 
 
 def write_markdown(path: str, title: str, sections: Sequence[tuple[str, str]], figures: Sequence[str] = ()) -> str:

@@ -95,7 +95,7 @@ def test_shards_record_convergence_and_sampling_warns(tmp_path, one_device, caps
     with a second job's shard, with a one-line warning naming the count and the key to raise; the
     K-sweep study's sample record and report text count them."""
     from diffmem import configlib, generate, workdir as wdlib
-    from diffmem.studies import k_sweep
+    from diffmem.studies import k_sweep_report, k_sweep_results, k_sweep_stages
     import types
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = configlib.load_config_file(os.path.join(repo, "configs", "kadkhodaie.py")
@@ -124,9 +124,9 @@ def test_shards_record_convergence_and_sampling_warns(tmp_path, one_device, caps
     # The study's sample record and report.
     ctx = types.SimpleNamespace(seeds=np.arange(3), progress=False, overwrite=False, config=w.config,
                                 settings=types.SimpleNamespace(sampler="config", sample_steps=None))
-    sets = k_sweep._sample(ctx, w, kinds=("optimal",))
-    assert sets["optimal"]["4"]["not_converged"] == 5 and sets["optimal"]["4"]["num"] == 5
-    rep = dict(ks=[4], names=["4"], sampling=dict(not_converged={"optimal": {"4": 5}}))
+    sets = k_sweep_stages.sample_sets(ctx, w, kinds=("optimal",))
+    assert sets["optimal"][4]["not_converged"] == 5 and sets["optimal"][4]["num"] == 5
+    result = k_sweep_results.SampleResult(sets=sets)
     assert "did not converge within the sampler's max_iters: 5 (optimal K = 4: 5)" in \
-        k_sweep._not_converged_text(rep)
-    assert k_sweep._not_converged_text(dict(sampling={})) == ""
+        k_sweep_report.not_converged_text(result)
+    assert k_sweep_report.not_converged_text(None) == ""

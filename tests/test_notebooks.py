@@ -93,41 +93,53 @@ def test_k_sweep_runs(tmp_path, monkeypatch):
     assert "6 training steps per model" in out  # QUICK keeps the config's 6 steps (not the study's default)
     study = tmp_path / "runs" / "k_sweep_quick" / "study"
     rep = json.load(open(study / "report.json"))
-    assert rep["ks"] == [4, 16] and set(rep["classes"]["fractions"]) == {"4", "16"}
+    assert rep["report"]["ks"] == [4, 16] and set(rep["classify"]["fractions"]) == {"4", "16"}
     for name in ("4", "16"):  # the notebook printed what report.json says
-        assert f"K = {name:>5}: Lambda = {rep['phase_times'][name]['lambda']:.3g}" in out
+        assert f"K = {name:>5}: Lambda = {rep['phase_times']['table'][name]['lambda']:.3g}" in out
     assert (study / "figures" / "notebook_k_panels.png").is_file()
     assert images(nb) >= 3  # the notebook's K panels, one sample panel per K
 
 
 def test_k_sweep_panels_from_a_full_report(tmp_path, monkeypatch):
-    """The K-sweep notebook's drawing cells on a report.json with every stage's keys (the contract in
-    diffmem.studies.k_sweep's docstring); the quick CI run above only fills some of them."""
+    """The K-sweep notebook's drawing cells on a report.json with every stage's result (the schema:
+    diffmem.studies.k_sweep_results); the quick CI run above only fills some of them."""
+    from diffmem.studies import k_sweep_results as res
     monkeypatch.chdir(tmp_path)
-    ks, names = [2, 32, 512], ["2", "32", "512"]
-    frac = {n: {"memorized": m, "spurious": s, "generalized": 1 - m - s}
-            for n, m, s in zip(names, (0.9, 0.3, 0.0), (0.05, 0.4, 0.1))}
-    ci = {n: {c: [max(0.0, v - 0.05), min(1.0, v + 0.05)] for c, v in f.items()} for n, f in frac.items()}
-    rep = {
-        "version": 1, "ks": ks, "names": names,
-        "stages": {s: {"status": "computed", "seconds": 1.0} for s in ("train", "sample", "classify")},
-        "classes": {"metric": "l2", "units": "pixel L2", "calibrated": True, "fractions": frac, "fractions_ci": ci,
-                    "fixed": {"delta_m": 1.0, "delta_s": 1.0, "units": "pixel L2", "fractions": frac,
-                              "fractions_ci": ci}, "published": {}, "optimal": frac},
-        "gu": {"ratio": {"2": 1.0, "32": 0.5, "512": None}, "ratio_optimal": {n: 1.0 for n in names}, "level": 0.9,
-               "emm": {"k": 2, "bracket": [2, 32], "k_crossing": 5.3, "status": "crossed"}},
-        "reproducibility": {"seed_b": 1, "threshold": 0.6, "features": "pixel", "rows": {
-            n: {"k": k, "rp_seeds": k / 600, "generalization_a": 0.5, "generalization_b": 0.5, "rp_optimal": 0.1,
-                "generalization_optimal": 0.0, "num_pairs": 8} for n, k in zip(names, ks)}},
-        "disjoint": {"pool_size": 1797, "rows": {n: {"k": k, "s1_vs_s2": k / 600, "s1_vs_s2_quantiles": [0, 0.5, 1],
-                                                     "closest_own": 1 - k / 600, "num_pairs": 8, "file": "x"}
-                                                 for n, k in zip(names, ks)}, "skipped_ks": []},
-        "jacobian": {n: {"k": k, "snr": [0.1, 1.0, 10.0], "median": [0.1, 0.2, 0.4], "q25": [0.05, 0.1, 0.3],
-                         "q75": [0.2, 0.3, 0.5], "n": 64, "snr_speciation": 0.5, "snr_collapse": 3.0}
-                     for n, k in zip(names, ks)},
-        "phase_times": {n: {"lambda": 5.0, "t_s": 0.9, "t_c": 0.3} for n in names},
-        "panels": {}, "figures": {},
+    ks = [2, 32, 512]
+    frac = {k: {"memorized": m, "spurious": s, "generalized": 1 - m - s}
+            for k, m, s in zip(ks, (0.9, 0.3, 0.0), (0.05, 0.4, 0.1))}
+    ci = {k: {c: [max(0.0, v - 0.05), min(1.0, v + 0.05)] for c, v in f.items()} for k,
+          f in frac.items()}
+    results = {
+        "report": res.ReportResult(
+            version=res.REPORT_VERSION, workdir="wd", config={}, settings={}, sampling={},
+            ks=tuple(ks),
+            stages={s: {"status": "computed", "seconds": 1.0} for s in ("train", "sample",
+                                                                        "classify")},
+            figures={}, key="k"),
+        "classify": res.ClassifyResult(
+            metric="l2", units="pixel L2", calibrated=True, thresholds={}, fractions=frac,
+            fractions_ci=ci,
+            published={}, optimal=frac, fixed_delta=1.0, fixed_rms=0.125, fixed_fractions=frac,
+            fixed_fractions_ci=ci, ratio={2: 1.0, 32: 0.5,
+                                          512: None}, ratio_optimal={k: 1.0 for k in ks},
+            emm={"k": 2, "bracket": [2, 32], "k_crossing": 5.3, "status": "crossed"}, panels={}),
+        "reproducibility": res.ReproducibilityResult(
+            seed_b=1, threshold=0.6, features="pixel", sub_workdir="seed1", rows={
+                k: {"rp_seeds": k / 600, "generalization_a": 0.5, "generalization_b": 0.5,
+                    "rp_optimal": 0.1,
+                    "generalization_optimal": 0.0, "num_pairs": 8} for k in ks}),
+        "disjoint": res.DisjointResult(pool_size=1797, rows={
+            k: {"s1_vs_s2": k / 600, "s1_vs_s2_quantiles": [0, 0.5, 1], "closest_own": 1 - k / 600,
+                "num_pairs": 8, "file": "x"} for k in ks}),
+        "jacobian": res.JacobianResult(models={
+            k: {"snr": [0.1, 1.0, 10.0], "median": [0.1, 0.2, 0.4], "q25": [0.05, 0.1, 0.3],
+                "q75": [0.2, 0.3,
+                        0.5], "n": 64, "snr_speciation": 0.5, "snr_collapse": 3.0} for k in ks}),
+        "phase_times": res.PhaseTimesResult(table={k: {"lambda": 5.0, "t_s": 0.9,
+                                                       "t_c": 0.3} for k in ks}),
     }
+    rep = res.report_json(results)
     os.makedirs(tmp_path / "wd" / "study")
     (tmp_path / "wd" / "study" / "report.json").write_text(json.dumps(rep))
     cells = [c for c in json.load(open(os.path.join(REPO, "notebooks", "k_sweep.ipynb")))["cells"]
@@ -136,7 +148,8 @@ def test_k_sweep_panels_from_a_full_report(tmp_path, monkeypatch):
     shown = []  # what the cells display: PNG paths
     scope = {"WORKDIR": str(tmp_path / "wd"), "QUICK": True, "display": shown.append, "Image": str}
     exec("import json, os\nimport numpy as np\nimport matplotlib.pyplot as plt\nfrom diffmem import viz\n"
-         "from diffmem.studies import k_sweep\nfrom diffmem.workdir import Workdir", scope)
+         "from diffmem.studies import k_sweep, k_sweep_results\n"
+         "from diffmem.workdir import Workdir", scope)
     for cell in cells[start:]:
         exec(compile("".join(cell["source"]), "k_sweep.ipynb", "exec"), scope)
     figures = tmp_path / "wd" / "study" / "figures"

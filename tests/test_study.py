@@ -14,7 +14,7 @@ import pytest
 from diffmem import configlib, devices, report
 from diffmem.errors import DiffmemError, InputError
 from diffmem.metrics import classify as classify_lib
-from diffmem.studies import disjoint, k_sweep
+from diffmem.studies import disjoint, k_sweep, k_sweep_results
 from diffmem.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,16 +62,20 @@ def study(tmp_path_factory):
 @pytest.mark.slow
 def test_tiny_study_report_matches_stage_outputs_and_rerun_does_nothing(study, one_device):
     wd_path, rep = study
-    assert rep["statuses"] == {s: "computed" for s in STAGES}
+    assert rep.statuses == {s: "computed" for s in STAGES}
     wd = Workdir(wd_path)
     out = os.path.join(wd_path, "study")
     with open(os.path.join(out, "report.json")) as f:
-        saved = json.load(f)
-    assert saved["ks"] == [4, 16] and saved["names"] == ["4", "16"]
-    for key in ("config", "settings", "sampling", "stages", "classes", "gu", "phase_times", "panels", "figures"):
-        assert key in saved, key
-    assert saved["stages"]["reproducibility"]["status"] == "off"
-    assert saved["sampling"] == {"sampler": "ddim", "steps": 3, "optimal_sampler": "ddim"}
+        raw = json.load(f)
+    assert set(raw) == {"train", "sample", "classify", "phase_times", "report"}
+    saved = k_sweep.load_report(os.path.join(out, "report.json"))   # the schema: k_sweep_results
+    assert saved == rep.results and saved["report"].to_json() == raw["report"]
+    setup, cls, pt = saved["report"], saved["classify"], saved["phase_times"]
+    assert isinstance(cls, k_sweep_results.ClassifyResult) and setup.ks == (4, 16)
+    assert setup.stages["reproducibility"]["status"] == "off"
+    assert setup.sampling == {"sampler": "ddim", "steps": 3, "optimal_sampler": "ddim"}
+    assert saved["train"].steps == {4: 6, 16: 6}
+    assert saved["sample"].sets["trained"][16]["num"] == 8
     for name in ("4", "16"):
         for kind in ("trained", "optimal"):
             data = wd.read_samples(name, kind)
@@ -80,29 +84,30 @@ def test_tiny_study_report_matches_stage_outputs_and_rerun_does_nothing(study, o
     # Classes and the Gu ratio are the classification stage's, per K; the fixed-threshold fractions are
     # Pham's rule applied to the stored pixel distances at delta = fixed_rms * sqrt(64).
     fixed = 0.125 * 8.0
-    assert saved["classes"]["fixed"]["delta_m"] == pytest.approx(fixed)
-    for name in ("4", "16"):
-        npz, js = wd.classify_paths(name)
+    assert cls.fixed_delta == pytest.approx(fixed)
+    for k in (4, 16):
+        npz, js = wd.classify_paths(str(k))
         with open(js) as f:
             meta = json.load(f)
         arrays = report.read_npz(npz)
-        assert saved["classes"]["fractions"][name] == meta["fractions"]
-        assert sum(saved["classes"]["fractions"][name].values()) == pytest.approx(1.0)
-        assert saved["gu"]["ratio"][name] == meta["memorization_ratio"]
-        assert saved["classes"]["thresholds"][name]["delta_m"] == pytest.approx(meta["thresholds"]["delta_m"])
-        want = classify_lib.fractions(classify_lib.classify(arrays["train_dist"][:, 0], arrays["sample_dist"], fixed, fixed))
-        assert saved["classes"]["fixed"]["fractions"][name] == pytest.approx(want)
-        for c, (lo, hi) in saved["classes"]["fractions_ci"][name].items():
-            assert lo <= saved["classes"]["fractions"][name][c] <= hi
-        assert os.path.exists(wd.path_of(saved["panels"][name]))
-    ratios = {wd.spec(n).k: r for n, r in saved["gu"]["ratio"].items()}
-    assert saved["gu"]["emm"] == k_sweep.emm_on_grid(ratios)
+        assert cls.fractions[k] == meta["fractions"]
+        assert sum(cls.fractions[k].values()) == pytest.approx(1.0)
+        assert cls.ratio[k] == meta["memorization_ratio"]
+        assert cls.thresholds[k]["delta_m"] == pytest.approx(meta["thresholds"]["delta_m"])
+        want = classify_lib.fractions(classify_lib.classify(arrays["train_dist"][:, 0],
+                                                            arrays["sample_dist"],
+                                                            fixed, fixed))
+        assert cls.fixed_fractions[k] == pytest.approx(want)
+        for c, (lo, hi) in cls.fractions_ci[k].items():
+            assert lo <= cls.fractions[k][c] <= hi
+        assert os.path.exists(wd.path_of(cls.panels[k]))
+    assert cls.emm == k_sweep.emm_on_grid(cls.ratio)
 
     # Phase times are the mechanism stage file's values.
     with open(wd.study_output_dir("mechanisms", "phase_times.json")) as f:
         table = json.load(f)
-    for name in ("4", "16"):
-        assert saved["phase_times"][name]["t_s"] == pytest.approx(table[name]["t_s"])
+    for k in (4, 16):
+        assert pt.table[k]["t_s"] == pytest.approx(table[str(k)]["t_s"])
 
     # report.html is self-contained: every src= is an inline data URI, and the figures are there.
     with open(os.path.join(out, "report.html")) as f:
@@ -122,8 +127,9 @@ def test_tiny_study_report_matches_stage_outputs_and_rerun_does_nothing(study, o
     # A rerun does nothing: every stage skipped, no file touched.
     before = _tree_state(wd_path)
     again = k_sweep.run(tiny_config(), wd_path, stages=STAGES, progress=False, log=None, **TINY_STUDY)
-    assert again["statuses"] == {s: "skipped" for s in STAGES}
+    assert again.statuses == {s: "skipped" for s in STAGES}
     assert _tree_state(wd_path) == before
+    assert again.results == saved
 
 
 @pytest.mark.slow
@@ -135,7 +141,7 @@ def test_added_stages_run_alone_and_match_their_files(study, one_device):
     wd = Workdir(wd_path)
     more = ("disjoint", "critical_times")
     rep = k_sweep.run(tiny_config(), wd_path, stages=STAGES + more, progress=False, log=None, **TINY_STUDY)
-    assert rep["statuses"] == dict({s: "skipped" for s in STAGES if s != "report"}, report="computed",
+    assert rep.statuses == dict({s: "skipped" for s in STAGES if s != "report"}, report="computed",
                                    **{s: "computed" for s in more})
     s2 = wd.sub_workdir(os.path.join("disjoint_sweep", "S2"))
     for name in ("4", "16"):
@@ -143,11 +149,13 @@ def test_added_stages_run_alone_and_match_their_files(study, one_device):
         assert np.array_equal(a["seeds"], b["seeds"])
         assert not set(wd.spec(name).indices) & set(s2.spec(name).indices)   # disjoint training sets
         pair = disjoint.paired_corr(a["samples"], b["samples"])
-        assert rep["disjoint"]["rows"][name]["s1_vs_s2"] == pytest.approx(float(pair.mean()), abs=1e-6)
+        assert rep["disjoint"].rows[int(name)]["s1_vs_s2"] == pytest.approx(float(pair.mean()),
+                                                                            abs=1e-6)
     found = 0
-    for cls, table in rep["critical_times"]["tc"].items():
-        for name, vals in table.items():
-            z = report.read_npz(wd.study_output_dir("mechanisms", "critical_times", cls, f"{name}_0-1.npz"))
+    for cls, table in rep["critical_times"].tc.items():
+        for k, vals in table.items():
+            z = report.read_npz(wd.study_output_dir("mechanisms", "critical_times", cls,
+                                                    f"{k}_0-1.npz"))
             assert vals == pytest.approx(np.median(z["time"], axis=1).tolist())
             found += 1
     assert found >= 2   # every K has samples of at least one class
@@ -177,9 +185,9 @@ def test_optional_section_plumbing_with_a_stand_in(tmp_path, monkeypatch):
     rep = k_sweep.run(tiny_config(), wd_path, stages=("machines", "report"), progress=False, log=None,
                       section_kw={"agreement": {"patch": 3}})
     assert calls == [(wd_path, ["4", "16"], {"patch": 3})]
-    sec = rep["sections"]["machines"]
-    assert sec["title"] == "Local score machines" and sec["data"] == {"r2": {"4": 0.5}}
-    assert sec["figures"] == ["machines.png"]
+    sec = rep["machines"]
+    assert sec.title == "Local score machines" and sec.data == {"r2": {"4": 0.5}}
+    assert sec.figures == ("machines.png",)
     out = os.path.join(wd_path, "study")
     with open(os.path.join(out, "report.md")) as f:
         assert "Local score machines" in f.read()
@@ -188,7 +196,7 @@ def test_optional_section_plumbing_with_a_stand_in(tmp_path, monkeypatch):
     assert "<td>0.5</td>" in page and 'src="data:image/png;base64,' in page
     again = k_sweep.run(tiny_config(), wd_path, stages=("machines", "report"), progress=False, log=None,
                         section_kw={"agreement": {"patch": 3}})
-    assert again["statuses"] == {"machines": "skipped", "report": "skipped"} and len(calls) == 1
+    assert again.statuses == {"machines": "skipped", "report": "skipped"} and len(calls) == 1
 
 
 def test_bad_stage_names_the_valid_ones():
