@@ -10,7 +10,10 @@ Calibrated thresholds (the default): delta_m / delta_s are the --quantile of hel
 and nearest-other distances (diffmem/metrics/calibration.py); with LPIPS the published thresholds' fractions are
 reported beside. Finished K are skipped; new thresholds relabel stored distances; a new metric recomputes.
 """
+import os
 import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; before matplotlib loads
 
 from absl import flags
 

@@ -12,7 +12,10 @@ mechanisms/critical_times/<samples>/<K>.npz (resumable: finished files are skipp
 Classes come from bin/classify.py (classify/<K>.npz), sorted as Pham et al. (memorized by d_m, spurious by
 d_s, generalized by descending d_s); --start/--stop select a slice of that list, so jobs can split the work.
 """
+import os
 import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; before matplotlib loads
 
 from absl import flags
 

@@ -8,7 +8,10 @@ seeds, compare (similarity histograms, the four-row grid, train / test PSNR vs N
 Writes <workdir>/S1, <workdir>/S2 (one trainer workdir per side) and <workdir>/disjoint/ (report.md, figures,
 summary.json, N<N>.npz).
 """
+import os
 import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; before matplotlib loads
 
 from absl import flags
 

@@ -7,7 +7,10 @@ trained, sampled and classified. Writes root/emm.json with the bracket history.
     python bin/emm.py --config=configs/digits.py --root=runs/emm --k_grid=16,64,256 --metric=pixel \\
         --delta_m=1.0 --delta_s=1.0 --tolerance=0
 """
+import os
 import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; before matplotlib loads
 
 from absl import flags
 

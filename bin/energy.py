@@ -6,7 +6,10 @@ and energy.png.
     python bin/energy.py --workdir=runs/digits --per_class=32          # needs bin/classify.py's classes
     python bin/energy.py --workdir=runs/c9                             # toy: paths between training points
 """
+import os
 import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; before matplotlib loads
 
 from absl import flags
 

@@ -7,7 +7,10 @@ mechanisms/jacobian/<K>.npz and rank_vs_snr.png.
     python bin/jacobian_rank.py --workdir=runs/digits --states=forward --latents=32 --sigmas=0.002,0.1,1,10,80
     python bin/jacobian_rank.py --config=configs/molrg.py:k=64 --workdir=runs/molrg-opt --model=optimal
 """
+import os
 import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; before matplotlib loads
 
 from absl import flags
 

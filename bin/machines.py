@@ -10,7 +10,10 @@ denoiser on noised training images; writes machines/calibration/<K>_<machine>.js
 agreement: calibrates, then compares samples from the same seeds and denoiser outputs (median r, r^2 per K);
 writes machines/agreement/<K>.json, agreement_vs_k.png, calibration.png and machines/report.md.
 """
+import os
 import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; before matplotlib loads
 
 from absl import flags
 

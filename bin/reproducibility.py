@@ -7,7 +7,10 @@
 Writes {<K>.<features>.json, summary.<features>.json, report.<features>.md, scores_vs_k.<features>.png} in the
 workdir's reproducibility folder.
 """
+import os
 import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; before matplotlib loads
 
 from absl import flags
 

@@ -11,7 +11,10 @@ Sample i depends only on seed i. Jobs with disjoint --seeds ranges, one after an
 each add their own shard to the workdir; every later stage reads the union (the same as one job). Batches
 are sharded over all devices and saved as they finish, so a killed job resumes.
 """
+import os
 import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; before matplotlib loads
 
 from absl import flags
 

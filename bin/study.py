@@ -13,7 +13,10 @@ Every stage is resumable and skipped when done: a rerun does only what is missin
 train, sample, classify, reproducibility, disjoint, jacobian, critical_times, phase_times, report (default),
 and the opt-in machines, training_time (diffmem.studies.k_sweep).
 """
+import os
 import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; before matplotlib loads
 
 from absl import flags
 

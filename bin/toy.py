@@ -7,7 +7,10 @@ Classes use scale-free thresholds calibrated on fresh circle points (delta_m = t
 distances to the nearest training point; diffmem/studies/circle.py); the tutorial's fixed thresholds are
 reported beside. Prints the per-K sample fractions (95% bootstrap intervals) and the published checks.
 """
+import os
 import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; before matplotlib loads
 
 from absl import flags
 

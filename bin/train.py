@@ -5,7 +5,10 @@
     python bin/train.py --config=configs/circle.py:k=1000 --config.optim.lr=2e-4 --workdir=runs/c1000
     python bin/train.py --config=configs/circle.py:k=9 --workdir=runs/c9 --cpu_policy   # small toy batches: 1 thread
 """
+import os
 import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; before matplotlib loads
 
 from absl import flags
 

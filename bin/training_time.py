@@ -9,7 +9,10 @@ its fits tau_mem = c K and c K^alpha, figures and report under <workdir>/trainin
 With --config the sweep is trained (or resumed) keeping --snapshots log-spaced checkpoints
 (config.monitor.snapshots). Finished snapshots are never sampled again.
 """
+import os
 import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; before matplotlib loads
 
 from absl import flags
 

@@ -15,6 +15,8 @@ from typing import Callable
 
 from diffmem.errors import WriteError
 
+__all__ = ["is_writer", "write", "write_text"]
+
 
 def is_writer() -> bool:
     """Whether this process writes shared files: process 0 under jax.distributed (or JAX not in use)."""

@@ -33,6 +33,10 @@ from diffmem import multihost
 from diffmem.errors import DiffmemError, InputError, WriteError
 from diffmem.layout import Layout, sort_key
 
+__all__ = ["METADATA_KEY", "CheckpointError", "manager", "tree_sha256", "recorded_config", "save",
+           "check", "wait", "restore", "list_models", "restore_item", "latest_step",
+           "restore_latest"]
+
 METADATA_KEY = "diffmem"
 """The key of diffmem's record in a step's `custom_metadata`: {"sha256": {leaf path: hex}, "config": {...}}."""
 _WRITE_FAILURES = ("RESOURCE_EXHAUSTED", "No space left", "Permission denied", "Read-only file system",

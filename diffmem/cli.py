@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 
 from absl import flags
 
+__all__ = ["FLAGS", "CONFIG", "run", "fail", "check_workdir_path", "start_distributed"]
+
 flags.DEFINE_bool("distributed", False, "Initialise jax.distributed before any work (one process per host or "
                   "accelerator; SLURM, Open MPI and TPU pods are detected automatically).")
 flags.DEFINE_string("coordinator", None, "jax.distributed coordinator HOST:PORT (process 0's host), with "

@@ -38,6 +38,13 @@ import ml_collections
 
 from diffmem.errors import ConfigError
 
+__all__ = ["REQUIRED", "MONITOR_DEFAULTS", "SCHEDULE_DEFAULTS", "OPTIONAL", "SECTIONS",
+           "SAMPLE_BATCH", "DATA_KEYS", "MODEL_KEYS", "LOSS_KEYS", "DIFFUSION_KINDS",
+           "PRECOND_KEYS", "OPTIM_KEYS", "EMA_KEYS", "MONITOR_KEYS", "SAMPLE_KEYS",
+           "SAMPLER_SETTINGS", "samplers", "RULES", "FREE_TEXT", "sde_section", "mlp_section",
+           "optim_section", "schedule_section", "assemble", "normalize", "migrate", "validate",
+           "check"]
+
 REQUIRED = ("seed", "data", "model", "diffusion", "loss", "optim", "batch_size", "steps", "steps_per_call",
             "log_every", "ckpt_every", "sample")
 MONITOR_DEFAULTS = dict(every=0, num_samples=256, level=0.0, metric="pixel", snapshots=())

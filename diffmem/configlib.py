@@ -23,6 +23,9 @@ from diffmem import config_schema
 from diffmem.config_schema import check  # noqa: F401 (configlib.check: callers' name for it)
 from diffmem.errors import ConfigError
 
+__all__ = ["parse_arg", "load_config_file", "apply_override", "parse_config_argv", "validate",
+           "to_json", "from_json", "duration_to_steps", "sweep"]
+
 
 # ----------------------------------------------------------------------------------------------- arg parsing
 def _parse_value(text: str, default: Any, key: str) -> Any:

@@ -24,6 +24,8 @@ from typing import MutableMapping
 
 import jax
 
+__all__ = ["SMALL_BATCH", "num_cores", "one_thread_for_small_batches"]
+
 SMALL_BATCH = 500  # rows per step below which one XLA thread trains a toy MLP faster (2-core measurement)
 
 

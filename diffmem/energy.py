@@ -20,8 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.special
 
+from diffmem.errors import InputError
 from diffmem.metrics import neighbours
 from diffmem.sde import Denoiser, ScoreFn
+
+__all__ = ["DEFAULT_CHUNK", "log_sum_exp_sq", "dense_am_energy", "diffusion_energy",
+           "empirical_denoiser", "empirical_score", "circle_energy", "circle_score",
+           "circle_energy_numpy", "find_attractors", "relative_energy", "ddpm_grad_energy"]
 
 
 # --------------------------------------------------------------------------------- streamed log-sum-exp
@@ -71,20 +76,37 @@ def _stream(x: jax.Array, inv_var: jax.Array, patterns: jax.Array, chunk: int | 
 
 
 def log_sum_exp_sq(x: jax.Array, patterns: jax.Array, inv_var, chunk: int | None = None) -> jax.Array:
-    """log sum_i exp(-||x_b - y_i||^2 * inv_var / 2) for x (B, *S), patterns (N, *S); inv_var scalar or (B,)."""
+    """log sum_i exp(-||x_b - y_i||^2 * inv_var / 2) for x (B, *S) or one example (*S), patterns (N, *S);
+    inv_var scalar or (B,). Returns (B,), or a scalar for one example."""
+    x, single = _as_batch(x, patterns, "log_sum_exp_sq")
     xb = jnp.reshape(x, (x.shape[0], -1))
-    inv = jnp.broadcast_to(jnp.asarray(inv_var, xb.dtype), xb.shape[:1])
-    return _stream(xb, inv, patterns, chunk, with_mean=False)[0]
+    inv = jnp.broadcast_to(jnp.asarray(inv_var, xb.dtype).reshape(-1), xb.shape[:1])
+    out = _stream(xb, inv, patterns, chunk, with_mean=False)[0]
+    return out[0] if single else out
+
+
+def _as_batch(x, patterns, what: str) -> tuple[jax.Array, bool]:
+    """x as a batch (B, *S) of the patterns' example shape S, and whether it was one example (*S)."""
+    x = jnp.asarray(x)
+    shape = tuple(jnp.shape(patterns)[1:])
+    if x.shape == shape:
+        return x[None], True
+    if x.ndim >= 1 and math.prod(x.shape[1:]) == math.prod(shape):  # (B, *S), or (B, prod(S))
+        return x, False
+    raise InputError(f"{what}: x must be one example of shape {shape} (the patterns' rows) or a batch "
+                     f"(B, {', '.join(map(str, shape))}); got shape {x.shape}.")
 
 
 # ------------------------------------------------------------------------------------------ the energies
 def dense_am_energy(x: jax.Array, patterns: jax.Array, beta: float, chunk: int | None = None) -> jax.Array:
-    """E_AM(x) = -(1/beta) log sum_i exp(-beta ||x - y_i||^2), x (B, *S) -> (B,)."""
+    """E_AM(x) = -(1/beta) log sum_i exp(-beta ||x - y_i||^2), x (B, *S) -> (B,) (one example (*S) -> ())."""
     return -log_sum_exp_sq(x, patterns, 2.0 * beta, chunk) / beta
 
 
 def diffusion_energy(x: jax.Array, t, patterns: jax.Array, sigma: float = 1.0, chunk: int | None = None) -> jax.Array:
-    """E_DM(x, t) = -2 sigma^2 t log sum_i exp(-||x - y_i||^2 / (2 sigma^2 t)), x (B, *S), t scalar or (B,)."""
+    """E_DM(x, t) = -2 sigma^2 t log sum_i exp(-||x - y_i||^2 / (2 sigma^2 t)), x (B, *S), t scalar or (B,)
+    (one example (*S) with a scalar t -> ())."""
+    x = jnp.asarray(x)
     v = 2.0 * sigma**2 * jnp.asarray(t, x.dtype)
     return -v * log_sum_exp_sq(x, patterns, 2.0 / v, chunk)
 
@@ -94,29 +116,36 @@ def empirical_denoiser(patterns: jax.Array, chunk: int | None = None) -> Denoise
 
     D(x; s) = sum_i softmax_i(-||x - y_i||^2 / (2 s^2)) y_i, streamed over chunks of `chunk` patterns.
     It plugs into every sampler, likelihood and energy as a trained network would ("the theoretical optimum").
+    x is a batch (B, *S) with sigma scalar or (B,), or one example (*S) with a scalar sigma (-> (*S)).
     """
     def denoiser(x, sigma):
+        x, single = _as_batch(x, patterns, "empirical_denoiser")
         xb = jnp.reshape(x, (x.shape[0], -1))
         sigma = jnp.broadcast_to(jnp.asarray(sigma, xb.dtype).reshape(-1), xb.shape[:1])
         _, mean = _stream(xb, 1.0 / sigma**2, patterns, chunk, with_mean=True)
-        return mean.reshape(x.shape)
+        mean = mean.reshape(x.shape)
+        return mean[0] if single else mean
     return denoiser
 
 
 def empirical_score(patterns: jax.Array, sigma_of_t: Callable, chunk: int | None = None) -> ScoreFn:
     """Score of the noised empirical distribution under a VE process with std sigma_of_t(t):
-    s(x, t) = (D(x; sigma(t)) - x) / sigma(t)^2 = grad_x E_DM-type log-density."""
+    s(x, t) = (D(x; sigma(t)) - x) / sigma(t)^2 = grad_x E_DM-type log-density.
+    x (B, *S) with t scalar or (B,), or one example (*S) with a scalar t."""
     d = empirical_denoiser(patterns, chunk)
 
     def score_fn(x, t):
+        x, single = _as_batch(x, patterns, "empirical_score")
         s = jnp.broadcast_to(jnp.asarray(sigma_of_t(t), x.dtype).reshape(-1), x.shape[:1])
-        return (d(x, s) - x) / s.reshape((-1,) + (1,) * (x.ndim - 1)) ** 2
+        out = (d(x, s) - x) / s.reshape((-1,) + (1,) * (x.ndim - 1)) ** 2
+        return out[0] if single else out
     return score_fn
 
 
 # ------------------------------------------------------------------------------------------- the circle
 def circle_energy(x: np.ndarray | jax.Array, beta: float) -> jax.Array:
-    """K -> infinity limit on the unit circle: E(R) = R^2 + 1 - (1/beta) log I0(2 beta R), x (B, 2) -> (B,).
+    """K -> infinity limit on the unit circle: E(R) = R^2 + 1 - (1/beta) log I0(2 beta R), x (B, 2) -> (B,)
+    (one point (2,) -> ()).
 
     log I0(z) = log i0e(z) + z (exponentially scaled Bessel function) so beta up to 1e4 does not overflow.
     """
@@ -127,12 +156,13 @@ def circle_energy(x: np.ndarray | jax.Array, beta: float) -> jax.Array:
 
 
 def circle_score(x: np.ndarray | jax.Array, beta: float, eps: float = 1e-9) -> jax.Array:
-    """-grad E / 1 along the radius: 2 (I1(2 beta R) / I0(2 beta R) - R) x / R, x (B, 2) -> (B, 2)."""
+    """-grad E / 1 along the radius: 2 (I1(2 beta R) / I0(2 beta R) - R) x / R, x (B, 2) -> (B, 2)
+    (one point (2,) -> (2,))."""
     x = jnp.asarray(x)
     r = jnp.sqrt(jnp.sum(x * x, axis=-1) + eps**2)  # smooth at the origin (jvp of a norm at 0 is NaN)
     z = 2.0 * beta * r
     radial = 2.0 * (jax.scipy.special.i1e(z) / jax.scipy.special.i0e(z) - r)
-    return (radial / r)[:, None] * x
+    return (radial / r)[..., None] * x
 
 
 def circle_energy_numpy(r: np.ndarray, beta: float) -> np.ndarray:

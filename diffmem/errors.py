@@ -6,6 +6,9 @@ also derives from the matching builtin, so `except ValueError` / `except FileNot
 """
 from __future__ import annotations
 
+__all__ = ["DiffmemError", "ConfigError", "InputError", "MissingInputError", "OutputExistsError",
+           "WriteError", "WorkdirBusyError"]
+
 
 class DiffmemError(Exception):
     """Base of every error diffmem reports to a user as a message rather than a traceback."""

@@ -29,11 +29,14 @@ from typing import Sequence
 
 import ml_collections
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from diffmem import config_schema, devices, multihost, sampling, viz
 from diffmem import workdir as wdlib
 from diffmem.errors import DiffmemError, InputError, MissingInputError, OutputExistsError
+
+__all__ = ["MODELS", "SamplingDiverged", "sampler_settings", "open_workdir", "sample_workdir",
+           "sample_set"]
 
 MODELS = wdlib.KINDS
 _RUNS: dict = {}  # (workdir, model, step, settings) -> run function, so repeated calls reuse compilations

@@ -39,6 +39,10 @@ import ml_collections
 from diffmem import configlib, precond, schedules
 from diffmem.config_schema import assemble, optim_section, schedule_section  # noqa: F401 (the configs use them)
 
+__all__ = ["ARCHS", "PRECONDS", "COMMON_ARGS", "steps_of", "parse_args", "data_section",
+           "model_section", "diffusion_section", "loss_section", "GU_SCHEDULE", "sample_section",
+           "ImageSet", "gu_schedule", "recipe_config"]
+
 ARCHS = ("ddpm", "ddpmpp")
 PRECONDS = tuple(sorted(precond.PRECONDITIONINGS))  # ddpm, edm, ve, vp
 # Arg keys of the recipe configs: k (int or a+b sweep), steps / lr / batch (0 = the recipe's; steps also

@@ -56,6 +56,9 @@ import numpy as np
 
 from diffmem.errors import InputError
 
+__all__ = ["LOCK_NAME", "STUDY_OUTPUTS", "sort_key", "sort_names", "seeds_tag", "partial_path",
+           "Layout"]
+
 LOCK_NAME = ".diffmem.lock"
 """The writer lock's file name in a workdir (`Layout.lock_path`, `diffmem.lock`)."""
 STUDY_OUTPUTS = ("mechanisms", "disjoint", "training_time", "machines", "study")

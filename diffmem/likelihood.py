@@ -20,6 +20,8 @@ import numpy as np
 from diffmem.sde import SDE, Denoiser, ScoreFn, _bcast, score_from_denoiser
 from diffmem.errors import InputError
 
+__all__ = ["exact_divergence", "hutchinson_divergence", "hutchinson_probes", "log_likelihood"]
+
 
 def _drift(score_fn: ScoreFn, sde: SDE):
     def drift(x, t):

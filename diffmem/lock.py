@@ -22,6 +22,8 @@ from diffmem import atomic
 from diffmem.errors import WorkdirBusyError, WriteError
 from diffmem.layout import LOCK_NAME, Layout  # noqa: F401 (LOCK_NAME: its name in a workdir)
 
+__all__ = ["workdir_lock"]
+
 
 @contextlib.contextmanager
 def workdir_lock(workdir: str, what: str = "training"):

@@ -23,6 +23,11 @@ import jax.numpy as jnp
 
 from diffmem.sde import SDE, ScoreFn, _bcast
 
+__all__ = ["dsm", "sample_dsm_inputs", "dsm_from_key", "LossFn", "REDUCTIONS", "ddpm_eps",
+           "ddpm_eps_from_key", "NoiseLevels", "weighted_denoising", "sample_denoising_inputs",
+           "weighted_denoising_from_key", "blind_noise", "blind_denoising",
+           "blind_denoising_from_key"]
+
 
 def dsm(score_fn: ScoreFn, x0: jax.Array, t: jax.Array, noise: jax.Array, sde: SDE) -> jax.Array:
     """Denoising score matching of Song et al. / the tutorial, lambda(t) = std(t)^2.

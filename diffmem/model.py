@@ -17,6 +17,8 @@ import numpy as np
 
 from diffmem import sde as sde_lib
 
+__all__ = ["Model", "sde_sigma_range"]
+
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True, repr=False)
 class Model:

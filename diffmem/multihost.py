@@ -15,6 +15,8 @@ import numpy as np
 from diffmem import atomic
 from diffmem.errors import DiffmemError
 
+__all__ = ["initialize", "is_main_process", "to_host", "broadcast_from_main", "sync"]
+
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, timeout_s: int = 300) -> None:

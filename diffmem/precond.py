@@ -45,6 +45,9 @@ import numpy as np
 
 from diffmem.sde import Denoiser, _bcast, ddpm_alpha_bar
 
+__all__ = ["RawNet", "Coefficients", "EDM", "VP", "VE", "DDPM", "StepLabels", "PRECONDITIONINGS",
+           "make", "ddpm_sigmas", "ddpm_denoiser"]
+
 RawNet = Callable[[jax.Array, jax.Array], jax.Array]  # F(x_in (B, *S), c_noise (B,)) -> (B, *S)
 
 

@@ -31,6 +31,9 @@ import ml_collections
 
 from diffmem import configlib
 
+__all__ = ["EMA_MODES", "REFERENCE_SIZE", "MemberSchedule", "kimg", "has_schedule", "check",
+           "member_schedule", "lr_factor", "ema_decay"]
+
 EMA_MODES = ("edm", "gu")
 REFERENCE_SIZE = 50_000   # |D| of CIFAR-10, which Gu et al.'s figures refer to
 

@@ -17,6 +17,8 @@ import numpy as np
 
 from diffmem.errors import InputError
 
+__all__ = ["bootstrap", "bootstrap_fractions"]
+
 
 def _mean(resampled: np.ndarray) -> np.ndarray:
     return resampled.mean(axis=1)

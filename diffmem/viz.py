@@ -1,19 +1,21 @@
 """Figures: sample scatters, image grids, energy landscapes (2-D and 3-D) and curves versus K.
 
 Every function draws into a new matplotlib figure and saves it atomically to `path` (PNG), returning the
-path. matplotlib runs headless (Agg).
+path. Nothing here picks a matplotlib backend (a notebook keeps its own; bin/ scripts default
+MPLBACKEND to Agg before matplotlib is imported): figures are saved to files and closed.
 """
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from diffmem import atomic
 
-from diffmem import atomic  # noqa: E402
+__all__ = ["save_figure", "scatter_samples", "image_grid", "energy_landscapes",
+           "energy_landscapes_figure", "place_labels", "energy_surfaces", "curves_vs_k",
+           "radial_profile"]
 
 
 def save_figure(fig, path: str, dpi: int = 150) -> str:

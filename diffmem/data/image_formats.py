@@ -26,6 +26,10 @@ from typing import Callable
 import numpy as np
 from diffmem.errors import InputError, MissingInputError
 
+__all__ = ["FMNIST_DIRS", "FMNIST_FILES", "CIFAR10_FILES", "CIFAR10_RECORD", "TFDS_NAMES",
+           "IMAGE_SUFFIXES", "TFDS_OFFLINE", "ChunkReader", "read_idx", "read_fmnist",
+           "read_cifar10_binary", "read_npz", "read_image_folder", "tfds_data_dir", "open_tfds"]
+
 # Where Debian's `dataset-fashion-mnist` package installs the four gzip'd IDX files (`dpkg -L` lists them).
 FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -27,6 +27,9 @@ from diffmem.data import image_formats as formats
 from diffmem.data.subsets import class_balanced, first_k_of_permutation
 from diffmem.errors import InputError
 
+__all__ = ["SOURCES", "CHUNK", "LUMA", "ImageData", "to_unit_range", "center_crop", "grayscale",
+           "resize_weights", "resize", "preprocess", "load_images", "k_subset"]
+
 SOURCES = ("digits", "fmnist[:DIR]", "cifar10-binary:PATH", "npz:PATH", "folder:PATH",
            "tfds:NAME (NAME in " + ", ".join(formats.TFDS_NAMES) + ")")
 CHUNK = 2048  # images preprocessed per step: bounds the float32 working set

@@ -26,6 +26,9 @@ import numpy as np
 
 from diffmem.errors import InputError
 
+__all__ = ["orthonormal_basis", "MoLRG", "principal_angles", "subspace_recovery",
+           "memorization_ratio"]
+
 
 def orthonormal_basis(n: int, seed: int) -> np.ndarray:
     """U (n, n): left singular vectors of an n x n standard-normal matrix drawn from numpy's PCG64(seed)."""

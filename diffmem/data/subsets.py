@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from diffmem.errors import InputError
 
+__all__ = ["check_k", "first_k_of_permutation", "class_balanced", "fixed_order", "disjoint_set"]
+
 
 def check_k(k: int, pool_size: int, what: str = "the pool") -> None:
     """Raise a clear error unless 1 <= k <= pool_size."""

@@ -17,6 +17,10 @@ import numpy as np
 
 from diffmem.data.images import ImageData
 
+__all__ = ["SOURCE_KINDS", "IMAGE_SUFFIXES", "is_synthetic", "c_alpha_images", "contour_rows",
+           "contour_mask", "blur2", "disc_images", "image_files", "file_list_sha256",
+           "remove_repeats", "prepare_celeba", "prepare_lsun_bedrooms", "load"]
+
 SOURCE_KINDS = ("calpha", "discs", "celeba80", "lsun80")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -16,6 +16,8 @@ from diffmem import losses
 from diffmem.data.subsets import check_k, first_k_of_permutation
 from diffmem.sde import SDE
 
+__all__ = ["CIRCLE_POOL_SIZE", "CIRCLE_SEED", "circle_pool", "circle_subset", "GaussianMixture"]
+
 CIRCLE_POOL_SIZE = 60_000
 CIRCLE_SEED = 9
 

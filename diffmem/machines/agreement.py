@@ -27,6 +27,10 @@ from diffmem.machines import calibration
 from diffmem.machines import models as mm
 from diffmem.machines.calibration import noised, pearson_r  # noqa: F401 (agreement.pearson_r)
 
+__all__ = ["TITLE", "TUNED", "DEFAULT_MACHINES", "sample_agreement", "denoiser_agreement",
+           "heldout_images", "output_dir", "agreement_for", "agreement_vs_k", "figures",
+           "study_section", "write_report"]
+
 TITLE = "Analytic local score machines"
 TUNED = ("ls", "els", "bbels", "pspc_square", "pspc_flex")  # machines with a calibrated hyperparameter
 # Compared by default: the memorizing optimum, Kamb & Ganguli's equivariant machine and its boundary-broken

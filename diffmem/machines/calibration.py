@@ -22,6 +22,9 @@ from diffmem.errors import InputError
 from diffmem.machines import models as mm
 from diffmem.machines import schedule as sched
 
+__all__ = ["pearson_r", "default_sigmas", "default_candidates", "noised", "calibrate",
+           "network_heatmap", "calibrate_workdir"]
+
 
 def pearson_r(a, b) -> np.ndarray:
     """(B,) correlation over the pixels of each pair of images a[i], b[i] (mean-removed, unit

@@ -35,6 +35,9 @@ import numpy as np
 from diffmem.errors import InputError
 from diffmem.machines import patch_kernel as pk
 
+__all__ = ["PATCH_MACHINES", "ideal", "local", "equivariant", "border_classes", "boundary_broken",
+           "pspc_square", "flex_masks", "pspc_flex"]
+
 PATCH_MACHINES = ("ls", "els", "bbels", "pspc_square")
 """Machines whose schedule value is a patch size k."""
 

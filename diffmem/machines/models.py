@@ -25,6 +25,9 @@ from diffmem.machines import patch_kernel as pk
 from diffmem.machines import schedule as sched
 from diffmem.machines import wiener
 
+__all__ = ["MACHINES", "pspc_tau_schedule", "default_patch_schedule", "machine_denoiser",
+           "machine_model"]
+
 MACHINES = ("ideal", "ls", "els", "bbels", "pspc_square", "pspc_flex", "wiener")
 """ideal (empirical), local, equivariant local, boundary-broken ELS, PSPC square / flex, Wiener filter."""
 

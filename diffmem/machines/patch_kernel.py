@@ -28,6 +28,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+__all__ = ["ChunkFn", "stream_patch_lse", "PAD_PENALTY", "VECTOR_WIDTH_ENV", "compiler_options",
+           "patches", "centred_patches", "fold", "chunked", "DEFAULT_LOGITS", "block_rows",
+           "even_blocks", "MIN_REFS_PER_DEPTH", "images_per_chunk"]
+
 ChunkFn = Callable[[jax.Array], tuple]
 """chunk(item) -> (refs (Gr, n, D), values (Gr, n, V), tags (Gr, n) int), Gr in {1, G}: one chunk of references
 made from one item of the scanned inputs (e.g. a chunk of training images), so only a chunk is ever in memory."""

@@ -18,6 +18,8 @@ import numpy as np
 
 from diffmem.errors import InputError
 
+__all__ = ["Schedule", "as_schedule", "by_level", "KAMB_SCALES", "kamb_sigma", "kamb_schedule"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:

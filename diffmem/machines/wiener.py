@@ -19,6 +19,9 @@ import numpy as np
 
 from diffmem.errors import InputError
 
+__all__ = ["Gaussian", "moments", "gaussian", "wiener_from_moments", "wiener_denoiser",
+           "wiener_gain", "wiener_heatmap"]
+
 
 class Gaussian(NamedTuple):
     """mean (D,), eigenvalues S (D,) >= 0 and eigenvectors U (D, D) of the covariance, float64 numpy."""

@@ -33,6 +33,10 @@ import numpy as np
 from diffmem.errors import InputError
 from diffmem.metrics.jacobian import denoiser_jacobian
 
+__all__ = ["EXACT_EIGEN_MAX_N", "symmetric_jacobian_matvec", "top_eigenpairs", "analyse",
+           "hutchinson_trace", "sure", "mse_vs_sigma", "mse_slope", "c_alpha_optimal_slope",
+           "eigenvector_panel", "basis_report"]
+
 EXACT_EIGEN_MAX_N = 10_000  # method="auto": dense jacfwd + eigh up to this many pixels, matrix-free beyond
 
 

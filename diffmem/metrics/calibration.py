@@ -36,6 +36,9 @@ import numpy as np
 from diffmem.errors import InputError
 from diffmem.metrics import neighbours
 
+__all__ = ["METHODS", "Thresholds", "fixed", "heldout_images", "pixel_features", "metric_features",
+           "calibrate", "PoolFeatures", "calibrate_pool"]
+
 METHODS = ("heldout", "leave-one-out")
 
 

@@ -13,6 +13,8 @@ import numpy as np
 from diffmem.errors import InputError
 from diffmem.metrics.distances import require_unsquared
 
+__all__ = ["NAMES", "classify", "counts", "fractions"]
+
 MEMORIZED, SPURIOUS, GENERALIZED = 0, 1, 2
 NAMES = ("memorized", "spurious", "generalized")
 

@@ -36,6 +36,10 @@ import numpy as np
 from diffmem.errors import InputError
 from diffmem.sde import SDE, Denoiser, ScoreFn, ddpm_alpha_bar
 
+__all__ = ["STOP_RULES", "IMAGE_TIMES", "RADIUS_STEP", "Distance", "l2_distance", "lpips_distance",
+           "trial_noise", "ddim_chain", "ddim_reconstruct", "em_points", "em_reconstruct",
+           "apply_stop_rule", "image_critical_times", "toy_critical_times", "log_volume_hypersphere"]
+
 STOP_RULES = ("per_sample", "batch")
 IMAGE_TIMES = tuple(range(1, 1000, 25))
 RADIUS_STEP = 1 << 20  # the fold_in tag of the radius draw (beyond any scan index)
@@ -178,7 +182,7 @@ def _scan(recovered: Callable, ts, num: int, trials: int, *, p: float, stop: str
     l = 0
     bar = None
     if progress:
-        from tqdm import tqdm
+        from tqdm.auto import tqdm
         bar = tqdm(total=len(ts), desc="critical times", leave=False)
     while l < len(ts):
         live = np.arange(num)

@@ -33,6 +33,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from diffmem import multihost
 from diffmem.errors import InputError
 
+__all__ = ["HIGHEST", "knn", "SquaredDistances", "require_unsquared", "query_range",
+           "num_candidates", "merge_knn", "merge_knn_refs"]
+
 HIGHEST = jax.lax.Precision.HIGHEST
 
 

@@ -22,6 +22,11 @@ import numpy as np
 from diffmem.errors import InputError
 from diffmem.sde import Denoiser, edm_sigma_steps
 
+__all__ = ["FROBENIUS_FRACTION", "ZERO_JACOBIAN_NORM", "EXACT_SVD_MAX_N", "denoiser_jacobian",
+           "batched_jacobians", "rank_99", "rank_from_partial", "randomized_singular_values",
+           "jacobian_rank", "edm_trajectory_states", "forward_states", "rank_vs_snr",
+           "plot_rank_vs_snr"]
+
 FROBENIUS_FRACTION = 0.99
 ZERO_JACOBIAN_NORM = 1e-7  # ||J||_F at or below this counts as rank 0 (see `jacobian_rank`)
 EXACT_SVD_MAX_N = 1024  # above this, singular values come from a randomized estimate (see `singular_values`)
@@ -205,8 +210,6 @@ def plot_rank_vs_snr(result: dict, path: str, *, title: str = "", reference: dic
                      lines: dict | None = None) -> None:
     """Violins of rank/n (log axis) per SNR, low SNR on the left; `reference` {snr: value} drawn as points
     (e.g. published medians), `lines` {label: snr} as vertical markers (e.g. speciation / collapse)."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     order = np.argsort(result["snr"])
     snr, vals = result["snr"][order], result["rank_over_n"][order]

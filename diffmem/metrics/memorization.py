@@ -14,6 +14,9 @@ from diffmem.errors import InputError
 from diffmem.metrics import classify, neighbours
 from diffmem.metrics.distances import require_unsquared
 
+__all__ = ["is_memorized", "memorization_ratio", "ratio_of", "neighbour_arrays", "label",
+           "max_over_snapshots", "find_emm"]
+
 
 def is_memorized(d1: np.ndarray, d2: np.ndarray, threshold: float = 1.0 / 3.0) -> np.ndarray:
     """(N,) booleans d1 / d2 < threshold (d1 <= d2 are *unsquared* L2 distances). d2 = 0 counts as memorized

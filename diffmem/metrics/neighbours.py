@@ -27,6 +27,8 @@ import numpy as np
 from diffmem.errors import InputError
 from diffmem.metrics import distances
 
+__all__ = ["HOST_WORK", "Neighbours", "tiles", "nearest", "exact", "Similar", "most_similar"]
+
 HOST_WORK = 2 * 10**9  # multiply-adds below which the ranking is done on the host (no compile)
 _BLOCK = 1024          # query rows per host GEMM / per exact recomputation
 

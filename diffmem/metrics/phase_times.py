@@ -34,6 +34,11 @@ from diffmem.errors import InputError
 from diffmem.energy import log_sum_exp_sq
 from diffmem.sde import ddpm_alpha_bar
 
+__all__ = ["ou_time_of_ddpm_index", "ddpm_index_of_ou_time", "largest_eigenvalue",
+           "speciation_time", "excess_entropy", "crossing_time", "collapse_time",
+           "isotropic_collapse_time", "isotropic_excess_entropy_ratio", "gaussian_collapse_time",
+           "phase_times"]
+
 
 def _flat(data) -> np.ndarray:
     data = np.asarray(data, np.float64)

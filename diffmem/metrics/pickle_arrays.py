@@ -21,6 +21,8 @@ import numpy as np
 
 from diffmem.errors import DiffmemError
 
+__all__ = ["ALLOWED_GLOBALS", "UnsafePickleError", "parse_array_pickle", "read_array_pickle"]
+
 # (module, name) pairs a file may reference; numpy >= 2 writes `numpy._core`, older numpy `numpy.core`.
 _RECONSTRUCT = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}
 _NDARRAY = ("numpy", "ndarray")

@@ -13,6 +13,9 @@ import numpy as np
 
 from diffmem.metrics import neighbours
 
+__all__ = ["Extractor", "pixel_features", "normalize", "rp_score", "max_cosine_to_set",
+           "generalization_score"]
+
 Extractor = Callable[[np.ndarray], np.ndarray]
 
 

@@ -25,6 +25,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+__all__ = ["BFBatchNorm", "UpConv2", "BFUNet", "BFCNN", "BLIND_NETS", "unit_range_denoiser",
+           "signed_range_denoiser"]
+
 # PyTorch's kaiming_normal_(a=0, mode="fan_in"): N(0, 2 / fan_in), not truncated (flax's he_normal is).
 _KAIMING = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 # For ConvTranspose2d PyTorch reads fan_in from weight dim 1, the *output* channels (times k^2); replicated.

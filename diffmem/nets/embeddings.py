@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+__all__ = ["FourierEmbedding", "SinusoidalEmbedding"]
+
 
 class FourierEmbedding(nn.Module):
     """Random Fourier features of a scalar, [cos(2 pi f t), sin(2 pi f t)] with f ~ N(0, scale^2).

@@ -8,6 +8,8 @@ import jax
 
 from diffmem.nets.embeddings import FourierEmbedding
 
+__all__ = ["ScoreMLP"]
+
 
 class ScoreMLP(nn.Module):
     """MLP score network s(x, t) for low-dimensional data.

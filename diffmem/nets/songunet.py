@@ -40,6 +40,8 @@ import jax.numpy as jnp
 from diffmem.nets.embeddings import FourierEmbedding, SinusoidalEmbedding
 from diffmem.nets.unet import _check_image
 
+__all__ = ["SongBlock", "encoder_skip_resolutions", "SongUNet"]
+
 
 def _xavier(weight_scale: float = 1.0) -> nn.initializers.Initializer:
     # EDM: xavier_uniform(fan_in, fan_out) * init_weight; variance scales with init_weight^2.

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 
 from diffmem.nets.embeddings import SinusoidalEmbedding
 
+__all__ = ["ResBlock", "AttnBlock", "DDPMUNet", "count_params"]
+
 
 def _init(scale: float = 1.0) -> nn.initializers.Initializer:
     # Ho et al.'s default_init: variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform").

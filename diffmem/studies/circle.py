@@ -38,6 +38,9 @@ from diffmem import builders, energy, generate, likelihood, report, sampling, st
 from diffmem.metrics import calibration, classify, neighbours
 from diffmem.workdir import Workdir
 
+__all__ = ["KINDS", "QUANTILE", "SPACING_QUANTILE", "cluster", "classify_centres",
+           "calibrated_scales", "label_samples", "calibrated_labels", "run"]
+
 KINDS = ("memorized", "spurious", "generalized")
 QUANTILE = 0.1          # delta_m: this quantile of fresh points' nearest-training distances (module docstring)
 SPACING_QUANTILE = 0.5  # cluster spread scale: the median of the same distances

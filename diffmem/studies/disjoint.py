@@ -30,6 +30,9 @@ from diffmem.data import subsets
 from diffmem.metrics import neighbours
 from diffmem.workdir import Workdir
 
+__all__ = ["SETS", "im_set_corr", "paired_corr", "closest", "psnr_vs_sigma", "set_config",
+           "capped_ns", "run_disjoint"]
+
 SETS = (("S1", "first"), ("S2", "last"))
 
 

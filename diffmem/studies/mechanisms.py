@@ -33,6 +33,11 @@ from diffmem.workdir import Workdir
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+__all__ = ["CLASSES", "SOURCES", "PUBLISHED_REAL", "PUBLISHED_MOLRG_ANALYTIC",
+           "PUBLISHED_MOLRG_UNET", "open_workdir", "select_samples", "critical_times",
+           "gather_critical_times", "critical_time_figure", "rank_vs_snr", "ddpm_energy_gradient",
+           "energy_profiles", "phase_table", "molrg_metrics"]
+
 CLASSES = ("memorized", "spurious", "generalized")
 SOURCES = CLASSES + ("train",)
 # Zhang et al.'s figures/jacobian-real.png medians (notes B.1) and the analytic MoLRG curve (n = 48, d = 6).

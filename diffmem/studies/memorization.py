@@ -43,6 +43,10 @@ from diffmem.workdir import Workdir, read_sample_files, sort_key
 from diffmem.metrics import calibration, classify, memorization
 from diffmem.studies import memorization_report
 
+__all__ = ["METRICS", "DEFAULT_DELTAS", "THRESHOLDS", "KINDS", "NPZ_KEYS", "Settings",
+           "make_settings", "resolve_metric", "model_thresholds", "SampleSet", "find_samples",
+           "classify_model", "run", "config_for_k", "train_and_sample", "emm"]
+
 METRICS = ("lpips", "pixel")
 DEFAULT_DELTAS = {"lpips": (0.03, 0.02)}  # Pham et al.'s published example thresholds (LPIPS units)
 THRESHOLDS = ("calibrated", "published", "given")

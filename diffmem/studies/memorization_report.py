@@ -12,6 +12,8 @@ from diffmem.workdir import sort_key
 
 import matplotlib.pyplot as plt  # noqa: E402  (after viz, which selects the Agg backend)
 
+__all__ = ["KINDS", "draw_panels", "curves", "markdown"]
+
 KINDS = ("trained", "optimal")  # the summary's sections: trained models, the optimal denoiser
 
 

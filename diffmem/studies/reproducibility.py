@@ -26,6 +26,8 @@ from diffmem.errors import InputError, MissingInputError
 from diffmem.workdir import Workdir, sort_key
 from diffmem.metrics import reproducibility
 
+__all__ = ["Extractor", "FEATURES", "extractor", "paired", "run"]
+
 Extractor = Callable[[np.ndarray], np.ndarray]
 FEATURES = ("pixel", "lpips", "sscd")
 

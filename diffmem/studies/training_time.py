@@ -32,17 +32,18 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 from diffmem import builders, checkpoint, configlib, monitor, report, schedules, viz  # noqa: E402
 from diffmem import stats  # noqa: E402
 from diffmem import workdir as wdlib  # noqa: E402
 from diffmem.metrics import neighbours  # noqa: E402
 from diffmem.errors import InputError, MissingInputError, OutputExistsError  # noqa: E402
+
+__all__ = ["STUDY", "DEFAULT_LEVEL", "snapshot_schedule", "member_steps", "with_snapshots",
+           "crossing_step", "fit_tau", "evaluate_snapshot", "f_mem_curves", "tau_mem", "fit_sweep",
+           "plot_curves", "plot_tau", "study_section", "run"]
 
 STUDY = "training_time"
 DEFAULT_LEVEL = 0.5
