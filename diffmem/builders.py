@@ -33,6 +33,12 @@ from diffmem import configlib, losses, nets, precond
 from diffmem import sde as sde_lib
 from diffmem.data import toy
 
+__all__ = ["IMAGE_MODELS", "BLIND_MODELS", "MODELS", "LOSSES", "SUBSETS", "LABEL_MODES",
+           "ModelSpec", "VECTOR_MODELS", "DATA_RANGES", "diffusion_kind", "is_vector_model",
+           "data_range", "build_sde", "build_model", "network_fn", "base_precond", "build_precond",
+           "sigma_range", "denoiser", "score_fn", "build_loss", "load_pool", "load_pool_labels",
+           "molrg_from_config", "gmm_from_config", "batch_size", "model_specs", "subset_labels"]
+
 IMAGE_MODELS = ("ddpm", "ddpmpp")
 BLIND_MODELS = ("bf_unet", "bf_cnn")  # Kadkhodaie et al.'s bias-free blind denoisers, [0, 1] units
 MODELS = ("mlp",) + IMAGE_MODELS + BLIND_MODELS

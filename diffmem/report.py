@@ -17,6 +17,10 @@ import numpy as np
 from diffmem import atomic
 from diffmem.errors import InputError, MissingInputError, WriteError
 
+__all__ = ["write_json", "write_npz", "read_npz", "markdown_table", "markdown_to_html",
+           "section_markdown", "write_sections_markdown", "write_sections_html", "write_markdown",
+           "read_jsonl", "write_jsonl", "JsonlAppender"]
+
 
 def write_json(path: str, obj: Any) -> str:
     def w(tmp):

@@ -65,6 +65,10 @@ from diffmem.studies.k_sweep_stages import (Context, bootstrap_fractions, emm_on
 from diffmem.studies.pipeline import Cache, Stage
 from diffmem.workdir import Workdir
 
+__all__ = ["QUICK_KS", "QUICK_STEPS", "Settings", "STUDY_STEPS", "QUICK", "STAGE_LIST", "STAGES",
+           "OPTIONAL", "DEFAULT_STAGES", "DEPENDS", "StudyRun", "quick_config", "with_steps",
+           "study_config", "study_dir", "check_stages", "run", "compilation_cache"]
+
 QUICK_KS = (8, 128)
 QUICK_STEPS = 300
 

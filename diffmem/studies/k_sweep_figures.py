@@ -13,6 +13,9 @@ from diffmem.studies.k_sweep_results import CLASSES
 
 import matplotlib.pyplot as plt  # noqa: E402  (after viz, which selects the Agg backend)
 
+__all__ = ["COLORS", "series", "draw_figures", "panel_classes", "panel_gu", "panel_scores",
+           "panel_disjoint", "panel_critical", "rank_figure"]
+
 COLORS = dict(zip(CLASSES, ("tab:red", "tab:orange", "tab:green")))
 
 

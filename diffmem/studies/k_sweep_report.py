@@ -15,6 +15,9 @@ from diffmem.studies.k_sweep_results import CLASSES
 from diffmem.studies.k_sweep_stages import Context, config_json, sampler_of
 from diffmem.studies.pipeline import stable_hash
 
+__all__ = ["TITLE", "FOOTER", "report_key", "write_report", "report_setup", "fmt",
+           "not_converged_text", "report_sections"]
+
 TITLE = "K-sweep study: memorization vs training-set size"
 FOOTER = ("Everything above, machine-readable: `report.json`; the same page with the figures "
           "inline: "

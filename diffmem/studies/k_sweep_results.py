@@ -17,6 +17,11 @@ from typing import Mapping
 
 from diffmem.studies.pipeline import Result
 
+__all__ = ["CLASSES", "REPORT_VERSION", "TrainResult", "SampleResult", "ClassifyResult",
+           "ReproducibilityResult", "DisjointResult", "JacobianResult", "CriticalTimesResult",
+           "PhaseTimesResult", "SectionResult", "ReportResult", "RESULTS", "report_json",
+           "from_report_json", "load_report"]
+
 CLASSES = ("memorized", "spurious", "generalized")
 REPORT_VERSION = 2
 

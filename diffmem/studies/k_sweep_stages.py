@@ -21,6 +21,14 @@ from diffmem.studies import k_sweep_results as res
 from diffmem.studies.pipeline import Cache
 from diffmem.workdir import Workdir, sort_names
 
+__all__ = ["CLASSES", "Context", "config_json", "with_changes", "sampler_of", "latest_steps",
+           "stage_train", "train_present", "sample_sets", "stage_sample", "samples_present",
+           "calibration_api", "fixed_thresholds", "bootstrap_fractions", "emm_on_grid",
+           "stage_classify", "seed_b", "stage_reproducibility", "stage_disjoint", "rank_names",
+           "remove_stale", "stage_jacobian", "ct_delta", "stage_critical_times",
+           "stage_phase_times", "SECTION_MODULES", "section_stage", "section_defaults",
+           "section_result"]
+
 CLASSES = classify_lib.NAMES
 
 

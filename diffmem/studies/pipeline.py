@@ -25,6 +25,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from diffmem import report
 
+__all__ = ["stable_hash", "Result", "Stage", "Record", "Cache"]
+
 
 def stable_hash(obj) -> str:
     """16 hex digits of the sha256 of obj's sorted-key JSON (str() of what JSON cannot hold)."""
