@@ -23,6 +23,7 @@ Design:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from typing import Any, Callable
@@ -204,109 +205,115 @@ def _padded(batch: int, num_devices: int) -> int:
     return -(-batch // num_devices) * num_devices
 
 
-def make_multi_step(train_step: Callable, groups_meta: list[dict], mesh: Mesh, loop: str = "scan"):
+@flax.struct.dataclass
+class Group:
+    """The sweep members that step together (same padded batch, same number of steps), as arguments of the
+    compiled step: every array has a leading member axis (M,). The arrays are arguments of the programs, not
+    constants baked into them, so a second seed or a disjoint half with the same K runs the very same program
+    (a hit in XLA's persistent compilation cache instead of a new compilation).
+
+    seeds (M,) uint32; k (M,) int32 training-set sizes (rows >= k of the group's data are padding); batch (M,)
+    int32 batch sizes; labels (M, K_max) int32 class labels or None; sched: the members' schedule scalars in
+    images, {"batch", "lr_rampup", "ema_halflife", "ema_rampup_ratio"} each (M,) float32 (`make_train_step`),
+    or None; padded_batch (static): the rows of every member's batch, a multiple of the device count.
+    """
+    seeds: jax.Array
+    k: jax.Array
+    batch: jax.Array
+    labels: jax.Array | None
+    sched: dict | None
+    padded_batch: int = flax.struct.field(pytree_node=False)
+
+    @property
+    def lone(self) -> bool:
+        """A group of one model steps without vmap (batched dots of batch 1 are slower on CPU) and is carried
+        through the loop without its member axis (slicing and re-stacking every leaf each step costs)."""
+        return self.k.shape[0] == 1
+
+
+def group_step(train_step: Callable, state: TrainState, data: jax.Array, group: Group,
+               batch_sharding: NamedSharding):
+    """One optimizer step of every member of `group`: its batch at its own step (`make_batch`), its noise key
+    fold_in(fold_in(key(seed), 2), step), then `train_step`. state: the members' states (a lone member's
+    without the member axis); data (M, K_max, *S). Returns (state, metrics)."""
+    steps = state.step[None] if group.lone else state.step
+    base = jax.vmap(jax.random.key)(group.seeds)
+    data_keys = jax.vmap(jax.random.fold_in, (0, None))(base, 1)
+    noise_keys = jax.vmap(lambda b, s: jax.random.fold_in(jax.random.fold_in(b, 2), s))(base, steps)
+    x0, valid, rows = jax.vmap(make_batch, (0, 0, 0, 0, 0, None))(
+        data, group.k, group.batch, steps, data_keys, group.padded_batch)
+    labels = None
+    if group.labels is not None:
+        labels = jax.lax.with_sharding_constraint(jnp.take_along_axis(group.labels, rows, axis=1),
+                                                  batch_sharding)
+    x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
+    valid = jax.lax.with_sharding_constraint(valid, batch_sharding)
+    if group.lone:
+        extra = () if group.sched is None else (jax.tree.map(lambda v: v[0], group.sched),)
+        return train_step(state, x0[0], valid[0], noise_keys[0], None if labels is None else labels[0], *extra)
+    if group.sched is not None:
+        return jax.vmap(train_step)(state, x0, valid, noise_keys, labels, group.sched)
+    if labels is None:
+        return jax.vmap(train_step)(state, x0, valid, noise_keys)
+    return jax.vmap(train_step)(state, x0, valid, noise_keys, labels)
+
+
+def run_group(train_step: Callable, state: TrainState, data: jax.Array, group: Group,
+              batch_sharding: NamedSharding, num_steps: int | None):
+    """`num_steps` steps of one group in one `lax.scan` (None: one step, no loop). Returns (state, metrics)
+    with metrics {name: (num_steps, M)} (or (M,) for one step); a lone member's axis is dropped around the loop
+    and given back (the state's in front, the metrics' last)."""
+    def step(s):
+        return group_step(train_step, s, data, group, batch_sharding)
+
+    def loop(s):
+        if num_steps is None:
+            return step(s)
+        return jax.lax.scan(lambda c, _: step(c), s, None, length=num_steps)
+
+    if not group.lone:
+        return loop(state)
+    state, metrics = loop(jax.tree.map(lambda v: v[0], state))
+    return jax.tree.map(lambda v: v[None], state), jax.tree.map(lambda v: v[..., None], metrics)
+
+
+def make_multi_step(train_step: Callable, groups: list[Group], mesh: Mesh, loop: str = "scan"):
     """`(states, datas, num_steps) -> (states, metrics)` running `num_steps` steps of every group.
 
-    states, datas: tuples with one entry per group; inside a group, leaves have a leading model axis.
+    states, datas: tuples with one entry per group; inside a group, leaves have a leading member axis.
     num_steps: an int for every group, or one int per group (0: the group is left as it is, its metrics None).
-    A group's meta may hold "sched": this member's schedule scalars (members,) for `make_train_step`.
-    loop="scan": all steps in one compiled `lax.scan` (best for small MLPs, where dispatch dominates);
-    loop="python": one compiled step called num_steps times. XLA's CPU backend runs convolutions inside a
-    while loop about 20x slower than at top level (measured: DDPM UNet on digits, 3.2 s vs 0.14 s a step),
-    so convolutional networks use "python"; on accelerators both are fine.
+    Metrics: per group {name: (steps, members)}.
+    loop="scan": all steps in one compiled `lax.scan`, one program per group run one after the other (a tight
+    loop per model size beats one loop whose body steps every group; best for small MLPs, where dispatch
+    dominates); loop="python": one compiled step called num_steps times. XLA's CPU backend runs convolutions
+    inside a while loop about 20x slower than at top level (measured: DDPM UNet on digits, 3.2 s vs 0.14 s a
+    step), so convolutional networks use "python"; on accelerators both are fine.
     """
     if loop not in ("scan", "python"):
         raise ValueError(f"loop must be 'scan' or 'python'; got {loop!r}.")
     batch_sharding = NamedSharding(mesh, P(None, "data"))
     replicated = NamedSharding(mesh, P())
-
-    def lone(meta) -> bool:
-        # A lone model (group of one) steps without vmap (batched dots of batch 1 are slower on CPU) and is
-        # carried through the loop without its model axis (slicing and re-stacking every leaf each step costs).
-        return meta["k"].shape[0] == 1
-
-    def one_group_step(state, data, meta):
-        steps = state.step[None] if lone(meta) else state.step
-        base = jax.vmap(jax.random.key)(meta["seeds"])
-        data_keys = jax.vmap(jax.random.fold_in, (0, None))(base, 1)
-        noise_keys = jax.vmap(lambda b, s: jax.random.fold_in(jax.random.fold_in(b, 2), s))(base, steps)
-        x0, valid, rows = jax.vmap(make_batch, (0, 0, 0, 0, 0, None))(
-            data, meta["k"], meta["batch"], steps, data_keys, meta["padded_batch"])
-        labels = None
-        if meta.get("labels") is not None:
-            labels = jax.lax.with_sharding_constraint(jnp.take_along_axis(meta["labels"], rows, axis=1),
-                                                      batch_sharding)
-        x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
-        valid = jax.lax.with_sharding_constraint(valid, batch_sharding)
-        sched = meta.get("sched")
-        if lone(meta):
-            extra = () if sched is None else (jax.tree.map(lambda v: v[0], sched),)
-            return train_step(state, x0[0], valid[0], noise_keys[0], None if labels is None else labels[0], *extra)
-        if sched is not None:
-            return jax.vmap(train_step)(state, x0, valid, noise_keys, labels, sched)
-        if labels is None:
-            return jax.vmap(train_step)(state, x0, valid, noise_keys)
-        return jax.vmap(train_step)(state, x0, valid, noise_keys, labels)
-
-    def group_loop(state, data, meta, run):
-        """run(state, step_fn) -> (state, metrics) over one group, dropping a lone model's axis around it."""
-        if not lone(meta):
-            return run(state, lambda s: one_group_step(s, data, meta))
-        state, metrics = run(jax.tree.map(lambda v: v[0], state), lambda s: one_group_step(s, data, meta))
-        # The state gets its model axis back in front; the metrics (steps,) of a scan or () of one step get it
-        # last, as a group's metrics are (steps, members).
-        return jax.tree.map(lambda v: v[None], state), jax.tree.map(lambda v: v[..., None], metrics)
+    groups = [jax.tree.map(lambda a: jax.device_put(np.asarray(a), replicated), g) for g in groups]
+    program = jax.jit(functools.partial(run_group, train_step), static_argnums=(3, 4), donate_argnums=0)
 
     def counts(num_steps) -> list[int]:
-        return [int(num_steps)] * len(groups_meta) if np.ndim(num_steps) == 0 else [int(n) for n in num_steps]
-
-    # The meta arrays (seeds, K, batch, labels, schedule) are arguments of the compiled programs, not constants
-    # baked into them: a second seed, or a disjoint half with the same K, then runs the very same program (a
-    # hit in XLA's persistent compilation cache instead of a new compilation).
-    def split(meta):
-        arrays = {k: (None if v is None else jax.tree.map(lambda a: jax.device_put(np.asarray(a), replicated), v))
-                  for k, v in meta.items() if k != "padded_batch"}
-        return arrays, meta["padded_batch"]
-
-    def with_static(arrays, padded_batch):
-        return dict(arrays, padded_batch=padded_batch)
-
-    if loop == "python":
-        def one_step_fn(meta):
-            arrays, padded = split(meta)
-            fn = jax.jit(lambda s, d, a: group_loop(s, d, with_static(a, padded), lambda s0, f: f(s0)),
-                         donate_argnums=0)
-            return lambda s, d: fn(s, d, arrays)
-        ones = [one_step_fn(m) for m in groups_meta]
-
-        def python_loop(states, datas, num_steps):
-            out_states, out_metrics = [], []
-            for one, state, data, n in zip(ones, states, datas, counts(num_steps)):
-                metrics = []
-                for _ in range(n):
-                    state, m = one(state, data)
-                    metrics.append(m)
-                out_states.append(state)
-                out_metrics.append(jax.tree.map(lambda *xs: jnp.stack(xs), *metrics) if metrics else None)
-            return tuple(out_states), tuple(out_metrics)
-        return python_loop
-
-    # One compiled scan per group, run one after the other: a tight loop per model size runs faster than one
-    # loop whose body steps every group (measured on the tutorial's K = 2, 9, 1000 sweep).
-    def group_scan(meta):
-        arrays, padded = split(meta)
-
-        def run(state, data, arrays, num_steps):
-            return group_loop(state, data, with_static(arrays, padded),
-                              lambda s0, f: jax.lax.scan(lambda s, _: f(s), s0, None, length=num_steps))
-        fn = jax.jit(run, static_argnums=3, donate_argnums=0)
-        return lambda state, data, num_steps: fn(state, data, arrays, num_steps)
-
-    scans = [group_scan(m) for m in groups_meta]
+        return [int(num_steps)] * len(groups) if np.ndim(num_steps) == 0 else [int(n) for n in num_steps]
 
     def multi_step(states, datas, num_steps):
-        out = [scan(s, d, n) if n else (s, None) for scan, s, d, n in zip(scans, states, datas, counts(num_steps))]
-        return tuple(o[0] for o in out), tuple(o[1] for o in out)
+        out_states, out_metrics = [], []
+        for group, state, data, n in zip(groups, states, datas, counts(num_steps)):
+            metrics = None
+            if n and loop == "scan":
+                state, metrics = program(state, data, group, batch_sharding, n)
+            elif n:
+                per_step = []
+                for _ in range(n):
+                    state, m = program(state, data, group, batch_sharding, None)
+                    per_step.append(m)
+                metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
+            out_states.append(state)
+            out_metrics.append(metrics)
+        return tuple(out_states), tuple(out_metrics)
 
     return multi_step
 
@@ -404,20 +411,20 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
                      steps=[sc.steps for sc in scheds])
     replicated = NamedSharding(mesh, P())
     init_fn = jax.jit(model.init)  # one compilation for every member
-    metas, datas, states = [], [], []
+    records, datas, states = [], [], []
     for idx in groups:
         members = [specs[i] for i in idx]
         k_max = max(s.k for s in members)
         data = np.zeros((len(members), k_max) + members[0].data.shape[1:], np.float32)
         for j, s in enumerate(members):
             data[j, : s.k] = s.data
-        metas.append({"seeds": jnp.asarray([s.seed for s in members], jnp.uint32),
-                      "k": jnp.asarray([s.k for s in members], jnp.int32),
-                      "batch": jnp.asarray([s.batch_size for s in members], jnp.int32),
-                      "padded_batch": _padded(members[0].batch_size, n_dev),
-                      "labels": _group_labels(members, k_max),
-                      "sched": _group_schedule([scheds[i] for i in idx]) if lr_in_images or ema_in_images
-                      else None})
+        records.append(Group(seeds=jnp.asarray([s.seed for s in members], jnp.uint32),
+                             k=jnp.asarray([s.k for s in members], jnp.int32),
+                             batch=jnp.asarray([s.batch_size for s in members], jnp.int32),
+                             labels=_group_labels(members, k_max),
+                             sched=_group_schedule([scheds[i] for i in idx]) if lr_in_images or ema_in_images
+                             else None,
+                             padded_batch=_padded(members[0].batch_size, n_dev)))
         datas.append(jax.device_put(data, replicated))
         states.append([init_state(model, optimizer, s, init_fn) for s in members])
 
@@ -443,7 +450,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
     start = min(unfinished) if unfinished else max(starts)   # the sweep's clock resumes here
     _trim_metrics(metrics_path, start)
 
-    multi_step = make_multi_step(train_step, metas, mesh, loop="scan" if builders.is_vector_model(config) else "python")
+    multi_step = make_multi_step(train_step, records, mesh, loop="scan" if builders.is_vector_model(config) else "python")
     # One clock for the sweep, in chunks of steps_per_call; group g runs while its own step is below
     # min(clock, its total), so a shorter member stops at its own end (and a group resumed later waits).
     group_step, last_saved = list(starts), list(starts)
