@@ -2,7 +2,7 @@
 """Analytic local score machines against the trained models of a workdir (diffmem.machines).
 
     python bin/machines.py calibrate --workdir=runs/digits --machine=els          # k(sigma) per K
-    python bin/machines.py agreement --workdir=runs/digits --machines=ideal,els,bbels,wiener --seeds=16
+    python bin/machines.py agreement --workdir=runs/digits --machines=ideal,els,bbels,wiener --seeds=0-15
     python bin/machines.py agreement --workdir=runs/digits --network=optimal      # how local is the optimum?
 
 calibrate: per noise level, the patch size (PSPC-flex: tau) whose machine is closest (MSE) to the network's
@@ -32,9 +32,9 @@ flags.DEFINE_list("candidates", None,
 flags.DEFINE_list("sigmas", None, "Noise levels of the calibration; default 10 log-spaced over the model's range.")
 flags.DEFINE_integer("images", 16, "Noised training images per noise level.")
 flags.DEFINE_enum("on", "train", ["train", "heldout"], "agreement: noise training or held-out images.")
-flags.DEFINE_integer("seeds", 16, "agreement: seeds 0..seeds-1 of the sample comparison.")
+flags.DEFINE_string("seeds", "0-15", "agreement: the seeds of the sample comparison ('0-15', '0,5,7').")
 flags.DEFINE_string("sampler", "edm_euler", "agreement: the deterministic sampler both sides run.")
-flags.DEFINE_integer("steps", 18, "agreement: sampler steps.")
+flags.DEFINE_integer("sample_steps", 18, "agreement: sampler steps.")
 flags.DEFINE_integer("chunk", None, "Training images per streamed chunk (default: automatic).")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
@@ -42,6 +42,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from diffmem.errors import InputError
+    from diffmem.seeds import parse_seeds
+    seeds = parse_seeds(FLAGS.seeds)
     from diffmem.machines import calibration
     if len(argv) != 2 or argv[1] not in ("calibrate", "agreement"):
         raise InputError("Say what to do: bin/machines.py calibrate|agreement --workdir=...")
@@ -54,8 +56,8 @@ def main(argv):
             print(f"K={name}: k(sigma) {res['schedule']['values']} r^2 {[round(v, 3) for v in res['r2']]}")
     else:
         print(agreement.write_report(FLAGS.workdir, FLAGS.k, machines=FLAGS.machines, calibrate_machine=FLAGS.machine,
-                                     images=FLAGS.on, num_seeds=FLAGS.seeds, sampler=FLAGS.sampler,
-                                     num_steps=FLAGS.steps, **common))
+                                     images=FLAGS.on, seeds=seeds, sampler=FLAGS.sampler,
+                                     num_steps=FLAGS.sample_steps, **common))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from diffmem import cli
 
 flags.DEFINE_string("workdir", None, "Side a: a sampled workdir (bin/sample.py).")
 flags.DEFINE_string("other", "optimal", "Side b: another workdir sampled with the same seeds, or 'optimal' for "
-                    "side a's optimal-denoiser samples (bin/sample.py --model=optimal).")
+                    "side a's optimal-denoiser samples (bin/sample.py --kind=optimal).")
 flags.DEFINE_enum("features", "pixel", ["pixel", "lpips", "sscd"], "Feature space of the cosine similarities.")
 flags.DEFINE_float("threshold", 0.6, "Cosine-similarity threshold (Zhang et al.: 0.6).")
 flags.DEFINE_list("k", None, "Only these models (names = K); default all sampled on both sides.")

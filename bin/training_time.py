@@ -4,6 +4,7 @@ its fits tau_mem = c K and c K^alpha, figures and report under <workdir>/trainin
 
     python bin/training_time.py --config=configs/gmm.py:k=64+256+1024,dim=8,steps=20000 --workdir=runs/tt
     python bin/training_time.py --workdir=runs/tt --level=0.3            # measure an existing workdir again
+    python bin/training_time.py --workdir=runs/tt --sample_steps=500     # EM with 500 steps
     python bin/training_time.py --workdir=runs/digits --num_samples=128 # the checkpoints a workdir already has
 
 With --config the sweep is trained (or resumed) keeping --snapshots log-spaced checkpoints
@@ -24,7 +25,8 @@ flags.DEFINE_float("level", 0.5, "tau_mem: the first step with f_mem >= level (i
 flags.DEFINE_integer("num_samples", 256, "Samples per snapshot (fixed seeds 0..num_samples-1).")
 flags.DEFINE_enum("sampler", None, sorted(config_schema.SAMPLER_SETTINGS), "Default: the config's sampler (DDPM ancestral "
                   "replaced by DDIM 100 steps, as Bonnaire et al.).")
-flags.DEFINE_integer("steps", None, "Sampler steps (num_steps).")
+flags.DEFINE_integer("sample_steps", None, "Sampler steps (num_steps; training steps are the config's "
+                     "steps=).")
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the error bars.")
 flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
 flags.DEFINE_list("k", None, "Only these models (names = K), default all.")
@@ -36,7 +38,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from diffmem.studies import training_time
-    kw = dict(level=FLAGS.level, num_samples=FLAGS.num_samples, sampler=FLAGS.sampler, num_steps=FLAGS.steps,
+    kw = dict(level=FLAGS.level, num_samples=FLAGS.num_samples, sampler=FLAGS.sampler, num_steps=FLAGS.sample_steps,
               num_bootstrap=FLAGS.bootstrap, seed=FLAGS.seed, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
     if cli.CONFIG is not None:
         out = training_time.run(cli.CONFIG, FLAGS.workdir, num_snapshots=FLAGS.snapshots, names=FLAGS.k, **kw)

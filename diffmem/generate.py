@@ -75,7 +75,7 @@ def open_workdir(workdir: str, config: ml_collections.ConfigDict | None, model: 
     elif model == "trained":
         raise MissingInputError(f"{workdir} holds no trained models (no config.json): train them first "
                                 f"(python bin/train.py --config=... --workdir={workdir}), or sample the empirical "
-                                "optimal denoiser with --model=optimal.")
+                                "optimal denoiser with --kind=optimal.")
     else:
         wd.write_config(config)
         wd.specs(config, record=True)

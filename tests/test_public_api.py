@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib
 import os
+import re
 import subprocess
 import sys
 
@@ -179,3 +180,21 @@ def test_sample_draws_what_bin_sample_writes(tmp_path):
                            "edm_euler", shape=m.shape, sigma_range=(m.sigma_min, m.sigma_max),
                            data_range=m.data_range, num_steps=3, mesh=mesh)
     np.testing.assert_allclose(plain, written, atol=1e-6)
+
+
+# ------------------------------------------------------------------- flags across bin/
+def test_bin_flags_mean_one_thing():
+    """--steps is training steps (sampler steps are --sample_steps), --seeds a seed range read by
+    diffmem.seeds.parse_seeds, --kind=trained|optimal (never --model) for the model kind."""
+    folder = os.path.join(REPO, "bin")
+    for f in sorted(os.listdir(folder)):
+        if not f.endswith(".py"):
+            continue
+        with open(os.path.join(folder, f)) as fh:
+            text = fh.read()
+        assert 'DEFINE_enum("model"' not in text, f"{f}: the kind flag is --kind"
+        steps = re.search(r'DEFINE_\w+\("steps",[^"]*"([^"]*)"', text)
+        assert steps is None or "raining steps" in steps.group(1), f"{f}: --steps is training steps"
+        seeds = re.search(r'DEFINE_(\w+)\("seeds"', text)
+        if seeds:
+            assert seeds.group(1) == "string" and "parse_seeds(FLAGS.seeds" in text, f

@@ -226,7 +226,8 @@ def test_overlaps_conflicts_and_corrupt_shards(tmp_path):
 def test_sample_script_optimal_from_a_config_without_training(tmp_path):
     w = str(tmp_path / "opt")
     cmd = [sys.executable, os.path.join(REPO, "bin", "sample.py"), "--config=" + os.path.join(REPO, "configs/digits.py")
-           + ":k=16", "--model=optimal", f"--workdir={w}", "--seeds=0-3", "--sampler=edm_euler", "--steps=2"]
+           + ":k=16", "--kind=optimal", f"--workdir={w}", "--seeds=0-3", "--sampler=edm_euler",
+           "--sample_steps=2"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -235,4 +236,4 @@ def test_sample_script_optimal_from_a_config_without_training(tmp_path):
     assert os.path.exists(os.path.join(w, "subsets", "16.npz"))
     proc = subprocess.run(cmd[:3] + [f"--workdir={tmp_path / 'new'}", "--seeds=0-3"], env=env, capture_output=True,
                           text=True, timeout=300)
-    assert proc.returncode != 0 and "--model=optimal" in proc.stderr
+    assert proc.returncode != 0 and "--kind=optimal" in proc.stderr

@@ -121,15 +121,15 @@ def agreement_vs_k(workdir, names: Sequence[str] | None = None, *, machines: Seq
                    network: str = "trained", calibrate_machine: str = "els", candidates=None,
                    sigmas: Sequence[float] | None = None, num_images: int = 16, images: str = "train",
                    num_seeds: int = 16, sampler: str = "edm_euler", num_steps: int = 18, chunk: int | None = None,
-                   seed: int = 0, progress: bool = True) -> dict:
+                   seed: int = 0, progress: bool = True, seeds: Sequence[int] | None = None) -> dict:
     """Agreement of each machine with the network for each K of a workdir ({name: row}, rows as `agreement_for`),
     saved as machines/agreement/<name>.json and reused when a rerun asks for the same settings.
 
     network: "trained" (the checkpoint's EMA weights) or "optimal" (the empirical denoiser: how local is the
     memorizing optimum?). calibrate_machine: the machine whose hyperparameter is calibrated first (every tuned
     machine gets its own calibration); None: no calibration, the machines' default schedules. images: "train"
-    or "heldout" (noised images of the denoiser comparison and the calibration). num_seeds: seeds
-    0..num_seeds-1 of the sample comparison."""
+    or "heldout" (noised images of the denoiser comparison and the calibration). seeds: the seeds of the
+    sample comparison (default 0..num_seeds-1)."""
     wd = workdir if isinstance(workdir, wdlib.Workdir) else wdlib.Workdir(os.fspath(workdir))
     bad = [m for m in machines if m not in mm.MACHINES]
     if bad or calibrate_machine not in TUNED + (None,):
@@ -138,10 +138,14 @@ def agreement_vs_k(workdir, names: Sequence[str] | None = None, *, machines: Seq
     if images not in ("train", "heldout") or network not in wdlib.KINDS:
         raise InputError(f"images must be 'train' or 'heldout' and network one of {wdlib.KINDS}.")
     names = wd.names() if names is None else [str(n) for n in names]
+    seeds = np.arange(num_seeds) if seeds is None else np.asarray(seeds, np.int64).reshape(-1)
+    num_seeds = len(seeds)
     settings = dict(machines=list(machines), network=network, calibrate_machine=calibrate_machine,
                     candidates=None if candidates is None else list(candidates),
                     sigmas=None if sigmas is None else [float(s) for s in sigmas], num_images=num_images,
                     images=images, num_seeds=num_seeds, sampler=sampler, num_steps=num_steps, seed=seed)
+    if not np.array_equal(seeds, np.arange(num_seeds)):  # 0..n-1 is recorded as num_seeds alone
+        settings["seeds"] = seeds.tolist()
     rows = {}
     for name in tqdm(wdlib.sort_names(names), desc="machines vs network", disable=not progress):
         path = output_dir(wd, "agreement", f"{name}.json")
@@ -151,7 +155,7 @@ def agreement_vs_k(workdir, names: Sequence[str] | None = None, *, machines: Seq
             continue
         row = agreement_for(wd, name, machines=machines, network=network, calibrate_machine=calibrate_machine,
                             candidates=candidates, sigmas=sigmas, num_images=num_images, images=images,
-                            seeds=np.arange(num_seeds), sampler=sampler, num_steps=num_steps, chunk=chunk, seed=seed)
+                            seeds=seeds, sampler=sampler, num_steps=num_steps, chunk=chunk, seed=seed)
         if wdlib.is_writer():
             report.write_json(path, dict(settings=settings, step=_step(wd, name, network), row=row))
         rows[name] = row

@@ -57,7 +57,7 @@ def open_workdir(workdir: str, config=None) -> Workdir:
         wd.write_config(config)
     elif not wd.exists():
         raise MissingInputError(f"{workdir} has no config.json: train there first (bin/train.py), or pass "
-                                "--config=... to study the optimal denoiser (--model=optimal) without training.")
+                                "--config=... to study the optimal denoiser (--kind=optimal) without training.")
     return wd
 
 
