@@ -137,6 +137,8 @@ def test_empirical_denoiser_takes_one_example_or_a_batch():
                                energy.dense_am_energy(x[None], y, 2.0)[0])
     with pytest.raises(InputError, match=r"one example of shape \(2,\)"):
         d(jnp.ones(3), 0.1)
+    with pytest.raises(InputError, match=r"batch x \(B, \*S\)"):
+        diffmem.log_likelihood(None, diffmem.VESDE(), x, denoiser=d)
 
 
 # ---------------------------------------------------------------------------- diffmem.sample
