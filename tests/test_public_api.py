@@ -200,3 +200,19 @@ def test_bin_flags_mean_one_thing():
         seeds = re.search(r'DEFINE_(\w+)\("seeds"', text)
         if seeds:
             assert seeds.group(1) == "string" and "parse_seeds(FLAGS.seeds" in text, f
+
+
+def test_sample_of_a_toy_model_takes_the_config_settings(tmp_path, one_device):
+    """EM on the circle's optimal model: with the workdir's config, diffmem.sample uses its
+    sample.eps (1e-4) as bin/sample.py does, and draws the samples the workdir path writes."""
+    config = configlib.load_config_file(os.path.join(REPO, "configs/circle.py") + ":k=2")
+    seeds = np.arange(4)
+    generate.sample_workdir(str(tmp_path), seeds, "em", model="optimal", config=config,
+                            num_steps=20, progress=False)
+    wd = Workdir(str(tmp_path))
+    data = wd.read_samples("2", "optimal")
+    assert data["settings"]["eps"] == 1e-4
+    m = wd.model("2", kind="optimal")
+    got = diffmem.sample(m, seeds, config=wd.config, num_steps=20)
+    np.testing.assert_array_equal(got, data["samples"])
+    assert not np.array_equal(diffmem.sample(m, seeds, num_steps=20), got)  # eps = t_min = 1e-5
