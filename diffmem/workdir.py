@@ -30,6 +30,11 @@ from diffmem.layout import STUDY_OUTPUTS, Layout, partial_path, sort_key, sort_n
 from diffmem.layout import seeds_tag as _seeds_tag  # noqa: F401 (studies.training_time)
 from diffmem.model import Model  # noqa: F401 (callers import it from here too)
 
+__all__ = ["KINDS", "RERUN_KEYS", "DatasetChangedError", "make_model", "trained_model",
+           "optimal_from_spec", "optimal_model", "config_differences", "config_as_json",
+           "is_writer", "Workdir", "read_shard", "read_sample_files", "settings_difference",
+           "merge_shards", "write_shard", "remove_set_files"]
+
 KINDS = ("trained", "optimal")
 RERUN_KEYS = ("steps", "schedule.duration_mimg", "sample", "study", "monitor", "log_every", "keep_checkpoints")
 """Config keys (dotted for nested ones) a rerun into an existing workdir may change: `steps` and
@@ -158,7 +163,7 @@ class Workdir(Layout):
         if not os.path.exists(path):
             raise MissingInputError(f"{path} not found: {self.path} is not a diffmem workdir. Train into it first "
                                     f"(python bin/train.py --config=... --workdir={self.path}), or sample the optimal "
-                                    "denoiser with --config=... --model=optimal.")
+                                    "denoiser with --config=... --kind=optimal.")
         try:
             with open(path) as f:
                 obj = json.load(f)
@@ -296,7 +301,7 @@ class Workdir(Layout):
         if not files:
             raise MissingInputError(f"No samples in {self.samples_dir(name, kind, step)}: sample the model first "
                                     f"(python bin/sample.py --workdir={self.path} --k={name}"
-                                    f"{' --model=optimal' if kind == 'optimal' else ''}).")
+                                    f"{' --kind=optimal' if kind == 'optimal' else ''}).")
         return read_sample_files(files)
 
 

@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "diffmem")
 
 # Modules another change is rewriting right now; they get their __all__ when it lands.
-PENDING_ALL = {"diffmem.monitor", "diffmem.sampling", "diffmem.train", "diffmem.workdir"}
+PENDING_ALL = {"diffmem.monitor", "diffmem.sampling", "diffmem.train"}
 
 CORE = {"Model": "diffmem.model", "Workdir": "diffmem.workdir", "VESDE": "diffmem.sde",
         "GeometricVESDE": "diffmem.sde", "VPSDE": "diffmem.sde", "EDM": "diffmem.precond",
