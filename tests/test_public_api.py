@@ -61,6 +61,12 @@ def test_dir_lists_the_public_names_and_submodules_only():
         diffmem.nope  # noqa: B018
 
 
+def test_importing_the_package_stays_cheap():
+    code = ("import sys, diffmem; names = dir(diffmem); "
+            "assert 'jax' not in sys.modules and 'matplotlib' not in sys.modules, names")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
 @pytest.mark.parametrize("name", sorted(CORE))
 def test_core_names_resolve_to_their_module(name):
     assert getattr(diffmem, name) is getattr(importlib.import_module(CORE[name]), name)
