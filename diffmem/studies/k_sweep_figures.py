@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from diffmem import viz
 from diffmem.studies import k_sweep_results as res
 from diffmem.studies.k_sweep_results import CLASSES
-
-import matplotlib.pyplot as plt  # noqa: E402  (after viz, which selects the Agg backend)
 
 __all__ = ["COLORS", "series", "draw_figures", "panel_classes", "panel_gu", "panel_scores",
            "panel_disjoint", "panel_critical", "rank_figure"]
