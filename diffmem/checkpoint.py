@@ -19,6 +19,7 @@ Checkpoints written before checksums were recorded are read without the check.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -164,6 +165,19 @@ def wait(mngr: ocp.CheckpointManager) -> None:
     """Wait for the manager's asynchronous saves; a failed one is raised as in `check`."""
     with _write_errors(mngr):
         mngr.wait_until_finished()
+
+
+@contextlib.contextmanager
+def finish_saves_when_stopped(managers):
+    """However the block stops (an error, Ctrl-C), the asynchronous saves of `managers` already under way are
+    finished first, so every checkpoint started is complete on disk; their own errors do not hide the first."""
+    try:
+        yield
+    except BaseException:
+        for m in managers:
+            with contextlib.suppress(Exception):
+                m.wait_until_finished()
+        raise
 
 
 def _check_free_space(mngr: ocp.CheckpointManager, step: int, tree: Any) -> None:

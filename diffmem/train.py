@@ -2,8 +2,9 @@
 
     states = train(config, workdir)
 
-Sections: (1) state and step, (2) batches, (3) the compiled multi-step loop over a sweep of models,
-(4) the driver: resume, progress, metrics, checkpoints, NaN guard.
+Sections: (1) state and step, (2) batches (`diffmem.data.batches`), (3) the compiled multi-step loop over a
+sweep of models, (4) the driver: resume, progress, metrics, checkpoints, NaN guard. The optimizer and the
+EMA decay are `diffmem.optim`.
 
 Design:
   * `TrainState` holds params, EMA params, optimizer state and step; `make_train_step` is pure.
@@ -22,7 +23,6 @@ Design:
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import time
@@ -39,7 +39,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from diffmem import (builders, checkpoint, config_schema, configlib, cpu_parallel, devices, lock, monitor, multihost,
                      report, schedules)
 from diffmem import workdir as workdir_lib
-from diffmem.errors import DiffmemError, WriteError
+from diffmem.data.batches import make_batch
+from diffmem.optim import ema_decay, make_optimizer, optimizer_from_config  # noqa: F401 (train's API)
+from diffmem.errors import DiffmemError
 
 RULES = config_schema.RULES  # every config value's allowed range (checked when a config is read, and here)
 
@@ -59,47 +61,6 @@ class TrainState:
     def as_dict(self) -> dict:
         return {"step": self.step, "params": self.params, "ema_params": self.ema_params,
                 "opt_state": self.opt_state}
-
-
-def make_optimizer(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, grad_clip: float = 0.0,
-                   warmup_steps: int = 0, flatten: bool = False, decay_every: int = 0,
-                   decay_factor: float = 0.5) -> optax.GradientTransformation:
-    """Adam with optional global-norm clipping (grad_clip > 0) and linear learning-rate warm-up.
-
-    decay_every > 0: the learning rate is multiplied by `decay_factor` every `decay_every` steps (staircase;
-    Kadkhodaie et al.: 1e-3 halved every 100 epochs).
-
-    flatten=True runs it on all parameters as one vector (`optax.flatten`): a few large ops per step instead
-    of a few per parameter array, which is what a small MLP's step is made of (+6-20% steps/s at K = 9).
-    """
-    schedule = optax.linear_schedule(0.0, lr, warmup_steps) if warmup_steps else lr
-    if decay_every:
-        warm = schedule
-        staircase = optax.exponential_decay(1.0, decay_every, decay_factor, staircase=True)
-        schedule = lambda count: (warm(count) if callable(warm) else warm) * staircase(count)
-    parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-    optimizer = optax.chain(*parts, optax.adam(schedule, b1=b1, b2=b2, eps=eps))
-    return optax.flatten(optimizer) if flatten else optimizer
-
-
-def optimizer_from_config(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The optimizer of `config.optim`, flattened for the toy (MLP) models; what training and every reader
-    of its checkpoints must build alike."""
-    o = config.optim
-    return make_optimizer(o.lr, o.b1, o.b2, o.eps, o.grad_clip, o.get("warmup_steps", 0),
-                          flatten=builders.is_vector_model(config), decay_every=o.get("decay_every", 0),
-                          decay_factor=o.get("decay_factor", 0.5))
-
-
-def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
-    """EMA decay at `step`: min(decay, (1 + step) / (10 + step)) with warm-up, else `decay`.
-
-    Without warm-up a 0.9999 EMA still carries the initial weights after 20,000 steps.
-    """
-    if not warmup:
-        return jnp.asarray(decay, jnp.float32)
-    step = step.astype(jnp.float32)
-    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, decay: float, warmup: bool, *,
@@ -145,33 +106,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
 
 
 # ------------------------------------------------------------------------------------------- 2. batches
-def make_batch(data: jax.Array, k: jax.Array, batch: jax.Array, step: jax.Array, key: jax.Array,
-               padded_batch: int) -> tuple[jax.Array, jax.Array]:
-    """The batch of one model at `step`: a DataLoader-style shuffled epoch over its K examples.
-
-    data: (K_max, *S), rows >= k are padding. Each epoch (ceil(k / batch) steps) is a fresh permutation
-    drawn from fold_in(key, epoch). Returns x0 (padded_batch, *S), valid (padded_batch,) in {0, 1} and
-    the rows of `data` taken (padded_batch,) int (to gather the examples' labels).
-    """
-    k_max = data.shape[0]
-    steps_per_epoch = (k + batch - 1) // batch
-    epoch, pos = step // steps_per_epoch, step % steps_per_epoch
-    perm = _permutation(jax.random.fold_in(key, epoch), k, k_max)
-    slot = pos * batch + jnp.arange(padded_batch)
-    valid = (jnp.arange(padded_batch) < batch) & (slot < k)
-    rows = perm[jnp.clip(slot, 0, k_max - 1)]
-    return data[rows], valid.astype(data.dtype), rows
-
-
-def _permutation(key: jax.Array, k: jax.Array, k_max: int) -> jax.Array:
-    """A uniformly random order of rows 0..k-1, followed by the padding rows k..k_max-1: (k_max,) int32.
-
-    A uniform permutation of all k_max rows (`jax.random.permutation`), then a stable sort that keeps the
-    valid rows first, in their (uniform) relative order, and puts the padding rows after them in order.
-    """
-    perm = jax.random.permutation(key, k_max).astype(jnp.int32)
-    return perm[jnp.argsort(jnp.where(perm < k, -1, perm), stable=True)]
-
+# `make_batch` (diffmem.data.batches): a DataLoader-style shuffled epoch over each member's K examples.
 
 # ------------------------------------------------------------------------- 3. compiled loop over a sweep
 def _groups(specs: list[builders.ModelSpec], num_devices: int, vmap: bool = True,
@@ -352,11 +287,6 @@ def _resume_step(workdir: str, names: list[str]) -> int:
     return max(common)
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Write workdir/config.json or check a rerun against it: `Workdir.write_config` (the one rerun rule)."""
-    workdir_lib.Workdir(workdir).write_config(config)
-
-
 def use_one_cpu_thread_if_small(config: ml_collections.ConfigDict) -> bool:
     """The opt-in CPU policy (`bin/train.py --cpu_policy`), before JAX's first computation: one XLA CPU thread
     when every model of a toy config trains on small batches (`cpu_parallel.one_thread_for_small_batches`;
@@ -460,7 +390,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
     window = [[] for _ in groups]  # per group, the chunks' metrics since the last metrics line
     config_json = workdir_lib.config_as_json(config)  # recorded with every checkpoint
     with report.JsonlAppender(metrics_path) as metrics_file, devices.matmul_precision(config.get("matmul_precision", "default")), \
-            _checkpoint_writes(workdir), _finish_saves_when_stopped(managers):
+            checkpoint.finish_saves_when_stopped(managers.values()):
         if mon is not None:  # f_mem at the resumed step (deterministic), as the uninterrupted run had it
             end = mon.resume(starts, totals, stacked, metrics_file)
         while step < end:
@@ -502,37 +432,10 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
                         checkpoint.save(managers[specs[i].name], at, member.as_dict(), config=config_json)
                     last_saved[g] = at
     bar.close()
-    with _checkpoint_writes(workdir):
-        for m in managers.values():
-            checkpoint.wait(m)
+    for m in managers.values():
+        checkpoint.wait(m)
     return {specs[i].name: jax.tree.map(lambda x: x[j], stacked[g])
             for g, idx in enumerate(groups) for j, i in enumerate(idx)}
-
-
-@contextlib.contextmanager
-def _finish_saves_when_stopped(managers: dict):
-    """However training stops (diverged, a failed write, Ctrl-C), the asynchronous saves already under way are
-    finished, so every checkpoint the run started is complete on disk; their own errors do not hide the first."""
-    try:
-        yield
-    except BaseException:
-        for m in managers.values():
-            with contextlib.suppress(Exception):
-                m.wait_until_finished()
-        raise
-
-
-@contextlib.contextmanager
-def _checkpoint_writes(workdir: str):
-    """orbax's OSErrors (full disk, read-only or unwritable checkpoints/) as a `WriteError` naming the path."""
-    try:
-        yield
-    except OSError as e:
-        if isinstance(e, DiffmemError):
-            raise
-        raise WriteError(
-            f"Cannot write a checkpoint under {os.path.join(workdir, 'checkpoints')}: {e}. Free disk space or make "
-            "it writable, then rerun: training resumes from the last complete checkpoint.") from e
 
 
 def window_means(metrics: dict[str, np.ndarray], member: int, name: str) -> dict[str, float]:

@@ -186,10 +186,12 @@ def test_distributed_start_after_jax_started_is_a_clear_error():
 def test_checkpoint_write_failure_is_a_write_error(tmp_path, monkeypatch, one_device):
     """orbax raises a bare OSError when checkpoints/ cannot be written (measured: NotADirectoryError on the
     step's temporary directory); training reports it naming the directory and what to do."""
-    def full_disk(mngr, step, tree, **kw):
-        raise OSError(errno.ENOSPC, "No space left on device", f"{mngr.directory}/{step}.orbax-checkpoint-tmp")
+    import orbax.checkpoint as ocp
 
-    monkeypatch.setattr(checkpoint, "save", full_disk)
+    def full_disk(self, step, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", f"{self.directory}/{step}.orbax-checkpoint-tmp")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
     c = tiny_config(steps=10)
     c.model.hidden, c.model.embed = 8, 8
     with pytest.raises(WriteError, match=r"Cannot write a checkpoint under .*checkpoints.*No space left"):

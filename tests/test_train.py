@@ -15,7 +15,7 @@ import pytest
 
 from diffmem import builders, checkpoint, configlib, devices, losses, report, train
 from diffmem import sde as sde_lib
-from diffmem.data import toy
+from diffmem.data import batches, toy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -216,7 +216,7 @@ def test_make_batch_rows_are_the_examples_taken():
     data = jnp.arange(10, dtype=jnp.float32)[:, None] * jnp.ones((1, 3))  # row i holds the value i
     seen = []
     for step in range(3):  # K = 9 of 10 rows (row 9 is padding), batch 3: one epoch
-        x0, valid, rows = train.make_batch(data, jnp.int32(9), jnp.int32(3), jnp.int32(step), jax.random.key(0), 4)
+        x0, valid, rows = batches.make_batch(data, jnp.int32(9), jnp.int32(3), jnp.int32(step), jax.random.key(0), 4)
         np.testing.assert_array_equal(np.asarray(x0)[:, 0], np.asarray(rows))
         np.testing.assert_array_equal(np.asarray(valid), [1, 1, 1, 0])
         seen.extend(np.asarray(rows)[:3].tolist())
@@ -226,7 +226,7 @@ def test_make_batch_rows_are_the_examples_taken():
 @pytest.mark.parametrize("k_max", [7, 5000])
 def test_epoch_permutation_is_uniform_with_padding_last(k_max):
     k = k_max - 2
-    perms = jax.jit(jax.vmap(lambda key: train._permutation(key, jnp.int32(k), k_max)))(
+    perms = jax.jit(jax.vmap(lambda key: batches._permutation(key, jnp.int32(k), k_max)))(
         jax.random.split(jax.random.key(1), 2000))
     perms = np.asarray(perms)
     np.testing.assert_array_equal(np.sort(perms[:, :k], axis=1), np.broadcast_to(np.arange(k), (2000, k)))
