@@ -87,7 +87,8 @@ def _with_params(probe: wdlib.Model, config, net, params) -> wdlib.Model:
 class ParamsSampler:
     """`sample(ema_params, seeds) -> (N, *S)` numpy for any member of a config: one compiled program taking
     the parameters as an argument (snapshots and members reuse it), run on one device in fixed blocks of
-    `block` seeds (the last padded), so sample i depends on seed i and the parameters alone."""
+    `block` seeds, seed s in slot s % block (`sampling.seed_slots`), so sample i depends on seed i and the
+    parameters alone (within one process setup: see `sampling.sample_sharded`)."""
     config: Any
     spec: builders.ModelSpec
     sampler: str | None = None
@@ -118,12 +119,9 @@ class ParamsSampler:
     def sample(self, params, seeds) -> np.ndarray:
         seeds = np.asarray(seeds, np.int64)
         params = jax.tree.map(lambda v: jnp.asarray(multihost.to_host(v)), params)
-        out = []
-        for s in range(0, len(seeds), self.block):
-            part = seeds[s:s + self.block]
-            padded = np.concatenate([part, np.repeat(part[-1:], self.block - len(part))]).astype(np.uint32)
-            out.append(np.asarray(self._run(params, jnp.asarray(padded)))[:len(part)])
-        x = np.concatenate(out).astype(np.float32)
+        blocks, rows = sampling.seed_slots(seeds, self.block)  # seed s in slot s % block, as sample_sharded
+        x = np.concatenate([np.asarray(self._run(params, jnp.asarray(b))) for b in blocks])[rows]
+        x = x.astype(np.float32)
         if not np.all(np.isfinite(x)):
             raise FloatingPointError(f"Non-finite samples from the {self.name} sampler: the model diverged.")
         return x

@@ -6,9 +6,10 @@ their loops as `lax.scan`.
 
 Reproducibility: the samplers that draw noise take per-sample integer seeds (B,) (or a (B,) array of typed
 keys). Sample i's start comes from `fold_in(key(seed_i), 0)` and its noise at step j from
-`fold_in(fold_in(key(seed_i), 1), j)`, never from a batch-level key, so sample i depends only on its seed
-and any split of a seed range across calls, devices, hosts or jobs gives identical samples.
-`sample_sharded` runs any `seeds -> samples` function over a 1-D device mesh.
+`fold_in(fold_in(key(seed_i), 1), j)`, never from a batch-level key, so sample i depends only on its seed.
+`sample_sharded` runs any `seeds -> samples` function over a 1-D device mesh in blocks of one shape, each
+seed in a fixed slot, so that any split of a seed range across calls, devices or jobs gives identical
+samples, bit for bit, on hosts of one setup (its docstring says what else the bits depend on).
 """
 from __future__ import annotations
 
@@ -418,18 +419,48 @@ def _block_jit(sampler_fn, options: tuple = ()) -> _OneBinary:
 SAMPLE_BLOCK = 128
 
 
+def seed_slots(seeds, block: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Where every seed runs: `blocks` (L, block) uint32, each row one compiled call's seeds on one device, and
+    `rows` (B,), seed i's row in `blocks.reshape(-1)`. Seed s always sits in slot `s % block` of its block.
+
+    XLA's CPU kernels round some positions of a batch differently from others (the last rows of a batch run
+    through a GEMM's edge kernel: in a block of 32 small 8x8 images, the last image's last pixels), so a
+    sample's bits depend on its slot; fixing the slot by the seed makes them independent of the batch around
+    it. L is the largest number of seeds sharing a slot, rounded up to a multiple of `multiple` (the device
+    count): ceil(B / block) blocks for a range of consecutive seeds, as many as a seed range needs anyway,
+    but one block per seed for seeds that all share a residue mod `block` (e.g. multiples of 128). Empty
+    slots repeat the first seed (their samples are dropped)."""
+    seeds = np.asarray(seeds)
+    slot = (seeds % block).astype(np.int64)
+    order = np.argsort(slot, kind="stable")
+    rank = np.empty(len(seeds), np.int64)
+    rank[order] = np.arange(len(seeds)) - np.searchsorted(slot[order], slot[order])  # k-th seed of its slot
+    count = -(-(int(rank.max()) + 1) // multiple) * multiple
+    blocks = np.full((count, block), seeds[0], np.uint32)
+    blocks[rank, slot] = seeds
+    return blocks, rank * block + slot
+
+
 def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Mesh, *,
                    axis: str = "data", compiler_options: dict | None = None,
                    block: int = SAMPLE_BLOCK) -> jax.Array:
     """Run a single-device `sampler_fn(seeds (B,)) -> samples (B, ...)` with seeds and samples sharded
     over the mesh axis `axis` (NamedSharding, PartitionSpec(axis)).
 
-    Batch invariance: the seeds run in calls of exactly `block` seeds per device (the last call padded by
-    repeating its last seed; the extra rows are dropped), so every sample comes out of the same compiled
-    program on the same per-device shape whatever B, the device count or the job split. XLA picks kernels
-    and summation orders by shape (a LayerNorm over 7 rows rounds differently from one over 600), so this,
-    with per-sample keys, is what makes sample i depend on seed i alone, bit for bit
-    (tests/test_batch_invariance.py). Keep the default `block` for samples that must match other runs.
+    Batch invariance: every device runs the one-device program on blocks of exactly `block` seeds, seed s
+    always in slot `s % block` of its block (`seed_slots`; empty slots are filled and their rows dropped).
+    XLA picks kernels and summation orders by shape (a LayerNorm over 7 rows rounds differently from one
+    over 600), and some kernels round some slots differently from others (a convolution's last rows go
+    through a GEMM's edge kernel), so a fixed shape and a fixed slot, with per-sample keys, are what make
+    sample i depend on seed i alone, bit for bit, whatever B, the other seeds, the device count of the mesh
+    or the job split (tests/test_batch_invariance.py). Keep the default `block` for samples that must match
+    other runs. Consecutive seeds fill ceil(B / block) blocks; seeds sharing a residue mod `block` each need
+    a block of their own.
+    What the bits also depend on: the jax/jaxlib version, the processor's instruction set, and how many
+    threads XLA's CPU runtime has (the CPUs the process may use, NPROC, the fake-device count of
+    --xla_force_host_platform_device_count): Eigen's convolutions choose their blocking by thread count, so
+    a process with other such settings can give other last bits for a convolutional network. Jobs that
+    must add up to one sample set run with the same settings (on CPU: the same host type and environment).
     The program is compiled once per (sampler_fn, block shape), for the first device, and that binary is
     loaded on the others (`_OneBinary`): keep `sampler_fn` the same object across calls to avoid recompiling.
     Build the mesh as `Mesh(np.array(jax.devices()), ("data",))`.
@@ -446,28 +477,32 @@ def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Me
         raise InputError(f"Mesh has axes {tuple(mesh.shape)}; no axis {axis!r} to shard the seeds over.")
     if block < 1:
         raise InputError(f"block must be >= 1 seed per device; got {block}.")
-    n, rows = seeds.shape[0], block * mesh.shape[axis]
+    ndev = mesh.shape[axis]
+    blocks, rows = seed_slots(seeds, block, ndev)
     run = _block_jit(sampler_fn, tuple(sorted((compiler_options or {}).items())))
     sharding = NamedSharding(mesh, PartitionSpec(axis))
     outs = []
-    for start in range(0, n, rows):
-        part = seeds[start:start + rows]
-        padded = np.concatenate([part, np.repeat(part[-1:], rows - len(part))]).astype(np.uint32)
+    for start in range(0, len(blocks), ndev):
+        padded = blocks[start:start + ndev].reshape(-1)
         # Each device runs the one-device program on its own block (dispatched asynchronously, so they run
         # side by side): a program partitioned over a mesh is compiled differently (other fusions, so other
         # fused multiply-adds) from the one-device program, and its bits would depend on the device count.
         shards = jax.device_put(padded, sharding).addressable_shards
-        blocks = [run(shards[0].data)]  # compiles on the first call; the other devices load that binary
+        out_blocks = [run(shards[0].data)]  # compiles on the first call; the other devices load that binary
         if len(shards) > 1:  # in threads: where the binary cannot move, jax.jit compiles per device, side by side
             with concurrent.futures.ThreadPoolExecutor(len(shards) - 1) as pool:
-                blocks += list(pool.map(lambda shard: run(shard.data), shards[1:]))
-        out = jax.make_array_from_single_device_arrays((rows,) + blocks[0].shape[1:], sharding, blocks)
+                out_blocks += list(pool.map(lambda shard: run(shard.data), shards[1:]))
+        out = jax.make_array_from_single_device_arrays((len(padded),) + out_blocks[0].shape[1:], sharding,
+                                                       out_blocks)
         if not out.is_fully_addressable:  # a mesh over several processes (jax.distributed): every host gets all
             from diffmem import multihost
             out = multihost.to_host(out)
-        outs.append(out[:len(part)])
-    return outs[0] if len(outs) == 1 else (np.concatenate(outs) if isinstance(outs[0], np.ndarray)
-                                           else jnp.concatenate(outs))
+        outs.append(out)
+    if isinstance(outs[0], np.ndarray):
+        return np.concatenate(outs)[rows]
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs)
+    in_place = np.array_equal(rows, np.arange(len(rows)))  # consecutive seeds from a multiple of block
+    return out[:len(rows)] if in_place else out[rows]
 
 
 # ----------------------------------------------------------------------------------- the sampler registry
