@@ -350,8 +350,8 @@ class _OneBinary:
     device thus runs literally the same machine code as a one-device `jax.jit(sampler_fn)`.
 
     Where the binary cannot be moved (host callbacks in the program, a jax without executable serialization,
-    arguments other than the seeds), the other devices fall back to jax.jit's own per-device compile: slower,
-    the same bits."""
+    arguments other than the seeds, a CPU program JAX loaded from its persistent compilation cache), the
+    other devices fall back to jax.jit's own per-device compile: slower, the same bits."""
 
     def __init__(self, sampler_fn, options: tuple):
         self.jitted = jax.jit(sampler_fn, compiler_options=dict(options) or None)
@@ -387,14 +387,22 @@ class _OneBinary:
 
 def _movable_binary(compiled) -> bytes | None:
     """The serialized executable of a one-device `Compiled` if it can be loaded on another device as it is
-    (one argument, the seeds; every output computed by it; no host callbacks), else None."""
+    (one argument, the seeds; every output computed by it; no host callbacks), else None.
+
+    A CPU executable that JAX loaded from its persistent compilation cache (JAX_COMPILATION_CACHE_DIR; the
+    tests turn it on) serializes again without its machine code (jaxlib 0.10: no ELF object in the bytes),
+    and the copy loaded on another device then fails ("Function ... not found"), so such a binary is not
+    moved: the other devices compile (or find in the cache) their own, the same bits."""
     try:
         executable = compiled.runtime_executable()
         if (len(executable.get_parameter_layouts()) != 1
                 or len(executable.get_output_layouts()) != compiled.out_tree.num_leaves
                 or re.search(r'custom_call_target="[^"]*callback', compiled.as_text() or "")):
             return None
-        return executable.client.serialize_executable(executable)
+        binary = executable.client.serialize_executable(executable)
+        if executable.client.platform == "cpu" and b"\x7fELF" not in binary:
+            return None
+        return binary
     except Exception:  # an older or newer jax without these calls: compile per device instead
         return None
 

@@ -1,6 +1,9 @@
 """Samplers against exact answers: Gaussian-mixture moments, literal loops of the papers' algorithms,
 closed-form ODE solutions (convergence orders), DDIM inversion, per-seed reproducibility and sharding."""
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -291,6 +294,23 @@ def test_sample_sharded_compiles_once_for_8_devices():
         np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(alone))
         noise = np.asarray(sampling.initial_noise(np.arange(30), (3,)))  # another batch shape: rounding may differ
         np.testing.assert_allclose(np.asarray(got[0]), 2.0 * noise + 1.0, rtol=1e-6, atol=1e-6)
+
+
+def test_sample_sharded_with_a_warm_compilation_cache(tmp_path):
+    """A one-device program that JAX loads from its persistent compilation cache serializes again without
+    its machine code; sample_sharded must not move that binary to the other devices (they failed with
+    "Function ... not found" and the result's all-gather hung). Two processes share a fresh cache: the
+    second finds the program there and must give the first one's samples."""
+    code = ("import sys; import numpy as np, jax; from jax.sharding import Mesh; from diffmem import sampling\n"
+            "def noise(seeds):\n    return sampling.initial_noise(seeds, (3,)) * 2.0 + 1.0\n"
+            "mesh = Mesh(np.array(jax.devices()), ('data',))\n"
+            "np.save(sys.argv[1], np.asarray(sampling.sample_sharded(noise, np.arange(30), mesh, block=4)))\n")
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    for name in ("cold", "warm"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], env=env, check=True, timeout=300)
+    assert os.listdir(tmp_path / "cache")
+    np.testing.assert_array_equal(np.load(tmp_path / "warm.npy"), np.load(tmp_path / "cold.npy"))
 
 
 def test_inputs_are_validated():
