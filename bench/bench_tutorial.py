@@ -53,7 +53,7 @@ def _train_worker(arg: str, steps: int, steps_per_call: int, policy: bool) -> No
         t = time.perf_counter()
         train.train(c, workdir, progress=False)
         wall = time.perf_counter() - t
-        rates = [json.loads(l)["steps_per_s"] for l in open(os.path.join(workdir, "metrics.jsonl"))][1:]
+        rates = [json.loads(line)["steps_per_s"] for line in open(os.path.join(workdir, "metrics.jsonl"))][1:]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     rates.sort()

@@ -39,7 +39,7 @@ def _random_variables(net, x):
         if name == "scale":
             return 1.0 + 0.2 * rng.normal(size=leaf.shape)
         return np.exp(0.3 * rng.normal(size=leaf.shape))
-    return jax.tree_util.tree_map_with_path(lambda p, l: jnp.asarray(fill(p, l), x.dtype), shapes)
+    return jax.tree_util.tree_map_with_path(lambda p, leaf: jnp.asarray(fill(p, leaf), x.dtype), shapes)
 
 
 @pytest.mark.parametrize("net", [nets.BFUNet(num_kernels=4, num_blocks=2), nets.BFCNN(num_layers=4, num_kernels=6)])

@@ -46,8 +46,8 @@ def _naive_image(denoiser, x0s, ts, trials, delta, p, stop, seed):
     b = len(x0s)
     denoiser = jax.jit(denoiser)
     rec = np.zeros((len(ts), b, trials), bool)
-    for l, t in enumerate(ts):
-        z = np.asarray(ct.trial_noise(seed, np.arange(b), np.full(b, l), trials, x0s.shape[1:]))
+    for ti, t in enumerate(ts):
+        z = np.asarray(ct.trial_noise(seed, np.arange(b), np.full(b, ti), trials, x0s.shape[1:]))
         for i in range(b):
             for j in range(trials):
                 x = np.sqrt(ab[t]) * x0s[i] + np.sqrt(1 - ab[t]) * z[i, j]
@@ -59,13 +59,13 @@ def _naive_image(denoiser, x0s, ts, trials, delta, p, stop, seed):
                                               jnp.full((1,), np.sqrt((1 - a) / a), jnp.float32)))[0]
                     e = (x - np.sqrt(a) * x0h) / np.sqrt(1 - a)
                     x = np.sqrt(a_n) * x0h + np.sqrt(1 - a_n) * e
-                rec[l, i, j] = np.linalg.norm(x0s[i] - np.clip(x0h, -1, 1)) <= delta
+                rec[ti, i, j] = np.linalg.norm(x0s[i] - np.clip(x0h, -1, 1)) <= delta
     tc = np.full((b, trials), ts[0])
     alive, active = np.ones((b, trials), bool), np.ones(b, bool)
-    for l, t in enumerate(ts):
-        prob = rec[l].mean(1)
+    for ti, t in enumerate(ts):
+        prob = rec[ti].mean(1)
         if stop == "batch":
-            alive &= rec[l]
+            alive &= rec[ti]
             if np.all(prob < p):
                 break
             tc[alive] = t
@@ -73,7 +73,7 @@ def _naive_image(denoiser, x0s, ts, trials, delta, p, stop, seed):
             for i in range(b):
                 if not active[i]:
                     continue
-                alive[i] &= rec[l, i]
+                alive[i] &= rec[ti, i]
                 if prob[i] < p:
                     active[i] = False
                 else:
@@ -111,11 +111,11 @@ def _naive_toy(score, sde, x0s, ts, trials, delta, p, seed, spu):
     t_opt = np.zeros(b)
     score = jax.jit(score)
     for i in range(b):
-        for l, t in enumerate(ts):
-            z = np.asarray(ct.trial_noise(seed, [i], [l], trials, x0s.shape[1:]))[0]
+        for ti, t in enumerate(ts):
+            z = np.asarray(ct.trial_noise(seed, [i], [ti], trials, x0s.shape[1:]))[0]
             ok = 0
             for j in range(trials):
-                key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(seed + 1), i), l), j)
+                key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(seed + 1), i), ti), j)
                 x = x0s[i] + float(sde.marginal_std(t)) * z[j]
                 num = int(spu * t)
                 taus = np.linspace(t, 1e-3, num)

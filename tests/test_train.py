@@ -53,7 +53,7 @@ def test_training_reduces_dsm_loss_towards_mixture_floor(tmp_path, one_device):
     c = configlib.load_config_file(os.path.join(REPO, "configs/gmm.py") + ":k=2000,steps=1500")
     c.steps_per_call, c.log_every, c.ckpt_every = 500, 500, 1500
     states = train.train(c, str(tmp_path), progress=False)
-    rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     first, last = rows[0]["loss/2000"], rows[-1]["loss/2000"]
     floor, se = builders.gmm_from_config(c).dsm_loss_floor(jax.random.key(3), builders.build_sde(c), 20_000)
     # Evaluate the trained (raw) network on fresh draws: it must approach the exact-score floor.
@@ -143,7 +143,7 @@ def test_resume_after_repeated_sigkill_gives_identical_parameters(tmp_path):
     assert sa == sb == total
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    rows = [json.loads(l) for l in open(killed / "metrics.jsonl")]
+    rows = [json.loads(line) for line in open(killed / "metrics.jsonl")]
     assert [r["step"] for r in rows] == list(range(100, total + 1, 100))
     assert all(np.isfinite(r["grad_norm/9"]) and r["grad_norm/9"] > 0 for r in rows)
 

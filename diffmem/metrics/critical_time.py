@@ -61,8 +61,8 @@ def trial_noise(seed: int, sample_ids, steps, trials: int, shape) -> jax.Array:
     """(M, trials, *shape) standard normals; row m from fold_in(fold_in(fold_in(key(seed), id_m), step_m), j)."""
     base = jax.random.key(seed)
 
-    def one(i, l):
-        k = jax.random.fold_in(jax.random.fold_in(base, i), l)
+    def one(i, ti):
+        k = jax.random.fold_in(jax.random.fold_in(base, i), ti)
         return jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(k, j), tuple(shape)))(jnp.arange(trials))
 
     return jax.vmap(one)(jnp.asarray(sample_ids, jnp.uint32), jnp.asarray(steps, jnp.uint32))
@@ -151,25 +151,25 @@ def apply_stop_rule(rec: np.ndarray, ts, *, p: float = 0.9, stop: str = "per_sam
     alive = np.ones((b, trials), bool)
     active = np.ones(b, bool)
     stopped_at = np.full(b, num_t)
-    for l in range(num_t):
+    for ti in range(num_t):
         if not active.any():
             break
-        r = rec[l].astype(bool)
+        r = rec[ti].astype(bool)
         prob = r.mean(-1)
         if per_trial:
             alive &= r | ~active[:, None]
         if stop == "batch":
             if np.all(prob < p):
-                stopped_at[:] = l
+                stopped_at[:] = ti
                 break
             update = alive if per_trial else np.ones_like(alive)
-            tc[update] = ts[l]
+            tc[update] = ts[ti]
         else:
             fail = active & (prob < p)
-            stopped_at[fail] = l
+            stopped_at[fail] = ti
             active &= ~fail
             update = (alive if per_trial else np.ones_like(alive)) & active[:, None]
-            tc[update] = ts[l]
+            tc[update] = ts[ti]
     return tc, stopped_at
 
 
@@ -179,25 +179,25 @@ def _scan(recovered: Callable, ts, num: int, trials: int, *, p: float, stop: str
     (M, trials) bool` call over the still-active samples; returns apply_stop_rule's output on the gathered rec."""
     rec = np.zeros((len(ts), num, trials), bool)
     block = max(1, rows_per_call // max(num * trials, 1))
-    l = 0
+    ti = 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(ts), desc="critical times", leave=False)
-    while l < len(ts):
+    while ti < len(ts):
         live = np.arange(num)
-        if l:  # samples whose scan has not stopped within the times done so far
-            stopped_at = apply_stop_rule(rec[:l], ts[:l], p=p, stop=stop, initial=initial, per_trial=per_trial)[1]
-            live = np.nonzero(stopped_at >= l)[0]
+        if ti:  # samples whose scan has not stopped within the times done so far
+            stopped_at = apply_stop_rule(rec[:ti], ts[:ti], p=p, stop=stop, initial=initial, per_trial=per_trial)[1]
+            live = np.nonzero(stopped_at >= ti)[0]
         if live.size == 0:
             break
         block = max(1, rows_per_call // max(live.size * trials, 1))
-        idx = np.arange(l, min(l + block, len(ts)))
+        idx = np.arange(ti, min(ti + block, len(ts)))
         ids = np.tile(live, idx.size)
         tix = np.repeat(idx, live.size)
         r = np.asarray(recovered(ids, tix)).reshape(idx.size, live.size, trials)
         rec[idx[:, None], live[None, :]] = r
-        l += idx.size
+        ti += idx.size
         if bar is not None:
             bar.update(idx.size)
     if bar is not None:
@@ -315,7 +315,7 @@ def toy_critical_times(score_fn: ScoreFn, sde: SDE, samples, *, delta: float, tr
         x = jnp.repeat(x, trials, axis=0)
         x_t = x + sde.marginal_std(tr).reshape((-1,) + (1,) * len(shape)) * z
         base = jax.random.key(seed + 1)
-        keys = jax.vmap(lambda i, l, j: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, i), l), j))(
+        keys = jax.vmap(lambda i, ti, j: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, i), ti), j))(
             jnp.repeat(gid.astype(jnp.uint32), trials), jnp.repeat(tix.astype(jnp.uint32), trials),
             jnp.tile(jnp.arange(trials, dtype=jnp.uint32), gid.shape[0]))
         nums = jnp.repeat(jnp.asarray(em_points(ts, steps_per_unit))[tix], trials)

@@ -168,4 +168,4 @@ def count_params(module: nn.Module, x_shape: tuple[int, ...], *extra_shapes, **c
     """
     args = [jax.ShapeDtypeStruct(x_shape, jnp.float32)] + [jax.ShapeDtypeStruct(s, jnp.float32) for s in extra_shapes]
     shapes = jax.eval_shape(lambda *a: module.init(jax.random.key(0), *a, **call_kwargs), *args)
-    return sum(int(l.size) for l in jax.tree.leaves(shapes.get("params", {})))
+    return sum(int(leaf.size) for leaf in jax.tree.leaves(shapes.get("params", {})))

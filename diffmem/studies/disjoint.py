@@ -157,9 +157,9 @@ def run_disjoint(config: ml_collections.ConfigDict, workdir: str, *, num_samples
                                       "psnr_train", "psnr_test")})
         rows.append(dict(N=n, s1_vs_s2=float(pair.mean()), s1_vs_closest_s1=float(res["S1"]["closest_corr"].mean()),
                          s2_vs_closest_s2=float(res["S2"]["closest_corr"].mean()),
-                         iterations=float(np.mean([res[l]["iterations"].mean() for l, _ in SETS])),
-                         converged=float(np.mean([res[l]["converged"].mean() for l, _ in SETS])),
-                         not_converged=int(sum(np.sum(~res[l]["converged"]) for l, _ in SETS)),
+                         iterations=float(np.mean([res[name]["iterations"].mean() for name, _ in SETS])),
+                         converged=float(np.mean([res[name]["converged"].mean() for name, _ in SETS])),
+                         not_converged=int(sum(np.sum(~res[name]["converged"]) for name, _ in SETS)),
                          steps=int(res["S1"]["step"])))
     summary = dict(ns=list(ns), pool_size=len(pool), order_seed=int(config.data.subset_seed), seeds=seeds.tolist(),
                    sigmas_255=(sigmas * 255).tolist(), rows=rows,
