@@ -30,6 +30,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from diffmem.errors import InputError
 from diffmem.sde import SDE, Denoiser, ScoreFn, _bcast, ddpm_alpha_bar, edm_sigma_steps
 
+__all__ = ["per_sample_keys", "initial_noise", "step_noise", "tutorial_init", "euler_maruyama",
+           "probability_flow_ode", "ddpm_ancestral", "DDIM_SPACINGS", "ddim_timesteps", "ddim",
+           "ddim_invert", "edm_euler", "edm_heun", "SAMPLE_BLOCK", "seed_slots", "sample_sharded",
+           "Sampler", "SAMPLERS", "register", "get_sampler", "sampler_help", "KSResult",
+           "kadkhodaie_simoncelli", "ks_recursion_iterations", "SampleInfo", "KS_INFO_FIELDS",
+           "not_converged_message"]
+
 _UPFRONT_NOISE_MAX = 1 << 24  # draw all EM noise in one op when it fits in 16M numbers (64 MB float32)
 
 
@@ -517,7 +524,10 @@ def sample_sharded(sampler_fn: Callable[[jax.Array], jax.Array], seeds, mesh: Me
 @dataclasses.dataclass(frozen=True)
 class Sampler:
     """A sampler of the registry: `build(model, **settings)` returns `run(seeds (B,)) -> samples (B, *S)` for a
-    `diffmem.workdir.Model` (anything with denoiser, shape, sde, time_score, sigma_min, sigma_max, data_range).
+    `diffmem.model.Model` (anything with denoiser, shape, sde, time_score, sigma_min, sigma_max, data_range);
+    settings left out take their defaults. A plain denoiser D(x, sigma) is wrapped first:
+    `Model.from_denoiser(D, shape=S, sigma_range=(0.002, 80.0))`, or sampled in one call by
+    `diffmem.sample(D, seeds, shape=S, sampler=name)`.
 
     settings: every setting's default, a value or a function of the model (e.g. its sigma range). A config's
     `sample` section supplies defaults for its own sampler (`sample.sampler`), its `diffusion` section the DDPM
@@ -525,10 +535,20 @@ class Sampler:
     samples. needs_sde: the sampler integrates the model's SDE (toy models) rather than calling D.
     """
     name: str
-    build: Callable
+    builder: Callable  # builder(model, **settings) -> run, every setting given
     settings: dict
     needs_sde: bool = False
     doc: str = ""
+
+    def build(self, model, **settings) -> Callable:
+        """`run(seeds (B,)) -> samples (B, *S)` for `model` with `settings` (the rest: `resolve`)."""
+        if not (hasattr(model, "denoiser") and hasattr(model, "shape")):
+            raise InputError(
+                f"Sampler {self.name!r} builds from a diffmem.model.Model, not a "
+                f"{type(model).__name__}: wrap a plain denoiser D(x (B, *S), sigma (B,)) as "
+                "Model.from_denoiser(D, shape=S, sigma_range=(0.002, 80.0)), or sample it in one call "
+                f"with diffmem.sample(D, seeds, shape=S, sampler={self.name!r}).")
+        return self.builder(model, **self.resolve(model, **settings))
 
     def resolve(self, model, **given) -> dict:
         """The full settings: `given` (None = default), then the defaults (evaluated on the model)."""
