@@ -22,7 +22,7 @@ import scipy.special
 
 from diffmem.errors import InputError
 from diffmem.metrics import neighbours
-from diffmem.sde import Denoiser, ScoreFn
+from diffmem.sde import Denoiser, ScoreFn, per_sample
 
 __all__ = ["DEFAULT_CHUNK", "log_sum_exp_sq", "dense_am_energy", "diffusion_energy",
            "empirical_denoiser", "empirical_score", "circle_energy", "circle_score",
@@ -80,7 +80,7 @@ def log_sum_exp_sq(x: jax.Array, patterns: jax.Array, inv_var, chunk: int | None
     inv_var scalar or (B,). Returns (B,), or a scalar for one example."""
     x, single = _as_batch(x, patterns, "log_sum_exp_sq")
     xb = jnp.reshape(x, (x.shape[0], -1))
-    inv = jnp.broadcast_to(jnp.asarray(inv_var, xb.dtype).reshape(-1), xb.shape[:1])
+    inv = per_sample(inv_var, xb)
     out = _stream(xb, inv, patterns, chunk, with_mean=False)[0]
     return out[0] if single else out
 
@@ -121,7 +121,7 @@ def empirical_denoiser(patterns: jax.Array, chunk: int | None = None) -> Denoise
     def denoiser(x, sigma):
         x, single = _as_batch(x, patterns, "empirical_denoiser")
         xb = jnp.reshape(x, (x.shape[0], -1))
-        sigma = jnp.broadcast_to(jnp.asarray(sigma, xb.dtype).reshape(-1), xb.shape[:1])
+        sigma = per_sample(sigma, xb)
         _, mean = _stream(xb, 1.0 / sigma**2, patterns, chunk, with_mean=True)
         mean = mean.reshape(x.shape)
         return mean[0] if single else mean
@@ -136,7 +136,7 @@ def empirical_score(patterns: jax.Array, sigma_of_t: Callable, chunk: int | None
 
     def score_fn(x, t):
         x, single = _as_batch(x, patterns, "empirical_score")
-        s = jnp.broadcast_to(jnp.asarray(sigma_of_t(t), x.dtype).reshape(-1), x.shape[:1])
+        s = per_sample(sigma_of_t(t), x)
         out = (d(x, s) - x) / s.reshape((-1,) + (1,) * (x.ndim - 1)) ** 2
         return out[0] if single else out
     return score_fn

@@ -17,11 +17,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Denoiser", "ScoreFn", "SDE", "VESDE", "GeometricVESDE", "VPSDE", "score_from_denoiser",
+__all__ = ["Denoiser", "ScoreFn", "SDE", "VESDE", "GeometricVESDE", "VPSDE", "score_from_denoiser", "per_sample",
            "denoiser_from_score", "edm_sigma_steps", "ddpm_alpha_bar", "SDES", "make_sde"]
 
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]  # D(x (B,*S), sigma (B,)) -> (B,*S)
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]  # s(x (B,*S), t (B,)) -> (B,*S)
+
+
+def per_sample(v, x: jax.Array) -> jax.Array:
+    """A noise level or time given as a scalar, (1,) or (B,), as the (B,) array of one value per example of
+    x (B, *S), in x's dtype: what every denoiser, score and sampler here takes."""
+    return jnp.broadcast_to(jnp.asarray(v, x.dtype).reshape(-1), x.shape[:1])
 
 
 def _bcast(v: jax.Array, x: jax.Array) -> jax.Array:
@@ -170,7 +176,7 @@ def score_from_denoiser(denoiser: Denoiser, sde: SDE | None = None) -> ScoreFn:
     This is diffmem's one denoiser -> score conversion."""
     if sde is None:
         def sigma_score(x, sigma):
-            sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype).reshape(-1), x.shape[:1])
+            sigma = per_sample(sigma, x)
             return (denoiser(x, sigma) - x) / _bcast(sigma, x) ** 2
 
         return sigma_score

@@ -14,7 +14,7 @@ import numpy as np
 
 from diffmem import losses
 from diffmem.data.subsets import check_k, first_k_of_permutation
-from diffmem.sde import SDE
+from diffmem.sde import SDE, per_sample
 
 __all__ = ["CIRCLE_POOL_SIZE", "CIRCLE_SEED", "circle_pool", "circle_subset", "GaussianMixture"]
 
@@ -121,19 +121,19 @@ class GaussianMixture:
             post = jax.nn.softmax(logits)
             comp_means = self.means + jnp.einsum("cij,cj->ci", self.covs, sol)
             return jnp.einsum("c,cd->d", post, comp_means)
-        sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), x.shape[:1])
+        sigma = per_sample(sigma, x)
         return jax.vmap(one)(x, sigma)
 
     def score_fn(self, sde: SDE):
         """Exact score of p_t under `sde`: a batched score_fn(x (B, d), t (B,)) -> (B, d)."""
         def score_fn(x, t):
-            t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+            t = per_sample(t, x)
             return jax.vmap(lambda xi, ti: self.noisy(sde.sigma(ti), sde.mean_scale(ti)).score(xi[None])[0])(x, t)
         return score_fn
 
     def logp_t(self, x: jax.Array, t: jax.Array, sde: SDE) -> jax.Array:
         """Exact log p_t(x) under `sde` for x (B, d), t (B,) or scalar -> (B,)."""
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        t = per_sample(t, x)
         return jax.vmap(lambda xi, ti: self.noisy(sde.sigma(ti), sde.mean_scale(ti)).logp(xi[None])[0])(x, t)
 
     def dsm_loss_floor(self, key: jax.Array, sde: SDE, num: int = 200_000) -> jax.Array:

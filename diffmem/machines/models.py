@@ -61,7 +61,7 @@ def machine_denoiser(train, machine: str = "els", patch_size=None, *, tau=None, 
         return _jit(wiener.wiener_denoiser(train))
     data = jnp.asarray(train)
     if machine == "ideal":
-        return _bound(_jit(lambda y, x, sigma: ls.ideal(y, x, _sigmas(sigma, x), chunk)), data)
+        return _bound(_jit(lambda y, x, sigma: ls.ideal(y, x, sde_lib.per_sample(sigma, x), chunk)), data)
     if data.ndim != 4:
         raise InputError(f"Machine {machine!r} works on images (N, H, W, C); this training set has shape "
                          f"{tuple(data.shape)}. Use 'ideal' or 'wiener' for other data.")
@@ -75,7 +75,7 @@ def machine_denoiser(train, machine: str = "els", patch_size=None, *, tau=None, 
         fn = lambda y, k, x, sigma: patch(y, x, sigma, int(k), chunk)
 
     def apply(y, x, sigma):
-        return sched.by_level(schedule, lambda v, x, s: fn(y, v, x, s))(x, _sigmas(sigma, x))
+        return sched.by_level(schedule, lambda v, x, s: fn(y, v, x, s))(x, sde_lib.per_sample(sigma, x))
     return _bound(_jit(apply), data)
 
 
@@ -91,10 +91,6 @@ def _bound(jitted, data):
     """D(x, sigma) = jitted(data, x, sigma): the training set is an argument of the compiled function (not a
     constant folded into it) when D is called on its own; inside a caller's jit it is that trace's constant."""
     return lambda x, sigma: jitted(data, x, sigma)
-
-
-def _sigmas(sigma, x):
-    return jnp.broadcast_to(jnp.asarray(sigma, x.dtype).reshape(-1), x.shape[:1])
 
 
 def _config_and_spec(config_or_workdir, name):
