@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import ml_collections
 import numpy as np
 
-from diffmem import builders, configlib, generate, report, train
+from diffmem import builders, configlib, generate, report, stats, train
 from diffmem.errors import InputError, MissingInputError
 from diffmem.metrics import classify as classify_lib
 from diffmem.metrics import memorization as gu_lib
@@ -156,18 +156,13 @@ def fixed_thresholds(shape, rms: float) -> float:
 
 def bootstrap_fractions(labels: np.ndarray, num: int = 1000, level: float = 0.95,
                         seed: int = 0) -> dict:
-    """Percentile bootstrap interval of each class fraction: {class: [lo, hi]} (resampling the
-    samples)."""
-    # TODO: move to diffmem.stats (the one bootstrap) once it lands.
+    """Percentile bootstrap interval of each class fraction: {class: [lo, hi]} (`stats.bootstrap_fractions`,
+    resampling the samples); NaN intervals for no samples."""
     labels = np.asarray(labels)
     if labels.size == 0:
         return {c: [math.nan, math.nan] for c in CLASSES}
-    idx = np.random.default_rng(seed).integers(0, len(labels), (num, len(labels)))
-    boot = labels[idx]
-    q = ((1 - level) / 2, (1 + level) / 2)
-    return {c: [float(v) for v in np.quantile(np.mean(boot == i, axis=1), q)]
-            for i, c in enumerate(CLASSES)}
-
+    ci = stats.bootstrap_fractions(labels, CLASSES, num=num, seed=seed, level=level)
+    return {c: [float(lo), float(hi)] for c, (lo, hi) in ci.items()}
 
 def emm_on_grid(ratios: dict, level: float = 0.9) -> dict:
     """EMM on the sweep's grid (no new training): the last K with ratio >= level (`find_emm` on
@@ -314,8 +309,6 @@ def stage_disjoint(ctx: Context) -> res.DisjointResult:
         common, ia, ib = np.intersect1d(a["seeds"], b["seeds"], return_indices=True)
         xa, xb = a["samples"][ia], b["samples"][ib]
         pair = disjoint.paired_corr(xa, xb)
-        # TODO: disjoint.closest is a nearest-neighbour search: diffmem.metrics.neighbours when it
-        # lands.
         _, ca = disjoint.closest(xa, sides["S1"].spec(name).data)
         _, cb = disjoint.closest(xb, sides["S2"].spec(name).data)
         path = ctx.path("disjoint", f"{name}.npz")
