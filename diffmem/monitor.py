@@ -42,6 +42,10 @@ from diffmem import sde as sde_lib
 from diffmem import workdir as wdlib
 from diffmem.errors import InputError
 
+__all__ = ["GU_THRESHOLD", "METRICS", "DEFAULTS", "CHEAP_SAMPLER", "memorized", "sampler_choice",
+           "ParamsSampler", "params_sampler", "snapshot_steps", "monitor_settings", "stops_path",
+           "read_stops", "Monitor"]
+
 GU_THRESHOLD = 1.0 / 3.0
 METRICS = ("pixel",)   # LPIPS weights are not shipped; Bonnaire et al. use pixel L2
 DEFAULTS = dict(every=0, num_samples=256, level=0.0, metric="pixel", snapshots=())

@@ -43,6 +43,10 @@ from diffmem.data.batches import make_batch
 from diffmem.optim import ema_decay, make_optimizer, optimizer_from_config  # noqa: F401 (train's API)
 from diffmem.errors import DiffmemError
 
+__all__ = ["RULES", "TrainingDiverged", "TrainState", "make_train_step", "Group", "group_step",
+           "run_group", "make_multi_step", "init_state", "use_one_cpu_thread_if_small", "train",
+           "window_means"]
+
 RULES = config_schema.RULES  # every config value's allowed range (checked when a config is read, and here)
 
 
