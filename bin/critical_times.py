@@ -6,8 +6,8 @@ mechanisms/critical_times/<samples>/<K>.npz (resumable: finished files are skipp
     python bin/critical_times.py --workdir=runs/digits --samples=train --metric=l2 --delta=2.0
     python bin/critical_times.py --workdir=runs/digits --samples=generalized --start=0 --stop=256   # one shard
     python bin/critical_times.py --workdir=runs/c9 --samples=train --delta=0.1       # toy: reverse EM scan
-    python bin/critical_times.py --config=configs/digits.py:k=16 --workdir=runs/opt16 --kind=optimal \\
-        --samples=train --metric=l2 --delta=1.0                                     # no training
+    python bin/critical_times.py --config=configs/digits.py:k=16 --workdir=runs/opt16 \\
+        --kind=optimal --samples=train --metric=l2 --delta=1.0                      # no training
 
 Classes come from bin/classify.py (classify/<K>.npz), sorted as Pham et al. (memorized by d_m, spurious by
 d_s, generalized by descending d_s); --start/--stop select a slice of that list, so jobs can split the work.
@@ -21,10 +21,12 @@ from absl import flags
 
 from diffmem import cli
 
-flags.DEFINE_string("workdir", None, "Workdir (bin/train.py; or a new one with --config and --kind=optimal).")
+flags.DEFINE_string("workdir", None,
+                    "Workdir (bin/train.py; or a new one with --config and --kind=optimal).")
 flags.DEFINE_enum("samples", "memorized", ["memorized", "spurious", "generalized", "train"],
                   "Which samples: a class of bin/classify.py, or the training images.")
-flags.DEFINE_enum("kind", "trained", ["trained", "optimal"], "trained (EMA weights) | optimal (empirical denoiser).")
+flags.DEFINE_enum("kind", "trained", ["trained", "optimal"],
+                  "trained (EMA weights) | optimal (empirical denoiser).")
 flags.DEFINE_list("k", None, "Only these models (names = K); default all.")
 flags.DEFINE_integer("start", 0, "First sample of the sorted list (sharding).")
 flags.DEFINE_integer("stop", None, "One past the last sample of the sorted list (default: all).")

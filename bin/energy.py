@@ -15,8 +15,10 @@ from absl import flags
 
 from diffmem import cli
 
-flags.DEFINE_string("workdir", None, "Workdir (bin/train.py; or a new one with --config and --kind=optimal).")
-flags.DEFINE_enum("kind", "trained", ["trained", "optimal"], "trained (EMA weights) | optimal (empirical denoiser).")
+flags.DEFINE_string("workdir", None,
+                    "Workdir (bin/train.py; or a new one with --config and --kind=optimal).")
+flags.DEFINE_enum("kind", "trained", ["trained", "optimal"],
+                  "trained (EMA weights) | optimal (empirical denoiser).")
 flags.DEFINE_list("k", None, "Only these models (names = K); default all.")
 flags.DEFINE_integer("per_class", 32, "Paths per class (the first of each class in Pham et al.'s order).")
 flags.DEFINE_integer("points", 20, "Points along each path.")
@@ -26,8 +28,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from diffmem.studies import mechanisms
-    mechanisms.energy_profiles(FLAGS.workdir, names=FLAGS.k, kind=FLAGS.kind, per_class=FLAGS.per_class,
-                               num=FLAGS.points, config=cli.CONFIG)
+    mechanisms.energy_profiles(FLAGS.workdir, names=FLAGS.k, kind=FLAGS.kind,
+                               per_class=FLAGS.per_class, num=FLAGS.points, config=cli.CONFIG)
 
 
 if __name__ == "__main__":

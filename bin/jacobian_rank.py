@@ -5,7 +5,8 @@ mechanisms/jacobian/<K>.npz and rank_vs_snr.png.
 
     python bin/jacobian_rank.py --workdir=runs/molrg --states=trajectory --latents=16
     python bin/jacobian_rank.py --workdir=runs/digits --states=forward --latents=32 --sigmas=0.002,0.1,1,10,80
-    python bin/jacobian_rank.py --config=configs/molrg.py:k=64 --workdir=runs/molrg-opt --kind=optimal
+    python bin/jacobian_rank.py --config=configs/molrg.py:k=64 --workdir=runs/molrg-opt \\
+        --kind=optimal
 """
 import os
 import sys
@@ -16,10 +17,12 @@ from absl import flags
 
 from diffmem import cli
 
-flags.DEFINE_string("workdir", None, "Workdir (bin/train.py; or a new one with --config and --kind=optimal).")
+flags.DEFINE_string("workdir", None,
+                    "Workdir (bin/train.py; or a new one with --config and --kind=optimal).")
 flags.DEFINE_enum("states", "trajectory", ["trajectory", "forward"], "trajectory: the 18 pre-step states of EDM "
                   "Heun (80 -> 0.002); forward: x = y + sigma e for training images y on --sigmas.")
-flags.DEFINE_enum("kind", "trained", ["trained", "optimal"], "trained (EMA weights) | optimal (empirical denoiser).")
+flags.DEFINE_enum("kind", "trained", ["trained", "optimal"],
+                  "trained (EMA weights) | optimal (empirical denoiser).")
 flags.DEFINE_list("k", None, "Only these models (names = K); default all.")
 flags.DEFINE_integer("latents", 8, "Trajectories (or training images for forward states) per model.")
 flags.DEFINE_list("subset", None, "Indices of the 18 trajectory states to keep (default all).")

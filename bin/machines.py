@@ -2,7 +2,8 @@
 """Analytic local score machines against the trained models of a workdir (diffmem.machines).
 
     python bin/machines.py calibrate --workdir=runs/digits --machine=els          # k(sigma) per K
-    python bin/machines.py agreement --workdir=runs/digits --machines=ideal,els,bbels,wiener --seeds=0-15
+    python bin/machines.py agreement --workdir=runs/digits --machines=ideal,els,bbels,wiener \\
+        --seeds=0-15
     python bin/machines.py agreement --workdir=runs/digits --network=optimal      # how local is the optimum?
 
 calibrate: per noise level, the patch size (PSPC-flex: tau) whose machine is closest (MSE) to the network's
@@ -32,7 +33,8 @@ flags.DEFINE_list("candidates", None,
 flags.DEFINE_list("sigmas", None, "Noise levels of the calibration; default 10 log-spaced over the model's range.")
 flags.DEFINE_integer("images", 16, "Noised training images per noise level.")
 flags.DEFINE_enum("on", "train", ["train", "heldout"], "agreement: noise training or held-out images.")
-flags.DEFINE_string("seeds", "0-15", "agreement: the seeds of the sample comparison ('0-15', '0,5,7').")
+flags.DEFINE_string("seeds", "0-15",
+                    "agreement: the seeds of the sample comparison ('0-15', '0,5,7').")
 flags.DEFINE_string("sampler", "edm_euler", "agreement: the deterministic sampler both sides run.")
 flags.DEFINE_integer("sample_steps", 18, "agreement: sampler steps.")
 flags.DEFINE_integer("chunk", None, "Training images per streamed chunk (default: automatic).")

@@ -38,8 +38,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from diffmem.studies import training_time
-    kw = dict(level=FLAGS.level, num_samples=FLAGS.num_samples, sampler=FLAGS.sampler, num_steps=FLAGS.sample_steps,
-              num_bootstrap=FLAGS.bootstrap, seed=FLAGS.seed, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+    kw = dict(level=FLAGS.level, num_samples=FLAGS.num_samples, sampler=FLAGS.sampler,
+              num_steps=FLAGS.sample_steps, num_bootstrap=FLAGS.bootstrap, seed=FLAGS.seed,
+              overwrite=FLAGS.overwrite, progress=FLAGS.progress)
     if cli.CONFIG is not None:
         out = training_time.run(cli.CONFIG, FLAGS.workdir, num_snapshots=FLAGS.snapshots, names=FLAGS.k, **kw)
     else:

@@ -15,8 +15,9 @@ optimal denoiser and the energies (`diffmem.energy`), `sample` (`diffmem.sample_
 (`diffmem.metrics.neighbours`), `classify` (`diffmem.metrics.classify`), `memorization_ratio`
 (`diffmem.metrics.memorization`) and `log_likelihood` (`diffmem.likelihood`).
 
-Names and submodules are imported on first use (`diffmem.energy`, `from diffmem import sampling`), so
-importing the package stays cheap and optional extras (TFDS, LPIPS) are only loaded when asked for.
+Names and submodules are imported on first use (`diffmem.energy`, `from diffmem import sampling`),
+so importing the package stays cheap and optional extras (TFDS, LPIPS) are only loaded when asked
+for.
 """
 import importlib
 

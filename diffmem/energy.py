@@ -76,8 +76,8 @@ def _stream(x: jax.Array, inv_var: jax.Array, patterns: jax.Array, chunk: int | 
 
 
 def log_sum_exp_sq(x: jax.Array, patterns: jax.Array, inv_var, chunk: int | None = None) -> jax.Array:
-    """log sum_i exp(-||x_b - y_i||^2 * inv_var / 2) for x (B, *S) or one example (*S), patterns (N, *S);
-    inv_var scalar or (B,). Returns (B,), or a scalar for one example."""
+    """log sum_i exp(-||x_b - y_i||^2 * inv_var / 2) for x (B, *S) or one example (*S),
+    patterns (N, *S); inv_var scalar or (B,). Returns (B,), or a scalar for one example."""
     x, single = _as_batch(x, patterns, "log_sum_exp_sq")
     xb = jnp.reshape(x, (x.shape[0], -1))
     inv = per_sample(inv_var, xb)
@@ -86,26 +86,27 @@ def log_sum_exp_sq(x: jax.Array, patterns: jax.Array, inv_var, chunk: int | None
 
 
 def _as_batch(x, patterns, what: str) -> tuple[jax.Array, bool]:
-    """x as a batch (B, *S) of the patterns' example shape S, and whether it was one example (*S)."""
+    """x as a batch (B, *S) of the patterns' example shape S, and whether it was one (*S)."""
     x = jnp.asarray(x)
     shape = tuple(jnp.shape(patterns)[1:])
     if x.shape == shape:
         return x[None], True
     if x.ndim >= 1 and math.prod(x.shape[1:]) == math.prod(shape):  # (B, *S), or (B, prod(S))
         return x, False
-    raise InputError(f"{what}: x must be one example of shape {shape} (the patterns' rows) or a batch "
-                     f"(B, {', '.join(map(str, shape))}); got shape {x.shape}.")
+    raise InputError(f"{what}: x must be one example of shape {shape} (the patterns' rows) or a "
+                     f"batch (B, {', '.join(map(str, shape))}); got shape {x.shape}.")
 
 
 # ------------------------------------------------------------------------------------------ the energies
 def dense_am_energy(x: jax.Array, patterns: jax.Array, beta: float, chunk: int | None = None) -> jax.Array:
-    """E_AM(x) = -(1/beta) log sum_i exp(-beta ||x - y_i||^2), x (B, *S) -> (B,) (one example (*S) -> ())."""
+    """E_AM(x) = -(1/beta) log sum_i exp(-beta ||x - y_i||^2), x (B, *S) -> (B,)
+    (one example (*S) -> ())."""
     return -log_sum_exp_sq(x, patterns, 2.0 * beta, chunk) / beta
 
 
 def diffusion_energy(x: jax.Array, t, patterns: jax.Array, sigma: float = 1.0, chunk: int | None = None) -> jax.Array:
-    """E_DM(x, t) = -2 sigma^2 t log sum_i exp(-||x - y_i||^2 / (2 sigma^2 t)), x (B, *S), t scalar or (B,)
-    (one example (*S) with a scalar t -> ())."""
+    """E_DM(x, t) = -2 sigma^2 t log sum_i exp(-||x - y_i||^2 / (2 sigma^2 t)), x (B, *S),
+    t scalar or (B,) (one example (*S) with a scalar t -> ())."""
     x = jnp.asarray(x)
     v = 2.0 * sigma**2 * jnp.asarray(t, x.dtype)
     return -v * log_sum_exp_sq(x, patterns, 2.0 / v, chunk)
@@ -116,7 +117,8 @@ def empirical_denoiser(patterns: jax.Array, chunk: int | None = None) -> Denoise
 
     D(x; s) = sum_i softmax_i(-||x - y_i||^2 / (2 s^2)) y_i, streamed over chunks of `chunk` patterns.
     It plugs into every sampler, likelihood and energy as a trained network would ("the theoretical optimum").
-    x is a batch (B, *S) with sigma scalar or (B,), or one example (*S) with a scalar sigma (-> (*S)).
+    x is a batch (B, *S) with sigma scalar or (B,), or one example (*S) with a scalar sigma
+    (-> (*S)).
     """
     def denoiser(x, sigma):
         x, single = _as_batch(x, patterns, "empirical_denoiser")
@@ -144,8 +146,8 @@ def empirical_score(patterns: jax.Array, sigma_of_t: Callable, chunk: int | None
 
 # ------------------------------------------------------------------------------------------- the circle
 def circle_energy(x: np.ndarray | jax.Array, beta: float) -> jax.Array:
-    """K -> infinity limit on the unit circle: E(R) = R^2 + 1 - (1/beta) log I0(2 beta R), x (B, 2) -> (B,)
-    (one point (2,) -> ()).
+    """K -> infinity limit on the unit circle: E(R) = R^2 + 1 - (1/beta) log I0(2 beta R),
+    x (B, 2) -> (B,) (one point (2,) -> ()).
 
     log I0(z) = log i0e(z) + z (exponentially scaled Bessel function) so beta up to 1e4 does not overflow.
     """

@@ -86,8 +86,8 @@ def log_likelihood(score_fn: ScoreFn | None, sde: SDE, x: jax.Array, *, denoiser
     "result": (B,) int, diffrax's result code (0 = successful)}, and failures are reported there, not raised.
     """
     if jnp.ndim(x) < 2:
-        raise InputError(f"log_likelihood takes a batch x (B, *S), e.g. (B, 2) or (B, H, W, C); got shape "
-                         f"{jnp.shape(x)}. Pass one example as x[None].")
+        raise InputError(f"log_likelihood takes a batch x (B, *S), e.g. (B, 2) or (B, H, W, C); "
+                         f"got shape {jnp.shape(x)}. Pass one example as x[None].")
     if score_fn is None:
         if denoiser is None:
             raise InputError("Give a score_fn or a denoiser.")

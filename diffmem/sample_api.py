@@ -1,16 +1,16 @@
-"""`sample`: draw samples of a model or of a plain denoiser in one call, as bin/sample.py draws them.
+"""`sample`: samples of a model or of a plain denoiser in one call, as bin/sample.py draws them.
 
     x = sample(D, range(16), shape=(2,))                        # a batched D(x, sigma), EDM's Heun
     x = sample(D, "0-99", shape=(8, 8, 1), sampler="edm_euler", num_steps=40)
-    x = sample(wd.model("9"), range(1500), sampler="em", config=wd.config)   # bin/sample.py's settings
+    x = sample(wd.model("9"), range(1500), sampler="em", config=wd.config)  # bin/sample.py's
 
 The settings are resolved by `generate.sampler_settings`, the resolver of bin/sample.py (keyword
 settings, then the config's `sample` and `diffusion` sections when `config` is given, then the
 sampler's defaults), and the samples are drawn by `sampling.sample_sharded` over every device, so
 sample i is bit for bit the one the workdir path (`generate.sample_workdir`) writes for seed i.
-This lives above `generate` (DESIGN.md 2.1): `diffmem.sampling` holds the algorithms and the registry,
-and re-exporting `sample` from it would be an import cycle (sampling -> sample_api -> generate ->
-sampling); the public name is `diffmem.sample`.
+This lives above `generate` (DESIGN.md 2.1): `diffmem.sampling` holds the algorithms and the
+registry, and re-exporting `sample` from it would be an import cycle (sampling -> sample_api ->
+generate -> sampling); the public name is `diffmem.sample`.
 """
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ def default_sampler(model: Model, config=None) -> str:
 def sample(model_or_denoiser: Model | Callable, seeds, sampler: str | None = None, *,
            shape=None, sigma_range=None, data_range=None, config=None, mesh=None,
            **settings) -> np.ndarray:
-    """Samples (B, *S) float32 of a Model or a plain batched denoiser, one per seed (sample i depends
-    only on seeds[i]).
+    """Samples (B, *S) float32 of a Model or a plain batched denoiser, one per seed (sample i
+    depends only on seeds[i]).
 
     seeds: integers (B,), a range, or a string such as '0-99'. sampler: a name of
     `sampling.SAMPLERS` (default `default_sampler`). shape, sigma_range, data_range: for a plain

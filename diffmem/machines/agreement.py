@@ -121,15 +121,16 @@ def agreement_vs_k(workdir, names: Sequence[str] | None = None, *, machines: Seq
                    network: str = "trained", calibrate_machine: str = "els", candidates=None,
                    sigmas: Sequence[float] | None = None, num_images: int = 16, images: str = "train",
                    num_seeds: int = 16, sampler: str = "edm_euler", num_steps: int = 18, chunk: int | None = None,
-                   seed: int = 0, progress: bool = True, seeds: Sequence[int] | None = None) -> dict:
+                   seed: int = 0, progress: bool = True,
+                   seeds: Sequence[int] | None = None) -> dict:
     """Agreement of each machine with the network for each K of a workdir ({name: row}, rows as `agreement_for`),
     saved as machines/agreement/<name>.json and reused when a rerun asks for the same settings.
 
     network: "trained" (the checkpoint's EMA weights) or "optimal" (the empirical denoiser: how local is the
     memorizing optimum?). calibrate_machine: the machine whose hyperparameter is calibrated first (every tuned
     machine gets its own calibration); None: no calibration, the machines' default schedules. images: "train"
-    or "heldout" (noised images of the denoiser comparison and the calibration). seeds: the seeds of the
-    sample comparison (default 0..num_seeds-1)."""
+    or "heldout" (noised images of the denoiser comparison and the calibration). seeds: the seeds of
+    the sample comparison (default 0..num_seeds-1)."""
     wd = workdir if isinstance(workdir, wdlib.Workdir) else wdlib.Workdir(os.fspath(workdir))
     bad = [m for m in machines if m not in mm.MACHINES]
     if bad or calibrate_machine not in TUNED + (None,):
@@ -155,7 +156,8 @@ def agreement_vs_k(workdir, names: Sequence[str] | None = None, *, machines: Seq
             continue
         row = agreement_for(wd, name, machines=machines, network=network, calibrate_machine=calibrate_machine,
                             candidates=candidates, sigmas=sigmas, num_images=num_images, images=images,
-                            seeds=seeds, sampler=sampler, num_steps=num_steps, chunk=chunk, seed=seed)
+                            seeds=seeds, sampler=sampler, num_steps=num_steps, chunk=chunk,
+                            seed=seed)
         if wdlib.is_writer():
             report.write_json(path, dict(settings=settings, step=_step(wd, name, network), row=row))
         rows[name] = row
