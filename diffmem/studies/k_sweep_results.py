@@ -15,6 +15,7 @@ import dataclasses
 import json
 from typing import Mapping
 
+from diffmem.metrics import classify as classify_lib
 from diffmem.studies.pipeline import Result
 
 __all__ = ["CLASSES", "REPORT_VERSION", "TrainResult", "SampleResult", "ClassifyResult",
@@ -22,7 +23,7 @@ __all__ = ["CLASSES", "REPORT_VERSION", "TrainResult", "SampleResult", "Classify
            "PhaseTimesResult", "SectionResult", "ReportResult", "RESULTS", "report_json",
            "from_report_json", "load_report"]
 
-CLASSES = ("memorized", "spurious", "generalized")
+CLASSES = classify_lib.NAMES  # the one list of Pham et al.'s classes
 REPORT_VERSION = 2
 
 

@@ -27,6 +27,7 @@ from diffmem import builders, report, viz
 from diffmem.data import molrg
 from diffmem.energy import ddpm_grad_energy, relative_energy
 from diffmem.errors import InputError, MissingInputError
+from diffmem.metrics import classify as classify_lib
 from diffmem.metrics import critical_time as ct
 from diffmem.metrics import jacobian, phase_times
 from diffmem.workdir import Workdir
@@ -38,7 +39,7 @@ __all__ = ["CLASSES", "SOURCES", "PUBLISHED_REAL", "PUBLISHED_MOLRG_ANALYTIC",
            "gather_critical_times", "critical_time_figure", "rank_vs_snr", "ddpm_energy_gradient",
            "energy_profiles", "phase_table", "molrg_metrics"]
 
-CLASSES = ("memorized", "spurious", "generalized")
+CLASSES = classify_lib.NAMES  # the one list of Pham et al.'s classes
 SOURCES = CLASSES + ("train",)
 # Zhang et al.'s figures/jacobian-real.png medians (notes B.1) and the analytic MoLRG curve (n = 48, d = 6).
 PUBLISHED_REAL = {500: 0.95, 125: 0.7, 50: 0.5, 10: 0.2, 1.67: 0.08, 0.91: 0.05, 0.3: 0.02, 0.12: 0.009,
