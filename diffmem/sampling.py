@@ -25,6 +25,9 @@ import numpy as np
 from diffmem.errors import InputError
 from diffmem.sde import SDE, Denoiser, ScoreFn, _bcast, ddpm_alpha_bar, edm_sigma_steps
 
+from diffmem.ks_sampler import KSResult, kadkhodaie_simoncelli, ks_recursion_iterations  # noqa: F401
+from diffmem.sample_noise import (_check_batch, _noise_keys, initial_noise, per_sample_keys,  # noqa: F401
+                                  step_noise, tutorial_init)
 from diffmem.sharded import SAMPLE_BLOCK, sample_sharded, seed_slots  # noqa: F401 (re-exported)
 
 __all__ = ["per_sample_keys", "initial_noise", "step_noise", "tutorial_init", "euler_maruyama",
@@ -35,72 +38,6 @@ __all__ = ["per_sample_keys", "initial_noise", "step_noise", "tutorial_init", "e
            "not_converged_message"]
 
 _UPFRONT_NOISE_MAX = 1 << 24  # draw all EM noise in one op when it fits in 16M numbers (64 MB float32)
-
-
-# ----------------------------------------------------------------------------------- per-sample noise
-def per_sample_keys(key_or_seeds) -> jax.Array:
-    """(B,) typed keys: `jax.random.key(seed_i)` for integer seeds (B,), or a (B,) typed key array as is.
-
-    Seeds are read as uint32 (0 <= seed < 2**32), so the same seed gives the same key with or without x64.
-    """
-    if isinstance(key_or_seeds, jax.Array) and jnp.issubdtype(key_or_seeds.dtype, jax.dtypes.prng_key):
-        if key_or_seeds.ndim != 1:
-            raise InputError(f"Expected one key per sample, a (B,) key array; got shape {key_or_seeds.shape}. "
-                             "A single batch-level key would tie each sample to the batch: pass seeds (B,).")
-        return key_or_seeds
-    if not isinstance(key_or_seeds, jax.core.Tracer):
-        seeds = np.asarray(key_or_seeds)
-        if seeds.ndim != 1 or not np.issubdtype(seeds.dtype, np.integer):
-            raise InputError(f"Expected per-sample integer seeds of shape (B,); got {seeds.dtype} {seeds.shape}.")
-        if seeds.size and (seeds.min() < 0 or seeds.max() >= 2**32):
-            raise InputError("Seeds must lie in [0, 2**32): each is read as a uint32.")
-    seeds = jnp.asarray(key_or_seeds)
-    if seeds.ndim != 1 or not jnp.issubdtype(seeds.dtype, jnp.integer):
-        raise InputError(f"Expected per-sample integer seeds of shape (B,); got {seeds.dtype} {seeds.shape}.")
-    return jax.vmap(jax.random.key)(seeds.astype(jnp.uint32))
-
-
-def initial_noise(key_or_seeds, shape: tuple[int, ...], std: float = 1.0, dtype=jnp.float32) -> jax.Array:
-    """(B, *shape) draws of N(0, std^2 I); row i from `fold_in(key(seed_i), 0)` alone."""
-    keys = per_sample_keys(key_or_seeds)
-    return std * jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape, dtype))(keys)
-
-
-def step_noise(keys: jax.Array, step, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-    """(B, *shape) standard normals for sampler step `step`: row i from fold_in(fold_in(keys[i], 1), step)."""
-    draw = lambda k: jax.random.normal(jax.random.fold_in(jax.random.fold_in(k, 1), step), shape, dtype)
-    return jax.vmap(draw)(keys)
-
-
-def tutorial_init(key_or_seeds, dim: int, sde: SDE, *, start: str = "tutorial") -> jax.Array:
-    """Starting points (B, dim) at t_max, one per seed.
-
-    start="tutorial": the tutorial's start, Gaussian draws normalised to unit norm and scaled to the
-    sphere of radius marginal_std(t_max) (sigma_max for the VE SDE). start="prior": a plain draw from the
-    SDE's Gaussian prior N(0, prior_std^2 I). Both use `initial_noise`, so sample i depends on seed i only.
-    """
-    z = initial_noise(key_or_seeds, (dim,))
-    if start == "prior":
-        return z * sde.prior_std()
-    if start == "tutorial":
-        return z / jnp.linalg.norm(z, axis=-1, keepdims=True) * sde.marginal_std(jnp.asarray(sde.t_max))
-    raise InputError(f"Unknown start {start!r}; choose 'tutorial' or 'prior'.")
-
-
-def _noise_keys(key_or_seeds, needed: bool, why: str) -> jax.Array | None:
-    """Per-sample keys for a sampler whose noise is optional: None when not `needed`, else `per_sample_keys`."""
-    if not needed:
-        return None
-    if key_or_seeds is None:
-        raise InputError(f"{why}: pass per-sample seeds (B,).")
-    return per_sample_keys(key_or_seeds)
-
-
-def _check_batch(x: jax.Array, keys: jax.Array | None, what: str) -> None:
-    if x.ndim < 2:
-        raise InputError(f"{what} must be batched, (B, *S); got shape {x.shape}.")
-    if keys is not None and keys.shape[0] != x.shape[0]:
-        raise InputError(f"{what} has {x.shape[0]} rows but {keys.shape[0]} seeds were given: one seed per sample.")
 
 
 # ----------------------------------------------------------------------------------- score-based (SDE view)
@@ -494,70 +431,7 @@ def _edm_heun(model, *, num_steps, sigma_min, sigma_max):
 
 
 # ------------------------------------------------------------------ Kadkhodaie & Simoncelli (blind ascent)
-class KSResult(NamedTuple):
-    """Output of `kadkhodaie_simoncelli`: samples (B, *S), iterations (B,) int (updates taken), sigma (B,)
-    (the last estimate ||f(y)|| / sqrt(N)) and converged (B,) bool (sigma reached sigma_L; False when the cap
-    max_iters stopped it or sigma exceeded 2, upstream's "not converging")."""
-    samples: jax.Array
-    iterations: jax.Array
-    sigma: jax.Array
-    converged: jax.Array
-
-
-def kadkhodaie_simoncelli(denoiser: Denoiser, shape: tuple[int, ...], key_or_seeds, *, h0: float = 0.01,
-                          beta: float = 0.01, sigma_0: float = 1.0, sigma_L: float = 0.01, init_mean: float = 0.0,
-                          fixed_h: bool = False, max_iters: int = 3000) -> KSResult:
-    """Kadkhodaie & Simoncelli (2021) Algorithm 1, unconstrained synthesis (`univ_inv_sol`, M = 0).
-
-    Units are the denoiser's (Kadkhodaie: [0, 1] images, sigma_0 = 1). denoiser: D(y (B,*S), sigma (B,)); a
-    blind net ignores sigma, others get the current estimate sigma = ||f(y)|| / sqrt(N), f(y) = y - D(y).
-    Per sample (vmapped `lax.while_loop`, at most max_iters updates): y0 = init_mean + sigma_0 n0 with
-    n0 from fold_in(key, 0), and the z of update t from fold_in(key, t), so two models given the same seeds
-    see the same noise stream, whatever their stopping times.
-    """
-    keys = per_sample_keys(key_or_seeds)
-    n = math.prod(shape)
-
-    def f(y, sigma):
-        return y - denoiser(y[None], sigma[None])[0]
-
-    def one(key):
-        y = init_mean + sigma_0 * jax.random.normal(jax.random.fold_in(key, 0), shape)
-        sigma = jnp.linalg.norm(f(y, jnp.asarray(sigma_0, y.dtype))) / math.sqrt(n)
-
-        def cond(c):
-            _, sigma, t = c
-            return (sigma > sigma_L) & (sigma <= 2.0) & (t <= max_iters)
-
-        def body(c):
-            y, sigma, t = c
-            tf = t.astype(y.dtype)
-            h = h0 if fixed_h else h0 * tf / (1.0 + h0 * (tf - 1.0))
-            d = f(y, sigma)
-            sigma = jnp.linalg.norm(d) / math.sqrt(n)
-            gamma = sigma * jnp.sqrt(jnp.maximum((1.0 - beta * h) ** 2 - (1.0 - h) ** 2, 0.0))
-            z = jax.random.normal(jax.random.fold_in(key, t), shape, y.dtype)
-            return y - h * d + gamma * z, sigma, t + 1
-
-        y, sigma, t = jax.lax.while_loop(cond, body, (y, sigma, jnp.asarray(1, jnp.int32)))
-        return y - f(y, sigma), t - 1, sigma, sigma <= sigma_L
-
-    samples, iters, sigma, ok = jax.vmap(one)(keys)
-    return KSResult(samples, iters, sigma, ok)
-
-
-def ks_recursion_iterations(sigma_start: float, *, h0: float = 0.01, beta: float = 0.01, sigma_L: float = 0.01,
-                            max_iters: int = 100_000) -> int:
-    """Updates the sampler takes when the effective noise follows sigma_t = (1 - beta h_t) sigma_{t-1} exactly
-    (the loop tests the estimate of the previous update's input): ~662 from 1 to 0.01 with the defaults."""
-    s_prev, s, t = sigma_start, sigma_start, 1
-    while s_prev > sigma_L and t <= max_iters:
-        h = h0 * t / (1.0 + h0 * (t - 1))
-        s_prev, s = s, (1.0 - beta * h) * s
-        t += 1
-    return t - 1
-
-
+# The algorithm is `diffmem.ks_sampler`; its per-sample record and registry entry follow.
 class SampleInfo(NamedTuple):
     """Per-sample diagnostics a registered sampler reports beside its samples, attached to its
     run function as `run.info` (only the KS sampler has one). `sample_sharded` returns one array
