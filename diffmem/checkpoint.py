@@ -198,26 +198,22 @@ def _check_free_space(mngr: ocp.CheckpointManager, step: int, tree: Any) -> None
             "lower --config.keep_checkpoints, then rerun: training resumes from the last complete checkpoint.")
 
 
-class _write_errors:
+@contextlib.contextmanager
+def _write_errors(mngr: ocp.CheckpointManager):
     """Turn a failed write of orbax (an OSError, or tensorstore's RESOURCE_EXHAUSTED / permission errors
     raised as ValueError or RuntimeError) into one `WriteError` line naming the directory."""
-
-    def __init__(self, mngr: ocp.CheckpointManager):
-        self.directory = str(mngr.directory)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, e, tb):
-        if e is None or isinstance(e, DiffmemError) or not isinstance(e, Exception):
-            return False
+    try:
+        yield
+    except DiffmemError:
+        raise
+    except Exception as e:
         text = str(e)
-        if isinstance(e, OSError) or any(t in text for t in _WRITE_FAILURES):
-            reason = next((t for t in _WRITE_FAILURES if t in text), None) or e.strerror or type(e).__name__
-            raise WriteError(
-                f"Cannot write a checkpoint under {self.directory} ({reason}). Free disk space or make it "
-                "writable, then rerun: training resumes from the last complete checkpoint.") from e
-        return False
+        if not (isinstance(e, OSError) or any(t in text for t in _WRITE_FAILURES)):
+            raise
+        reason = next((t for t in _WRITE_FAILURES if t in text), None) or e.strerror or type(e).__name__
+        raise WriteError(
+            f"Cannot write a checkpoint under {mngr.directory} ({reason}). Free disk space or make it "
+            "writable, then rerun: training resumes from the last complete checkpoint.") from e
 
 
 # ----------------------------------------------------------------------------------------------- restore

@@ -12,7 +12,7 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diffmem")
 
 
-def _modules() -> dict[str, str]:
+def package_modules() -> dict[str, str]:
     """{dotted module name: file} of every module under diffmem/ (a package is its __init__.py)."""
     out = {}
     for folder, _, files in os.walk(ROOT):
@@ -35,7 +35,7 @@ def import_graph() -> dict[str, dict[str, list[int]]]:
     """{module: {diffmem module it imports: [line, ...]}} from every import statement of the file
     (module level, in functions, in classes); `from diffmem import x` counts as importing diffmem.x
     when x is a module, and relative imports are resolved."""
-    modules = _modules()
+    modules = package_modules()
     graph = {}
     for mod, path in modules.items():
         with open(path) as f:

@@ -19,6 +19,7 @@ from diffmem import configlib, devices, energy, generate, sampling
 from diffmem.errors import InputError
 from diffmem.model import Model
 from diffmem.workdir import Workdir
+from test_imports import package_modules  # every module under diffmem/, one walk for both tests
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "diffmem")
@@ -31,17 +32,6 @@ CORE = {"Model": "diffmem.model", "Workdir": "diffmem.workdir", "VESDE": "diffme
         "nearest": "diffmem.metrics.neighbours", "classify": "diffmem.metrics.classify",
         "memorization_ratio": "diffmem.metrics.memorization",
         "log_likelihood": "diffmem.likelihood"}
-
-
-def _modules() -> dict[str, str]:
-    out = {}
-    for folder, _, files in os.walk(PACKAGE):
-        for f in files:
-            if f.endswith(".py"):
-                path = os.path.join(folder, f)
-                rel = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
-                out[rel.removesuffix(".__init__")] = path
-    return out
 
 
 def test_dir_lists_the_public_names_and_submodules_only():
@@ -71,7 +61,7 @@ def test_core_names_resolve_to_their_module(name):
 
 def test_every_module_has_an_all_of_names_it_defines():
     missing, unknown = [], {}
-    for mod, path in sorted(_modules().items()):
+    for mod, path in sorted(package_modules().items()):
         with open(path) as f:
             tree = ast.parse(f.read(), path)
         bound, declared = set(), None
@@ -122,7 +112,7 @@ def test_importing_viz_keeps_the_notebook_backend():
 
 
 def test_no_plain_tqdm_import():
-    for mod, path in _modules().items():
+    for mod, path in package_modules().items():
         with open(path) as f:
             assert "from tqdm import tqdm" not in f.read(), f"{mod}: use tqdm.auto"
 
