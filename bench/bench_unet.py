@@ -34,7 +34,7 @@ def build(name: str):
     from diffmem import configlib, nets
     config = configlib.load_config_file(os.path.join(common.REPO, CONFIGS[name][0]))
     m = config.model
-    assert m.name == "ddpm", m.name
+    assert m.name == "ddpm_unet", m.name
     model = nets.DDPMUNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
                           attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, num_groups=m.num_groups)
     return model, config

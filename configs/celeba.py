@@ -12,7 +12,7 @@ ancestral, 1000 steps. (Kadkhodaie et al. themselves train a bias-free UNet as a
 with their stochastic ascent: configs/kadkhodaie.py.)
 Kadkhodaie et al. report memorization for N <= 100 and nearly identical samples from models trained on
 disjoint sets for N >= 10^4.
-Arg keys: k, steps, seed, lr, batch (0 = the recipe's), arch (ddpm | ddpmpp), precond (ddpm | vp | ve | edm).
+Arg keys: k, steps, seed, lr, batch (0 = the recipe's), arch (ddpm_unet | ddpmpp), precond (ddpm | vp | ve | edm).
 """
 from diffmem import image_configs as ic
 

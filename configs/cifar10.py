@@ -20,7 +20,7 @@ Data: TFDS `cifar10` prepared as array_record, or the binary tarball with
     (`sample.optimal_sampler`, as Zhang et al.). Expect memorization ratios near 99% / 92% / 61% / 17% at
     K = 500 / 1k / 2k / 4k.
 Both are GPU jobs. Skip-connection study: --config.model.keep_skips_at=32 (or model.skip_connections).
-Arg keys: k, steps, seed, lr, batch (0 = the recipe's), arch (ddpm | ddpmpp), precond (ddpm | vp | ve | edm).
+Arg keys: k, steps, seed, lr, batch (0 = the recipe's), arch (ddpm_unet | ddpmpp), precond (ddpm | vp | ve | edm).
 """
 from diffmem import image_configs as ic
 

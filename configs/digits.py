@@ -11,14 +11,14 @@ UNet (ch 32, multipliers 1,2, attention at 4 px) or DDPM++ (32 channels, 1,2, on
 them in a few thousand steps (minutes on a laptop CPU); small K memorizes (samples copy training digits),
 larger K produces new digits. Samplers: DDPM ancestral (1000 steps) for precond=ddpm; EDM's Heun (18 steps)
 otherwise, and EDM's Euler for the empirical optimal denoiser (Zhang et al.; `sample.optimal_sampler`).
-Arg keys: k (int or a+b sweep), steps (steps, "100ep" epochs or "500kimg" images), seed, lr, batch, arch (ddpm | ddpmpp),
+Arg keys: k (int or a+b sweep), steps (steps, "100ep" epochs or "500kimg" images), seed, lr, batch, arch (ddpm_unet | ddpmpp),
 precond (ddpm | vp | ve | edm; ddpm trains with Ho et al.'s epsilon loss, the others with EDM's loss).
 """
 from diffmem import image_configs as ic
 
 
 def get_config(arg=None):
-    a = ic.parse_args("digits", arg, k=64, steps="4000", seed=0, lr=1e-3, batch=64, arch="ddpm", precond="ddpm")
+    a = ic.parse_args("digits", arg, k=64, steps="4000", seed=0, lr=1e-3, batch=64, arch="ddpm_unet", precond="ddpm")
     model = ic.model_section(a.arch, channels=32, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,),
                              dropout=0.1, num_groups=8)
     return ic.assemble(

@@ -12,7 +12,7 @@ betas, Adam 2e-4 clipped at norm 1, batch 128, EMA 0.9999, 400k iterations: a GP
 DDPM ancestral, 1000 steps, as Pham et al.; LPIPS enlarges the 28 px images to 32 px by nearest-exact, as
 their code. Small K memorizes, K in the thousands
 produces spurious then generalized samples (memorized / spurious / generalized by LPIPS distances).
-Arg keys: k, steps, seed, lr, batch (0 = the recipe's), arch (ddpm | ddpmpp: Gu et al.'s DDPM++ recipe),
+Arg keys: k, steps, seed, lr, batch (0 = the recipe's), arch (ddpm_unet | ddpmpp: Gu et al.'s DDPM++ recipe),
 precond (ddpm | vp | ve | edm); see diffmem.image_configs. res: resize the images to res x res (0 = 28; the
 recipe's networks need res divisible by 4). cpu=1: the reduced-resolution CPU preset (default res 14): the
 digits-sized network (32 channels, multipliers 1,2, one block, attention at res/2), Adam 1e-3 with a 200-step

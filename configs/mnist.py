@@ -8,7 +8,7 @@ how to prepare it when it is missing), or --config.data.source=npz:/path/mnist.n
 configs/mnist.yaml: DDPM UNet ch 128, multipliers 1,2,2, 2 blocks, attention list (16,), dropout 0.1,
 NIN layers initialised at scale 0.1, epsilon loss, Adam 2e-4 clipped at norm 1, batch 128, EMA 0.9999, 400k
 iterations (a GPU job). Sampler: DDPM ancestral, 1000 steps, as Pham et al.
-Arg keys: k, steps, seed, lr, batch (0 = the recipe's), arch (ddpm | ddpmpp), precond (ddpm | vp | ve | edm).
+Arg keys: k, steps, seed, lr, batch (0 = the recipe's), arch (ddpm_unet | ddpmpp), precond (ddpm | vp | ve | edm).
 """
 from diffmem import image_configs as ic
 

@@ -9,10 +9,10 @@ preconditioned denoiser), `is_vector_model` (the trainer's small-model path) and
 
 Image models combine an architecture (`model.name`) with a preconditioning (`diffusion.precond`):
 
-    model.name   "ddpm"    Ho et al.'s UNet (Pham et al.), `nets.DDPMUNet`
-                 "ddpmpp"  EDM's DDPM++ with per-skip switches (Gu et al.), `nets.SongUNet`
+    model.name   "ddpm_unet"  Ho et al.'s UNet (Pham et al.), `nets.DDPMUNet`
+                 "ddpmpp"     EDM's DDPM++ with per-skip switches (Gu et al.), `nets.SongUNet`
     precond      "ddpm" | "vp" | "ve" | "edm"   (`diffmem.precond`)
-    loss.name    "ddpm"       Ho et al.'s epsilon loss on T discrete steps (precond "ddpm" only)
+    loss.name    "eps"        Ho et al.'s epsilon loss on T discrete steps (precond "ddpm" only)
                  "denoising"  EDM's lambda(sigma) |D - x0|^2 with the preconditioning's noise levels
 
 The network always sees the preconditioned input c_in x and a noise label: the preconditioning's c_noise
@@ -39,10 +39,10 @@ __all__ = ["IMAGE_MODELS", "BLIND_MODELS", "MODELS", "LOSSES", "SUBSETS", "LABEL
            "sigma_range", "denoiser", "score_fn", "build_loss", "load_pool", "load_pool_labels",
            "molrg_from_config", "gmm_from_config", "batch_size", "model_specs", "subset_labels"]
 
-IMAGE_MODELS = ("ddpm", "ddpmpp")
+IMAGE_MODELS = ("ddpm_unet", "ddpmpp")
 BLIND_MODELS = ("bf_unet", "bf_cnn")  # Kadkhodaie et al.'s bias-free blind denoisers, [0, 1] units
 MODELS = ("mlp",) + IMAGE_MODELS + BLIND_MODELS
-LOSSES = ("dsm", "ddpm", "denoising", "blind")
+LOSSES = ("dsm", "eps", "denoising", "blind")
 SUBSETS = ("permutation", "balanced", "first", "last")  # first / last: Kadkhodaie's disjoint S1 / S2
 LABEL_MODES = ("none", "true", "random", "unique")
 
@@ -105,7 +105,7 @@ def build_model(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
                              fourier_scale=m.fourier_scale)
     if m.name in IMAGE_MODELS and len(data_shape) != 3:
         raise configlib.ConfigError(f"model.name={m.name!r} needs images (H, W, C); got data of shape {data_shape}.")
-    if m.name == "ddpm":
+    if m.name == "ddpm_unet":
         return nets.DDPMUNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
                              attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, num_groups=m.num_groups,
                              nin_init_scale=m.get("nin_init_scale", 1.0))
@@ -144,9 +144,9 @@ def network_fn(config: ml_collections.ConfigDict, model, params, *, labels=None,
         def f(x, c):
             return model.apply(params, x, c, _batch_labels(labels, x.shape[0]), train=train, rngs=rngs)
         return f
-    if config.model.name == "ddpm":
+    if config.model.name == "ddpm_unet":
         if labels is not None:
-            raise configlib.ConfigError("model.name='ddpm' is unconditional: it takes no class labels "
+            raise configlib.ConfigError("model.name='ddpm_unet' is unconditional: it takes no class labels "
                                         "(use model.name='ddpmpp' with model.label_dim > 0).")
         return lambda x, c: model.apply(params, x, c, train=train, rngs=rngs)
     raise configlib.ConfigError(f"model.name={config.model.name!r} is not an image network; "
@@ -186,7 +186,7 @@ def build_precond(config: ml_collections.ConfigDict):
     """The preconditioning as the config's network sees it (`base_precond`, with DDPM-step noise labels for
     the DDPM UNet under "edm" and "ve")."""
     p = base_precond(config)
-    if config.model.name == "ddpm" and isinstance(p, (precond.EDM, precond.VE)):
+    if config.model.name == "ddpm_unet" and isinstance(p, (precond.EDM, precond.VE)):
         d = config.diffusion
         return precond.StepLabels(p, num_steps=d.timesteps, beta_start=d.beta_start, beta_end=d.beta_end)
     return p
@@ -240,10 +240,10 @@ def build_loss(config: ml_collections.ConfigDict, model) -> Callable[..., jax.Ar
     reduction = config.loss.get("reduction", "mean")  # over each example's pixels; "sum" as EDM's trainer
     if reduction not in losses.REDUCTIONS:
         raise configlib.ConfigError(f"Unknown loss.reduction {reduction!r}; valid: {list(losses.REDUCTIONS)}.")
-    if name == "ddpm":
+    if name == "eps":
         d = config.diffusion
         if d.get("precond", "ddpm") != "ddpm":
-            raise configlib.ConfigError(f"loss.name='ddpm' (Ho et al.'s epsilon loss) needs diffusion.precond="
+            raise configlib.ConfigError(f"loss.name='eps' (Ho et al.'s epsilon loss) needs diffusion.precond="
                                         f"'ddpm', not {d.precond!r}; use loss.name='denoising'.")
         ab = jnp.asarray(sde_lib.ddpm_alpha_bar(d.timesteps, d.beta_start, d.beta_end), jnp.float32)
 

@@ -42,7 +42,7 @@ __all__ = ["REQUIRED", "MONITOR_DEFAULTS", "SCHEDULE_DEFAULTS", "OPTIONAL", "SEC
            "SAMPLE_BATCH", "DATA_KEYS", "MODEL_KEYS", "LOSS_KEYS", "DIFFUSION_KINDS",
            "PRECOND_KEYS", "OPTIM_KEYS", "EMA_KEYS", "MONITOR_KEYS", "SAMPLE_KEYS",
            "SAMPLER_SETTINGS", "samplers", "RULES", "FREE_TEXT", "sde_section", "mlp_section",
-           "optim_section", "schedule_section", "assemble", "normalize", "migrate", "validate",
+           "optim_section", "schedule_section", "assemble", "normalize", "RENAMED", "migrate", "validate",
            "check"]
 
 REQUIRED = ("seed", "data", "model", "diffusion", "loss", "optim", "batch_size", "steps", "steps_per_call",
@@ -71,7 +71,7 @@ DATA_KEYS = {
 }
 MODEL_KEYS = {
     "mlp": ("name", "num_layers", "hidden", "embed", "fourier_scale"),
-    "ddpm": ("name", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "num_groups",
+    "ddpm_unet": ("name", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "num_groups",
              "nin_init_scale"),
     "ddpmpp": ("name", "channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout", "embedding_type",
                "label_dim", "skip_connections", "keep_skips_at", "drop_disabled_skips"),
@@ -80,7 +80,7 @@ MODEL_KEYS = {
 }
 LOSS_KEYS = {
     "dsm": ("name",),
-    "ddpm": ("name", "reduction"),
+    "eps": ("name", "reduction"),
     "denoising": ("name", "reduction"),
     "blind": ("name", "images_per_step", "max_sigma_255", "units"),
 }
@@ -96,7 +96,7 @@ SAMPLE_KEYS = ("num", "sampler", "optimal_sampler", "batch")
 SAMPLER_SETTINGS = {
     "em": ("num_steps", "eps"),
     "ode": ("eps",),
-    "ddpm": ("timesteps", "beta_start", "beta_end"),
+    "ddpm_ancestral": ("timesteps", "beta_start", "beta_end"),
     "ddim": ("num_steps", "eta", "timesteps", "beta_start", "beta_end"),
     "edm_euler": ("num_steps", "sigma_min", "sigma_max"),
     "edm_heun": ("num_steps", "sigma_min", "sigma_max"),
@@ -280,16 +280,29 @@ def normalize(config) -> Any:
     return config
 
 
+_ANCESTRAL = {"ddpm": "ddpm_ancestral"}
+RENAMED = {"model.name": {"ddpm": "ddpm_unet"}, "loss.name": {"ddpm": "eps"}, "sample.sampler": _ANCESTRAL,
+           "sample.optimal_sampler": _ANCESTRAL, "monitor.sampler": _ANCESTRAL}
+"""Names of earlier schemas, by key: "ddpm" named a network, a loss and a sampler as well as the
+preconditioning; each now has its own name, and only `diffusion.precond` keeps "ddpm"."""
+
+
 def migrate(obj: dict) -> dict:
     """A config.json dict of any earlier schema in this one (a new dict): the toy `sde` section {name, ...}
-    becomes `diffusion` of kind "sde", an image `diffusion` section without `kind` gets kind "precond", and
-    the defaults are filled (`normalize`). A config of this schema comes back equal."""
+    becomes `diffusion` of kind "sde", an image `diffusion` section without `kind` gets kind "precond", the
+    old names are renamed (`RENAMED`), and the defaults are filled (`normalize`). A config of this schema
+    comes back equal."""
     obj = copy.deepcopy(dict(obj))
     if "sde" in obj and "diffusion" not in obj:
         fields = dict(obj.pop("sde"))
         obj["diffusion"] = dict(kind="sde", sde=fields.pop("name", "ve"), **fields)
     if isinstance(obj.get("diffusion"), dict) and "kind" not in obj["diffusion"]:
         obj["diffusion"] = dict(kind="precond", **obj["diffusion"])
+    for dotted, renamed in RENAMED.items():
+        section, key = dotted.split(".")
+        node = obj.get(section)
+        if isinstance(node, dict) and node.get(key) in renamed:
+            node[key] = renamed[node[key]]
     obj = {key: obj[key] for key in sorted(obj, key=lambda k: SECTIONS.index(k) if k in SECTIONS else len(SECTIONS))}
     return normalize(obj)
 

@@ -4,7 +4,7 @@ cifar10.py, celeba.py compose them with `diffmem.config_schema.assemble`, the on
 
 A config's arg string chooses the architecture and the preconditioning:
 
-    arch      "ddpm"    Ho et al.'s UNet, trained with Pham et al.'s recipe (the default)
+    arch      "ddpm_unet"  Ho et al.'s UNet, trained with Pham et al.'s recipe (the default)
               "ddpmpp"  EDM's DDPM++ (SongUNet), trained with Gu et al.'s recipe
     precond   "ddpm" (epsilon loss on 1000 linear-beta steps, the default) | "vp" | "ve" | "edm"
 
@@ -43,12 +43,12 @@ __all__ = ["ARCHS", "PRECONDS", "COMMON_ARGS", "steps_of", "parse_args", "data_s
            "model_section", "diffusion_section", "loss_section", "GU_SCHEDULE", "sample_section",
            "ImageSet", "gu_schedule", "recipe_config"]
 
-ARCHS = ("ddpm", "ddpmpp")
+ARCHS = ("ddpm_unet", "ddpmpp")
 PRECONDS = tuple(sorted(precond.PRECONDITIONINGS))  # ddpm, edm, ve, vp
 # Arg keys of the recipe configs: k (int or a+b sweep), steps / lr / batch (0 = the recipe's; steps also
 # takes epochs "100ep" or images "200kimg", see `steps_of`), seed,
-# arch (ddpm | ddpmpp), precond (ddpm | vp | ve | edm).
-COMMON_ARGS = dict(k=1000, steps="0", seed=0, lr=0.0, batch=0, arch="ddpm", precond="ddpm")
+# arch (ddpm_unet | ddpmpp), precond (ddpm | vp | ve | edm).
+COMMON_ARGS = dict(k=1000, steps="0", seed=0, lr=0.0, batch=0, arch="ddpm_unet", precond="ddpm")
 
 
 def steps_of(duration: str, k, batch: int, default: int) -> int:
@@ -83,13 +83,13 @@ def model_section(arch: str, *, channels: int, channel_mult: tuple[int, ...], nu
                   embedding_type: str = "positional", label_dim: int = 0, nin_init_scale: float = 1.0) -> dict:
     """`model` for either architecture from one set of sizes (each keeps its own field names).
 
-    ddpm: DDPMUNet(ch, ch_mult, num_res_blocks, attn_resolutions, dropout, num_groups, nin_init_scale: the
+    ddpm_unet: DDPMUNet(ch, ch_mult, num_res_blocks, attn_resolutions, dropout, num_groups, nin_init_scale: the
       init scale of the 1x1 layers, 1.0 as Ho et al., 0.1 as Pham et al.'s code).
     ddpmpp: SongUNet(channels, channel_mult, num_blocks, attn_resolutions, dropout, embedding_type,
       label_dim, skip_connections / keep_skips_at (None = every skip kept), drop_disabled_skips).
     """
-    if arch == "ddpm":
-        return dict(name="ddpm", ch=channels, ch_mult=tuple(channel_mult), num_res_blocks=num_blocks,
+    if arch == "ddpm_unet":
+        return dict(name="ddpm_unet", ch=channels, ch_mult=tuple(channel_mult), num_res_blocks=num_blocks,
                     attn_resolutions=tuple(attn_resolutions), dropout=dropout, num_groups=num_groups,
                     nin_init_scale=nin_init_scale)
     if arch == "ddpmpp":
@@ -113,9 +113,9 @@ def diffusion_section(precond_name: str, *, timesteps: int = 1000, beta_start: f
 
 
 def loss_section(precond_name: str, reduction: str = "mean") -> dict:
-    """`loss`: Ho et al.'s epsilon loss for "ddpm", EDM's weighted denoising loss otherwise; each example's
+    """`loss`: Ho et al.'s epsilon loss for precond "ddpm", EDM's weighted denoising loss otherwise; each example's
     squared error summed ("sum": EDM's training loop, Gu et al.) or averaged ("mean") over its pixels."""
-    return dict(name="ddpm" if precond_name == "ddpm" else "denoising", reduction=reduction)
+    return dict(name="eps" if precond_name == "ddpm" else "denoising", reduction=reduction)
 
 
 GU_SCHEDULE = dict(duration_mimg=2000.0, lr_rampup_mimg=10.0, ema_halflife_mimg=0.5, ema_rampup_ratio=0.05,
@@ -128,7 +128,7 @@ def sample_section(precond_name: str, *, num: int, batch: int) -> dict:
     `optimal_sampler`: the sampler for the empirical optimal denoiser: EDM's Euler (18 steps, no second-order
     step) for the continuous preconditionings, as Zhang et al. sample it; DDPM ancestral for "ddpm"."""
     if precond_name == "ddpm":
-        return dict(num=num, sampler="ddpm", optimal_sampler="ddpm", num_steps=1000, batch=batch)
+        return dict(num=num, sampler="ddpm_ancestral", optimal_sampler="ddpm_ancestral", num_steps=1000, batch=batch)
     return dict(num=num, sampler="edm_heun", optimal_sampler="edm_euler", num_steps=18, batch=batch)
 
 
@@ -160,11 +160,11 @@ def gu_schedule(k: int, batch: int = 512, duration: float = 2000.0, ema_halflife
 def recipe_config(a: ml_collections.ConfigDict, ds: ImageSet, *,
                   sample_num: int = 10_000) -> ml_collections.ConfigDict:
     """The config of `ds` for parsed args `a` (k, steps, seed, lr, batch, arch, precond; 0 = the recipe's):
-    Pham et al.'s recipe for arch "ddpm", Gu et al.'s for "ddpmpp"."""
+    Pham et al.'s recipe for arch "ddpm_unet", Gu et al.'s for "ddpmpp"."""
     data = dict(source=ds.source, image_size=ds.image_size, center_crop=ds.center_crop, grayscale=ds.grayscale)
-    if a.arch == "ddpm":
+    if a.arch == "ddpm_unet":
         batch = a.batch or 128
-        model = model_section("ddpm", channels=128, channel_mult=ds.ddpm_mult, num_blocks=2,
+        model = model_section("ddpm_unet", channels=128, channel_mult=ds.ddpm_mult, num_blocks=2,
                               attn_resolutions=ds.attn_resolutions, dropout=0.1, nin_init_scale=0.1)
         return assemble(seed=a.seed, data=data_section(k=a.k, **data), model=model,
                         diffusion=diffusion_section(a.precond), loss=loss_section(a.precond, "mean"),

@@ -69,7 +69,7 @@ def sampler_choice(config, sampler: str | None = None, num_steps: int | None = N
     """(sampler name, given settings) the monitor and the training-time study use (module docstring)."""
     name = sampler or config.sample.sampler
     given = {} if num_steps is None else {"num_steps": int(num_steps)}
-    if sampler is None and name == "ddpm":
+    if sampler is None and name == "ddpm_ancestral":
         name, given = CHEAP_SAMPLER[0], dict({"num_steps": CHEAP_SAMPLER[1], "eta": 0.0}, **given)
     sampling.get_sampler(name)
     return name, given

@@ -384,7 +384,7 @@ def _ode(model, *, eps):
 _DDPM_GRID = dict(timesteps=1000, beta_start=1e-4, beta_end=0.02)
 
 
-@register("ddpm", dict(_DDPM_GRID))
+@register("ddpm_ancestral", dict(_DDPM_GRID))
 def _ddpm(model, *, timesteps, beta_start, beta_end):
     """Ho et al.'s ancestral sampler on the `timesteps` DDPM steps (x0 clipped, as Pham et al.)"""
     def run(seeds):

@@ -335,6 +335,8 @@ def read_shard(path: str) -> dict:
         settings = json.loads(str(z["settings"]))
     else:  # one-file sets written before shards
         settings = {k: _scalar(v) for k, v in z.items() if k not in ("samples", "seeds")}
+    if "sampler" in settings:  # the sampler's name of earlier schemas ("ddpm": now "ddpm_ancestral")
+        settings["sampler"] = config_schema.RENAMED["sample.sampler"].get(settings["sampler"], settings["sampler"])
     return dict(samples=x, seeds=seeds, settings=settings, path=path, info=info)
 
 

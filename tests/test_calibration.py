@@ -140,7 +140,7 @@ def test_auto_metric_falls_back_to_pixel_without_lpips_weights(monkeypatch):
 
 def write_samples(path, samples, step):
     report.write_npz(str(path), samples=np.asarray(samples, np.float32), seeds=np.arange(len(samples)),
-                     step=np.int64(step), sampler=np.str_("ddpm"))
+                     step=np.int64(step), sampler=np.str_("ddpm_ancestral"))
 
 
 def test_digits_classes_separate_as_k_grows_with_calibrated_pixel_thresholds(tmp_path):

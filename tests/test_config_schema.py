@@ -204,3 +204,10 @@ def test_range_rules_bounds_types_sweeps_and_unset_values():
         configlib.apply_override(config, key, value)
         with pytest.raises(configlib.ConfigError, match=f"config.{key} = "):
             config_schema.validate(config)
+
+
+def test_a_sample_shard_of_the_old_ddpm_sampler_name_reads_as_ddpm_ancestral(tmp_path):
+    from diffmem import workdir as wdlib
+    path = wdlib.write_shard(str(tmp_path / "0-1.npz"), np.zeros((2, 3)), np.arange(2),
+                             dict(sampler="ddpm", step=5, timesteps=1000))
+    assert wdlib.read_shard(path)["settings"] == dict(sampler="ddpm_ancestral", step=5, timesteps=1000)

@@ -85,7 +85,7 @@ def test_emm_driver_trains_missing_k_only_and_reuses_finished_runs(tmp_path):
 
     def runner(c, w, seeds, sampler):
         trained.append(c.data.k)
-        assert w == os.path.join(root, f"k{c.data.k}") and sampler == "ddpm" and len(seeds) == 8
+        assert w == os.path.join(root, f"k{c.data.k}") and sampler == "ddpm_ancestral" and len(seeds) == 8
         fake_train_and_sample(c, w, seeds, sampler)
 
     kw = dict(seeds=np.arange(8), tolerance=0, figures=False, log=None, **PIXEL)
@@ -117,7 +117,7 @@ def test_emm_driver_trains_missing_k_only_and_reuses_finished_runs(tmp_path):
 def test_emm_script_end_to_end_on_finished_runs(tmp_path):
     root, config = tmp_path / "emm", digits_config()
     for k in (8, 16, 64):
-        fake_train_and_sample(mm.config_for_k(config, k), str(root / f"k{k}"), np.arange(8), "ddpm")
+        fake_train_and_sample(mm.config_for_k(config, k), str(root / f"k{k}"), np.arange(8), "ddpm_ancestral")
     cmd = [sys.executable, os.path.join(REPO, "bin", "emm.py"), "--config=" + os.path.join(REPO, "configs/digits.py"),
            f"--root={root}", "--k_grid=8,16,64", "--tolerance=4", "--metric=pixel", "--delta_m=0.5",
            "--delta_s=0.5", "--num=8"]

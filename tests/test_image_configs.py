@@ -41,11 +41,11 @@ def count(params) -> int:
 @pytest.mark.parametrize("arg", ["", "arch=ddpmpp,precond=vp"])
 def test_every_config_builds_and_its_model_and_loss_initialise(name, arg):
     c = load(name, arg)
-    assert c.data.name == "images" and c.model.name == (arg and "ddpmpp" or "ddpm")
+    assert c.data.name == "images" and c.model.name == (arg and "ddpmpp" or "ddpm_unet")
     _, params, loss = shapes_of(c, SHAPES[name])
     assert loss.shape == (2,) and loss.dtype == jnp.float32
     assert count(params) > 0
-    assert c.sample.sampler == ("edm_heun" if arg else "ddpm")
+    assert c.sample.sampler == ("edm_heun" if arg else "ddpm_ancestral")
     lo, hi = builders.sigma_range(c)
     assert 0 < lo < 0.02 and 100 < hi < 200
     for every in ("log_every", "ckpt_every"):  # the trainer's rule
@@ -59,9 +59,9 @@ def test_cifar10_default_is_pham_et_als_ddpm_setting():
                                                                                                 (16,), 0.1)
     assert (c.optim.lr, c.optim.grad_clip, c.batch_size, c.ema.decay, c.ema.warmup, c.steps) == (
         2e-4, 1.0, 128, 0.9999, False, 500_000)
-    assert (c.diffusion.precond, c.diffusion.timesteps, c.loss.name, c.loss.reduction) == ("ddpm", 1000, "ddpm", "mean")
+    assert (c.diffusion.precond, c.diffusion.timesteps, c.loss.name, c.loss.reduction) == ("ddpm", 1000, "eps", "mean")
     assert c.model.nin_init_scale == 0.1               # Pham et al.'s (score_sde) NIN init
-    assert (c.sample.sampler, c.sample.optimal_sampler) == ("ddpm", "ddpm")
+    assert (c.sample.sampler, c.sample.optimal_sampler) == ("ddpm_ancestral",) * 2
     assert load("cifar10", "arch=ddpmpp,precond=edm").sample.optimal_sampler == "edm_euler"   # Zhang et al.
     _, params, _ = shapes_of(c, SHAPES["cifar10"])
     assert count(params) == 35_746_307                  # Ho et al.'s 35.7M
@@ -96,7 +96,7 @@ def test_pham_recipe_for_28px_sets_and_celeba_preprocessing():
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_unknown_arch_or_precond_names_the_valid_ones(name):
-    with pytest.raises(configlib.ConfigError, match=r"unknown arch 'unet'; valid: \['ddpm', 'ddpmpp'\]"):
+    with pytest.raises(configlib.ConfigError, match=r"unknown arch 'unet'; valid: \['ddpm_unet', 'ddpmpp'\]"):
         load(name, "arch=unet")
     with pytest.raises(configlib.ConfigError, match=r"unknown precond 'iddpm'; valid: \['ddpm', 'edm', 've', 'vp'\]"):
         load(name, "precond=iddpm")
@@ -105,15 +105,15 @@ def test_unknown_arch_or_precond_names_the_valid_ones(name):
 def test_builder_errors_name_valid_choices():
     c = load("digits")
     c.model.name = "bfcnn"
-    with pytest.raises(configlib.ConfigError, match=r"valid: \['mlp', 'ddpm', 'ddpmpp'"):
+    with pytest.raises(configlib.ConfigError, match=r"valid: \['mlp', 'ddpm_unet', 'ddpmpp'"):
         builders.build_model(c, (8, 8, 1))
     c = load("digits", "precond=edm")
-    c.loss.name = "ddpm"
+    c.loss.name = "eps"
     with pytest.raises(configlib.ConfigError, match="needs diffusion.precond='ddpm'"):
         builders.build_loss(c, None)
     c = load("digits")
     c.loss.name = "l1"
-    with pytest.raises(configlib.ConfigError, match=r"valid: \['dsm', 'ddpm', 'denoising'"):
+    with pytest.raises(configlib.ConfigError, match=r"valid: \['dsm', 'eps', 'denoising'"):
         builders.build_loss(c, None)
     c = load("digits", "precond=edm")
     c.diffusion.precond_fields.sigma = 1.0
@@ -125,7 +125,7 @@ def test_builder_errors_name_valid_choices():
 def tiny_digits(arch: str, precond_name: str):
     """The digits config with a one-level network of 8 channels (dropout kept on: its rng must be wired)."""
     c = load("digits", f"arch={arch},precond={precond_name}")
-    if arch == "ddpm":
+    if arch == "ddpm_unet":
         c.model.update(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_groups=4, dropout=0.1)
     else:
         c.model.update(channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=(), dropout=0.1)
@@ -177,7 +177,7 @@ def test_denoiser_view_of_every_combination(arch, precond_name):
     assert out.shape == (5, 8, 8, 1)
     p = builders.build_precond(c)
     # The DDPM UNet sees DDPM steps under every preconditioning; DDPM++ sees the preconditioning's c_noise.
-    step_like = arch == "ddpm" and precond_name in ("edm", "ve")
+    step_like = arch == "ddpm_unet" and precond_name in ("edm", "ve")
     assert isinstance(p, precond.StepLabels) == step_like
     lo, hi = builders.sigma_range(c)
     base = builders.base_precond(c)
@@ -188,7 +188,7 @@ def test_denoiser_view_of_every_combination(arch, precond_name):
 
 def test_ddpm_denoiser_is_the_epsilon_parameterisation_on_the_grid(digits_batch):
     """builders.denoiser for the DDPM setting: D(x, sigma_t) = x - sigma_t eps(x / sqrt(1 + sigma_t^2), t)."""
-    c = tiny_digits("ddpm", "ddpm")
+    c = tiny_digits("ddpm_unet", "ddpm")
     model = builders.build_model(c, (8, 8, 1))
     params = random_params(model, (8, 8, 1))
     sigma = jnp.asarray(precond.DDPM().sigmas(), jnp.float32)[jnp.array([3, 100, 500, 900, 950, 999])]
@@ -218,7 +218,7 @@ def test_class_labels_reach_the_network_through_the_denoiser():
     a, b = (loss(params, x0, jax.random.key(0), jnp.array(v)) for v in ([1, 1, 1], [2, 2, 2]))
     assert a.shape == (3,) and not np.allclose(a, b)
     with pytest.raises(configlib.ConfigError, match="unconditional"):
-        builders.denoiser(tiny_digits("ddpm", "ddpm"), None, None, labels=1)
+        builders.denoiser(tiny_digits("ddpm_unet", "ddpm"), None, None, labels=1)
 
 
 def test_gu_label_modes_and_balanced_subsets():

@@ -21,11 +21,11 @@ def check_moments(x, z=5.0):
     assert np.all(np.abs(x.var(0) - var) < z * var * np.sqrt(2 / n) * 1.5), (x.var(0), var)
 
 
-@pytest.mark.parametrize("name", ["ddpm", "ddim_eta1", "edm_heun", "edm_euler"])
+@pytest.mark.parametrize("name", ["ddpm_ancestral", "ddim_eta1", "edm_heun", "edm_euler"])
 def test_samplers_reproduce_mixture_moments(name):
     n = 3000
     seeds = jnp.arange(n)
-    if name == "ddpm":
+    if name == "ddpm_ancestral":
         f = lambda s: sampling.ddpm_ancestral(MIX.denoiser, sampling.initial_noise(s, (D,)), s, num_steps=1000)
     elif name == "ddim_eta1":
         f = lambda s: sampling.ddim(MIX.denoiser, sampling.initial_noise(s, (D,)), s, num_steps=500, eta=1.0)

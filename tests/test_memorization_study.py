@@ -102,7 +102,7 @@ def workdir(tmp_path):
     return str(w), specs
 
 
-def write_samples(path, samples, step, sampler="ddpm"):
+def write_samples(path, samples, step, sampler="ddpm_ancestral"):
     report.write_npz(str(path), samples=np.asarray(samples, np.float32), seeds=np.arange(len(samples)),
                      step=np.int64(step), sampler=np.str_(sampler))
 

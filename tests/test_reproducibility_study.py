@@ -19,10 +19,10 @@ def _workdir(path, config, samples: dict, optimal: dict = ()):
     (path / "config.json").write_text(configlib.to_json(config))
     for name, (seeds, x) in samples.items():
         report.write_npz(str(path / "samples" / f"{name}.npz"), samples=x, seeds=np.asarray(seeds, np.int64),
-                         step=np.int64(10), sampler=np.str_("ddpm"))
+                         step=np.int64(10), sampler=np.str_("ddpm_ancestral"))
     for name, (seeds, x) in dict(optimal).items():
         report.write_npz(str(path / "samples" / "optimal" / f"{name}.npz"), samples=x,
-                         seeds=np.asarray(seeds, np.int64), step=np.int64(-1), sampler=np.str_("ddpm"))
+                         seeds=np.asarray(seeds, np.int64), step=np.int64(-1), sampler=np.str_("ddpm_ancestral"))
     return str(path)
 
 

@@ -90,7 +90,7 @@ def sampler_of(config, settings) -> tuple[str | None, int | None]:
     name = settings.sampler
     if name == "auto":
         name = "ddim" if (config.get("sample", None) or {}).get("sampler",
-                                                                None) == "ddpm" else "config"
+                                                                None) == "ddpm_ancestral" else "config"
     if name == "config":
         return None, None
     return name, settings.sample_steps
