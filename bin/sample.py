@@ -4,7 +4,7 @@
     python bin/sample.py --workdir=runs/c9 --num=1500 --sampler=em --seed=0
     python bin/sample.py --workdir=runs/c9 --seeds=0-99 --sampler=em --sample_steps=500
     python bin/sample.py --workdir=runs/circle --seeds=0-1499 --sampler=ode --k=9
-    python bin/sample.py --workdir=runs/digits --seeds=0-49999 --batch=512 --sampler=ddpm
+    python bin/sample.py --workdir=runs/digits --seeds=0-49999 --batch=512 --sampler=ddpm_ancestral
     python bin/sample.py --workdir=runs/digits --seeds=0-499 --kind=optimal  # the empirical optimum
     python bin/sample.py --config=configs/digits.py:k=64 --kind=optimal --workdir=runs/opt64
 

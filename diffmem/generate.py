@@ -1,7 +1,7 @@
 """The sampling stage: sample the models of a workdir into sample shards (+ a picture), found by K.
 
     paths = sample_workdir("runs/c9", seeds=range(1500), sampler="em")                 # 2-D toy models
-    paths = sample_workdir("runs/digits", seeds=range(50_000), sampler="ddpm", batch=512)  # image models
+    paths = sample_workdir("runs/digits", seeds=range(50_000), sampler="ddpm_ancestral", batch=512)  # image models
     paths = sample_workdir("runs/digits", seeds=range(256), model="optimal")           # empirical optimum
     paths = sample_workdir("runs/opt64", range(256), model="optimal", config=config)   # no training at all
 
