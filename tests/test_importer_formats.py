@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import pathlib
 import pickle
 import pickletools
 import re
@@ -386,3 +387,42 @@ def test_writers_refuse_what_torch_files_cannot_hold(tmp_path):
     assert not os.path.exists(tmp_path / "c.pt") and not os.path.exists(tmp_path / "o.pkl")
     blobs = {"b": b"\x00\xff", "e": b""}  # protocol 2: _codecs.encode and bytes()
     assert tf.read_torch_file(tw.write_torch_zip(tmp_path / "io.pt", blobs)) == blobs
+
+
+def test_what_real_pickles_of_configs_and_state_dicts_hold(tmp_path):
+    """Written by Python's own pickler: a state dict OrderedDict with torch's `_metadata` (BUILD on
+    it), pathlib paths, torch dtypes and enums of a config module."""
+    od = collections.OrderedDict(a=1, b=[2.5, None])
+    od._metadata = collections.OrderedDict({"": {"version": 1}})
+    path = tmp_path / "plain.pkl"
+    for protocol in (2, 4):
+        path.write_bytes(pickle.dumps({"sd": od, "dir": pathlib.PurePosixPath("/data/cifar10")},
+                                      protocol=protocol))
+        assert tf.read_network_pickle(path) == {"sd": {"a": 1, "b": [2.5, None]},
+                                                "dir": "/data/cifar10"}
+    # GLOBAL torch.float32 (as torch pickles a dtype); a parse_utils enum called with its value
+    path.write_bytes(b"\x80\x02]q\x00(ctorch\nfloat32\nq\x01cutils.parse_utils\nKind\nq\x02"
+                     b"X\x03\x00\x00\x00epsq\x03\x85Rq\x04e.")
+    dtype, kind = tf.read_network_pickle(path)
+    assert dtype == "torch.float32"
+    assert kind == PickledObject("utils.parse_utils.Kind", args=("eps",), kind="call")
+
+
+def test_build_cannot_patch_tensors_storages_or_stub_classes(tmp_path):
+    arr = np.arange(3.0)
+    patched = PickledObject("torch._utils._rebuild_parameter", kind="call",
+                            args=(arr, False, collections.OrderedDict()),
+                            state=(None, {"offset": -5, "stride": (-1,)}))
+    with pytest.raises(UnsafePickleError, match="BUILD on a tensor"):
+        tf.read_torch_zip(tw.write_torch_zip(tmp_path / "patched.pt", {"t": patched}))
+    path = tmp_path / "cls.pkl"  # GLOBAL argparse.Namespace; (None, {'__init__': 1}); BUILD
+    path.write_bytes(b"\x80\x02cargparse\nNamespace\nN}X\x08\x00\x00\x00__init__K\x01s\x86b.")
+    with pytest.raises((InputError, UnsafePickleError)):
+        tf.read_network_pickle(path)
+    # a tensor subclass / a parameter with Python state: torch._tensor._rebuild_from_type_v2
+    sub = PickledObject("torch._tensor._rebuild_from_type_v2", kind="call",
+                        args=(tw._Global("torch._utils._rebuild_parameter"),
+                              tw._Global("torch.nn.parameter.Parameter"),
+                              (arr, False, collections.OrderedDict()), {}))
+    out = tf.read_torch_zip(tw.write_torch_zip(tmp_path / "sub.pt", {"p": sub}))
+    assert np.array_equal(out["p"], arr)

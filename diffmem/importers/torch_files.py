@@ -17,11 +17,12 @@ Formats (`diffmem.importers.torch_writers` writes each of them as torch does):
 
 Safety. Every pickle is read by `_Unpickler`, a `pickle.Unpickler` whose `find_class` returns only
 this module's stand-ins for an explicit allow-list (`ALLOWED_GLOBALS`: tensor and parameter
-rebuilds, storage classes, OrderedDict, set, numpy scalars and dtypes, torch.device, torch.Size) and
-inert record classes for `STUB_CLASSES` / `STUB_MODULES` (argparse.Namespace, torch ModuleDicts,
-Pham et al.'s `parse_utils` dataclasses: constructor arguments and BUILD state are recorded, their
-modules are never imported). Any other global raises `UnsafePickleError` naming it and the file
-before anything is called. The stand-ins refuse BUILD on themselves, so a file cannot patch them.
+rebuilds, storage classes, OrderedDict, set, numpy scalars and dtypes, torch.device, torch.Size,
+pathlib paths and torch dtypes, as strings) and inert record classes for `STUB_CLASSES` /
+`STUB_MODULES` (argparse.Namespace, torch ModuleDicts, Pham et al.'s `parse_utils` dataclasses:
+constructor arguments and BUILD state are recorded, their modules are never imported). Any other
+global raises `UnsafePickleError` naming it and the file before anything is called. The stand-ins
+(and the stub classes) refuse BUILD on themselves, so a file cannot patch them.
 
 Output: nested dict / list / tuple / set of Python scalars and strings with `np.ndarray` leaves
 (copies, native byte order, bfloat16 widened to float32); numpy scalars become Python numbers;
@@ -35,6 +36,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import pathlib
 import pickle
 import zipfile
 from typing import Any, Callable
@@ -104,7 +106,12 @@ class _Fn:
         raise _Refusal(f"BUILD on the global {self.name}")
 
 
-class _Stub:
+class _StubMeta(type):
+    def __setattr__(cls, name, value):  # BUILD with slot state on a stub class itself
+        raise _Refusal(f"setting {name!r} on the class {cls._name}")
+
+
+class _Stub(metaclass=_StubMeta):
     """Instances of a stubbed class: NEWOBJ gives `args`, a call sets kind "call", BUILD `state`."""
 
     _name = "?"
@@ -124,7 +131,7 @@ class _Stub:
 
 
 def _stub_class(name: str) -> type:
-    return type(name.rpartition(".")[2] or "Stub", (_Stub,), {"_name": name})
+    return _StubMeta(name.rpartition(".")[2] or "Stub", (_Stub,), {"_name": name})
 
 
 class _Storage:
@@ -135,12 +142,18 @@ class _Storage:
     def __init__(self, key: str, dtype: str):
         self.key, self.dtype, self.array = key, dtype, None
 
+    def __setstate__(self, state):
+        raise _Refusal("BUILD on a storage")
+
 
 class _Tensor:
     __slots__ = ("storage", "offset", "size", "stride")
 
     def __init__(self, storage, offset, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+    def __setstate__(self, state):
+        raise _Refusal("BUILD on a tensor")
 
 
 class _Dtype:
@@ -182,6 +195,13 @@ def _rebuild_parameter(tensor, *_ignored):
     return tensor
 
 
+def _rebuild_from_type(func, new_type, args, state=None):
+    """torch._tensor._rebuild_from_type_v2: a tensor (subclass) with Python state; the tensor."""
+    if not (isinstance(func, _Fn) and func.name in _TENSOR_REBUILDS and isinstance(args, tuple)):
+        raise _Refusal("_rebuild_from_type_v2 of something that is not a tensor rebuild")
+    return func(*args)
+
+
 def _reconstruct_persistent(meta):
     if not (isinstance(meta, dict) and meta.get("type") == "class"
             and isinstance(meta.get("class_name"), str)):
@@ -216,6 +236,12 @@ def _size(dims=()):
     return tuple(dims)
 
 
+def _path(*parts):
+    if not all(isinstance(s, str) for s in parts):
+        raise _Refusal(f"a pathlib path of {parts!r}")
+    return str(pathlib.PurePosixPath(*parts))
+
+
 def _builtin(kind):
     def make(items=()):
         if kind is bytes and items != ():
@@ -224,11 +250,13 @@ def _builtin(kind):
     return make
 
 
+_TENSOR_REBUILDS = ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor",
+                    "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state")
+_TORCH_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8",
+                 "uint8", "bool", "float", "double", "half", "long", "int")
 _FUNCTIONS = {
-    "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
-    "torch._utils._rebuild_tensor": _rebuild_tensor,
-    "torch._utils._rebuild_parameter": _rebuild_parameter,
-    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    **dict(zip(_TENSOR_REBUILDS, [_rebuild_tensor] * 2 + [_rebuild_parameter] * 2)),
+    "torch._tensor._rebuild_from_type_v2": _rebuild_from_type,
     "torch_utils.persistence._reconstruct_persistent_obj": _reconstruct_persistent,
     "torch.storage._load_from_bytes": None,  # bound per file (for its errors) in find_class
     "collections.OrderedDict": collections.OrderedDict,
@@ -237,7 +265,11 @@ _FUNCTIONS = {
     "torch.device": _device, "torch.Size": _size,
     **{f"{m}.{k.__name__}": _builtin(k) for m in ("builtins", "__builtin__")
        for k in (set, frozenset, bytes)},
-    **{f"torch.{name}": None for name in STORAGE_DTYPES},  # only inside persistent ids
+    **{f"{m}.{k}": _path for m in ("pathlib", "pathlib._local")
+       for k in ("Path", "PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")},
+    # named, never called: storage classes (in persistent ids), tensor types, torch dtypes
+    **{f"torch.{name}": None for name in (*STORAGE_DTYPES, *_TORCH_DTYPES, "Tensor")},
+    "torch.nn.parameter.Parameter": None,
 }
 ALLOWED_GLOBALS = frozenset(_FUNCTIONS) | STUB_CLASSES
 
@@ -327,7 +359,7 @@ def _parse_legacy(data: bytes, name: str):
 
 def parse_legacy_torch(data: bytes, name: str = "<bytes>") -> Any:
     """The object of a legacy `torch.save` stream's bytes; `name` is for error messages only."""
-    return _plain(_parse_legacy(data, name), name, {})
+    return _resolve(_parse_legacy(data, name), name)
 
 
 def _load_from_bytes(b, name: str) -> _Storage:
@@ -351,6 +383,16 @@ def _tensor_array(t: _Tensor, name: str) -> np.ndarray:
     view = np.lib.stride_tricks.as_strided(flat[t.offset:], t.size,
                                            [s * flat.itemsize for s in t.stride], writeable=False)
     return np.array(view)
+
+
+def _resolve(obj, name: str):
+    """`_plain` of a parsed file; what goes wrong on the way is one line naming the file."""
+    try:
+        return _plain(obj, name, {})
+    except DiffmemError:
+        raise
+    except (RecursionError, MemoryError, ValueError, TypeError, AttributeError) as e:
+        raise _fail(name, "cannot rebuild its contents", e) from e
 
 
 def _plain(obj, name: str, memo: dict):
@@ -424,13 +466,13 @@ def read_torch_zip(path) -> Any:
                 raise _fail(name, f"storage {st.key} holds {len(raw)} bytes, not {numel * item}")
             st.array = decode_storage(raw[:numel * item], st.dtype, order)
 
-        return _plain(_unpickle(io.BytesIO(record("data.pkl")), name, load_storage), name, {})
+        return _resolve(_unpickle(io.BytesIO(record("data.pkl")), name, load_storage), name)
 
 
 def read_network_pickle(path) -> Any:
     """The object of a plain pickle (EDM's network-snapshot-*.pkl, exp_arguments.pkl, ...)."""
     name = str(path)
-    return _plain(_unpickle(io.BytesIO(_read_bytes(path)), name), name, {})
+    return _resolve(_unpickle(io.BytesIO(_read_bytes(path)), name), name)
 
 
 def read_torch_file(path) -> Any:
