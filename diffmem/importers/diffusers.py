@@ -264,8 +264,8 @@ def read(path: str) -> ImportedModel:
         state = safetensors_files.read_safetensors(weights)
     elif os.path.exists(os.path.join(folder, "diffusion_pytorch_model.bin")):
         from diffmem.importers import torch_files
-        state = torch_files.flatten_state_dict(
-            torch_files.read_torch_file(os.path.join(folder, "diffusion_pytorch_model.bin")))
+        state = torch_files.strip_prefix(torch_files.flatten_state_dict(
+            torch_files.read_torch_file(os.path.join(folder, "diffusion_pytorch_model.bin"))))
     else:
         raise MissingInputError(f"{WHO}: no diffusion_pytorch_model.safetensors (or .bin) in {folder}.")
     return from_state(state, config, scheduler)

@@ -277,6 +277,11 @@ def to_state(variables: Mapping, class_name: str, hparams: Mapping[str, Any]) ->
 def read(path: str) -> ImportedModel:
     """Import an EDM network pickle (its `ema` network), through the restricted reader of
     `diffmem.importers.torch_files` (nothing in the file is executed)."""
+    import os
+    import re
+
     from diffmem.importers import torch_files
     net = torch_files.read_edm_pickle(path)
-    return from_state(net["state_dict"], net["class_name"], net["hparams"], step=int(net.get("step", 1) or 1))
+    kimg = re.search(r"(\d+)", os.path.basename(str(path)))  # network-snapshot-<kimg>.pkl
+    return from_state(net["state_dict"], net["class_name"], net["hparams"],
+                      step=int(kimg.group(1)) if kimg else 1)

@@ -181,7 +181,9 @@ def read(path: str, *, image_size: int, first_layer_linear: bool | None = None) 
     import os
 
     from diffmem.importers import torch_files
-    state = torch_files.flatten_state_dict(torch_files.read_torch_file(path))
+    state = torch_files.strip_prefix(torch_files.flatten_state_dict(torch_files.read_torch_file(path)))
     args_path = os.path.join(os.path.dirname(os.path.abspath(path)), "exp_arguments.pkl")
-    args = torch_files.read_plain_pickle(args_path) if os.path.exists(args_path) else None
+    args = torch_files.read_network_pickle(args_path) if os.path.exists(args_path) else None
+    if args is not None and not isinstance(args, Mapping):
+        raise MappingError(f"{WHO}: {args_path} does not hold a dict of settings.")
     return from_state(state, args, image_size=image_size, first_layer_linear=first_layer_linear)

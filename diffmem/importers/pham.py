@@ -54,6 +54,9 @@ def _as_dict(obj) -> dict:
         return {}
     if isinstance(obj, Mapping):
         return dict(obj)
+    state = getattr(obj, "state", None)  # torch_files.PickledObject: a Namespace / dataclass record
+    if hasattr(obj, "class_name") and isinstance(state, Mapping):
+        return dict(state)
     return dict(getattr(obj, "__dict__", {}))
 
 
@@ -265,5 +268,5 @@ def read(path: str, *, image_size: int | None = None) -> ImportedModel:
         state, args, step = obj["ema"], obj.get("args"), obj.get("iterations", 1)
     else:
         state, args, step = obj, None, 1
-    state = torch_files.flatten_state_dict(state)
+    state = torch_files.strip_prefix(torch_files.flatten_state_dict(state))
     return from_state(state, args, image_size=image_size, step=int(step or 1))
