@@ -46,7 +46,7 @@ def bench_training(config, model, variables, steps: int) -> dict:
     import jax
     import jax.numpy as jnp
     from diffmem import builders, train
-    optimizer = train.optimizer_from_config(config)
+    optimizer = builders.build_optimizer(config)
     step = train.make_train_step(builders.build_loss(config, model), optimizer, 0.0, False)
     state = train.TrainState(jnp.zeros((), jnp.int32), variables, variables, optimizer.init(variables))
     x0 = jax.random.uniform(jax.random.key(1), (config.batch_size, *SHAPE), jnp.float32, -1, 1)

@@ -38,7 +38,7 @@ def main():
     config = configlib.load_config_file(a.config)
     spec = builders.model_specs(config)[0]
     model = builders.build_model(config, spec.data.shape[1:])
-    state = train.init_state(model, train.optimizer_from_config(config), spec).as_dict()
+    state = train.init_state(model, builders.build_optimizer(config), spec).as_dict()
     nbytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
     record = config_as_json(config)
     root = tempfile.mkdtemp(prefix="bench_checkpoint_")

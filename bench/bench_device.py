@@ -119,7 +119,7 @@ def section_train(a, sizes: dict, dev: dict, save) -> dict:
     from diffmem import builders, devices, nets, train
     config, shape, batch = cifar_config(a.small), sizes["shape"], sizes["train_batch"]
     model = builders.build_model(config, shape)
-    step = train.make_train_step(builders.build_loss(config, model), train.optimizer_from_config(config),
+    step = train.make_train_step(builders.build_loss(config, model), builders.build_optimizer(config),
                                  config.ema.get("decay", 0.9999), bool(config.ema.get("warmup", True)))
     params = random_params(model, shape)
     x0 = jax.random.uniform(jax.random.key(1), (batch, *shape), jnp.float32, -1.0, 1.0)
@@ -131,7 +131,7 @@ def section_train(a, sizes: dict, dev: dict, save) -> dict:
         config.matmul_precision = precision
         fresh = jax.tree.map(jnp.copy, params)  # the step donates its state: new buffers per precision
         state = train.TrainState(jnp.zeros((), jnp.int32), fresh, jax.tree.map(jnp.copy, params),
-                                 train.optimizer_from_config(config).init(fresh))
+                                 builders.build_optimizer(config).init(fresh))
         with devices.matmul_precision(config.matmul_precision):
             t0 = time.perf_counter()
             compiled = jax.jit(step, donate_argnums=0).lower(state, x0, valid, jax.random.key(2)).compile()

@@ -1,7 +1,10 @@
-"""Assemble an experiment's parts from its config: noise process, network, training sets, loss, denoiser.
+"""The boundary between a config and everything else: `build(config) -> Experiment`.
 
-Networks, noise processes, losses and training sets are built from a ConfigDict here (the trainer, the
-workdir and the stages read their own settings); the objects built take explicit arguments, never a config.
+    exp = builders.build(config)   # network, noise process / preconditioning, loss, optimizer, members
+
+Networks, noise processes, losses, optimizers and training sets are built from a ConfigDict here, once, by
+registries keyed by the config's names (`NETWORKS`, `LOSS_BUILDERS`); the `experiment.Experiment` built
+takes explicit arguments, never a config, and so does everything that takes it.
 A config describes a *sweep* of models when `data.k` (or `seed`) is a tuple. Every config has the sections
 of `diffmem.config_schema`; what a model is follows from them, never from a toy / image flag:
 `diffusion_kind` ("sde": a score network s(x, t) trained in SDE time, the tutorial MLP; "precond": a
@@ -21,49 +24,34 @@ step of sigma (`precond.StepLabels`), the kind of label its embedding is built f
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
-from diffmem import configlib, losses, nets, precond
+from diffmem import config_schema, configlib, experiment, losses, nets, optim, precond, schedules
 from diffmem import sde as sde_lib
-from diffmem.data import toy
+from diffmem.data.pools import gmm_from_config, load_pool, load_pool_labels, molrg_from_config  # noqa: F401
+from diffmem.experiment import Experiment, ModelSpec, SamplerChoice, Training
 
 __all__ = ["IMAGE_MODELS", "BLIND_MODELS", "MODELS", "LOSSES", "SUBSETS", "LABEL_MODES",
            "ModelSpec", "VECTOR_MODELS", "DATA_RANGES", "diffusion_kind", "is_vector_model",
            "data_range", "build_sde", "build_model", "network_fn", "base_precond", "build_precond",
            "sigma_range", "denoiser", "score_fn", "build_loss", "load_pool", "load_pool_labels",
-           "molrg_from_config", "gmm_from_config", "batch_size", "model_specs", "subset_labels"]
+           "molrg_from_config", "gmm_from_config", "batch_size", "model_specs", "subset_labels",
+           "NETWORKS", "LOSS_BUILDERS", "Experiment", "build", "build_optimizer", "sampler_choice",
+           "training_settings", "snapshot_steps", "monitor_settings"]
 
-IMAGE_MODELS = ("ddpm_unet", "ddpmpp")
-BLIND_MODELS = ("bf_unet", "bf_cnn")  # Kadkhodaie et al.'s bias-free blind denoisers, [0, 1] units
-MODELS = ("mlp",) + IMAGE_MODELS + BLIND_MODELS
-LOSSES = ("dsm", "eps", "denoising", "blind")
+IMAGE_MODELS = experiment.IMAGE_NETWORKS
+BLIND_MODELS = experiment.BLIND_NETWORKS  # Kadkhodaie et al.'s bias-free blind denoisers, [0, 1] units
 SUBSETS = ("permutation", "balanced", "first", "last")  # first / last: Kadkhodaie's disjoint S1 / S2
 LABEL_MODES = ("none", "true", "random", "unique")
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """One member of a sweep: its name (checkpoint directory), K, seed and training set (K, *S).
-
-    labels: (K,) int class labels of the training set for class-conditional models (`data.labels` =
-    "true" | "random" | "unique"), else None.
-    """
-    name: str
-    k: int
-    seed: int
-    data: np.ndarray
-    batch_size: int
-    labels: np.ndarray | None = None
-    indices: np.ndarray | None = None  # rows of the dataset pool (`data = pool[indices]`)
-
-
-VECTOR_MODELS = ("mlp",)  # small networks of vector data: one flat optimizer vector, vmapped sweeps, lax.scan
+VECTOR_MODELS = experiment.VECTOR_NETWORKS  # small vector networks: one flat optimizer vector, vmapped
 DATA_RANGES = {"images": (-1.0, 1.0), "molrg": (-1.0, 1.0)}  # what samples are clipped to, by data.name
 
 
@@ -94,36 +82,54 @@ def build_sde(config: ml_collections.ConfigDict) -> sde_lib.SDE:
 
 
 # ------------------------------------------------------------------------------------------------ network
+def _mlp(config, m, data_shape):
+    if len(data_shape) != 1:
+        raise configlib.ConfigError(f"model.name='mlp' needs vector data; got data of shape {data_shape}.")
+    return nets.ScoreMLP(marginal_std=build_sde(config).marginal_std, out_dim=data_shape[0],
+                         num_layers=m.num_layers, hidden=m.hidden, embed=m.embed,
+                         fourier_scale=m.fourier_scale)
+
+
+def _ddpm_unet(config, m, data_shape):
+    return nets.DDPMUNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+                         attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+                         num_groups=m.num_groups, nin_init_scale=m.get("nin_init_scale", 1.0))
+
+
+def _ddpmpp(config, m, data_shape):
+    return nets.SongUNet(model_channels=m.channels, channel_mult=tuple(m.channel_mult),
+                         num_blocks=m.num_blocks, attn_resolutions=tuple(m.attn_resolutions),
+                         dropout=m.dropout, embedding_type=m.get("embedding_type", "positional"),
+                         label_dim=m.get("label_dim", 0),
+                         skip_connections=_optional_tuple(m.get("skip_connections"), bool),
+                         keep_skips_at=_optional_tuple(m.get("keep_skips_at"), int),
+                         drop_disabled_skips=m.get("drop_disabled_skips", False))
+
+
+def _bf_unet(config, m, data_shape):
+    return nets.BFUNet(num_kernels=m.num_kernels, num_blocks=m.num_blocks, num_enc_conv=m.num_enc_conv,
+                       num_mid_conv=m.num_mid_conv, num_dec_conv=m.num_dec_conv)
+
+
+def _bf_cnn(config, m, data_shape):
+    return nets.BFCNN(num_layers=m.num_layers, num_kernels=m.num_kernels,
+                      first_layer_linear=m.first_layer_linear)
+
+
+NETWORKS = {"mlp": _mlp, "ddpm_unet": _ddpm_unet, "ddpmpp": _ddpmpp, "bf_unet": _bf_unet,
+            "bf_cnn": _bf_cnn}
+"""model.name -> builder(config, model section, data shape) of the Linen module."""
+MODELS = tuple(NETWORKS)
+
+
 def build_model(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
     """The Linen module named by `config.model.name`, with explicit fields. data_shape: one example's shape."""
     m = config.model
-    if m.name == "mlp":
-        if len(data_shape) != 1:
-            raise configlib.ConfigError(f"model.name='mlp' needs vector data; got data of shape {data_shape}.")
-        return nets.ScoreMLP(marginal_std=build_sde(config).marginal_std, out_dim=data_shape[0],
-                             num_layers=m.num_layers, hidden=m.hidden, embed=m.embed,
-                             fourier_scale=m.fourier_scale)
-    if m.name in IMAGE_MODELS and len(data_shape) != 3:
+    if m.name not in NETWORKS:
+        raise configlib.ConfigError(f"Unknown model.name {m.name!r}; valid: {list(MODELS)}.")
+    if m.name not in VECTOR_MODELS and len(data_shape) != 3:
         raise configlib.ConfigError(f"model.name={m.name!r} needs images (H, W, C); got data of shape {data_shape}.")
-    if m.name == "ddpm_unet":
-        return nets.DDPMUNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
-                             attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, num_groups=m.num_groups,
-                             nin_init_scale=m.get("nin_init_scale", 1.0))
-    if m.name == "ddpmpp":
-        return nets.SongUNet(model_channels=m.channels, channel_mult=tuple(m.channel_mult), num_blocks=m.num_blocks,
-                             attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
-                             embedding_type=m.get("embedding_type", "positional"), label_dim=m.get("label_dim", 0),
-                             skip_connections=_optional_tuple(m.get("skip_connections"), bool),
-                             keep_skips_at=_optional_tuple(m.get("keep_skips_at"), int),
-                             drop_disabled_skips=m.get("drop_disabled_skips", False))
-    if m.name in BLIND_MODELS:
-        if len(data_shape) != 3:
-            raise configlib.ConfigError(f"model.name={m.name!r} needs images (H, W, C); got data of shape {data_shape}.")
-        if m.name == "bf_unet":
-            return nets.BFUNet(num_kernels=m.num_kernels, num_blocks=m.num_blocks, num_enc_conv=m.num_enc_conv,
-                               num_mid_conv=m.num_mid_conv, num_dec_conv=m.num_dec_conv)
-        return nets.BFCNN(num_layers=m.num_layers, num_kernels=m.num_kernels, first_layer_linear=m.first_layer_linear)
-    raise configlib.ConfigError(f"Unknown model.name {m.name!r}; valid: {list(MODELS)}.")
+    return NETWORKS[m.name](config, m, tuple(data_shape))
 
 
 def _optional_tuple(value, kind) -> tuple | None:
@@ -132,34 +138,8 @@ def _optional_tuple(value, kind) -> tuple | None:
 
 def network_fn(config: ml_collections.ConfigDict, model, params, *, labels=None,
                dropout_rng: jax.Array | None = None) -> precond.RawNet:
-    """The raw image network as F(x_in (B, H, W, C), noise_label (B,)) -> (B, H, W, C).
-
-    labels: class labels for a DDPM++ network with `model.label_dim > 0`: None (all-zero labels, EDM's
-    convention), an int (every example that class), int (B,) or one-hot / soft (B, label_dim).
-    dropout_rng: None = evaluation mode; a key = training mode, dropout drawn from it.
-    """
-    train = dropout_rng is not None
-    rngs = {"dropout": dropout_rng} if train else {}
-    if config.model.name == "ddpmpp":
-        def f(x, c):
-            return model.apply(params, x, c, _batch_labels(labels, x.shape[0]), train=train, rngs=rngs)
-        return f
-    if config.model.name == "ddpm_unet":
-        if labels is not None:
-            raise configlib.ConfigError("model.name='ddpm_unet' is unconditional: it takes no class labels "
-                                        "(use model.name='ddpmpp' with model.label_dim > 0).")
-        return lambda x, c: model.apply(params, x, c, train=train, rngs=rngs)
-    raise configlib.ConfigError(f"model.name={config.model.name!r} is not an image network; "
-                                f"image networks: {list(IMAGE_MODELS)}.")
-
-
-def _batch_labels(labels, batch: int):
-    if labels is None:
-        return None
-    labels = jnp.asarray(labels)
-    if labels.ndim == 0:
-        return jnp.full((batch,), labels, jnp.int32)
-    return labels
+    """The raw image network as F(x_in (B, H, W, C), noise_label (B,)) (`experiment.network_fn`)."""
+    return experiment.network_fn(config.model.name, model, params, labels=labels, dropout_rng=dropout_rng)
 
 
 # ------------------------------------------------------------------------------------- preconditioning
@@ -200,17 +180,11 @@ def sigma_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
 
 
 def denoiser(config: ml_collections.ConfigDict, model, params, *, labels=None) -> sde_lib.Denoiser:
-    """A trained image network as the common denoiser D(x (B, H, W, C), sigma (B,)) -> (B, H, W, C).
-
-    labels: class labels bound into D for a conditional DDPM++ (see `network_fn`); an int (B,) or (B, L)
-    array must match the batch D is called with.
-    """
-    if config.model.name in BLIND_MODELS:  # blind: sigma ignored; D = 2 D_[0,1]((x + 1) / 2) - 1
-        return nets.bfcnn.signed_range_denoiser(model, params)
-    if config.model.name not in IMAGE_MODELS:
-        raise configlib.ConfigError(f"No denoiser view for model.name {config.model.name!r}; "
-                                    f"image networks: {list(IMAGE_MODELS)}.")
-    return build_precond(config).denoiser(network_fn(config, model, params, labels=labels))
+    """A trained image network as the common denoiser D(x (B, H, W, C), sigma (B,)) -> (B, H, W, C)
+    (`Experiment.denoiser`; labels: a conditional DDPM++'s class labels, see `network_fn`)."""
+    name = config.model.name
+    p = build_precond(config) if name in IMAGE_MODELS else None
+    return _view(config, model, p).denoiser(params, labels=labels)
 
 
 def score_fn(config: ml_collections.ConfigDict, model, params) -> sde_lib.ScoreFn:
@@ -218,40 +192,36 @@ def score_fn(config: ml_collections.ConfigDict, model, params) -> sde_lib.ScoreF
     return lambda x, t: model.apply(params, x, t)
 
 
+def _view(config, model, p) -> Experiment:
+    """An Experiment holding only the network and its preconditioning (what parameter views need)."""
+    return Experiment(config.model.name, model, (), None, p, None, None, None, None, (), (),
+                      SamplerChoice(""), None)
+
+
 # ----------------------------------------------------------------------------------------------- losses
-def build_loss(config: ml_collections.ConfigDict, model) -> Callable[..., jax.Array]:
-    """Per-example loss `loss(params, x0 (B, *S), key, labels=None) -> (B,)` of the config's network.
+def _dsm_loss(config, model, reduction):
+    sde = build_sde(config)
 
-    Image losses run the network in training mode: `key` is split into the loss's draws (per example,
-    fold_in(key, i)) and the dropout key. `labels` (B,) int are the examples' class labels for a
-    class-conditional DDPM++ (`model.label_dim > 0`; the trainer gathers them with the images).
-    """
-    name = config.loss.name
-    if name == "dsm":
-        sde = build_sde(config)
+    def loss(params, x0, key, labels=None):
+        return losses.dsm_from_key(score_fn(config, model, params), x0, key, sde)
+    return loss
 
-        def loss(params, x0, key, labels=None):
-            return losses.dsm_from_key(score_fn(config, model, params), x0, key, sde)
-        return loss
-    if name == "blind":
-        return _blind_loss(config, model)
-    if name not in LOSSES:
-        raise configlib.ConfigError(f"Unknown loss.name {name!r}; valid: {list(LOSSES)}.")
-    reduction = config.loss.get("reduction", "mean")  # over each example's pixels; "sum" as EDM's trainer
-    if reduction not in losses.REDUCTIONS:
-        raise configlib.ConfigError(f"Unknown loss.reduction {reduction!r}; valid: {list(losses.REDUCTIONS)}.")
-    if name == "eps":
-        d = config.diffusion
-        if d.get("precond", "ddpm") != "ddpm":
-            raise configlib.ConfigError(f"loss.name='eps' (Ho et al.'s epsilon loss) needs diffusion.precond="
-                                        f"'ddpm', not {d.precond!r}; use loss.name='denoising'.")
-        ab = jnp.asarray(sde_lib.ddpm_alpha_bar(d.timesteps, d.beta_start, d.beta_end), jnp.float32)
 
-        def loss(params, x0, key, labels=None):
-            k_loss, k_drop = jax.random.split(key)
-            net = network_fn(config, model, params, dropout_rng=k_drop, labels=labels)
-            return losses.ddpm_eps_from_key(net, x0, k_loss, ab, reduction)
-        return loss
+def _eps_loss(config, model, reduction):
+    d = config.diffusion
+    if d.get("precond", "ddpm") != "ddpm":
+        raise configlib.ConfigError(f"loss.name='eps' (Ho et al.'s epsilon loss) needs diffusion.precond="
+                                    f"'ddpm', not {d.precond!r}; use loss.name='denoising'.")
+    ab = jnp.asarray(sde_lib.ddpm_alpha_bar(d.timesteps, d.beta_start, d.beta_end), jnp.float32)
+
+    def loss(params, x0, key, labels=None):
+        k_loss, k_drop = jax.random.split(key)
+        net = network_fn(config, model, params, dropout_rng=k_drop, labels=labels)
+        return losses.ddpm_eps_from_key(net, x0, k_loss, ab, reduction)
+    return loss
+
+
+def _denoising_loss(config, model, reduction):
     p = build_precond(config)
 
     def loss(params, x0, key, labels=None):
@@ -261,7 +231,24 @@ def build_loss(config: ml_collections.ConfigDict, model) -> Callable[..., jax.Ar
     return loss
 
 
-def _blind_loss(config: ml_collections.ConfigDict, model) -> Callable[..., tuple[jax.Array, dict]]:
+def build_loss(config: ml_collections.ConfigDict, model) -> Callable[..., jax.Array]:
+    """Per-example loss `loss(params, x0 (B, *S), key, labels=None) -> (B,)` of the config's network
+    (`LOSS_BUILDERS`).
+
+    Image losses run the network in training mode: `key` is split into the loss's draws (per example,
+    fold_in(key, i)) and the dropout key. `labels` (B,) int are the examples' class labels for a
+    class-conditional DDPM++ (`model.label_dim > 0`; the trainer gathers them with the images).
+    """
+    name = config.loss.name
+    if name not in LOSS_BUILDERS:
+        raise configlib.ConfigError(f"Unknown loss.name {name!r}; valid: {list(LOSSES)}.")
+    reduction = config.loss.get("reduction", "mean")  # over each example's pixels; "sum" as EDM's trainer
+    if name in ("eps", "denoising") and reduction not in losses.REDUCTIONS:
+        raise configlib.ConfigError(f"Unknown loss.reduction {reduction!r}; valid: {list(losses.REDUCTIONS)}.")
+    return LOSS_BUILDERS[name](config, model, reduction)
+
+
+def _blind_loss(config: ml_collections.ConfigDict, model, reduction=None) -> Callable[..., tuple[jax.Array, dict]]:
     """Kadkhodaie et al.'s blind loss for a bias-free net: `loss(params, x0, key) -> ((B,), new batch_stats)`.
 
     x0 in diffmem's [-1, 1] is mapped to the net's [0, 1] units; each example is repeated so a step sees
@@ -285,92 +272,97 @@ def _blind_loss(config: ml_collections.ConfigDict, model) -> Callable[..., tuple
     return loss
 
 
+LOSS_BUILDERS = {"dsm": _dsm_loss, "eps": _eps_loss, "denoising": _denoising_loss, "blind": _blind_loss}
+"""loss.name -> builder(config, network, reduction) of the per-example loss."""
+LOSSES = tuple(LOSS_BUILDERS)
+
+
+# ------------------------------------------------------------------------------------------ the experiment
+def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The optimizer of `config.optim` (`optim.make_optimizer`), flattened for the vector (MLP) models;
+    what training and every reader of its checkpoints must build alike."""
+    o = config.optim
+    return optim.make_optimizer(o.lr, o.b1, o.b2, o.eps, o.grad_clip, o.get("warmup_steps", 0),
+                                flatten=is_vector_model(config), decay_every=o.get("decay_every", 0),
+                                decay_factor=o.get("decay_factor", 0.5))
+
+
+def sampler_choice(config: ml_collections.ConfigDict) -> SamplerChoice:
+    """The `sample` section and the DDPM grid of `diffusion` as an `experiment.SamplerChoice`."""
+    sample = (config.get("sample", None) or ml_collections.ConfigDict()).to_dict()
+    diffusion = config.get("diffusion", None) or {}
+    return SamplerChoice(name=sample.get("sampler", ""), optimal_name=sample.get("optimal_sampler") or None,
+                         section={k: v for k, v in sample.items() if k not in config_schema.SAMPLE_KEYS},
+                         grid={k: diffusion[k] for k in ("timesteps", "beta_start", "beta_end") if k in diffusion},
+                         batch=sample.get("batch"))
+
+
+def training_settings(config: ml_collections.ConfigDict) -> Training:
+    """The trainer's cadence, EMA, snapshots and monitor (`experiment.Training`), checked."""
+    ema = config.get("ema", None) or {}
+    return Training(steps_per_call=int(config.steps_per_call), log_every=int(config.log_every),
+                    ckpt_every=int(config.ckpt_every), keep_checkpoints=int(config.keep_checkpoints),
+                    ema_decay=float(ema.get("decay", 0.0)), ema_warmup=bool(ema.get("warmup", False)),
+                    matmul_precision=config.get("matmul_precision", "default"),
+                    snapshots=snapshot_steps(config), monitor=monitor_settings(config))
+
+
+def snapshot_steps(config: ml_collections.ConfigDict) -> frozenset:
+    """The steps of `config.monitor.snapshots` (absent or empty: none), checked: positive multiples of
+    steps_per_call."""
+    steps = (config.get("monitor", None) or {}).get("snapshots", None) or ()
+    steps = configlib.sweep(steps) if not isinstance(steps, (tuple, list)) else tuple(steps)
+    bad = [s for s in steps if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1
+           or s % config.steps_per_call]
+    if bad:
+        raise configlib.ConfigError(
+            f"config.monitor.snapshots holds {bad}: snapshot steps must be positive multiples of "
+            f"config.steps_per_call = {config.steps_per_call} "
+            "(diffmem.studies.training_time.snapshot_schedule picks such steps).")
+    return frozenset(int(s) for s in steps)
+
+
+def monitor_settings(config: ml_collections.ConfigDict) -> dict | None:
+    """The `monitor` section with its defaults filled in, checked; None when the monitor is off."""
+    section = config.get("monitor", None) or {}
+    m = dict(config_schema.MONITOR_DEFAULTS, **{k: section[k] for k in section})
+    if not m["every"]:
+        return None
+    every = config.steps_per_call
+    if not isinstance(m["every"], int) or m["every"] < 0 or m["every"] % every:
+        raise configlib.ConfigError(f"config.monitor.every = {m['every']!r} must be 0 (off) or a positive "
+                                    f"multiple of config.steps_per_call = {every}.")
+    if not isinstance(m["num_samples"], int) or m["num_samples"] < 1:
+        raise configlib.ConfigError(f"config.monitor.num_samples = {m['num_samples']!r} must be a positive "
+                                    "integer.")
+    if not 0.0 <= float(m["level"]) <= 1.0:
+        raise configlib.ConfigError(f"config.monitor.level = {m['level']!r} must be in [0, 1] (0: never stop).")
+    if m["metric"] not in config_schema.MONITOR_METRICS:
+        raise configlib.ConfigError(f"config.monitor.metric = {m['metric']!r}; valid: "
+                                    f"{list(config_schema.MONITOR_METRICS)} (LPIPS weights are not available "
+                                    "to the trainer).")
+    return m
+
+
+def build(config: ml_collections.ConfigDict, *, members=None) -> Experiment:
+    """The experiment a config describes (`experiment.Experiment`), built once at the boundary (the
+    trainer, `Workdir`, the studies): network, noise process or preconditioning, loss, optimizer,
+    members (`model_specs`, or the given ones, e.g. a workdir's recorded subsets) with their schedules,
+    sampler choice and training cadence. Nothing built reads the config again."""
+    members = tuple(model_specs(config) if members is None else members)
+    shape = tuple(members[0].data.shape[1:])
+    network = build_model(config, shape)
+    sde = build_sde(config) if diffusion_kind(config) == "sde" else None
+    return Experiment(
+        network_name=config.model.name, network=network, data_shape=shape, sde=sde,
+        precond=build_precond(config) if config.model.name in IMAGE_MODELS else None,
+        sigma_range=sigma_range(config) if sde is None else None, data_range=data_range(config),
+        loss=build_loss(config, network), optimizer=build_optimizer(config), members=members,
+        schedules=tuple(schedules.member_schedule(config, m.k, m.batch_size) for m in members),
+        sampler=sampler_choice(config), training=training_settings(config))
+
+
 # ------------------------------------------------------------------------------------- data and sweeps
-_POOLS: dict = {}   # data config key -> read-only pool (the latest few)
-_POOLS_KEPT = 4
-
-
-def load_pool(config: ml_collections.ConfigDict) -> np.ndarray:
-    """The pool the K-subsets are drawn from, (N, *S) float32.
-
-    Loaded once per process for each data config (`config.data` but its K, with the size and mtime
-    of a local source file or folder) and returned read-only: every stage of a study, every `Workdir`
-    and its sub-workdirs share one copy. Copy it to change it."""
-    key = _pool_key(config.data)
-    pool = _POOLS.get(key)
-    if pool is None:
-        pool = np.asarray(_load_pool(config))
-        pool.flags.writeable = False
-        _POOLS[key] = pool
-        while len(_POOLS) > _POOLS_KEPT:
-            _POOLS.pop(next(iter(_POOLS)))
-    return pool
-
-
-def _pool_key(d: ml_collections.ConfigDict) -> str:
-    import json
-    import os
-    data = {k: v for k, v in d.to_dict().items() if k != "k"}
-    stamps = []
-    for name in ("source", "data_dir"):
-        value = str(data.get(name) or "")
-        for path in {value, value.split(":", 1)[-1]}:
-            if path and os.path.exists(path):
-                st = os.stat(path)
-                stamps.append([path, st.st_size, st.st_mtime_ns])
-    return json.dumps([data, stamps], sort_keys=True, default=str)
-
-
-def _load_pool(config: ml_collections.ConfigDict) -> np.ndarray:
-    d = config.data
-    if d.name == "images":
-        return _load_images(d).images
-    if d.name == "circle":
-        return toy.circle_pool(d.pool_size)
-    if d.name == "gmm":
-        return np.asarray(gmm_from_config(config).sample(jax.random.key(d.subset_seed), d.pool_size))
-    if d.name == "molrg":
-        return _molrg_pool(config)[0]
-    raise configlib.ConfigError(f"Unknown data.name {d.name!r}; valid: ['circle', 'gmm', 'images', 'molrg'].")
-
-
-def load_pool_labels(config: ml_collections.ConfigDict) -> np.ndarray | None:
-    """The pool's (N,) int class labels (image datasets that have them), else None."""
-    if config.data.name == "molrg":
-        return _molrg_pool(config)[1]
-    return _load_images(config.data).labels if config.data.name == "images" else None
-
-
-def molrg_from_config(config: ml_collections.ConfigDict):
-    """The MoLRG of configs/molrg.py: n = 3 res^2, K classes of dimension d, basis from `data.basis_seed`."""
-    from diffmem.data import molrg
-    d = config.data
-    return molrg.MoLRG.make(3 * d.resolution**2, d.classes, d.dim, seed=d.basis_seed)
-
-
-def _molrg_pool(config: ml_collections.ConfigDict):
-    """(pool (classes * per_class, res, res, 3), labels): `data.per_class` samples per class, in class order."""
-    d = config.data
-    return molrg_from_config(config).sample(d.per_class, seed=d.sample_seed, shape=(d.resolution, d.resolution, 3))
-
-
-def _load_images(d):
-    from diffmem.data import images, synthetic
-    if synthetic.is_synthetic(d.source):  # C-alpha / discs / prepared CelebA-80 and LSUN crops
-        return synthetic.load(d.source, image_size=d.image_size or None)
-    return images.load_images(d.source, split=d.split, data_dir=d.data_dir or None, image_size=d.image_size or None,
-                              center_crop_images=d.center_crop, to_grayscale=d.grayscale)
-
-
-def gmm_from_config(config: ml_collections.ConfigDict) -> toy.GaussianMixture:
-    """The ground-truth mixture of configs/gmm.py: means on a circle in the first two coordinates."""
-    d = config.data
-    angles = 2 * np.pi * np.arange(d.components) / d.components
-    means = np.zeros((d.components, d.dim), np.float32)
-    means[:, 0], means[:, 1 % d.dim] = d.radius * np.cos(angles), d.radius * np.sin(angles)
-    return toy.GaussianMixture.isotropic(jnp.asarray(means), d.std)
-
-
 def batch_size(config: ml_collections.ConfigDict, k: int) -> int:
     """The batch of a sweep member trained on K examples: config.batch_size, capped at K."""
     return min(config.batch_size, k)

@@ -38,7 +38,7 @@ import ml_collections
 
 from diffmem.errors import ConfigError
 
-__all__ = ["REQUIRED", "MONITOR_DEFAULTS", "SCHEDULE_DEFAULTS", "OPTIONAL", "SECTIONS",
+__all__ = ["REQUIRED", "MONITOR_DEFAULTS", "MONITOR_METRICS", "SCHEDULE_DEFAULTS", "OPTIONAL", "SECTIONS",
            "SAMPLE_BATCH", "DATA_KEYS", "MODEL_KEYS", "LOSS_KEYS", "DIFFUSION_KINDS",
            "PRECOND_KEYS", "OPTIM_KEYS", "EMA_KEYS", "MONITOR_KEYS", "SAMPLE_KEYS",
            "SAMPLER_SETTINGS", "samplers", "RULES", "FREE_TEXT", "sde_section", "mlp_section",
@@ -48,6 +48,7 @@ __all__ = ["REQUIRED", "MONITOR_DEFAULTS", "SCHEDULE_DEFAULTS", "OPTIONAL", "SEC
 REQUIRED = ("seed", "data", "model", "diffusion", "loss", "optim", "batch_size", "steps", "steps_per_call",
             "log_every", "ckpt_every", "sample")
 MONITOR_DEFAULTS = dict(every=0, num_samples=256, level=0.0, metric="pixel", snapshots=())
+MONITOR_METRICS = ("pixel",)
 """`diffmem.monitor`: f_mem every `every` steps (0: off), stop at `level` (0: never); `snapshots`: checkpoint
 steps kept besides the latest `keep_checkpoints` (the training-time study samples them)."""
 SCHEDULE_DEFAULTS = dict(duration_mimg=0.0, lr_rampup_mimg=0.0, ema_halflife_mimg=0.0, ema_rampup_ratio=0.0,
@@ -184,7 +185,7 @@ RULES = {
     "sample.max_iters": ("range", 1, 10**7),
     # memorization monitor
     "monitor.every": ("range", 0, 1 << 40), "monitor.num_samples": ("range", 1, 1 << 20),
-    "monitor.level": ("range", 0.0, 1.0), "monitor.metric": ("choices", ("pixel",)),
+    "monitor.level": ("range", 0.0, 1.0), "monitor.metric": ("choices", MONITOR_METRICS),
     "monitor.snapshots": _COUNT, "monitor.sampler": ("choices", _sampler_names),
     "monitor.num_steps": ("range", 1, 1 << 20),
 }

@@ -35,7 +35,7 @@ from diffmem import config_schema, devices, multihost, sampling, viz
 from diffmem import workdir as wdlib
 from diffmem.errors import DiffmemError, InputError, MissingInputError, OutputExistsError
 
-__all__ = ["MODELS", "SamplingDiverged", "sampler_settings", "open_workdir", "sample_workdir",
+__all__ = ["MODELS", "SamplingDiverged", "open_workdir", "sample_workdir",
            "sample_set"]
 
 MODELS = wdlib.KINDS
@@ -45,23 +45,6 @@ _RUNS: dict = {}  # (workdir, model, step, settings) -> run function, so repeate
 class SamplingDiverged(DiffmemError, FloatingPointError):
     """A sampler produced non-finite samples; nothing of that batch was saved."""
 
-
-
-def sampler_settings(config: ml_collections.ConfigDict, name: str, model, **given) -> dict:
-    """A sampler's resolved settings for `model`: `given` (None = unset), then the config's `sample` section
-    if `name` is its `sample.sampler`, the config's `diffusion` grid (timesteps, betas), the sampler's defaults."""
-    spec = sampling.get_sampler(name, model)
-    defaults = {}
-    diffusion = config.get("diffusion", None) or {}
-    for key in ("timesteps", "beta_start", "beta_end"):
-        if key in spec.settings and key in diffusion:
-            defaults[key] = diffusion[key]
-    sample = config.get("sample", None) or {}
-    if sample.get("sampler", None) == name:
-        defaults.update({k: sample[k] for k in spec.settings if k in sample})
-    defaults.update({k: v for k, v in given.items() if v is not None})
-    resolved = spec.resolve(model, **defaults)
-    return json.loads(json.dumps(resolved, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 def open_workdir(workdir: str, config: ml_collections.ConfigDict | None, model: str) -> wdlib.Workdir:
@@ -102,10 +85,9 @@ def sample_workdir(workdir: str, seeds: Sequence[int], sampler: str | None = Non
     if model == "optimal" and step is not None:
         raise InputError("The optimal denoiser has no checkpoints: drop step.")
     wd = open_workdir(workdir, config, model)
-    config = wd.config
-    if model == "optimal":  # Zhang et al. sample the empirical optimum with EDM's Euler (image configs say so)
-        sampler = sampler or config.sample.get("optimal_sampler", None)
-    sampler = sampler or config.sample.sampler
+    exp = wd.experiment
+    # Zhang et al. sample the empirical optimum with EDM's Euler (image configs say so)
+    sampler = sampler or exp.sampler.for_kind(model)
     sampling.get_sampler(sampler)
     available = wd.names()
     wanted = available if names is None else [str(n) for n in names]
@@ -119,9 +101,9 @@ def sample_workdir(workdir: str, seeds: Sequence[int], sampler: str | None = Non
     paths = []
     for name in wdlib.sort_names(wanted):
         m = wd.model(name, step, kind=model)
-        m_batch = batch or int(config.sample.get("batch", config_schema.SAMPLE_BATCH[
-            "sde" if m.sde is not None else "precond"]))
-        settings = sampler_settings(config, sampler, m, num_steps=num_steps, eps=eps, eta=eta)
+        m_batch = batch or int(exp.sampler.batch or config_schema.SAMPLE_BATCH[
+            "sde" if m.sde is not None else "precond"])
+        settings = exp.sampler.settings(sampler, m, num_steps=num_steps, eps=eps, eta=eta)
         record = dict(settings, sampler=sampler, model=model, step=m.step)
         key = (os.path.abspath(workdir), name, model, m.step, json.dumps(record, sort_keys=True))
         run = _RUNS.get(key)
@@ -130,7 +112,7 @@ def sample_workdir(workdir: str, seeds: Sequence[int], sampler: str | None = Non
             while len(_RUNS) > 8:
                 _RUNS.pop(next(iter(_RUNS)))
         set_step = None if (step is None or model == "optimal") else m.step
-        with devices.matmul_precision(config.get("matmul_precision", "default")):
+        with devices.matmul_precision(exp.training.matmul_precision):
             wrote = sample_set(wd, name, model, set_step, run, seeds, record, batch=m_batch, mesh=mesh,
                                overwrite=overwrite, desc=f"K={m.k} {model} {sampler}", progress=progress)
         if wrote and wdlib.is_writer():

@@ -30,25 +30,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from diffmem import builders, configlib, multihost, report, sampling
+from diffmem import config_schema, multihost, report, sampling
 from diffmem import sde as sde_lib
 from diffmem import workdir as wdlib
 from diffmem.errors import InputError
+from diffmem.experiment import Experiment, ModelSpec, SamplerChoice
+from diffmem.model import Model
 
-__all__ = ["GU_THRESHOLD", "METRICS", "DEFAULTS", "CHEAP_SAMPLER", "memorized", "sampler_choice",
-           "ParamsSampler", "params_sampler", "snapshot_steps", "monitor_settings", "stops_path",
-           "read_stops", "Monitor"]
+__all__ = ["GU_THRESHOLD", "METRICS", "DEFAULTS", "CHEAP_SAMPLER", "memorized", "monitor_sampler",
+           "ParamsSampler", "params_sampler", "stops_path", "read_stops", "Monitor"]
 
 GU_THRESHOLD = 1.0 / 3.0
-METRICS = ("pixel",)   # LPIPS weights are not shipped; Bonnaire et al. use pixel L2
-DEFAULTS = dict(every=0, num_samples=256, level=0.0, metric="pixel", snapshots=())
+METRICS = config_schema.MONITOR_METRICS   # LPIPS weights are not shipped; Bonnaire et al. use pixel L2
+DEFAULTS = config_schema.MONITOR_DEFAULTS
 CHEAP_SAMPLER = ("ddim", 100)  # what replaces DDPM ancestral sampling (E.5: DDIM, 100 steps, eta 0)
 
 
@@ -65,9 +65,11 @@ def memorized(samples: np.ndarray, train: np.ndarray, threshold: float = GU_THRE
 
 
 # --------------------------------------------------------------------------- sampling from raw params
-def sampler_choice(config, sampler: str | None = None, num_steps: int | None = None) -> tuple[str, dict]:
-    """(sampler name, given settings) the monitor and the training-time study use (module docstring)."""
-    name = sampler or config.sample.sampler
+def monitor_sampler(choice: SamplerChoice, sampler: str | None = None,
+                    num_steps: int | None = None) -> tuple[str, dict]:
+    """(sampler name, given settings) the monitor and the training-time study use (module docstring):
+    `sampler` or the experiment's, with DDPM ancestral sampling replaced by `CHEAP_SAMPLER`."""
+    name = sampler or choice.name
     given = {} if num_steps is None else {"num_steps": int(num_steps)}
     if sampler is None and name == "ddpm_ancestral":
         name, given = CHEAP_SAMPLER[0], dict({"num_steps": CHEAP_SAMPLER[1], "eta": 0.0}, **given)
@@ -75,44 +77,41 @@ def sampler_choice(config, sampler: str | None = None, num_steps: int | None = N
     return name, given
 
 
-def _with_params(probe: wdlib.Model, config, net, params) -> wdlib.Model:
-    """`probe` (a Model of this config and member) with the network views of `params`: traceable under jit
-    (the sigma range and SDE, which need concrete values, come from the probe)."""
+def _with_params(probe: Model, exp: Experiment, params) -> Model:
+    """`probe` (a Model of this experiment and member) with the network views of `params`: traceable
+    under jit (the sigma range and SDE, which need concrete values, come from the probe)."""
     if probe.sde is not None:  # a score network in SDE time
-        time_score = builders.score_fn(config, net, params)
+        time_score = exp.time_score(params)
         denoiser = sde_lib.denoiser_from_score(time_score, probe.sde)
     else:
-        time_score, denoiser = None, builders.denoiser(config, net, params)
+        time_score, denoiser = None, exp.denoiser(params)
     score = sde_lib.score_from_denoiser(denoiser)
     return dataclasses.replace(probe, denoiser=denoiser, score=score, time_score=time_score)
 
 
 @dataclasses.dataclass
 class ParamsSampler:
-    """`sample(ema_params, seeds) -> (N, *S)` numpy for any member of a config: one compiled program taking
+    """`sample(ema_params, seeds) -> (N, *S)` numpy for any member of an experiment: one compiled program taking
     the parameters as an argument (snapshots and members reuse it), run on one device in fixed blocks of
     `block` seeds, seed s in slot s % block (`sampling.seed_slots`), so sample i depends on seed i and the
     parameters alone (within one process setup: see `sampling.sample_sharded`)."""
-    config: Any
-    spec: builders.ModelSpec
+    experiment: Experiment
+    spec: ModelSpec
     sampler: str | None = None
     num_steps: int | None = None
     block: int = sampling.SAMPLE_BLOCK
 
     def __post_init__(self):
-        from diffmem import generate  # lazily: it imports viz (matplotlib), unused in training
-        self.net = builders.build_model(self.config, self.spec.data.shape[1:])
-        self.name, given = sampler_choice(self.config, self.sampler, self.num_steps)
-        x = jnp.asarray(self.spec.data[:1])
-        like = jax.eval_shape(lambda: self.net.init(jax.random.key(0), x, jnp.ones((1,), x.dtype)))
-        zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), like)
-        probe = wdlib.trained_model(self.config, self.spec, self.net, zeros, 0)
-        self.settings = generate.sampler_settings(self.config, self.name, probe, **given)
+        exp = self.experiment
+        self.name, given = monitor_sampler(exp.sampler, self.sampler, self.num_steps)
+        zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), exp.init_like())
+        probe = exp.model(self.spec, zeros, 0)
+        self.settings = exp.sampler.settings(self.name, probe, **given)
         build = sampling.get_sampler(self.name, probe).build
-        config, net, settings = self.config, self.net, self.settings
+        settings = self.settings
 
         def run(params, seeds):
-            return build(_with_params(probe, config, net, params), **settings)(seeds)
+            return build(_with_params(probe, exp, params), **settings)(seeds)
         self._run = jax.jit(run)
 
     @property
@@ -134,51 +133,17 @@ class ParamsSampler:
 _SAMPLERS: dict = {}
 
 
-def params_sampler(config, spec: builders.ModelSpec, sampler: str | None = None, num_steps: int | None = None
-                   ) -> ParamsSampler:
+def params_sampler(exp: Experiment, spec: ModelSpec, sampler: str | None = None,
+                   num_steps: int | None = None) -> ParamsSampler:
     """A `ParamsSampler`, shared by every caller with the same network, noise process, sampler and example
     shape (the monitor and the study then compile it once)."""
-    parts = {k: config.get(k, None) for k in ("model", "diffusion", "sample")}
-    key = (configlib.to_json(ml_collections.ConfigDict(parts)), tuple(spec.data.shape[1:]), sampler, num_steps)
+    key = (repr(exp.network), repr(exp.sde), repr(exp.precond), repr(exp.sampler),
+           tuple(spec.data.shape[1:]), sampler, num_steps)
     if key not in _SAMPLERS:
         while len(_SAMPLERS) >= 4:
             _SAMPLERS.pop(next(iter(_SAMPLERS)))
-        _SAMPLERS[key] = ParamsSampler(config, spec, sampler, num_steps)
+        _SAMPLERS[key] = ParamsSampler(exp, spec, sampler, num_steps)
     return _SAMPLERS[key]
-
-
-# -------------------------------------------------------------------------------------- config helpers
-def snapshot_steps(config) -> frozenset:
-    """The steps of `config.monitor.snapshots` (absent or empty: none), checked: positive multiples of
-    steps_per_call."""
-    steps = (config.get("monitor", None) or {}).get("snapshots", None) or ()
-    steps = configlib.sweep(steps) if not isinstance(steps, (tuple, list)) else tuple(steps)
-    bad = [s for s in steps if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1
-           or s % config.steps_per_call]
-    if bad:
-        raise configlib.ConfigError(
-            f"config.monitor.snapshots holds {bad}: snapshot steps must be positive multiples of config.steps_per_call = "
-            f"{config.steps_per_call} (diffmem.studies.training_time.snapshot_schedule picks such steps).")
-    return frozenset(int(s) for s in steps)
-
-
-def monitor_settings(config) -> dict | None:
-    """The `monitor` section with its defaults filled in, checked; None when the monitor is off."""
-    section = config.get("monitor", None) or {}
-    m = dict(DEFAULTS, **{k: section[k] for k in section})
-    if not m["every"]:
-        return None
-    if not isinstance(m["every"], int) or m["every"] < 0 or m["every"] % config.steps_per_call:
-        raise configlib.ConfigError(f"config.monitor.every = {m['every']!r} must be 0 (off) or a positive multiple "
-                                    f"of config.steps_per_call = {config.steps_per_call}.")
-    if not isinstance(m["num_samples"], int) or m["num_samples"] < 1:
-        raise configlib.ConfigError(f"config.monitor.num_samples = {m['num_samples']!r} must be a positive integer.")
-    if not 0.0 <= float(m["level"]) <= 1.0:
-        raise configlib.ConfigError(f"config.monitor.level = {m['level']!r} must be in [0, 1] (0: never stop).")
-    if m["metric"] not in METRICS:
-        raise configlib.ConfigError(f"config.monitor.metric = {m['metric']!r}; valid: {list(METRICS)} (LPIPS "
-                                    "weights are not available to the trainer).")
-    return m
 
 
 def stops_path(workdir: str) -> str:
@@ -204,9 +169,9 @@ class Monitor:
     groups: the trainer's groups of member indices; specs: its members. Each hook returns the new end of the
     sweep (max of the groups' totals, which a stop lowers)."""
 
-    def __init__(self, config, workdir: str, specs: Sequence[builders.ModelSpec], groups: list[list[int]]):
-        self.settings = monitor_settings(config)
-        self.config, self.workdir, self.specs, self.groups = config, workdir, list(specs), groups
+    def __init__(self, exp: Experiment, workdir: str, groups: list[list[int]]):
+        self.settings = exp.training.monitor
+        self.experiment, self.workdir, self.specs, self.groups = exp, workdir, list(exp.members), groups
         self.every, self.level = int(self.settings["every"]), float(self.settings["level"])
         self.seeds = np.arange(int(self.settings["num_samples"]))
         # stops recorded at another level (monitor is a rerun key) do not apply: the next record replaces them
@@ -214,8 +179,9 @@ class Monitor:
         self._sampler = None
 
     @classmethod
-    def from_config(cls, config, workdir: str, specs, groups) -> "Monitor | None":
-        return None if monitor_settings(config) is None else cls(config, workdir, specs, groups)
+    def of(cls, exp: Experiment, workdir: str, groups) -> "Monitor | None":
+        """The experiment's monitor; None when it is off (`monitor.every` = 0)."""
+        return None if exp.training.monitor is None else cls(exp, workdir, groups)
 
     def _eligible(self, g: int) -> list[int]:
         return [i for i in self.groups[g] if self.specs[i].k >= 2]
@@ -258,10 +224,10 @@ class Monitor:
                 self._evaluate(g, group_step[g], stacked[g], totals, metrics_file)
         return max(totals)
 
-    def f_mem(self, spec: builders.ModelSpec, ema_params, step: int) -> float:
+    def f_mem(self, spec: ModelSpec, ema_params, step: int) -> float:
         """The memorized fraction of the fixed seeds' samples from these EMA weights (step: for stand-ins)."""
         if self._sampler is None:
-            self._sampler = params_sampler(self.config, spec)
+            self._sampler = params_sampler(self.experiment, spec)
         return float(np.mean(memorized(self._sampler.sample(ema_params, self.seeds), spec.data)))
 
     def _evaluate(self, g: int, step: int, state, totals: list[int], metrics_file) -> None:

@@ -1,7 +1,7 @@
 """The optimizer and the EMA of the weights that training uses (and every reader of its checkpoints builds alike).
 
     optimizer = optim.make_optimizer(1e-3, grad_clip=1.0, warmup_steps=200)   # Adam, clipping, warm-up
-    optimizer = optim.optimizer_from_config(config)                           # from config.optim
+    optimizer = builders.build_optimizer(config)                              # from config.optim
     d = optim.ema_decay(step, 0.9999, warmup=True)                             # min(decay, (1 + t) / (10 + t))
 
 Schedules given in images instead of steps (EDM's lr ramp-up and EMA half-life) are `diffmem.schedules`.
@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from diffmem import builders
-
-__all__ = ["ema_decay", "make_optimizer", "optimizer_from_config"]
+__all__ = ["ema_decay", "make_optimizer"]
 
 
 def make_optimizer(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, grad_clip: float = 0.0,
@@ -37,15 +34,6 @@ def make_optimizer(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
     optimizer = optax.chain(*parts, optax.adam(schedule, b1=b1, b2=b2, eps=eps))
     return optax.flatten(optimizer) if flatten else optimizer
-
-
-def optimizer_from_config(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The optimizer of `config.optim`, flattened for the toy (MLP) models; what training and every reader
-    of its checkpoints must build alike."""
-    o = config.optim
-    return make_optimizer(o.lr, o.b1, o.b2, o.eps, o.grad_clip, o.get("warmup_steps", 0),
-                          flatten=builders.is_vector_model(config), decay_every=o.get("decay_every", 0),
-                          decay_factor=o.get("decay_factor", 0.5))
 
 
 def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:

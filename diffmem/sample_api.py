@@ -2,15 +2,14 @@
 
     x = sample(D, range(16), shape=(2,))                        # a batched D(x, sigma), EDM's Heun
     x = sample(D, "0-99", shape=(8, 8, 1), sampler="edm_euler", num_steps=40)
-    x = sample(wd.model("9"), range(1500), sampler="em", config=wd.config)  # bin/sample.py's
+    x = sample(wd.model("9"), range(1500), sampler="em", experiment=wd.experiment)  # bin/sample.py's
 
-The settings are resolved by `generate.sampler_settings`, the resolver of bin/sample.py (keyword
-settings, then the config's `sample` and `diffusion` sections when `config` is given, then the
-sampler's defaults), and the samples are drawn by `sampling.sample_sharded` over every device, so
-sample i is bit for bit the one the workdir path (`generate.sample_workdir`) writes for seed i.
-This lives above `generate` (DESIGN.md 2.1): `diffmem.sampling` holds the algorithms and the
-registry, and re-exporting `sample` from it would be an import cycle (sampling -> sample_api ->
-generate -> sampling); the public name is `diffmem.sample`.
+The settings are resolved by `experiment.SamplerChoice.settings`, the resolver of bin/sample.py
+(keyword settings, then the experiment's sampler choice, from its config's `sample` and `diffusion`
+sections, when `experiment` is given, then the sampler's defaults), and the samples are drawn by
+`sampling.sample_sharded` over every device, so sample i is bit for bit the one the workdir path
+(`generate.sample_workdir`) writes for seed i. `diffmem.sampling` holds the algorithms and the
+registry; this module, above it, is the public `diffmem.sample`.
 """
 from __future__ import annotations
 
@@ -18,8 +17,9 @@ from typing import Callable
 
 import numpy as np
 
-from diffmem import devices, generate, multihost, sampling
+from diffmem import devices, multihost, sampling
 from diffmem.errors import InputError
+from diffmem.experiment import Experiment, SamplerChoice
 from diffmem.model import Model
 from diffmem.seeds import parse_seeds
 
@@ -64,38 +64,36 @@ def _seeds(seeds) -> np.ndarray:
     return out.astype(np.int64)
 
 
-def default_sampler(model: Model, config=None) -> str:
-    """The sampler `sample` uses unless told: the config's (its sample.optimal_sampler for the
-    optimal denoiser, as bin/sample.py), else "em" for a model with an SDE, else "edm_heun"."""
-    section = (config if config is not None else {}).get("sample", None) or {}
-    if model.kind == "optimal" and section.get("optimal_sampler", None):
-        return section["optimal_sampler"]
-    if section.get("sampler", None):
-        return section["sampler"]
+def default_sampler(model: Model, choice: SamplerChoice | None = None) -> str:
+    """The sampler `sample` uses unless told: the experiment's (`SamplerChoice.for_kind`: its optimal
+    sampler for the optimal denoiser, as bin/sample.py), else "em" for a model with an SDE, else
+    "edm_heun"."""
+    if choice is not None and choice.name:
+        return choice.for_kind(model.kind)
     return "em" if model.sde is not None and model.time_score is not None else "edm_heun"
 
 
 def sample(model_or_denoiser: Model | Callable, seeds, sampler: str | None = None, *,
-           shape=None, sigma_range=None, data_range=None, config=None, mesh=None,
-           **settings) -> np.ndarray:
+           shape=None, sigma_range=None, data_range=None, experiment: Experiment | None = None,
+           mesh=None, **settings) -> np.ndarray:
     """Samples (B, *S) float32 of a Model or a plain batched denoiser, one per seed (sample i
     depends only on seeds[i]).
 
     seeds: integers (B,), a range, or a string such as '0-99'. sampler: a name of
     `sampling.SAMPLERS` (default `default_sampler`). shape, sigma_range, data_range: for a plain
-    denoiser (see `as_model`). config: a workdir's config (`Workdir.config`) whose sample/diffusion
-    sections supply defaults as they do for bin/sample.py. settings: the sampler's settings
+    denoiser (see `as_model`). experiment: a workdir's experiment (`Workdir.experiment`) whose sampler
+    choice and matmul precision apply as they do for bin/sample.py. settings: the sampler's settings
     (num_steps, eps, eta, sigma_min, ...; unknown names are an error listing the valid ones).
     mesh: the device mesh (default every device).
     """
     model = as_model(model_or_denoiser, shape=shape, sigma_range=sigma_range,
                      data_range=data_range)
     seeds = _seeds(seeds)
-    name = sampler or default_sampler(model, config)
-    resolved = generate.sampler_settings(config if config is not None else {}, name, model,
-                                         **settings)
+    choice = experiment.sampler if experiment is not None else SamplerChoice("")
+    name = sampler or default_sampler(model, choice)
+    resolved = choice.settings(name, model, **settings)
     run = sampling.get_sampler(name, model).build(model, **resolved)
-    precision = (config if config is not None else {}).get("matmul_precision", "default")
+    precision = experiment.training.matmul_precision if experiment is not None else "default"
     with devices.matmul_precision(precision):
         x = sampling.sample_sharded(run, seeds, mesh or devices.data_mesh())
     return np.asarray(multihost.to_host(x)).astype(np.float32)

@@ -40,7 +40,8 @@ from diffmem import (builders, checkpoint, config_schema, configlib, cpu_paralle
                      report, schedules)
 from diffmem import workdir as workdir_lib
 from diffmem.data.batches import make_batch
-from diffmem.optim import ema_decay, make_optimizer, optimizer_from_config  # noqa: F401 (train's API)
+from diffmem.experiment import Experiment
+from diffmem.optim import ema_decay, make_optimizer  # noqa: F401 (train's API)
 from diffmem.errors import DiffmemError
 
 __all__ = ["RULES", "TrainingDiverged", "TrainState", "make_train_step", "Group", "group_step",
@@ -326,22 +327,25 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
                   progress: bool) -> dict[str, TrainState]:
     wd = workdir_lib.Workdir(workdir)
     wd.write_config(config)  # or refuse a rerun whose config differs beyond RERUN_KEYS
+    exp = builders.build(config, members=wd.specs(config, record=True))  # K-subsets recorded / checked
+    return train_experiment(exp, workdir, config_json=workdir_lib.config_as_json(config), mesh=mesh,
+                            progress=progress)
+
+
+def train_experiment(exp: Experiment, workdir: str, *, config_json: dict | None = None,
+                     mesh: Mesh | None = None, progress: bool = True) -> dict[str, TrainState]:
+    """Train the experiment's members into `workdir` (its config already written; `train` is the entry
+    point), resuming from its checkpoints. config_json: the config recorded with every checkpoint."""
     mesh = devices.data_mesh() if mesh is None else mesh
     n_dev = mesh.devices.size
-
-    specs = wd.specs(config, record=True)  # K-subsets recorded / checked
-    scheds = [schedules.member_schedule(config, s.k, s.batch_size) for s in specs]
+    specs, scheds, model, optimizer, tr = list(exp.members), exp.schedules, exp.network, exp.optimizer, exp.training
     lr_in_images = any(sc.lr_rampup_images >= 0 for sc in scheds)
     ema_in_images = any(sc.ema_halflife_images >= 0 for sc in scheds)
-    model = builders.build_model(config, specs[0].data.shape[1:])
-    loss_fn = builders.build_loss(config, model)
-    optimizer = optimizer_from_config(config)
-    ema = config.get("ema", None) or {}
-    train_step = make_train_step(loss_fn, optimizer, ema.get("decay", 0.0), ema.get("warmup", False),
+    train_step = make_train_step(exp.loss, optimizer, tr.ema_decay, tr.ema_warmup,
                                  lr_in_images=lr_in_images, ema_in_images=ema_in_images)
 
     # Group members by padded batch size and step count; pad training sets to the group's largest K.
-    groups = _groups(specs, n_dev, vmap=builders.is_vector_model(config),  # see _groups and make_multi_step
+    groups = _groups(specs, n_dev, vmap=exp.is_vector,  # see _groups and make_multi_step
                      steps=[sc.steps for sc in scheds])
     replicated = NamedSharding(mesh, P())
     init_fn = jax.jit(model.init)  # one compilation for every member
@@ -364,8 +368,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
 
     # Resume: each group from the last checkpoint step all its members have.
     names = [s.name for s in specs]
-    snapshots = monitor.snapshot_steps(config)  # kept besides the latest keep_checkpoints (diffmem.monitor)
-    managers = {n: checkpoint.manager(workdir, n, config.keep_checkpoints, snapshots) for n in names}
+    snapshots = tr.snapshots  # kept besides the latest keep_checkpoints (diffmem.monitor)
+    managers = {n: checkpoint.manager(workdir, n, tr.keep_checkpoints, snapshots) for n in names}
     starts = [_resume_step(workdir, [specs[i].name for i in idx]) for idx in groups]
     for g, idx in enumerate(groups):
         if starts[g]:
@@ -377,14 +381,14 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
                                    replicated) for sts in states)
     metrics_path = workdir_lib.Workdir(workdir).metrics_path
     totals = [scheds[idx[0]].steps for idx in groups]
-    mon = monitor.Monitor.from_config(config, workdir, specs, groups)  # None unless config.monitor.every > 0
+    mon = monitor.Monitor.of(exp, workdir, groups)  # None unless config.monitor.every > 0
     if mon is not None:
         totals = mon.prepare(starts, totals)  # groups stopped at monitor.level stay stopped
     unfinished = [s for s, t in zip(starts, totals) if s < t]
     start = min(unfinished) if unfinished else max(starts)   # the sweep's clock resumes here
     _trim_metrics(metrics_path, start)
 
-    multi_step = make_multi_step(train_step, records, mesh, loop="scan" if builders.is_vector_model(config) else "python")
+    multi_step = make_multi_step(train_step, records, mesh, loop="scan" if exp.is_vector else "python")
     # One clock for the sweep, in chunks of steps_per_call; group g runs while its own step is below
     # min(clock, its total), so a shorter member stops at its own end (and a group resumed later waits).
     group_step, last_saved = list(starts), list(starts)
@@ -392,13 +396,12 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
     bar = _progress(end, start, names, progress)
     step, window_t, window_steps = start, time.perf_counter(), 0
     window = [[] for _ in groups]  # per group, the chunks' metrics since the last metrics line
-    config_json = workdir_lib.config_as_json(config)  # recorded with every checkpoint
-    with report.JsonlAppender(metrics_path) as metrics_file, devices.matmul_precision(config.get("matmul_precision", "default")), \
+    with report.JsonlAppender(metrics_path) as metrics_file, devices.matmul_precision(tr.matmul_precision), \
             checkpoint.finish_saves_when_stopped(managers.values()):
         if mon is not None:  # f_mem at the resumed step (deterministic), as the uninterrupted run had it
             end = mon.resume(starts, totals, stacked, metrics_file)
         while step < end:
-            target = min((step // config.steps_per_call + 1) * config.steps_per_call, end)
+            target = min((step // tr.steps_per_call + 1) * tr.steps_per_call, end)
             counts = [max(0, min(target, t) - s) for t, s in zip(totals, group_step)]
             stacked, metrics = multi_step(stacked, tuple(datas), counts)
             # {metric: (n, group size)} per group, None for groups that did not run; syncs the device
@@ -411,7 +414,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
             window_steps += target - step
             bar.update(target - step)
             step = target
-            if (step % config.log_every == 0 or step == end) and any(window):
+            if (step % tr.log_every == 0 or step == end) and any(window):
                 now = time.perf_counter()
                 record = {"step": step, "steps_per_s": round(window_steps / (now - window_t), 2)}
                 for g, idx in enumerate(groups):
@@ -430,7 +433,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | 
                 end = mon.after_chunk(group_step, counts, stacked, totals, metrics_file)
             for g, idx in enumerate(groups):
                 at = group_step[g]
-                if counts[g] and (at % config.ckpt_every == 0 or at == totals[g] or at in snapshots):
+                if counts[g] and (at % tr.ckpt_every == 0 or at == totals[g] or at in snapshots):
                     for j, i in enumerate(idx):
                         member = jax.tree.map(lambda x: x[j], stacked[g])
                         checkpoint.save(managers[specs[i].name], at, member.as_dict(), config=config_json)

@@ -17,21 +17,21 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffmem import builders, checkpoint, config_schema, configlib, energy, multihost, report
+from diffmem import builders, checkpoint, config_schema, configlib, multihost, report
 from diffmem.errors import InputError, MissingInputError
 from diffmem.layout import STUDY_OUTPUTS, Layout, partial_path, sort_key, sort_names  # noqa: F401
 from diffmem.layout import seeds_tag as _seeds_tag  # noqa: F401 (studies.training_time)
 from diffmem.model import Model  # noqa: F401 (callers import it from here too)
 
-__all__ = ["KINDS", "RERUN_KEYS", "DatasetChangedError", "make_model", "trained_model",
-           "optimal_from_spec", "optimal_model", "config_differences", "config_as_json",
+__all__ = ["KINDS", "RERUN_KEYS", "DatasetChangedError", "optimal_model", "config_differences",
+           "config_as_json",
            "is_writer", "Workdir", "read_shard", "read_sample_files", "settings_difference",
            "merge_shards", "write_shard", "remove_set_files"]
 
@@ -48,40 +48,11 @@ class DatasetChangedError(InputError):
 
 
 # ------------------------------------------------------------------------------------------ models
-def make_model(config, spec: builders.ModelSpec, kind: str, step: int, *, denoiser: Callable | None = None,
-               time_score: Callable | None = None) -> Model:
-    """A `Model` from either view: a denoiser (preconditioned networks, the optimal denoiser, machines) or a
-    score in SDE time (`diffusion.kind` "sde"; converted by Tweedie's formula, `sde.denoiser_from_score`).
-    The noise process, sigma range and data range follow from the config's sections."""
-    sde = builders.build_sde(config) if builders.diffusion_kind(config) == "sde" else None
-    fields = dict(name=spec.name, k=spec.k, kind=kind, shape=tuple(spec.data.shape[1:]),
-                  train_data=spec.data, step=int(step), seed=int(spec.seed), labels=spec.labels,
-                  data_range=builders.data_range(config))
-    if denoiser is None:
-        return Model.from_time_score(time_score, sde, **fields)
-    sigma_range = builders.sigma_range(config) if sde is None else None
-    return Model.from_denoiser(denoiser, sigma_range=sigma_range, sde=sde, time_score=time_score,
-                               **fields)
-
-
-def trained_model(config, spec: builders.ModelSpec, net, params, step: int) -> Model:
-    """The `Model` of network parameters `params` of `net` (`builders.build_model`): a score network in SDE
-    time for `diffusion.kind` "sde", else the preconditioned denoiser (`builders.denoiser`)."""
-    if builders.diffusion_kind(config) == "sde":
-        return make_model(config, spec, "trained", step, time_score=builders.score_fn(config, net, params))
-    return make_model(config, spec, "trained", step, denoiser=builders.denoiser(config, net, params))
-
-
-def optimal_from_spec(config, spec: builders.ModelSpec, chunk: int = 4096) -> Model:
-    """The empirical optimal denoiser of a sweep member's training set (step -1)."""
-    return make_model(config, spec, "optimal", -1,
-                       denoiser=energy.empirical_denoiser(jnp.asarray(spec.data), chunk=chunk))
-
-
 def optimal_model(config: ml_collections.ConfigDict, name: str | int) -> Model:
     """The empirical optimal denoiser of model `name`'s training set, from the config alone (no training)."""
-    specs = {s.name: s for s in builders.model_specs(config)}
-    return optimal_from_spec(config, _pick(specs, str(name), "this config"))
+    exp = builders.build(config)
+    specs = {s.name: s for s in exp.members}
+    return exp.optimal(_pick(specs, str(name), "this config"))
 
 
 def _pick(specs: dict, name: str, where: str):
@@ -196,6 +167,8 @@ class Workdir(Layout):
             os.makedirs(self.path, exist_ok=True)
             report.write_json(self.config_path, config_as_json(config))
         self._config = config
+        for cached in ("_specs", "experiment"):   # built from the config: rebuilt from the new one
+            self.__dict__.pop(cached, None)
 
     def check_trained_config(self) -> None:
         """Refuse a config.json edited after training: compare it with the config recorded in the checkpoints
@@ -231,6 +204,11 @@ class Workdir(Layout):
     @functools.cached_property
     def _specs(self) -> dict[str, builders.ModelSpec]:
         return {s.name: s for s in self.specs()}
+
+    @functools.cached_property
+    def experiment(self) -> builders.Experiment:
+        """The workdir's experiment (`builders.build` of its config), its members the recorded subsets."""
+        return builders.build(self.config, members=list(self._specs.values()))
 
     def specs(self, config: ml_collections.ConfigDict | None = None, *, record: bool = False
               ) -> list[builders.ModelSpec]:
@@ -275,19 +253,15 @@ class Workdir(Layout):
         if kind not in KINDS:
             raise InputError(f"Unknown model kind {kind!r}; choose one of {KINDS}.")
         spec = self.spec(str(name))
-        config = self.config
+        exp = self.experiment
         if kind == "optimal":
             if step is not None:
                 raise InputError("The optimal denoiser has no checkpoints: drop step.")
-            return optimal_from_spec(config, spec)
+            return exp.optimal(spec)
         self.check_trained_config()
-        net = builders.build_model(config, spec.data.shape[1:])
-        x = jnp.asarray(spec.data[:1])
-        like = jax.eval_shape(lambda: net.init(jax.random.key(0), x, jnp.ones((1,), x.dtype)))
-        params, step = checkpoint.restore_item(self.checkpoint_dir(spec.name), "ema_params", like, step,
-                                               workdir=self.path)
-        params = jax.tree.map(jnp.asarray, params)
-        return trained_model(config, spec, net, params, step)
+        params, step = checkpoint.restore_item(self.checkpoint_dir(spec.name), "ema_params", exp.init_like(),
+                                               step, workdir=self.path)
+        return exp.model(spec, jax.tree.map(jnp.asarray, params), step)
 
     # ---------------------------------------------------------------- samples
     def read_samples(self, name: str, kind: str = "trained", step: int | None = None,

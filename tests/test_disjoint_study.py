@@ -59,7 +59,7 @@ def test_end_to_end_tiny_digits(tmp_path, one_device):
     np.testing.assert_allclose(z["S1_closest_corr"], disjoint.im_set_corr(z["S1_samples"], s1.data).max(1))
     # The trainer kept batch-norm running sds (not the initial ones) in the checkpoint, EMA = params (no EMA).
     net = builders.build_model(c1, s1.data.shape[1:])
-    like = train.init_state(net, train.optimizer_from_config(c1), s1).as_dict()
+    like = train.init_state(net, builders.build_optimizer(c1), s1).as_dict()
     tree, step = checkpoint.restore_latest(str(tmp_path / "S1"), "4", like)
     sds = np.concatenate([np.ravel(v) for v in jax.tree.leaves(tree["params"]["batch_stats"])])
     assert step == 6 and np.abs(sds - 1.0).max() > 1e-4

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffmem import builders, config_schema, configlib, devices, image_configs, nets, precond, schedules, train
+from diffmem import builders, config_schema, configlib, devices, experiment, image_configs, nets, precond, schedules, train
 from diffmem.data import images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -211,7 +211,7 @@ def test_class_labels_reach_the_network_through_the_denoiser():
     a = run(jnp.array([1, 1, 1]))
     np.testing.assert_allclose(run(jax.nn.one_hot(jnp.array([1, 1, 1]), 10)), a, rtol=1e-5, atol=1e-6)
     assert not np.allclose(run(jnp.array([2, 2, 2])), a)
-    np.testing.assert_array_equal(builders._batch_labels(1, 3), [1, 1, 1])   # an int labels every example
+    np.testing.assert_array_equal(experiment._batch_labels(1, 3), [1, 1, 1])   # an int labels every example
     # The loss takes the examples' labels (the trainer gathers them with the images).
     loss = builders.build_loss(c, model)
     x0 = jnp.zeros((3,) + x.shape[1:])

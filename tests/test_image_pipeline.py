@@ -84,8 +84,8 @@ def test_seed_splits_and_devices_give_identical_images(workdir, tmp_path):
     (stochastic DDIM, eta = 1: noise at every step from each sample's seed)."""
     wd = Workdir(workdir)
     model = wd.model("16")
-    run = sampling.SAMPLERS["ddim"].build(model, **generate.sampler_settings(wd.config, "ddim", model, num_steps=10,
-                                                                             eta=1.0))
+    settings = wd.experiment.sampler.settings("ddim", model, num_steps=10, eta=1.0)
+    run = sampling.SAMPLERS["ddim"].build(model, **settings)
     seeds = np.arange(100, 110)
     whole = np.asarray(sampling.sample_sharded(run, seeds, devices.data_mesh(jax.devices()[:1]), block=4))
     halves = [np.asarray(sampling.sample_sharded(run, s, devices.data_mesh(), block=4)) for s in (seeds[:3], seeds[3:])]

@@ -17,6 +17,7 @@ import pytest
 import diffmem
 from diffmem import configlib, devices, energy, generate, sampling
 from diffmem.errors import InputError
+from diffmem.experiment import SamplerChoice
 from diffmem.model import Model
 from diffmem.workdir import Workdir
 from test_imports import package_modules  # every module under diffmem/, one walk for both tests
@@ -147,7 +148,7 @@ def test_sample_of_a_plain_denoiser_is_the_registry_path(one_device):
     seeds = np.arange(5, 37)
     got = diffmem.sample(d, seeds, shape=(2,), sampler="edm_heun", num_steps=12)
     model = Model.from_denoiser(d, shape=(2,), sigma_range=(0.002, 80.0))
-    settings = generate.sampler_settings({}, "edm_heun", model, num_steps=12)
+    settings = SamplerChoice("").settings("edm_heun", model, num_steps=12)
     run = sampling.get_sampler("edm_heun", model).build(model, **settings)
     want = np.asarray(sampling.sample_sharded(run, seeds, devices.data_mesh()))
     np.testing.assert_array_equal(got, want)
@@ -168,7 +169,7 @@ def test_sample_draws_what_bin_sample_writes(tmp_path):
     wd = Workdir(str(tmp_path))
     written = wd.read_samples("16", "optimal")["samples"]
     m = wd.model("16", kind="optimal")
-    got = diffmem.sample(m, seeds, "edm_euler", config=wd.config, num_steps=3, mesh=mesh)
+    got = diffmem.sample(m, seeds, "edm_euler", experiment=wd.experiment, num_steps=3, mesh=mesh)
     np.testing.assert_array_equal(got, written)
     plain = diffmem.sample(energy.empirical_denoiser(jnp.asarray(m.train_data)), seeds,
                            "edm_euler", shape=m.shape, sigma_range=(m.sigma_min, m.sigma_max),
@@ -205,7 +206,7 @@ def test_sample_of_a_toy_model_takes_the_config_settings(tmp_path, one_device):
     data = wd.read_samples("2", "optimal")
     assert data["settings"]["eps"] == 1e-4
     m = wd.model("2", kind="optimal")
-    got = diffmem.sample(m, seeds, config=wd.config, num_steps=20)
+    got = diffmem.sample(m, seeds, experiment=wd.experiment, num_steps=20)
     np.testing.assert_array_equal(got, data["samples"])
     assert not np.array_equal(diffmem.sample(m, seeds, num_steps=20), got)  # eps = t_min = 1e-5
 

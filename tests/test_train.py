@@ -137,7 +137,7 @@ def test_resume_after_repeated_sigkill_gives_identical_parameters(tmp_path):
     c = configlib.from_json(open(clean / "config.json").read())
     specs = builders.model_specs(c)
     model = builders.build_model(c, (2,))
-    like = train.init_state(model, train.optimizer_from_config(c), specs[0]).as_dict()
+    like = train.init_state(model, builders.build_optimizer(c), specs[0]).as_dict()
     a, sa = checkpoint.restore_latest(str(killed), "9", like)
     b, sb = checkpoint.restore_latest(str(clean), "9", like)
     assert sa == sb == total

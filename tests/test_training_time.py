@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffmem import checkpoint, configlib, monitor, report, sampling, stats, train
+from diffmem import builders, checkpoint, configlib, monitor, report, sampling, stats, train
 from diffmem import workdir as wdlib
 from diffmem.metrics import neighbours
 from diffmem.studies import training_time as tt
@@ -92,7 +92,7 @@ def test_snapshot_schedule_is_log_spaced_multiples():
     bad = tiny_circle()
     bad.monitor.snapshots = (15,)
     with pytest.raises(configlib.ConfigError, match="multiples of config.steps_per_call"):
-        monitor.snapshot_steps(bad)
+        builders.snapshot_steps(bad)
 
 
 def test_nearest_two_is_exact_and_copies_are_memorized():
@@ -195,9 +195,9 @@ def test_monitor_config_errors_name_the_rule():
     c = tiny_circle()
     c.monitor.update(every=15)
     with pytest.raises(configlib.ConfigError, match="multiple of config.steps_per_call"):
-        monitor.monitor_settings(c)
+        builders.monitor_settings(c)
     c.monitor.update(every=10, metric="lpips")
     with pytest.raises(configlib.ConfigError, match="valid: \\['pixel'\\]"):
-        monitor.monitor_settings(c)
+        builders.monitor_settings(c)
     c.monitor.update(every=0)
-    assert monitor.monitor_settings(c) is None
+    assert builders.monitor_settings(c) is None

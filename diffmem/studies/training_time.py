@@ -30,8 +30,6 @@ import json
 import os
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -151,7 +149,7 @@ def _result_path(wd: wdlib.Workdir, name: str, step: int) -> str:
 
 
 def _sampler_for(wd: wdlib.Workdir, sampler: str | None, num_steps: int | None):
-    return monitor.params_sampler(wd.config, wd.spec(wd.names()[0]), sampler, num_steps)
+    return monitor.params_sampler(wd.experiment, wd.spec(wd.names()[0]), sampler, num_steps)
 
 
 def evaluate_snapshot(wd: wdlib.Workdir, name: str, step: int, seeds: np.ndarray, sampler_fn, *,
@@ -170,8 +168,7 @@ def evaluate_snapshot(wd: wdlib.Workdir, name: str, step: int, seeds: np.ndarray
             raise OutputExistsError(f"{path} holds f_mem of other settings ({str(old['settings'])[:300]}); finished "
                                     "work is never overwritten: pass overwrite=True (--overwrite), or use the same "
                                     "sampler, seeds and bootstrap settings.")
-    like = jax.eval_shape(lambda: sampler_fn.net.init(jax.random.key(0), jnp.asarray(spec.data[:1]),
-                                                      jnp.ones((1,), jnp.float32)))
+    like = sampler_fn.experiment.init_like()
     params, got = checkpoint.restore_item(wd.checkpoint_dir(name), "ema_params", like, int(step), workdir=wd.path)
     samples = sampler_fn.sample(params, seeds)
     d = neighbours.nearest(samples, spec.data, 2).distances  # exact pixel L2, (N, 2)
