@@ -222,6 +222,25 @@ def test_edm_network_pickle_round_trip_without_running_module_src(tmp_path):
     assert out["loss_fn"].class_name == "EDMLoss" and out["augment_pipe"] is None
 
 
+def test_legacy_torch_file_round_trip(tmp_path):
+    """torch < 1.6 files (`_use_new_zipfile_serialization=False`): storages after the pickle."""
+    base = np.arange(12, dtype=np.float32)
+    obj = collections.OrderedDict(
+        [(f"module.l{i}.weight", np.full((2, 2), i, np.float64)) for i in range(11)]
+        + [("module.view", tw.TensorView(base, 1, (2, 2), (6, 2))), ("module.base", base)])
+    path = tw.write_torch_legacy(tmp_path / "old.pth", obj)
+    raw = open(path, "rb").read()
+    assert raw.startswith(b"\x80\x02\x8a\x0a" + tf.LEGACY_MAGIC.to_bytes(10, "little"))
+    out = tf.strip_prefix(tf.flatten_state_dict(tf.read_torch_file(path)))
+    assert list(out) == [f"l{i}.weight" for i in range(11)] + ["view", "base"]
+    assert np.array_equal(out["l10.weight"], np.full((2, 2), 10.0))
+    assert np.array_equal(out["view"], [[1, 3], [7, 9]]) and np.array_equal(out["base"], base)
+    with pytest.raises(InputError) as err:
+        (tmp_path / "cut.pth").write_bytes(raw[:-7])
+        tf.read_torch_file(tmp_path / "cut.pth")
+    _one_line_naming(err.value, tmp_path / "cut.pth")
+
+
 def test_legacy_stream_of_one_storage():
     flat = np.arange(5, dtype=np.int64)
     stream = tw._legacy_stream(flat)

@@ -22,11 +22,11 @@ from diffmem.importers.torch_files import (ALLOWED_GLOBALS, PickledObject, Unsaf
                                            read_network_pickle, read_torch_file, read_torch_zip,
                                            strip_prefix)
 from diffmem.importers.torch_writers import (Parameter, TensorView, write_network_pickle,
-                                             write_torch_zip)
+                                             write_torch_legacy, write_torch_zip)
 
 __all__ = ["ALLOWED_GLOBALS", "Parameter", "PickledObject", "SAFETENSORS_DTYPES", "TensorView",
            "UnsafePickleError", "flatten_state_dict", "parse_legacy_torch", "parse_safetensors",
            "read_edm_pickle", "read_network_pickle", "read_safetensors",
            "read_safetensors_metadata",
            "read_torch_file", "read_torch_zip", "strip_prefix", "write_network_pickle",
-           "write_safetensors", "write_torch_zip"]
+           "write_safetensors", "write_torch_legacy", "write_torch_zip"]

@@ -7,6 +7,8 @@
                           (raw little-endian storages, keys "0", "1", ... in order of first use),
                           `version` ("3\\n"), `.data/serialization_id`; each record's data starts
                           64-byte aligned, padded by an 'FB' extra field as torch's zip writer does.
+    write_torch_legacy    `torch.save(obj, path, _use_new_zipfile_serialization=False)`, the
+                          format of torch < 1.6
     write_network_pickle  `pickle.dump(obj, f)` (protocol 4) of EDM-style objects: tensors are
                           `_rebuild_tensor_v2(torch.storage._load_from_bytes(b), ...)` with each `b`
                           a legacy `torch.save` stream of one storage (shared ones written once).
@@ -39,7 +41,8 @@ from diffmem.errors import InputError
 from diffmem.importers.torch_files import (LEGACY_MAGIC, LEGACY_PROTOCOL, STORAGE_DTYPES,
                                            PickledObject)
 
-__all__ = ["Parameter", "TensorView", "write_network_pickle", "write_torch_zip"]
+__all__ = ["Parameter", "TensorView", "write_network_pickle", "write_torch_legacy",
+           "write_torch_zip"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -263,16 +266,36 @@ class _Pickler:
         self.call("torch._utils._rebuild_tensor_v2", args)
 
 
-def _legacy_stream(flat: np.ndarray) -> bytes:
-    """`torch.save(storage, f, _use_new_zipfile_serialization=False)` of one 1-D storage."""
-    cls, raw = _storage_raw(flat)
-    body = _Pickler(2)
-    body.out += b"\x80\x02"
-    body.save(("storage", _Global(f"torch.{cls}"), "0", "cpu", int(flat.size), None))
-    body.out += b"Q."  # BINPERSID, STOP
+def _legacy(obj, storage_itself: bool = False) -> bytes:
+    """`torch.save(obj, f, _use_new_zipfile_serialization=False)`: magic, protocol and sys-info
+    pickles, the object's pickle (storages as persistent ids), the sorted keys, then per storage
+    an int64 element count and its bytes. `storage_itself`: obj is one 1-D storage array."""
+    storages: dict[int, tuple[str, int, bytes]] = {}
+
+    def legacy_storage(p: _Pickler, flat: np.ndarray) -> None:
+        if id(flat) not in storages:
+            storages[id(flat)] = (str(len(storages)), int(flat.size), *_storage_raw(flat))
+        key, numel, cls, _ = storages[id(flat)]
+        p.save(("storage", _Global(f"torch.{cls}"), key, "cpu", numel, None))
+        p.out += b"Q"  # BINPERSID
+
+    body = _Pickler(2, legacy_storage)
+    if storage_itself:
+        body.out += b"\x80\x02"
+        legacy_storage(body, obj)
+        body.out += b"."
+    else:
+        body.dumps(obj)
+    keys = sorted(storages.values())
     return b"".join([_Pickler(2).dumps(LEGACY_MAGIC), _Pickler(2).dumps(LEGACY_PROTOCOL),
-                     _Pickler(2).dumps(_SYS_INFO), bytes(body.out), _Pickler(2).dumps(["0"]),
-                     int(flat.size).to_bytes(8, "little"), raw])
+                     _Pickler(2).dumps(_SYS_INFO), bytes(body.out),
+                     _Pickler(2).dumps([k for k, *_ in keys]),
+                     *(numel.to_bytes(8, "little") + raw for _, numel, _, raw in keys)])
+
+
+def _legacy_stream(flat: np.ndarray) -> bytes:
+    """The bytes of `torch.storage._load_from_bytes`: a legacy `torch.save` of one storage."""
+    return _legacy(flat, storage_itself=True)
 
 
 def _bytes_storage(p: _Pickler, flat: np.ndarray) -> None:
@@ -292,6 +315,12 @@ def write_network_pickle(path, obj) -> str:
     """Write `obj` as a plain protocol-4 pickle as EDM's `pickle.dump` of a snapshot does (see the
     module docstring for the values it takes). Returns the path."""
     return _write_bytes(path, _Pickler(4, _bytes_storage).dumps(obj))
+
+
+def write_torch_legacy(path, obj) -> str:
+    """Write `obj` as `torch.save(obj, path, _use_new_zipfile_serialization=False)` does (the
+    format of torch < 1.6). Returns the path."""
+    return _write_bytes(path, _legacy(obj))
 
 
 def write_torch_zip(path, obj, root: str | None = None) -> str:
