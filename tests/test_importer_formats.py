@@ -445,3 +445,13 @@ def test_build_cannot_patch_tensors_storages_or_stub_classes(tmp_path):
                               (arr, False, collections.OrderedDict()), {}))
     out = tf.read_torch_zip(tw.write_torch_zip(tmp_path / "sub.pt", {"p": sub}))
     assert np.array_equal(out["p"], arr)
+
+
+def test_stubbed_classes_are_namespaces_parse_utils_and_torch_layers_only():
+    ok = ["argparse.Namespace", "parse_utils.Config", "src.parse_utils.TrainConfig",
+          "torch.nn.modules.container.ModuleDict", "torch.nn.modules.conv.Conv2d"]
+    bad = ["argparse.ArgumentParser", "parse_utilsx.A", "torch.nn.functional.silu",
+           "torch.nn.modules_evil.A", "os.path.join", "torch.load", "numpy.load"]
+    for name in ok + bad:
+        module, _, cls = name.rpartition(".")
+        assert tf._is_stubbed(module, cls) == (name in ok), name

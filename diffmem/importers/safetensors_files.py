@@ -83,8 +83,9 @@ def parse_safetensors(data: bytes, name: str = "<bytes>") -> tuple[dict[str, np.
         flat = np.frombuffer(body[b:e], dtype)
         if info["dtype"] == "BF16":
             flat = (flat.astype(np.uint32) << 16).view(np.float32)
-        out[key] = flat.astype(dtype.newbyteorder("="), copy=True).reshape(shape) \
-            if info["dtype"] != "BF16" else flat.reshape(shape)
+        else:
+            flat = flat.astype(dtype.newbyteorder("="))  # a writable native-order copy
+        out[key] = flat.reshape(shape)
     return out, dict(header.get("__metadata__", {}))
 
 
@@ -123,6 +124,8 @@ def write_safetensors(path, tensors: Mapping[str, np.ndarray],
     metadata, exactly as `safetensors.numpy.save_file` lays the file out. Returns the path."""
     items = []
     for key, arr in tensors.items():
+        if not isinstance(key, str) or key == "__metadata__":
+            raise InputError(f"cannot write a safetensors tensor named {key!r}")
         arr = np.asarray(arr)
         code = _code(arr, key)
         raw = arr.view(np.uint16) if code == "BF16" else arr

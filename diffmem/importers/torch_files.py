@@ -19,10 +19,11 @@ Safety. Every pickle is read by `_Unpickler`, a `pickle.Unpickler` whose `find_c
 this module's stand-ins for an explicit allow-list (`ALLOWED_GLOBALS`: tensor and parameter
 rebuilds, storage classes, OrderedDict, set, numpy scalars and dtypes, torch.device, torch.Size,
 pathlib paths and torch dtypes, as strings) and inert record classes for `STUB_CLASSES` /
-`STUB_MODULES` (argparse.Namespace, torch ModuleDicts, Pham et al.'s `parse_utils` dataclasses:
-constructor arguments and BUILD state are recorded, their modules are never imported). Any other
-global raises `UnsafePickleError` naming it and the file before anything is called. The stand-ins
-(and the stub classes) refuse BUILD on themselves, so a file cannot patch them.
+`STUB_MODULES` (argparse.Namespace, torch.nn layers such as EDM's ModuleDicts, Pham et al.'s
+`parse_utils` dataclasses: constructor arguments and BUILD state are recorded, their modules are
+never imported). Any other global raises `UnsafePickleError` naming it and the file before anything
+is called. The stand-ins (and the stub classes) refuse BUILD on themselves, so a file cannot patch
+them.
 
 Output: nested dict / list / tuple / set of Python scalars and strings with `np.ndarray` leaves
 (copies, native byte order, bfloat16 widened to float32); numpy scalars become Python numbers;
@@ -58,10 +59,10 @@ STORAGE_DTYPES = {"FloatStorage": "f4", "DoubleStorage": "f8", "HalfStorage": "f
                   "BFloat16Storage": "bfloat16", "LongStorage": "i8", "IntStorage": "i4",
                   "ShortStorage": "i2", "CharStorage": "i1", "ByteStorage": "u1",
                   "BoolStorage": "?"}
-STUB_CLASSES = frozenset({"argparse.Namespace", "torch.nn.modules.container.ModuleDict",
-                          "torch.nn.modules.container.ModuleList",
-                          "torch.nn.modules.container.Sequential"})
-STUB_MODULES = frozenset({"parse_utils"})  # any module path with this part (utils.parse_utils too)
+STUB_CLASSES = frozenset({"argparse.Namespace"})
+# Modules whose classes are recorded, never imported: any module path with one of these parts
+# (utils.parse_utils too), and torch's own layers (torch.nn.modules.conv.Conv2d, ...).
+STUB_MODULES = frozenset({"parse_utils", "torch.nn.modules"})
 # Plain attributes of EDM's preconditioning modules that `read_edm_pickle` adds to the hparams.
 EDM_ATTRIBUTES = ("img_resolution", "img_channels", "label_dim", "use_fp16", "sigma_min",
                   "sigma_max", "sigma_data", "beta_d", "beta_min", "M", "epsilon_t")
@@ -271,11 +272,14 @@ _FUNCTIONS = {
     **{f"torch.{name}": None for name in (*STORAGE_DTYPES, *_TORCH_DTYPES, "Tensor")},
     "torch.nn.parameter.Parameter": None,
 }
-ALLOWED_GLOBALS = frozenset(_FUNCTIONS) | STUB_CLASSES
+ALLOWED_GLOBALS = frozenset(_FUNCTIONS) | STUB_CLASSES  # and the classes of STUB_MODULES
 
 
 def _is_stubbed(module: str, name: str) -> bool:
-    return f"{module}.{name}" in STUB_CLASSES or bool(STUB_MODULES & set(module.split(".")))
+    parts = module.split(".")
+    prefixes = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return (f"{module}.{name}" in STUB_CLASSES or bool(STUB_MODULES & set(parts))
+            or bool(STUB_MODULES & prefixes))
 
 
 class _Unpickler(pickle.Unpickler):
