@@ -455,7 +455,8 @@ def read_torch_zip(path) -> Any:
         def record(rec: str) -> bytes:
             try:
                 return zf.read(root + rec)
-            except (KeyError, zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
+            except (KeyError, zipfile.BadZipFile, ValueError, EOFError, OSError, RuntimeError,
+                    NotImplementedError) as e:  # missing, corrupt, encrypted, unknown method
                 raise _fail(name, f"cannot read its record {root + rec}", e) from e
 
         order = record("byteorder").decode("ascii", "replace") \
