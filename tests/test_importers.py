@@ -111,7 +111,9 @@ def test_edm_layout_matches_edm_networks():
     assert list(st)[-1] == "model.dec.8x8_aux_conv.bias"
 
 
-def test_edm_pickle_round_trip_and_dropped_augment(tmp_path):
+def _edm_pickle(tmp_path):
+    """An EDM snapshot file (EDMPrecond around a small conditional SongUNet with augment_dim 9, as EDM's
+    CIFAR-10 runs) written with the format layer's writer; returns (path, variables, state dict)."""
     _, v, cls, hp = _edm_case()
     st = edm.to_state(v, cls, hp)
     aug = np.random.default_rng(3).normal(size=(16, 9)).astype(np.float32)
@@ -132,6 +134,11 @@ def test_edm_pickle_round_trip_and_dropped_augment(tmp_path):
     ema.state["_modules"]["model"] = unet
     path = tw.write_network_pickle(tmp_path / "network-snapshot-000200.pkl",
                                    {"ema": ema, "loss_fn": None, "augment_pipe": None, "dataset_kwargs": {}})
+    return path, v, st
+
+
+def test_edm_pickle_round_trip_and_dropped_augment(tmp_path):
+    path, v, st = _edm_pickle(tmp_path)
     imp = edm.read(path)
     assert _equal_trees(imp.variables, v) and imp.step == 200
     assert imp.model["dropout"] == 0.13 and imp.model["label_dim"] == 3
@@ -380,21 +387,43 @@ def test_edm_attention_restated_in_numpy_matches_diffmem():
 def test_imported_edm_workdir_samples_like_a_trained_one(tmp_path, one_device):
     from diffmem import generate
     from diffmem.workdir import Workdir
-    _, v, cls, hp = _edm_case()
-    imp = edm.from_state(edm.to_state(v, cls, hp), cls, hp, step=200)
-    wd = workdir_writer.write_workdir(imp, str(tmp_path / "wd"), source="snap.pkl", format="edm")
+    path, v, _ = _edm_pickle(tmp_path)
+    wd = workdir_writer.import_model(str(path), "edm", str(tmp_path / "wd"))
     model = Workdir(wd).model("1")
     assert model.step == 200 and model.shape == (8, 8, 3)
     assert (model.sigma_min, model.sigma_max) == (0.002, 80.0)
-    x = jnp.ones((2, 8, 8, 3))
-    assert np.isfinite(np.asarray(model.denoiser(x, jnp.full((2,), 1.0)))).all()
-    paths = generate.sample_workdir(wd, [0, 1], "edm_euler", num_steps=2, progress=False)
-    assert Workdir(wd).read_samples("1")["samples"].shape == (2, 8, 8, 3) and paths
+    generate.sample_workdir(wd, [0, 1], "edm_euler", num_steps=2, progress=False)
+    samples = Workdir(wd).read_samples("1")["samples"]
+    assert samples.shape == (2, 8, 8, 3) and np.isfinite(samples).all()
     record = json.load(open(os.path.join(wd, "imported.json")))
-    assert record["format"] == "edm" and "placeholder" in record["data"]
+    assert record["format"] == "edm" and "placeholder" in record["data"] and "map_augment" in record["dropped"][0]
     with pytest.raises(OutputExistsError) as e:
-        workdir_writer.write_workdir(imp, wd)
+        workdir_writer.import_model(str(path), "edm", wd)
     _one_line(e, wd)
+
+
+def test_imported_pham_and_diffusers_workdirs_hold_the_weights(tmp_path):
+    from diffmem import checkpoint
+    from diffmem.workdir import Workdir
+    _, v = _pham_case()
+    args = PickledObject("argparse.Namespace", dict(model=PickledObject("parse_utils.ModelOptions", dict(
+        image_size=8, in_channels=3, dim=32, dim_mults="1,2", attn_resolutions="4", num_res_blocks=1))))
+    src = tw.write_torch_zip(tmp_path / "64.pt", {"ema": pham.to_state(v, PHAM_HP), "args": args,
+                                                   "iterations": 9})
+    _, vd = _diffusers_case()
+    folder = tmp_path / "ddpm"
+    folder.mkdir()
+    sf.write_safetensors(folder / "diffusion_pytorch_model.safetensors", dif.to_state(vd, DIF_HP))
+    (folder / "config.json").write_text(json.dumps(dif.export_config(DIF_HP)))
+    for source, fmt, want, step in ((src, "pham", v, 9), (folder, "diffusers", vd, 1)):
+        wd = workdir_writer.import_model(str(source), fmt, str(tmp_path / fmt))
+        w = Workdir(wd)
+        assert w.config.model.name == "ddpm_unet" and w.config.sample.sampler == "ddpm_ancestral"
+        assert w.model("1").step == step
+        like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), want)
+        for item in ("ema_params", "params"):
+            got, _ = checkpoint.restore_item(w.checkpoint_dir("1"), item, like)
+            assert _equal_trees(jax.tree.map(np.asarray, got), want)
 
 
 def test_bin_import_model_writes_a_kadkhodaie_workdir_with_its_training_set(tmp_path, one_device):
