@@ -26,9 +26,10 @@ from diffmem.errors import InputError
 from diffmem.machines import calibration
 from diffmem.machines import models as mm
 from diffmem.machines.calibration import noised, pearson_r  # noqa: F401 (agreement.pearson_r)
+from diffmem.metrics.calibration import heldout_images
 
 __all__ = ["TITLE", "TUNED", "DEFAULT_MACHINES", "sample_agreement", "denoiser_agreement",
-           "heldout_images", "output_dir", "agreement_for", "agreement_vs_k", "figures",
+           "output_dir", "agreement_for", "agreement_vs_k", "figures",
            "study_section", "write_report"]
 
 TITLE = "Analytic local score machines"
@@ -67,15 +68,6 @@ def denoiser_agreement(model_a, model_b, images, sigmas: Sequence[float], seed: 
     return np.stack(out)
 
 
-def heldout_images(config, spec, num: int) -> np.ndarray:
-    """Up to `num` images of the dataset pool that are not in the spec's training set (first in pool order)."""
-    pool = builders.load_pool(config)
-    keep = np.ones(len(pool), bool)
-    if spec.indices is not None:
-        keep[np.asarray(spec.indices)] = False
-    return np.asarray(pool[keep][:num], np.float32)
-
-
 def output_dir(wd: wdlib.Workdir, *parts: str) -> str:
     """<workdir>/machines/... (`Workdir.study_output_dir("machines")`)."""
     return wd.study_output_dir("machines", *parts)
@@ -94,7 +86,7 @@ def agreement_for(wd: wdlib.Workdir, name: str, *, machines: Sequence[str], netw
     net = wd.model(name, kind=network)
     spec = wd.spec(name)
     x0 = (np.asarray(spec.data[:num_images]) if images == "train"
-          else heldout_images(wd.config, spec, num_images))
+          else heldout_images(builders.load_pool(wd.config), spec.indices)[:num_images])
     sig = np.asarray(calibration.default_sigmas(net) if sigmas is None else sigmas, np.float64)
     cal, schedule = {}, None
     if calibrate_machine is not None:

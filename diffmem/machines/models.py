@@ -7,6 +7,8 @@ metric and study takes (kind = the machine's name, step -1).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from typing import Callable
 
@@ -93,30 +95,24 @@ def _bound(jitted, data):
     return lambda x, sigma: jitted(data, x, sigma)
 
 
-def _config_and_spec(config_or_workdir, name):
+def _experiment_and_spec(config_or_workdir, name):
     if isinstance(config_or_workdir, ml_collections.ConfigDict):
-        config = config_or_workdir
-        specs = {s.name: s for s in builders.model_specs(config)}
+        exp = builders.build(config_or_workdir)
+        specs = {s.name: s for s in exp.members}
         if str(name) not in specs:
             raise InputError(f"No model named {name!r} in this config; its models are {wdlib.sort_names(specs)}.")
-        return config, specs[str(name)]
+        return exp, specs[str(name)]
     wd = config_or_workdir
     if not isinstance(wd, wdlib.Workdir):
         wd = wdlib.Workdir(os.fspath(wd))
-    return wd.config, wd.spec(str(name))
+    return wd.experiment, wd.spec(str(name))
 
 
 def machine_model(config_or_workdir, name, machine: str = "els", patch_size=None, *, tau=None,
                   heatmap: Callable | None = None, chunk: int | None = None) -> Model:
     """The machine of model `name`'s training set (a workdir's recorded K-subset, or a config's) as a `Model`
     (kind = machine, step -1); the other arguments as `machine_denoiser`."""
-    config, spec = _config_and_spec(config_or_workdir, name)
+    exp, spec = _experiment_and_spec(config_or_workdir, name)
     denoiser = machine_denoiser(spec.data, machine, patch_size, tau=tau, heatmap=heatmap, chunk=chunk)
-    image = builders.diffusion_kind(config) == "precond"
-    fields = dict(name=spec.name, k=spec.k, kind=machine, shape=tuple(spec.data.shape[1:]),
-                  train_data=spec.data, step=-1, seed=int(spec.seed), labels=spec.labels,
-                  data_range=(-1.0, 1.0) if image else None,
-                  compiler_options=pk.compiler_options() or None)
-    if image:
-        return Model.from_denoiser(denoiser, sigma_range=builders.sigma_range(config), **fields)
-    return Model.from_denoiser(denoiser, sde=builders.build_sde(config), **fields)
+    model = exp.as_model(spec, machine, -1, denoiser=denoiser)
+    return dataclasses.replace(model, compiler_options=pk.compiler_options() or None)
