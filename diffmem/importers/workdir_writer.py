@@ -123,7 +123,7 @@ def write_workdir(imported: ImportedModel, workdir: str, *, data: str | None = N
     import jax
     import jax.numpy as jnp
 
-    from diffmem import checkpoint, lock, optim
+    from diffmem import builders, checkpoint, lock
     from diffmem import workdir as wdlib
     if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
         raise OutputExistsError(f"{workdir} already exists: an import never overwrites; choose a new --workdir.")
@@ -144,9 +144,7 @@ def write_workdir(imported: ImportedModel, workdir: str, *, data: str | None = N
                 a.shape != b.shape for a, b in zip(jax.tree.leaves(like), jax.tree.leaves(params))):
             raise InputError(f"The imported weights do not fit the network of {wd.config_path} (images of "
                              f"shape {spec.data.shape[1:]}).")
-        o = config.optim
-        tx = optim.make_optimizer(o.lr, o.b1, o.b2, o.eps, o.grad_clip, o.get("warmup_steps", 0),
-                                  decay_every=o.get("decay_every", 0), decay_factor=o.get("decay_factor", 0.5))
+        tx = builders.build_optimizer(config)  # the trainer's, so bin/train.py resumes (fine-tunes) from it
         step = int(imported.step)
         state = {"step": jnp.asarray(step, jnp.int32), "params": params, "ema_params": params,
                  "opt_state": tx.init(params)}
