@@ -29,13 +29,14 @@ from diffmem.ks_sampler import KSResult, kadkhodaie_simoncelli, ks_recursion_ite
 from diffmem.sample_noise import (_check_batch, _noise_keys, initial_noise, per_sample_keys,  # noqa: F401
                                   step_noise, tutorial_init)
 from diffmem.sharded import SAMPLE_BLOCK, sample_sharded, seed_slots  # noqa: F401 (re-exported)
+from diffmem.solver_steps import ddim_step, edm_slope, edm_step, em_step  # noqa: F401 (re-exported)
 
 __all__ = ["per_sample_keys", "initial_noise", "step_noise", "tutorial_init", "euler_maruyama",
            "probability_flow_ode", "ddpm_ancestral", "DDIM_SPACINGS", "ddim_timesteps", "ddim",
            "ddim_invert", "edm_euler", "edm_heun", "SAMPLE_BLOCK", "seed_slots", "sample_sharded",
            "Sampler", "SAMPLERS", "register", "get_sampler", "sampler_help", "KSResult",
            "kadkhodaie_simoncelli", "ks_recursion_iterations", "SampleInfo", "KS_INFO_FIELDS",
-           "not_converged_message"]
+           "not_converged_message", "ddim_step", "em_step", "edm_step", "edm_slope"]
 
 _UPFRONT_NOISE_MAX = 1 << 24  # draw all EM noise in one op when it fits in 16M numbers (64 MB float32)
 
@@ -63,15 +64,12 @@ def euler_maruyama(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, key_or_seeds,
     ts = jnp.linspace(sde.t_max, eps, num_steps, dtype=x_init.dtype)
     dt = ts[0] - ts[1]
 
-    def mean_and_g(x, t):  # reverse-SDE Euler-Maruyama, drift part
-        tb = jnp.full((1,) if shared_time else x.shape[:1], t, x.dtype)
-        g = _bcast(sde.diffusion(tb), x)
-        return (x + (g**2 * score_fn(x, tb) - sde.drift(x, tb)) * dt).astype(x.dtype), g
+    def times(x, t):
+        return jnp.full((1,) if shared_time else x.shape[:1], t, x.dtype)
 
     def step(x, t_and_z):
         t, z = t_and_z
-        mean, g = mean_and_g(x, t)
-        return mean + jnp.sqrt(dt) * g * z, None
+        return em_step(score_fn, sde, x, times(x, t), dt, z)[0], None
 
     shape, n_noisy = x_init.shape[1:], num_steps - 1  # the last step's noise is never used
     if x_init.size * n_noisy <= _UPFRONT_NOISE_MAX:
@@ -81,7 +79,7 @@ def euler_maruyama(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, key_or_seeds,
     else:
         x, _ = jax.lax.scan(lambda x, j: step(x, (ts[j], step_noise(keys, j, shape, x.dtype))),
                             x_init, jnp.arange(n_noisy))
-    return mean_and_g(x, ts[-1])[0]
+    return em_step(score_fn, sde, x, times(x, ts[-1]), dt)[1]
 
 
 def probability_flow_ode(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, t0: float | None = None,
@@ -195,13 +193,10 @@ def ddim(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: in
     a_now = jnp.asarray(ab[ts], x_T.dtype)
     a_next = jnp.asarray(np.concatenate([ab[ts[1:]], [1.0]]), x_T.dtype)  # alpha_bar of "t = -1" is 1
 
-    def step(x, i):
+    def step(x, i):  # Song et al. (2021) eq. 12
         a, an = a_now[i], a_next[i]
-        x0 = _vp_x0(denoiser, x, a)
-        eps = (x - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
-        x0 = jnp.clip(x0, -1, 1) if clip_x0 else x0
         sigma = eta * jnp.sqrt((1 - an) / (1 - a) * (1 - a / an))
-        x = jnp.sqrt(an) * x0 + jnp.sqrt(jnp.maximum(1 - an - sigma**2, 0.0)) * eps
+        x, _ = ddim_step(denoiser, x, a, an, sigma=sigma, clip_x0=clip_x0)
         if keys is not None:
             x = x + sigma * step_noise(keys, i, x.shape[1:], x.dtype)
         return x.astype(x_T.dtype), None
@@ -223,10 +218,7 @@ def ddim_invert(denoiser: Denoiser, x0: jax.Array, num_steps: int = 50, *, T: in
     levels = jnp.asarray(ab[ddim_timesteps(num_steps, T)], x0.dtype)
 
     def step(x, i):  # DDIM eq. 12 with eta = 0, from level i to level i + 1
-        a, an = levels[i], levels[i + 1]
-        x0_hat = _vp_x0(denoiser, x, a)
-        eps = (x - jnp.sqrt(a) * x0_hat) / jnp.sqrt(1 - a)
-        return (jnp.sqrt(an) * x0_hat + jnp.sqrt(1 - an) * eps).astype(x.dtype), None
+        return ddim_step(denoiser, x, levels[i], levels[i + 1])[0].astype(x.dtype), None
 
     x, _ = jax.lax.scan(step, x0, jnp.arange(num_steps - 1))
     return x
@@ -262,9 +254,6 @@ def _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, heun
     sig = jnp.asarray(edm_sigma_steps(num_steps, sigma_min, sigma_max, rho), x_T.dtype)  # (N + 1,), ends at 0
     gamma_max = min(S_churn / num_steps, math.sqrt(2) - 1)
 
-    def slope(x, s):  # dx/dsigma = (x - D(x; sigma)) / sigma
-        return (x - denoiser(x, jnp.full(x.shape[:1], s, x.dtype))) / s
-
     def step(x, i, second_order):
         t, t_next = sig[i], sig[i + 1]
         if keys is not None:  # Algorithm 2: raise the noise level to t_hat = (1 + gamma) t
@@ -274,11 +263,7 @@ def _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, heun
             x = x + t * jnp.sqrt(gamma * (2 + gamma)) * S_noise * step_noise(keys, i, x.shape[1:], x.dtype)
         else:
             t_hat = t
-        d = slope(x, t_hat)
-        x_next = x + (t_next - t_hat) * d
-        if second_order:
-            x_next = x + (t_next - t_hat) * 0.5 * (d + slope(x_next, t_next))
-        return x_next.astype(x_T.dtype)
+        return edm_step(denoiser, x, t_hat, t_next, second_order).astype(x_T.dtype)
 
     x, _ = jax.lax.scan(lambda x, i: (step(x, i, heun), None), x_T, jnp.arange(num_steps - 1))
     return step(x, num_steps - 1, False)  # the last step, to sigma = 0, is always Euler

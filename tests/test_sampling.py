@@ -329,3 +329,16 @@ def test_inputs_are_validated():
         sampling.euler_maruyama(MIX2.score_fn(_VE), _VE, jnp.zeros((2, 2)), jnp.arange(2), eps=0.0)
     with pytest.raises(ValueError, match="2\\*\\*32"):
         sampling.sample_sharded(SEEDED["ddpm"], [-1, 2], Mesh(np.array(jax.devices()[:1]), ("data",)))
+
+
+def test_one_step_per_sampler_family_shared_with_critical_times_and_jacobians():
+    from diffmem.metrics import critical_time, jacobian
+    assert critical_time.ddim_step is sampling.ddim_step and critical_time.em_step is sampling.em_step
+    assert jacobian.edm_step is sampling.edm_step
+    # ddim_step with per-example levels is the scalar step row by row.
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32)
+    a, an = jnp.asarray([0.5, 0.7, 0.9], jnp.float32), jnp.asarray([0.6, 0.8, 1.0], jnp.float32)
+    rows, _ = sampling.ddim_step(mix16_denoiser, x, a, an)
+    for i in range(3):
+        one, _ = sampling.ddim_step(mix16_denoiser, x[i:i + 1], a[i], an[i])
+        np.testing.assert_allclose(rows[i], one[0], rtol=1e-6, atol=1e-6)

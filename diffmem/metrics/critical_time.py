@@ -35,6 +35,7 @@ import numpy as np
 
 from diffmem.errors import InputError
 from diffmem.sde import SDE, Denoiser, ScoreFn, ddpm_alpha_bar
+from diffmem.solver_steps import ddim_step, em_step
 
 __all__ = ["STOP_RULES", "IMAGE_TIMES", "RADIUS_STEP", "Distance", "l2_distance", "lpips_distance",
            "trial_noise", "ddim_chain", "ddim_reconstruct", "em_points", "em_reconstruct",
@@ -94,9 +95,7 @@ def ddim_reconstruct(denoiser: Denoiser, x_t, t_rows, alpha_bar, num_iters: int 
         a = ab[jnp.maximum(tau, 0)]
         tau_next = tau - stride
         a_next = jnp.where(tau_next >= 0, ab[jnp.maximum(tau_next, 0)], 1.0)
-        x0 = denoiser(x / bc(jnp.sqrt(a)), jnp.sqrt((1 - a) / a))
-        eps = (x - bc(jnp.sqrt(a)) * x0) / bc(jnp.sqrt(1 - a))
-        x_new = bc(jnp.sqrt(a_next)) * x0 + bc(jnp.sqrt(1 - a_next)) * eps
+        x_new, x0 = ddim_step(denoiser, x, a, a_next)
         return (jnp.where(bc(active), x_new, x), jnp.where(bc(active), x0, x0_last)), None
 
     (_, x0), _ = jax.lax.scan(body, (x_t, jnp.zeros_like(x_t)), jnp.arange(num_iters))
@@ -126,10 +125,8 @@ def em_reconstruct(score_fn: ScoreFn, sde: SDE, x_t, t_rows, num_points, keys, *
         x, mean_last = carry
         tau = t - j * dt
         active = j < num
-        g = sde.diffusion(tau)
-        mean = x + bc(g**2 * dt) * score_fn(x, tau)
         z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, j), x_t.shape[1:], x_t.dtype))(keys)
-        x_new = mean + bc(jnp.sqrt(dt) * g) * z
+        x_new, mean = em_step(score_fn, sde, x, tau, dt, z)
         return (jnp.where(bc(active), x_new, x), jnp.where(bc(active), mean, mean_last)), None
 
     (_, mean), _ = jax.lax.scan(body, (x_t, x_t), jnp.arange(max_steps))

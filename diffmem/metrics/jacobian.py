@@ -21,6 +21,7 @@ import numpy as np
 
 from diffmem.errors import InputError
 from diffmem.sde import Denoiser, edm_sigma_steps
+from diffmem.solver_steps import edm_step
 
 __all__ = ["FROBENIUS_FRACTION", "ZERO_JACOBIAN_NORM", "EXACT_SVD_MAX_N", "denoiser_jacobian",
            "batched_jacobians", "rank_99", "rank_from_partial", "randomized_singular_values",
@@ -142,19 +143,12 @@ def edm_trajectory_states(denoiser: Denoiser, x_T, *, num_steps: int = 18, sigma
     x_T = jnp.asarray(x_T)
     sig = jnp.asarray(edm_sigma_steps(num_steps, sigma_min, sigma_max, rho), x_T.dtype)
 
-    def slope(x, s):
-        return (x - denoiser(x, jnp.full(x.shape[:1], s, x.dtype))) / s
+    def step(x, i):  # Heun step from sig[i] to sig[i+1]
+        return edm_step(denoiser, x, sig[i], sig[i + 1], True).astype(x.dtype), x
 
-    def step(x, i):  # Heun step from sig[i] to sig[i+1]; Euler for the last one (to sigma 0)
-        t, t_next = sig[i], sig[i + 1]
-        d = slope(x, t)
-        x_next = x + (t_next - t) * d
-        x_heun = x + (t_next - t) * 0.5 * (d + slope(x_next, jnp.maximum(t_next, 1e-30)))
-        x_next = jnp.where(t_next > 0, x_heun, x_next)
-        return x_next.astype(x.dtype), x
-
-    final, states = jax.lax.scan(step, x_T, jnp.arange(num_steps))
-    return states, sig[:-1], final
+    x, states = jax.lax.scan(step, x_T, jnp.arange(num_steps - 1))
+    final = edm_step(denoiser, x, sig[-2], sig[-1], False).astype(x.dtype)  # Euler to sigma = 0
+    return jnp.concatenate([states, x[None]]), sig[:-1], final
 
 
 def forward_states(data, sigmas, key):
