@@ -1,6 +1,7 @@
-"""Bring your own model: the network maps of diffmem.importers (EDM, Pham et al., diffusers, Kadkhodaie et
-al.) checked against the documented upstream layouts, exact round trips through the real file formats,
-numpy re-statements of upstream blocks, bad inputs, and imported workdirs that sample like trained ones."""
+"""Bring your own model: the network maps of diffmem.importers (EDM, Pham et al., diffusers,
+Kadkhodaie et al.) checked against the documented upstream layouts, exact round trips through the
+real file formats, numpy re-statements of upstream blocks, bad inputs, and imported workdirs that
+sample like trained ones."""
 from __future__ import annotations
 
 import collections
@@ -76,14 +77,16 @@ def _module_tree(state: dict, name="Module", persistent=False, **attrs):
                          source="raise SystemExit(3)\n" if persistent else None)
 
 
-# ------------------------------------------------------------------------------------------------ EDM
+# ---------------------------------------------------------------------------------------------- EDM
 EDM_MODEL = dict(channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,), dropout=0.0,
                  embedding_type="positional", label_dim=3)
-EDM_DIFFUSION = dict(precond="edm", precond_fields=dict(sigma_data=0.5, sigma_min=0.002, sigma_max=80.0))
+EDM_DIFFUSION = dict(precond="edm", precond_fields=dict(sigma_data=0.5, sigma_min=0.002,
+                                                        sigma_max=80.0))
 
 
 def _edm_case():
-    net = nets.SongUNet(model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,), label_dim=3)
+    net = nets.SongUNet(model_channels=16, channel_mult=(1, 2), num_blocks=1,
+                        attn_resolutions=(4,), label_dim=3)
     v = _random_variables(net, (1, 8, 8, 3), (1,))
     cls, hp = edm.export_hparams(EDM_MODEL, EDM_DIFFUSION, (8, 8, 3))
     return net, v, cls, hp
@@ -93,7 +96,8 @@ def test_edm_layout_matches_edm_networks():
     _, v, cls, hp = _edm_case()
     st = edm.to_state(v, cls, hp)
     p = v["params"]
-    assert list(st)[:4] == ["model.map_label.weight", "model.map_label.bias", "model.map_layer0.weight",
+    assert list(st)[:4] == ["model.map_label.weight", "model.map_label.bias",
+                            "model.map_layer0.weight",
                             "model.map_layer0.bias"]
     assert st["model.map_label.weight"].shape == (16, 3)  # Linear (out, in)
     np.testing.assert_array_equal(st["model.map_layer1.weight"], p["map_layer1"]["kernel"].T)
@@ -103,8 +107,10 @@ def test_edm_layout_matches_edm_networks():
     qkv = st["model.enc.4x4_block0.qkv.weight"]  # one 1x1 conv, EDM's (head, channel, qkv) order kept
     assert qkv.shape == (96, 32, 1, 1)
     np.testing.assert_array_equal(qkv[:, :, 0, 0], p["enc_4x4_block0"]["qkv"]["kernel"][0, 0].T)
-    np.testing.assert_array_equal(st["model.enc.4x4_block0.norm2.weight"], p["enc_4x4_block0"]["norm2"]["scale"])
-    for key in ("model.enc.4x4_down.conv0.resample_filter", "model.dec.8x8_up.skip.resample_filter"):
+    np.testing.assert_array_equal(st["model.enc.4x4_block0.norm2.weight"],
+                                  p["enc_4x4_block0"]["norm2"]["scale"])
+    for key in ("model.enc.4x4_down.conv0.resample_filter",
+                "model.dec.8x8_up.skip.resample_filter"):
         np.testing.assert_array_equal(st[key], np.full((1, 1, 2, 2), 0.25, np.float32))
     assert "model.enc.8x8_block0.skip.weight" not in st  # same width, no resampling: no skip conv
     assert st["model.dec.4x4_block0.skip.weight"].shape == (32, 64, 1, 1)
@@ -112,28 +118,35 @@ def test_edm_layout_matches_edm_networks():
 
 
 def _edm_pickle(tmp_path):
-    """An EDM snapshot file (EDMPrecond around a small conditional SongUNet with augment_dim 9, as EDM's
-    CIFAR-10 runs) written with the format layer's writer; returns (path, variables, state dict)."""
+    """An EDM snapshot file (EDMPrecond around a small conditional SongUNet with augment_dim 9, as
+    EDM's CIFAR-10 runs) written with the format layer's writer; returns (path, variables, state
+    dict)."""
     _, v, cls, hp = _edm_case()
     st = edm.to_state(v, cls, hp)
     aug = np.random.default_rng(3).normal(size=(16, 9)).astype(np.float32)
     full = collections.OrderedDict(list(st.items())[:2] + [("model.map_augment.weight", aug)]
                                    + list(st.items())[2:])
     unet = _module_tree({k[len("model."):]: a for k, a in full.items()}, "SongUNet", True,
-                        _init_args=(), _init_kwargs=dict(img_resolution=8, in_channels=3, out_channels=3,
+                        _init_args=(), _init_kwargs=dict(img_resolution=8, in_channels=3,
+                                                         out_channels=3,
                                                          label_dim=3, augment_dim=9, model_channels=16,
                                                          channel_mult=[1, 2], num_blocks=1,
                                                          attn_resolutions=[4], dropout=0.13))
-    ema = _module_tree({}, "EDMPrecond", True, sigma_min=0.0, sigma_max=float("inf"), sigma_data=0.5,
+    ema = _module_tree({}, "EDMPrecond", True, sigma_min=0.0, sigma_max=float("inf"),
+                       sigma_data=0.5,
                        img_resolution=8, img_channels=3, label_dim=3, use_fp16=False, _init_args=(),
-                       _init_kwargs=dict(img_resolution=8, img_channels=3, label_dim=3, model_type="SongUNet",
+                       _init_kwargs=dict(img_resolution=8, img_channels=3, label_dim=3,
+                                         model_type="SongUNet",
                                          embedding_type="positional", encoder_type="standard",
                                          decoder_type="standard", channel_mult_noise=1,
-                                         resample_filter=[1, 1], model_channels=16, channel_mult=[1, 2],
+                                         resample_filter=[1,
+                                                          1], model_channels=16, channel_mult=[1,
+                                                                                               2],
                                          augment_dim=9, dropout=0.13))
     ema.state["_modules"]["model"] = unet
     path = tw.write_network_pickle(tmp_path / "network-snapshot-000200.pkl",
-                                   {"ema": ema, "loss_fn": None, "augment_pipe": None, "dataset_kwargs": {}})
+                                   {"ema": ema, "loss_fn": None, "augment_pipe": None,
+                                    "dataset_kwargs": {}})
     return path, v, st
 
 
@@ -145,7 +158,8 @@ def test_edm_pickle_round_trip_and_dropped_augment(tmp_path):
     assert imp.diffusion["precond_fields"]["sigma_min"] == 0.002  # EDMPrecond's 0 / inf: EDM's sampling range
     assert imp.diffusion["precond_fields"]["sigma_max"] == 80.0
     assert len(imp.dropped) == 1 and "map_augment" in imp.dropped[0]
-    back = edm.to_state(imp.variables, *edm.export_hparams(imp.model, imp.diffusion, imp.image_shape))
+    back = edm.to_state(imp.variables, *edm.export_hparams(imp.model, imp.diffusion,
+                                                           imp.image_shape))
     assert list(back) == list(st) and all(np.array_equal(back[k], st[k]) for k in st)
 
 
@@ -160,13 +174,15 @@ def test_edm_refuses_what_diffmem_cannot_represent():
     _one_line(e, "iDDPMPrecond")
 
 
-# ----------------------------------------------------------------------------------------------- Pham
-PHAM_HP = dict(image_size=8, in_channels=3, dim=32, dim_mults=(1, 2), attn_resolutions=(4,), num_res_blocks=1,
+# --------------------------------------------------------------------------------------------- Pham
+PHAM_HP = dict(image_size=8, in_channels=3, dim=32, dim_mults=(1, 2), attn_resolutions=(4,),
+               num_res_blocks=1,
                dropout=0.0)
 
 
 def _pham_case():
-    net = nets.DDPMUNet(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), nin_init_scale=0.1)
+    net = nets.DDPMUNet(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                        nin_init_scale=0.1)
     return net, _random_variables(net, (1, 8, 8, 3), (1,), seed=1)
 
 
@@ -179,12 +195,15 @@ def test_pham_layout_matches_their_all_modules_list():
     assert st["all_modules.0.weight"].shape == (128, 32)
     assert st["all_modules.2.weight"].shape == (32, 3, 3, 3)
     assert "all_modules.3.NIN_0.W" not in st and st["all_modules.5.NIN_0.W"].shape == (32, 64)
-    np.testing.assert_array_equal(st["all_modules.5.NIN_0.W"], p["ResBlock_1"]["skip"]["kernel"])  # NIN: (in, out)
-    np.testing.assert_array_equal(st["all_modules.5.Dense_0.weight"], p["ResBlock_1"]["temb_proj"]["kernel"].T)
+    np.testing.assert_array_equal(st["all_modules.5.NIN_0.W"],
+                                  p["ResBlock_1"]["skip"]["kernel"])  # NIN: (in, out)
+    np.testing.assert_array_equal(st["all_modules.5.Dense_0.weight"],
+                                  p["ResBlock_1"]["temb_proj"]["kernel"].T)
     np.testing.assert_array_equal(st["all_modules.4.Conv_0.weight"],
                                   np.transpose(p["down_0"]["kernel"], (3, 2, 0, 1)))
     for i, name in enumerate(("q", "k", "v", "proj_out")):
-        np.testing.assert_array_equal(st[f"all_modules.6.NIN_{i}.W"], p["AttnBlock_0"][name]["kernel"])
+        np.testing.assert_array_equal(st[f"all_modules.6.NIN_{i}.W"],
+                                      p["AttnBlock_0"][name]["kernel"])
     assert pham.infer_args(st, 8) == PHAM_HP
 
 
@@ -192,9 +211,11 @@ def test_pham_checkpoint_round_trip(tmp_path):
     _, v = _pham_case()
     st = pham.to_state(v, PHAM_HP)
     model_opts = PickledObject("parse_utils.ModelOptions", dict(
-        image_size=8, in_channels=3, dim=32, dim_mults=(1, 2), attn_resolutions=(4,), num_res_blocks=1,
+        image_size=8, in_channels=3, dim=32, dim_mults=(1,
+                                                        2), attn_resolutions=(4,), num_res_blocks=1,
         dropout=0.1, conditional=True, resamp_with_conv=True, nonlinearity="swish", scale_by_sigma=False))
-    train_opts = PickledObject("parse_utils.TrainOptions", dict(train_size=64, prediction_type="epsilon",
+    train_opts = PickledObject("parse_utils.TrainOptions", dict(train_size=64,
+                                                                prediction_type="epsilon",
                                                                  beta_schedule="linear", timesteps=1000))
     args = PickledObject("argparse.Namespace", dict(model=model_opts, train=train_opts))
     path = tw.write_torch_zip(tmp_path / "64.pt", {"model": st, "ema": st, "opt": {}, "args": args,
@@ -204,14 +225,16 @@ def test_pham_checkpoint_round_trip(tmp_path):
     assert imp.model["name"] == "ddpm_unet" and imp.model["dropout"] == 0.1
     assert imp.diffusion["precond"] == "ddpm" and imp.sample["sampler"] == "ddpm_ancestral"
     bare = tw.write_torch_zip(tmp_path / "bare.pt", {f"module.{k}": a for k, a in st.items()})
-    assert _equal_trees(pham.read(bare, image_size=8).variables, v)  # args inferred, DataParallel prefix
+    assert _equal_trees(pham.read(bare, image_size=8).variables,
+                        v)  # args inferred, DataParallel prefix
     with pytest.raises(MappingError) as e:
         pham.from_state(st, dict(model=dict(PHAM_HP, conditional=False)))
     _one_line(e, "conditional")
 
 
-# ------------------------------------------------------------------------------------------ diffusers
-DIF_HP = dict(image_size=8, in_channels=3, ch=32, ch_mult=(1, 2), attn_resolutions=(4,), num_res_blocks=1,
+# ---------------------------------------------------------------------------------------- diffusers
+DIF_HP = dict(image_size=8, in_channels=3, ch=32, ch_mult=(1, 2), attn_resolutions=(4,),
+              num_res_blocks=1,
               num_groups=32, dropout=0.0)
 
 
@@ -230,42 +253,53 @@ def test_diffusers_layout_and_safetensors_round_trip(tmp_path):
     assert dif.architecture(config) == DIF_HP
     np.testing.assert_array_equal(st["down_blocks.1.resnets.0.conv_shortcut.weight"][:, :, 0, 0],
                                   p["ResBlock_1"]["skip"]["kernel"].T)
-    np.testing.assert_array_equal(st["down_blocks.1.attentions.0.to_q.weight"], p["AttnBlock_0"]["q"]["kernel"].T)
-    np.testing.assert_array_equal(st["mid_block.attentions.0.to_out.0.bias"], p["AttnBlock_1"]["proj_out"]["bias"])
+    np.testing.assert_array_equal(st["down_blocks.1.attentions.0.to_q.weight"],
+                                  p["AttnBlock_0"]["q"]["kernel"].T)
+    np.testing.assert_array_equal(st["mid_block.attentions.0.to_out.0.bias"],
+                                  p["AttnBlock_1"]["proj_out"]["bias"])
     assert st["up_blocks.0.upsamplers.0.conv.weight"].shape == (64, 64, 3, 3)  # -> up_1
     np.testing.assert_array_equal(st["conv_norm_out.weight"], p["norm_out"]["scale"])
     folder = tmp_path / "unet"
     folder.mkdir()
-    sf.write_safetensors(folder / "diffusion_pytorch_model.safetensors", st, metadata={"format": "pt"})
+    sf.write_safetensors(folder / "diffusion_pytorch_model.safetensors", st,
+                         metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(dict(config, _diffusers_version="0.0.4")))
     imp = dif.read(str(folder))
     assert _equal_trees(imp.variables, v) and imp.diffusion["precond"] == "ddpm"
-    legacy = {k.replace(".to_q.", ".query.").replace(".to_out.0.", ".proj_attn."): a for k, a in st.items()}
-    assert _equal_trees(dif.from_state(legacy, config).variables, v)  # old diffusers attention names
+    legacy = {k.replace(".to_q.", ".query.").replace(".to_out.0.", ".proj_attn."): a for k,
+              a in st.items()}
+    assert _equal_trees(dif.from_state(legacy, config).variables,
+                        v)  # old diffusers attention names
     with pytest.raises(MappingError) as e:
         dif.from_state(st, dict(config, downsample_padding=1))
     _one_line(e, "downsample_padding")
 
 
-# ---------------------------------------------------------------------------------------- Kadkhodaie
+# --------------------------------------------------------------------------------------- Kadkhodaie
 def test_kadkhodaie_layouts_and_round_trip(tmp_path):
     unet = nets.BFUNet(num_kernels=4, num_blocks=2)
     v = _random_variables(unet, (1, 8, 8, 1), seed=4)
-    hp = dict(name="bf_unet", channels=1, num_kernels=4, num_blocks=2, num_enc_conv=2, num_mid_conv=2,
+    hp = dict(name="bf_unet", channels=1, num_kernels=4, num_blocks=2, num_enc_conv=2,
+              num_mid_conv=2,
               num_dec_conv=2)
     st = kadkhodaie.to_state(v, hp)
     assert list(st)[:4] == ["encoder.0.0.weight", "encoder.0.2.weight", "encoder.0.3.gammas",
                             "encoder.0.3.running_sd"]
     assert st["encoder.0.3.gammas"].shape == (1, 4, 1, 1)
-    np.testing.assert_array_equal(st["encoder.0.3.running_sd"].ravel(), v["batch_stats"]["BFBatchNorm_0"]["running_sd"])
-    assert st["upsample.1.weight"].shape == (16, 8, 2, 2)  # ConvTranspose2d (in, out, kh, kw) -> UpConv2_0
-    np.testing.assert_array_equal(st["upsample.1.weight"][3, 5, 1, 0], v["params"]["UpConv2_0"]["kernel"][1, 0, 3, 5])
+    np.testing.assert_array_equal(st["encoder.0.3.running_sd"].ravel(),
+                                  v["batch_stats"]["BFBatchNorm_0"]["running_sd"])
+    assert st["upsample.1.weight"].shape == (16, 8, 2,
+                                             2)  # ConvTranspose2d (in, out, kh, kw) -> UpConv2_0
+    np.testing.assert_array_equal(st["upsample.1.weight"][3, 5, 1, 0],
+                                  v["params"]["UpConv2_0"]["kernel"][1, 0, 3, 5])
     assert "decoder.0.3.weight" in st and "decoder.0.4.gammas" not in st  # last conv: no norm
     path = tw.write_torch_zip(tmp_path / "model.pt", {f"module.{k}": a for k, a in st.items()})
-    tw.write_network_pickle(tmp_path / "exp_arguments.pkl", dict(arch_name="UNet", num_kernels=4, num_blocks=2,
+    tw.write_network_pickle(tmp_path / "exp_arguments.pkl", dict(arch_name="UNet", num_kernels=4,
+                                                                 num_blocks=2,
                                                                  kernel_size=3, padding=1, bias=False))
     imp = kadkhodaie.read(path, image_size=16)
-    assert _equal_trees(imp.variables, v) and imp.model["name"] == "bf_unet" and imp.image_shape == (16, 16, 1)
+    assert _equal_trees(imp.variables,
+                        v) and imp.model["name"] == "bf_unet" and imp.image_shape == (16, 16, 1)
 
     cnn = nets.BFCNN(num_layers=4, num_kernels=4, first_layer_linear=True)
     v = _random_variables(cnn, (1, 8, 8, 1), seed=5)
@@ -273,13 +307,15 @@ def test_kadkhodaie_layouts_and_round_trip(tmp_path):
     st = kadkhodaie.to_state(v, hp)
     assert list(st)[:5] == [f"conv_layers.{i}.weight" for i in range(4)] + ["BN_layers.0.gammas"]
     imp = kadkhodaie.from_state(st, image_size=8, first_layer_linear=True)
-    assert _equal_trees(imp.variables, v) and imp.model == {k: a for k, a in hp.items() if k != "channels"}
+    assert _equal_trees(imp.variables, v) and imp.model == {k: a for k,
+                                                            a in hp.items() if k != "channels"}
     with pytest.raises(MappingError) as e:
-        kadkhodaie.from_state(dict(st, **{"conv_layers.1.bias": np.zeros(4, np.float32)}), image_size=8)
+        kadkhodaie.from_state(dict(st, **{"conv_layers.1.bias": np.zeros(4, np.float32)}),
+                              image_size=8)
     _one_line(e, "conv_layers.1.bias", "bias free")
 
 
-# ------------------------------------------------------------------------------------------ bad inputs
+# --------------------------------------------------------------------------------------- bad inputs
 def test_unknown_missing_and_misshapen_keys_stop_with_one_line_naming_the_key():
     _, v = _pham_case()
     st = pham.to_state(v, PHAM_HP)
@@ -298,22 +334,25 @@ def test_unknown_missing_and_misshapen_keys_stop_with_one_line_naming_the_key():
     _one_line(e, "'all_modules.5.Conv_0.weight'", "missing")
     _, ve, cls, hp = _edm_case()
     ste = edm.to_state(ve, cls, hp)
-    ste["model.enc.4x4_down.conv0.resample_filter"] = np.ones((1, 1, 2, 2), np.float32)  # NCSN++'s filter
+    ste["model.enc.4x4_down.conv0.resample_filter"] = np.ones((1, 1, 2, 2),
+                                                              np.float32)  # NCSN++'s filter
     with pytest.raises(MappingError) as e:
         edm.from_state(ste, cls, hp)
     _one_line(e, "resample_filter")
 
 
-# ------------------------------------------------------------------- upstream blocks re-stated in numpy
+# --------------------------------------------------------------- upstream blocks re-stated in numpy
 def test_noise_embeddings_match_upstream_formulas():
     t = np.array([0.0, 3.0, 999.0, -1.7], np.float32)
-    # diffusers get_timestep_embedding(t, 32, flip_sin_to_cos=False, downscale_freq_shift=1) = Ho et al.'s
+    # diffusers get_timestep_embedding(t, 32, flip_sin_to_cos=False, downscale_freq_shift=1) =
+    # Ho et al.'s
     half = 16
     freqs = np.exp(-math.log(10000) * np.arange(half) / (half - 1))
     ho = np.concatenate([np.sin(t[:, None] * freqs), np.cos(t[:, None] * freqs)], 1)
     emb = nets.SinusoidalEmbedding(32)
     np.testing.assert_allclose(emb.apply({}, jnp.asarray(t)), ho, rtol=1e-5, atol=2e-4)
-    # EDM's PositionalEmbedding(num_channels=32, endpoint=True): [cos, sin]; SongUNet swaps it to [sin, cos]
+    # EDM's PositionalEmbedding(num_channels=32, endpoint=True): [cos, sin]; SongUNet swaps it
+    # to [sin, cos]
     f = (1 / 10000) ** (np.arange(half) / (half - 1))
     edm_emb = np.concatenate([np.cos(np.outer(t, f)), np.sin(np.outer(t, f))], 1)
     swapped = edm_emb.reshape(4, 2, half)[:, ::-1].reshape(4, 32)
@@ -331,22 +370,26 @@ def _np_conv3x3(x, w, b):
     """PyTorch's Conv2d(k=3, padding=1) on NCHW with an OIHW weight."""
     xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     h, ww = x.shape[2:]
-    out = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + h, j:j + ww], w[:, :, i, j]) for i in range(3)
+    out = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + h, j:j + ww], w[:, :, i,
+                                                                        j]) for i in range(3)
               for j in range(3))
     return out + b[None, :, None, None]
 
 
 def test_score_sde_resnet_block_restated_in_numpy_matches_diffmem():
-    """Pham et al.'s ResnetBlockDDPM (NCHW, their tensors) vs diffmem's ResBlock on the mapped weights."""
+    """Pham et al.'s ResnetBlockDDPM (NCHW, their tensors) vs diffmem's ResBlock on the mapped
+    weights."""
     block = nets.unet.ResBlock(out_ch=64, dropout=0.0)
     x = np.random.default_rng(6).normal(size=(2, 4, 4, 32)).astype(np.float32)
     temb = np.random.default_rng(7).normal(size=(2, 128)).astype(np.float32)
     v = _random_variables(block, (2, 4, 4, 32), (2, 128), seed=8, extra=(False,))
     entries = pham._block("b", "blk", 32, 64)
-    st = {e.key: a for e, a in zip(entries, from_flax({"params": {"blk": v["params"]}}, entries).values())}
+    st = {e.key: a for e, a in zip(entries, from_flax({"params": {"blk": v["params"]}},
+                                                      entries).values())}
     swish = lambda z: z / (1 + np.exp(-z))  # noqa: E731
     xc = x.transpose(0, 3, 1, 2)
-    h = _np_conv3x3(swish(_np_group_norm(xc, st["b.GroupNorm_0.weight"], st["b.GroupNorm_0.bias"], 32)),
+    h = _np_conv3x3(swish(_np_group_norm(xc, st["b.GroupNorm_0.weight"], st["b.GroupNorm_0.bias"],
+                                         32)),
                     st["b.Conv_0.weight"], st["b.Conv_0.bias"])
     h = h + (swish(temb) @ st["b.Dense_0.weight"].T + st["b.Dense_0.bias"])[:, :, None, None]
     h = swish(_np_group_norm(h, st["b.GroupNorm_1.weight"], st["b.GroupNorm_1.bias"], 32))
@@ -358,7 +401,8 @@ def test_score_sde_resnet_block_restated_in_numpy_matches_diffmem():
 
 
 def test_edm_attention_restated_in_numpy_matches_diffmem():
-    """EDM's UNetBlock attention (qkv reshaped to (N * heads, C / heads, 3, HW)) on the mapped weights."""
+    """EDM's UNetBlock attention (qkv reshaped to (N * heads, C / heads, 3, HW)) on the mapped
+    weights."""
     block = nets.songunet.SongBlock(out_channels=16, attention=True)
     x = np.random.default_rng(9).normal(size=(2, 4, 4, 16)).astype(np.float32)
     v = _random_variables(block, (2, 4, 4, 16), (2, 8), seed=10, extra=(False,))
@@ -367,23 +411,26 @@ def test_edm_attention_restated_in_numpy_matches_diffmem():
     for name in ("conv1",):
         v["params"][name] = {k: np.zeros_like(a) for k, a in v["params"][name].items()}
     entries = edm._block("b", "blk", resample=False, skip=False, attention=True)
-    st = {e.key: a for e, a in zip(entries, from_flax({"params": {"blk": v["params"]}}, entries).values())}
+    st = {e.key: a for e, a in zip(entries, from_flax({"params": {"blk": v["params"]}},
+                                                      entries).values())}
     s = math.sqrt(0.5)
     hc = (x * s).transpose(0, 3, 1, 2)  # the block's residual output with conv1 = 0
     n = _np_group_norm(hc, st["b.norm2.weight"], st["b.norm2.bias"], 4)
-    qkv = np.einsum("nchw,oc->nohw", n, st["b.qkv.weight"][:, :, 0, 0]) + st["b.qkv.bias"][None, :, None, None]
+    qkv = np.einsum("nchw,oc->nohw", n, st["b.qkv.weight"][:, :, 0, 0]) + st["b.qkv.bias"][None, :,
+                                                                                           None, None]
     q, k, vv = np.moveaxis(qkv.reshape(2, 16, 3, 16), 2, 0)  # (N * 1 head, C, 3, HW)
     w = np.einsum("ncq,nck->nqk", q, k / np.sqrt(16))
     w = np.exp(w - w.max(-1, keepdims=True))
     w /= w.sum(-1, keepdims=True)
     a = np.einsum("nqk,nck->ncq", w, vv).reshape(2, 16, 4, 4)
-    out = (np.einsum("nchw,oc->nohw", a, st["b.proj.weight"][:, :, 0, 0]) + st["b.proj.bias"][None, :, None, None]
+    out = (np.einsum("nchw,oc->nohw", a, st["b.proj.weight"][:, :, 0, 0]) + st["b.proj.bias"][None,
+                                                                                              :, None, None]
            + hc) * s
     got = block.apply(v, jnp.asarray(x), jnp.asarray(emb), False)
     np.testing.assert_allclose(got, out.transpose(0, 2, 3, 1), rtol=2e-4, atol=2e-4)
 
 
-# ------------------------------------------------------------------------------------- imported workdirs
+# -------------------------------------------------------------------------------- imported workdirs
 def test_imported_edm_workdir_samples_like_a_trained_one(tmp_path, one_device):
     from diffmem import generate
     from diffmem.workdir import Workdir
@@ -406,7 +453,8 @@ def test_imported_pham_and_diffusers_workdirs_hold_the_weights(tmp_path):
     from diffmem import checkpoint
     from diffmem.workdir import Workdir
     _, v = _pham_case()
-    args = PickledObject("argparse.Namespace", dict(model=PickledObject("parse_utils.ModelOptions", dict(
+    args = PickledObject("argparse.Namespace", dict(model=PickledObject("parse_utils.ModelOptions",
+                                                                        dict(
         image_size=8, in_channels=3, dim=32, dim_mults="1,2", attn_resolutions="4", num_res_blocks=1))))
     src = tw.write_torch_zip(tmp_path / "64.pt", {"ema": pham.to_state(v, PHAM_HP), "args": args,
                                                    "iterations": 9})
@@ -432,7 +480,8 @@ def test_bin_import_model_writes_a_kadkhodaie_workdir_with_its_training_set(tmp_
     cnn = nets.BFCNN(num_layers=3, num_kernels=4)
     v = _random_variables(cnn, (1, 8, 8, 1), seed=11)
     v["params"] = {k: {n: a * 0.1 for n, a in d.items()} for k, d in v["params"].items()}
-    v["batch_stats"] = {k: {n: np.abs(a) + 1 for n, a in d.items()} for k, d in v["batch_stats"].items()}
+    v["batch_stats"] = {k: {n: np.abs(a) + 1 for n, a in d.items()} for k,
+                        d in v["batch_stats"].items()}
     hp = dict(name="bf_cnn", channels=1, num_kernels=4, num_layers=3, first_layer_linear=False)
     src = tw.write_torch_zip(tmp_path / "model.pt", kadkhodaie.to_state(v, hp))
     wd = str(tmp_path / "kad")

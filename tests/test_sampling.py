@@ -336,7 +336,7 @@ def test_one_step_per_sampler_family_shared_with_critical_times_and_jacobians():
     assert critical_time.ddim_step is sampling.ddim_step and critical_time.em_step is sampling.em_step
     assert jacobian.edm_step is sampling.edm_step
     # ddim_step with per-example levels is the scalar step row by row.
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, D)), jnp.float32)
     a, an = jnp.asarray([0.5, 0.7, 0.9], jnp.float32), jnp.asarray([0.6, 0.8, 1.0], jnp.float32)
     rows, _ = sampling.ddim_step(mix16_denoiser, x, a, an)
     for i in range(3):

@@ -1,6 +1,6 @@
-"""diffusers `UNet2DModel` folders (`save_pretrained`: config.json + diffusion_pytorch_model.safetensors, or
-the older .bin) of Ho et al.'s DDPM layout (google/ddpm-cifar10-32 and the like) <-> diffmem's
-`nets.DDPMUNet` (`model.name = "ddpm_unet"`).
+"""diffusers `UNet2DModel` folders (`save_pretrained`: config.json +
+diffusion_pytorch_model.safetensors, or the older .bin) of Ho et al.'s DDPM layout
+(google/ddpm-cifar10-32 and the like) <-> diffmem's `nets.DDPMUNet` (`model.name = "ddpm_unet"`).
 
     diffusers                                      diffmem                       layout
     time_embedding.linear_1 / linear_2             temb_0 / temb_1               linear
@@ -14,19 +14,20 @@ the older .bin) of Ho et al.'s DDPM layout (google/ddpm-cifar10-32 and the like)
     up_blocks.u.upsamplers.0.conv                  up_(L-1-u)                    conv
     conv_norm_out                                  norm_out (weight -> scale)    same
 
-Both count ResBlocks and AttnBlocks in the same order (down, middle, up; each block's resnet before its
-attention). Output convention: epsilon on integer steps of Ho et al.'s T = 1000 linear betas
-(`diffusion.precond = "ddpm"`; a scheduler_config.json beside the model, or in ../scheduler/, is read for
-num_train_timesteps / beta_start / beta_end and must be linear).
+Both count ResBlocks and AttnBlocks in the same order (down, middle, up; each block's resnet before
+its attention). Output convention: epsilon on integer steps of Ho et al.'s T = 1000 linear betas
+(`diffusion.precond = "ddpm"`; a scheduler_config.json beside the model, or in ../scheduler/, is
+read for num_train_timesteps / beta_start / beta_end and must be linear).
 
 The mapping is exact for the configs diffmem's DDPMUNet computes the same function as (checked in
-`architecture`, else one line naming the setting): Down/AttnDown and Up/AttnUp blocks whose attention sits
-at the same resolutions going down and up; time_embedding_type "positional" with flip_sin_to_cos False and
-freq_shift 1 (Ho et al.'s [sin, cos] with frequencies 10000^(-j / (half - 1)), diffmem's
-SinusoidalEmbedding); downsample_padding 0 (diffusers then pads (0, 1) like TF 'SAME', as DDPMUNet does;
-diffusers' default padding 1 pads (1, 1) and is refused); one attention head (attention_head_dim None or
-equal to the width); norm_eps 1e-6; act_fn silu; resnet_time_scale_shift "default"; no class embedding;
-center_input_sample False; add_attention True; conv up/down sampling.
+`architecture`, else one line naming the setting): Down/AttnDown and Up/AttnUp blocks whose
+attention sits at the same resolutions going down and up; time_embedding_type "positional" with
+flip_sin_to_cos False and freq_shift 1 (Ho et al.'s [sin, cos] with frequencies 10000^(-j / (half -
+1)), diffmem's SinusoidalEmbedding); downsample_padding 0 (diffusers then pads (0, 1) like TF
+'SAME', as DDPMUNet does; diffusers' default padding 1 pads (1, 1) and is refused); one attention
+head (attention_head_dim None or equal to the width); norm_eps 1e-6; act_fn silu;
+resnet_time_scale_shift "default"; no class embedding; center_input_sample False; add_attention
+True; conv up/down sampling.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ __all__ = ["WHO", "LEGACY_ATTENTION", "architecture", "entries", "export_config"
 WHO = "diffusers UNet2DModel"
 LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 """Attention names of files written by old diffusers versions -> the current ones."""
-_REQUIRED = dict(time_embedding_type="positional", flip_sin_to_cos=False, freq_shift=1, downsample_padding=0,
+_REQUIRED = dict(time_embedding_type="positional", flip_sin_to_cos=False, freq_shift=1,
+                 downsample_padding=0,
                  norm_eps=1e-6, act_fn="silu", resnet_time_scale_shift="default", class_embed_type=None,
                  num_class_embeds=None, center_input_sample=False, add_attention=True, downsample_type="conv",
                  upsample_type="conv", mid_block_scale_factor=1, time_embedding_dim=None,
@@ -57,8 +59,9 @@ _INFO_KEYS = {"_class_name", "_diffusers_version", "_name_or_path", "_use_defaul
 
 def architecture(config: Mapping[str, Any]) -> dict:
     """The DDPMUNet hyper-parameters of a diffusers config.json dict: {image_size, in_channels, ch,
-    ch_mult, num_res_blocks, attn_resolutions, num_groups, dropout}. Missing fields take UNet2DModel's
-    defaults; a setting diffmem's DDPMUNet does not compute is a MappingError naming it."""
+    ch_mult, num_res_blocks, attn_resolutions, num_groups, dropout}. Missing fields take
+    UNet2DModel's defaults; a setting diffmem's DDPMUNet does not compute is a MappingError naming
+    it."""
     c = dict(_DEFAULTS, **{k: v for k, v in config.items() if k not in _INFO_KEYS})
     if c.get("_class_name", config.get("_class_name", "UNet2DModel")) != "UNet2DModel":
         raise MappingError(f"{WHO}: the folder holds a {config.get('_class_name')}, not a UNet2DModel.")
@@ -90,7 +93,8 @@ def architecture(config: Mapping[str, Any]) -> dict:
                                f"{widths[lvl]}; DDPMUNet's attention has one head.")
     if int(c["in_channels"]) != int(c["out_channels"]):
         raise MappingError(f"{WHO}: in_channels {c['in_channels']} != out_channels {c['out_channels']}.")
-    return dict(image_size=size, in_channels=int(c["in_channels"]), ch=ch, ch_mult=tuple(w // ch for w in widths),
+    return dict(image_size=size, in_channels=int(c["in_channels"]), ch=ch,
+                ch_mult=tuple(w // ch for w in widths),
                 num_res_blocks=int(c["layers_per_block"]), attn_resolutions=tuple(sorted(size >> lvl for lvl in attn_down)),
                 num_groups=int(c["norm_num_groups"]), dropout=float(c["dropout"]))
 
@@ -98,7 +102,8 @@ def architecture(config: Mapping[str, Any]) -> dict:
 def _resnet(prefix: str, name: str, cin: int, cout: int) -> list[Entry]:
     p = ("params", name)
     out = []
-    for src, dst, kind in (("norm1", "norm1", "norm"), ("conv1", "conv1", "conv"), ("time_emb_proj", "temb_proj",
+    for src, dst, kind in (("norm1", "norm1", "norm"), ("conv1", "conv1", "conv"),
+                           ("time_emb_proj", "temb_proj",
                            "linear"), ("norm2", "norm2", "norm"), ("conv2", "conv2", "conv")):
         out += [Entry(f"{prefix}.{src}.weight", p + (dst, "scale" if kind == "norm" else "kernel"),
                       "same" if kind == "norm" else kind),
@@ -120,7 +125,8 @@ def _attention(prefix: str, name: str) -> list[Entry]:
 
 
 def entries(hp: Mapping) -> list[Entry]:
-    """The map of a UNet2DModel with hyper-parameters `hp` (`architecture`), in diffusers' module order."""
+    """The map of a UNet2DModel with hyper-parameters `hp` (`architecture`), in diffusers' module
+    order."""
     ch, mults, nrb, size = hp["ch"], hp["ch_mult"], hp["num_res_blocks"], hp["image_size"]
     levels = len(mults)
     attn = [(size >> lvl) in hp["attn_resolutions"] for lvl in range(levels)]
@@ -175,7 +181,8 @@ def export_config(hp: Mapping) -> dict:
     `architecture`)."""
     levels = len(hp["ch_mult"])
     attn = [(hp["image_size"] >> lvl) in hp["attn_resolutions"] for lvl in range(levels)]
-    return dict(_class_name="UNet2DModel", sample_size=hp["image_size"], in_channels=hp["in_channels"],
+    return dict(_class_name="UNet2DModel", sample_size=hp["image_size"],
+                in_channels=hp["in_channels"],
                 out_channels=hp["in_channels"], block_out_channels=[hp["ch"] * m for m in hp["ch_mult"]],
                 layers_per_block=hp["num_res_blocks"],
                 down_block_types=["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
@@ -203,14 +210,15 @@ def _schedule(scheduler: Mapping | None) -> tuple[int, float, float]:
         raise MappingError(f"{WHO}: scheduler beta_schedule {kind!r}; diffmem's DDPM grid is linear.")
     if scheduler.get("prediction_type", "epsilon") != "epsilon":
         raise MappingError(f"{WHO}: scheduler prediction_type {scheduler['prediction_type']!r}; only epsilon.")
-    return (int(scheduler.get("num_train_timesteps", 1000)), float(scheduler.get("beta_start", 1e-4)),
+    return (int(scheduler.get("num_train_timesteps", 1000)), float(scheduler.get("beta_start",
+                                                                                 1e-4)),
             float(scheduler.get("beta_end", 0.02)))
 
 
 def from_state(state: Mapping[str, np.ndarray], config: Mapping[str, Any],
                scheduler: Mapping[str, Any] | None = None) -> ImportedModel:
-    """Map a UNet2DModel state dict (dotted keys, torch layout) with its config.json dict (and optional
-    scheduler_config.json dict) onto DDPMUNet variables."""
+    """Map a UNet2DModel state dict (dotted keys, torch layout) with its config.json dict (and
+    optional scheduler_config.json dict) onto DDPMUNet variables."""
     import ml_collections
 
     from diffmem import builders
@@ -220,12 +228,14 @@ def from_state(state: Mapping[str, np.ndarray], config: Mapping[str, Any],
     model = ic.model_section("ddpm_unet", channels=hp["ch"], channel_mult=hp["ch_mult"],
                              num_blocks=hp["num_res_blocks"], attn_resolutions=hp["attn_resolutions"],
                              dropout=hp["dropout"], num_groups=hp["num_groups"])
-    diffusion = ic.diffusion_section("ddpm", timesteps=timesteps, beta_start=beta_start, beta_end=beta_end)
+    diffusion = ic.diffusion_section("ddpm", timesteps=timesteps, beta_start=beta_start,
+                                     beta_end=beta_end)
     size, c = hp["image_size"], hp["in_channels"]
     net = builders.build_model(ml_collections.ConfigDict(dict(model=model)), (size, size, c))
     variables = to_flax(_renamed(state), entries(hp), template(net, (1, size, size, c), (1,)), WHO)
     sample = dict(ic.sample_section("ddpm", num=1500, batch=256), num_steps=timesteps)
-    info = dict(format="diffusers", architecture={k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()},
+    info = dict(format="diffusers", architecture={k: list(v) if isinstance(v, tuple) else v for k,
+                                                  v in hp.items()},
                 diffusers_version=config.get("_diffusers_version"))
     return ImportedModel(model=model, diffusion=diffusion, sample=sample, variables=variables,
                          image_shape=(size, size, c), step=1, source_info=info)
@@ -248,8 +258,9 @@ def _read_json(path: str) -> dict | None:
 
 
 def read(path: str) -> ImportedModel:
-    """Import a `save_pretrained` folder (or a pipeline folder with a unet/ subfolder): config.json and
-    diffusion_pytorch_model.safetensors (or .bin, read as a torch zip without unpickling code)."""
+    """Import a `save_pretrained` folder (or a pipeline folder with a unet/ subfolder): config.json
+    and diffusion_pytorch_model.safetensors (or .bin, read as a torch zip without unpickling
+    code)."""
     from diffmem.errors import MissingInputError
     folder = os.path.join(path, "unet") if os.path.isdir(os.path.join(path, "unet")) else path
     config = _read_json(os.path.join(folder, "config.json"))

@@ -1,9 +1,10 @@
-"""EDM network snapshots (Karras et al. 2022, `network-snapshot-*.pkl`; also Gu et al.'s DiffMemorize, which
-trains with EDM's loop) <-> diffmem's `nets.SongUNet` (`model.name = "ddpmpp"`) with its preconditioning.
+"""EDM network snapshots (Karras et al. 2022, `network-snapshot-*.pkl`; also Gu et al.'s
+DiffMemorize, which trains with EDM's loop) <-> diffmem's `nets.SongUNet` (`model.name = "ddpmpp"`)
+with its preconditioning.
 
-The snapshot's `ema` is a preconditioning module (EDMPrecond / VPPrecond / VEPrecond) whose `model` is a
-SongUNet; its state dict keys are `model.<module>.<param>` with EDM's module names, which diffmem's SongUNet
-uses too (`enc.32x32_block0.conv0` is `enc_32x32_block0/conv0`):
+The snapshot's `ema` is a preconditioning module (EDMPrecond / VPPrecond / VEPrecond) whose `model`
+is a SongUNet; its state dict keys are `model.<module>.<param>` with EDM's module names, which
+diffmem's SongUNet uses too (`enc.32x32_block0.conv0` is `enc_32x32_block0/conv0`):
 
     EDM (PyTorch)                                diffmem (Flax)                       layout
     model.map_noise.freqs (fourier only)         map_noise/freqs                      same
@@ -16,24 +17,25 @@ uses too (`enc.32x32_block0.conv0` is `enc_32x32_block0/conv0`):
     model.{enc,dec}.<block>.{conv0,skip}.resample_filter   (none: diffmem hard-codes [1, 1])  const
     model.dec.<res>x<res>_aux_norm / _aux_conv   dec_<res>x<res>_aux_norm / _aux_conv
 
-The attention's qkv conv keeps EDM's channel order (head, channel, {q, k, v}), which diffmem's SongBlock
-splits the same way, so it maps unsplit. Biases map as they are.
+The attention's qkv conv keeps EDM's channel order (head, channel, {q, k, v}), which diffmem's
+SongBlock splits the same way, so it maps unsplit. Biases map as they are.
 
-Hyper-parameters (the `_init_kwargs` of the preconditioning and of its SongUNet, and the plain attributes
-sigma_min, sigma_max, sigma_data, beta_d, beta_min, M, epsilon_t, img_resolution, img_channels, label_dim),
-with EDM's SongUNet defaults for what a file leaves out. Supported: EDM's DDPM++ (SongUNet with
-encoder_type = decoder_type = "standard", resample_filter [1, 1], channel_mult_emb 4, channel_mult_noise 1,
-positional or Fourier noise embedding), unconditional or class-conditional. Refused in one line: NCSN++
-settings (residual / skip encoder, [1, 3, 3, 1] filter), DhariwalUNet (ADM), iDDPMPrecond.
+Hyper-parameters (the `_init_kwargs` of the preconditioning and of its SongUNet, and the plain
+attributes sigma_min, sigma_max, sigma_data, beta_d, beta_min, M, epsilon_t, img_resolution,
+img_channels, label_dim), with EDM's SongUNet defaults for what a file leaves out. Supported: EDM's
+DDPM++ (SongUNet with encoder_type = decoder_type = "standard", resample_filter [1, 1],
+channel_mult_emb 4, channel_mult_noise 1, positional or Fourier noise embedding), unconditional or
+class-conditional. Refused in one line: NCSN++ settings (residual / skip encoder, [1, 3, 3, 1]
+filter), DhariwalUNet (ADM), iDDPMPrecond.
 
-`map_augment.weight` (EDM's augmentation conditioning, present when augment_dim > 0 as in its CIFAR-10
-runs) is read, checked and not kept: EDM's samplers never pass augment labels, so it does not change D,
-and diffmem's model section has no augment_dim. The import records it under `dropped`.
+`map_augment.weight` (EDM's augmentation conditioning, present when augment_dim > 0 as in its
+CIFAR-10 runs) is read, checked and not kept: EDM's samplers never pass augment labels, so it does
+not change D, and diffmem's model section has no augment_dim. The import records it under `dropped`.
 
-Preconditioning: EDMPrecond -> `diffusion.precond = "edm"` with its sigma_data, and sigma_min / sigma_max
-clamped to EDM's sampling range [0.002, 80] (EDMPrecond's own 0 and inf mean "no limit");
-VPPrecond -> "vp" (beta_d, beta_min, M, epsilon_t); VEPrecond -> "ve" (sigma_min, sigma_max). D(x, sigma)
-is then exactly EDM's, c_noise included.
+Preconditioning: EDMPrecond -> `diffusion.precond = "edm"` with its sigma_data, and sigma_min /
+sigma_max clamped to EDM's sampling range [0.002, 80] (EDMPrecond's own 0 and inf mean "no limit");
+VPPrecond -> "vp" (beta_d, beta_min, M, epsilon_t); VEPrecond -> "ve" (sigma_min, sigma_max). D(x,
+sigma) is then exactly EDM's, c_noise included.
 """
 from __future__ import annotations
 
@@ -44,17 +46,20 @@ import numpy as np
 
 from diffmem.importers.tensor_map import Entry, ImportedModel, MappingError, from_flax, template, to_flax
 
-__all__ = ["WHO", "PRECONDS", "SONGUNET_DEFAULTS", "architecture", "entries", "from_state", "to_state",
+__all__ = ["WHO", "PRECONDS", "SONGUNET_DEFAULTS", "architecture", "entries", "from_state",
+           "to_state",
            "export_hparams", "read"]
 
 WHO = "EDM network snapshot"
 PRECONDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
-SONGUNET_DEFAULTS = dict(model_channels=128, channel_mult=(1, 2, 2, 2), channel_mult_emb=4, num_blocks=4,
+SONGUNET_DEFAULTS = dict(model_channels=128, channel_mult=(1, 2, 2, 2), channel_mult_emb=4,
+                         num_blocks=4,
                          attn_resolutions=(16,), dropout=0.10, label_dropout=0.0, embedding_type="positional",
                          channel_mult_noise=1, encoder_type="standard", decoder_type="standard",
                          resample_filter=(1, 1), augment_dim=0)
 """EDM's SongUNet keyword defaults (networks.py)."""
-_FIXED = dict(channel_mult_emb=4, channel_mult_noise=1, encoder_type="standard", decoder_type="standard",
+_FIXED = dict(channel_mult_emb=4, channel_mult_noise=1, encoder_type="standard",
+              decoder_type="standard",
               resample_filter=(1, 1))
 _PRECOND_DEFAULTS = {"edm": dict(sigma_min=0.0, sigma_max=math.inf, sigma_data=0.5),
                      "vp": dict(beta_d=19.9, beta_min=0.1, M=1000, epsilon_t=1e-5),
@@ -72,9 +77,10 @@ def _value(v):
 
 
 def architecture(class_name: str, hparams: Mapping[str, Any]) -> dict:
-    """The checked hyper-parameters of a snapshot: {precond, img_resolution, img_channels, label_dim, ...
-    SongUNet fields, precond fields}. hparams: the merged init kwargs and attributes of the
-    preconditioning and its SongUNet. Raises MappingError on what diffmem cannot represent."""
+    """The checked hyper-parameters of a snapshot: {precond, img_resolution, img_channels,
+    label_dim, ... SongUNet fields, precond fields}. hparams: the merged init kwargs and attributes
+    of the preconditioning and its SongUNet. Raises MappingError on what diffmem cannot
+    represent."""
     if class_name not in PRECONDS:
         raise MappingError(f"{WHO}: the network is a {class_name}; supported: {sorted(PRECONDS)}.")
     precond = PRECONDS[class_name]
@@ -138,7 +144,8 @@ def _block(prefix: str, name: str, *, resample: bool, skip: bool, attention: boo
 
 
 def entries(hp: Mapping) -> list[Entry]:
-    """The map of a snapshot with checked hyper-parameters `hp` (`architecture`), in EDM's module order."""
+    """The map of a snapshot with checked hyper-parameters `hp` (`architecture`), in EDM's module
+    order."""
     mc, mults, nb, attn = hp["model_channels"], hp["channel_mult"], hp["num_blocks"], hp["attn_resolutions"]
     res0 = hp["img_resolution"]
     out: list[Entry] = []
@@ -160,31 +167,38 @@ def entries(hp: Mapping) -> list[Entry]:
             cout = mc
             dense(f"enc.{r}x{r}_conv", f"enc_{r}x{r}_conv", "conv")
         else:
-            out.extend(_block(f"model.enc.{r}x{r}_down", f"enc_{r}x{r}_down", resample=True, skip=True,
+            out.extend(_block(f"model.enc.{r}x{r}_down", f"enc_{r}x{r}_down", resample=True,
+                              skip=True,
                               attention=False))
         widths.append(cout)
         for idx in range(nb):
             cin, cout = cout, mc * mult
-            out.extend(_block(f"model.enc.{r}x{r}_block{idx}", f"enc_{r}x{r}_block{idx}", resample=False,
+            out.extend(_block(f"model.enc.{r}x{r}_block{idx}", f"enc_{r}x{r}_block{idx}",
+                              resample=False,
                               skip=cin != cout, attention=r in attn))
             widths.append(cout)
     for level, mult in reversed(list(enumerate(mults))):
         r = res0 >> level
         if level == len(mults) - 1:
-            out.extend(_block(f"model.dec.{r}x{r}_in0", f"dec_{r}x{r}_in0", resample=False, skip=False,
+            out.extend(_block(f"model.dec.{r}x{r}_in0", f"dec_{r}x{r}_in0", resample=False,
+                              skip=False,
                               attention=True))
-            out.extend(_block(f"model.dec.{r}x{r}_in1", f"dec_{r}x{r}_in1", resample=False, skip=False,
+            out.extend(_block(f"model.dec.{r}x{r}_in1", f"dec_{r}x{r}_in1", resample=False,
+                              skip=False,
                               attention=False))
         else:
             out.extend(_block(f"model.dec.{r}x{r}_up", f"dec_{r}x{r}_up", resample=True, skip=True,
                               attention=False))
         for idx in range(nb + 1):
             cin, cout = cout + widths.pop(), mc * mult
-            out.extend(_block(f"model.dec.{r}x{r}_block{idx}", f"dec_{r}x{r}_block{idx}", resample=False,
+            out.extend(_block(f"model.dec.{r}x{r}_block{idx}", f"dec_{r}x{r}_block{idx}",
+                              resample=False,
                               skip=cin != cout, attention=idx == nb and r in attn))
-    out.extend([Entry(f"model.dec.{res0}x{res0}_aux_norm.weight", ("params", f"dec_{res0}x{res0}_aux_norm", "scale"),
+    out.extend([Entry(f"model.dec.{res0}x{res0}_aux_norm.weight", ("params",
+                                                                   f"dec_{res0}x{res0}_aux_norm", "scale"),
                       "same"),
-                Entry(f"model.dec.{res0}x{res0}_aux_norm.bias", ("params", f"dec_{res0}x{res0}_aux_norm", "bias"),
+                Entry(f"model.dec.{res0}x{res0}_aux_norm.bias", ("params",
+                                                                 f"dec_{res0}x{res0}_aux_norm", "bias"),
                       "same")])
     dense(f"dec.{res0}x{res0}_aux_conv", f"dec_{res0}x{res0}_aux_conv", "conv")
     return out
@@ -192,14 +206,16 @@ def entries(hp: Mapping) -> list[Entry]:
 
 def _config(hp: Mapping) -> tuple[dict, dict, dict]:
     from diffmem import image_configs as ic
-    model = ic.model_section("ddpmpp", channels=hp["model_channels"], channel_mult=hp["channel_mult"],
+    model = ic.model_section("ddpmpp", channels=hp["model_channels"],
+                             channel_mult=hp["channel_mult"],
                              num_blocks=hp["num_blocks"], attn_resolutions=hp["attn_resolutions"],
                              dropout=float(hp["dropout"]), embedding_type=hp["embedding_type"],
                              label_dim=hp["label_dim"])
     diffusion = ic.diffusion_section(hp["precond"])
     fields = diffusion["precond_fields"]
     if hp["precond"] == "edm":
-        fields.update(sigma_data=float(hp["sigma_data"]), sigma_min=max(float(hp["sigma_min"]), 0.002),
+        fields.update(sigma_data=float(hp["sigma_data"]), sigma_min=max(float(hp["sigma_min"]),
+                                                                        0.002),
                       sigma_max=min(float(hp["sigma_max"]), 80.0))
     else:
         fields.update({k: (int(hp[k]) if k == "M" else float(hp[k])) for k in _PRECOND_DEFAULTS[hp["precond"]]})
@@ -211,13 +227,14 @@ def _shapes(model_section: dict, hp: Mapping):
 
     from diffmem import builders
     size, ch = hp["img_resolution"], hp["img_channels"]
-    net = builders.build_model(ml_collections.ConfigDict(dict(model=model_section)), (size, size, ch))
+    net = builders.build_model(ml_collections.ConfigDict(dict(model=model_section)), (size, size,
+                                                                                      ch))
     return template(net, (1, size, size, ch), (1,))
 
 
 def _with_prefix(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Keys as the preconditioning's state dict has them (`model.` first); a SongUNet's own state dict
-    (no prefix) is accepted too."""
+    """Keys as the preconditioning's state dict has them (`model.` first); a SongUNet's own state
+    dict (no prefix) is accepted too."""
     if any(k.startswith("model.") for k in state):
         return dict(state)
     return {f"model.{k}": v for k, v in state.items()}
@@ -227,8 +244,8 @@ def from_state(state: Mapping[str, np.ndarray], class_name: str, hparams: Mappin
                step: int = 1) -> ImportedModel:
     """Map a snapshot's state dict (dotted keys, torch layout) onto SongUNet variables.
 
-    class_name: the preconditioning's class (`PRECONDS`); hparams: its and its SongUNet's init kwargs and
-    attributes (see `architecture`)."""
+    class_name: the preconditioning's class (`PRECONDS`); hparams: its and its SongUNet's init
+    kwargs and attributes (see `architecture`)."""
     hp = architecture(class_name, hparams)
     state = _with_prefix(state)
     model, diffusion, sample = _config(hp)
@@ -246,18 +263,20 @@ def from_state(state: Mapping[str, np.ndarray], class_name: str, hparams: Mappin
                               if not (isinstance(v, float) and math.isinf(v))})
     dropped = tuple(f"{k} ({why})" for k, why in ignore.items())
     return ImportedModel(model=model, diffusion=diffusion, sample=sample, variables=variables,
-                         image_shape=(hp["img_resolution"], hp["img_resolution"], hp["img_channels"]),
+                         image_shape=(hp["img_resolution"], hp["img_resolution"],
+                                      hp["img_channels"]),
                          step=max(1, int(step)), source_info=info, dropped=dropped)
 
 
 def export_hparams(model_section: Mapping, diffusion: Mapping, image_shape: tuple[int, int, int]
                    ) -> tuple[str, dict]:
-    """(class name, hyper-parameters) of the EDM network equal to a diffmem ddpmpp config: the inverse of
-    `architecture` (what an EDM file's init kwargs and attributes would say)."""
+    """(class name, hyper-parameters) of the EDM network equal to a diffmem ddpmpp config: the
+    inverse of `architecture` (what an EDM file's init kwargs and attributes would say)."""
     precond = diffusion["precond"]
     class_name = {v: k for k, v in PRECONDS.items()}[precond]
     m = model_section
-    hp = dict(model_type="SongUNet", img_resolution=int(image_shape[0]), img_channels=int(image_shape[2]),
+    hp = dict(model_type="SongUNet", img_resolution=int(image_shape[0]),
+              img_channels=int(image_shape[2]),
               label_dim=int(m.get("label_dim", 0) or 0), model_channels=int(m["channels"]),
               channel_mult=tuple(m["channel_mult"]), num_blocks=int(m["num_blocks"]),
               attn_resolutions=tuple(m["attn_resolutions"]), dropout=float(m["dropout"]),
@@ -268,9 +287,10 @@ def export_hparams(model_section: Mapping, diffusion: Mapping, image_shape: tupl
     return class_name, hp
 
 
-def to_state(variables: Mapping, class_name: str, hparams: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The snapshot state dict (EDM's module order and layout, `model.` prefix, resample filters included)
-    of SongUNet variables. The inverse of `from_state`."""
+def to_state(variables: Mapping, class_name: str, hparams: Mapping[str, Any]) -> dict[str,
+                                                                                      np.ndarray]:
+    """The snapshot state dict (EDM's module order and layout, `model.` prefix, resample filters
+    included) of SongUNet variables. The inverse of `from_state`."""
     return from_flax(variables, entries(architecture(class_name, hparams)), WHO)
 
 

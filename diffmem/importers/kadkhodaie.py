@@ -8,25 +8,27 @@ Their UNet keeps each stage in an nn.Sequential, so a key is `<part>.<stage>.<in
     encoder.<b>.<3l+1>.gammas / .running_sd  (1, C, 1, 1)   -> BFBatchNorm_m scale / batch_stats running_sd  chan
     mid_block.<3l>.weight, mid_block.<3l+1>.{gammas, running_sd}
     upsample.<b>.weight               ConvTranspose2d (I, O, 2, 2), no bias                  -> UpConv2_k  convT
-    decoder.<b>.<3l>.weight, decoder.<b>.<3l+1>.{gammas, running_sd}; decoder.0's last conv maps to the
+    decoder.<b>.<3l>.weight, decoder.<b>.<3l+1>.{gammas, running_sd}; decoder.0's last conv maps to
+    the
                                       image channels without norm
 BF_CNN: conv_layers.<i>.weight -> Conv_i, BN_layers.<i>.{gammas, running_sd} -> BFBatchNorm_i.
 
-diffmem creates its Conv / BFBatchNorm / UpConv2 modules in the same order as their forward pass uses
-them (encoder stages, middle, then per decoder stage the transposed conv and its convs), so the n-th conv
-of their module order is Conv_n. All convs are 3x3 with padding 1 and no bias (a file with biases is not
-bias free and is refused); pooling is 2x2 average (pool_window 2).
+diffmem creates its Conv / BFBatchNorm / UpConv2 modules in the same order as their forward pass
+uses them (encoder stages, middle, then per decoder stage the transposed conv and its convs), so the
+n-th conv of their module order is Conv_n. All convs are 3x3 with padding 1 and no bias (a file with
+biases is not bias free and is refused); pooling is 2x2 average (pool_window 2).
 
-The architecture is read off the keys and shapes (num_kernels, num_blocks, num_enc_conv, num_mid_conv,
-num_dec_conv; BF-CNN's num_layers); `exp_arguments.pkl` beside the file, read as a plain dict, is checked
-against it and gives BF-CNN's `first_layer_linear`, which the weights cannot tell (otherwise the caller's
-value, default False as their main.py). The running sds are the batch-norm statistics eval mode uses;
-they go to the `batch_stats` collection, the gammas to `params`.
+The architecture is read off the keys and shapes (num_kernels, num_blocks, num_enc_conv,
+num_mid_conv, num_dec_conv; BF-CNN's num_layers); `exp_arguments.pkl` beside the file, read as a
+plain dict, is checked against it and gives BF-CNN's `first_layer_linear`, which the weights cannot
+tell (otherwise the caller's value, default False as their main.py). The running sds are the
+batch-norm statistics eval mode uses; they go to the `batch_stats` collection, the gammas to
+`params`.
 
-Output convention: the residual f(y) of [0, 1] images, D(y) = y - f(y); diffmem's blind models use exactly
-that on (x + 1) / 2 (`nets.bfcnn.signed_range_denoiser`), so the config gets Kadkhodaie's recipe sections
-(VE noise range for reports, the KS sampler with h0 = beta = sigma_L = 0.01). The image size is not in
-the file: the caller gives it (or the data does).
+Output convention: the residual f(y) of [0, 1] images, D(y) = y - f(y); diffmem's blind models use
+exactly that on (x + 1) / 2 (`nets.bfcnn.signed_range_denoiser`), so the config gets Kadkhodaie's
+recipe sections (VE noise range for reports, the KS sampler with h0 = beta = sigma_L = 0.01). The
+image size is not in the file: the caller gives it (or the data does).
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ WHO = "Kadkhodaie et al. denoiser"
 
 def _bn(prefix: str, n: int) -> list[Entry]:
     return [Entry(f"{prefix}.gammas", ("params", f"BFBatchNorm_{n}", "scale"), "chan"),
-            Entry(f"{prefix}.running_sd", ("batch_stats", f"BFBatchNorm_{n}", "running_sd"), "chan")]
+            Entry(f"{prefix}.running_sd", ("batch_stats", f"BFBatchNorm_{n}", "running_sd"),
+                  "chan")]
 
 
 def _indices(state: Mapping[str, Any], pattern: str) -> list[int]:
@@ -53,8 +56,8 @@ def _indices(state: Mapping[str, Any], pattern: str) -> list[int]:
 
 def architecture(state: Mapping[str, np.ndarray], args: Mapping[str, Any] | None = None,
                  first_layer_linear: bool | None = None) -> dict:
-    """{name: "bf_unet" | "bf_cnn", channels, and the net's fields} read off a state dict's keys and shapes,
-    checked against `args` (their exp_arguments dict) when given."""
+    """{name: "bf_unet" | "bf_cnn", channels, and the net's fields} read off a state dict's keys and
+    shapes, checked against `args` (their exp_arguments dict) when given."""
     args = dict(args or {})
     biases = [k for k in state if k.endswith(".bias")]
     if biases or str(args.get("bias", False)).lower() == "true":
@@ -69,7 +72,8 @@ def architecture(state: Mapping[str, np.ndarray], args: Mapping[str, Any] | None
         def convs(prefix):
             return len([k for k in state if re.fullmatch(prefix + r"\.\d+\.weight", k)
                         and np.ndim(state[k]) == 4])
-        hp = dict(name="bf_unet", channels=int(first[1]), num_kernels=int(first[0]), num_blocks=len(blocks),
+        hp = dict(name="bf_unet", channels=int(first[1]), num_kernels=int(first[0]),
+                  num_blocks=len(blocks),
                   num_enc_conv=convs(r"encoder\.0"), num_mid_conv=convs(r"mid_block"),
                   num_dec_conv=convs(r"decoder\.0"))
         checks = ("num_kernels", "num_blocks", "num_enc_conv", "num_mid_conv", "num_dec_conv")
@@ -77,8 +81,10 @@ def architecture(state: Mapping[str, np.ndarray], args: Mapping[str, Any] | None
         layers = _indices(state, r"conv_layers\.(\d+)\.weight")
         first = np.shape(state["conv_layers.0.weight"])
         fll = args.get("first_layer_linear", first_layer_linear)
-        hp = dict(name="bf_cnn", channels=int(first[1]), num_kernels=int(first[0]), num_layers=len(layers),
-                  first_layer_linear=bool(fll) if not isinstance(fll, str) else fll.lower() == "true")
+        hp = dict(name="bf_cnn", channels=int(first[1]), num_kernels=int(first[0]),
+                  num_layers=len(layers),
+                  first_layer_linear=bool(fll) if not isinstance(fll,
+                                                                 str) else fll.lower() == "true")
         checks = ("num_kernels", "num_layers")
     else:
         key = next(iter(state), "(none)")
@@ -176,8 +182,9 @@ def to_state(variables: Mapping, hp: Mapping) -> dict[str, np.ndarray]:
 
 
 def read(path: str, *, image_size: int, first_layer_linear: bool | None = None) -> ImportedModel:
-    """Import a `model.pt` (a torch zip state dict; a DataParallel `module.` prefix is stripped), with
-    `exp_arguments.pkl` from the same folder when present (read as a plain dict, nothing executed)."""
+    """Import a `model.pt` (a torch zip state dict; a DataParallel `module.` prefix is stripped),
+    with `exp_arguments.pkl` from the same folder when present (read as a plain dict, nothing
+    executed)."""
     import os
 
     from diffmem.importers import torch_files

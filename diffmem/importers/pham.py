@@ -1,14 +1,16 @@
-"""Pham et al.'s DDPM UNet checkpoints (`train_unet.py` of Lemon-cmd/Diffusion-Models-and-Associative-Memory,
-also their released `K.pt` files) <-> diffmem's `nets.DDPMUNet` (`model.name = "ddpm_unet"`).
+"""Pham et al.'s DDPM UNet checkpoints (`train_unet.py` of
+Lemon-cmd/Diffusion-Models-and-Associative-Memory, also their released `K.pt` files) <-> diffmem's
+`nets.DDPMUNet` (`model.name = "ddpm_unet"`).
 
 Their network (`src/models/ddpm.py`, the score_sde port of Ho et al.) keeps every layer in one
-`all_modules` ModuleList, so a state-dict key is `all_modules.<i>.<sub>.<param>`, i counting modules in
-construction order:
+`all_modules` ModuleList, so a state-dict key is `all_modules.<i>.<sub>.<param>`, i counting modules
+in construction order:
 
     0, 1        Linear(nf, 4 nf), Linear(4 nf, 4 nf)            -> temb_0, temb_1     (weight (O, I) -> (I, O))
     2           Conv2d(C, nf, 3)                                  -> conv_in            (OIHW -> HWIO)
     down        per level, num_res_blocks x [ResnetBlockDDPM (+ AttnBlock at attn_resolutions)],
-                then Downsample (Conv_0, stride 2, padded (0, 1) like TF 'SAME') except at the last level
+                then Downsample (Conv_0, stride 2, padded (0, 1) like TF 'SAME') except at the last
+                level
     middle      ResnetBlockDDPM, AttnBlock, ResnetBlockDDPM
     up          per level (reversed), num_res_blocks + 1 x [ResnetBlockDDPM (+ AttnBlock)], then Upsample
                 (nearest x2, Conv_0) except at level 0
@@ -17,19 +19,21 @@ construction order:
 ResnetBlockDDPM: GroupNorm_0 -> norm1, Conv_0 -> conv1, Dense_0 -> temb_proj, GroupNorm_1 -> norm2,
 Conv_1 -> conv2, NIN_0 (W (I, O), b; only when the width changes) -> skip (a Dense: no transpose).
 AttnBlock: GroupNorm_0 -> norm, NIN_0 / NIN_1 / NIN_2 -> q / k / v, NIN_3 -> proj_out (single head,
-logits scaled by C^-1/2, as diffmem's). Their time embedding is get_timestep_embedding: [sin, cos] with
-frequencies 10000^(-j / (half - 1)), diffmem's `SinusoidalEmbedding` default. diffmem's ResBlock and
-AttnBlock names count up in the same order as the modules (ResBlock_0, ResBlock_1, ...).
+logits scaled by C^-1/2, as diffmem's). Their time embedding is get_timestep_embedding: [sin, cos]
+with frequencies 10000^(-j / (half - 1)), diffmem's `SinusoidalEmbedding` default. diffmem's
+ResBlock and AttnBlock names count up in the same order as the modules (ResBlock_0, ResBlock_1,
+...).
 
-Output convention: epsilon prediction on integer steps of Ho et al.'s T = 1000 linear betas 1e-4..0.02
-(their DDPMScheduler), so the config gets `diffusion.precond = "ddpm"` and D(x) = x - sigma eps(x /
-sqrt(1 + sigma^2), t(sigma)). Their `args` (an argparse Namespace of parse_utils dataclasses) gives the
-architecture: model.{image_size, in_channels, dim, dim_mults, attn_resolutions, num_res_blocks, dropout,
-conditional, resamp_with_conv, nonlinearity, scale_by_sigma}; train.{beta_schedule, prediction_type,
-train_size}. Without args (a bare state dict) the architecture is read off the keys and shapes
-(`infer_args`), with the image size given by the caller. Not representable (refused in one line):
-conditional=False (no time embedding), resamp_with_conv=False, a nonlinearity other than swish,
-scale_by_sigma, prediction_type other than epsilon, a beta schedule other than linear.
+Output convention: epsilon prediction on integer steps of Ho et al.'s T = 1000 linear betas
+1e-4..0.02 (their DDPMScheduler), so the config gets `diffusion.precond = "ddpm"` and D(x) = x -
+sigma eps(x / sqrt(1 + sigma^2), t(sigma)). Their `args` (an argparse Namespace of parse_utils
+dataclasses) gives the architecture: model.{image_size, in_channels, dim, dim_mults,
+attn_resolutions, num_res_blocks, dropout, conditional, resamp_with_conv, nonlinearity,
+scale_by_sigma}; train.{beta_schedule, prediction_type, train_size}. Without args (a bare state
+dict) the architecture is read off the keys and shapes (`infer_args`), with the image size given by
+the caller. Not representable (refused in one line): conditional=False (no time embedding),
+resamp_with_conv=False, a nonlinearity other than swish, scale_by_sigma, prediction_type other than
+epsilon, a beta schedule other than linear.
 """
 from __future__ import annotations
 
@@ -43,10 +47,12 @@ from diffmem.importers.tensor_map import Entry, ImportedModel, MappingError, fro
 __all__ = ["WHO", "architecture", "entries", "infer_args", "from_state", "to_state", "read"]
 
 WHO = "Pham et al. checkpoint"
-_DEFAULTS = dict(image_size=32, in_channels=3, dim=128, dim_mults=(1, 2, 2, 2), attn_resolutions=(16,),
+_DEFAULTS = dict(image_size=32, in_channels=3, dim=128, dim_mults=(1, 2, 2, 2),
+                 attn_resolutions=(16,),
                  num_res_blocks=2, dropout=0.0, conditional=True, resamp_with_conv=True, nonlinearity="swish",
                  scale_by_sigma=False)
-_REQUIRED = dict(conditional=True, resamp_with_conv=True, nonlinearity="swish", scale_by_sigma=False)
+_REQUIRED = dict(conditional=True, resamp_with_conv=True, nonlinearity="swish",
+                 scale_by_sigma=False)
 
 
 def _as_dict(obj) -> dict:
@@ -69,10 +75,10 @@ def _ints(value) -> tuple[int, ...]:
 
 
 def architecture(args: Any) -> dict:
-    """The network's hyper-parameters from their `args` (Namespace-like or nested dict with `model` and
-    `train` parts, or a flat dict of the model options); missing options take parse_utils' defaults.
-    Returns {image_size, in_channels, dim, dim_mults, attn_resolutions, num_res_blocks, dropout,
-    train_size, iterations?}; raises MappingError for settings diffmem cannot represent."""
+    """The network's hyper-parameters from their `args` (Namespace-like or nested dict with `model`
+    and `train` parts, or a flat dict of the model options); missing options take parse_utils'
+    defaults. Returns {image_size, in_channels, dim, dim_mults, attn_resolutions, num_res_blocks,
+    dropout, train_size, iterations?}; raises MappingError for settings diffmem cannot represent."""
     top = _as_dict(args)
     model = _as_dict(top.get("model")) or {k: v for k, v in top.items() if k in _DEFAULTS}
     train = _as_dict(top.get("train"))
@@ -84,7 +90,8 @@ def architecture(args: Any) -> dict:
     for key, want in (("prediction_type", "epsilon"), ("beta_schedule", "linear")):
         if key in train and str(train[key]) != want:
             raise MappingError(f"{WHO}: train.{key} = {train[key]!r}; only {want!r} is supported.")
-    out = dict(image_size=int(hp["image_size"]), in_channels=int(hp["in_channels"]), dim=int(hp["dim"]),
+    out = dict(image_size=int(hp["image_size"]), in_channels=int(hp["in_channels"]),
+               dim=int(hp["dim"]),
                dim_mults=_ints(hp["dim_mults"]), attn_resolutions=_ints(hp["attn_resolutions"]),
                num_res_blocks=int(hp["num_res_blocks"]), dropout=float(hp["dropout"]))
     if "train_size" in train:
@@ -178,8 +185,8 @@ def entries(hp: Mapping) -> list[Entry]:
 
 
 def infer_args(state: Mapping[str, np.ndarray], image_size: int) -> dict:
-    """The architecture of a bare state dict, read off its keys and shapes (the image size, which the
-    weights do not fix, from the caller): module kinds follow from their parameter names."""
+    """The architecture of a bare state dict, read off its keys and shapes (the image size, which
+    the weights do not fix, from the caller): module kinds follow from their parameter names."""
     kinds: dict[int, set] = {}
     for key in state:
         m = re.fullmatch(r"all_modules\.(\d+)\.(.+)", key)
@@ -209,7 +216,8 @@ def infer_args(state: Mapping[str, np.ndarray], image_size: int) -> dict:
                 break
     except (KeyError, IndexError) as e:
         raise MappingError(f"{WHO}: cannot read the architecture off the keys (at {e}); pass their args.") from None
-    return dict(image_size=int(image_size), in_channels=int(state["all_modules.2.weight"].shape[1]), dim=dim,
+    return dict(image_size=int(image_size),
+                in_channels=int(state["all_modules.2.weight"].shape[1]), dim=dim,
                 dim_mults=tuple(mults), attn_resolutions=tuple(sorted(attn)), num_res_blocks=int(nrb),
                 dropout=0.0)
 
@@ -227,7 +235,8 @@ def _shapes(model_section: dict, hp: Mapping):
 
     from diffmem import builders
     size, ch = hp["image_size"], hp["in_channels"]
-    net = builders.build_model(ml_collections.ConfigDict(dict(model=model_section)), (size, size, ch))
+    net = builders.build_model(ml_collections.ConfigDict(dict(model=model_section)), (size, size,
+                                                                                      ch))
     return template(net, (1, size, size, ch), (1,))
 
 
@@ -247,15 +256,16 @@ def from_state(state: Mapping[str, np.ndarray], args: Any = None, *, image_size:
             raise MappingError(f"{WHO}: args say image_size {hp['image_size']}, not {image_size}.")
     model, diffusion, sample = _config(hp)
     variables = to_flax(state, entries(hp), _shapes(model, hp), WHO)
-    info = dict(format="pham", architecture={k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()})
+    info = dict(format="pham", architecture={k: list(v) if isinstance(v, tuple) else v for k,
+                                             v in hp.items()})
     return ImportedModel(model=model, diffusion=diffusion, sample=sample, variables=variables,
                          image_shape=(hp["image_size"], hp["image_size"], hp["in_channels"]),
                          step=max(1, int(step)), source_info=info)
 
 
 def to_state(variables: Mapping, hp: Mapping) -> dict[str, np.ndarray]:
-    """Their state dict (module order, torch layout) of DDPMUNet variables with hyper-parameters `hp`
-    (the keys of `architecture`'s result). The inverse of `from_state`."""
+    """Their state dict (module order, torch layout) of DDPMUNet variables with hyper-parameters
+    `hp` (the keys of `architecture`'s result). The inverse of `from_state`."""
     return from_flax(variables, entries(hp), WHO)
 
 

@@ -1,8 +1,8 @@
 """Tensor-by-tensor maps between a PyTorch state dict and a diffmem network's Flax variables.
 
-A map is a list of `Entry`s, one per source tensor, in the source's module order: the tensor's dotted name
-in the state dict, where it lives in the Flax variables (`("params", "enc_32x32_conv", "kernel")`) and how
-its layout changes (`LAYOUTS`):
+A map is a list of `Entry`s, one per source tensor, in the source's module order: the tensor's
+dotted name in the state dict, where it lives in the Flax variables (`("params", "enc_32x32_conv",
+"kernel")`) and how its layout changes (`LAYOUTS`):
 
     layout    source (PyTorch)                 diffmem (Flax)
     conv      Conv2d weight (O, I, kh, kw)     Conv kernel (kh, kw, I, O)
@@ -14,9 +14,9 @@ its layout changes (`LAYOUTS`):
     const     a buffer with a fixed value (EDM's resample filter): checked on import, written on export
 
 Every layout is a pure transpose / reshape, so `to_flax(from_flax(v)) == v` and
-`from_flax(to_flax(s)) == s` bit for bit. Anything that does not map stops with one `MappingError` line
-naming the first offending key: a key the map does not know, a key the map needs that is absent, a shape
-that differs from what the network's hyper-parameters imply.
+`from_flax(to_flax(s)) == s` bit for bit. Anything that does not map stops with one `MappingError`
+line naming the first offending key: a key the map does not know, a key the map needs that is
+absent, a shape that differs from what the network's hyper-parameters imply.
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ class MappingError(InputError):
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One source tensor: `key` (dotted, as in the state dict), its Flax `path` (collection first), its
-    `layout` (`LAYOUTS`), and for layout "const" the fixed `value` it must hold."""
+    """One source tensor: `key` (dotted, as in the state dict), its Flax `path` (collection first),
+    its `layout` (`LAYOUTS`), and for layout "const" the fixed `value` it must hold."""
     key: str
     path: tuple[str, ...]
     layout: str
@@ -53,11 +53,12 @@ class ImportedModel:
     """What an importer returns: everything `workdir_writer.import_model` needs to write a workdir.
 
     model, diffusion: the config sections (`diffmem.config_schema`); sample: the `sample` section's
-    sampler settings; variables: the Flax variables {"params": ..., ["batch_stats": ...]} as numpy arrays;
-    image_shape: (H, W, C) of the images the network was built for (None: any size, blind nets);
-    step: the training step or image count the source records (>= 1); source_info: a JSON-able note of
-    what was read (format, class, kept hyper-parameters); dropped: source keys read and checked but not kept,
-    each with the reason (e.g. EDM's map_augment, unused when sampling).
+    sampler settings; variables: the Flax variables {"params": ..., ["batch_stats": ...]} as numpy
+    arrays; image_shape: (H, W, C) of the images the network was built for (None: any size, blind
+    nets); step: the training step or image count the source records (>= 1); source_info: a
+    JSON-able note of what was read (format, class, kept hyper-parameters); dropped: source keys
+    read and checked but not kept, each with the reason (e.g. EDM's map_augment, unused when
+    sampling).
     """
     model: dict
     diffusion: dict
@@ -69,7 +70,7 @@ class ImportedModel:
     dropped: tuple[str, ...] = ()
 
 
-# ------------------------------------------------------------------------------------ per-tensor layouts
+# ------------------------------------------------------------------------------- per-tensor layouts
 def _to_flax(layout: str, a: np.ndarray) -> np.ndarray:
     if layout == "conv":
         return np.transpose(a, (2, 3, 1, 0))
@@ -103,7 +104,7 @@ def _source_shape(layout: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
     return _to_source(layout, np.broadcast_to(np.float32(0), flax_shape)).shape
 
 
-# ------------------------------------------------------------------------------------------- the maps
+# ----------------------------------------------------------------------------------------- the maps
 def flatten_variables(variables: Mapping) -> dict[tuple[str, ...], Any]:
     """{path tuple: leaf} of a nested dict of variables (collection first)."""
     out: dict[tuple[str, ...], Any] = {}
@@ -139,7 +140,8 @@ def template(net, x_shape: tuple[int, ...], *call_shapes) -> dict[tuple[str, ...
     return {p: tuple(leaf.shape) for p, leaf in flatten_variables(shapes).items()}
 
 
-def _check_map(entries: Sequence[Entry], shapes: Mapping[tuple[str, ...], tuple[int, ...]], who: str):
+def _check_map(entries: Sequence[Entry], shapes: Mapping[tuple[str, ...], tuple[int, ...]],
+               who: str):
     """The map covers every Flax leaf exactly once (a diffmem bug otherwise, not a file problem)."""
     paths = [e.path for e in entries if e.layout != "const"]
     unknown = [p for p in paths if p not in shapes]
@@ -154,10 +156,10 @@ def to_flax(state: Mapping[str, np.ndarray], entries: Sequence[Entry],
             ignore: Mapping[str, str] | None = None) -> dict:
     """Flax variables (nested dict of float32 numpy arrays) from a source state dict.
 
-    state: {dotted name: array} in the source layout; entries: the map (module docstring); shapes: the
-    Flax leaves' shapes (`template`); who: the source's name for messages ("EDM network-snapshot");
-    ignore: {key: reason} of source keys that are known and deliberately not kept.
-    Raises MappingError naming the first key that does not map.
+    state: {dotted name: array} in the source layout; entries: the map (module docstring); shapes:
+    the Flax leaves' shapes (`template`); who: the source's name for messages ("EDM
+    network-snapshot"); ignore: {key: reason} of source keys that are known and deliberately not
+    kept. Raises MappingError naming the first key that does not map.
     """
     _check_map(entries, shapes, who)
     by_key = {e.key: e for e in entries}
@@ -188,9 +190,10 @@ def to_flax(state: Mapping[str, np.ndarray], entries: Sequence[Entry],
     return _unflatten(flat)
 
 
-def from_flax(variables: Mapping, entries: Sequence[Entry], who: str = "export") -> "OrderedDict[str, np.ndarray]":
-    """The source state dict {dotted name: float32 array} of Flax variables, in the map's (module) order;
-    const buffers are written with their fixed value. The inverse of `to_flax`."""
+def from_flax(variables: Mapping, entries: Sequence[Entry],
+              who: str = "export") -> "OrderedDict[str, np.ndarray]":
+    """The source state dict {dotted name: float32 array} of Flax variables, in the map's (module)
+    order; const buffers are written with their fixed value. The inverse of `to_flax`."""
     flat = flatten_variables(variables)
     out: OrderedDict[str, np.ndarray] = OrderedDict()
     for e in entries:
@@ -199,7 +202,8 @@ def from_flax(variables: Mapping, entries: Sequence[Entry], who: str = "export")
             continue
         if e.path not in flat:
             raise MappingError(f"{who}: the diffmem variables have no {'/'.join(e.path)} for {e.key!r}.")
-        out[e.key] = np.ascontiguousarray(_to_source(e.layout, np.asarray(flat[e.path])), dtype=np.float32)
+        out[e.key] = np.ascontiguousarray(_to_source(e.layout, np.asarray(flat[e.path])),
+                                          dtype=np.float32)
     extra = set(flat) - {e.path for e in entries}
     if extra:
         raise MappingError(f"{who}: diffmem variable {'/'.join(sorted(extra)[0])} has no place in the "

@@ -1,26 +1,30 @@
 """Write a published model as a diffmem workdir, so every stage runs on it unchanged.
 
-    path = import_model("network-snapshot.pkl", "edm", "runs/edm-cifar", data="cifar10-binary:cifar.tar.gz")
+    path = import_model("network-snapshot.pkl", "edm", "runs/edm-cifar",
+    data="cifar10-binary:cifar.tar.gz")
     Workdir(path).model("50000")                 # its EMA weights as the common denoiser D(x, sigma)
     python bin/sample.py --workdir=runs/edm-cifar --seeds=0-99
 
 What is written, exactly as `bin/train.py` writes a trained model:
   config.json           the one schema (`config_schema.assemble`, validated): the network's `model`
-                        section, the `diffusion` section of its preconditioning (sigma range, sigma_data,
-                        DDPM grid), a loss / optimizer matching the source's recipe, the `sample` section
-                        of the source's sampler, `data` (below), `steps` = the source's step count
+                        section, the `diffusion` section of its preconditioning (sigma range,
+                        sigma_data, DDPM grid), a loss / optimizer matching the source's recipe, the
+                        `sample` section of the source's sampler, `data` (below), `steps` = the
+                        source's step count
   checkpoints/<K>/<step>  an orbax checkpoint {step, params, ema_params, opt_state}: the weights as both
-                        params and EMA params, a fresh Adam state of `config.optim` (so bin/train.py can
-                        fine-tune from it), with the config and every leaf's sha256 in its metadata
+                        params and EMA params, a fresh Adam state of `config.optim` (so bin/train.py
+                        can fine-tune from it), with the config and every leaf's sha256 in its
+                        metadata
   subsets/<K>.npz       the training set's rows and hash, as training records them
   imported.json         where it came from: format, source path, keys read but not kept, hyper-parameters
 
-`data`: the training set, an image source of `diffmem.data.images.load_images` ("cifar10-binary:PATH",
-"npz:PATH", "tfds:cifar10", "folder:PATH", ...); the model's training set is its first K images (K =
-all of them by default). A model trained on a subset drawn by its own code should be given that subset
-as a file (npz:PATH), since diffmem cannot redraw another program's random split. Without `data`, the
-workdir holds a one-image placeholder set (a mid-grey image in imported/placeholder.npz, K = 1, model
-name "1"): sampling, energies and Jacobians work; distances to the training set mean nothing.
+`data`: the training set, an image source of `diffmem.data.images.load_images`
+("cifar10-binary:PATH", "npz:PATH", "tfds:cifar10", "folder:PATH", ...); the model's training set is
+its first K images (K = all of them by default). A model trained on a subset drawn by its own code
+should be given that subset as a file (npz:PATH), since diffmem cannot redraw another program's
+random split. Without `data`, the workdir holds a one-image placeholder set (a mid-grey image in
+imported/placeholder.npz, K = 1, model name "1"): sampling, energies and Jacobians work; distances
+to the training set mean nothing.
 
 An existing workdir is never overwritten: the import stops at once (one line).
 """
@@ -44,9 +48,10 @@ PROVENANCE = "imported.json"
 
 def read_source(source: str, format: str, *, image_size: int | None = None,
                 first_layer_linear: bool | None = None) -> ImportedModel:
-    """Read a published model file (or diffusers folder) of `format` (`FORMATS`) into an ImportedModel.
-    image_size: the image side length where the file does not record it (Kadkhodaie's blind nets; Pham
-    et al.'s bare state dicts); first_layer_linear: BF-CNN's setting when no exp_arguments.pkl says it."""
+    """Read a published model file (or diffusers folder) of `format` (`FORMATS`) into an
+    ImportedModel. image_size: the image side length where the file does not record it (Kadkhodaie's
+    blind nets; Pham et al.'s bare state dicts); first_layer_linear: BF-CNN's setting when no
+    exp_arguments.pkl says it."""
     from diffmem.errors import MissingInputError
     if format not in FORMATS:
         raise InputError(f"Unknown format {format!r}; choose one of {list(FORMATS)}.")
@@ -69,7 +74,8 @@ def read_source(source: str, format: str, *, image_size: int | None = None,
 
 
 def _loss_optim(imported: ImportedModel) -> dict:
-    """loss, optim, ema and loop sections of the source's recipe (what a fine-tuning run would use)."""
+    """loss, optim, ema and loop sections of the source's recipe (what a fine-tuning run would
+    use)."""
     from diffmem.config_schema import optim_section
     name = imported.model["name"]
     if name in ("bf_unet", "bf_cnn"):
@@ -77,7 +83,8 @@ def _loss_optim(imported: ImportedModel) -> dict:
                               units="net sees (x + 1) / 2 in [0, 1]; D = 2 D01((x + 1) / 2) - 1"),
                     optim=optim_section(1e-3), ema=dict(decay=0.0, warmup=False), batch_size=512)
     if imported.diffusion.get("precond") == "ddpm":
-        return dict(loss=dict(name="eps", reduction="mean"), optim=optim_section(2e-4, grad_clip=1.0),
+        return dict(loss=dict(name="eps", reduction="mean"), optim=optim_section(2e-4,
+                                                                                 grad_clip=1.0),
                     ema=dict(decay=0.9999, warmup=False), batch_size=128)
     return dict(loss=dict(name="denoising", reduction="sum"), optim=optim_section(2e-4),
                 ema=dict(decay=0.999, warmup=False), batch_size=512)
@@ -116,10 +123,12 @@ def _data_section(workdir: str, imported: ImportedModel, data: str | None, k: in
     return section
 
 
-def write_workdir(imported: ImportedModel, workdir: str, *, data: str | None = None, k: int | None = None,
+def write_workdir(imported: ImportedModel, workdir: str, *, data: str | None = None,
+                  k: int | None = None,
                   image_size: int | None = None, grayscale: bool | None = None, source: str = "",
                   format: str = "") -> str:
-    """Write `imported` as a workdir (module docstring); returns its path. Refuses an existing workdir."""
+    """Write `imported` as a workdir (module docstring); returns its path. Refuses an existing
+    workdir."""
     import jax
     import jax.numpy as jnp
 
@@ -138,7 +147,8 @@ def write_workdir(imported: ImportedModel, workdir: str, *, data: str | None = N
         _record_first_k(wd, config)
         spec = wd.specs(config)[0]
         params = jax.tree.map(jnp.asarray, imported.variables)
-        like = jax.eval_shape(lambda: _net(config, spec).init(jax.random.key(0), jnp.asarray(spec.data[:1]),
+        like = jax.eval_shape(lambda: _net(config, spec).init(jax.random.key(0),
+                                                              jnp.asarray(spec.data[:1]),
                                                               jnp.ones((1,), jnp.float32)))
         if jax.tree.structure(like) != jax.tree.structure(params) or any(
                 a.shape != b.shape for a, b in zip(jax.tree.leaves(like), jax.tree.leaves(params))):
@@ -156,8 +166,9 @@ def write_workdir(imported: ImportedModel, workdir: str, *, data: str | None = N
 
 
 def _record_first_k(wd, config) -> None:
-    """subsets/<K>.npz selecting the data's first K images (the indices every reader uses in place of the
-    config's seeded permutation, `Workdir.specs`), with their hash, as training records a subset."""
+    """subsets/<K>.npz selecting the data's first K images (the indices every reader uses in place
+    of the config's seeded permutation, `Workdir.specs`), with their hash, as training records a
+    subset."""
     from diffmem import builders, report
     from diffmem import workdir as wdlib
     pool = builders.load_pool(config)
@@ -179,22 +190,25 @@ def _write_provenance(wd, imported: ImportedModel, source: str, format: str, nam
                                   step=int(imported.step), dropped=list(imported.dropped),
                                   data=data or f"placeholder ({PLACEHOLDER}: no training set given)",
                                   source_info=imported.source_info)
-    report.write_json(os.path.join(wd.path, PROVENANCE), json.loads(json.dumps(record, default=str)))
+    report.write_json(os.path.join(wd.path, PROVENANCE), json.loads(json.dumps(record,
+                                                                               default=str)))
 
 
-def import_model(source: str, format: str, workdir: str, data: str | None = None, *, k: int | None = None,
+def import_model(source: str, format: str, workdir: str, data: str | None = None, *,
+                 k: int | None = None,
                  image_size: int | None = None, grayscale: bool | None = None,
                  first_layer_linear: bool | None = None) -> str:
-    """Read a published model (`read_source`) and write it as a diffmem workdir (`write_workdir`); returns
-    the workdir's path. data: the training set's image source (optional; see the module docstring), k: its
-    size (default all of it)."""
+    """Read a published model (`read_source`) and write it as a diffmem workdir (`write_workdir`);
+    returns the workdir's path. data: the training set's image source (optional; see the module
+    docstring), k: its size (default all of it)."""
     if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
         raise OutputExistsError(f"{workdir} already exists: an import never overwrites; choose a new --workdir.")
     size = image_size
     if size is None and data is not None and format == "kadkhodaie":
         size = _data_size(data, grayscale)
     imported = read_source(source, format, image_size=size, first_layer_linear=first_layer_linear)
-    return write_workdir(imported, workdir, data=data, k=k, image_size=image_size, grayscale=grayscale,
+    return write_workdir(imported, workdir, data=data, k=k, image_size=image_size,
+                         grayscale=grayscale,
                          source=source, format=format)
 
 
