@@ -3,13 +3,11 @@
 
     python bin/import_model.py --source=network-snapshot.pkl --format=edm \\
         --data=cifar10-binary:cifar-10-binary.tar.gz --workdir=runs/edm-cifar
-    python bin/import_model.py --source=checkpoints/1000.pt --format=pham --data=tfds:cifar10
-    --k=1000 \\
-        --workdir=runs/pham-1000
+    python bin/import_model.py --source=checkpoints/1000.pt --format=pham \\
+        --data=npz:train_1000.npz --workdir=runs/pham-1000
     python bin/import_model.py --source=ddpm-cifar10-32 --format=diffusers --workdir=runs/ddpm-cifar
-    python bin/import_model.py --source=denoisers/UNet/.../model.pt --format=kadkhodaie
-    --image_size=80 \\
-        --workdir=runs/kad
+    python bin/import_model.py --source=denoisers/UNet/.../model.pt --format=kadkhodaie \\
+        --image_size=80 --workdir=runs/kad
     python bin/sample.py --workdir=runs/edm-cifar --seeds=0-99          # then sample, classify, ...
 
 Formats: edm (EDM / DiffMemorize network pickles, DDPM++ SongUNet), pham (Pham et al.'s
@@ -35,13 +33,13 @@ flags.DEFINE_string("data", None,
                     "folder:PATH, digits, fmnist, ... (default: a one-image placeholder).")
 flags.DEFINE_integer("k", None, "Training-set size: the first K images of --data (default: all).",
                      lower_bound=1)
-flags.DEFINE_integer("image_size", None,
-                     "Image side length where the file does not record it (kadkhodaie; "
-                     "pham files without args); with --data, resize its images to this size.", lower_bound=1)
+flags.DEFINE_integer("image_size", None, "Image side length where the file does not record it "
+                     "(kadkhodaie; pham files without args); with --data, resize its images to "
+                     "this size.", lower_bound=1)
 flags.DEFINE_bool("grayscale", None,
                   "Convert --data to one channel (default: when the network has one).")
-flags.DEFINE_bool("first_layer_linear", None, "BF-CNN: no ReLU after the first conv (default: from "
-                  "exp_arguments.pkl, else False).")
+flags.DEFINE_bool("first_layer_linear", None, "BF-CNN: no ReLU after the first conv (default: "
+                                              "from exp_arguments.pkl, else False).")
 flags.mark_flags_as_required(["source", "format", "workdir"])
 FLAGS = flags.FLAGS
 

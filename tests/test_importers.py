@@ -69,10 +69,11 @@ def _module_tree(state: dict, name="Module", persistent=False, **attrs):
             leaves[head] = value
     buffers = {k: v for k, v in leaves.items() if k in ("resample_filter", "running_sd", "freqs")}
     params = {k: tw.Parameter(v) for k, v in leaves.items() if k not in buffers}
+    modules = collections.OrderedDict((k, _module_tree(v, persistent=persistent))
+                                      for k, v in children.items())
     module_state = {"training": False, "_parameters": collections.OrderedDict(params),
-                    "_buffers": collections.OrderedDict(buffers), "_non_persistent_buffers_set": set(),
-                    "_modules": collections.OrderedDict((k, _module_tree(v, persistent=persistent))
-                                                        for k, v in children.items()), **attrs}
+                    "_buffers": collections.OrderedDict(buffers),
+                    "_non_persistent_buffers_set": set(), "_modules": modules, **attrs}
     return PickledObject(name, module_state, kind="persistent" if persistent else "object",
                          source="raise SystemExit(3)\n" if persistent else None)
 
@@ -97,14 +98,14 @@ def test_edm_layout_matches_edm_networks():
     st = edm.to_state(v, cls, hp)
     p = v["params"]
     assert list(st)[:4] == ["model.map_label.weight", "model.map_label.bias",
-                            "model.map_layer0.weight",
-                            "model.map_layer0.bias"]
+                            "model.map_layer0.weight", "model.map_layer0.bias"]
     assert st["model.map_label.weight"].shape == (16, 3)  # Linear (out, in)
     np.testing.assert_array_equal(st["model.map_layer1.weight"], p["map_layer1"]["kernel"].T)
     w = st["model.enc.8x8_conv.weight"]  # Conv2d OIHW
     assert w.shape == (16, 3, 3, 3)
     np.testing.assert_array_equal(w[5, 2, 0, 1], p["enc_8x8_conv"]["kernel"][0, 1, 2, 5])
-    qkv = st["model.enc.4x4_block0.qkv.weight"]  # one 1x1 conv, EDM's (head, channel, qkv) order kept
+    # one 1x1 conv, EDM's (head, channel, qkv) channel order kept
+    qkv = st["model.enc.4x4_block0.qkv.weight"]
     assert qkv.shape == (96, 32, 1, 1)
     np.testing.assert_array_equal(qkv[:, :, 0, 0], p["enc_4x4_block0"]["qkv"]["kernel"][0, 0].T)
     np.testing.assert_array_equal(st["model.enc.4x4_block0.norm2.weight"],
@@ -127,22 +128,20 @@ def _edm_pickle(tmp_path):
     full = collections.OrderedDict(list(st.items())[:2] + [("model.map_augment.weight", aug)]
                                    + list(st.items())[2:])
     unet = _module_tree({k[len("model."):]: a for k, a in full.items()}, "SongUNet", True,
-                        _init_args=(), _init_kwargs=dict(img_resolution=8, in_channels=3,
-                                                         out_channels=3,
-                                                         label_dim=3, augment_dim=9, model_channels=16,
-                                                         channel_mult=[1, 2], num_blocks=1,
-                                                         attn_resolutions=[4], dropout=0.13))
+                        _init_args=(),
+                        _init_kwargs=dict(img_resolution=8, in_channels=3, out_channels=3,
+                                          label_dim=3, augment_dim=9, model_channels=16,
+                                          channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
+                                          dropout=0.13))
     ema = _module_tree({}, "EDMPrecond", True, sigma_min=0.0, sigma_max=float("inf"),
-                       sigma_data=0.5,
-                       img_resolution=8, img_channels=3, label_dim=3, use_fp16=False, _init_args=(),
+                       sigma_data=0.5, img_resolution=8, img_channels=3, label_dim=3,
+                       use_fp16=False, _init_args=(),
                        _init_kwargs=dict(img_resolution=8, img_channels=3, label_dim=3,
-                                         model_type="SongUNet",
-                                         embedding_type="positional", encoder_type="standard",
-                                         decoder_type="standard", channel_mult_noise=1,
-                                         resample_filter=[1,
-                                                          1], model_channels=16, channel_mult=[1,
-                                                                                               2],
-                                         augment_dim=9, dropout=0.13))
+                                         model_type="SongUNet", embedding_type="positional",
+                                         encoder_type="standard", decoder_type="standard",
+                                         channel_mult_noise=1, resample_filter=[1, 1],
+                                         model_channels=16, channel_mult=[1, 2], augment_dim=9,
+                                         dropout=0.13))
     ema.state["_modules"]["model"] = unet
     path = tw.write_network_pickle(tmp_path / "network-snapshot-000200.pkl",
                                    {"ema": ema, "loss_fn": None, "augment_pipe": None,
@@ -155,7 +154,8 @@ def test_edm_pickle_round_trip_and_dropped_augment(tmp_path):
     imp = edm.read(path)
     assert _equal_trees(imp.variables, v) and imp.step == 200
     assert imp.model["dropout"] == 0.13 and imp.model["label_dim"] == 3
-    assert imp.diffusion["precond_fields"]["sigma_min"] == 0.002  # EDMPrecond's 0 / inf: EDM's sampling range
+    # EDMPrecond's own 0 / inf: EDM's sampling range
+    assert imp.diffusion["precond_fields"]["sigma_min"] == 0.002
     assert imp.diffusion["precond_fields"]["sigma_max"] == 80.0
     assert len(imp.dropped) == 1 and "map_augment" in imp.dropped[0]
     back = edm.to_state(imp.variables, *edm.export_hparams(imp.model, imp.diffusion,
@@ -176,8 +176,7 @@ def test_edm_refuses_what_diffmem_cannot_represent():
 
 # --------------------------------------------------------------------------------------------- Pham
 PHAM_HP = dict(image_size=8, in_channels=3, dim=32, dim_mults=(1, 2), attn_resolutions=(4,),
-               num_res_blocks=1,
-               dropout=0.0)
+               num_res_blocks=1, dropout=0.0)
 
 
 def _pham_case():
@@ -210,13 +209,14 @@ def test_pham_layout_matches_their_all_modules_list():
 def test_pham_checkpoint_round_trip(tmp_path):
     _, v = _pham_case()
     st = pham.to_state(v, PHAM_HP)
-    model_opts = PickledObject("parse_utils.ModelOptions", dict(
-        image_size=8, in_channels=3, dim=32, dim_mults=(1,
-                                                        2), attn_resolutions=(4,), num_res_blocks=1,
-        dropout=0.1, conditional=True, resamp_with_conv=True, nonlinearity="swish", scale_by_sigma=False))
-    train_opts = PickledObject("parse_utils.TrainOptions", dict(train_size=64,
-                                                                prediction_type="epsilon",
-                                                                 beta_schedule="linear", timesteps=1000))
+    model_opts = PickledObject("parse_utils.ModelOptions",
+                               dict(image_size=8, in_channels=3, dim=32, dim_mults=(1, 2),
+                                    attn_resolutions=(4,), num_res_blocks=1, dropout=0.1,
+                                    conditional=True, resamp_with_conv=True, nonlinearity="swish",
+                                    scale_by_sigma=False))
+    train_opts = PickledObject("parse_utils.TrainOptions",
+                               dict(train_size=64, prediction_type="epsilon",
+                                    beta_schedule="linear", timesteps=1000))
     args = PickledObject("argparse.Namespace", dict(model=model_opts, train=train_opts))
     path = tw.write_torch_zip(tmp_path / "64.pt", {"model": st, "ema": st, "opt": {}, "args": args,
                                                      "iterations": 2500})
@@ -234,8 +234,7 @@ def test_pham_checkpoint_round_trip(tmp_path):
 
 # ---------------------------------------------------------------------------------------- diffusers
 DIF_HP = dict(image_size=8, in_channels=3, ch=32, ch_mult=(1, 2), attn_resolutions=(4,),
-              num_res_blocks=1,
-              num_groups=32, dropout=0.0)
+              num_res_blocks=1, num_groups=32, dropout=0.0)
 
 
 def _diffusers_case():
@@ -280,8 +279,7 @@ def test_kadkhodaie_layouts_and_round_trip(tmp_path):
     unet = nets.BFUNet(num_kernels=4, num_blocks=2)
     v = _random_variables(unet, (1, 8, 8, 1), seed=4)
     hp = dict(name="bf_unet", channels=1, num_kernels=4, num_blocks=2, num_enc_conv=2,
-              num_mid_conv=2,
-              num_dec_conv=2)
+              num_mid_conv=2, num_dec_conv=2)
     st = kadkhodaie.to_state(v, hp)
     assert list(st)[:4] == ["encoder.0.0.weight", "encoder.0.2.weight", "encoder.0.3.gammas",
                             "encoder.0.3.running_sd"]
@@ -294,9 +292,9 @@ def test_kadkhodaie_layouts_and_round_trip(tmp_path):
                                   v["params"]["UpConv2_0"]["kernel"][1, 0, 3, 5])
     assert "decoder.0.3.weight" in st and "decoder.0.4.gammas" not in st  # last conv: no norm
     path = tw.write_torch_zip(tmp_path / "model.pt", {f"module.{k}": a for k, a in st.items()})
-    tw.write_network_pickle(tmp_path / "exp_arguments.pkl", dict(arch_name="UNet", num_kernels=4,
-                                                                 num_blocks=2,
-                                                                 kernel_size=3, padding=1, bias=False))
+    tw.write_network_pickle(tmp_path / "exp_arguments.pkl",
+                            dict(arch_name="UNet", num_kernels=4, num_blocks=2, kernel_size=3,
+                                 padding=1, bias=False))
     imp = kadkhodaie.read(path, image_size=16)
     assert _equal_trees(imp.variables,
                         v) and imp.model["name"] == "bf_unet" and imp.image_shape == (16, 16, 1)
@@ -370,9 +368,8 @@ def _np_conv3x3(x, w, b):
     """PyTorch's Conv2d(k=3, padding=1) on NCHW with an OIHW weight."""
     xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     h, ww = x.shape[2:]
-    out = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + h, j:j + ww], w[:, :, i,
-                                                                        j]) for i in range(3)
-              for j in range(3))
+    out = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + h, j:j + ww],
+                        w[:, :, i, j]) for i in range(3) for j in range(3))
     return out + b[None, :, None, None]
 
 
@@ -388,9 +385,8 @@ def test_score_sde_resnet_block_restated_in_numpy_matches_diffmem():
                                                       entries).values())}
     swish = lambda z: z / (1 + np.exp(-z))  # noqa: E731
     xc = x.transpose(0, 3, 1, 2)
-    h = _np_conv3x3(swish(_np_group_norm(xc, st["b.GroupNorm_0.weight"], st["b.GroupNorm_0.bias"],
-                                         32)),
-                    st["b.Conv_0.weight"], st["b.Conv_0.bias"])
+    h = swish(_np_group_norm(xc, st["b.GroupNorm_0.weight"], st["b.GroupNorm_0.bias"], 32))
+    h = _np_conv3x3(h, st["b.Conv_0.weight"], st["b.Conv_0.bias"])
     h = h + (swish(temb) @ st["b.Dense_0.weight"].T + st["b.Dense_0.bias"])[:, :, None, None]
     h = swish(_np_group_norm(h, st["b.GroupNorm_1.weight"], st["b.GroupNorm_1.bias"], 32))
     h = _np_conv3x3(h, st["b.Conv_1.weight"], st["b.Conv_1.bias"])
@@ -416,16 +412,15 @@ def test_edm_attention_restated_in_numpy_matches_diffmem():
     s = math.sqrt(0.5)
     hc = (x * s).transpose(0, 3, 1, 2)  # the block's residual output with conv1 = 0
     n = _np_group_norm(hc, st["b.norm2.weight"], st["b.norm2.bias"], 4)
-    qkv = np.einsum("nchw,oc->nohw", n, st["b.qkv.weight"][:, :, 0, 0]) + st["b.qkv.bias"][None, :,
-                                                                                           None, None]
+    qkv = np.einsum("nchw,oc->nohw", n, st["b.qkv.weight"][:, :, 0, 0])
+    qkv = qkv + st["b.qkv.bias"][None, :, None, None]
     q, k, vv = np.moveaxis(qkv.reshape(2, 16, 3, 16), 2, 0)  # (N * 1 head, C, 3, HW)
     w = np.einsum("ncq,nck->nqk", q, k / np.sqrt(16))
     w = np.exp(w - w.max(-1, keepdims=True))
     w /= w.sum(-1, keepdims=True)
     a = np.einsum("nqk,nck->ncq", w, vv).reshape(2, 16, 4, 4)
-    out = (np.einsum("nchw,oc->nohw", a, st["b.proj.weight"][:, :, 0, 0]) + st["b.proj.bias"][None,
-                                                                                              :, None, None]
-           + hc) * s
+    proj = np.einsum("nchw,oc->nohw", a, st["b.proj.weight"][:, :, 0, 0])
+    out = (proj + st["b.proj.bias"][None, :, None, None] + hc) * s
     got = block.apply(v, jnp.asarray(x), jnp.asarray(emb), False)
     np.testing.assert_allclose(got, out.transpose(0, 2, 3, 1), rtol=2e-4, atol=2e-4)
 
@@ -443,7 +438,8 @@ def test_imported_edm_workdir_samples_like_a_trained_one(tmp_path, one_device):
     samples = Workdir(wd).read_samples("1")["samples"]
     assert samples.shape == (2, 8, 8, 3) and np.isfinite(samples).all()
     record = json.load(open(os.path.join(wd, "imported.json")))
-    assert record["format"] == "edm" and "placeholder" in record["data"] and "map_augment" in record["dropped"][0]
+    assert record["format"] == "edm" and "placeholder" in record["data"]
+    assert "map_augment" in record["dropped"][0]
     with pytest.raises(OutputExistsError) as e:
         workdir_writer.import_model(str(path), "edm", wd)
     _one_line(e, wd)
@@ -453,9 +449,11 @@ def test_imported_pham_and_diffusers_workdirs_hold_the_weights(tmp_path):
     from diffmem import checkpoint
     from diffmem.workdir import Workdir
     _, v = _pham_case()
-    args = PickledObject("argparse.Namespace", dict(model=PickledObject("parse_utils.ModelOptions",
-                                                                        dict(
-        image_size=8, in_channels=3, dim=32, dim_mults="1,2", attn_resolutions="4", num_res_blocks=1))))
+    args = PickledObject("argparse.Namespace",
+                         dict(model=PickledObject("parse_utils.ModelOptions",
+                                                  dict(image_size=8, in_channels=3, dim=32,
+                                                       dim_mults="1,2", attn_resolutions="4",
+                                                       num_res_blocks=1))))
     src = tw.write_torch_zip(tmp_path / "64.pt", {"ema": pham.to_state(v, PHAM_HP), "args": args,
                                                    "iterations": 9})
     _, vd = _diffusers_case()
@@ -501,4 +499,5 @@ def test_bin_import_model_writes_a_kadkhodaie_workdir_with_its_training_set(tmp_
     train.train(config, wd, progress=False)
     assert Workdir(wd).model("10").step == 2
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert again.returncode != 0 and "already exists" in again.stderr and again.stderr.count("\n") <= 2
+    assert again.returncode != 0 and "already exists" in again.stderr
+    assert again.stderr.count("\n") <= 2

@@ -5,7 +5,8 @@ diffusion_pytorch_model.safetensors, or the older .bin) of Ho et al.'s DDPM layo
     diffusers                                      diffmem                       layout
     time_embedding.linear_1 / linear_2             temb_0 / temb_1               linear
     conv_in, conv_out                              conv_in, conv_out             conv
-    down_blocks.i.resnets.j / up_blocks.u.resnets.j / mid_block.resnets.j   ResBlock_n (in that order)
+    down_blocks.i.resnets.j / up_blocks.u.resnets.j / mid_block.resnets.j
+                                                   ResBlock_n (in that order)
       norm1, conv1, time_emb_proj, norm2, conv2   norm1, conv1, temb_proj, norm2, conv2
       conv_shortcut (1x1 conv, when widths differ)  skip (a Dense)             conv1x1
     *.attentions.j (group_norm, to_q, to_k, to_v, to_out.0; old files: query, key, value, proj_attn)
@@ -37,7 +38,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from diffmem.importers.tensor_map import Entry, ImportedModel, MappingError, from_flax, template, to_flax
+from diffmem.importers.tensor_map import (Entry, ImportedModel, MappingError, from_flax, template,
+                                          to_flax)
 
 __all__ = ["WHO", "LEGACY_ATTENTION", "architecture", "entries", "export_config", "from_state",
            "to_state", "read"]
@@ -46,14 +48,14 @@ WHO = "diffusers UNet2DModel"
 LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 """Attention names of files written by old diffusers versions -> the current ones."""
 _REQUIRED = dict(time_embedding_type="positional", flip_sin_to_cos=False, freq_shift=1,
-                 downsample_padding=0,
-                 norm_eps=1e-6, act_fn="silu", resnet_time_scale_shift="default", class_embed_type=None,
-                 num_class_embeds=None, center_input_sample=False, add_attention=True, downsample_type="conv",
+                 downsample_padding=0, norm_eps=1e-6, act_fn="silu",
+                 resnet_time_scale_shift="default", class_embed_type=None, num_class_embeds=None,
+                 center_input_sample=False, add_attention=True, downsample_type="conv",
                  upsample_type="conv", mid_block_scale_factor=1, time_embedding_dim=None,
                  attn_norm_num_groups=None)
 _DEFAULTS = dict(_REQUIRED, flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, norm_eps=1e-5,
-                 center_input_sample=False, layers_per_block=2, norm_num_groups=32, attention_head_dim=8,
-                 dropout=0.0, in_channels=3, out_channels=3, sample_size=None)
+                 center_input_sample=False, layers_per_block=2, norm_num_groups=32,
+                 attention_head_dim=8, dropout=0.0, in_channels=3, out_channels=3, sample_size=None)
 _INFO_KEYS = {"_class_name", "_diffusers_version", "_name_or_path", "_use_default_values"}
 
 
@@ -64,10 +66,12 @@ def architecture(config: Mapping[str, Any]) -> dict:
     it."""
     c = dict(_DEFAULTS, **{k: v for k, v in config.items() if k not in _INFO_KEYS})
     if c.get("_class_name", config.get("_class_name", "UNet2DModel")) != "UNet2DModel":
-        raise MappingError(f"{WHO}: the folder holds a {config.get('_class_name')}, not a UNet2DModel.")
+        raise MappingError(f"{WHO}: the folder holds a {config.get('_class_name')}, not a "
+                           "UNet2DModel.")
     for key, want in _REQUIRED.items():
         if c[key] != want and not (key == "norm_eps" and abs(float(c[key]) - want) < 1e-12):
-            raise MappingError(f"{WHO}: config {key} = {c[key]!r}; diffmem's DDPMUNet matches only {want!r}.")
+            raise MappingError(f"{WHO}: config {key} = {c[key]!r}; diffmem's DDPMUNet matches "
+                               f"only {want!r}.")
     widths = [int(w) for w in c["block_out_channels"]]
     ch = widths[0]
     if any(w % ch for w in widths):
@@ -82,20 +86,23 @@ def architecture(config: Mapping[str, Any]) -> dict:
     attn_up = {levels - 1 - u for u, t in enumerate(up) if t == "AttnUpBlock2D"}
     for t in down + up:
         if t not in ("DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"):
-            raise MappingError(f"{WHO}: block type {t!r}; only (Attn)DownBlock2D / (Attn)UpBlock2D map.")
+            raise MappingError(f"{WHO}: block type {t!r}; only (Attn)DownBlock2D / "
+                               "(Attn)UpBlock2D map.")
     if attn_down != attn_up:
         raise MappingError(f"{WHO}: attention at down levels {sorted(attn_down)} but up levels "
-                           f"{sorted(attn_up)}; DDPMUNet puts it at the same resolutions both ways.")
+                           f"{sorted(attn_up)}; DDPMUNet puts it at the same resolutions both "
+                           "ways.")
     heads = c["attention_head_dim"]
     for lvl in sorted(attn_down) + [levels - 1]:
         if heads is not None and int(heads) != widths[lvl]:
             raise MappingError(f"{WHO}: attention_head_dim = {heads} gives several heads at width "
                                f"{widths[lvl]}; DDPMUNet's attention has one head.")
     if int(c["in_channels"]) != int(c["out_channels"]):
-        raise MappingError(f"{WHO}: in_channels {c['in_channels']} != out_channels {c['out_channels']}.")
+        raise MappingError(f"{WHO}: in_channels {c['in_channels']} != out_channels "
+                           f"{c['out_channels']}.")
     return dict(image_size=size, in_channels=int(c["in_channels"]), ch=ch,
-                ch_mult=tuple(w // ch for w in widths),
-                num_res_blocks=int(c["layers_per_block"]), attn_resolutions=tuple(sorted(size >> lvl for lvl in attn_down)),
+                ch_mult=tuple(w // ch for w in widths), num_res_blocks=int(c["layers_per_block"]),
+                attn_resolutions=tuple(sorted(size >> lvl for lvl in attn_down)),
                 num_groups=int(c["norm_num_groups"]), dropout=float(c["dropout"]))
 
 
@@ -182,14 +189,15 @@ def export_config(hp: Mapping) -> dict:
     levels = len(hp["ch_mult"])
     attn = [(hp["image_size"] >> lvl) in hp["attn_resolutions"] for lvl in range(levels)]
     return dict(_class_name="UNet2DModel", sample_size=hp["image_size"],
-                in_channels=hp["in_channels"],
-                out_channels=hp["in_channels"], block_out_channels=[hp["ch"] * m for m in hp["ch_mult"]],
+                in_channels=hp["in_channels"], out_channels=hp["in_channels"],
+                block_out_channels=[hp["ch"] * m for m in hp["ch_mult"]],
                 layers_per_block=hp["num_res_blocks"],
                 down_block_types=["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
                 up_block_types=["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
-                attention_head_dim=None, norm_num_groups=hp["num_groups"], norm_eps=1e-6, act_fn="silu",
-                downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, center_input_sample=False,
-                time_embedding_type="positional", mid_block_scale_factor=1, dropout=hp.get("dropout", 0.0))
+                attention_head_dim=None, norm_num_groups=hp["num_groups"], norm_eps=1e-6,
+                act_fn="silu", downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
+                center_input_sample=False, time_embedding_type="positional",
+                mid_block_scale_factor=1, dropout=hp.get("dropout", 0.0))
 
 
 def _renamed(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -207,12 +215,13 @@ def _schedule(scheduler: Mapping | None) -> tuple[int, float, float]:
         return 1000, 1e-4, 0.02
     kind = scheduler.get("beta_schedule", "linear")
     if kind != "linear" or scheduler.get("trained_betas") is not None:
-        raise MappingError(f"{WHO}: scheduler beta_schedule {kind!r}; diffmem's DDPM grid is linear.")
+        raise MappingError(f"{WHO}: scheduler beta_schedule {kind!r}; diffmem's DDPM grid is "
+                           "linear.")
     if scheduler.get("prediction_type", "epsilon") != "epsilon":
-        raise MappingError(f"{WHO}: scheduler prediction_type {scheduler['prediction_type']!r}; only epsilon.")
-    return (int(scheduler.get("num_train_timesteps", 1000)), float(scheduler.get("beta_start",
-                                                                                 1e-4)),
-            float(scheduler.get("beta_end", 0.02)))
+        raise MappingError(f"{WHO}: scheduler prediction_type {scheduler['prediction_type']!r}; "
+                           "only epsilon.")
+    return (int(scheduler.get("num_train_timesteps", 1000)),
+            float(scheduler.get("beta_start", 1e-4)), float(scheduler.get("beta_end", 0.02)))
 
 
 def from_state(state: Mapping[str, np.ndarray], config: Mapping[str, Any],
@@ -226,8 +235,9 @@ def from_state(state: Mapping[str, np.ndarray], config: Mapping[str, Any],
     hp = architecture(config)
     timesteps, beta_start, beta_end = _schedule(scheduler)
     model = ic.model_section("ddpm_unet", channels=hp["ch"], channel_mult=hp["ch_mult"],
-                             num_blocks=hp["num_res_blocks"], attn_resolutions=hp["attn_resolutions"],
-                             dropout=hp["dropout"], num_groups=hp["num_groups"])
+                             num_blocks=hp["num_res_blocks"],
+                             attn_resolutions=hp["attn_resolutions"], dropout=hp["dropout"],
+                             num_groups=hp["num_groups"])
     diffusion = ic.diffusion_section("ddpm", timesteps=timesteps, beta_start=beta_start,
                                      beta_end=beta_end)
     size, c = hp["image_size"], hp["in_channels"]
@@ -275,8 +285,9 @@ def read(path: str) -> ImportedModel:
         state = safetensors_files.read_safetensors(weights)
     elif os.path.exists(os.path.join(folder, "diffusion_pytorch_model.bin")):
         from diffmem.importers import torch_files
-        state = torch_files.strip_prefix(torch_files.flatten_state_dict(
-            torch_files.read_torch_file(os.path.join(folder, "diffusion_pytorch_model.bin"))))
+        tree = torch_files.read_torch_file(os.path.join(folder, "diffusion_pytorch_model.bin"))
+        state = torch_files.strip_prefix(torch_files.flatten_state_dict(tree))
     else:
-        raise MissingInputError(f"{WHO}: no diffusion_pytorch_model.safetensors (or .bin) in {folder}.")
+        raise MissingInputError(f"{WHO}: no diffusion_pytorch_model.safetensors (or .bin) in "
+                                f"{folder}.")
     return from_state(state, config, scheduler)

@@ -44,28 +44,27 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from diffmem.importers.tensor_map import Entry, ImportedModel, MappingError, from_flax, template, to_flax
+from diffmem.importers.tensor_map import (Entry, ImportedModel, MappingError, from_flax, template,
+                                          to_flax)
 
 __all__ = ["WHO", "PRECONDS", "SONGUNET_DEFAULTS", "architecture", "entries", "from_state",
-           "to_state",
-           "export_hparams", "read"]
+           "to_state", "export_hparams", "read"]
 
 WHO = "EDM network snapshot"
 PRECONDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
 SONGUNET_DEFAULTS = dict(model_channels=128, channel_mult=(1, 2, 2, 2), channel_mult_emb=4,
-                         num_blocks=4,
-                         attn_resolutions=(16,), dropout=0.10, label_dropout=0.0, embedding_type="positional",
-                         channel_mult_noise=1, encoder_type="standard", decoder_type="standard",
-                         resample_filter=(1, 1), augment_dim=0)
+                         num_blocks=4, attn_resolutions=(16,), dropout=0.10, label_dropout=0.0,
+                         embedding_type="positional", channel_mult_noise=1, encoder_type="standard",
+                         decoder_type="standard", resample_filter=(1, 1), augment_dim=0)
 """EDM's SongUNet keyword defaults (networks.py)."""
 _FIXED = dict(channel_mult_emb=4, channel_mult_noise=1, encoder_type="standard",
-              decoder_type="standard",
-              resample_filter=(1, 1))
+              decoder_type="standard", resample_filter=(1, 1))
 _PRECOND_DEFAULTS = {"edm": dict(sigma_min=0.0, sigma_max=math.inf, sigma_data=0.5),
                      "vp": dict(beta_d=19.9, beta_min=0.1, M=1000, epsilon_t=1e-5),
                      "ve": dict(sigma_min=0.02, sigma_max=100.0)}
 _KNOWN = set(SONGUNET_DEFAULTS) | {f for d in _PRECOND_DEFAULTS.values() for f in d} | {
-    "img_resolution", "img_channels", "in_channels", "out_channels", "label_dim", "use_fp16", "model_type"}
+    "img_resolution", "img_channels", "in_channels", "out_channels", "label_dim", "use_fp16",
+    "model_type"}
 
 
 def _value(v):
@@ -87,25 +86,28 @@ def architecture(class_name: str, hparams: Mapping[str, Any]) -> dict:
     hp = {k: _value(v) for k, v in hparams.items()}
     unknown = sorted(set(hp) - _KNOWN)
     if unknown:
-        raise MappingError(f"{WHO}: unknown network setting {unknown[0]!r} = {hp[unknown[0]]!r}; diffmem's "
-                           "SongUNet may not match it.")
+        raise MappingError(f"{WHO}: unknown network setting {unknown[0]!r} = {hp[unknown[0]]!r}; "
+                           "diffmem's SongUNet may not match it.")
     model_type = hp.get("model_type", "SongUNet" if precond != "edm" else "DhariwalUNet")
     if model_type != "SongUNet":
-        raise MappingError(f"{WHO}: model_type {model_type!r}; only SongUNet (DDPM++) maps onto diffmem.")
+        raise MappingError(f"{WHO}: model_type {model_type!r}; only SongUNet (DDPM++) maps onto "
+                           "diffmem.")
     out = dict(SONGUNET_DEFAULTS, precond=precond)
     out.update({k: hp[k] for k in SONGUNET_DEFAULTS if k in hp})
     for key, want in _FIXED.items():
         if out[key] != want:
-            raise MappingError(f"{WHO}: {key} = {out[key]!r}; diffmem's SongUNet has only {key} = {want!r} "
-                               "(EDM's DDPM++).")
+            raise MappingError(f"{WHO}: {key} = {out[key]!r}; diffmem's SongUNet has only {key} = "
+                               f"{want!r} (EDM's DDPM++).")
     if out["embedding_type"] not in ("positional", "fourier"):
-        raise MappingError(f"{WHO}: embedding_type {out['embedding_type']!r} is not positional or fourier.")
+        raise MappingError(f"{WHO}: embedding_type {out['embedding_type']!r} is not positional or "
+                           "fourier.")
     for key in ("img_resolution", "img_channels"):
         if key not in hp:
             raise MappingError(f"{WHO}: the network records no {key}.")
     for key in ("in_channels", "out_channels"):
         if hp.get(key, hp["img_channels"]) != hp["img_channels"]:
-            raise MappingError(f"{WHO}: {key} = {hp[key]} differs from img_channels = {hp['img_channels']}.")
+            raise MappingError(f"{WHO}: {key} = {hp[key]} differs from img_channels = "
+                               f"{hp['img_channels']}.")
     out.update(img_resolution=int(hp["img_resolution"]), img_channels=int(hp["img_channels"]),
                label_dim=int(hp.get("label_dim", 0) or 0), use_fp16=bool(hp.get("use_fp16", False)))
     out.update({k: hp.get(k, d) for k, d in _PRECOND_DEFAULTS[precond].items()})
@@ -146,7 +148,8 @@ def _block(prefix: str, name: str, *, resample: bool, skip: bool, attention: boo
 def entries(hp: Mapping) -> list[Entry]:
     """The map of a snapshot with checked hyper-parameters `hp` (`architecture`), in EDM's module
     order."""
-    mc, mults, nb, attn = hp["model_channels"], hp["channel_mult"], hp["num_blocks"], hp["attn_resolutions"]
+    mc, mults, nb, attn = (hp["model_channels"], hp["channel_mult"], hp["num_blocks"],
+                           hp["attn_resolutions"])
     res0 = hp["img_resolution"]
     out: list[Entry] = []
 
@@ -168,38 +171,30 @@ def entries(hp: Mapping) -> list[Entry]:
             dense(f"enc.{r}x{r}_conv", f"enc_{r}x{r}_conv", "conv")
         else:
             out.extend(_block(f"model.enc.{r}x{r}_down", f"enc_{r}x{r}_down", resample=True,
-                              skip=True,
-                              attention=False))
+                              skip=True, attention=False))
         widths.append(cout)
         for idx in range(nb):
             cin, cout = cout, mc * mult
             out.extend(_block(f"model.enc.{r}x{r}_block{idx}", f"enc_{r}x{r}_block{idx}",
-                              resample=False,
-                              skip=cin != cout, attention=r in attn))
+                              resample=False, skip=cin != cout, attention=r in attn))
             widths.append(cout)
     for level, mult in reversed(list(enumerate(mults))):
         r = res0 >> level
         if level == len(mults) - 1:
             out.extend(_block(f"model.dec.{r}x{r}_in0", f"dec_{r}x{r}_in0", resample=False,
-                              skip=False,
-                              attention=True))
+                              skip=False, attention=True))
             out.extend(_block(f"model.dec.{r}x{r}_in1", f"dec_{r}x{r}_in1", resample=False,
-                              skip=False,
-                              attention=False))
+                              skip=False, attention=False))
         else:
             out.extend(_block(f"model.dec.{r}x{r}_up", f"dec_{r}x{r}_up", resample=True, skip=True,
                               attention=False))
         for idx in range(nb + 1):
             cin, cout = cout + widths.pop(), mc * mult
             out.extend(_block(f"model.dec.{r}x{r}_block{idx}", f"dec_{r}x{r}_block{idx}",
-                              resample=False,
-                              skip=cin != cout, attention=idx == nb and r in attn))
-    out.extend([Entry(f"model.dec.{res0}x{res0}_aux_norm.weight", ("params",
-                                                                   f"dec_{res0}x{res0}_aux_norm", "scale"),
-                      "same"),
-                Entry(f"model.dec.{res0}x{res0}_aux_norm.bias", ("params",
-                                                                 f"dec_{res0}x{res0}_aux_norm", "bias"),
-                      "same")])
+                              resample=False, skip=cin != cout, attention=idx == nb and r in attn))
+    src, norm = f"model.dec.{res0}x{res0}_aux_norm", f"dec_{res0}x{res0}_aux_norm"
+    out.extend([Entry(f"{src}.weight", ("params", norm, "scale"), "same"),
+                Entry(f"{src}.bias", ("params", norm, "bias"), "same")])
     dense(f"dec.{res0}x{res0}_aux_conv", f"dec_{res0}x{res0}_aux_conv", "conv")
     return out
 
@@ -207,10 +202,9 @@ def entries(hp: Mapping) -> list[Entry]:
 def _config(hp: Mapping) -> tuple[dict, dict, dict]:
     from diffmem import image_configs as ic
     model = ic.model_section("ddpmpp", channels=hp["model_channels"],
-                             channel_mult=hp["channel_mult"],
-                             num_blocks=hp["num_blocks"], attn_resolutions=hp["attn_resolutions"],
-                             dropout=float(hp["dropout"]), embedding_type=hp["embedding_type"],
-                             label_dim=hp["label_dim"])
+                             channel_mult=hp["channel_mult"], num_blocks=hp["num_blocks"],
+                             attn_resolutions=hp["attn_resolutions"], dropout=float(hp["dropout"]),
+                             embedding_type=hp["embedding_type"], label_dim=hp["label_dim"])
     diffusion = ic.diffusion_section(hp["precond"])
     fields = diffusion["precond_fields"]
     if hp["precond"] == "edm":
@@ -218,7 +212,8 @@ def _config(hp: Mapping) -> tuple[dict, dict, dict]:
                                                                         0.002),
                       sigma_max=min(float(hp["sigma_max"]), 80.0))
     else:
-        fields.update({k: (int(hp[k]) if k == "M" else float(hp[k])) for k in _PRECOND_DEFAULTS[hp["precond"]]})
+        names = _PRECOND_DEFAULTS[hp["precond"]]
+        fields.update({k: (int(hp[k]) if k == "M" else float(hp[k])) for k in names})
     return model, diffusion, ic.sample_section(hp["precond"], num=1500, batch=256)
 
 
@@ -254,8 +249,8 @@ def from_state(state: Mapping[str, np.ndarray], class_name: str, hparams: Mappin
         w = np.asarray(state.get("model.map_augment.weight", np.zeros(0)))
         want = (hp["model_channels"] * hp["channel_mult_noise"], hp["augment_dim"])
         if w.shape != want:
-            raise MappingError(f"{WHO}: tensor 'model.map_augment.weight' has shape {w.shape}; augment_dim = "
-                               f"{hp['augment_dim']} needs {want}.")
+            raise MappingError(f"{WHO}: tensor 'model.map_augment.weight' has shape {w.shape}; "
+                               f"augment_dim = {hp['augment_dim']} needs {want}.")
         ignore["model.map_augment.weight"] = "augmentation labels: EDM's samplers never pass them"
     variables = to_flax(state, entries(hp), _shapes(model, hp), WHO, ignore)
     info = dict(format="edm", class_name=class_name,

@@ -4,13 +4,13 @@ diffmem's `nets.BFUNet` (`model.name = "bf_unet"`) and `nets.BFCNN` (`"bf_cnn"`)
 
 Their UNet keeps each stage in an nn.Sequential, so a key is `<part>.<stage>.<index>.<param>`:
 
-    encoder.<b>.<3l>.weight           (b = 0: index 0 is the first conv, then 2, 5, 8 ...)  -> Conv_n   conv
-    encoder.<b>.<3l+1>.gammas / .running_sd  (1, C, 1, 1)   -> BFBatchNorm_m scale / batch_stats running_sd  chan
-    mid_block.<3l>.weight, mid_block.<3l+1>.{gammas, running_sd}
-    upsample.<b>.weight               ConvTranspose2d (I, O, 2, 2), no bias                  -> UpConv2_k  convT
+    encoder.<b>.<3l>.weight              (b = 0: the first conv at 0, then 2, 5, 8 ...)   -> Conv_n
+    encoder.<b>.<3l+1>.gammas            (1, C, 1, 1)                -> BFBatchNorm_m/scale (C,)
+    encoder.<b>.<3l+1>.running_sd        (1, C, 1, 1)   -> batch_stats/BFBatchNorm_m/running_sd (C,)
+    mid_block.<3l>.weight, mid_block.<3l+1>.{gammas, running_sd}     likewise
+    upsample.<b>.weight                  ConvTranspose2d (I, O, 2, 2), no bias  -> UpConv2_k (convT)
     decoder.<b>.<3l>.weight, decoder.<b>.<3l+1>.{gammas, running_sd}; decoder.0's last conv maps to
-    the
-                                      image channels without norm
+                                         the image channels without norm
 BF_CNN: conv_layers.<i>.weight -> Conv_i, BN_layers.<i>.{gammas, running_sd} -> BFBatchNorm_i.
 
 diffmem creates its Conv / BFBatchNorm / UpConv2 modules in the same order as their forward pass
@@ -37,7 +37,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from diffmem.importers.tensor_map import Entry, ImportedModel, MappingError, from_flax, template, to_flax
+from diffmem.importers.tensor_map import (Entry, ImportedModel, MappingError, from_flax, template,
+                                          to_flax)
 
 __all__ = ["WHO", "architecture", "entries", "from_state", "to_state", "read"]
 
@@ -61,8 +62,8 @@ def architecture(state: Mapping[str, np.ndarray], args: Mapping[str, Any] | None
     args = dict(args or {})
     biases = [k for k in state if k.endswith(".bias")]
     if biases or str(args.get("bias", False)).lower() == "true":
-        raise MappingError(f"{WHO}: tensor {biases[0] if biases else 'bias'!r}: the network has biases, "
-                           "so it is not bias free; diffmem's blind nets have none.")
+        raise MappingError(f"{WHO}: tensor {biases[0] if biases else 'bias'!r}: the network has "
+                           "biases, so it is not bias free; diffmem's blind nets have none.")
     if any(k.startswith("encoder.") for k in state):
         blocks = _indices(state, r"encoder\.(\d+)\..*")
         first = np.shape(state.get("encoder.0.0.weight", np.zeros((0, 0, 0, 0))))
@@ -73,9 +74,8 @@ def architecture(state: Mapping[str, np.ndarray], args: Mapping[str, Any] | None
             return len([k for k in state if re.fullmatch(prefix + r"\.\d+\.weight", k)
                         and np.ndim(state[k]) == 4])
         hp = dict(name="bf_unet", channels=int(first[1]), num_kernels=int(first[0]),
-                  num_blocks=len(blocks),
-                  num_enc_conv=convs(r"encoder\.0"), num_mid_conv=convs(r"mid_block"),
-                  num_dec_conv=convs(r"decoder\.0"))
+                  num_blocks=len(blocks), num_enc_conv=convs(r"encoder\.0"),
+                  num_mid_conv=convs(r"mid_block"), num_dec_conv=convs(r"decoder\.0"))
         checks = ("num_kernels", "num_blocks", "num_enc_conv", "num_mid_conv", "num_dec_conv")
     elif any(k.startswith("conv_layers.") for k in state):
         layers = _indices(state, r"conv_layers\.(\d+)\.weight")
@@ -88,18 +88,20 @@ def architecture(state: Mapping[str, np.ndarray], args: Mapping[str, Any] | None
         checks = ("num_kernels", "num_layers")
     else:
         key = next(iter(state), "(none)")
-        raise MappingError(f"{WHO}: tensor {key!r} is neither their UNet's (encoder.*) nor BF_CNN's "
-                           "(conv_layers.*).")
+        raise MappingError(f"{WHO}: tensor {key!r} is neither their UNet's (encoder.*) nor "
+                           "BF_CNN's (conv_layers.*).")
     arch = str(args.get("arch_name", "UNet" if hp["name"] == "bf_unet" else "BF_CNN"))
     if arch != ("UNet" if hp["name"] == "bf_unet" else "BF_CNN"):
-        raise MappingError(f"{WHO}: exp_arguments arch_name {arch!r} does not match the weights ({hp['name']}).")
+        raise MappingError(f"{WHO}: exp_arguments arch_name {arch!r} does not match the weights "
+                           f"({hp['name']}).")
     for key in checks + ("num_channels",):
         if key in args and int(args[key]) != hp["channels" if key == "num_channels" else key]:
             raise MappingError(f"{WHO}: exp_arguments {key} = {args[key]} but the weights say "
                                f"{hp['channels' if key == 'num_channels' else key]}.")
     for key, want in (("kernel_size", 3), ("padding", 1), ("pool_window", 2)):
         if key in args and int(args[key]) != want:
-            raise MappingError(f"{WHO}: exp_arguments {key} = {args[key]}; diffmem's nets use {want}.")
+            raise MappingError(f"{WHO}: exp_arguments {key} = {args[key]}; diffmem's nets use "
+                               f"{want}.")
     return hp
 
 
@@ -166,8 +168,9 @@ def from_state(state: Mapping[str, np.ndarray], args: Mapping[str, Any] | None =
     model, diffusion, sample = _config(hp)
     shape = (int(image_size), int(image_size), hp["channels"])
     if hp["name"] == "bf_unet" and image_size % 2 ** hp["num_blocks"]:
-        raise MappingError(f"{WHO}: image size {image_size} is not divisible by 2^{hp['num_blocks']}, "
-                           f"which their {hp['num_blocks']}-block UNet needs.")
+        raise MappingError(f"{WHO}: image size {image_size} is not divisible by "
+                           f"2^{hp['num_blocks']}, which their {hp['num_blocks']}-block UNet "
+                           "needs.")
     net = builders.build_model(ml_collections.ConfigDict(dict(model=model)), shape)
     variables = to_flax(state, entries(hp), template(net, (1,) + shape), WHO)
     info = dict(format="kadkhodaie", architecture=dict(hp), exp_arguments=sorted(dict(args or {})))
@@ -188,7 +191,9 @@ def read(path: str, *, image_size: int, first_layer_linear: bool | None = None) 
     import os
 
     from diffmem.importers import torch_files
-    state = torch_files.strip_prefix(torch_files.flatten_state_dict(torch_files.read_torch_file(path)))
+
+    tree = torch_files.read_torch_file(path)
+    state = torch_files.strip_prefix(torch_files.flatten_state_dict(tree))
     args_path = os.path.join(os.path.dirname(os.path.abspath(path)), "exp_arguments.pkl")
     args = torch_files.read_network_pickle(args_path) if os.path.exists(args_path) else None
     if args is not None and not isinstance(args, Mapping):

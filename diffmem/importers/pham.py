@@ -6,14 +6,14 @@ Their network (`src/models/ddpm.py`, the score_sde port of Ho et al.) keeps ever
 `all_modules` ModuleList, so a state-dict key is `all_modules.<i>.<sub>.<param>`, i counting modules
 in construction order:
 
-    0, 1        Linear(nf, 4 nf), Linear(4 nf, 4 nf)            -> temb_0, temb_1     (weight (O, I) -> (I, O))
-    2           Conv2d(C, nf, 3)                                  -> conv_in            (OIHW -> HWIO)
+    0, 1        Linear(nf, 4 nf), Linear(4 nf, 4 nf)   -> temb_0, temb_1  (weight (O, I) -> (I, O))
+    2           Conv2d(C, nf, 3)                         -> conv_in         (OIHW -> HWIO)
     down        per level, num_res_blocks x [ResnetBlockDDPM (+ AttnBlock at attn_resolutions)],
                 then Downsample (Conv_0, stride 2, padded (0, 1) like TF 'SAME') except at the last
                 level
     middle      ResnetBlockDDPM, AttnBlock, ResnetBlockDDPM
-    up          per level (reversed), num_res_blocks + 1 x [ResnetBlockDDPM (+ AttnBlock)], then Upsample
-                (nearest x2, Conv_0) except at level 0
+    up          per level (reversed), num_res_blocks + 1 x [ResnetBlockDDPM (+ AttnBlock)], then
+                Upsample (nearest x2, Conv_0) except at level 0
     last two    GroupNorm(32, eps 1e-6) -> norm_out (weight -> scale), Conv2d(nf, C, 3) -> conv_out
 
 ResnetBlockDDPM: GroupNorm_0 -> norm1, Conv_0 -> conv1, Dense_0 -> temb_proj, GroupNorm_1 -> norm2,
@@ -42,15 +42,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from diffmem.importers.tensor_map import Entry, ImportedModel, MappingError, from_flax, template, to_flax
+from diffmem.importers.tensor_map import (Entry, ImportedModel, MappingError, from_flax, template,
+                                          to_flax)
 
 __all__ = ["WHO", "architecture", "entries", "infer_args", "from_state", "to_state", "read"]
 
 WHO = "Pham et al. checkpoint"
 _DEFAULTS = dict(image_size=32, in_channels=3, dim=128, dim_mults=(1, 2, 2, 2),
-                 attn_resolutions=(16,),
-                 num_res_blocks=2, dropout=0.0, conditional=True, resamp_with_conv=True, nonlinearity="swish",
-                 scale_by_sigma=False)
+                 attn_resolutions=(16,), num_res_blocks=2, dropout=0.0, conditional=True,
+                 resamp_with_conv=True, nonlinearity="swish", scale_by_sigma=False)
 _REQUIRED = dict(conditional=True, resamp_with_conv=True, nonlinearity="swish",
                  scale_by_sigma=False)
 
@@ -86,7 +86,8 @@ def architecture(args: Any) -> dict:
     for key, want in _REQUIRED.items():
         value = hp[key]
         if (str(value).lower() if isinstance(want, str) else bool(value)) != want:
-            raise MappingError(f"{WHO}: model.{key} = {value!r}; diffmem's DDPMUNet has only {key} = {want!r}.")
+            raise MappingError(f"{WHO}: model.{key} = {value!r}; diffmem's DDPMUNet has only "
+                               f"{key} = {want!r}.")
     for key, want in (("prediction_type", "epsilon"), ("beta_schedule", "linear")):
         if key in train and str(train[key]) != want:
             raise MappingError(f"{WHO}: train.{key} = {train[key]!r}; only {want!r} is supported.")
@@ -184,6 +185,15 @@ def entries(hp: Mapping) -> list[Entry]:
     return out
 
 
+def _module_kind(names: set) -> str:
+    """What an all_modules entry is, from its parameters' first names."""
+    if "NIN_3" in names:
+        return "attn"
+    if "Dense_0" in names:
+        return "res"
+    return "resample" if names == {"Conv_0"} else "plain"
+
+
 def infer_args(state: Mapping[str, np.ndarray], image_size: int) -> dict:
     """The architecture of a bare state dict, read off its keys and shapes (the image size, which
     the weights do not fix, from the caller): module kinds follow from their parameter names."""
@@ -191,11 +201,10 @@ def infer_args(state: Mapping[str, np.ndarray], image_size: int) -> dict:
     for key in state:
         m = re.fullmatch(r"all_modules\.(\d+)\.(.+)", key)
         if m is None:
-            raise MappingError(f"{WHO}: tensor {key!r} is not an all_modules.<i> parameter of their DDPM UNet.")
+            raise MappingError(f"{WHO}: tensor {key!r} is not an all_modules.<i> parameter of "
+                               "their DDPM UNet.")
         kinds.setdefault(int(m.group(1)), set()).add(m.group(2).split(".")[0])
-    order = [kinds[i] for i in sorted(kinds)]
-    kind = ["attn" if "NIN_3" in k else "res" if "Dense_0" in k else "resample" if k == {"Conv_0"} else "plain"
-            for k in order]
+    kind = [_module_kind(kinds[i]) for i in sorted(kinds)]
     try:
         dim = int(state["all_modules.2.weight"].shape[0])
         n_res, n_resample = kind.count("res"), kind.count("resample")
@@ -215,18 +224,19 @@ def infer_args(state: Mapping[str, np.ndarray], image_size: int) -> dict:
             if level == levels - 1 and seen == nrb and kind[i] != "attn":
                 break
     except (KeyError, IndexError) as e:
-        raise MappingError(f"{WHO}: cannot read the architecture off the keys (at {e}); pass their args.") from None
-    return dict(image_size=int(image_size),
-                in_channels=int(state["all_modules.2.weight"].shape[1]), dim=dim,
-                dim_mults=tuple(mults), attn_resolutions=tuple(sorted(attn)), num_res_blocks=int(nrb),
-                dropout=0.0)
+        raise MappingError(f"{WHO}: cannot read the architecture off the keys (at {e}); pass "
+                           "their args.") from None
+    return dict(image_size=int(image_size), in_channels=int(state["all_modules.2.weight"].shape[1]),
+                dim=dim, dim_mults=tuple(mults), attn_resolutions=tuple(sorted(attn)),
+                num_res_blocks=int(nrb), dropout=0.0)
 
 
 def _config(hp: Mapping) -> tuple[dict, dict, dict]:
     from diffmem import image_configs as ic
     model = ic.model_section("ddpm_unet", channels=hp["dim"], channel_mult=hp["dim_mults"],
-                             num_blocks=hp["num_res_blocks"], attn_resolutions=hp["attn_resolutions"],
-                             dropout=hp["dropout"], num_groups=32, nin_init_scale=0.1)
+                             num_blocks=hp["num_res_blocks"],
+                             attn_resolutions=hp["attn_resolutions"], dropout=hp["dropout"],
+                             num_groups=32, nin_init_scale=0.1)
     return model, ic.diffusion_section("ddpm"), ic.sample_section("ddpm", num=1500, batch=256)
 
 

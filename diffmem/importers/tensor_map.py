@@ -11,7 +11,8 @@ dotted name in the state dict, where it lives in the Flax variables (`("params",
     convT     ConvTranspose2d (I, O, kh, kw)   kernel (kh, kw, I, O) (`nets.bfcnn.UpConv2`)
     chan      (1, C, 1, 1) per-channel vector  (C,) (Kadkhodaie's gammas and running_sd)
     same      any (bias, GroupNorm weight -> scale, NIN weight (I, O), EDM's Fourier freqs)
-    const     a buffer with a fixed value (EDM's resample filter): checked on import, written on export
+    const     a buffer with a fixed value (EDM's resample filter): checked on import, written
+              on export
 
 Every layout is a pure transpose / reshape, so `to_flax(from_flax(v)) == v` and
 `from_flax(to_flax(s)) == s` bit for bit. Anything that does not map stops with one `MappingError`
@@ -147,8 +148,9 @@ def _check_map(entries: Sequence[Entry], shapes: Mapping[tuple[str, ...], tuple[
     unknown = [p for p in paths if p not in shapes]
     missing = [p for p in shapes if p not in set(paths)]
     if unknown or missing or len(set(paths)) != len(paths):
-        raise AssertionError(f"{who} map out of step with the diffmem network: unknown {unknown[:3]}, "
-                             f"unmapped {missing[:3]}, repeated {len(paths) - len(set(paths))}")
+        raise AssertionError(f"{who} map out of step with the diffmem network: unknown "
+                             f"{unknown[:3]}, unmapped {missing[:3]}, repeated "
+                             f"{len(paths) - len(set(paths))}")
 
 
 def to_flax(state: Mapping[str, np.ndarray], entries: Sequence[Entry],
@@ -166,19 +168,20 @@ def to_flax(state: Mapping[str, np.ndarray], entries: Sequence[Entry],
     ignore = dict(ignore or {})
     for key in state:
         if key not in by_key and key not in ignore:
-            raise MappingError(f"{who}: tensor {key!r} {tuple(np.shape(state[key]))} does not map onto "
-                               f"the diffmem network built from the file's hyper-parameters (no such layer).")
+            raise MappingError(f"{who}: tensor {key!r} {tuple(np.shape(state[key]))} does not map "
+                               "onto the diffmem network built from the file's hyper-parameters "
+                               "(no such layer).")
     flat = {}
     for e in entries:
         if e.key not in state:
-            raise MappingError(f"{who}: tensor {e.key!r} is missing: the network built from the file's "
-                               f"hyper-parameters needs it.")
+            raise MappingError(f"{who}: tensor {e.key!r} is missing: the network built from the "
+                               "file's hyper-parameters needs it.")
         a = np.asarray(state[e.key])
         if e.layout == "const":
             want = np.asarray(e.value, np.float32)
             if a.shape != want.shape or not np.allclose(a, want, rtol=0, atol=1e-7):
-                raise MappingError(f"{who}: buffer {e.key!r} holds {a.ravel()[:8].tolist()}, not the "
-                                   f"{want.ravel().tolist()} the diffmem network hard-codes.")
+                raise MappingError(f"{who}: buffer {e.key!r} holds {a.ravel()[:8].tolist()}, not "
+                                   f"the {want.ravel().tolist()} the diffmem network hard-codes.")
             continue
         expected = _source_shape(e.layout, shapes[e.path])
         if a.shape != expected:
@@ -201,11 +204,12 @@ def from_flax(variables: Mapping, entries: Sequence[Entry],
             out[e.key] = np.asarray(e.value, np.float32)
             continue
         if e.path not in flat:
-            raise MappingError(f"{who}: the diffmem variables have no {'/'.join(e.path)} for {e.key!r}.")
+            raise MappingError(f"{who}: the diffmem variables have no {'/'.join(e.path)} for "
+                               f"{e.key!r}.")
         out[e.key] = np.ascontiguousarray(_to_source(e.layout, np.asarray(flat[e.path])),
                                           dtype=np.float32)
     extra = set(flat) - {e.path for e in entries}
     if extra:
-        raise MappingError(f"{who}: diffmem variable {'/'.join(sorted(extra)[0])} has no place in the "
-                           "source layout.")
+        raise MappingError(f"{who}: diffmem variable {'/'.join(sorted(extra)[0])} has no place in "
+                           "the source layout.")
     return out

@@ -1,8 +1,8 @@
 """Write a published model as a diffmem workdir, so every stage runs on it unchanged.
 
     path = import_model("network-snapshot.pkl", "edm", "runs/edm-cifar",
-    data="cifar10-binary:cifar.tar.gz")
-    Workdir(path).model("50000")                 # its EMA weights as the common denoiser D(x, sigma)
+                        data="cifar10-binary:cifar.tar.gz")
+    Workdir(path).model("50000")        # its EMA weights as the common denoiser D(x, sigma)
     python bin/sample.py --workdir=runs/edm-cifar --seeds=0-99
 
 What is written, exactly as `bin/train.py` writes a trained model:
@@ -11,12 +11,13 @@ What is written, exactly as `bin/train.py` writes a trained model:
                         sigma_data, DDPM grid), a loss / optimizer matching the source's recipe, the
                         `sample` section of the source's sampler, `data` (below), `steps` = the
                         source's step count
-  checkpoints/<K>/<step>  an orbax checkpoint {step, params, ema_params, opt_state}: the weights as both
-                        params and EMA params, a fresh Adam state of `config.optim` (so bin/train.py
-                        can fine-tune from it), with the config and every leaf's sha256 in its
-                        metadata
+  checkpoints/<K>/<step>  an orbax checkpoint {step, params, ema_params, opt_state}: the weights
+                        as both params and EMA params, a fresh Adam state of `config.optim` (so
+                        bin/train.py can fine-tune from it), with the config and every leaf's
+                        sha256 in its metadata
   subsets/<K>.npz       the training set's rows and hash, as training records them
-  imported.json         where it came from: format, source path, keys read but not kept, hyper-parameters
+  imported.json         where it came from: format, source path, keys read but not kept,
+                        hyper-parameters
 
 `data`: the training set, an image source of `diffmem.data.images.load_images`
 ("cifar10-binary:PATH", "npz:PATH", "tfds:cifar10", "folder:PATH", ...); the model's training set is
@@ -68,8 +69,8 @@ def read_source(source: str, format: str, *, image_size: int | None = None,
         return diffusers.read(source)
     from diffmem.importers import kadkhodaie
     if image_size is None:
-        raise InputError("Kadkhodaie et al.'s denoisers do not record the image size: give --image_size "
-                         "(or --data, whose images set it).")
+        raise InputError("Kadkhodaie et al.'s denoisers do not record the image size: give "
+                         "--image_size (or --data, whose images set it).")
     return kadkhodaie.read(source, image_size=image_size, first_layer_linear=first_layer_linear)
 
 
@@ -105,7 +106,8 @@ def _data_section(workdir: str, imported: ImportedModel, data: str | None, k: in
     shape = imported.image_shape
     if data is None:
         if shape is None:
-            raise InputError("The model does not record its image size: give --image_size or --data.")
+            raise InputError("The model does not record its image size: give --image_size or "
+                             "--data.")
         path = os.path.abspath(os.path.join(workdir, PLACEHOLDER))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         report.write_npz(path, images=np.zeros((1,) + tuple(shape), np.float32))
@@ -114,8 +116,9 @@ def _data_section(workdir: str, imported: ImportedModel, data: str | None, k: in
     section = image_configs.data_section(data, 1, image_size=int(image_size or 0), grayscale=gray)
     pool = builders.load_pool(ml_collections.ConfigDict(dict(data=section)))
     if shape is not None and tuple(pool.shape[1:]) != tuple(shape):
-        raise InputError(f"--data {data} holds images of shape {tuple(pool.shape[1:])}, the network takes "
-                         f"{tuple(shape)}: set --image_size / --grayscale, or give the data it was trained on.")
+        raise InputError(f"--data {data} holds images of shape {tuple(pool.shape[1:])}, the "
+                         f"network takes {tuple(shape)}: set --image_size / --grayscale, or give "
+                         "the data it was trained on.")
     k = len(pool) if k is None else int(k)
     if not 1 <= k <= len(pool):
         raise InputError(f"--k = {k}: the data has {len(pool)} images.")
@@ -135,11 +138,13 @@ def write_workdir(imported: ImportedModel, workdir: str, *, data: str | None = N
     from diffmem import builders, checkpoint, lock
     from diffmem import workdir as wdlib
     if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
-        raise OutputExistsError(f"{workdir} already exists: an import never overwrites; choose a new --workdir.")
+        raise OutputExistsError(f"{workdir} already exists: an import never overwrites; choose a "
+                                "new --workdir.")
     os.makedirs(workdir, exist_ok=True)
     with lock.workdir_lock(workdir, "importing"):
         if imported.image_shape is None and image_size is None and data is None:
-            raise InputError("The model does not record its image size: give --image_size or --data.")
+            raise InputError("The model does not record its image size: give --image_size or "
+                             "--data.")
         section = _data_section(workdir, imported, data, k, image_size, grayscale)
         config = build_config(imported, section)
         wd = wdlib.Workdir(workdir)
@@ -150,11 +155,12 @@ def write_workdir(imported: ImportedModel, workdir: str, *, data: str | None = N
         like = jax.eval_shape(lambda: _net(config, spec).init(jax.random.key(0),
                                                               jnp.asarray(spec.data[:1]),
                                                               jnp.ones((1,), jnp.float32)))
+        pairs = zip(jax.tree.leaves(like), jax.tree.leaves(params))
         if jax.tree.structure(like) != jax.tree.structure(params) or any(
-                a.shape != b.shape for a, b in zip(jax.tree.leaves(like), jax.tree.leaves(params))):
-            raise InputError(f"The imported weights do not fit the network of {wd.config_path} (images of "
-                             f"shape {spec.data.shape[1:]}).")
-        tx = builders.build_optimizer(config)  # the trainer's, so bin/train.py resumes (fine-tunes) from it
+                a.shape != b.shape for a, b in pairs):
+            raise InputError(f"The imported weights do not fit the network of {wd.config_path} "
+                             f"(images of shape {spec.data.shape[1:]}).")
+        tx = builders.build_optimizer(config)  # the trainer's: bin/train.py resumes from it
         step = int(imported.step)
         state = {"step": jnp.asarray(step, jnp.int32), "params": params, "ema_params": params,
                  "opt_state": tx.init(params)}
@@ -185,11 +191,11 @@ def _net(config, spec):
 def _write_provenance(wd, imported: ImportedModel, source: str, format: str, name: str,
                       data: str | None) -> None:
     from diffmem import report
-    record: dict[str, Any] = dict(format=format or imported.source_info.get("format"),
-                                  source=os.path.abspath(source) if source else "", model=name,
-                                  step=int(imported.step), dropped=list(imported.dropped),
-                                  data=data or f"placeholder ({PLACEHOLDER}: no training set given)",
-                                  source_info=imported.source_info)
+    record: dict[str, Any] = dict(
+        format=format or imported.source_info.get("format"), model=name, step=int(imported.step),
+        source=os.path.abspath(source) if source else "", dropped=list(imported.dropped),
+        data=data or f"placeholder ({PLACEHOLDER}: no training set given)",
+        source_info=imported.source_info)
     report.write_json(os.path.join(wd.path, PROVENANCE), json.loads(json.dumps(record,
                                                                                default=str)))
 
@@ -202,14 +208,14 @@ def import_model(source: str, format: str, workdir: str, data: str | None = None
     returns the workdir's path. data: the training set's image source (optional; see the module
     docstring), k: its size (default all of it)."""
     if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
-        raise OutputExistsError(f"{workdir} already exists: an import never overwrites; choose a new --workdir.")
+        raise OutputExistsError(f"{workdir} already exists: an import never overwrites; choose a "
+                                "new --workdir.")
     size = image_size
     if size is None and data is not None and format == "kadkhodaie":
         size = _data_size(data, grayscale)
     imported = read_source(source, format, image_size=size, first_layer_linear=first_layer_linear)
     return write_workdir(imported, workdir, data=data, k=k, image_size=image_size,
-                         grayscale=grayscale,
-                         source=source, format=format)
+                         grayscale=grayscale, source=source, format=format)
 
 
 def _data_size(data: str, grayscale: bool | None) -> int:
