@@ -21,7 +21,7 @@ from diffmem.importers import diffusers as dif
 from diffmem.importers import edm, kadkhodaie, pham, workdir_writer
 from diffmem.importers import safetensors_files as sf
 from diffmem.importers import torch_writers as tw
-from diffmem.errors import OutputExistsError
+from diffmem.errors import InputError, OutputExistsError
 from diffmem.importers.tensor_map import MappingError, flatten_variables, from_flax, template
 from diffmem.importers.torch_files import PickledObject
 
@@ -314,7 +314,7 @@ def test_kadkhodaie_layouts_and_round_trip(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- bad inputs
-def test_unknown_missing_and_misshapen_keys_stop_with_one_line_naming_the_key():
+def test_unknown_missing_and_misshapen_keys_stop_with_one_line_naming_the_key(tmp_path):
     _, v = _pham_case()
     st = pham.to_state(v, PHAM_HP)
     args = dict(model=PHAM_HP)
@@ -330,6 +330,11 @@ def test_unknown_missing_and_misshapen_keys_stop_with_one_line_naming_the_key():
     with pytest.raises(MappingError) as e:
         pham.from_state(bad, args)
     _one_line(e, "'all_modules.5.Conv_0.weight'", "missing")
+    imp = pham.from_state(st, args)  # 3-channel network, 1-channel data: refused, nothing left
+    with pytest.raises(InputError) as e:
+        workdir_writer.write_workdir(imp, str(tmp_path / "wd"), data="digits")
+    _one_line(e, "(8, 8, 1)", "(8, 8, 3)")
+    assert not os.path.exists(tmp_path / "wd")
     _, ve, cls, hp = _edm_case()
     ste = edm.to_state(ve, cls, hp)
     ste["model.enc.4x4_down.conv0.resample_filter"] = np.ones((1, 1, 2, 2),

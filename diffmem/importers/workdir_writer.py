@@ -127,48 +127,60 @@ def _data_section(workdir: str, imported: ImportedModel, data: str | None, k: in
 
 
 def write_workdir(imported: ImportedModel, workdir: str, *, data: str | None = None,
-                  k: int | None = None,
-                  image_size: int | None = None, grayscale: bool | None = None, source: str = "",
-                  format: str = "") -> str:
+                  k: int | None = None, image_size: int | None = None,
+                  grayscale: bool | None = None, source: str = "", format: str = "") -> str:
     """Write `imported` as a workdir (module docstring); returns its path. Refuses an existing
-    workdir."""
-    import jax
-    import jax.numpy as jnp
+    workdir; a failed import removes the folder it created, so the same command can be rerun."""
+    import shutil
 
-    from diffmem import builders, checkpoint, lock
-    from diffmem import workdir as wdlib
+    from diffmem import lock
     if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
         raise OutputExistsError(f"{workdir} already exists: an import never overwrites; choose a "
                                 "new --workdir.")
+    if imported.image_shape is None and image_size is None and data is None:
+        raise InputError("The model does not record its image size: give --image_size or --data.")
+    created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
-    with lock.workdir_lock(workdir, "importing"):
-        if imported.image_shape is None and image_size is None and data is None:
-            raise InputError("The model does not record its image size: give --image_size or "
-                             "--data.")
-        section = _data_section(workdir, imported, data, k, image_size, grayscale)
-        config = build_config(imported, section)
-        wd = wdlib.Workdir(workdir)
-        wd.write_config(config)
-        _record_first_k(wd, config)
-        spec = wd.specs(config)[0]
-        params = jax.tree.map(jnp.asarray, imported.variables)
-        like = jax.eval_shape(lambda: _net(config, spec).init(jax.random.key(0),
-                                                              jnp.asarray(spec.data[:1]),
-                                                              jnp.ones((1,), jnp.float32)))
-        pairs = zip(jax.tree.leaves(like), jax.tree.leaves(params))
-        if jax.tree.structure(like) != jax.tree.structure(params) or any(
-                a.shape != b.shape for a, b in pairs):
-            raise InputError(f"The imported weights do not fit the network of {wd.config_path} "
-                             f"(images of shape {spec.data.shape[1:]}).")
-        tx = builders.build_optimizer(config)  # the trainer's: bin/train.py resumes from it
-        step = int(imported.step)
-        state = {"step": jnp.asarray(step, jnp.int32), "params": params, "ema_params": params,
-                 "opt_state": tx.init(params)}
-        mngr = checkpoint.manager(workdir, spec.name, config.keep_checkpoints)
-        checkpoint.save(mngr, step, state, config=wdlib.config_as_json(config))
-        checkpoint.wait(mngr)
-        _write_provenance(wd, imported, source, format, spec.name, data)
+    try:
+        with lock.workdir_lock(workdir, "importing"):
+            _write(imported, workdir, data, k, image_size, grayscale, source, format)
+    except BaseException:
+        if created:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
     return workdir
+
+
+def _write(imported: ImportedModel, workdir: str, data, k, image_size, grayscale, source,
+           format) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from diffmem import builders, checkpoint
+    from diffmem import workdir as wdlib
+    section = _data_section(workdir, imported, data, k, image_size, grayscale)
+    config = build_config(imported, section)
+    wd = wdlib.Workdir(workdir)
+    wd.write_config(config)
+    _record_first_k(wd, config)
+    spec = wd.specs(config)[0]
+    params = jax.tree.map(jnp.asarray, imported.variables)
+    x = jnp.asarray(spec.data[:1])
+    like = jax.eval_shape(lambda: _net(config, spec).init(jax.random.key(0), x,
+                                                          jnp.ones((1,), jnp.float32)))
+    pairs = zip(jax.tree.leaves(like), jax.tree.leaves(params))
+    if jax.tree.structure(like) != jax.tree.structure(params) or any(
+            a.shape != b.shape for a, b in pairs):
+        raise InputError(f"The imported weights do not fit the network of {wd.config_path} "
+                         f"(images of shape {spec.data.shape[1:]}).")
+    tx = builders.build_optimizer(config)  # the trainer's: bin/train.py resumes from it
+    step = int(imported.step)
+    state = {"step": jnp.asarray(step, jnp.int32), "params": params, "ema_params": params,
+             "opt_state": tx.init(params)}
+    mngr = checkpoint.manager(workdir, spec.name, config.keep_checkpoints)
+    checkpoint.save(mngr, step, state, config=wdlib.config_as_json(config))
+    checkpoint.wait(mngr)
+    _write_provenance(wd, imported, source, format, spec.name, data)
 
 
 def _record_first_k(wd, config) -> None:
