@@ -224,9 +224,10 @@ def test_pham_checkpoint_round_trip(tmp_path):
     assert _equal_trees(imp.variables, v) and imp.step == 2500
     assert imp.model["name"] == "ddpm_unet" and imp.model["dropout"] == 0.1
     assert imp.diffusion["precond"] == "ddpm" and imp.sample["sampler"] == "ddpm_ancestral"
-    bare = tw.write_torch_zip(tmp_path / "bare.pt", {f"module.{k}": a for k, a in st.items()})
-    assert _equal_trees(pham.read(bare, image_size=8).variables,
-                        v)  # args inferred, DataParallel prefix
+    # A bare state dict: args inferred from the keys; DataParallel prefix; score_sde's sigmas buffer
+    bare = {f"module.{k}": a for k, a in st.items()}
+    bare = tw.write_torch_zip(tmp_path / "bare.pt", dict(bare, **{"module.sigmas": np.ones(4)}))
+    assert _equal_trees(pham.read(bare, image_size=8).variables, v)
     with pytest.raises(MappingError) as e:
         pham.from_state(st, dict(model=dict(PHAM_HP, conditional=False)))
     _one_line(e, "conditional")

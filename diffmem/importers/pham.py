@@ -199,6 +199,8 @@ def infer_args(state: Mapping[str, np.ndarray], image_size: int) -> dict:
     the weights do not fix, from the caller): module kinds follow from their parameter names."""
     kinds: dict[int, set] = {}
     for key in state:
+        if key == "sigmas":  # score_sde's noise-level buffer (see from_state)
+            continue
         m = re.fullmatch(r"all_modules\.(\d+)\.(.+)", key)
         if m is None:
             raise MappingError(f"{WHO}: tensor {key!r} is not an all_modules.<i> parameter of "
@@ -265,7 +267,8 @@ def from_state(state: Mapping[str, np.ndarray], args: Any = None, *, image_size:
         if image_size is not None and image_size != hp["image_size"]:
             raise MappingError(f"{WHO}: args say image_size {hp['image_size']}, not {image_size}.")
     model, diffusion, sample = _config(hp)
-    variables = to_flax(state, entries(hp), _shapes(model, hp), WHO)
+    ignore = {"sigmas": "score_sde's noise-level buffer, unused without scale_by_sigma"}
+    variables = to_flax(state, entries(hp), _shapes(model, hp), WHO, ignore)
     info = dict(format="pham", architecture={k: list(v) if isinstance(v, tuple) else v for k,
                                              v in hp.items()})
     return ImportedModel(model=model, diffusion=diffusion, sample=sample, variables=variables,
