@@ -174,6 +174,24 @@ def test_edm_refuses_what_diffmem_cannot_represent():
     _one_line(e, "iDDPMPrecond")
 
 
+
+@pytest.mark.parametrize("precond, fields", [
+    ("vp", dict(beta_d=19.9, beta_min=0.1, M=1000, epsilon_t=1e-5)),
+    ("ve", dict(sigma_min=0.02, sigma_max=100.0))])
+def test_edm_vp_and_ve_preconditionings_keep_their_fields(precond, fields):
+    from diffmem import builders
+    _, v, _, _ = _edm_case()
+    cls, hp = edm.export_hparams(EDM_MODEL, dict(precond=precond, precond_fields=fields), (8, 8, 3))
+    assert cls == {"vp": "VPPrecond", "ve": "VEPrecond"}[precond]
+    imp = edm.from_state(edm.to_state(v, cls, hp), cls, hp)
+    assert imp.diffusion["precond"] == precond and imp.diffusion["precond_fields"] == fields
+    data = dict(name="images", source="digits", k=1, subset="permutation", subset_seed=0,
+                split="train", image_size=0, center_crop=False, grayscale=False, data_dir="",
+                labels="none")
+    config = workdir_writer.build_config(imp, data)  # validated against the schema
+    assert builders.sigma_range(config)[1] == pytest.approx(
+        100.0 if precond == "ve" else 152.16697, rel=1e-5)
+
 # --------------------------------------------------------------------------------------------- Pham
 PHAM_HP = dict(image_size=8, in_channels=3, dim=32, dim_mults=(1, 2), attn_resolutions=(4,),
                num_res_blocks=1, dropout=0.0)

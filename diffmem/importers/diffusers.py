@@ -77,6 +77,8 @@ def architecture(config: Mapping[str, Any]) -> dict:
     if any(w % ch for w in widths):
         raise MappingError(f"{WHO}: block_out_channels {widths} are not multiples of the first.")
     size = c["sample_size"]
+    if size is None:
+        raise MappingError(f"{WHO}: config.json has no sample_size (the image side length).")
     size = int(size[0] if isinstance(size, (list, tuple)) else size)
     down, up = list(c["down_block_types"]), list(c["up_block_types"])
     levels = len(widths)
