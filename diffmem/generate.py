@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from diffmem import config_schema, devices, multihost, sampling, viz
+from diffmem import config_schema, devices, multihost, report, sampling, viz
 from diffmem import workdir as wdlib
 from diffmem.errors import DiffmemError, InputError, MissingInputError, OutputExistsError
 
@@ -158,7 +158,7 @@ def sample_set(wd: wdlib.Workdir, name: str, kind: str, step: int | None, run, s
         if not overwrite:
             f, h = next(iter(other.items()))
             raise OutputExistsError(
-                f"{f} holds samples of other settings ({wdlib.settings_difference(h['settings'], record)}); one "
+                f"{f} holds samples of other settings ({report.settings_difference(h['settings'], record)}); one "
                 f"sample set comes from one model and sampler. Pass --overwrite to replace the set's {len(other)} "
                 "file(s) of other settings, or choose another --workdir.")
     held = [h["seeds"] for f, h in headers.items() if f not in other]

@@ -15,9 +15,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from diffmem import atomic
-from diffmem.errors import InputError, MissingInputError, WriteError
+from diffmem.errors import InputError, MissingInputError, OutputExistsError, WriteError
 
-__all__ = ["write_json", "write_npz", "read_npz", "markdown_table", "markdown_to_html",
+__all__ = ["settings_difference", "read_settings", "reuse", "write_json", "write_npz", "read_npz", "markdown_table", "markdown_to_html",
            "section_markdown", "write_sections_markdown", "write_sections_html", "write_markdown",
            "read_jsonl", "write_jsonl", "JsonlAppender"]
 
@@ -217,3 +217,43 @@ class JsonlAppender:
     def _error(self, e: OSError) -> WriteError:
         return WriteError(f"Cannot write {self.path}: {e.strerror or e} (errno {e.errno}). Check that the "
                           "directory is writable and the disk has space; checkpoints already saved are kept.")
+
+
+# ------------------------------------------------------------------------- one output file per item
+def settings_difference(old: Mapping, new: Mapping) -> str:
+    """The keys in which two settings dicts differ, as "key: old -> new, ..."."""
+    return ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
+                     if old.get(k) != new.get(k))
+
+
+def read_settings(path: str) -> tuple[dict, Any]:
+    """(settings, contents) of a result file: a .npz whose `settings` array holds JSON (contents: its
+    arrays), or a JSON object with a "settings" key (contents: the object)."""
+    if path.endswith(".npz"):
+        z = read_npz(path)
+        return json.loads(str(z["settings"])), z
+    with open(path) as f:
+        obj = json.load(f)
+    return obj["settings"], obj
+
+
+def reuse(path: str, settings: Mapping, *, overwrite: bool = False, what: str = "results"):
+    """The "skip if done with the same settings" check of one output file (the stages' `Cache` does the
+    same for a study's stages, `diffmem.studies.pipeline.Cache`): the file's contents (`read_settings`) when it was computed with
+    `settings`; None when it does not exist, cannot be read, or (overwrite=True) holds other settings,
+    so the caller computes and writes it. Other settings without overwrite raise `OutputExistsError`
+    naming the differences: finished work is never overwritten silently."""
+    if not os.path.exists(path):
+        return None
+    try:
+        old, contents = read_settings(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    settings = json.loads(json.dumps(settings, default=str))
+    if old == settings:
+        return contents
+    if overwrite:
+        return None
+    raise OutputExistsError(f"{path} holds {what} of other settings ({settings_difference(old, settings)}); "
+                            "finished work is never overwritten: delete it, pass --overwrite, or choose "
+                            "another output to recompute.")

@@ -32,7 +32,7 @@ from diffmem.model import Model  # noqa: F401 (callers import it from here too)
 
 __all__ = ["KINDS", "RERUN_KEYS", "DatasetChangedError", "optimal_model", "config_differences",
            "config_as_json",
-           "is_writer", "Workdir", "read_shard", "read_sample_files", "settings_difference",
+           "is_writer", "Workdir", "read_shard", "read_sample_files",
            "merge_shards", "write_shard", "remove_set_files"]
 
 KINDS = ("trained", "optimal")
@@ -324,11 +324,6 @@ def _scalar(v):
     return v.item() if v.ndim == 0 else v.tolist()
 
 
-def settings_difference(a: dict, b: dict) -> str:
-    keys = sorted(set(a) | set(b))
-    return ", ".join(f"{k} {a.get(k)} vs {b.get(k)}" for k in keys if a.get(k) != b.get(k))
-
-
 def merge_shards(shards: Sequence[dict]) -> dict:
     """Merge shards of one set, sorted by seed (module docstring); all must share their settings."""
     first = shards[0]
@@ -336,7 +331,7 @@ def merge_shards(shards: Sequence[dict]) -> dict:
         if s["settings"] != first["settings"]:
             raise InputError(
                 f"{s['path']} and {first['path']} hold samples of different settings "
-                f"({settings_difference(s['settings'], first['settings'])}): one sample set comes from one model "
+                f"({report.settings_difference(first['settings'], s['settings'])}): one sample set comes from one model "
                 "and sampler. Delete the files you do not want, or resample the set with --overwrite.")
         if s["samples"].shape[1:] != first["samples"].shape[1:]:
             raise InputError(f"{s['path']} and {first['path']} hold samples of different shapes.")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diffmem import configlib, energy, report
-from diffmem.errors import InputError
+from diffmem.errors import InputError, OutputExistsError
 from diffmem.studies import mechanisms
 
 def test_ddpm_relative_energy_matches_closed_form(x64):
@@ -56,7 +56,7 @@ def test_mechanisms_on_an_optimal_digits_workdir(tmp_path, one_device):
     assert merged[0].shape == (len(sel["x"]), 2)
     mechanisms.critical_times(wd, stop=1, figures=False, **kw)
     assert logs[-1].startswith("4: finished")
-    with pytest.raises(InputError, match="other settings"):
+    with pytest.raises(OutputExistsError, match="other settings"):
         mechanisms.critical_times(wd, stop=1, **{**kw, "delta": 0.5})
     with pytest.raises(InputError, match="delta is required"):
         mechanisms.critical_times(wd, **{**kw, "delta": None})

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from diffmem import builders, configlib, report
+from diffmem.data import pools
 from diffmem.studies import k_sweep, k_sweep_results as res
 from diffmem.studies.pipeline import Cache, Result, Stage
 
@@ -90,9 +91,9 @@ def test_markdown_pages(tmp_path):
 def test_pool_loads_once_per_data_config(monkeypatch):
     c = configlib.load_config_file(os.path.join(REPO, "configs/digits.py") + ":k=8")
     loads = []
-    real = builders._load_pool
-    monkeypatch.setattr(builders, "_load_pool", lambda config: loads.append(1) or real(config))
-    monkeypatch.setattr(builders, "_POOLS", {})
+    real = pools._load_pool
+    monkeypatch.setattr(pools, "_load_pool", lambda config: loads.append(1) or real(config))
+    monkeypatch.setattr(pools, "_POOLS", {})
     a = builders.load_pool(c)
     c.data.k = 32   # K does not change the pool
     assert builders.load_pool(c) is a and len(loads) == 1
@@ -100,3 +101,18 @@ def test_pool_loads_once_per_data_config(monkeypatch):
     c.data.image_size = 4   # another data config: another pool
     assert builders.load_pool(c).shape[1:3] == (4, 4) and len(loads) == 2
     np.testing.assert_array_equal(builders.load_pool(c), builders.load_pool(c))
+
+
+def test_reuse_one_output_file_by_its_settings(tmp_path):
+    from diffmem.errors import OutputExistsError
+    npz, js = str(tmp_path / "a.npz"), str(tmp_path / "a.json")
+    assert report.reuse(npz, {"n": 1}) is None                               # nothing yet
+    report.write_npz(npz, x=np.arange(3), settings=np.str_(json.dumps({"n": 1, "s": [1, 2]})))
+    report.write_json(js, {"settings": {"n": 1}, "row": 5})
+    np.testing.assert_array_equal(report.reuse(npz, {"n": 1, "s": (1, 2)})["x"], np.arange(3))
+    assert report.reuse(js, {"n": 1})["row"] == 5
+    with pytest.raises(OutputExistsError, match=r"n: 1 -> 2"):
+        report.reuse(js, {"n": 2})
+    assert report.reuse(js, {"n": 2}, overwrite=True) is None                # recompute and replace
+    open(js, "w").write("{broken")
+    assert report.reuse(js, {"n": 1}) is None                                # unreadable: recompute

@@ -142,8 +142,8 @@ def agreement_vs_k(workdir, names: Sequence[str] | None = None, *, machines: Seq
     rows = {}
     for name in tqdm(wdlib.sort_names(names), desc="machines vs network", disable=not progress):
         path = output_dir(wd, "agreement", f"{name}.json")
-        old = _read(path)
-        if old is not None and old.get("settings") == settings and old.get("step") == _step(wd, name, network):
+        recorded = dict(settings, step=_step(wd, name, network))   # a new checkpoint is recomputed
+        if (old := report.reuse(path, recorded, overwrite=True)) is not None:
             rows[name] = old["row"]
             continue
         row = agreement_for(wd, name, machines=machines, network=network, calibrate_machine=calibrate_machine,
@@ -151,7 +151,7 @@ def agreement_vs_k(workdir, names: Sequence[str] | None = None, *, machines: Seq
                             seeds=seeds, sampler=sampler, num_steps=num_steps, chunk=chunk,
                             seed=seed)
         if wdlib.is_writer():
-            report.write_json(path, dict(settings=settings, step=_step(wd, name, network), row=row))
+            report.write_json(path, dict(settings=recorded, row=row))
         rows[name] = row
     return rows
 
@@ -161,15 +161,6 @@ def _step(wd, name, network) -> int:
         return -1
     step = checkpoint.latest_step(wd.path, name)
     return -2 if step is None else int(step)
-
-
-def _read(path):
-    import json
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def figures(wd: wdlib.Workdir, rows: dict) -> list[str]:

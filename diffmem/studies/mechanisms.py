@@ -76,19 +76,6 @@ def _names(wd: Workdir, names: Sequence[str] | None) -> list[str]:
     return [str(n) for n in names]
 
 
-def _finished(path: str, settings: dict) -> bool:
-    """True if `path` holds results of the same settings; an error if it holds results of others."""
-    if not os.path.exists(path):
-        return False
-    old = json.loads(str(report.read_npz(path)["settings"]))
-    if old != settings:
-        diff = ", ".join(f"{k}: {old.get(k)} -> {settings.get(k)}" for k in sorted(set(old) | set(settings))
-                         if old.get(k) != settings.get(k))
-        raise InputError(f"{path} holds results of other settings ({diff}); delete it (or choose another "
-                         "output) to recompute: finished results are never overwritten silently.")
-    return True
-
-
 # ------------------------------------------------------------------------------------------- samples
 def select_samples(wd: Workdir, name: str, source: str, kind: str = "trained") -> dict:
     """The samples of one class (sorted as Pham et al.) or the model's training images.
@@ -162,7 +149,7 @@ def critical_times(workdir: str, *, samples: str = "memorized", names: Sequence[
         suffix = "" if (start == 0 and stop is None) else f"_{start}-{stop if stop is not None else 'end'}"
         path = _out_dir(wd, "critical_times", samples, *(("optimal",) if kind == "optimal" else ()),
                         f"{name}{suffix}.npz")
-        if _finished(path, settings):
+        if report.reuse(path, settings) is not None:
             if log:
                 log(f"{name}: finished ({wd.relative(path)})")
             out[name] = path
@@ -265,8 +252,8 @@ def rank_vs_snr(workdir: str, *, names: Sequence[str] | None = None, kind: str =
     try:
         for name in _names(wd, names):
             path = _out_dir(wd, "jacobian", f"{name}{'_optimal' if kind == 'optimal' else ''}.npz")
-            if _finished(path, settings):
-                results[name] = {k: v for k, v in report.read_npz(path).items() if k != "settings"}
+            if (done := report.reuse(path, settings)) is not None:
+                results[name] = {k: v for k, v in done.items() if k != "settings"}
                 continue
             model = wd.model(name, kind=kind)
             d = _promoted(model.denoiser) if kind == "trained" else model.denoiser
@@ -364,8 +351,8 @@ def energy_profiles(workdir: str, *, names: Sequence[str] | None = None, kind: s
     results = {}
     for name in _names(wd, names):
         path = _out_dir(wd, "energy", f"{name}{'_optimal' if kind == 'optimal' else ''}.npz")
-        if _finished(path, settings):
-            results[name] = report.read_npz(path)
+        if (done := report.reuse(path, settings)) is not None:
+            results[name] = done
             continue
         model = wd.model(name, kind=kind)
         if image:

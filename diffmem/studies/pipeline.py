@@ -24,8 +24,9 @@ import typing
 from typing import Any, Callable, Mapping, Sequence
 
 from diffmem import report
+from diffmem.report import reuse  # noqa: F401 (one output file per item; the Cache does stages)
 
-__all__ = ["stable_hash", "Result", "Stage", "Record", "Cache"]
+__all__ = ["stable_hash", "Result", "Stage", "Record", "Cache", "reuse"]
 
 
 def stable_hash(obj) -> str:
@@ -198,3 +199,4 @@ class Cache:
         report.write_json(self.path(stage.name), rec.to_json())
         self.records[stage.name] = rec
         return rec, "computed"
+

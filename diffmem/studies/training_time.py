@@ -37,7 +37,7 @@ from diffmem import builders, checkpoint, configlib, monitor, report, schedules,
 from diffmem import stats  # noqa: E402
 from diffmem import workdir as wdlib  # noqa: E402
 from diffmem.metrics import neighbours  # noqa: E402
-from diffmem.errors import InputError, MissingInputError, OutputExistsError  # noqa: E402
+from diffmem.errors import InputError, MissingInputError  # noqa: E402
 
 __all__ = ["STUDY", "DEFAULT_LEVEL", "snapshot_schedule", "member_steps", "with_snapshots",
            "crossing_step", "fit_tau", "evaluate_snapshot", "f_mem_curves", "tau_mem", "fit_sweep",
@@ -160,14 +160,8 @@ def evaluate_snapshot(wd: wdlib.Workdir, name: str, step: int, seeds: np.ndarray
     settings = dict(sampler_fn.record, seeds_sha=wdlib._seeds_tag(seeds), num_seeds=int(len(seeds)),
                     num_bootstrap=int(num_bootstrap), bootstrap_seed=int(seed), criterion="d1/d2<1/3 pixel L2")
     path = _result_path(wd, name, step)
-    if os.path.exists(path):
-        old = report.read_npz(path)
-        if json.loads(str(old["settings"])) == settings:
-            return old
-        if not overwrite:
-            raise OutputExistsError(f"{path} holds f_mem of other settings ({str(old['settings'])[:300]}); finished "
-                                    "work is never overwritten: pass overwrite=True (--overwrite), or use the same "
-                                    "sampler, seeds and bootstrap settings.")
+    if (old := report.reuse(path, settings, overwrite=overwrite, what="f_mem")) is not None:
+        return old
     like = sampler_fn.experiment.init_like()
     params, got = checkpoint.restore_item(wd.checkpoint_dir(name), "ema_params", like, int(step), workdir=wd.path)
     samples = sampler_fn.sample(params, seeds)
