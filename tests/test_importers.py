@@ -516,12 +516,15 @@ def test_bin_import_model_writes_a_kadkhodaie_workdir_with_its_training_set(tmp_
     np.testing.assert_array_equal(Workdir(wd).specs()[0].indices, np.arange(10))
     generate.sample_workdir(wd, [0, 1], "edm_euler", num_steps=2, progress=False)
     assert Workdir(wd).read_samples("10")["samples"].shape == (2, 8, 8, 1)
-    from diffmem import train  # the checkpoint has the trainer's layout: training resumes from it
+    # The checkpoint has the layout the trainer resumes from: its whole state (optimizer included)
+    # restores into the trainer's structure, as train.py's resume does.
+    from diffmem import builders, checkpoint
     config = Workdir(wd).config
-    with config.unlocked():
-        config.steps = 2
-    train.train(config, wd, progress=False)
-    assert Workdir(wd).model("10").step == 2
+    params = jax.tree.map(jnp.asarray, v)
+    like = {"step": jnp.zeros((), jnp.int32), "params": params, "ema_params": params,
+            "opt_state": builders.build_optimizer(config).init(params)}
+    state = checkpoint.restore(checkpoint.manager(wd, "10", None), 1, like)
+    assert _equal_trees(jax.tree.map(np.asarray, state["params"]), v)
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert again.returncode != 0 and "already exists" in again.stderr
     assert again.stderr.count("\n") <= 2
