@@ -1,10 +1,10 @@
-"""Empirical optimal denoiser over 50,000 x 3,072 float32 patterns, batch 256: streamed GEMMs versus the
-naive all-at-once version and the machine's jnp.dot rate, in one run.
+"""Empirical optimal denoiser over 50,000 x 3,072 float32 patterns, batch 256: streamed GEMMs versus
+the naive all-at-once version and the machine's jnp.dot rate, in one run.
 
     python bench/bench_denoiser.py [--n=50000] [--chunk=4096]
 
-Target (issue 3): >= 60% of the float32 GEMM rate of jnp.dot on 4096 x 4096, memory bounded by the chunk.
-FLOPs counted: the two GEMMs, 2 * 2 * B * N * D.
+Target (issue 3): >= 60% of the float32 GEMM rate of jnp.dot on 4096 x 4096, memory bounded by the
+chunk. FLOPs counted: the two GEMMs, 2 * 2 * B * N * D.
 """
 import argparse
 import os
@@ -43,8 +43,12 @@ def main():
     gemm = common.gemm_gflops(4096)
 
     def naive(x, s):  # all logits at once: a batch x N matrix
-        logits = -jnp.sum((x[:, None, :] - y[None]) ** 2, -1) / (2 * s[:, None] ** 2) if a.d <= 64 else \
-            (x @ y.T - 0.5 * jnp.sum(y * y, -1)[None] - 0.5 * jnp.sum(x * x, -1)[:, None]) / s[:, None] ** 2
+        logits = (
+            -jnp.sum((x[:, None, :] - y[None]) ** 2, -1) / (2 * s[:, None] ** 2)
+            if a.d <= 64
+            else (x @ y.T - 0.5 * jnp.sum(y * y, -1)[None] - 0.5 * jnp.sum(x * x, -1)[:, None])
+            / s[:, None] ** 2
+        )
         return jax.nn.softmax(logits, axis=-1) @ y
 
     rows = [("jnp.dot 4096 x 4096", "-", f"{gemm:.0f}", "100%", "-")]
@@ -54,8 +58,15 @@ def main():
     for chunk in map(int, a.chunks.split(",")):
         d = jax.jit(energy.empirical_denoiser(y, chunk))
         t = timed(d, x, sigma)
-        rows.append((f"streamed, chunk {chunk}", f"{t * 1e3:.0f}", f"{flops / t / 1e9:.0f}",
-                     f"{flops / t / 1e9 / gemm:.0%}", f"{a.batch * chunk * 4 / 2**20:.0f} MiB logits"))
+        rows.append(
+            (
+                f"streamed, chunk {chunk}",
+                f"{t * 1e3:.0f}",
+                f"{flops / t / 1e9:.0f}",
+                f"{flops / t / 1e9 / gemm:.0%}",
+                f"{a.batch * chunk * 4 / 2**20:.0f} MiB logits",
+            )
+        )
         ref = jax.jit(naive)(x, sigma)
         err = float(jnp.max(jnp.abs(d(x, sigma) - ref)))
         assert err < 1e-3, err

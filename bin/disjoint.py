@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Kadkhodaie et al.'s two-disjoint-sets study: train the S1 and S2 model of every N, sample both from the same
-seeds, compare (similarity histograms, the four-row grid, train / test PSNR vs N). Reruns resume.
+"""Kadkhodaie et al.'s two-disjoint-sets study: train the S1 and S2 model of every N, sample both
+from the same seeds, compare (similarity histograms, the four-row grid, train / test PSNR vs N).
+Reruns resume.
 
-    python bin/disjoint.py --config=configs/kadkhodaie.py:data=digits,n=1+10+100+898 --workdir=runs/kad-digits
-    python bin/disjoint.py --config=configs/kadkhodaie.py:data=calpha,alpha=2,size=32,n=1+10 --workdir=runs/kad-ca
+    python bin/disjoint.py --config=configs/kadkhodaie.py:data=digits,n=1+10+100+898
+    --workdir=runs/kad-digits python bin/disjoint.py
+    --config=configs/kadkhodaie.py:data=calpha,alpha=2,size=32,n=1+10 --workdir=runs/kad-ca
 
-Writes <workdir>/S1, <workdir>/S2 (one trainer workdir per side) and <workdir>/disjoint/ (report.md, figures,
-summary.json, N<N>.npz).
+Writes <workdir>/S1, <workdir>/S2 (one trainer workdir per side) and <workdir>/disjoint/ (report.md,
+figures, summary.json, N<N>.npz).
 """
 import os
 import sys
@@ -26,8 +28,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from diffmem.studies import disjoint
-    summary = disjoint.run_disjoint(cli.CONFIG, FLAGS.workdir, num_samples=FLAGS.num_samples or None,
-                                    progress=FLAGS.progress)
+
+    summary = disjoint.run_disjoint(
+        cli.CONFIG, FLAGS.workdir, num_samples=FLAGS.num_samples or None, progress=FLAGS.progress
+    )
     for row in summary["rows"]:
         print(row)
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Effective model memorization (Gu et al.): the largest K whose memorization ratio is >= 90%, bracketed on a
-K grid and bisected, one workdir per K under --root (root/k<K>); finished runs are reused, missing ones are
-trained, sampled and classified. Writes root/emm.json with the bracket history.
+"""Effective model memorization (Gu et al.): the largest K whose memorization ratio is >= 90%,
+bracketed on a K grid and bisected, one workdir per K under --root (root/k<K>); finished runs are
+reused, missing ones are trained, sampled and classified. Writes root/emm.json with the bracket
+history.
 
     python bin/emm.py --config=configs/digits.py --root=runs/emm --k_grid=16,64,256,1024 --num=1000
-    python bin/emm.py --config=configs/digits.py --root=runs/emm --k_grid=16,64,256 --metric=pixel \\
+    python bin/emm.py --config=configs/digits.py --root=runs/emm --k_grid=16,64,256 --metric=pixel
+    \\
         --delta_m=1.0 --delta_s=1.0 --tolerance=0
 """
 import os
@@ -19,16 +21,35 @@ from diffmem import cli
 flags.DEFINE_string("root", None, "Folder of the per-K workdirs (root/k<K>) and emm.json.")
 flags.DEFINE_list("k_grid", None, "K values to bracket on, e.g. 250,500,1000,2000,4000.")
 flags.DEFINE_float("level", 0.9, "Memorization level (Gu et al.: 0.9).")
-flags.DEFINE_float("tolerance", 0.05, "Stop bisecting at relative bracket width (hi - lo) / lo <= this; 0: exact K.")
-flags.DEFINE_integer("num", None, "Samples per model (seeds 0 .. num - 1); default the config's sample.num.",
-                     lower_bound=1)
+flags.DEFINE_float(
+    "tolerance",
+    0.05,
+    "Stop bisecting at relative bracket width (hi - lo) / lo <= this; 0: exact K.",
+)
+flags.DEFINE_integer(
+    "num",
+    None,
+    "Samples per model (seeds 0 .. num - 1); default the config's sample.num.",
+    lower_bound=1,
+)
 flags.DEFINE_string("seeds", None, "Explicit seeds, e.g. 0-9999 (overrides --num).")
 flags.DEFINE_string("sampler", None, "Sampler (default: the config's sample.sampler).")
-flags.DEFINE_enum("metric", "auto", ["auto", "lpips", "pixel"], "Distance of Pham et al.'s classes (also reported); "
-                  "auto: LPIPS when its weights load, else pixel L2.")
-flags.DEFINE_float("delta_m", None, "Given thresholds: memorized iff d_m <= delta_m (default: calibrated on held-out "
-                   "images, diffmem/metrics/calibration.py).")
-flags.DEFINE_float("delta_s", None, "Given thresholds: spurious iff d_s <= delta_s (default: calibrated).")
+flags.DEFINE_enum(
+    "metric",
+    "auto",
+    ["auto", "lpips", "pixel"],
+    "Distance of Pham et al.'s classes (also reported); "
+    "auto: LPIPS when its weights load, else pixel L2.",
+)
+flags.DEFINE_float(
+    "delta_m",
+    None,
+    "Given thresholds: memorized iff d_m <= delta_m (default: calibrated on held-out "
+    "images, diffmem/metrics/calibration.py).",
+)
+flags.DEFINE_float(
+    "delta_s", None, "Given thresholds: spurious iff d_s <= delta_s (default: calibrated)."
+)
 flags.DEFINE_bool("progress", True, "Show training progress bars.")
 flags.mark_flags_as_required(["root", "k_grid"])
 FLAGS = flags.FLAGS
@@ -43,10 +64,22 @@ def main(argv):
     try:
         k_grid = [int(k) for k in FLAGS.k_grid]
     except ValueError:
-        raise InputError(f"--k_grid={','.join(FLAGS.k_grid)}: give integers, e.g. --k_grid=250,500,1000.") from None
-    memorization.emm(FLAGS.root, cli.CONFIG, k_grid, seeds=seeds, sampler=FLAGS.sampler, level=FLAGS.level,
-                     tolerance=FLAGS.tolerance, metric=FLAGS.metric, delta_m=FLAGS.delta_m, delta_s=FLAGS.delta_s,
-                     progress=FLAGS.progress)
+        raise InputError(
+            f"--k_grid={','.join(FLAGS.k_grid)}: give integers, e.g. --k_grid=250,500,1000."
+        ) from None
+    memorization.emm(
+        FLAGS.root,
+        cli.CONFIG,
+        k_grid,
+        seeds=seeds,
+        sampler=FLAGS.sampler,
+        level=FLAGS.level,
+        tolerance=FLAGS.tolerance,
+        metric=FLAGS.metric,
+        delta_m=FLAGS.delta_m,
+        delta_s=FLAGS.delta_s,
+        progress=FLAGS.progress,
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Pham et al.'s relative energy along x(a) = cos(a) x + sin(a) r from samples x of each class to their nearest
-training image r (DDPM force at step 0, std_0 from alpha_bar), with barriers; into mechanisms/energy/<K>.npz
-and energy.png.
+"""Pham et al.'s relative energy along x(a) = cos(a) x + sin(a) r from samples x of each class to
+their nearest training image r (DDPM force at step 0, std_0 from alpha_bar), with barriers; into
+mechanisms/energy/<K>.npz and energy.png.
 
-    python bin/energy.py --workdir=runs/digits --per_class=32          # needs bin/classify.py's classes
-    python bin/energy.py --workdir=runs/c9                             # toy: paths between training points
+    # needs bin/classify.py's classes
+    python bin/energy.py --workdir=runs/digits --per_class=32
+    # toy: paths between training points
+    python bin/energy.py --workdir=runs/c9
 """
 import os
 import sys
@@ -20,7 +22,9 @@ flags.DEFINE_string("workdir", None,
 flags.DEFINE_enum("kind", "trained", ["trained", "optimal"],
                   "trained (EMA weights) | optimal (empirical denoiser).")
 flags.DEFINE_list("k", None, "Only these models (names = K); default all.")
-flags.DEFINE_integer("per_class", 32, "Paths per class (the first of each class in Pham et al.'s order).")
+flags.DEFINE_integer(
+    "per_class", 32, "Paths per class (the first of each class in Pham et al.'s order)."
+)
 flags.DEFINE_integer("points", 20, "Points along each path.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS

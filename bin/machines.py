@@ -4,12 +4,14 @@
     python bin/machines.py calibrate --workdir=runs/digits --machine=els          # k(sigma) per K
     python bin/machines.py agreement --workdir=runs/digits --machines=ideal,els,bbels,wiener \\
         --seeds=0-15
-    python bin/machines.py agreement --workdir=runs/digits --network=optimal      # how local is the optimum?
+    # how local is the optimum?
+    python bin/machines.py agreement --workdir=runs/digits --network=optimal
 
-calibrate: per noise level, the patch size (PSPC-flex: tau) whose machine is closest (MSE) to the network's
-denoiser on noised training images; writes machines/calibration/<K>_<machine>.json.
-agreement: calibrates, then compares samples from the same seeds and denoiser outputs (median r, r^2 per K);
-writes machines/agreement/<K>.json, agreement_vs_k.png, calibration.png and machines/report.md.
+calibrate: per noise level, the patch size (PSPC-flex: tau) whose machine is closest (MSE) to the
+network's denoiser on noised training images; writes machines/calibration/<K>_<machine>.json.
+agreement: calibrates, then compares samples from the same seeds and denoiser outputs (median r, r^2
+per K); writes machines/agreement/<K>.json, agreement_vs_k.png, calibration.png and
+machines/report.md.
 """
 import os
 import sys
@@ -23,16 +25,29 @@ from diffmem.machines import agreement
 from diffmem.machines.models import MACHINES
 
 flags.DEFINE_string("workdir", None, "Workdir written by bin/train.py.")
-flags.DEFINE_enum("machine", "els", list(MACHINES), "The machine to calibrate (and to calibrate for agreement).")
-flags.DEFINE_list("machines", list(agreement.DEFAULT_MACHINES), "agreement: the machines to compare with the network.")
+flags.DEFINE_enum(
+    "machine", "els", list(MACHINES), "The machine to calibrate (and to calibrate for agreement)."
+)
+flags.DEFINE_list(
+    "machines",
+    list(agreement.DEFAULT_MACHINES),
+    "agreement: the machines to compare with the network.",
+)
 flags.DEFINE_list("k", None, "Only these models (names = K), default all.")
 flags.DEFINE_enum("network", "trained", ["trained", "optimal"],
                   "Compare with the trained model or the empirical optimum.")
-flags.DEFINE_list("candidates", None,
-                  "Patch sizes (or PSPC-flex thresholds) to try; default: odd sizes up to the image.")
-flags.DEFINE_list("sigmas", None, "Noise levels of the calibration; default 10 log-spaced over the model's range.")
+flags.DEFINE_list(
+    "candidates",
+    None,
+    "Patch sizes (or PSPC-flex thresholds) to try; default: odd sizes up to the image.",
+)
+flags.DEFINE_list(
+    "sigmas", None, "Noise levels of the calibration; default 10 log-spaced over the model's range."
+)
 flags.DEFINE_integer("images", 16, "Noised training images per noise level.")
-flags.DEFINE_enum("on", "train", ["train", "heldout"], "agreement: noise training or held-out images.")
+flags.DEFINE_enum(
+    "on", "train", ["train", "heldout"], "agreement: noise training or held-out images."
+)
 flags.DEFINE_string("seeds", "0-15",
                     "agreement: the seeds of the sample comparison ('0-15', '0,5,7').")
 flags.DEFINE_string("sampler", "edm_euler", "agreement: the deterministic sampler both sides run.")
@@ -51,15 +66,35 @@ def main(argv):
         raise InputError("Say what to do: bin/machines.py calibrate|agreement --workdir=...")
     num = lambda xs, f: None if xs is None else [f(x) for x in xs]
     cand = num(FLAGS.candidates, lambda c: float(c) if FLAGS.machine == "pspc_flex" else int(c))
-    common = dict(candidates=cand, sigmas=num(FLAGS.sigmas, float), num_images=FLAGS.images, chunk=FLAGS.chunk,
-                  network=FLAGS.network)
+    common = dict(
+        candidates=cand,
+        sigmas=num(FLAGS.sigmas, float),
+        num_images=FLAGS.images,
+        chunk=FLAGS.chunk,
+        network=FLAGS.network,
+    )
     if argv[1] == "calibrate":
-        for name, res in calibration.calibrate_workdir(FLAGS.workdir, FLAGS.k, FLAGS.machine, **common).items():
-            print(f"K={name}: k(sigma) {res['schedule']['values']} r^2 {[round(v, 3) for v in res['r2']]}")
+        for name, res in calibration.calibrate_workdir(
+            FLAGS.workdir, FLAGS.k, FLAGS.machine, **common
+        ).items():
+            print(
+                f"K={name}: k(sigma) {res['schedule']['values']} r^2 "
+                f"{[round(v, 3) for v in res['r2']]}"
+            )
     else:
-        print(agreement.write_report(FLAGS.workdir, FLAGS.k, machines=FLAGS.machines, calibrate_machine=FLAGS.machine,
-                                     images=FLAGS.on, seeds=seeds, sampler=FLAGS.sampler,
-                                     num_steps=FLAGS.sample_steps, **common))
+        print(
+            agreement.write_report(
+                FLAGS.workdir,
+                FLAGS.k,
+                machines=FLAGS.machines,
+                calibrate_machine=FLAGS.machine,
+                images=FLAGS.on,
+                seeds=seeds,
+                sampler=FLAGS.sampler,
+                num_steps=FLAGS.sample_steps,
+                **common,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""The circle study: train (or reuse), sample, cluster, energies, figures and report in workdir/study/.
+"""The circle study: train (or reuse), sample, cluster, energies, figures and report in
+workdir/study/.
 
     python bin/toy.py --config=configs/circle.py:k=2+9+1000 --workdir=runs/circle
 
-Classes use scale-free thresholds calibrated on fresh circle points (delta_m = the 10% quantile of their
-distances to the nearest training point; diffmem/studies/circle.py); the tutorial's fixed thresholds are
-reported beside. Prints the per-K sample fractions (95% bootstrap intervals) and the published checks.
+Classes use scale-free thresholds calibrated on fresh circle points (delta_m = the 10% quantile of
+their distances to the nearest training point; diffmem/studies/circle.py); the tutorial's fixed
+thresholds are reported beside. Prints the per-K sample fractions (95% bootstrap intervals) and the
+published checks.
 """
 import os
 import sys
@@ -30,9 +32,15 @@ def main(argv):
     summary = circle.run(cli.CONFIG, FLAGS.workdir, progress=FLAGS.progress)
     for name, m in summary["models"].items():
         t, ci = m["thresholds"], m["fractions_ci"]
-        print(f"K={m['k']}: delta_m {t['delta_m']:.3g}, spread scale {t['spread_scale']:.3g}; "
-              + ", ".join(f"{c} {m['fractions'][c]:.3f} [{ci[c][0]:.3f}, {ci[c][1]:.3f}]" for c in circle.KINDS)
-              + f"; tutorial thresholds: memorized {m['tutorial']['sample_fraction']['memorized']:.3f}")
+        print(
+            f"K={m['k']}: delta_m {t['delta_m']:.3g}, spread scale {t['spread_scale']:.3g}; "
+            + ", ".join(
+                f"{c} {m['fractions'][c]:.3f} [{ci[c][0]:.3f}, {ci[c][1]:.3f}]"
+                for c in circle.KINDS
+            )
+            + f"; tutorial thresholds: memorized "
+              f"{m['tutorial']['sample_fraction']['memorized']:.3f}"
+        )
     print(json.dumps(summary["checks"], indent=2))
     print(f"report: {Workdir(FLAGS.workdir).study_dir('report.md')}")
 

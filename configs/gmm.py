@@ -3,21 +3,30 @@
     python bin/train.py --config=configs/gmm.py:k=1000,dim=2 --workdir=runs/gmm
 
 The training set is K draws from a mixture of `components` isotropic Gaussians (means on a circle of
-radius 2, std `std`); the exact score of every noisy marginal is known (diffmem.data.toy.GaussianMixture),
-so the DSM loss floor and sample moments can be checked against closed forms.
-Arg keys: k, dim, components, std, steps, seed, lr, batch.
+radius 2, std `std`); the exact score of every noisy marginal is known
+(diffmem.data.toy.GaussianMixture), so the DSM loss floor and sample moments can be checked against
+closed forms. Arg keys: k, dim, components, std, steps, seed, lr, batch.
 """
 from diffmem import config_schema as schema
 from diffmem import configlib
 
 
 def get_config(arg=None):
-    a = configlib.parse_arg(arg, k=1000, dim=2, components=4, std=0.2, steps=20_000, seed=0, lr=1e-3,
-                            batch=500)
+    a = configlib.parse_arg(
+        arg, k=1000, dim=2, components=4, std=0.2, steps=20_000, seed=0, lr=1e-3, batch=500
+    )
     return schema.assemble(
         seed=a.seed,
-        data=dict(name="gmm", k=a.k, dim=a.dim, components=a.components, std=a.std, radius=2.0, subset_seed=0,
-                  pool_size=100_000),
+        data=dict(
+            name="gmm",
+            k=a.k,
+            dim=a.dim,
+            components=a.components,
+            std=a.std,
+            radius=2.0,
+            subset_seed=0,
+            pool_size=100_000,
+        ),
         model=schema.mlp_section(),
         diffusion=schema.sde_section("ve", sigma_max=5.0, t_min=1e-5),
         loss=dict(name="dsm"),

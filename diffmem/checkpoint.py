@@ -8,12 +8,13 @@ orbax writes every step to a temporary directory and renames it when complete, s
 saving leaves the previous checkpoint intact.
 
 Nothing read back is silently wrong:
-  * every save records, in the step's own metadata (orbax's `custom_metadata`, renamed with the step), the
-    sha256 of each leaf as written (`tree_sha256`) and the training config; every restore recomputes the
-    leaves' sha256 and refuses a mismatch, naming the step and the earlier step to fall back to;
-  * a save checks the free space first and fails at once, naming the directory, when the checkpoint will
-    not fit; an asynchronous write that fails anyway (full disk, permissions) stops training at the next
-    chunk (`check`) as a one-line `WriteError`;
+  * every save records, in the step's own metadata (orbax's `custom_metadata`, renamed with the
+    step), the sha256 of each leaf as written (`tree_sha256`) and the training config; every restore
+    recomputes the leaves' sha256 and refuses a mismatch, naming the step and the earlier step to
+    fall back to;
+  * a save checks the free space first and fails at once, naming the directory, when the checkpoint
+    will not fit; an asynchronous write that fails anyway (full disk, permissions) stops training at
+    the next chunk (`check`) as a one-line `WriteError`;
   * every error is one line: orbax's multi-line messages are folded (`_one_line`).
 Checkpoints written before checksums were recorded are read without the check.
 """
@@ -39,10 +40,18 @@ __all__ = ["METADATA_KEY", "CheckpointError", "manager", "tree_sha256", "recorde
            "restore_latest"]
 
 METADATA_KEY = "diffmem"
-"""The key of diffmem's record in a step's `custom_metadata`: {"sha256": {leaf path: hex}, "config": {...}}."""
-_WRITE_FAILURES = ("RESOURCE_EXHAUSTED", "No space left", "Permission denied", "Read-only file system",
-                   "PERMISSION_DENIED", "Disk quota exceeded")
-"""Texts of orbax / tensorstore errors (raised as ValueError or RuntimeError) that mean a write failed."""
+"""The key of diffmem's record in a step's `custom_metadata`: {"sha256": {leaf path: hex}, "config":
+{...}}."""
+_WRITE_FAILURES = (
+    "RESOURCE_EXHAUSTED",
+    "No space left",
+    "Permission denied",
+    "Read-only file system",
+    "PERMISSION_DENIED",
+    "Disk quota exceeded",
+)
+"""Texts of orbax / tensorstore errors (raised as ValueError or RuntimeError) that mean a write
+failed."""
 
 
 class CheckpointError(DiffmemError, RuntimeError):
@@ -54,29 +63,38 @@ def _dir(workdir: str, name: str) -> str:
 
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
-    """`type: message` of an exception on one line (orbax pretty-prints trees over many lines), cut at `limit`."""
+    """`type: message` of an exception on one line (orbax pretty-prints trees over many lines), cut
+    at `limit`."""
     text = " ".join(str(e).split())
     text = text if len(text) <= limit else text[:limit] + " ..."
     return f"{type(e).__name__}: {text}"
 
 
-def manager(workdir: str, name: str, max_to_keep: int | None = 2, keep_steps=()) -> ocp.CheckpointManager:
-    """The orbax CheckpointManager of model `name` in `workdir` (created on first use): it keeps the latest
-    `max_to_keep` checkpoints (None: all; at least 1) and, besides them, every step of `keep_steps` (the
-    snapshots of `config.monitor.snapshots`, `diffmem.monitor`)."""
+def manager(
+    workdir: str, name: str, max_to_keep: int | None = 2, keep_steps=()
+) -> ocp.CheckpointManager:
+    """The orbax CheckpointManager of model `name` in `workdir` (created on first use): it keeps the
+    latest `max_to_keep` checkpoints (None: all; at least 1) and, besides them, every step of
+    `keep_steps` (the snapshots of `config.monitor.snapshots`, `diffmem.monitor`)."""
     if max_to_keep is not None and int(max_to_keep) < 1:
-        raise InputError(f"keep_checkpoints = {max_to_keep}: at least 1 checkpoint must be kept (the result).")
+        raise InputError(
+            f"keep_checkpoints = {max_to_keep}: at least 1 checkpoint must be kept (the result)."
+        )
     if keep_steps and max_to_keep is not None:
         from orbax.checkpoint import checkpoint_managers as policies
-        keep = policies.AnyPreservationPolicy([policies.LatestN(max_to_keep),
-                                               policies.CustomSteps(sorted(int(s) for s in keep_steps))])
+        keep = policies.AnyPreservationPolicy(
+            [
+                policies.LatestN(max_to_keep),
+                policies.CustomSteps(sorted(int(s) for s in keep_steps)),
+            ]
+        )
         options = ocp.CheckpointManagerOptions(create=True, preservation_policy=keep)
     else:
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     return ocp.CheckpointManager(_dir(workdir, name), options=options)
 
 
-# ---------------------------------------------------------------------------------------------- checksums
+# ---------------------------------------------------------------------------------------- checksums
 def tree_sha256(tree: Any) -> dict[str, str]:
     """{leaf path: sha256 hex} of a tree's leaves as host arrays (dtype, shape and bytes), paths as
     `jax.tree_util.keystr` writes them (e.g. "['ema_params']['params']['Dense_0']['kernel']")."""
@@ -92,9 +110,10 @@ def tree_sha256(tree: Any) -> dict[str, str]:
 def _recorded(mngr: ocp.CheckpointManager, step: int) -> dict:
     """diffmem's record in the step's metadata ({} for checkpoints written before it existed).
 
-    Read from the step's `_CHECKPOINT_METADATA` JSON file (orbax's on-disk name for the step metadata), which
-    takes a millisecond where `CheckpointManager.metadata(step)` also reads every array's metadata (0.3-0.7 s for
-    the digits UNet); `metadata(step)` is the fallback where that file is absent.
+    Read from the step's `_CHECKPOINT_METADATA` JSON file (orbax's on-disk name for the step
+    metadata), which takes a millisecond where `CheckpointManager.metadata(step)` also reads every
+    array's metadata (0.3-0.7 s for the digits UNet); `metadata(step)` is the fallback where that
+    file is absent.
     """
     path = os.path.join(str(mngr.directory), str(int(step)), "_CHECKPOINT_METADATA")
     try:
@@ -110,8 +129,9 @@ def _recorded(mngr: ocp.CheckpointManager, step: int) -> dict:
 
 
 def recorded_config(directory: str, step: int | None = None) -> dict | None:
-    """The training config (a JSON dict) recorded with a checkpoint of the model in `directory` (latest step
-    unless `step`), or None (no checkpoint, or one written before configs were recorded)."""
+    """The training config (a JSON dict) recorded with a checkpoint of the model in `directory`
+    (latest step unless `step`), or None (no checkpoint, or one written before configs were
+    recorded)."""
     if not os.path.isdir(directory):
         return None
     mngr = ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler())
@@ -120,8 +140,8 @@ def recorded_config(directory: str, step: int | None = None) -> dict | None:
 
 
 def _verify(mngr: ocp.CheckpointManager, step: int, tree: Any) -> None:
-    """Compare the restored `tree`'s leaves with the sha256 recorded at save time (leaves of `tree` only: a
-    partial restore checks what it read)."""
+    """Compare the restored `tree`'s leaves with the sha256 recorded at save time (leaves of `tree`
+    only: a partial restore checks what it read)."""
     recorded = _recorded(mngr, step).get("sha256")
     if not recorded:
         return
@@ -134,29 +154,38 @@ def _verify(mngr: ocp.CheckpointManager, step: int, tree: Any) -> None:
     earlier = sorted(s for s in mngr.all_steps() if s < int(step))
     fallback = (f"delete {path} to fall back to the previous checkpoint, step {earlier[-1]}"
                 if earlier else f"no earlier checkpoint is kept: delete {path} and retrain")
-    what = f"{len(bad)} array(s) differ from what was saved, first {bad[0]}" if bad else         f"it has arrays that were never saved, first {missing[0]}"
-    raise CheckpointError(f"Checkpoint step {step} in {mngr.directory} fails its checksum ({what}): its files "
-                          f"are damaged. To recover, {fallback} (a rerun of bin/train.py resumes from it).")
+    what = (
+        f"{len(bad)} array(s) differ from what was saved, first {bad[0]}"
+        if bad
+        else f"it has arrays that were never saved, first {missing[0]}"
+    )
+    raise CheckpointError(
+        f"Checkpoint step {step} in {mngr.directory} fails its checksum ({what}): its files "
+        f"are damaged. To recover, {fallback} (a rerun of bin/train.py resumes from it)."
+    )
 
 
-# -------------------------------------------------------------------------------------------------- save
+# --------------------------------------------------------------------------------------------- save
 def save(mngr: ocp.CheckpointManager, step: int, tree: Any, *, config: dict | None = None) -> None:
-    """Save `tree` at `step` (asynchronously: call `wait` before exiting), with the sha256 of its leaves and
-    the training `config` (a JSON dict) in the step's metadata.
+    """Save `tree` at `step` (asynchronously: call `wait` before exiting), with the sha256 of its
+    leaves and the training `config` (a JSON dict) in the step's metadata.
 
-    Raises `WriteError` at once when the free space of the checkpoint's file system is below the tree's size
-    (nothing is written), or when an earlier asynchronous save failed.
+    Raises `WriteError` at once when the free space of the checkpoint's file system is below the
+    tree's size (nothing is written), or when an earlier asynchronous save failed.
     """
     check(mngr)
     sums = tree_sha256(tree)
     _check_free_space(mngr, step, tree)
     record = {"sha256": sums} if config is None else {"sha256": sums, "config": config}
     with _write_errors(mngr):
-        mngr.save(int(step), args=ocp.args.StandardSave(tree), custom_metadata={METADATA_KEY: record})
+        mngr.save(
+            int(step), args=ocp.args.StandardSave(tree), custom_metadata={METADATA_KEY: record}
+        )
 
 
 def check(mngr: ocp.CheckpointManager) -> None:
-    """Raise the error of a failed asynchronous save (as a one-line `WriteError` when it is a write failure)."""
+    """Raise the error of a failed asynchronous save (as a one-line `WriteError` when it is a write
+    failure)."""
     with _write_errors(mngr):
         mngr.check_for_errors()
 
@@ -169,8 +198,9 @@ def wait(mngr: ocp.CheckpointManager) -> None:
 
 @contextlib.contextmanager
 def finish_saves_when_stopped(managers):
-    """However the block stops (an error, Ctrl-C), the asynchronous saves of `managers` already under way are
-    finished first, so every checkpoint started is complete on disk; their own errors do not hide the first."""
+    """However the block stops (an error, Ctrl-C), the asynchronous saves of `managers` already
+    under way are finished first, so every checkpoint started is complete on disk; their own errors
+    do not hide the first."""
     try:
         yield
     except BaseException:
@@ -193,15 +223,19 @@ def _check_free_space(mngr: ocp.CheckpointManager, step: int, tree: Any) -> None
     free = shutil.disk_usage(probe).free
     if free < need:
         raise WriteError(
-            f"Not enough space for checkpoint step {step} in {directory}: it needs {need / 2**20:.1f} MiB and "
-            f"{free / 2**20:.1f} MiB are free on that file system. Free disk space (old runs, sample shards) or "
-            "lower --config.keep_checkpoints, then rerun: training resumes from the last complete checkpoint.")
+            f"Not enough space for checkpoint step {step} in {directory}: it needs "
+            f"{need / 2**20:.1f} MiB and "
+            f"{free / 2**20:.1f} MiB are free on that file system. Free disk space (old runs, "
+            f"sample shards) or "
+            "lower --config.keep_checkpoints, then rerun: training resumes from the last complete "
+            "checkpoint."
+        )
 
 
 @contextlib.contextmanager
 def _write_errors(mngr: ocp.CheckpointManager):
-    """Turn a failed write of orbax (an OSError, or tensorstore's RESOURCE_EXHAUSTED / permission errors
-    raised as ValueError or RuntimeError) into one `WriteError` line naming the directory."""
+    """Turn a failed write of orbax (an OSError, or tensorstore's RESOURCE_EXHAUSTED / permission
+    errors raised as ValueError or RuntimeError) into one `WriteError` line naming the directory."""
     try:
         yield
     except DiffmemError:
@@ -210,25 +244,32 @@ def _write_errors(mngr: ocp.CheckpointManager):
         text = str(e)
         if not (isinstance(e, OSError) or any(t in text for t in _WRITE_FAILURES)):
             raise
-        reason = next((t for t in _WRITE_FAILURES if t in text), None) or e.strerror or type(e).__name__
+        reason = (
+            next((t for t in _WRITE_FAILURES if t in text), None) or e.strerror or type(e).__name__
+        )
         raise WriteError(
-            f"Cannot write a checkpoint under {mngr.directory} ({reason}). Free disk space or make it "
-            "writable, then rerun: training resumes from the last complete checkpoint.") from e
+            f"Cannot write a checkpoint under {mngr.directory} ({reason}). Free disk space or make "
+            f"it "
+            "writable, then rerun: training resumes from the last complete checkpoint."
+        ) from e
 
 
-# ----------------------------------------------------------------------------------------------- restore
+# ------------------------------------------------------------------------------------------ restore
 def restore(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
-    """Restore the checkpoint at `step` into the structure, shapes and dtypes of `like`, checked against the
-    sha256 recorded at save time."""
+    """Restore the checkpoint at `step` into the structure, shapes and dtypes of `like`, checked
+    against the sha256 recorded at save time."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     try:
         tree = mngr.restore(int(step), args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # orbax raises many types for truncated / corrupt / mismatched files
         path = os.path.join(str(mngr.directory), str(step))
         raise CheckpointError(
-            f"Checkpoint {path} cannot be read ({_one_line(e)}). It is corrupt, partial or from a different "
-            "model config. Delete that step directory to resume from an earlier checkpoint, or start a new "
-            "workdir.") from e
+            f"Checkpoint {path} cannot be read ({_one_line(e)}). It is corrupt, partial or from a "
+            f"different "
+            "model config. Delete that step directory to resume from an earlier checkpoint, or "
+            "start a new "
+            "workdir."
+        ) from e
     _verify(mngr, step, tree)
     return tree
 
@@ -243,9 +284,10 @@ def list_models(workdir: str) -> list[str]:
 
 def restore_item(directory: str, item: str, like: Any, step: int | None = None, *,
                  workdir: str | None = None) -> tuple[Any, int]:
-    """Restore one top-level entry of a checkpoint (e.g. "ema_params") alone, into the structure, shapes and
-    dtypes of `like` (a tree of arrays or ShapeDtypeStructs): an orbax partial restore that reads neither
-    the other entries nor needs the optimizer that wrote them. Latest step unless `step`; returns (tree, step).
+    """Restore one top-level entry of a checkpoint (e.g. "ema_params") alone, into the structure,
+    shapes and dtypes of `like` (a tree of arrays or ShapeDtypeStructs): an orbax partial restore
+    that reads neither the other entries nor needs the optimizer that wrote them. Latest step unless
+    `step`; returns (tree, step).
     """
     mngr = ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler())
     step = mngr.latest_step() if step is None else step
@@ -254,17 +296,26 @@ def restore_item(directory: str, item: str, like: Any, step: int | None = None, 
         raise CheckpointError(f"No checkpoint in {directory}: train the model first "
                               f"(python bin/train.py --config=...{where}).")
     if int(step) not in mngr.all_steps():
-        raise CheckpointError(f"No checkpoint step {step} in {directory}; its steps are {sorted(mngr.all_steps())}.")
+        raise CheckpointError(
+            f"No checkpoint step {step} in {directory}; its steps are {sorted(mngr.all_steps())}."
+        )
     abstract = {item: jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
     try:
         restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
-        tree = mngr.restore(int(step), args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
-                                                                   partial_restore=True))
+        tree = mngr.restore(
+            int(step),
+            args=ocp.args.PyTreeRestore(
+                item=abstract, restore_args=restore_args, partial_restore=True
+            ),
+        )
     except Exception as e:  # orbax raises many types for truncated / corrupt / mismatched files
         raise CheckpointError(
-            f"Checkpoint {os.path.join(directory, str(step))} cannot be read ({_one_line(e)}). It is corrupt, "
-            "partial or from a different model config. Delete that step directory to use an earlier "
-            "checkpoint, or retrain.") from e
+            f"Checkpoint {os.path.join(directory, str(step))} cannot be read ({_one_line(e)}). It "
+            f"is corrupt, "
+            "partial or from a different model config. Delete that step directory to use an "
+            "earlier "
+            "checkpoint, or retrain."
+        ) from e
     _verify(mngr, step, tree)
     return tree[item], int(step)
 
@@ -277,13 +328,17 @@ def latest_step(workdir: str, name: str) -> int | None:
 
 
 def restore_latest(workdir: str, name: str, like: Any, step: int | None = None) -> tuple[Any, int]:
-    """Restore model `name`'s checkpoint (latest unless `step` is given) into the structure of `like`.
+    """Restore model `name`'s checkpoint (latest unless `step` is given) into the structure of
+    `like`.
 
-    Returns (tree, step). A missing checkpoint says how to create it; a corrupt one says what to delete.
+    Returns (tree, step). A missing checkpoint says how to create it; a corrupt one says what to
+    delete.
     """
     mngr = manager(workdir, name, None)
     step = mngr.latest_step() if step is None else step
     if step is None:
-        raise CheckpointError(f"No checkpoint for model {name!r} in {_dir(workdir, name)}: train it first "
-                              f"(python bin/train.py --config=... --workdir={workdir}).")
+        raise CheckpointError(
+            f"No checkpoint for model {name!r} in {_dir(workdir, name)}: train it first "
+            f"(python bin/train.py --config=... --workdir={workdir})."
+        )
     return restore(mngr, step, like), int(step)

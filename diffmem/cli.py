@@ -1,8 +1,9 @@
-"""What every bin/ script shares: config flags with clear errors, quiet logging, multi-host start-up and
-error exits.
+"""What every bin/ script shares: config flags with clear errors, quiet logging, multi-host start-up
+and error exits.
 
 Flags every script accepts (defined here):
-  --distributed          join a jax.distributed cluster first (SLURM / Open MPI / TPU pods are detected)
+  --distributed          join a jax.distributed cluster first (SLURM / Open MPI / TPU pods are
+                         detected)
   --coordinator=H:P --num_processes=N --process_id=I   the same, by hand (implies --distributed)
   --debug                show the traceback of diffmem's own errors instead of a one-line message
 """
@@ -16,13 +17,25 @@ from absl import flags
 
 __all__ = ["FLAGS", "CONFIG", "run", "fail", "check_workdir_path", "start_distributed"]
 
-flags.DEFINE_bool("distributed", False, "Initialise jax.distributed before any work (one process per host or "
-                  "accelerator; SLURM, Open MPI and TPU pods are detected automatically).")
-flags.DEFINE_string("coordinator", None, "jax.distributed coordinator HOST:PORT (process 0's host), with "
-                    "--num_processes and --process_id; implies --distributed.")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Initialise jax.distributed before any work (one process per host or "
+    "accelerator; SLURM, Open MPI and TPU pods are detected automatically).",
+)
+flags.DEFINE_string(
+    "coordinator",
+    None,
+    "jax.distributed coordinator HOST:PORT (process 0's host), with "
+    "--num_processes and --process_id; implies --distributed.",
+)
 flags.DEFINE_integer("num_processes", None, "Number of processes of a --coordinator cluster.")
-flags.DEFINE_integer("process_id", None, "This process's id in 0..num_processes-1 (--coordinator cluster).")
-flags.DEFINE_bool("debug", False, "Re-raise diffmem's errors with their traceback instead of a one-line message.")
+flags.DEFINE_integer(
+    "process_id", None, "This process's id in 0..num_processes-1 (--coordinator cluster)."
+)
+flags.DEFINE_bool(
+    "debug", False, "Re-raise diffmem's errors with their traceback instead of a one-line message."
+)
 FLAGS = flags.FLAGS
 
 CONFIG = None  # the ConfigDict parsed from --config / --config.KEY=VALUE, set by run()
@@ -31,12 +44,14 @@ CONFIG = None  # the ConfigDict parsed from --config / --config.KEY=VALUE, set b
 def run(main: Callable[[list[str]], None], argv: Sequence[str], needs_config: bool = False) -> None:
     """Parse --config* (diffmem.configlib) and the flags, then run `main` under absl's app.run.
 
-    Every user error ends the script with one line, `error: <message>`, and exit status 1, before any JAX work
-    when it is in the command line: a bad config key or value, a bad or missing flag (absl's own errors), a
-    --workdir that is empty or a file. Before `main`, joins jax.distributed when asked (`start_distributed`).
-    diffmem's own errors raised later (`diffmem.errors.DiffmemError`: unreadable checkpoint, diverged
-    training, busy workdir, failed write...) end the same way (with --debug: the traceback); any other
-    exception is a bug and keeps its traceback.
+    Every user error ends the script with one line, `error: <message>`, and exit status 1, before
+    any JAX work when it is in the command line: a bad config key or value, a bad or missing flag
+    (absl's own errors), a
+    --workdir that is empty or a file. Before `main`, joins jax.distributed when asked
+    (`start_distributed`).
+    diffmem's own errors raised later (`diffmem.errors.DiffmemError`: unreadable checkpoint,
+    diverged training, busy workdir, failed write...) end the same way (with --debug: the
+    traceback); any other exception is a bug and keeps its traceback.
     """
     global CONFIG
     from absl import app, logging
@@ -80,30 +95,37 @@ def run(main: Callable[[list[str]], None], argv: Sequence[str], needs_config: bo
 
 
 def fail(message) -> None:
-    """Exit with status 1 and one line on stderr, `error: <message>` (a message over several lines is folded)."""
+    """Exit with status 1 and one line on stderr, `error: <message>` (a message over several lines
+    is folded)."""
     sys.exit("error: " + " ".join(str(message).split()))
 
 
 def check_workdir_path(path: str | None) -> None:
-    """Refuse a --workdir that cannot be one: empty, or an existing file (a new or existing directory is fine)."""
+    """Refuse a --workdir that cannot be one: empty, or an existing file (a new or existing
+    directory is fine)."""
     from diffmem.errors import InputError
     if path is None:
         return
     if not path.strip():
         raise InputError("--workdir is empty: give the run's directory, e.g. --workdir=runs/c9.")
     if os.path.exists(path) and not os.path.isdir(path):
-        raise InputError(f"--workdir={path} is a file, not a directory: give the run's directory (a new one, or "
-                         "one written by bin/train.py).")
+        raise InputError(
+            f"--workdir={path} is a file, not a directory: give the run's directory (a new one, or "
+            "one written by bin/train.py)."
+        )
 
 
 def start_distributed() -> bool:
-    """Join jax.distributed if --distributed or --coordinator was given (before JAX computes anything);
-    returns whether it did. Every bin/ script calls it through `run`."""
+    """Join jax.distributed if --distributed or --coordinator was given (before JAX computes
+    anything); returns whether it did. Every bin/ script calls it through `run`."""
     if not (FLAGS.distributed or FLAGS.coordinator):
         return False
     if FLAGS.coordinator and (FLAGS.num_processes is None or FLAGS.process_id is None):
         from diffmem.errors import InputError
-        raise InputError("--coordinator needs --num_processes=N and --process_id=I (0..N-1) on every process.")
+
+        raise InputError(
+            "--coordinator needs --num_processes=N and --process_id=I (0..N-1) on every process."
+        )
     from diffmem import multihost
     multihost.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     return True

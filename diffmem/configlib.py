@@ -1,10 +1,12 @@
-"""Configs are code: `configs/NAME.py` defines `get_config(arg)` returning an ml_collections ConfigDict.
+"""Configs are code: `configs/NAME.py` defines `get_config(arg)` returning an ml_collections
+ConfigDict.
 
 This module is the one place that
   * parses the `arg` string (`"k=9,steps=20000"`, `"k=2+9+1000"` for sweeps) against typed defaults,
   * loads `path/to/config.py:arg` and applies `--config.a.b=value` overrides with clear errors,
   * checks a config's sections and keys against the one schema and values against declared ranges /
-    choices (`validate`, `check`: both live in `diffmem.config_schema`, which this module builds on),
+    choices (`validate`, `check`: both live in `diffmem.config_schema`, which this module builds
+    on),
   * converts configs to and from JSON (the workdir's `config.json`),
   * turns a duration given in steps, epochs or images into steps.
 """
@@ -27,7 +29,7 @@ __all__ = ["parse_arg", "load_config_file", "apply_override", "parse_config_argv
            "to_json", "from_json", "duration_to_steps", "sweep"]
 
 
-# ----------------------------------------------------------------------------------------------- arg parsing
+# -------------------------------------------------------------------------------------- arg parsing
 def _parse_value(text: str, default: Any, key: str) -> Any:
     """Parse `text` to the type of `default`; '+' separates the items of a sweep."""
     if "+" in text and not _looks_numeric(text):
@@ -70,13 +72,16 @@ def _item_default(default: Any) -> Any:
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     """Parse a config arg string like `"k=9,steps=20000"` against typed `defaults`.
 
-    Each value is converted to its default's type; `a+b+c` gives a tuple (a sweep). Unknown keys raise a
-    ConfigError naming the valid ones. Returns a ConfigDict with every default filled in.
+    Each value is converted to its default's type; `a+b+c` gives a tuple (a sweep). Unknown keys
+    raise a ConfigError naming the valid ones. Returns a ConfigDict with every default filled in.
     """
     out = dict(defaults)
     for item in filter(None, (arg or "").split(",")):
         if "=" not in item:
-            raise ConfigError(f"Config arg {item!r} is not of the form key=value (valid keys: {sorted(defaults)}).")
+            raise ConfigError(
+                f"Config arg {item!r} is not of the form key=value (valid keys: "
+                f"{sorted(defaults)})."
+            )
         key, text = item.split("=", 1)
         key = key.strip()
         if key not in defaults:
@@ -85,12 +90,14 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(out)
 
 
-# ------------------------------------------------------------------------------------- files and overrides
+# ------------------------------------------------------------------------------ files and overrides
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """Load `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
-        raise ConfigError(f"Config file {path!r} does not exist (expected e.g. configs/circle.py:k=9).")
+        raise ConfigError(
+            f"Config file {path!r} does not exist (expected e.g. configs/circle.py:k=9)."
+        )
     module_spec = importlib.util.spec_from_file_location(f"diffmem_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -102,7 +109,8 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
 
 
 def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
-    """Set `config.<dotted> = text` parsed to the existing field's type; unknown keys list the valid ones."""
+    """Set `config.<dotted> = text` parsed to the existing field's type; unknown keys list the valid
+    ones."""
     node = config
     parts = dotted.split(".")
     for depth, part in enumerate(parts):
@@ -115,7 +123,9 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
             node = node[part]
     current = node[parts[-1]]
     if isinstance(current, ml_collections.ConfigDict):
-        raise ConfigError(f"Config key {dotted!r} is a group; set one of its fields: {sorted(current.keys())}.")
+        raise ConfigError(
+            f"Config key {dotted!r} is a group; set one of its fields: {sorted(current.keys())}."
+        )
     value = _parse_value(text, current, dotted) if current is not None else _literal_or_str(text)
     with node.unlocked():
         if isinstance(value, tuple) and not isinstance(current, (tuple, list)):
@@ -134,7 +144,8 @@ def parse_config_argv(argv: Sequence[str], default_spec: str | None = None
                       ) -> tuple[ml_collections.ConfigDict | None, list[str]]:
     """Pull `--config=FILE[:arg]` and `--config.a.b=value` out of argv.
 
-    Returns (config or None, the remaining argv for absl). Errors are ConfigErrors with the valid keys.
+    Returns (config or None, the remaining argv for absl). Errors are ConfigErrors with the valid
+    keys.
     """
     spec, overrides, rest = default_spec, [], []
     for a in argv:
@@ -158,14 +169,14 @@ def parse_config_argv(argv: Sequence[str], default_spec: str | None = None
     return config, rest
 
 
-# ------------------------------------------------------------------------------------------- validation
+# --------------------------------------------------------------------------------------- validation
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Check the config's sections and keys against the one schema (`diffmem.config_schema`): a misspelt
-    section or key is a ConfigError naming the valid ones."""
+    """Check the config's sections and keys against the one schema (`diffmem.config_schema`): a
+    misspelt section or key is a ConfigError naming the valid ones."""
     config_schema.validate(config)
 
 
-# ------------------------------------------------------------------------------------------------- JSON
+# --------------------------------------------------------------------------------------------- JSON
 def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=_json_default)
 
@@ -187,10 +198,11 @@ def from_json(text: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(tuplify(json.loads(text)))
 
 
-# -------------------------------------------------------------------------------------------- durations
+# ---------------------------------------------------------------------------------------- durations
 def duration_to_steps(duration: str | int, *, dataset_size: int, batch_size: int) -> int:
     """Turn a duration into optimizer steps: an int or "N" / "Nsteps" (steps), "Nep" (epochs of the
-    dataset) or "Nimg" / "Nkimg" / "Nmimg" (training images seen, EDM's unit; Gu et al. scale it with |D|)."""
+    dataset) or "Nimg" / "Nkimg" / "Nmimg" (training images seen, EDM's unit; Gu et al. scale it
+    with |D|)."""
     if isinstance(duration, int):
         return duration
     text = duration.strip().lower().replace("_", "")
@@ -206,8 +218,10 @@ def duration_to_steps(duration: str | int, *, dataset_size: int, batch_size: int
     try:
         return int(float(text))
     except ValueError:
-        raise ConfigError(f"Duration {duration!r} not understood: use steps (20000), epochs (100ep) or "
-                          "images (200kimg).") from None
+        raise ConfigError(
+            f"Duration {duration!r} not understood: use steps (20000), epochs (100ep) or "
+            "images (200kimg)."
+        ) from None
 
 
 def sweep(value: Any) -> tuple:

@@ -1,18 +1,20 @@
 """diffmem's one opt-in CPU policy: `bin/train.py --cpu_policy` (off by default).
 
-What it does: a toy config whose batches are all small (< SMALL_BATCH rows) trains on one XLA CPU thread
-(NPROC=1 before JAX starts). A toy MLP step at batch 9 is a chain of microsecond kernels, and XLA's CPU
-runtime handing them (and its partitioned optimizer loops) between threads costs more than a second core
-gives; bench/bench_tutorial.py prints what it buys beside the plain run (bench/results/bench_tutorial.txt).
+What it does: a toy config whose batches are all small (< SMALL_BATCH rows) trains on one XLA CPU
+thread (NPROC=1 before JAX starts). A toy MLP step at batch 9 is a chain of microsecond kernels, and
+XLA's CPU runtime handing them (and its partitioned optimizer loops) between threads costs more than
+a second core gives; bench/bench_tutorial.py prints what it buys beside the plain run
+(bench/results/bench_tutorial.txt).
 
-What it keeps: the model code is the plain math whatever the policy, and sample i depends on seed i alone,
-bit for bit, whatever the batch size, device count or job split: samplers run in fixed per-device blocks
-(`sampling.sample_sharded`), which no CPU setting changes. The policy only changes how training is
-scheduled on the cores; a run resumed with the same policy replays the same steps.
+What it keeps: the model code is the plain math whatever the policy, and sample i depends on seed i
+alone, bit for bit, whatever the batch size, device count or job split: samplers run in fixed
+per-device blocks (`sampling.sample_sharded`), which no CPU setting changes. The policy only changes
+how training is scheduled on the cores; a run resumed with the same policy replays the same steps.
 
-What went (each made a row's arithmetic depend on the batch, or relied on experimental options): the fused
-input_proj/hidden_0 map above a row threshold, float32 polynomial sin/cos, splitting large batches over
-cores, Eigen dots through an experimental XLA option, and a packed-integer sort for the epoch permutation.
+What went (each made a row's arithmetic depend on the batch, or relied on experimental options): the
+fused input_proj/hidden_0 map above a row threshold, float32 polynomial sin/cos, splitting large
+batches over cores, Eigen dots through an experimental XLA option, and a packed-integer sort for the
+epoch permutation.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import jax
 
 __all__ = ["SMALL_BATCH", "num_cores", "one_thread_for_small_batches"]
 
-SMALL_BATCH = 500  # rows per step below which one XLA thread trains a toy MLP faster (2-core measurement)
+# rows per step below which one XLA thread trains a toy MLP faster (2-core measurement)
+SMALL_BATCH = 500
 
 
 def num_cores() -> int:
@@ -36,14 +39,16 @@ def num_cores() -> int:
         return os.cpu_count() or 1
 
 
-def one_thread_for_small_batches(max_rows: int, environ: MutableMapping[str, str] = os.environ) -> bool:
+def one_thread_for_small_batches(
+    max_rows: int, environ: MutableMapping[str, str] = os.environ
+) -> bool:
     """Give XLA's CPU runtime one thread if every batch of the job has fewer than SMALL_BATCH rows.
 
-    Called (through `train.use_one_cpu_thread_if_small`) before JAX's first computation: it sets NPROC=1,
-    the thread count XLA's CPU client reads once, when it creates its thread pools (later calls change
-    nothing). It leaves the environment alone, and returns False, for larger batches, where the user set
-    NPROC, where several host devices are requested (a data-parallel mesh), where an accelerator plugin may
-    be used, or on a one-core host. Returns True where it set NPROC.
+    Called (through `train.use_one_cpu_thread_if_small`) before JAX's first computation: it sets
+    NPROC=1, the thread count XLA's CPU client reads once, when it creates its thread pools (later
+    calls change nothing). It leaves the environment alone, and returns False, for larger batches,
+    where the user set NPROC, where several host devices are requested (a data-parallel mesh), where
+    an accelerator plugin may be used, or on a one-core host. Returns True where it set NPROC.
     """
     if max_rows >= SMALL_BATCH or "NPROC" in environ or num_cores() < 2:
         return False

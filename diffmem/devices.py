@@ -5,8 +5,9 @@
     with devices.matmul_precision("bfloat16"):      # bf16 matmuls / convolutions on accelerators
         ...
 
-Training shards its batch and sampling its seeds over `data_mesh()` (`jax.sharding.NamedSharding`); the same
-code runs on one CPU, on fake CPU devices, on accelerators and over several hosts (`diffmem.multihost`).
+Training shards its batch and sampling its seeds over `data_mesh()` (`jax.sharding.NamedSharding`);
+the same code runs on one CPU, on fake CPU devices, on accelerators and over several hosts
+(`diffmem.multihost`).
 """
 from __future__ import annotations
 

@@ -1,14 +1,17 @@
-"""Dense Associative Memory and diffusion energies, the empirical optimal denoiser, the circle's closed form,
-attractors of the empirical denoiser, and relative energies along a path.
+"""Dense Associative Memory and diffusion energies, the empirical optimal denoiser, the circle's
+closed form, attractors of the empirical denoiser, and relative energies along a path.
 
-Notation (DESIGN.md section 3): patterns y_i, i = 1..N (rows of `patterns`, any shape (N, *S)); x a query.
+Notation (DESIGN.md section 3): patterns y_i, i = 1..N (rows of `patterns`, any shape (N, *S)); x a
+query.
   E_AM(x; beta)          = -(1/beta) log sum_i exp(-beta ||x - y_i||^2)
-  E_DM(x, t; sigma)      = -2 sigma^2 t log sum_i exp(-||x - y_i||^2 / (2 sigma^2 t))   (beta_t = 1/(2 sigma^2 t))
-  D(x; s)                = sum_i softmax_i(-||x - y_i||^2 / (2 s^2)) y_i               (empirical optimal denoiser)
-All are computed as GEMMs over chunks of patterns with a running log-sum-exp (memory bounded by `chunk`
-rows of patterns, default DEFAULT_CHUNK, never an N x B matrix), exact in float64 when x64 is enabled.
-Every value is absolute: nothing subtracts a minimum over the batch (energies relative to a reference are
-formed explicitly by the caller, e.g. `relative_energy`).
+  E_DM(x, t; sigma)      = -2 sigma^2 t log sum_i exp(-||x - y_i||^2 / (2 sigma^2 t))
+                           (beta_t = 1/(2 sigma^2 t))
+  D(x; s)                = sum_i softmax_i(-||x - y_i||^2 / (2 s^2)) y_i
+                           (the empirical optimal denoiser)
+All are computed as GEMMs over chunks of patterns with a running log-sum-exp (memory bounded by
+`chunk` rows of patterns, default DEFAULT_CHUNK, never an N x B matrix), exact in float64 when x64
+is enabled. Every value is absolute: nothing subtracts a minimum over the batch (energies relative
+to a reference are formed explicitly by the caller, e.g. `relative_energy`).
 """
 from __future__ import annotations
 
@@ -29,8 +32,9 @@ __all__ = ["DEFAULT_CHUNK", "log_sum_exp_sq", "dense_am_energy", "diffusion_ener
            "circle_energy_numpy", "find_attractors", "relative_energy", "ddpm_grad_energy"]
 
 
-# --------------------------------------------------------------------------------- streamed log-sum-exp
-DEFAULT_CHUNK = 1024  # patterns per GEMM when `chunk` is None: B x 1024 logits and 1024 patterns in memory
+# ----------------------------------------------------------------------------- streamed log-sum-exp
+# patterns per GEMM when `chunk` is None: B x 1024 logits and 1024 patterns in memory
+DEFAULT_CHUNK = 1024
 
 
 def _chunked(patterns: jax.Array, chunk: int | None):
@@ -46,9 +50,11 @@ def _chunked(patterns: jax.Array, chunk: int | None):
     return flat.reshape(num, chunk, -1), valid.reshape(num, chunk)
 
 
-def _stream(x: jax.Array, inv_var: jax.Array, patterns: jax.Array, chunk: int | None, with_mean: bool):
-    """For each row x_b and precision inv_var_b: lse_b = log sum_i exp(-||x_b - y_i||^2 inv_var_b / 2) and,
-    if with_mean, the softmax-weighted mean of the y_i. x: (B, D), inv_var: (B,)."""
+def _stream(
+    x: jax.Array, inv_var: jax.Array, patterns: jax.Array, chunk: int | None, with_mean: bool
+):
+    """For each row x_b and precision inv_var_b: lse_b = log sum_i exp(-||x_b - y_i||^2 inv_var_b /
+    2) and, if with_mean, the softmax-weighted mean of the y_i. x: (B, D), inv_var: (B,)."""
     ys, valid = _chunked(patterns, chunk)
     dtype = x.dtype
     b = x.shape[0]
@@ -57,7 +63,8 @@ def _stream(x: jax.Array, inv_var: jax.Array, patterns: jax.Array, chunk: int | 
         m, s, acc = carry
         y, ok = inp
         y = y.astype(dtype)
-        # -||x - y||^2 / (2 v) = (x.y - |y|^2 / 2) / v - |x|^2 / (2 v); the |x|^2 term is added at the end.
+        # -||x - y||^2 / (2 v) = (x.y - |y|^2 / 2) / v - |x|^2 / (2 v); the |x|^2 term is added at
+        # the end.
         logits = (x @ y.T - 0.5 * jnp.sum(y * y, axis=-1)[None, :]) * inv_var[:, None]
         logits = jnp.where(ok[None, :], logits, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
@@ -75,7 +82,9 @@ def _stream(x: jax.Array, inv_var: jax.Array, patterns: jax.Array, chunk: int | 
     return lse, (acc / s[:, None] if with_mean else None)
 
 
-def log_sum_exp_sq(x: jax.Array, patterns: jax.Array, inv_var, chunk: int | None = None) -> jax.Array:
+def log_sum_exp_sq(
+    x: jax.Array, patterns: jax.Array, inv_var, chunk: int | None = None
+) -> jax.Array:
     """log sum_i exp(-||x_b - y_i||^2 * inv_var / 2) for x (B, *S) or one example (*S),
     patterns (N, *S); inv_var scalar or (B,). Returns (B,), or a scalar for one example."""
     x, single = _as_batch(x, patterns, "log_sum_exp_sq")
@@ -97,14 +106,18 @@ def _as_batch(x, patterns, what: str) -> tuple[jax.Array, bool]:
                      f"batch (B, {', '.join(map(str, shape))}); got shape {x.shape}.")
 
 
-# ------------------------------------------------------------------------------------------ the energies
-def dense_am_energy(x: jax.Array, patterns: jax.Array, beta: float, chunk: int | None = None) -> jax.Array:
+# ------------------------------------------------------------------------------------- the energies
+def dense_am_energy(
+    x: jax.Array, patterns: jax.Array, beta: float, chunk: int | None = None
+) -> jax.Array:
     """E_AM(x) = -(1/beta) log sum_i exp(-beta ||x - y_i||^2), x (B, *S) -> (B,)
     (one example (*S) -> ())."""
     return -log_sum_exp_sq(x, patterns, 2.0 * beta, chunk) / beta
 
 
-def diffusion_energy(x: jax.Array, t, patterns: jax.Array, sigma: float = 1.0, chunk: int | None = None) -> jax.Array:
+def diffusion_energy(
+    x: jax.Array, t, patterns: jax.Array, sigma: float = 1.0, chunk: int | None = None
+) -> jax.Array:
     """E_DM(x, t) = -2 sigma^2 t log sum_i exp(-||x - y_i||^2 / (2 sigma^2 t)), x (B, *S),
     t scalar or (B,) (one example (*S) with a scalar t -> ())."""
     x = jnp.asarray(x)
@@ -113,12 +126,13 @@ def diffusion_energy(x: jax.Array, t, patterns: jax.Array, sigma: float = 1.0, c
 
 
 def empirical_denoiser(patterns: jax.Array, chunk: int | None = None) -> Denoiser:
-    """The optimal denoiser of the empirical distribution of `patterns` (N, *S), as a batched D(x, sigma).
+    """The optimal denoiser of the empirical distribution of `patterns` (N, *S), as a batched D(x,
+    sigma).
 
-    D(x; s) = sum_i softmax_i(-||x - y_i||^2 / (2 s^2)) y_i, streamed over chunks of `chunk` patterns.
-    It plugs into every sampler, likelihood and energy as a trained network would ("the theoretical optimum").
-    x is a batch (B, *S) with sigma scalar or (B,), or one example (*S) with a scalar sigma
-    (-> (*S)).
+    D(x; s) = sum_i softmax_i(-||x - y_i||^2 / (2 s^2)) y_i, streamed over chunks of `chunk`
+    patterns. It plugs into every sampler, likelihood and energy as a trained network would ("the
+    theoretical optimum"). x is a batch (B, *S) with sigma scalar or (B,), or one example (*S) with
+    a scalar sigma (-> (*S)).
     """
     def denoiser(x, sigma):
         x, single = _as_batch(x, patterns, "empirical_denoiser")
@@ -144,12 +158,13 @@ def empirical_score(patterns: jax.Array, sigma_of_t: Callable, chunk: int | None
     return score_fn
 
 
-# ------------------------------------------------------------------------------------------- the circle
+# --------------------------------------------------------------------------------------- the circle
 def circle_energy(x: np.ndarray | jax.Array, beta: float) -> jax.Array:
     """K -> infinity limit on the unit circle: E(R) = R^2 + 1 - (1/beta) log I0(2 beta R),
     x (B, 2) -> (B,) (one point (2,) -> ()).
 
-    log I0(z) = log i0e(z) + z (exponentially scaled Bessel function) so beta up to 1e4 does not overflow.
+    log I0(z) = log i0e(z) + z (exponentially scaled Bessel function) so beta up to 1e4 does not
+    overflow.
     """
     x = jnp.asarray(x)
     r = jnp.sqrt(jnp.sum(x * x, axis=-1) + jnp.finfo(x.dtype).tiny)  # differentiable at the origin
@@ -161,7 +176,8 @@ def circle_score(x: np.ndarray | jax.Array, beta: float, eps: float = 1e-9) -> j
     """-grad E / 1 along the radius: 2 (I1(2 beta R) / I0(2 beta R) - R) x / R, x (B, 2) -> (B, 2)
     (one point (2,) -> (2,))."""
     x = jnp.asarray(x)
-    r = jnp.sqrt(jnp.sum(x * x, axis=-1) + eps**2)  # smooth at the origin (jvp of a norm at 0 is NaN)
+    # smooth at the origin (jvp of a norm at 0 is NaN)
+    r = jnp.sqrt(jnp.sum(x * x, axis=-1) + eps**2)
     z = 2.0 * beta * r
     radial = 2.0 * (jax.scipy.special.i1e(z) / jax.scipy.special.i0e(z) - r)
     return (radial / r)[..., None] * x
@@ -173,14 +189,14 @@ def circle_energy_numpy(r: np.ndarray, beta: float) -> np.ndarray:
     return r**2 + 1.0 - (np.log(scipy.special.i0e(z)) + z) / beta
 
 
-# ------------------------------------------------------------------------------------------ attractors
+# --------------------------------------------------------------------------------------- attractors
 def find_attractors(patterns: jax.Array, sigma: float, starts: jax.Array, *, max_iter: int = 500,
                     tol: float = 1e-6, merge_tol: float = 1e-3, stored_tol: float | None = None,
                     chunk: int | None = None) -> dict:
     """Fixed points of the modern Hopfield update x <- D(x; sigma) reached from `starts` (M, *S).
 
-    Iterates until ||x_new - x|| < tol (or max_iter), merges fixed points closer than merge_tol, and labels
-    each as "stored" (within stored_tol of a pattern; default merge_tol * 10) or "spurious".
+    Iterates until ||x_new - x|| < tol (or max_iter), merges fixed points closer than merge_tol, and
+    labels each as "stored" (within stored_tol of a pattern; default merge_tol * 10) or "spurious".
     Returns {"points" (F, *S), "counts" (F,) basin sizes, "kind" (F,) str, "energy" (F,) E_DM at
     sigma^2 t = sigma^2, "nearest_pattern_distance" (F,), "converged" (M,) bool}.
     """
@@ -227,19 +243,24 @@ def find_attractors(patterns: jax.Array, sigma: float, starts: jax.Array, *, max
             "converged": last_step < max(tol * 10, 1e-5)}
 
 
-# ------------------------------------------------------------------------------------- relative energy
+# ---------------------------------------------------------------------------------- relative energy
 def relative_energy(grad_energy: Callable[[jax.Array], jax.Array], x: jax.Array, r: jax.Array,
                     num: int = 20) -> jax.Array:
-    """Energy along the path x(a) = cos(a) x + sin(a) r, a in [0, pi/2], relative to x (Pham et al.).
+    """Energy along the path x(a) = cos(a) x + sin(a) r, a in [0, pi/2], relative to x (Pham et
+    al.).
 
     E(a) - E(0) = integral_0^a grad_E(x(a')) . x'(a') da' by the trapezoid rule on `num` points.
-    grad_energy: batched (B, *S) -> (B, *S); for a score model use `lambda x: -score(x)` (E = -log p), for
-    Pham et al.'s DDPM variant the force -beta_0 s(x) - beta_0 x / 2 (`ddpm_grad_energy`).
+    grad_energy: batched (B, *S) -> (B, *S); for a score model use `lambda x: -score(x)` (E = -log
+    p), for Pham et al.'s DDPM variant the force -beta_0 s(x) - beta_0 x / 2 (`ddpm_grad_energy`).
     x, r: (B, *S) start points and directions. Returns (B, num) energies, first column 0.
     """
     a = jnp.linspace(0.0, math.pi / 2, num, dtype=x.dtype)
-    path = jnp.cos(a)[:, None, None] * x.reshape(1, x.shape[0], -1) + jnp.sin(a)[:, None, None] * r.reshape(1, r.shape[0], -1)
-    tangent = -jnp.sin(a)[:, None, None] * x.reshape(1, x.shape[0], -1) + jnp.cos(a)[:, None, None] * r.reshape(1, r.shape[0], -1)
+    path = jnp.cos(a)[:, None, None] * x.reshape(1, x.shape[0], -1) + jnp.sin(a)[
+        :, None, None
+    ] * r.reshape(1, r.shape[0], -1)
+    tangent = -jnp.sin(a)[:, None, None] * x.reshape(1, x.shape[0], -1) + jnp.cos(a)[
+        :, None, None
+    ] * r.reshape(1, r.shape[0], -1)
     g = jax.vmap(lambda p: grad_energy(p.reshape(x.shape)).reshape(x.shape[0], -1))(path)
     integrand = jnp.sum(g * tangent, axis=-1)  # (num, B)
     da = a[1] - a[0]
@@ -247,7 +268,10 @@ def relative_energy(grad_energy: Callable[[jax.Array], jax.Array], x: jax.Array,
     return jnp.concatenate([jnp.zeros((1, x.shape[0]), x.dtype), jnp.cumsum(steps, axis=0)]).T
 
 
-def ddpm_grad_energy(score_fn: Callable[[jax.Array], jax.Array], beta_0: float) -> Callable[[jax.Array], jax.Array]:
-    """Pham et al.'s force at the smallest DDPM noise level: -beta_0 s(x) - beta_0 x / 2 (DESIGN.md section 3),
-    where s is the score at step 0 (std_0 = sqrt(1 - alpha_bar_0), not cumprod of all betas)."""
+def ddpm_grad_energy(
+    score_fn: Callable[[jax.Array], jax.Array], beta_0: float
+) -> Callable[[jax.Array], jax.Array]:
+    """Pham et al.'s force at the smallest DDPM noise level: -beta_0 s(x) - beta_0 x / 2 (DESIGN.md
+    section 3), where s is the score at step 0 (std_0 = sqrt(1 - alpha_bar_0), not cumprod of all
+    betas)."""
     return lambda x: -beta_0 * score_fn(x) - 0.5 * beta_0 * x

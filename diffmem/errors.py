@@ -1,8 +1,9 @@
 """diffmem's own error classes: what `diffmem.cli.run` turns into a one-line `error: ...` exit.
 
-Anything else (a bare ValueError, KeyError, ...) is a bug and keeps its traceback. Raise the class that
-says what went wrong, with a message that names the file or value and what to do about it. Each class
-also derives from the matching builtin, so `except ValueError` / `except FileNotFoundError` still work.
+Anything else (a bare ValueError, KeyError, ...) is a bug and keeps its traceback. Raise the class
+that says what went wrong, with a message that names the file or value and what to do about it. Each
+class also derives from the matching builtin, so `except ValueError` / `except FileNotFoundError`
+still work.
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ class DiffmemError(Exception):
 
 
 class ConfigError(DiffmemError, ValueError):
-    """A config key or value a user gave is not valid; the message says what is (`diffmem.configlib`,
-    `diffmem.config_schema`)."""
+    """A config key or value a user gave is not valid; the message says what is
+    (`diffmem.configlib`, `diffmem.config_schema`)."""
 
 
 class InputError(DiffmemError, ValueError):
-    """A bad argument or unreadable input file (corrupt .npz / JSON, wrong shape, out-of-range value)."""
+    """A bad argument or unreadable input file (corrupt .npz / JSON, wrong shape, out-of-range
+    value)."""
 
 
 class MissingInputError(DiffmemError, FileNotFoundError):

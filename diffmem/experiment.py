@@ -1,15 +1,18 @@
 """An experiment as built once from its config: the record every layer below the boundary takes.
 
-    exp = builders.build(config)          # at the boundary: bin/ scripts, train, Workdir, the studies
-    exp.network, exp.loss, exp.optimizer  # a Linen module, loss(params, x0, key, labels) -> (B,), optax
+    exp = builders.build(config)          # at the boundary: bin/ scripts, train, Workdir, the
+                                          studies
+    exp.network, exp.loss, exp.optimizer  # a Linen module, loss(params, x0, key, labels) -> (B,),
+                                          optax
     exp.members                           # the sweep's members (`ModelSpec`: K, seed, training set)
     exp.denoiser(params)                  # D(x (B, *S), sigma (B,)) of trained parameters
     exp.model(member, params, step)       # the same as a `Model`, what samplers and metrics take
-    exp.sampler.settings("ddim", model)   # a sampler's settings: given, then the config's, then defaults
+    exp.sampler.settings("ddim", model)   # a sampler's settings: given, then the config's, then
+                                          defaults
 
-Nothing here reads a ConfigDict: `diffmem.builders.build` turns the config's sections into these fields
-(network and noise process or preconditioning, loss, optimizer, members, sampler choice, training
-lengths), and every function below it takes the fields it needs.
+Nothing here reads a ConfigDict: `diffmem.builders.build` turns the config's sections into these
+fields (network and noise process or preconditioning, loss, optimizer, members, sampler choice,
+training lengths), and every function below it takes the fields it needs.
 """
 from __future__ import annotations
 
@@ -30,8 +33,10 @@ __all__ = ["ModelSpec", "SamplerChoice", "Training", "Experiment", "IMAGE_NETWOR
            "BLIND_NETWORKS", "VECTOR_NETWORKS", "network_fn"]
 
 IMAGE_NETWORKS = ("ddpm_unet", "ddpmpp")   # the preconditioned image networks (`precond`)
-BLIND_NETWORKS = ("bf_unet", "bf_cnn")     # Kadkhodaie et al.'s bias-free blind denoisers, [0, 1] units
-VECTOR_NETWORKS = ("mlp",)                 # small vector networks: one flat optimizer vector, vmapped
+# Kadkhodaie et al.'s bias-free blind denoisers, [0, 1] units
+BLIND_NETWORKS = ("bf_unet", "bf_cnn")
+# small vector networks: one flat optimizer vector, vmapped
+VECTOR_NETWORKS = ("mlp",)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -39,7 +44,8 @@ class ModelSpec:
     """One member of a sweep: its name (checkpoint directory), K, seed and training set (K, *S).
 
     labels: (K,) int class labels of the training set for class-conditional models (`data.labels` =
-    "true" | "random" | "unique"), else None. indices: rows of the dataset pool (`data = pool[indices]`).
+    "true" | "random" | "unique"), else None. indices: rows of the dataset pool (`data =
+    pool[indices]`).
     """
     name: str
     k: int
@@ -55,9 +61,10 @@ class SamplerChoice:
     """The samplers an experiment samples with and the defaults of their settings.
 
     name: the sampler of trained models (`sample.sampler`); optimal_name: the one of the empirical
-    optimal denoiser (`sample.optimal_sampler`, None = `name`). section: the `sample` section's settings
-    (they apply to `name` only). grid: the DDPM grid {timesteps, beta_start, beta_end} of the noise process
-    (every sampler that takes one). batch: seeds per sharded call (None = the kind's default).
+    optimal denoiser (`sample.optimal_sampler`, None = `name`). section: the `sample` section's
+    settings (they apply to `name` only). grid: the DDPM grid {timesteps, beta_start, beta_end} of
+    the noise process (every sampler that takes one). batch: seeds per sharded call (None = the
+    kind's default).
     """
     name: str
     optimal_name: str | None = None
@@ -70,9 +77,9 @@ class SamplerChoice:
         return (self.optimal_name or self.name) if kind == "optimal" else self.name
 
     def settings(self, name: str, model: Model, **given) -> dict:
-        """A sampler's resolved settings for `model`: `given` (None = unset), then `section` if `name` is
-        this experiment's sampler, the DDPM grid, the sampler's defaults. The one resolver bin/sample.py,
-        `diffmem.sample`, the monitor and the studies use (JSON-plain values)."""
+        """A sampler's resolved settings for `model`: `given` (None = unset), then `section` if
+        `name` is this experiment's sampler, the DDPM grid, the sampler's defaults. The one resolver
+        bin/sample.py, `diffmem.sample`, the monitor and the studies use (JSON-plain values)."""
         from diffmem import sampling
         spec = sampling.get_sampler(name, model)
         defaults = {k: v for k, v in self.grid.items() if k in spec.settings}
@@ -80,14 +87,17 @@ class SamplerChoice:
             defaults.update({k: v for k, v in self.section.items() if k in spec.settings})
         defaults.update({k: v for k, v in given.items() if v is not None})
         resolved = spec.resolve(model, **defaults)
-        return json.loads(json.dumps(resolved, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+        return json.loads(
+            json.dumps(resolved, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class Training:
-    """How the trainer runs: chunk and logging cadence in steps, checkpoints kept (and the snapshot steps
-    kept besides them), the EMA's fixed decay (used unless a member's schedule gives a half-life), the
-    matmul precision by name, and the memorization monitor's settings (None: off; `diffmem.monitor`)."""
+    """How the trainer runs: chunk and logging cadence in steps, checkpoints kept (and the snapshot
+    steps kept besides them), the EMA's fixed decay (used unless a member's schedule gives a
+    half-life), the matmul precision by name, and the memorization monitor's settings (None: off;
+    `diffmem.monitor`)."""
     steps_per_call: int
     log_every: int
     ckpt_every: int
@@ -101,14 +111,15 @@ class Training:
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Experiment:
-    """Everything a config describes, built (`builders.build`): the network and how its parameters become a
-    model, the training objective and optimizer, the members and the sampler choice.
+    """Everything a config describes, built (`builders.build`): the network and how its parameters
+    become a model, the training objective and optimizer, the members and the sampler choice.
 
     network_name  `model.name`; network: the Linen module (`init` / `apply`)
     data_shape    one example's shape S
     sde           the noise process of SDE-time score networks (`diffusion.kind` "sde"), else None
     precond       the preconditioning as the network sees it (image networks), else None
-    sigma_range   (sigma_min, sigma_max) samplers cover (preconditioned and blind networks), else None
+    sigma_range   (sigma_min, sigma_max) samplers cover (preconditioned and blind networks), else
+                  None
     data_range    (lo, hi) samples are clipped to (images: (-1, 1)), or None
     loss          loss(params, x0 (B, *S), key, labels=None) -> (B,) (blind: with new batch stats)
     optimizer     the optax transformation training and every reader of its checkpoints build alike
@@ -130,13 +141,18 @@ class Experiment:
     training: Training
 
     def __repr__(self) -> str:
-        noise = f"sde={self.sde!r}" if self.sde is not None else f"precond={type(self.precond).__name__}"
+        noise = (
+            f"sde={self.sde!r}"
+            if self.sde is not None
+            else f"precond={type(self.precond).__name__}"
+        )
         return (f"Experiment(network={self.network_name!r}, data_shape={self.data_shape}, {noise}, "
                 f"members={[m.name for m in self.members]}, sampler={self.sampler.name!r})")
 
     @property
     def is_vector(self) -> bool:
-        """Whether the network is a small vector model (one flat optimizer vector, vmapped sweeps)."""
+        """Whether the network is a small vector model (one flat optimizer vector, vmapped
+        sweeps)."""
         return self.network_name in VECTOR_NETWORKS
 
     def member(self, name: str) -> ModelSpec:
@@ -150,38 +166,47 @@ class Experiment:
     def init_like(self):
         """The shapes and dtypes of the network's variables (`jax.eval_shape` of its init)."""
         x = jnp.zeros((1,) + tuple(self.data_shape), jnp.float32)
-        return jax.eval_shape(lambda: self.network.init(jax.random.key(0), x, jnp.ones((1,), x.dtype)))
+        return jax.eval_shape(
+            lambda: self.network.init(jax.random.key(0), x, jnp.ones((1,), x.dtype))
+        )
 
     def time_score(self, params) -> sde_lib.ScoreFn:
         """A score network's s(x (B, *S), t (B,)) in SDE time."""
         return lambda x, t: self.network.apply(params, x, t)
 
     def denoiser(self, params, *, labels=None) -> sde_lib.Denoiser:
-        """Trained parameters as D(x (B, H, W, C), sigma (B,)) -> (B, H, W, C) (labels: a conditional
-        DDPM++'s class labels, as `network_fn` takes them)."""
+        """Trained parameters as D(x (B, H, W, C), sigma (B,)) -> (B, H, W, C) (labels: a
+        conditional DDPM++'s class labels, as `network_fn` takes them)."""
         if self.network_name in BLIND_NETWORKS:  # sigma ignored; D = 2 D_[0,1]((x + 1) / 2) - 1
             return nets.bfcnn.signed_range_denoiser(self.network, params)
         if self.network_name not in IMAGE_NETWORKS:
             raise ConfigError(f"No denoiser view for model.name {self.network_name!r}; "
                               f"image networks: {list(IMAGE_NETWORKS)}.")
-        return self.precond.denoiser(network_fn(self.network_name, self.network, params, labels=labels))
+        return self.precond.denoiser(
+            network_fn(self.network_name, self.network, params, labels=labels)
+        )
 
     def model(self, member: ModelSpec, params, step: int) -> Model:
-        """The `Model` of trained parameters: a score in SDE time when the experiment has an SDE, else the
-        (preconditioned or blind) denoiser."""
+        """The `Model` of trained parameters: a score in SDE time when the experiment has an SDE,
+        else the (preconditioned or blind) denoiser."""
         if self.sde is not None:
             return self.as_model(member, "trained", step, time_score=self.time_score(params))
         return self.as_model(member, "trained", step, denoiser=self.denoiser(params))
 
     def optimal(self, member: ModelSpec, chunk: int = 4096) -> Model:
         """The empirical optimal denoiser of a member's training set (step -1)."""
-        return self.as_model(member, "optimal", -1,
-                             denoiser=energy.empirical_denoiser(jnp.asarray(member.data), chunk=chunk))
+        return self.as_model(
+            member,
+            "optimal",
+            -1,
+            denoiser=energy.empirical_denoiser(jnp.asarray(member.data), chunk=chunk),
+        )
 
     def as_model(self, member: ModelSpec, kind: str, step: int, *, denoiser: Callable | None = None,
                  time_score: Callable | None = None) -> Model:
         """A `Model` of a member from either view: a denoiser, or a score in SDE time (converted by
-        Tweedie's formula, `sde.denoiser_from_score`), with the experiment's noise and data ranges."""
+        Tweedie's formula, `sde.denoiser_from_score`), with the experiment's noise and data
+        ranges."""
         fields = dict(name=member.name, k=member.k, kind=kind, shape=tuple(member.data.shape[1:]),
                       train_data=member.data, step=int(step), seed=int(member.seed),
                       labels=member.labels, data_range=self.data_range)
@@ -202,7 +227,10 @@ def network_fn(name: str, module, params, *, labels=None, dropout_rng: jax.Array
     rngs = {"dropout": dropout_rng} if train else {}
     if name == "ddpmpp":
         def f(x, c):
-            return module.apply(params, x, c, _batch_labels(labels, x.shape[0]), train=train, rngs=rngs)
+            return module.apply(
+                params, x, c, _batch_labels(labels, x.shape[0]), train=train, rngs=rngs
+            )
+
         return f
     if name == "ddpm_unet":
         if labels is not None:

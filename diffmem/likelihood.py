@@ -2,12 +2,12 @@
 
     log p_{t0}(x) = log p_T(x_T) + integral_{t0}^{T} div f~(x_t, t) dt,   f~ = f - 1/2 g^2 s
 
-integrated with diffrax from t_eval to T, the divergence exact (d Jacobian-vector products of the batched
-drift: examples are independent, so one jvp with tangent e_j gives every example's column j) or by
-Hutchinson's estimator (Rademacher or Gaussian probes, fixed for the solve; each example draws its own probes
-from fold_in(key, its seed), so its estimate depends on its seed alone, not on the other rows, and the probe
-errors of different examples are independent: a batch mean has the variance of independent estimates).
-Energy = -log p.
+integrated with diffrax from t_eval to T, the divergence exact (d Jacobian-vector products of the
+batched drift: examples are independent, so one jvp with tangent e_j gives every example's column j)
+or by Hutchinson's estimator (Rademacher or Gaussian probes, fixed for the solve; each example draws
+its own probes from fold_in(key, its seed), so its estimate depends on its seed alone, not on the
+other rows, and the probe errors of different examples are independent: a batch mean has the
+variance of independent estimates). Energy = -log p.
 """
 from __future__ import annotations
 
@@ -52,38 +52,58 @@ def hutchinson_divergence(f, x: jax.Array, probes: jax.Array) -> tuple[jax.Array
 
 def hutchinson_probes(key: jax.Array, seeds: jax.Array, num_probes: int, shape: tuple[int, ...],
                       probe: str = "rademacher", dtype=jnp.float32) -> jax.Array:
-    """Each example's own probes: (B, num_probes, *shape), row i drawn from fold_in(key, seeds[i])."""
+    """Each example's own probes: (B, num_probes, *shape), row i drawn from fold_in(key,
+    seeds[i])."""
     if probe == "rademacher":
         draw = lambda k: jax.random.rademacher(k, (num_probes,) + tuple(shape), dtype)
     elif probe == "gaussian":
         draw = lambda k: jax.random.normal(k, (num_probes,) + tuple(shape), dtype)
     else:
         raise InputError(f"Unknown probe {probe!r}; choose 'rademacher' or 'gaussian'.")
-    seeds = (seeds if isinstance(seeds, jax.Array) else np.asarray(seeds, np.int64)).astype(jnp.uint32)
+    seeds = (seeds if isinstance(seeds, jax.Array) else np.asarray(seeds, np.int64)).astype(
+        jnp.uint32
+    )
     return jax.vmap(lambda s: draw(jax.random.fold_in(key, s)))(seeds)
 
 
-def log_likelihood(score_fn: ScoreFn | None, sde: SDE, x: jax.Array, *, denoiser: Denoiser | None = None,
-                   t_eval: float | None = None, divergence: str = "exact", num_probes: int = 1,
-                   probe: str = "rademacher", key: jax.Array | None = None, seeds: jax.Array | None = None,
-                   solver=None, rtol: float = 1e-5, atol: float = 1e-5, max_steps: int = 16_384,
-                   prior_logp=None, return_stats: bool = False):
+def log_likelihood(
+    score_fn: ScoreFn | None,
+    sde: SDE,
+    x: jax.Array,
+    *,
+    denoiser: Denoiser | None = None,
+    t_eval: float | None = None,
+    divergence: str = "exact",
+    num_probes: int = 1,
+    probe: str = "rademacher",
+    key: jax.Array | None = None,
+    seeds: jax.Array | None = None,
+    solver=None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    max_steps: int = 16_384,
+    prior_logp=None,
+    return_stats: bool = False,
+):
     """log p_{t_eval}(x) for x (B, *S) -> (B,) under the model's probability-flow ODE.
 
-    Give a batched `score_fn(x, t)` or a `denoiser(x, sigma)`. t_eval defaults to sde.t_min. Every example
-    has its own adaptive solve (vmapped; default Dopri5, the reference's RK45 pair, with the given
-    tolerances), so its step sizes, and log p(x_i), do not depend on the other rows. `divergence` is "exact"
-    or "hutchinson" (`num_probes` Rademacher/Gaussian probes per example; example i's from
-    fold_in(key, seeds[i]), `seeds` (B,) integers in [0, 2**32), default its row index 0..B-1). Give each
-    example a fixed seed (e.g. its dataset index) to make its estimate independent of the batch it is in:
-    log p(x_i) is then the same alone or beside any other rows. Distinct seeds give independent probes, so
-    the probe errors of a batch are uncorrelated and average out in a batch mean (bits/dim with one probe);
-    equal seeds share probes. `prior_logp(x_T) -> (B,)` replaces the SDE's Gaussian prior at T (e.g. an
-    exact marginal in tests). Jit it around the call (compiled once per shape): `jax.jit(functools.partial(log_likelihood, score_fn, sde))(x)`.
+    Give a batched `score_fn(x, t)` or a `denoiser(x, sigma)`. t_eval defaults to sde.t_min. Every
+    example has its own adaptive solve (vmapped; default Dopri5, the reference's RK45 pair, with the
+    given tolerances), so its step sizes, and log p(x_i), do not depend on the other rows.
+    `divergence` is "exact" or "hutchinson" (`num_probes` Rademacher/Gaussian probes per example;
+    example i's from fold_in(key, seeds[i]), `seeds` (B,) integers in [0, 2**32), default its row
+    index 0..B-1). Give each example a fixed seed (e.g. its dataset index) to make its estimate
+    independent of the batch it is in: log p(x_i) is then the same alone or beside any other rows.
+    Distinct seeds give independent probes, so the probe errors of a batch are uncorrelated and
+    average out in a batch mean (bits/dim with one probe); equal seeds share probes.
+    `prior_logp(x_T) -> (B,)` replaces the SDE's Gaussian prior at T (e.g. an exact marginal in
+    tests). Jit it around the call (compiled once per shape):
+    `jax.jit(functools.partial(log_likelihood, score_fn, sde))(x)`.
 
     return_stats=False: a failed solve (e.g. max_steps reached) raises. return_stats=True: returns
-    (log_p (B,), stats) instead, stats = {"num_steps", "num_accepted_steps", "num_rejected_steps": (B,) int,
-    "result": (B,) int, diffrax's result code (0 = successful)}, and failures are reported there, not raised.
+    (log_p (B,), stats) instead, stats = {"num_steps", "num_accepted_steps", "num_rejected_steps":
+    (B,) int, "result": (B,) int, diffrax's result code (0 = successful)}, and failures are reported
+    there, not raised.
     """
     if jnp.ndim(x) < 2:
         raise InputError(f"log_likelihood takes a batch x (B, *S), e.g. (B, 2) or (B, H, W, C); "

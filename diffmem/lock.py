@@ -1,11 +1,12 @@
 """One training writes a workdir at a time: an advisory lock on `<workdir>/.diffmem.lock`
 (`diffmem.layout.Layout.lock_path`).
 
-The lock is `fcntl.flock` on that file, which the kernel drops when its holder exits in any way (SIGKILL
-included): a lock file left by a dead process is stale by construction and the next run simply takes it
-(its holder's pid and host are only read for the error message). The file itself is never deleted
-(deleting a flock file lets two processes lock two different files). Under jax.distributed process 0
-takes the lock and every process learns the outcome, so either all of them run or all stop.
+The lock is `fcntl.flock` on that file, which the kernel drops when its holder exits in any way
+(SIGKILL included): a lock file left by a dead process is stale by construction and the next run
+simply takes it (its holder's pid and host are only read for the error message). The file itself is
+never deleted (deleting a flock file lets two processes lock two different files). Under
+jax.distributed process 0 takes the lock and every process learns the outcome, so either all of them
+run or all stop.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ __all__ = ["workdir_lock"]
 
 @contextlib.contextmanager
 def workdir_lock(workdir: str, what: str = "training"):
-    """Hold `workdir`'s writer lock for the duration of the block; raises `WorkdirBusyError` at once when
-    another live process holds it (never waits)."""
+    """Hold `workdir`'s writer lock for the duration of the block; raises `WorkdirBusyError` at once
+    when another live process holds it (never waits)."""
     from diffmem import multihost  # imports JAX, which importing this module does not
     fd, failure = None, None
     if atomic.is_writer():
@@ -54,8 +55,10 @@ def _acquire(workdir: str, what: str) -> int | None:
         os.makedirs(workdir, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise WriteError(f"Cannot create the lock file {path}: {e.strerror or e} (errno {e.errno}); check that "
-                         f"{workdir} is writable and the disk has space, or choose another --workdir.") from e
+        raise WriteError(
+            f"Cannot create the lock file {path}: {e.strerror or e} (errno {e.errno}); check that "
+            f"{workdir} is writable and the disk has space, or choose another --workdir."
+        ) from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -63,11 +66,16 @@ def _acquire(workdir: str, what: str) -> int | None:
         os.close(fd)
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise WorkdirBusyError(
-                f"{workdir} is being written by another run ({holder}); two writers would mix their "
-                f"checkpoints and metrics, so this {what} stops. Wait for that run to finish (or stop it), "
-                "or use another --workdir.") from None
-        warnings.warn(f"Cannot lock {path} ({e.strerror}; this file system has no flock): make sure only one "
-                      f"run writes {workdir} at a time.")
+                f"{workdir} is being written by another run ({holder}); two writers would mix "
+                f"their "
+                f"checkpoints and metrics, so this {what} stops. Wait for that run to finish (or "
+                f"stop it), "
+                "or use another --workdir."
+            ) from None
+        warnings.warn(
+            f"Cannot lock {path} ({e.strerror}; this file system has no flock): make sure only one "
+            f"run writes {workdir} at a time."
+        )
         return None
     info = {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
             "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}

@@ -1,17 +1,21 @@
-"""Per-example training losses (optax style: each returns one value per example; the caller reduces).
+"""Per-example training losses (optax style: each returns one value per example; the caller
+reduces).
 
-Each loss calls the network once on the whole batch (a batched callable, so the same function serves a
-plain `apply` and a vmapped sweep of models) and reduces every example's squared error over its own
-pixels; only the random draws are made per example (vmapped over fold_in(key, i)).
+Each loss calls the network once on the whole batch (a batched callable, so the same function serves
+a plain `apply` and a vmapped sweep of models) and reduces every example's squared error over its
+own pixels; only the random draws are made per example (vmapped over fold_in(key, i)).
 
-    dsm / dsm_from_key                  denoising score matching on an SDE (the tutorial, toy models)
+    dsm / dsm_from_key                  denoising score matching on an SDE (the tutorial, toy
+                                        models)
     ddpm_eps / ddpm_eps_from_key        Ho et al.'s epsilon loss on the discrete DDPM steps
-    weighted_denoising[_from_key]       EDM's lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2, with the noise
-                                        levels and weights of a preconditioning (EDM, VP, VE or DDPM)
+    weighted_denoising[_from_key]       EDM's lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2, with
+                                        the noise levels and weights of a preconditioning (EDM, VP,
+                                        VE or DDPM)
 
-The `_from_key` variants draw every random input of example i from `fold_in(key, i)`. The image losses
-reduce over pixels by `reduction`: "mean" (Ho et al.'s mean_flat, diffmem's default) or "sum" (EDM's training
-loop, which Gu et al. use; = pixel count * mean, which changes the gradient scale that Adam's epsilon sees).
+The `_from_key` variants draw every random input of example i from `fold_in(key, i)`. The image
+losses reduce over pixels by `reduction`: "mean" (Ho et al.'s mean_flat, diffmem's default) or "sum"
+(EDM's training loop, which Gu et al. use; = pixel count * mean, which changes the gradient scale
+that Adam's epsilon sees).
 """
 from __future__ import annotations
 
@@ -50,12 +54,12 @@ def dsm(score_fn: ScoreFn, x0: jax.Array, t: jax.Array, noise: jax.Array, sde: S
 def sample_dsm_inputs(key: jax.Array, x0: jax.Array, sde: SDE) -> tuple[jax.Array, jax.Array]:
     """Draw t ~ U(t_min, t_max) (B,) and z ~ N(0, I) (B, *S) for `dsm`.
 
-    Example i uses `fold_in(key, i)` alone, so its draws do not depend on the batch size or on how the
-    batch is padded or sharded.
+    Example i uses `fold_in(key, i)` alone, so its draws do not depend on the batch size or on how
+    the batch is padded or sharded.
     """
     def one(i):
-        # One draw of 1 + prod(S) uniforms per example (cheaper than splitting keys): t from the first,
-        # z from the rest through the normal quantile function.
+        # One draw of 1 + prod(S) uniforms per example (cheaper than splitting keys): t from the
+        # first, z from the rest through the normal quantile function.
         size = 1 + math.prod(x0.shape[1:])
         u = jax.random.uniform(jax.random.fold_in(key, i), (size,), x0.dtype,
                                minval=jnp.finfo(x0.dtype).tiny, maxval=1.0)
@@ -73,7 +77,7 @@ def dsm_from_key(score_fn: ScoreFn, x0: jax.Array, key: jax.Array, sde: SDE) -> 
 LossFn = Callable[..., jax.Array]
 
 
-# ------------------------------------------------------------------------------------------ image losses
+# ------------------------------------------------------------------------------------- image losses
 def _per_example_keys(key: jax.Array, n: int) -> jax.Array:
     return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n))
 
@@ -82,7 +86,8 @@ REDUCTIONS = ("mean", "sum")
 
 
 def _per_example(v: jax.Array, reduction: str = "mean") -> jax.Array:
-    """(B, *S) -> (B,): each example's values averaged ("mean") or summed ("sum") over its pixels."""
+    """(B, *S) -> (B,): each example's values averaged ("mean") or summed ("sum") over its
+    pixels."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"Unknown loss reduction {reduction!r}; valid: {list(REDUCTIONS)}.")
     flat = jnp.reshape(v, (v.shape[0], -1))
@@ -91,7 +96,8 @@ def _per_example(v: jax.Array, reduction: str = "mean") -> jax.Array:
 
 def ddpm_eps(eps_model: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Array, t: jax.Array,
              noise: jax.Array, alpha_bar: jax.Array, reduction: str = "mean") -> jax.Array:
-    """Ho et al.'s simple loss: mean_j (eps_theta(x_t, t) - eps)_j^2, x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps.
+    """Ho et al.'s simple loss: mean_j (eps_theta(x_t, t) - eps)_j^2, x_t = sqrt(ab_t) x0 + sqrt(1 -
+    ab_t) eps.
 
     Args:
       eps_model: batched epsilon predictor (x_t (B,*S), t (B,) integer steps 0..T-1) -> (B,*S).
@@ -118,19 +124,28 @@ def ddpm_eps_from_key(eps_model, x0: jax.Array, key: jax.Array, alpha_bar: jax.A
 class NoiseLevels(Protocol):
     """What the EDM-family loss needs from a preconditioning (any of `diffmem.precond`'s)."""
 
-    def sample_sigma(self, key: jax.Array, shape: tuple[int, ...] = (), dtype=jnp.float32) -> jax.Array: ...
+    def sample_sigma(
+        self, key: jax.Array, shape: tuple[int, ...] = (), dtype=jnp.float32
+    ) -> jax.Array: ...
 
     def loss_weight(self, sigma: jax.Array) -> jax.Array: ...
 
 
-def weighted_denoising(denoiser: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Array, sigma: jax.Array,
-                       noise: jax.Array, weight: jax.Array, reduction: str = "mean") -> jax.Array:
-    """EDM-family loss: weight_i * mean_j (or sum_j) (D(x0 + sigma n, sigma) - x0)_ij^2, per example.
+def weighted_denoising(
+    denoiser: Callable[[jax.Array, jax.Array], jax.Array],
+    x0: jax.Array,
+    sigma: jax.Array,
+    noise: jax.Array,
+    weight: jax.Array,
+    reduction: str = "mean",
+) -> jax.Array:
+    """EDM-family loss: weight_i * mean_j (or sum_j) (D(x0 + sigma n, sigma) - x0)_ij^2, per
+    example.
 
     Args:
-      denoiser: batched D(x (B,*S), sigma (B,)) -> (B,*S).
-      x0: (B,*S) clean data. sigma: (B,) noise levels. noise: (B,*S) standard normal n. weight: (B,).
-      reduction: "sum" over pixels as EDM's training loop (Gu et al.), or "mean" (1 / pixel count of it).
+      denoiser: batched D(x (B,*S), sigma (B,)) -> (B,*S). x0: (B,*S) clean data. sigma: (B,) noise
+      levels. noise: (B,*S) standard normal n. weight: (B,). reduction: "sum" over pixels as EDM's
+      training loop (Gu et al.), or "mean" (1 / pixel count of it).
     Returns:
       (B,) per-example losses.
     """
@@ -142,9 +157,9 @@ def sample_denoising_inputs(key: jax.Array, x0: jax.Array, levels: NoiseLevels
                             ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-example sigma ~ levels.sample_sigma, weight = levels.loss_weight(sigma) and n ~ N(0, I).
 
-    Example i draws from `fold_in(key, i)` alone (split into a sigma key and a noise key), so its draws do
-    not depend on the batch size or on how the batch is padded or sharded.
-    Returns sigma (B,), weight (B,) and noise (B, *S), in x0's dtype.
+    Example i draws from `fold_in(key, i)` alone (split into a sigma key and a noise key), so its
+    draws do not depend on the batch size or on how the batch is padded or sharded. Returns sigma
+    (B,), weight (B,) and noise (B, *S), in x0's dtype.
     """
     def draw(k):
         ks, kn = jax.random.split(k)
@@ -155,39 +170,52 @@ def sample_denoising_inputs(key: jax.Array, x0: jax.Array, levels: NoiseLevels
 
 def weighted_denoising_from_key(denoiser, x0: jax.Array, key: jax.Array, levels: NoiseLevels,
                                 reduction: str = "mean") -> jax.Array:
-    """`weighted_denoising` with sigma, its weight and the noise drawn per example from fold_in(key, i).
+    """`weighted_denoising` with sigma, its weight and the noise drawn per example from fold_in(key,
+    i).
 
-    `levels` is a preconditioning (`diffmem.precond.make("edm" | "vp" | "ve" | "ddpm")`): its training
-    noise-level distribution and loss weight define the loss (Karras et al., Table 1). Returns (B,).
+    `levels` is a preconditioning (`diffmem.precond.make("edm" | "vp" | "ve" | "ddpm")`): its
+    training noise-level distribution and loss weight define the loss (Karras et al., Table 1).
+    Returns (B,).
     """
     sigma, weight, noise = sample_denoising_inputs(key, x0, levels)
     return weighted_denoising(denoiser, x0, sigma, noise, weight, reduction)
 
 
-# ------------------------------------------------------------------------- blind (Kadkhodaie et al. 2024)
-def blind_noise(key: jax.Array, x0: jax.Array, max_sigma_255: float = 255.0) -> tuple[jax.Array, jax.Array]:
-    """Kadkhodaie et al.'s blind noise (`add_noise_torch`): per example u ~ U(0, 1),
-    sigma = (u sqrt(max_sigma_255))^2 / 255 (so sqrt(255 sigma) ~ U[0, sqrt(max_sigma_255)]), z ~ N(0, I),
-    both from fold_in(key, i). Images in [0, 1] units. Returns sigma (B,), z (B, *S)."""
+# ------------------------------------------------------------------- blind (Kadkhodaie et al. 2024)
+def blind_noise(
+    key: jax.Array, x0: jax.Array, max_sigma_255: float = 255.0
+) -> tuple[jax.Array, jax.Array]:
+    """Kadkhodaie et al.'s blind noise (`add_noise_torch`): per example u ~ U(0, 1), sigma = (u
+    sqrt(max_sigma_255))^2 / 255 (so sqrt(255 sigma) ~ U[0, sqrt(max_sigma_255)]), z ~ N(0, I), both
+    from fold_in(key, i). Images in [0, 1] units. Returns sigma (B,), z (B, *S)."""
     def draw(k):
         ku, kz = jax.random.split(k)
         u = jax.random.uniform(ku, (), x0.dtype)
-        return (u * math.sqrt(max_sigma_255)) ** 2 / 255.0, jax.random.normal(kz, x0.shape[1:], x0.dtype)
+        return (u * math.sqrt(max_sigma_255)) ** 2 / 255.0, jax.random.normal(
+            kz, x0.shape[1:], x0.dtype
+        )
+
     return jax.vmap(draw)(_per_example_keys(key, x0.shape[0]))
 
 
 def blind_denoising(residual: jax.Array, noise: jax.Array) -> jax.Array:
-    """Per-example summed squared error of the residual f(x0 + n) against the noise n = sigma z: (B,).
-    The trainer's batch mean is then their MSELoss(reduction='sum') / batch_size."""
+    """Per-example summed squared error of the residual f(x0 + n) against the noise n = sigma z:
+    (B,). The trainer's batch mean is then their MSELoss(reduction='sum') / batch_size."""
     return jnp.sum(jnp.reshape((residual - noise) ** 2, (noise.shape[0], -1)), axis=-1)
 
 
-def blind_denoising_from_key(residual_fn: Callable, x0: jax.Array, key: jax.Array, *, copies: int = 1,
-                             max_sigma_255: float = 255.0) -> tuple[jax.Array, object]:
-    """The blind loss of a residual network `residual_fn(y (B*copies, *S)) -> (f, aux)` (aux: e.g. updated
-    batch statistics), x0 (B, *S) in [0, 1]. Example i is repeated `copies` times (rows i*copies...), each copy
-    with its own sigma and noise (Kadkhodaie et al. tile small training sets into full batches). Returns
-    ((B,) mean over an example's copies of `blind_denoising`, aux)."""
+def blind_denoising_from_key(
+    residual_fn: Callable,
+    x0: jax.Array,
+    key: jax.Array,
+    *,
+    copies: int = 1,
+    max_sigma_255: float = 255.0,
+) -> tuple[jax.Array, object]:
+    """The blind loss of a residual network `residual_fn(y (B*copies, *S)) -> (f, aux)` (aux: e.g.
+    updated batch statistics), x0 (B, *S) in [0, 1]. Example i is repeated `copies` times (rows
+    i*copies...), each copy with its own sigma and noise (Kadkhodaie et al. tile small training sets
+    into full batches). Returns ((B,) mean over an example's copies of `blind_denoising`, aux)."""
     xr = jnp.repeat(x0, copies, axis=0)
     sigma, z = blind_noise(key, xr, max_sigma_255)
     noise = _bcast(sigma, xr) * z

@@ -1,7 +1,7 @@
 """A study's summary: JSON with every number, and a short Markdown page with the figures.
 
-Files are written atomically (`diffmem.atomic`, process 0 only under jax.distributed); `write_npz` is the one
-writer of array files (allow_pickle-free formats).
+Files are written atomically (`diffmem.atomic`, process 0 only under jax.distributed); `write_npz`
+is the one writer of array files (allow_pickle-free formats).
 """
 from __future__ import annotations
 
@@ -17,9 +17,23 @@ import numpy as np
 from diffmem import atomic
 from diffmem.errors import InputError, MissingInputError, OutputExistsError, WriteError
 
-__all__ = ["settings_difference", "read_settings", "reuse", "write_json", "write_npz", "read_npz", "markdown_table", "markdown_to_html",
-           "section_markdown", "write_sections_markdown", "write_sections_html", "write_markdown",
-           "read_jsonl", "write_jsonl", "JsonlAppender"]
+__all__ = [
+    "settings_difference",
+    "read_settings",
+    "reuse",
+    "write_json",
+    "write_npz",
+    "read_npz",
+    "markdown_table",
+    "markdown_to_html",
+    "section_markdown",
+    "write_sections_markdown",
+    "write_sections_html",
+    "write_markdown",
+    "read_jsonl",
+    "write_jsonl",
+    "JsonlAppender",
+]
 
 
 def write_json(path: str, obj: Any) -> str:
@@ -40,10 +54,13 @@ def _default(o):
 
 
 def write_npz(path: str, **arrays) -> str:
-    """Save arrays to `path` (.npz) atomically; object arrays are refused (they would need pickle)."""
+    """Save arrays to `path` (.npz) atomically; object arrays are refused (they would need
+    pickle)."""
     for k, v in arrays.items():
         if np.asarray(v).dtype == object:
-            raise TypeError(f"Array {k!r} has dtype object; only numeric/string arrays are written.")
+            raise TypeError(
+                f"Array {k!r} has dtype object; only numeric/string arrays are written."
+            )
     return atomic.write(path, lambda tmp: np.savez(tmp, **arrays))
 
 
@@ -55,14 +72,18 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as e:
-        raise InputError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); it is truncated or "
-                         "corrupt: delete it and rerun the stage that writes it.") from e
+        raise InputError(
+            f"{path} is not a readable .npz file ({type(e).__name__}: {e}); it is truncated or "
+            "corrupt: delete it and rerun the stage that writes it."
+        ) from e
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    return head + "".join("| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |\n" for r in rows)
+    return head + "".join(
+        "| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |\n" for r in rows
+    )
 
 
 def markdown_to_html(text: str) -> str:
@@ -131,8 +152,11 @@ def write_sections_html(path: str, title: str, sections: Sequence[Mapping[str, A
     return atomic.write_text(path, page)
 
 
-def write_markdown(path: str, title: str, sections: Sequence[tuple[str, str]], figures: Sequence[str] = ()) -> str:
-    """A Markdown report: a title, (heading, body) sections, then the figures (paths relative to the report)."""
+def write_markdown(
+    path: str, title: str, sections: Sequence[tuple[str, str]], figures: Sequence[str] = ()
+) -> str:
+    """A Markdown report: a title, (heading, body) sections, then the figures (paths relative to the
+    report)."""
     base = os.path.dirname(os.path.abspath(path))
     parts = [f"# {title}\n"]
     for head, body in sections:
@@ -146,12 +170,12 @@ def write_markdown(path: str, title: str, sections: Sequence[tuple[str, str]], f
     return atomic.write_text(path, "".join(parts))
 
 
-# ------------------------------------------------------------------------------- JSON-lines logs (metrics)
+# ------------------------------------------------------------------------ JSON-lines logs (metrics)
 def read_jsonl(path: str) -> list[dict]:
     """The records of a JSON-lines file (one object a line); [] if it does not exist.
 
-    A run killed while appending leaves a truncated last line: it is dropped with a warning. A bad line
-    elsewhere means the file was damaged otherwise, which is an `InputError` naming the line.
+    A run killed while appending leaves a truncated last line: it is dropped with a warning. A bad
+    line elsewhere means the file was damaged otherwise, which is an `InputError` naming the line.
     """
     if not os.path.exists(path):
         return []
@@ -167,10 +191,15 @@ def read_jsonl(path: str) -> list[dict]:
                 raise ValueError("not a JSON object")
         except ValueError as e:
             if all(not rest.strip() for rest in lines[n:]):
-                warnings.warn(f"{path}: dropped a truncated last line ({line[:60]!r}), left by an interrupted run.")
+                warnings.warn(
+                    f"{path}: dropped a truncated last line ({line[:60]!r}), left by an "
+                    f"interrupted run."
+                )
                 break
-            raise InputError(f"{path}, line {n}, is not a JSON object ({e}): the file is damaged; repair or "
-                             "delete that line (or the file) and rerun.") from e
+            raise InputError(
+                f"{path}, line {n}, is not a JSON object ({e}): the file is damaged; repair or "
+                "delete that line (or the file) and rerun."
+            ) from e
         records.append(record)
     return records
 
@@ -182,8 +211,8 @@ def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> str:
 
 class JsonlAppender:
     """Appends records to a JSON-lines file, flushed line by line (`with JsonlAppender(path) as log:
-    log.write({...})`). Only the writing process (`atomic.is_writer`) opens the file; failures to open or
-    write raise `WriteError` naming the path."""
+    log.write({...})`). Only the writing process (`atomic.is_writer`) opens the file; failures to
+    open or write raise `WriteError` naming the path."""
 
     def __init__(self, path: str):
         self.path, self._file = path, None
@@ -210,13 +239,16 @@ class JsonlAppender:
             f, self._file = self._file, None
             try:
                 f.close()
-            except OSError as e:  # a failed write left unflushed bytes; report it unless already raising
+            # a failed write left unflushed bytes; report it unless already raising
+            except OSError as e:
                 if exc_type is None:
                     raise self._error(e) from e
 
     def _error(self, e: OSError) -> WriteError:
-        return WriteError(f"Cannot write {self.path}: {e.strerror or e} (errno {e.errno}). Check that the "
-                          "directory is writable and the disk has space; checkpoints already saved are kept.")
+        return WriteError(
+            f"Cannot write {self.path}: {e.strerror or e} (errno {e.errno}). Check that the "
+            "directory is writable and the disk has space; checkpoints already saved are kept."
+        )
 
 
 # ------------------------------------------------------------------------- one output file per item
@@ -227,8 +259,8 @@ def settings_difference(old: Mapping, new: Mapping) -> str:
 
 
 def read_settings(path: str) -> tuple[dict, Any]:
-    """(settings, contents) of a result file: a .npz whose `settings` array holds JSON (contents: its
-    arrays), or a JSON object with a "settings" key (contents: the object)."""
+    """(settings, contents) of a result file: a .npz whose `settings` array holds JSON (contents:
+    its arrays), or a JSON object with a "settings" key (contents: the object)."""
     if path.endswith(".npz"):
         z = read_npz(path)
         return json.loads(str(z["settings"])), z
@@ -238,11 +270,12 @@ def read_settings(path: str) -> tuple[dict, Any]:
 
 
 def reuse(path: str, settings: Mapping, *, overwrite: bool = False, what: str = "results"):
-    """The "skip if done with the same settings" check of one output file (the stages' `Cache` does the
-    same for a study's stages, `diffmem.studies.pipeline.Cache`): the file's contents (`read_settings`) when it was computed with
-    `settings`; None when it does not exist, cannot be read, or (overwrite=True) holds other settings,
-    so the caller computes and writes it. Other settings without overwrite raise `OutputExistsError`
-    naming the differences: finished work is never overwritten silently."""
+    """The "skip if done with the same settings" check of one output file (the stages' `Cache` does
+    the same for a study's stages, `diffmem.studies.pipeline.Cache`): the file's contents
+    (`read_settings`) when it was computed with `settings`; None when it does not exist, cannot be
+    read, or (overwrite=True) holds other settings, so the caller computes and writes it. Other
+    settings without overwrite raise `OutputExistsError` naming the differences: finished work is
+    never overwritten silently."""
     if not os.path.exists(path):
         return None
     try:
@@ -254,6 +287,8 @@ def reuse(path: str, settings: Mapping, *, overwrite: bool = False, what: str = 
         return contents
     if overwrite:
         return None
-    raise OutputExistsError(f"{path} holds {what} of other settings ({settings_difference(old, settings)}); "
-                            "finished work is never overwritten: delete it, pass --overwrite, or choose "
-                            "another output to recompute.")
+    raise OutputExistsError(
+        f"{path} holds {what} of other settings ({settings_difference(old, settings)}); "
+        "finished work is never overwritten: delete it, pass --overwrite, or choose "
+        "another output to recompute."
+    )

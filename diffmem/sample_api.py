@@ -2,7 +2,8 @@
 
     x = sample(D, range(16), shape=(2,))                        # a batched D(x, sigma), EDM's Heun
     x = sample(D, "0-99", shape=(8, 8, 1), sampler="edm_euler", num_steps=40)
-    x = sample(wd.model("9"), range(1500), sampler="em", experiment=wd.experiment)  # bin/sample.py's
+    # bin/sample.py's
+    x = sample(wd.model("9"), range(1500), sampler="em", experiment=wd.experiment)
 
 The settings are resolved by `experiment.SamplerChoice.settings`, the resolver of bin/sample.py
 (keyword settings, then the experiment's sampler choice, from its config's `sample` and `diffusion`
@@ -65,9 +66,9 @@ def _seeds(seeds) -> np.ndarray:
 
 
 def default_sampler(model: Model, choice: SamplerChoice | None = None) -> str:
-    """The sampler `sample` uses unless told: the experiment's (`SamplerChoice.for_kind`: its optimal
-    sampler for the optimal denoiser, as bin/sample.py), else "em" for a model with an SDE, else
-    "edm_heun"."""
+    """The sampler `sample` uses unless told: the experiment's (`SamplerChoice.for_kind`: its
+    optimal sampler for the optimal denoiser, as bin/sample.py), else "em" for a model with an SDE,
+    else "edm_heun"."""
     if choice is not None and choice.name:
         return choice.for_kind(model.kind)
     return "em" if model.sde is not None and model.time_score is not None else "edm_heun"
@@ -81,10 +82,10 @@ def sample(model_or_denoiser: Model | Callable, seeds, sampler: str | None = Non
 
     seeds: integers (B,), a range, or a string such as '0-99'. sampler: a name of
     `sampling.SAMPLERS` (default `default_sampler`). shape, sigma_range, data_range: for a plain
-    denoiser (see `as_model`). experiment: a workdir's experiment (`Workdir.experiment`) whose sampler
-    choice and matmul precision apply as they do for bin/sample.py. settings: the sampler's settings
-    (num_steps, eps, eta, sigma_min, ...; unknown names are an error listing the valid ones).
-    mesh: the device mesh (default every device).
+    denoiser (see `as_model`). experiment: a workdir's experiment (`Workdir.experiment`) whose
+    sampler choice and matmul precision apply as they do for bin/sample.py. settings: the sampler's
+    settings (num_steps, eps, eta, sigma_min, ...; unknown names are an error listing the valid
+    ones). mesh: the device mesh (default every device).
     """
     model = as_model(model_or_denoiser, shape=shape, sigma_range=sigma_range,
                      data_range=data_range)

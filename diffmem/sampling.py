@@ -1,15 +1,17 @@
-"""Samplers: reverse-SDE Euler-Maruyama, the probability-flow ODE, DDPM ancestral, DDIM, EDM Euler/Heun.
+"""Samplers: reverse-SDE Euler-Maruyama, the probability-flow ODE, DDPM ancestral, DDIM, EDM
+Euler/Heun.
 
-Every sampler takes a batched score `score_fn(x (B, *S), t (B,))` or denoiser `D(x (B, *S), sigma (B,))`
-(EDM's unscaled view, see `diffmem.sde`) and never asks what is behind it. All are jit-compatible, with
-their loops as `lax.scan`.
+Every sampler takes a batched score `score_fn(x (B, *S), t (B,))` or denoiser `D(x (B, *S), sigma
+(B,))` (EDM's unscaled view, see `diffmem.sde`) and never asks what is behind it. All are
+jit-compatible, with their loops as `lax.scan`.
 
-Reproducibility: the samplers that draw noise take per-sample integer seeds (B,) (or a (B,) array of typed
-keys). Sample i's start comes from `fold_in(key(seed_i), 0)` and its noise at step j from
-`fold_in(fold_in(key(seed_i), 1), j)`, never from a batch-level key, so sample i depends only on its seed.
-`sample_sharded` runs any `seeds -> samples` function over a 1-D device mesh in blocks of one shape, each
-seed in a fixed slot, so that any split of a seed range across calls, devices or jobs gives identical
-samples, bit for bit, on hosts of one setup (its docstring says what else the bits depend on).
+Reproducibility: the samplers that draw noise take per-sample integer seeds (B,) (or a (B,) array of
+typed keys). Sample i's start comes from `fold_in(key(seed_i), 0)` and its noise at step j from
+`fold_in(fold_in(key(seed_i), 1), j)`, never from a batch-level key, so sample i depends only on its
+seed. `sample_sharded` runs any `seeds -> samples` function over a 1-D device mesh in blocks of one
+shape, each seed in a fixed slot, so that any split of a seed range across calls, devices or jobs
+gives identical samples, bit for bit, on hosts of one setup (its docstring says what else the bits
+depend on).
 """
 from __future__ import annotations
 
@@ -26,8 +28,14 @@ from diffmem.errors import InputError
 from diffmem.sde import SDE, Denoiser, ScoreFn, _bcast, ddpm_alpha_bar, edm_sigma_steps
 
 from diffmem.ks_sampler import KSResult, kadkhodaie_simoncelli, ks_recursion_iterations  # noqa: F401
-from diffmem.sample_noise import (_check_batch, _noise_keys, initial_noise, per_sample_keys,  # noqa: F401
-                                  step_noise, tutorial_init)
+from diffmem.sample_noise import (
+    _check_batch,
+    _noise_keys,
+    initial_noise,
+    per_sample_keys,  # noqa: F401
+    step_noise,
+    tutorial_init,
+)
 from diffmem.sharded import SAMPLE_BLOCK, sample_sharded, seed_slots  # noqa: F401 (re-exported)
 from diffmem.solver_steps import ddim_step, edm_slope, edm_step, em_step  # noqa: F401 (re-exported)
 
@@ -38,21 +46,31 @@ __all__ = ["per_sample_keys", "initial_noise", "step_noise", "tutorial_init", "e
            "kadkhodaie_simoncelli", "ks_recursion_iterations", "SampleInfo", "KS_INFO_FIELDS",
            "not_converged_message", "ddim_step", "em_step", "edm_step", "edm_slope"]
 
-_UPFRONT_NOISE_MAX = 1 << 24  # draw all EM noise in one op when it fits in 16M numbers (64 MB float32)
+# draw all EM noise in one op when it fits in 16M numbers (64 MB float32)
+_UPFRONT_NOISE_MAX = 1 << 24
 
 
-# ----------------------------------------------------------------------------------- score-based (SDE view)
-def euler_maruyama(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, key_or_seeds, num_steps: int = 1000,
-                   eps: float | None = None, *, shared_time: bool = False) -> jax.Array:
+# --------------------------------------------------------------------------- score-based (SDE view)
+def euler_maruyama(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x_init: jax.Array,
+    key_or_seeds,
+    num_steps: int = 1000,
+    eps: float | None = None,
+    *,
+    shared_time: bool = False,
+) -> jax.Array:
     """The tutorial's Euler-Maruyama solver of the reverse SDE dx = [f - g^2 s] dt + g dw.
 
     Time grid linspace(t_max, eps, num_steps) (eps defaults to sde.t_min), dt = t_0 - t_1; each step
-    mean = x + (g^2 s(x, t) - f(x, t)) dt, x = mean + sqrt(dt) g z. Returns the mean of the last step.
-    x_init (B, *S), key_or_seeds (B,) -> (B, *S).
+    mean = x + (g^2 s(x, t) - f(x, t)) dt, x = mean + sqrt(dt) g z. Returns the mean of the last
+    step. x_init (B, *S), key_or_seeds (B,) -> (B, *S).
 
-    shared_time=True calls score_fn with t of shape (1,), the one time of the whole batch, instead of (B,).
-    Use it for score functions that broadcast t (`nets.ScoreMLP` does, and then computes its time branch
-    once per step instead of once per sample: about half the work of the tutorial's network).
+    shared_time=True calls score_fn with t of shape (1,), the one time of the whole batch, instead
+    of (B,). Use it for score functions that broadcast t (`nets.ScoreMLP` does, and then computes
+    its time branch once per step instead of once per sample: about half the work of the tutorial's
+    network).
     """
     eps = sde.t_min if eps is None else eps
     if not 0 < eps < sde.t_max:
@@ -73,7 +91,8 @@ def euler_maruyama(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, key_or_seeds,
 
     shape, n_noisy = x_init.shape[1:], num_steps - 1  # the last step's noise is never used
     if x_init.size * n_noisy <= _UPFRONT_NOISE_MAX:
-        # One random op for all steps (cheaper in a scan on CPU); same numbers as drawing step by step.
+        # One random op for all steps (cheaper in a scan on CPU); same numbers as drawing step by
+        # step.
         noise = jax.vmap(lambda j: step_noise(keys, j, shape, x_init.dtype))(jnp.arange(n_noisy))
         x, _ = jax.lax.scan(step, x_init, (ts[:-1], noise))
     else:
@@ -82,15 +101,25 @@ def euler_maruyama(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, key_or_seeds,
     return em_step(score_fn, sde, x, times(x, ts[-1]), dt)[1]
 
 
-def probability_flow_ode(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, t0: float | None = None,
-                         t1: float | None = None, solver=None, rtol: float = 1e-5, atol: float = 1e-5,
-                         dt0: float | None = None, max_steps: int = 100_000) -> jax.Array:
-    """Probability-flow ODE dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t) (Song et al. 2021), solved with diffrax.
+def probability_flow_ode(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x_init: jax.Array,
+    t0: float | None = None,
+    t1: float | None = None,
+    solver=None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    dt0: float | None = None,
+    max_steps: int = 100_000,
+) -> jax.Array:
+    """Probability-flow ODE dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t) (Song et al. 2021), solved with
+    diffrax.
 
-    Integrates from t0 (default t_max) to t1 (default t_min) with `solver` (default Tsit5) and a PID step
-    controller; returns x(t1), (B, *S). Each sample is solved with its own adaptive steps (the solve is
-    vmapped), so sample i depends on x_init[i] only, as with seeds. dt0=None picks the first step
-    automatically.
+    Integrates from t0 (default t_max) to t1 (default t_min) with `solver` (default Tsit5) and a PID
+    step controller; returns x(t1), (B, *S). Each sample is solved with its own adaptive steps (the
+    solve is vmapped), so sample i depends on x_init[i] only, as with seeds. dt0=None picks the
+    first step automatically.
     """
     t0 = sde.t_max if t0 is None else t0
     t1 = sde.t_min if t1 is None else t1
@@ -112,24 +141,35 @@ def probability_flow_ode(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, t0: flo
 
 # ----------------------------------------------------------------------------------- DDPM and DDIM
 def _vp_x0(denoiser: Denoiser, x: jax.Array, ab) -> jax.Array:
-    """x0 prediction at the VP state x_t = sqrt(ab) x0 + sqrt(1 - ab) eps: D(x_t / sqrt(ab), sqrt((1-ab)/ab))."""
+    """x0 prediction at the VP state x_t = sqrt(ab) x0 + sqrt(1 - ab) eps: D(x_t / sqrt(ab),
+    sqrt((1-ab)/ab))."""
     return denoiser(x / jnp.sqrt(ab), jnp.full(x.shape[:1], jnp.sqrt((1 - ab) / ab), x.dtype))
 
 
-def ddpm_ancestral(denoiser: Denoiser, x_T: jax.Array, key_or_seeds, *, num_steps: int = 1000,
-                   beta_start: float = 1e-4, beta_end: float = 0.02, clip_x0: bool = True) -> jax.Array:
+def ddpm_ancestral(
+    denoiser: Denoiser,
+    x_T: jax.Array,
+    key_or_seeds,
+    *,
+    num_steps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    clip_x0: bool = True,
+) -> jax.Array:
     """Ho et al. (2020) ancestral sampling (Algorithm 2) with the fixed-small variance beta_tilde_t.
 
-    Written through the x0 prediction, as Ho et al.'s and Pham et al.'s code do: x0 = D(x_t / sqrt(ab_t),
-    sigma_t), clipped to [-1, 1] when clip_x0, then x_{t-1} = mean of q(x_{t-1} | x_t, x0) + sqrt(beta_tilde_t) z
-    (no noise at the last step). x_T (B, *S) ~ N(0, I), key_or_seeds (B,) -> x_0 (B, *S).
+    Written through the x0 prediction, as Ho et al.'s and Pham et al.'s code do: x0 = D(x_t /
+    sqrt(ab_t), sigma_t), clipped to [-1, 1] when clip_x0, then x_{t-1} = mean of q(x_{t-1} | x_t,
+    x0) + sqrt(beta_tilde_t) z (no noise at the last step). x_T (B, *S) ~ N(0, I), key_or_seeds (B,)
+    -> x_0 (B, *S).
     """
     keys = per_sample_keys(key_or_seeds)
     _check_batch(x_T, keys, "x_T")
     betas = np.linspace(beta_start, beta_end, num_steps, dtype=np.float64)
     ab = np.cumprod(1 - betas)
     ab_prev = np.concatenate([[1.0], ab[:-1]])
-    coef_x0 = np.sqrt(ab_prev) * betas / (1 - ab)           # posterior mean = coef_x0 x0 + coef_xt x_t
+    # posterior mean = coef_x0 x0 + coef_xt x_t
+    coef_x0 = np.sqrt(ab_prev) * betas / (1 - ab)
     coef_xt = np.sqrt(1 - betas) * (1 - ab_prev) / (1 - ab)
     var = betas * (1 - ab_prev) / (1 - ab)                   # beta_tilde
     rev = lambda a: jnp.asarray(a[::-1], x_T.dtype)          # loop index i <-> t = T - 1 - i
@@ -152,19 +192,24 @@ def ddpm_ancestral(denoiser: Denoiser, x_T: jax.Array, key_or_seeds, *, num_step
 DDIM_SPACINGS = ("floor", "leading")
 
 
-def ddim_timesteps(num_steps: int, T: int = 1000, spacing: str = "floor", steps_offset: int = 0) -> np.ndarray:
+def ddim_timesteps(
+    num_steps: int, T: int = 1000, spacing: str = "floor", steps_offset: int = 0
+) -> np.ndarray:
     """DDIM's sub-sequence of the T DDPM steps (0-based, increasing), num_steps of them.
 
-    spacing "floor": floor(i T / num_steps), i < num_steps: 0, 50, ..., 950 for 20 of 1000 (the official
-    code's range(0, T, T // num_steps) when it divides). "leading": diffusers' DDIMScheduler,
-    i * (T // num_steps) + steps_offset; the two differ when num_steps does not divide T (7 of 1000:
-    leading 0, 142, 284, ..., 852; floor 0, 142, 285, ..., 857).
+    spacing "floor": floor(i T / num_steps), i < num_steps: 0, 50, ..., 950 for 20 of 1000 (the
+    official code's range(0, T, T // num_steps) when it divides). "leading": diffusers'
+    DDIMScheduler, i * (T // num_steps) + steps_offset; the two differ when num_steps does not
+    divide T (7 of 1000: leading 0, 142, 284, ..., 852; floor 0, 142, 285, ..., 857).
     """
     if not 1 <= num_steps <= T:
         raise InputError(f"num_steps must lie in [1, T = {T}]; got {num_steps}.")
     if spacing == "floor":
         if steps_offset:
-            raise InputError("steps_offset is a setting of spacing='leading' (diffusers); floor spacing has none.")
+            raise InputError(
+                "steps_offset is a setting of spacing='leading' (diffusers); floor spacing has "
+                "none."
+            )
         return (np.arange(num_steps) * T) // num_steps
     if spacing == "leading":
         ts = np.arange(num_steps) * (T // num_steps) + steps_offset
@@ -174,24 +219,37 @@ def ddim_timesteps(num_steps: int, T: int = 1000, spacing: str = "floor", steps_
     raise InputError(f"Unknown DDIM spacing {spacing!r}; valid: {list(DDIM_SPACINGS)}.")
 
 
-def ddim(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: int = 50, eta: float = 0.0,
-         T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, clip_x0: bool = False,
-         final_denoise: bool = True, spacing: str = "floor", steps_offset: int = 0) -> jax.Array:
-    """Song, Meng & Ermon (2021) DDIM, eq. 12, over `ddim_timesteps(num_steps, T, spacing, steps_offset)` of
-    the T-step DDPM schedule (spacing "leading": diffusers' DDIMScheduler grid).
+def ddim(
+    denoiser: Denoiser,
+    x_T: jax.Array,
+    key_or_seeds=None,
+    *,
+    num_steps: int = 50,
+    eta: float = 0.0,
+    T: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    clip_x0: bool = False,
+    final_denoise: bool = True,
+    spacing: str = "floor",
+    steps_offset: int = 0,
+) -> jax.Array:
+    """Song, Meng & Ermon (2021) DDIM, eq. 12, over `ddim_timesteps(num_steps, T, spacing,
+    steps_offset)` of the T-step DDPM schedule (spacing "leading": diffusers' DDIMScheduler grid).
 
-    x_T (B, *S) is the state at the largest step of the grid. eta = 0 is deterministic (seeds unused);
-    eta = 1 is DDPM's posterior variance. clip_x0 clips each x0 prediction to [-1, 1] (epsilon stays the
-    one the denoiser implies, as in diffusers); the last step returns the x0 prediction itself, so
-    `jnp.clip(ddim(...), -1, 1)` clips only the final one. final_denoise=False stops at the smallest grid
-    level instead (the start of `ddim_invert`).
+    x_T (B, *S) is the state at the largest step of the grid. eta = 0 is deterministic (seeds
+    unused); eta = 1 is DDPM's posterior variance. clip_x0 clips each x0 prediction to [-1, 1]
+    (epsilon stays the one the denoiser implies, as in diffusers); the last step returns the x0
+    prediction itself, so `jnp.clip(ddim(...), -1, 1)` clips only the final one. final_denoise=False
+    stops at the smallest grid level instead (the start of `ddim_invert`).
     """
     keys = _noise_keys(key_or_seeds, eta > 0, "DDIM with eta > 0 draws noise")
     _check_batch(x_T, keys, "x_T")
     ab = ddpm_alpha_bar(T, beta_start, beta_end)
     ts = ddim_timesteps(num_steps, T, spacing, steps_offset)[::-1]
     a_now = jnp.asarray(ab[ts], x_T.dtype)
-    a_next = jnp.asarray(np.concatenate([ab[ts[1:]], [1.0]]), x_T.dtype)  # alpha_bar of "t = -1" is 1
+    # alpha_bar of "t = -1" is 1
+    a_next = jnp.asarray(np.concatenate([ab[ts[1:]], [1.0]]), x_T.dtype)
 
     def step(x, i):  # Song et al. (2021) eq. 12
         a, an = a_now[i], a_next[i]
@@ -207,11 +265,12 @@ def ddim(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: in
 
 def ddim_invert(denoiser: Denoiser, x0: jax.Array, num_steps: int = 50, *, T: int = 1000,
                 beta_start: float = 1e-4, beta_end: float = 0.02) -> jax.Array:
-    """Deterministic DDIM (eta = 0) run in the noising direction over `ddim`'s grid, smallest step to largest.
+    """Deterministic DDIM (eta = 0) run in the noising direction over `ddim`'s grid, smallest step
+    to largest.
 
-    The data x0 (B, *S) is taken as the state at the smallest grid step (alpha_bar ~ 1), as DDIM inversion
-    does; the result is a state at the largest step, which `ddim(..., final_denoise=False)` maps back to x0
-    up to the discretisation error of both passes.
+    The data x0 (B, *S) is taken as the state at the smallest grid step (alpha_bar ~ 1), as DDIM
+    inversion does; the result is a state at the largest step, which `ddim(...,
+    final_denoise=False)` maps back to x0 up to the discretisation error of both passes.
     """
     _check_batch(x0, None, "x0")
     ab = ddpm_alpha_bar(T, beta_start, beta_end)
@@ -224,34 +283,70 @@ def ddim_invert(denoiser: Denoiser, x0: jax.Array, num_steps: int = 50, *, T: in
     return x
 
 
-# ----------------------------------------------------------------------------------- EDM (Karras et al. 2022)
-def edm_euler(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: int = 18,
-              sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, S_churn: float = 0.0,
-              S_min: float = 0.0, S_max: float = math.inf, S_noise: float = 1.0) -> jax.Array:
-    """Karras et al. (2022) Algorithm 1 without the 2nd-order correction: Euler on the EDM sigma grid,
-    num_steps evaluations. x_T (B, *S) ~ N(0, sigma_max^2 I). S_churn > 0 adds Algorithm 2's churn
-    (then seeds are needed); default off."""
+# ------------------------------------------------------------------------- EDM (Karras et al. 2022)
+def edm_euler(
+    denoiser: Denoiser,
+    x_T: jax.Array,
+    key_or_seeds=None,
+    *,
+    num_steps: int = 18,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    S_churn: float = 0.0,
+    S_min: float = 0.0,
+    S_max: float = math.inf,
+    S_noise: float = 1.0,
+) -> jax.Array:
+    """Karras et al. (2022) Algorithm 1 without the 2nd-order correction: Euler on the EDM sigma
+    grid, num_steps evaluations. x_T (B, *S) ~ N(0, sigma_max^2 I). S_churn > 0 adds Algorithm 2's
+    churn (then seeds are needed); default off."""
     return _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, False,
                 S_churn, S_min, S_max, S_noise)
 
 
-def edm_heun(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: int = 18,
-             sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, S_churn: float = 0.0,
-             S_min: float = 0.0, S_max: float = math.inf, S_noise: float = 1.0) -> jax.Array:
-    """Karras et al. (2022) Algorithm 1: Heun's method on the EDM sigma grid, the 2nd-order correction at
-    every step but the last (to sigma = 0): 2 num_steps - 1 evaluations (35 for 18). x_T (B, *S) ~
-    N(0, sigma_max^2 I). S_churn > 0 gives Algorithm 2 (stochastic; needs seeds); default off."""
+def edm_heun(
+    denoiser: Denoiser,
+    x_T: jax.Array,
+    key_or_seeds=None,
+    *,
+    num_steps: int = 18,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    S_churn: float = 0.0,
+    S_min: float = 0.0,
+    S_max: float = math.inf,
+    S_noise: float = 1.0,
+) -> jax.Array:
+    """Karras et al. (2022) Algorithm 1: Heun's method on the EDM sigma grid, the 2nd-order
+    correction at every step but the last (to sigma = 0): 2 num_steps - 1 evaluations (35 for 18).
+    x_T (B, *S) ~ N(0, sigma_max^2 I). S_churn > 0 gives Algorithm 2 (stochastic; needs seeds);
+    default off."""
     return _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, True,
                 S_churn, S_min, S_max, S_noise)
 
 
-def _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, heun, S_churn, S_min, S_max,
-         S_noise):
+def _edm(
+    denoiser,
+    x_T,
+    key_or_seeds,
+    num_steps,
+    sigma_min,
+    sigma_max,
+    rho,
+    heun,
+    S_churn,
+    S_min,
+    S_max,
+    S_noise,
+):
     if num_steps < 1:
         raise InputError(f"num_steps must be >= 1; got {num_steps}.")
     keys = _noise_keys(key_or_seeds, S_churn > 0, "S_churn > 0 adds noise (Algorithm 2)")
     _check_batch(x_T, keys, "x_T")
-    sig = jnp.asarray(edm_sigma_steps(num_steps, sigma_min, sigma_max, rho), x_T.dtype)  # (N + 1,), ends at 0
+    # (N + 1,), ends at 0
+    sig = jnp.asarray(edm_sigma_steps(num_steps, sigma_min, sigma_max, rho), x_T.dtype)
     gamma_max = min(S_churn / num_steps, math.sqrt(2) - 1)
 
     def step(x, i, second_order):
@@ -259,8 +354,11 @@ def _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, heun
         if keys is not None:  # Algorithm 2: raise the noise level to t_hat = (1 + gamma) t
             gamma = jnp.where((t >= S_min) & (t <= S_max), gamma_max, 0.0).astype(x.dtype)
             t_hat = t + gamma * t
-            # sqrt(t_hat^2 - t^2) written so that gamma = 0 gives exactly 0 (no fused-multiply-add NaN)
-            x = x + t * jnp.sqrt(gamma * (2 + gamma)) * S_noise * step_noise(keys, i, x.shape[1:], x.dtype)
+            # sqrt(t_hat^2 - t^2) written so that gamma = 0 gives exactly 0 (no fused-multiply-add
+            # NaN)
+            x = x + t * jnp.sqrt(gamma * (2 + gamma)) * S_noise * step_noise(
+                keys, i, x.shape[1:], x.dtype
+            )
         else:
             t_hat = t
         return edm_step(denoiser, x, t_hat, t_next, second_order).astype(x_T.dtype)
@@ -269,19 +367,20 @@ def _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, heun
     return step(x, num_steps - 1, False)  # the last step, to sigma = 0, is always Euler
 
 
-# ----------------------------------------------------------------------------------- the sampler registry
+# ----------------------------------------------------------------------------- the sampler registry
 @dataclasses.dataclass(frozen=True)
 class Sampler:
-    """A sampler of the registry: `build(model, **settings)` returns `run(seeds (B,)) -> samples (B, *S)` for a
-    `diffmem.model.Model` (anything with denoiser, shape, sde, time_score, sigma_min, sigma_max, data_range);
-    settings left out take their defaults. A plain denoiser D(x, sigma) is wrapped first:
-    `Model.from_denoiser(D, shape=S, sigma_range=(0.002, 80.0))`, or sampled in one call by
-    `diffmem.sample(D, seeds, shape=S, sampler=name)`.
+    """A sampler of the registry: `build(model, **settings)` returns `run(seeds (B,)) -> samples (B,
+    *S)` for a `diffmem.model.Model` (anything with denoiser, shape, sde, time_score, sigma_min,
+    sigma_max, data_range); settings left out take their defaults. A plain denoiser D(x, sigma) is
+    wrapped first: `Model.from_denoiser(D, shape=S, sigma_range=(0.002, 80.0))`, or sampled in one
+    call by `diffmem.sample(D, seeds, shape=S, sampler=name)`.
 
-    settings: every setting's default, a value or a function of the model (e.g. its sigma range). A config's
-    `sample` section supplies defaults for its own sampler (`sample.sampler`), its `diffusion` section the DDPM
-    grid (timesteps, beta_start, beta_end) for every sampler; the resolved settings are recorded with the
-    samples. needs_sde: the sampler integrates the model's SDE (toy models) rather than calling D.
+    settings: every setting's default, a value or a function of the model (e.g. its sigma range). A
+    config's `sample` section supplies defaults for its own sampler (`sample.sampler`), its
+    `diffusion` section the DDPM grid (timesteps, beta_start, beta_end) for every sampler; the
+    resolved settings are recorded with the samples. needs_sde: the sampler integrates the model's
+    SDE (toy models) rather than calling D.
     """
     name: str
     builder: Callable  # builder(model, **settings) -> run, every setting given
@@ -290,20 +389,27 @@ class Sampler:
     doc: str = ""
 
     def build(self, model, **settings) -> Callable:
-        """`run(seeds (B,)) -> samples (B, *S)` for `model` with `settings` (the rest: `resolve`)."""
+        """`run(seeds (B,)) -> samples (B, *S)` for `model` with `settings` (the rest:
+        `resolve`)."""
         if not (hasattr(model, "denoiser") and hasattr(model, "shape")):
             raise InputError(
                 f"Sampler {self.name!r} builds from a diffmem.model.Model, not a "
                 f"{type(model).__name__}: wrap a plain denoiser D(x (B, *S), sigma (B,)) as "
-                "Model.from_denoiser(D, shape=S, sigma_range=(0.002, 80.0)), or sample it in one call "
-                f"with diffmem.sample(D, seeds, shape=S, sampler={self.name!r}).")
+                "Model.from_denoiser(D, shape=S, sigma_range=(0.002, 80.0)), or sample it in one "
+                "call "
+                f"with diffmem.sample(D, seeds, shape=S, sampler={self.name!r})."
+            )
         return self.builder(model, **self.resolve(model, **settings))
 
     def resolve(self, model, **given) -> dict:
-        """The full settings: `given` (None = default), then the defaults (evaluated on the model)."""
+        """The full settings: `given` (None = default), then the defaults (evaluated on the
+        model)."""
         unknown = sorted(k for k, v in given.items() if k not in self.settings and v is not None)
         if unknown:
-            raise InputError(f"Sampler {self.name!r} has no setting(s) {unknown}; its settings: {sorted(self.settings)}.")
+            raise InputError(
+                f"Sampler {self.name!r} has no setting(s) {unknown}; its settings: "
+                f"{sorted(self.settings)}."
+            )
         out = {}
         for key, default in self.settings.items():
             value = given.get(key)
@@ -317,24 +423,30 @@ SAMPLERS: dict[str, Sampler] = {}  # name -> Sampler; add one with @register bel
 
 
 def register(name: str, settings: dict | None = None, *, needs_sde: bool = False):
-    """Decorator adding `build(model, **settings) -> run(seeds)` to `SAMPLERS` under `name` (the first line
-    of its docstring is the help text)."""
+    """Decorator adding `build(model, **settings) -> run(seeds)` to `SAMPLERS` under `name` (the
+    first line of its docstring is the help text)."""
     def add(build: Callable) -> Callable:
         doc = (build.__doc__ or "").strip().splitlines()
-        SAMPLERS[name] = Sampler(name, build, dict(settings or {}), needs_sde, doc[0] if doc else "")
+        SAMPLERS[name] = Sampler(
+            name, build, dict(settings or {}), needs_sde, doc[0] if doc else ""
+        )
         return build
     return add
 
 
 def get_sampler(name: str, model=None) -> Sampler:
-    """The registered sampler `name`, checked against what `model` provides; errors list the valid names."""
+    """The registered sampler `name`, checked against what `model` provides; errors list the valid
+    names."""
     if name not in SAMPLERS:
         raise InputError(f"Unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.")
     spec = SAMPLERS[name]
     if model is not None and spec.needs_sde and (model.sde is None or model.time_score is None):
         valid = sorted(n for n, s in SAMPLERS.items() if not s.needs_sde)
-        raise InputError(f"Sampler {name!r} integrates an SDE, which this model ({model.kind}, K = {model.k}) does "
-                         f"not have; choose one of {valid}.")
+        raise InputError(
+            f"Sampler {name!r} integrates an SDE, which this model ({model.kind}, K = {model.k}) "
+            f"does "
+            f"not have; choose one of {valid}."
+        )
     return spec
 
 
@@ -352,8 +464,12 @@ def _em(model, *, num_steps, eps):
     """the tutorial's Euler-Maruyama on the reverse SDE (toy models)"""
     def run(seeds):
         x = tutorial_init(seeds, model.shape[0], model.sde)
-        # Score functions broadcast a shared t (a toy network computes its time branch once per step).
-        return euler_maruyama(model.time_score, model.sde, x, seeds, num_steps=num_steps, eps=eps, shared_time=True)
+        # Score functions broadcast a shared t (a toy network computes its time branch once per
+        # step).
+        return euler_maruyama(
+            model.time_score, model.sde, x, seeds, num_steps=num_steps, eps=eps, shared_time=True
+        )
+
     return run
 
 
@@ -361,8 +477,9 @@ def _em(model, *, num_steps, eps):
 def _ode(model, *, eps):
     """the probability-flow ODE (diffrax Tsit5, adaptive) from t_max to eps (toy models)"""
     def run(seeds):
-        return probability_flow_ode(model.time_score, model.sde, tutorial_init(seeds, model.shape[0], model.sde),
-                                    t1=eps)
+        return probability_flow_ode(
+            model.time_score, model.sde, tutorial_init(seeds, model.shape[0], model.sde), t1=eps
+        )
     return run
 
 
@@ -373,8 +490,14 @@ _DDPM_GRID = dict(timesteps=1000, beta_start=1e-4, beta_end=0.02)
 def _ddpm(model, *, timesteps, beta_start, beta_end):
     """Ho et al.'s ancestral sampler on the `timesteps` DDPM steps (x0 clipped, as Pham et al.)"""
     def run(seeds):
-        x = ddpm_ancestral(model.denoiser, initial_noise(seeds, model.shape), seeds, num_steps=timesteps,
-                           beta_start=beta_start, beta_end=beta_end)
+        x = ddpm_ancestral(
+            model.denoiser,
+            initial_noise(seeds, model.shape),
+            seeds,
+            num_steps=timesteps,
+            beta_start=beta_start,
+            beta_end=beta_end,
+        )
         return _clip(model, x)
     return run
 
@@ -383,8 +506,16 @@ def _ddpm(model, *, timesteps, beta_start, beta_end):
 def _ddim(model, *, num_steps, eta, timesteps, beta_start, beta_end):
     """DDIM on num_steps (50) of the DDPM steps, eta (0 = deterministic)"""
     def run(seeds):
-        x = ddim(model.denoiser, initial_noise(seeds, model.shape), seeds if eta > 0 else None, num_steps=num_steps,
-                 eta=eta, T=timesteps, beta_start=beta_start, beta_end=beta_end)
+        x = ddim(
+            model.denoiser,
+            initial_noise(seeds, model.shape),
+            seeds if eta > 0 else None,
+            num_steps=num_steps,
+            eta=eta,
+            T=timesteps,
+            beta_start=beta_start,
+            beta_end=beta_end,
+        )
         return _clip(model, x)
     return run
 
@@ -397,8 +528,13 @@ def _edm_run(model, heun, num_steps, sigma_min, sigma_max):
     fn = edm_heun if heun else edm_euler
 
     def run(seeds):
-        x = fn(model.denoiser, initial_noise(seeds, model.shape, std=sigma_max), num_steps=num_steps,
-               sigma_min=sigma_min, sigma_max=sigma_max)
+        x = fn(
+            model.denoiser,
+            initial_noise(seeds, model.shape, std=sigma_max),
+            num_steps=num_steps,
+            sigma_min=sigma_min,
+            sigma_max=sigma_max,
+        )
         return _clip(model, x)
     return run
 
@@ -415,7 +551,7 @@ def _edm_heun(model, *, num_steps, sigma_min, sigma_max):
     return _edm_run(model, True, num_steps, sigma_min, sigma_max)
 
 
-# ------------------------------------------------------------------ Kadkhodaie & Simoncelli (blind ascent)
+# ----------------------------------------------------------- Kadkhodaie & Simoncelli (blind ascent)
 # The algorithm is `diffmem.ks_sampler`; its per-sample record and registry entry follow.
 class SampleInfo(NamedTuple):
     """Per-sample diagnostics a registered sampler reports beside its samples, attached to its

@@ -17,16 +17,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Denoiser", "ScoreFn", "SDE", "VESDE", "GeometricVESDE", "VPSDE", "score_from_denoiser", "per_sample",
-           "denoiser_from_score", "edm_sigma_steps", "ddpm_alpha_bar", "SDES", "make_sde"]
+__all__ = [
+    "Denoiser",
+    "ScoreFn",
+    "SDE",
+    "VESDE",
+    "GeometricVESDE",
+    "VPSDE",
+    "score_from_denoiser",
+    "per_sample",
+    "denoiser_from_score",
+    "edm_sigma_steps",
+    "ddpm_alpha_bar",
+    "SDES",
+    "make_sde",
+]
 
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]  # D(x (B,*S), sigma (B,)) -> (B,*S)
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]  # s(x (B,*S), t (B,)) -> (B,*S)
 
 
 def per_sample(v, x: jax.Array) -> jax.Array:
-    """A noise level or time given as a scalar, (1,) or (B,), as the (B,) array of one value per example of
-    x (B, *S), in x's dtype: what every denoiser, score and sampler here takes."""
+    """A noise level or time given as a scalar, (1,) or (B,), as the (B,) array of one value per
+    example of x (B, *S), in x's dtype: what every denoiser, score and sampler here takes."""
     return jnp.broadcast_to(jnp.asarray(v, x.dtype).reshape(-1), x.shape[:1])
 
 
@@ -69,7 +82,8 @@ class _PriorMixin:
 
 @dataclasses.dataclass(frozen=True)
 class VESDE(_PriorMixin):
-    """The tutorial's variance-exploding SDE dx = sigma_max dw, marginal std sigma_max sqrt(t), t in [t_min, 1]."""
+    """The tutorial's variance-exploding SDE dx = sigma_max dw, marginal std sigma_max sqrt(t), t in
+    [t_min, 1]."""
     sigma_max: float = 1.0
     t_min: float = 1e-5
     t_max: float = 1.0
@@ -95,7 +109,8 @@ class VESDE(_PriorMixin):
 
 @dataclasses.dataclass(frozen=True)
 class GeometricVESDE(_PriorMixin):
-    """Song et al.'s VE SDE: sigma(t) = sigma_min (sigma_max / sigma_min)^t, g(t) = sigma(t) sqrt(2 log(smax/smin)).
+    """Song et al.'s VE SDE: sigma(t) = sigma_min (sigma_max / sigma_min)^t, g(t) = sigma(t) sqrt(2
+    log(smax/smin)).
 
     As in Song et al., the marginal std is taken as sigma(t) (the sigma_min^2 offset is neglected).
     """
@@ -111,7 +126,9 @@ class GeometricVESDE(_PriorMixin):
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** jnp.asarray(t)
 
     def t_of_sigma(self, sigma):
-        return jnp.log(jnp.asarray(sigma) / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+        return jnp.log(jnp.asarray(sigma) / self.sigma_min) / math.log(
+            self.sigma_max / self.sigma_min
+        )
 
     def drift(self, x, t):
         return jnp.zeros_like(x)
@@ -125,7 +142,8 @@ class GeometricVESDE(_PriorMixin):
 
 @dataclasses.dataclass(frozen=True)
 class VPSDE(_PriorMixin):
-    """Continuous variance-preserving SDE dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw, beta linear in t.
+    """Continuous variance-preserving SDE dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw, beta linear in
+    t.
 
     s(t) = exp(-1/4 t^2 (beta_max - beta_min) - 1/2 t beta_min), marginal std sqrt(1 - s^2).
     EDM's VP has beta_d = beta_max - beta_min = 19.9, beta_min = 0.1.
@@ -191,7 +209,8 @@ def score_from_denoiser(denoiser: Denoiser, sde: SDE | None = None) -> ScoreFn:
 
 
 def denoiser_from_score(score_fn: ScoreFn, sde: SDE) -> Denoiser:
-    """Denoiser from a score (Tweedie): D(x, sigma) = x + s sigma^2 grad log p_t(s x), t = t(sigma)."""
+    """Denoiser from a score (Tweedie): D(x, sigma) = x + s sigma^2 grad log p_t(s x), t =
+    t(sigma)."""
 
     def denoiser(x, sigma):
         sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), x.shape[:1])
@@ -204,15 +223,17 @@ def denoiser_from_score(score_fn: ScoreFn, sde: SDE) -> Denoiser:
 
 def edm_sigma_steps(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0,
                     rho: float = 7.0) -> np.ndarray:
-    """EDM's time discretisation (Karras et al. 2022, eq. 5), sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min,
-    with a final 0 appended: shape (num_steps + 1,)."""
+    """EDM's time discretisation (Karras et al. 2022, eq. 5), sigma_0 = sigma_max > ... >
+    sigma_{N-1} = sigma_min, with a final 0 appended: shape (num_steps + 1,)."""
     i = np.arange(num_steps, dtype=np.float64)
     inv = 1.0 / rho
     steps = (sigma_max**inv + i / max(num_steps - 1, 1) * (sigma_min**inv - sigma_max**inv)) ** rho
     return np.concatenate([steps, [0.0]])
 
 
-def ddpm_alpha_bar(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+def ddpm_alpha_bar(
+    num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> np.ndarray:
     """Cumulative products alpha_bar_t, t = 1..T, of DDPM's linear beta schedule, float64 (T,)."""
     betas = np.linspace(beta_start, beta_end, num_steps, dtype=np.float64)
     return np.cumprod(1.0 - betas)
@@ -222,11 +243,14 @@ SDES = {"ve": VESDE, "ve_geometric": GeometricVESDE, "vp": VPSDE}
 
 
 def make_sde(name: str, **kwargs) -> SDE:
-    """Build a noise process by name ('ve', 've_geometric', 'vp') with its fields as keyword arguments."""
+    """Build a noise process by name ('ve', 've_geometric', 'vp') with its fields as keyword
+    arguments."""
     if name not in SDES:
         raise ValueError(f"Unknown SDE {name!r}; valid names: {sorted(SDES)}.")
     fields = {f.name for f in dataclasses.fields(SDES[name])}
     bad = set(kwargs) - fields
     if bad:
-        raise ValueError(f"SDE {name!r} has no field(s) {sorted(bad)}; valid fields: {sorted(fields)}.")
+        raise ValueError(
+            f"SDE {name!r} has no field(s) {sorted(bad)}; valid fields: {sorted(fields)}."
+        )
     return SDES[name](**kwargs)

@@ -1,7 +1,7 @@
 """Figures: sample scatters, image grids, energy landscapes (2-D and 3-D) and curves versus K.
 
-Every function draws into a new matplotlib figure and saves it atomically to `path` (PNG), returning the
-path. Nothing here picks a matplotlib backend (a notebook keeps its own; bin/ scripts default
+Every function draws into a new matplotlib figure and saves it atomically to `path` (PNG), returning
+the path. Nothing here picks a matplotlib backend (a notebook keeps its own; bin/ scripts default
 MPLBACKEND to Agg before matplotlib is imported): figures are saved to files and closed.
 """
 from __future__ import annotations
@@ -26,14 +26,35 @@ def save_figure(fig, path: str, dpi: int = 150) -> str:
         plt.close(fig)
 
 
-def scatter_samples(path: str, samples: np.ndarray, patterns: np.ndarray | None = None, title: str = "",
-                    circle: bool = True, bounds: float = 1.5) -> str:
+def scatter_samples(
+    path: str,
+    samples: np.ndarray,
+    patterns: np.ndarray | None = None,
+    title: str = "",
+    circle: bool = True,
+    bounds: float = 1.5,
+) -> str:
     """2-D samples (N, 2) as dots, training points (K, 2) as stars, the unit circle dashed."""
     fig, ax = plt.subplots(figsize=(4, 4))
-    ax.scatter(samples[:, 0], samples[:, 1], s=4, alpha=0.3, color="tab:blue", label=f"samples ({len(samples)})")
+    ax.scatter(
+        samples[:, 0],
+        samples[:, 1],
+        s=4,
+        alpha=0.3,
+        color="tab:blue",
+        label=f"samples ({len(samples)})",
+    )
     if patterns is not None and len(patterns) <= 2000:
-        ax.scatter(patterns[:, 0], patterns[:, 1], marker="*", s=80, color="deeppink", edgecolor="black",
-                   label=f"training points ({len(patterns)})", zorder=3)
+        ax.scatter(
+            patterns[:, 0],
+            patterns[:, 1],
+            marker="*",
+            s=80,
+            color="deeppink",
+            edgecolor="black",
+            label=f"training points ({len(patterns)})",
+            zorder=3,
+        )
     if circle:
         a = np.linspace(0, 2 * np.pi, 200)
         ax.plot(np.cos(a), np.sin(a), "k--", lw=0.8, alpha=0.5)
@@ -60,19 +81,21 @@ def image_grid(path: str, images: np.ndarray, ncols: int = 8, title: str = "") -
 
 
 def energy_landscapes(path: str, panels: Sequence[Mapping], bounds: float = 1.5) -> str:
-    """Side-by-side 2-D energy landscapes, as in the tutorial (`energy_landscapes_figure`), saved to `path`."""
+    """Side-by-side 2-D energy landscapes, as in the tutorial (`energy_landscapes_figure`), saved to
+    `path`."""
     return save_figure(energy_landscapes_figure(panels, bounds), path)
 
 
 def energy_landscapes_figure(panels: Sequence[Mapping], bounds: float = 1.5):
-    """The figure of `energy_landscapes`: heat map of the energy, score quiver, samples, training stars and
-    cluster centres (X, coloured by kind), with numeric energy labels placed so that no two overlap.
+    """The figure of `energy_landscapes`: heat map of the energy, score quiver, samples, training
+    stars and cluster centres (X, coloured by kind), with numeric energy labels placed so that no
+    two overlap.
 
     Each panel: {"title", "grid_x" (R,R), "grid_y" (R,R), "energy" (R,R), optional "score" (R,R,2),
     "patterns" (K,2), "samples" (N,2), "labels" (N,), "centers" (C,2), "center_energy" (C,),
-    "pattern_energy" (K,), "center_kind" (C,) strings}. Labels that find no free spot near their marker are
-    summarised in one line under the panel (how many, and their energy range) instead of being drawn over
-    other labels.
+    "pattern_energy" (K,), "center_kind" (C,) strings}. Labels that find no free spot near their
+    marker are summarised in one line under the panel (how many, and their energy range) instead of
+    being drawn over other labels.
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     kind_color = {"memorized": "lime", "spurious": "red", "generalized": "aqua"}
@@ -83,25 +106,60 @@ def energy_landscapes_figure(panels: Sequence[Mapping], bounds: float = 1.5):
         ax.plot(np.cos(a), np.sin(a), "w--", lw=0.8, alpha=0.6)
         if p.get("score") is not None:
             s, step = p["score"], max(1, p["grid_x"].shape[0] // 15)
-            ax.quiver(p["grid_x"][::step, ::step], p["grid_y"][::step, ::step], s[::step, ::step, 0],
-                      s[::step, ::step, 1], color="white", alpha=0.5, width=0.004)
+            ax.quiver(
+                p["grid_x"][::step, ::step],
+                p["grid_y"][::step, ::step],
+                s[::step, ::step, 0],
+                s[::step, ::step, 1],
+                color="white",
+                alpha=0.5,
+                width=0.004,
+            )
         if p.get("samples") is not None:
-            ax.scatter(p["samples"][:, 0], p["samples"][:, 1], c=p.get("labels"), s=4, alpha=0.25, cmap="viridis")
-        labels = []  # (xy, text, colour): centres first (they are what the figure is about), then patterns
+            ax.scatter(
+                p["samples"][:, 0],
+                p["samples"][:, 1],
+                c=p.get("labels"),
+                s=4,
+                alpha=0.25,
+                cmap="viridis",
+            )
+        # (xy, text, colour): centres first (they are what the figure is about), then patterns
+        labels = []
         if p.get("centers") is not None and len(p["centers"]) <= 60:
             kinds = p.get("center_kind", ["generalized"] * len(p["centers"]))
-            ax.scatter(p["centers"][:, 0], p["centers"][:, 1], marker="X", s=45, edgecolor="black", zorder=6,
-                       color=[kind_color.get(k, "aqua") for k in kinds])
-            labels += [(xy, float(e), "aqua") for xy, e in zip(p["centers"], p.get("center_energy", []))]
+            ax.scatter(
+                p["centers"][:, 0],
+                p["centers"][:, 1],
+                marker="X",
+                s=45,
+                edgecolor="black",
+                zorder=6,
+                color=[kind_color.get(k, "aqua") for k in kinds],
+            )
+            labels += [
+                (xy, float(e), "aqua") for xy, e in zip(p["centers"], p.get("center_energy", []))
+            ]
         pats = p.get("patterns")
         if pats is not None and len(pats) <= 50:
-            ax.scatter(pats[:, 0], pats[:, 1], marker="*", s=90, color="deeppink", edgecolor="black", zorder=5)
-            labels += [(xy, float(e), "deeppink") for xy, e in zip(pats, p.get("pattern_energy", []))]
+            ax.scatter(
+                pats[:, 0],
+                pats[:, 1],
+                marker="*",
+                s=90,
+                color="deeppink",
+                edgecolor="black",
+                zorder=5,
+            )
+            labels += [
+                (xy, float(e), "deeppink") for xy, e in zip(pats, p.get("pattern_energy", []))
+            ]
         ax.set_xlim(-bounds, bounds), ax.set_ylim(-bounds, bounds), ax.set_aspect("equal")
         ax.set_xticks([]), ax.set_yticks([]), ax.set_title(p.get("title", ""), fontsize=9)
         fig.colorbar(cs, ax=ax, shrink=0.7, label="energy (min = 0)")
         pending.append((ax, labels))
-    fig.canvas.draw()  # final axes positions (colour bars and equal aspect applied) before placing labels
+    # final axes positions (colour bars and equal aspect applied) before placing labels
+    fig.canvas.draw()
     for ax, labels in pending:
         place_labels(ax, labels)
     return fig
@@ -117,9 +175,9 @@ _LABEL_OFFSETS = [(dx * r, dy * r, ha, va) for r in (1, 2, 3.5)
 def place_labels(ax, labels: Sequence[tuple], fontsize: float = 6, fmt: str = "{:.2f}") -> list:
     """Annotate points with numbers so that no two label boxes overlap (greedy, in `labels` order).
 
-    labels: (xy data coordinates, value, colour). Each label tries `_LABEL_OFFSETS` around its point and takes
-    the first spot inside the axes that overlaps no label placed before. The ones that fit nowhere are
-    summarised in one line below the axes. Returns the Text artists drawn.
+    labels: (xy data coordinates, value, colour). Each label tries `_LABEL_OFFSETS` around its point
+    and takes the first spot inside the axes that overlaps no label placed before. The ones that fit
+    nowhere are summarised in one line below the axes. Returns the Text artists drawn.
     """
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
@@ -127,8 +185,15 @@ def place_labels(ax, labels: Sequence[tuple], fontsize: float = 6, fmt: str = "{
     px = fig.dpi / 72.0
     placed, boxes, unplaced = [], [], []
     for xy, value, color in labels:
-        text = ax.annotate(fmt.format(value), xy, xytext=(0, 0), textcoords="offset points", color=color,
-                           fontsize=fontsize, zorder=7)
+        text = ax.annotate(
+            fmt.format(value),
+            xy,
+            xytext=(0, 0),
+            textcoords="offset points",
+            color=color,
+            fontsize=fontsize,
+            zorder=7,
+        )
         size = text.get_window_extent(renderer)
         w, h = size.width, size.height
         x0, y0 = ax.transData.transform(xy)
@@ -136,7 +201,12 @@ def place_labels(ax, labels: Sequence[tuple], fontsize: float = 6, fmt: str = "{
             left = x0 + dx * px - {"left": 0.0, "center": w / 2, "right": w}[ha]
             bottom = y0 + dy * px - {"bottom": 0.0, "top": h}[va]
             box = (left - 1, bottom - 1, left + w + 1, bottom + h + 1)
-            inside = box[0] >= frame.x0 and box[2] <= frame.x1 and box[1] >= frame.y0 and box[3] <= frame.y1
+            inside = (
+                box[0] >= frame.x0
+                and box[2] <= frame.x1
+                and box[1] >= frame.y0
+                and box[3] <= frame.y1
+            )
             if inside and not any(_overlap(box, b) for b in boxes):
                 text.set_position((dx, dy)), text.set_ha(ha), text.set_va(va)
                 boxes.append(box), placed.append(text)
@@ -147,8 +217,17 @@ def place_labels(ax, labels: Sequence[tuple], fontsize: float = 6, fmt: str = "{
     if unplaced:
         values = (f"value {min(unplaced):.2f}" if len(unplaced) == 1 else
                   f"values {min(unplaced):.2f} to {max(unplaced):.2f}")
-        placed.append(ax.text(0.5, -0.02, f"{len(unplaced)} more not labelled (no free spot): {values}",
-                              transform=ax.transAxes, ha="center", va="top", fontsize=fontsize))
+        placed.append(
+            ax.text(
+                0.5,
+                -0.02,
+                f"{len(unplaced)} more not labelled (no free spot): {values}",
+                transform=ax.transAxes,
+                ha="center",
+                va="top",
+                fontsize=fontsize,
+            )
+        )
     return placed
 
 
@@ -161,9 +240,16 @@ def energy_surfaces(path: str, panels: Sequence[Mapping]) -> str:
     fig = plt.figure(figsize=(4.2 * len(panels), 4))
     for i, p in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1, projection="3d")
-        ax.plot_surface(p["grid_x"], p["grid_y"], p["energy"], cmap="inferno", linewidth=0, antialiased=True)
+        ax.plot_surface(
+            p["grid_x"], p["grid_y"], p["energy"], cmap="inferno", linewidth=0, antialiased=True
+        )
         ax.view_init(elev=60, azim=-60)
-        ax.set_xticks([]), ax.set_yticks([]), ax.set_zticks([]), ax.set_title(p.get("title", ""), fontsize=9)
+        (
+            ax.set_xticks([]),
+            ax.set_yticks([]),
+            ax.set_zticks([]),
+            ax.set_title(p.get("title", ""), fontsize=9),
+        )
     return save_figure(fig, path)
 
 
@@ -180,7 +266,9 @@ def curves_vs_k(path: str, ks: Sequence[float], curves: Mapping[str, Sequence[fl
     return save_figure(fig, path)
 
 
-def radial_profile(path: str, radii: np.ndarray, curves: Mapping[str, np.ndarray], title: str = "") -> str:
+def radial_profile(
+    path: str, radii: np.ndarray, curves: Mapping[str, np.ndarray], title: str = ""
+) -> str:
     """Energy along the radius, e.g. a trained model beside the exact circle energy."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, ys in curves.items():

@@ -3,8 +3,10 @@
     wd = Workdir("runs/digits")
     wd.config                                   # config.json as a ConfigDict
     model = wd.model("64")                      # EMA weights of the latest checkpoint, as a `Model`
-    model = wd.model("64", kind="optimal")      # the empirical optimal denoiser of the same 64 images
-    model = optimal_model(config, "64")         # the same from a config alone (no workdir, no training)
+    model = wd.model("64", kind="optimal")      # the empirical optimal denoiser of the same 64
+                                                images
+    model = optimal_model(config, "64")         # the same from a config alone (no workdir, no
+                                                training)
     data = wd.read_samples("64")                # the union of every sample shard, sorted by seed
 
 The layout of a workdir, every path in it, is `diffmem.layout` (`Layout`, which `Workdir`
@@ -36,7 +38,15 @@ __all__ = ["KINDS", "RERUN_KEYS", "DatasetChangedError", "optimal_model", "confi
            "merge_shards", "write_shard", "remove_set_files"]
 
 KINDS = ("trained", "optimal")
-RERUN_KEYS = ("steps", "schedule.duration_mimg", "sample", "study", "monitor", "log_every", "keep_checkpoints")
+RERUN_KEYS = (
+    "steps",
+    "schedule.duration_mimg",
+    "sample",
+    "study",
+    "monitor",
+    "log_every",
+    "keep_checkpoints",
+)
 """Config keys (dotted for nested ones) a rerun into an existing workdir may change: `steps` and
 `schedule.duration_mimg` extend (or shorten) training; the others only drive later stages. Any other
 difference is a different experiment."""
@@ -49,7 +59,8 @@ class DatasetChangedError(InputError):
 
 # ------------------------------------------------------------------------------------------ models
 def optimal_model(config: ml_collections.ConfigDict, name: str | int) -> Model:
-    """The empirical optimal denoiser of model `name`'s training set, from the config alone (no training)."""
+    """The empirical optimal denoiser of model `name`'s training set, from the config alone (no
+    training)."""
     exp = builders.build(config)
     specs = {s.name: s for s in exp.members}
     return exp.optimal(_pick(specs, str(name), "this config"))
@@ -61,10 +72,11 @@ def _pick(specs: dict, name: str, where: str):
     return specs[name]
 
 
-# -------------------------------------------------------------------------------------------- configs
+# ------------------------------------------------------------------------------------------ configs
 def config_differences(old: dict, new: dict, *, keep_steps: bool = False) -> list[str]:
-    """Top-level keys in which two configs (as JSON dicts) differ, ignoring `RERUN_KEYS` (but not `steps`
-    when keep_steps: a stage that reuses finished samples needs the same training length)."""
+    """Top-level keys in which two configs (as JSON dicts) differ, ignoring `RERUN_KEYS` (but not
+    `steps` when keep_steps: a stage that reuses finished samples needs the same training
+    length)."""
     free = [k for k in RERUN_KEYS if not (keep_steps and k in _LENGTH_KEYS)]
     old, new = _without(old, free), _without(new, free)
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -97,7 +109,7 @@ def _data_sha256(data: np.ndarray) -> str:
 is_writer = multihost.is_main_process  # only process 0 writes shared files under jax.distributed
 
 
-# ---------------------------------------------------------------------------------------------- Workdir
+# ------------------------------------------------------------------------------------------ Workdir
 class Workdir(Layout):
     """A run's directory: its paths (`diffmem.layout.Layout`) and the config, K-subsets, models and
     samples read from them (module docstring)."""
@@ -122,7 +134,8 @@ class Workdir(Layout):
         return self._config
 
     def read_config(self) -> ml_collections.ConfigDict:
-        """config.json in the current schema (files of earlier schemas are migrated on load, not rewritten)."""
+        """config.json in the current schema (files of earlier schemas are migrated on load, not
+        rewritten)."""
         return configlib.from_json(json.dumps(self._read_config_json()))
 
     def _read_config_json(self) -> dict:
@@ -132,9 +145,11 @@ class Workdir(Layout):
     def _read_raw_config_json(self) -> dict:
         path = self.config_path
         if not os.path.exists(path):
-            raise MissingInputError(f"{path} not found: {self.path} is not a diffmem workdir. Train into it first "
-                                    f"(python bin/train.py --config=... --workdir={self.path}), or sample the optimal "
-                                    "denoiser with --config=... --kind=optimal.")
+            raise MissingInputError(
+                f"{path} not found: {self.path} is not a diffmem workdir. Train into it first "
+                f"(python bin/train.py --config=... --workdir={self.path}), or sample the optimal "
+                "denoiser with --config=... --kind=optimal."
+            )
         try:
             with open(path) as f:
                 obj = json.load(f)
@@ -143,24 +158,30 @@ class Workdir(Layout):
             return obj
         except (ValueError, UnicodeDecodeError) as e:
             raise configlib.ConfigError(
-                f"{path} is corrupt or truncated ({e}). Nothing else in {self.path} was touched: delete "
-                "config.json and rerun bin/train.py with the config you trained with (it rewrites the file and "
-                "resumes from the checkpoints).") from None
+                f"{path} is corrupt or truncated ({e}). Nothing else in {self.path} was touched: "
+                f"delete "
+                "config.json and rerun bin/train.py with the config you trained with (it rewrites "
+                "the file and "
+                "resumes from the checkpoints)."
+            ) from None
 
     def check_config(self, config: ml_collections.ConfigDict, *, keep_steps: bool = False) -> None:
-        """Refuse a config that differs from config.json beyond `RERUN_KEYS` (no config.json: nothing to check)."""
+        """Refuse a config that differs from config.json beyond `RERUN_KEYS` (no config.json:
+        nothing to check)."""
         if not self.exists():
             return
         new = config_as_json(config)
         diff = config_differences(self._read_config_json(), new, keep_steps=keep_steps)
         if diff:
             raise configlib.ConfigError(
-                f"{self.path} holds a run with a different config (differs in {diff}); finished work is never "
-                "overwritten: use a new --workdir, or the same config to resume.")
+                f"{self.path} holds a run with a different config (differs in {diff}); finished "
+                f"work is never "
+                "overwritten: use a new --workdir, or the same config to resume."
+            )
 
     def write_config(self, config: ml_collections.ConfigDict) -> None:
-        """Write config.json (checked against the schema, its defaults filled), or check a rerun's config
-        against it (`check_config`) and record the new one."""
+        """Write config.json (checked against the schema, its defaults filled), or check a rerun's
+        config against it (`check_config`) and record the new one."""
         configlib.validate(config)
         self.check_config(config)
         if is_writer():
@@ -171,9 +192,9 @@ class Workdir(Layout):
             self.__dict__.pop(cached, None)
 
     def check_trained_config(self) -> None:
-        """Refuse a config.json edited after training: compare it with the config recorded in the checkpoints
-        (`diffmem.checkpoint.save`), ignoring `RERUN_KEYS`. Checkpoints written before configs were recorded
-        are not checked."""
+        """Refuse a config.json edited after training: compare it with the config recorded in the
+        checkpoints (`diffmem.checkpoint.save`), ignoring `RERUN_KEYS`. Checkpoints written before
+        configs were recorded are not checked."""
         if self._trained_config_checked:
             return
         root = self.checkpoint_dir()
@@ -184,10 +205,14 @@ class Workdir(Layout):
             diff = config_differences(config_schema.migrate(trained), self._read_config_json())
             if diff:
                 raise configlib.ConfigError(
-                    f"{self.config_path} was changed after training: it differs in {diff} from the config model "
-                    f"{name} was trained with (recorded in its checkpoints under {root}). Put config.json back "
-                    f"as it was (the training config is the 'diffmem' entry of {os.path.join(root, name)}/<step>/"
-                    "_CHECKPOINT_METADATA), or train into a new workdir.")
+                    f"{self.config_path} was changed after training: it differs in {diff} from the "
+                    f"config model "
+                    f"{name} was trained with (recorded in its checkpoints under {root}). Put "
+                    f"config.json back "
+                    f"as it was (the training config is the 'diffmem' entry of "
+                    f"{os.path.join(root, name)}/<step>/"
+                    "_CHECKPOINT_METADATA), or train into a new workdir."
+                )
             break
         self._trained_config_checked = True
 
@@ -196,9 +221,15 @@ class Workdir(Layout):
         path = self.subset_path(k)
         if not os.path.exists(path):
             return None
-        z = _read_npz(path, "delete it to recompute the subset from the config (the dataset must be unchanged)")
+        z = _read_npz(
+            path,
+            "delete it to recompute the subset from the config (the dataset must be unchanged)",
+        )
         if "indices" not in z or "sha256" not in z:
-            raise InputError(f"{path} has no indices / sha256 (keys {sorted(z)}): delete it to recompute the subset.")
+            raise InputError(
+                f"{path} has no indices / sha256 (keys {sorted(z)}): delete it to recompute the "
+                f"subset."
+            )
         return dict(indices=z["indices"].astype(np.int64), sha256=str(z["sha256"]))
 
     @functools.cached_property
@@ -207,37 +238,56 @@ class Workdir(Layout):
 
     @functools.cached_property
     def experiment(self) -> builders.Experiment:
-        """The workdir's experiment (`builders.build` of its config), its members the recorded subsets."""
+        """The workdir's experiment (`builders.build` of its config), its members the recorded
+        subsets."""
         return builders.build(self.config, members=list(self._specs.values()))
 
     def specs(self, config: ml_collections.ConfigDict | None = None, *, record: bool = False
               ) -> list[builders.ModelSpec]:
-        """The sweep's members with their training sets. K-subsets recorded in subsets/<K>.npz are used and
-        checked (a different training set is a `DatasetChangedError`); missing ones are computed from the
-        config (workdirs written before subsets were recorded) and, with record=True (training), written."""
+        """The sweep's members with their training sets. K-subsets recorded in subsets/<K>.npz are
+        used and checked (a different training set is a `DatasetChangedError`); missing ones are
+        computed from the config (workdirs written before subsets were recorded) and, with
+        record=True (training), written."""
         config = self.config if config is None else config
         pool = builders.load_pool(config)
         ks = sorted({int(k) for k in configlib.sweep(config.data.k)})
         stored = {k: s for k in ks if (s := self._read_subset(k)) is not None}
         for k, s in stored.items():
-            if s["indices"].shape != (k,) or s["indices"].min(initial=0) < 0 or s["indices"].max(initial=0) >= len(pool):
+            if (
+                s["indices"].shape != (k,)
+                or s["indices"].min(initial=0) < 0
+                or s["indices"].max(initial=0) >= len(pool)
+            ):
                 raise DatasetChangedError(
-                    f"{self.subset_path(k)} selects rows outside the dataset ({len(pool)} examples): the dataset "
-                    f"changed since training. Restore the original data (config.data), or train into a new workdir.")
-        specs = builders.model_specs(config, pool=pool, indices={k: s["indices"] for k, s in stored.items()})
+                    f"{self.subset_path(k)} selects rows outside the dataset ({len(pool)} "
+                    f"examples): the dataset "
+                    f"changed since training. Restore the original data (config.data), or train "
+                    f"into a new workdir."
+                )
+        specs = builders.model_specs(
+            config, pool=pool, indices={k: s["indices"] for k, s in stored.items()}
+        )
         for spec in specs:
             s = stored.get(spec.k)
             if s is not None and _data_sha256(spec.data) != s["sha256"]:
                 raise DatasetChangedError(
-                    f"The training set of K = {spec.k} is not the one the model was trained on: the data at the "
-                    f"indices in {self.subset_path(spec.k)} has changed (sha256 differs). Restore the original "
-                    "dataset (config.data: source, data_dir, preprocessing), or train into a new workdir.")
+                    f"The training set of K = {spec.k} is not the one the model was trained on: "
+                    f"the data at the "
+                    f"indices in {self.subset_path(spec.k)} has changed (sha256 differs). Restore "
+                    f"the original "
+                    "dataset (config.data: source, data_dir, preprocessing), or train into a new "
+                    "workdir."
+                )
         if record and is_writer():
             for spec in specs:
                 if spec.k not in stored:
                     stored[spec.k] = {}
-                    report.write_npz(self.subset_path(spec.k), indices=np.asarray(spec.indices, np.int64),
-                                     sha256=np.str_(_data_sha256(spec.data)), pool_size=np.int64(len(pool)))
+                    report.write_npz(
+                        self.subset_path(spec.k),
+                        indices=np.asarray(spec.indices, np.int64),
+                        sha256=np.str_(_data_sha256(spec.data)),
+                        pool_size=np.int64(len(pool)),
+                    )
         return specs
 
     def spec(self, name: str) -> builders.ModelSpec:
@@ -248,8 +298,8 @@ class Workdir(Layout):
 
     # ---------------------------------------------------------------- models
     def model(self, name: str | int, step: int | None = None, kind: str = "trained") -> Model:
-        """Model `name` (its K, or K_s<seed>): the EMA weights of the latest checkpoint (or `step`), or with
-        kind="optimal" the empirical optimal denoiser of its training set."""
+        """Model `name` (its K, or K_s<seed>): the EMA weights of the latest checkpoint (or `step`),
+        or with kind="optimal" the empirical optimal denoiser of its training set."""
         if kind not in KINDS:
             raise InputError(f"Unknown model kind {kind!r}; choose one of {KINDS}.")
         spec = self.spec(str(name))
@@ -259,47 +309,58 @@ class Workdir(Layout):
                 raise InputError("The optimal denoiser has no checkpoints: drop step.")
             return exp.optimal(spec)
         self.check_trained_config()
-        params, step = checkpoint.restore_item(self.checkpoint_dir(spec.name), "ema_params", exp.init_like(),
-                                               step, workdir=self.path)
+        params, step = checkpoint.restore_item(
+            self.checkpoint_dir(spec.name), "ema_params", exp.init_like(), step, workdir=self.path
+        )
         return exp.model(spec, jax.tree.map(jnp.asarray, params), step)
 
     # ---------------------------------------------------------------- samples
     def read_samples(self, name: str, kind: str = "trained", step: int | None = None,
                      files: Sequence[str] | None = None) -> dict:
-        """The union of a set's shards: {samples (N, *S) float32, seeds (N,) int64 sorted, step, sampler,
-        settings (dict), files, info}. info: per-sample diagnostics every shard holds, {name: (N,)}
-        in seed order (the KS sampler's converged and iterations; {} for the other samplers). Shards
-        with different settings are an error naming both files; a seed in two shards of the same
-        settings is kept once."""
+        """The union of a set's shards: {samples (N, *S) float32, seeds (N,) int64 sorted, step,
+        sampler, settings (dict), files, info}. info: per-sample diagnostics every shard holds,
+        {name: (N,)} in seed order (the KS sampler's converged and iterations; {} for the other
+        samplers). Shards with different settings are an error naming both files; a seed in two
+        shards of the same settings is kept once."""
         files = list(self.sample_files(name, kind, step) if files is None else files)
         if not files:
-            raise MissingInputError(f"No samples in {self.samples_dir(name, kind, step)}: sample the model first "
-                                    f"(python bin/sample.py --workdir={self.path} --k={name}"
-                                    f"{' --kind=optimal' if kind == 'optimal' else ''}).")
+            raise MissingInputError(
+                f"No samples in {self.samples_dir(name, kind, step)}: sample the model first "
+                f"(python bin/sample.py --workdir={self.path} --k={name}"
+                f"{' --kind=optimal' if kind == 'optimal' else ''})."
+            )
         return read_sample_files(files)
 
 
-# ------------------------------------------------------------------------------------------ sample shards
+# ------------------------------------------------------------------------------------ sample shards
 def _read_npz(path: str, what_to_do: str) -> dict:
     try:
         return report.read_npz(path)
     except FileNotFoundError:
         raise
     except Exception as e:
-        raise InputError(f"{path} is corrupt or truncated ({str(e)[:200]}); nothing was changed: {what_to_do}.") from None
+        raise InputError(
+            f"{path} is corrupt or truncated ({str(e)[:200]}); nothing was changed: {what_to_do}."
+        ) from None
 
 
 def read_shard(path: str) -> dict:
     """One sample file: {samples, seeds, settings, path, info}. info: the sampler's per-sample
     diagnostics {name: (N,)} (e.g. the KS sampler's converged / iterations; {} for others). Files
     from before shards (settings as separate arrays) are read too."""
-    z = _read_npz(path, "delete it and rerun bin/sample.py for its seeds, or rerun with --overwrite")
+    z = _read_npz(
+        path, "delete it and rerun bin/sample.py for its seeds, or rerun with --overwrite"
+    )
     if "samples" not in z:
-        raise InputError(f"{path} has no 'samples' array (keys {sorted(z)}); write it with bin/sample.py.")
+        raise InputError(
+            f"{path} has no 'samples' array (keys {sorted(z)}); write it with bin/sample.py."
+        )
     x = np.asarray(z["samples"], np.float32)
     seeds = np.asarray(z.get("seeds", np.arange(len(x))), np.int64)
     if len(seeds) != len(x):
-        raise InputError(f"{path}: {len(x)} samples but {len(seeds)} seeds; delete it and resample.")
+        raise InputError(
+            f"{path}: {len(x)} samples but {len(seeds)} seeds; delete it and resample."
+        )
     names = json.loads(str(z["info"])) if "info" in z else []
     info = {k: np.asarray(z[k]) for k in names}
     if any(v.shape != (len(x),) for v in info.values()):
@@ -309,8 +370,11 @@ def read_shard(path: str) -> dict:
         settings = json.loads(str(z["settings"]))
     else:  # one-file sets written before shards
         settings = {k: _scalar(v) for k, v in z.items() if k not in ("samples", "seeds")}
-    if "sampler" in settings:  # the sampler's name of earlier schemas ("ddpm": now "ddpm_ancestral")
-        settings["sampler"] = config_schema.RENAMED["sample.sampler"].get(settings["sampler"], settings["sampler"])
+    # the sampler's name of earlier schemas ("ddpm": now "ddpm_ancestral")
+    if "sampler" in settings:
+        settings["sampler"] = config_schema.RENAMED["sample.sampler"].get(
+            settings["sampler"], settings["sampler"]
+        )
     return dict(samples=x, seeds=seeds, settings=settings, path=path, info=info)
 
 
@@ -331,13 +395,17 @@ def merge_shards(shards: Sequence[dict]) -> dict:
         if s["settings"] != first["settings"]:
             raise InputError(
                 f"{s['path']} and {first['path']} hold samples of different settings "
-                f"({report.settings_difference(first['settings'], s['settings'])}): one sample set comes from one model "
-                "and sampler. Delete the files you do not want, or resample the set with --overwrite.")
+                f"({report.settings_difference(first['settings'], s['settings'])}): one sample set "
+                f"comes from one model "
+                "and sampler. Delete the files you do not want, or resample the set with "
+                "--overwrite."
+            )
         if s["samples"].shape[1:] != first["samples"].shape[1:]:
             raise InputError(f"{s['path']} and {first['path']} hold samples of different shapes.")
     seeds = np.concatenate([s["seeds"] for s in shards])
     x = np.concatenate([s["samples"] for s in shards])
-    seeds, keep = np.unique(seeds, return_index=True)  # sorted; duplicates (same settings) kept once
+    # sorted; duplicates (same settings) kept once
+    seeds, keep = np.unique(seeds, return_index=True)
     settings = first["settings"]
     # Per-sample diagnostics every shard holds (a shard written before they were recorded has none).
     names = [k for k in first.get("info", {}) if all(k in s.get("info", {}) for s in shards)]
@@ -352,9 +420,9 @@ _SHARD_KEYS = ("samples", "seeds", "settings", "step", "sampler", "info")
 
 def write_shard(path: str, samples: np.ndarray, seeds: np.ndarray, settings: dict,
                 info: dict | None = None) -> str:
-    """Write one shard atomically (process 0 only): samples, seeds and the settings as JSON (plus step and
-    sampler as plain arrays for quick inspection). info: per-sample diagnostics {name: (N,)},
-    saved as arrays of those names with their list in `info` (JSON)."""
+    """Write one shard atomically (process 0 only): samples, seeds and the settings as JSON (plus
+    step and sampler as plain arrays for quick inspection). info: per-sample diagnostics {name:
+    (N,)}, saved as arrays of those names with their list in `info` (JSON)."""
     if not is_writer():
         return path
     info = {k: np.asarray(v) for k, v in (info or {}).items()}
@@ -363,14 +431,20 @@ def write_shard(path: str, samples: np.ndarray, seeds: np.ndarray, settings: dic
         raise InputError(f"Per-sample arrays {bad} clash with {_SHARD_KEYS} or do not hold one "
                          "value per sample.")
     extra = dict(info, info=np.str_(json.dumps(sorted(info)))) if info else {}
-    return report.write_npz(path, samples=np.asarray(samples, np.float32), seeds=np.asarray(seeds, np.int64),
-                            settings=np.str_(json.dumps(settings, sort_keys=True)),
-                            step=np.int64(settings.get("step", -1)),
-                            sampler=np.str_(settings.get("sampler", "")), **extra)
+    return report.write_npz(
+        path,
+        samples=np.asarray(samples, np.float32),
+        seeds=np.asarray(seeds, np.int64),
+        settings=np.str_(json.dumps(settings, sort_keys=True)),
+        step=np.int64(settings.get("step", -1)),
+        sampler=np.str_(settings.get("sampler", "")),
+        **extra,
+    )
 
 
 def remove_set_files(paths: Sequence[str]) -> None:
-    """Delete sample files (and a shard's unfinished batches) being replaced under --overwrite (process 0)."""
+    """Delete sample files (and a shard's unfinished batches) being replaced under --overwrite
+    (process 0)."""
     if not is_writer():
         return
     for p in paths:

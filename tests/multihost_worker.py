@@ -1,10 +1,11 @@
-"""One process of tests/test_multihost.py: train (with a resume), sample and k-NN a tiny circle model.
+"""One process of tests/test_multihost.py: train (with a resume), sample and k-NN a tiny circle
+model.
 
     python tests/multihost_worker.py OUT WORKDIR [COORDINATOR NUM_PROCESSES PROCESS_ID]
 
-With a coordinator it joins jax.distributed first, so the mesh spans every process's devices. Each process
-saves what it got to OUT/result<process>.npz (test output, written by every process on purpose); the
-workdir's shared files are written by process 0 alone.
+With a coordinator it joins jax.distributed first, so the mesh spans every process's devices. Each
+process saves what it got to OUT/result<process>.npz (test output, written by every process on
+purpose); the workdir's shared files are written by process 0 alone.
 """
 import os
 import sys
@@ -23,8 +24,8 @@ def config(steps: int):
 
 
 def run(workdir: str, resume: bool = True) -> dict[str, np.ndarray]:
-    """Everything the test compares: final parameters, samples and their k-NN among the training points.
-    resume: train in two calls (100 steps, then resumed to 200) rather than one."""
+    """Everything the test compares: final parameters, samples and their k-NN among the training
+    points. resume: train in two calls (100 steps, then resumed to 200) rather than one."""
     import jax
 
     from diffmem import builders, devices, multihost, report, sampling, train
@@ -34,10 +35,13 @@ def run(workdir: str, resume: bool = True) -> dict[str, np.ndarray]:
     if resume:
         train.train(config(100), workdir, mesh=mesh, progress=False)
     c = config(200)
-    states = train.train(c, workdir, mesh=mesh, progress=False)  # resumes from the step-100 checkpoint
+    # resumes from the step-100 checkpoint
+    states = train.train(c, workdir, mesh=mesh, progress=False)
     state = states["9"]
     out = {f"param{i}": multihost.to_host(x) for i, x in enumerate(jax.tree.leaves(state.params))}
-    out |= {f"ema{i}": multihost.to_host(x) for i, x in enumerate(jax.tree.leaves(state.ema_params))}
+    out |= {
+        f"ema{i}": multihost.to_host(x) for i, x in enumerate(jax.tree.leaves(state.ema_params))
+    }
 
     sde = builders.build_sde(c)
     spec = builders.model_specs(c)[0]
@@ -50,8 +54,13 @@ def run(workdir: str, resume: bool = True) -> dict[str, np.ndarray]:
     samples = np.asarray(sampling.sample_sharded(sampler, np.arange(36), mesh))
     dists, idx = distances.knn(samples, spec.data, 3, mesh=mesh, query_tile=4, ref_tile=8)
     report.write_npz(os.path.join(workdir, "samples.npz"), samples=samples)  # process 0 only
-    return out | {"samples": samples, "knn_dists": dists, "knn_idx": idx,
-                  "num_devices": np.int64(mesh.devices.size), "process_count": np.int64(jax.process_count())}
+    return out | {
+        "samples": samples,
+        "knn_dists": dists,
+        "knn_idx": idx,
+        "num_devices": np.int64(mesh.devices.size),
+        "process_count": np.int64(jax.process_count()),
+    }
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -1,5 +1,5 @@
-"""Critical times: stop rules on a hand-made table, batched image / toy scans against brute-force loop twins,
-and known outcomes with the empirical optimal denoiser of a 2-point training set."""
+"""Critical times: stop rules on a hand-made table, batched image / toy scans against brute-force
+loop twins, and known outcomes with the empirical optimal denoiser of a 2-point training set."""
 import math
 
 import jax
@@ -20,28 +20,37 @@ def test_stop_rules_on_a_table():
     rec[1, 0, 1] = False                           # sample 0: trial 1 fails at t = 26 (prob 0.5)
     rec[3, 1] = False                              # sample 1 fails at t = 76
     tc, stopped = ct.apply_stop_rule(rec, ts, p=0.9, stop="per_sample")
-    np.testing.assert_array_equal(tc, [[1, 1], [51, 51]])     # sample 0 stops at 26 without updating
+    # sample 0 stops at 26 without updating
+    np.testing.assert_array_equal(tc, [[1, 1], [51, 51]])
     np.testing.assert_array_equal(stopped, [1, 3])
     tc, stopped = ct.apply_stop_rule(rec, ts, p=0.9, stop="batch")
-    np.testing.assert_array_equal(tc, [[76, 1], [51, 51]])    # sample 0's live trial rides on, to the end
+    # sample 0's live trial rides on, to the end
+    np.testing.assert_array_equal(tc, [[76, 1], [51, 51]])
     np.testing.assert_array_equal(stopped, [4, 4])            # no batch-level break
     rec[3, 0] = False
     tc, stopped = ct.apply_stop_rule(rec, ts, p=0.9, stop="batch")
-    np.testing.assert_array_equal(tc, [[51, 1], [51, 51]])    # all below p at t = 76: break before updating
+    # all below p at t = 76: break before updating
+    np.testing.assert_array_equal(tc, [[51, 1], [51, 51]])
     np.testing.assert_array_equal(stopped, [3, 3])
-    tc, _ = ct.apply_stop_rule(rec, ts.astype(float) / 100, p=0.4, stop="per_sample", initial=0.0, per_trial=False)
-    np.testing.assert_array_equal(tc, [[0.51, 0.51], [0.51, 0.51]])   # toy rule: no sticky failed trial
+    tc, _ = ct.apply_stop_rule(
+        rec, ts.astype(float) / 100, p=0.4, stop="per_sample", initial=0.0, per_trial=False
+    )
+    # toy rule: no sticky failed trial
+    np.testing.assert_array_equal(tc, [[0.51, 0.51], [0.51, 0.51]])
     with pytest.raises(ValueError, match="valid"):
         ct.apply_stop_rule(rec, ts, stop="sticky")
 
 
 def test_ddim_chain_lengths():
-    assert ct.ddim_chain(1) == [1] and len(ct.ddim_chain(26)) == 13 and len(ct.ddim_chain(976)) == 20
+    assert (
+        ct.ddim_chain(1) == [1] and len(ct.ddim_chain(26)) == 13 and len(ct.ddim_chain(976)) == 20
+    )
     assert ct.ddim_chain(976)[:2] == [976, 927]
 
 
 def _naive_image(denoiser, x0s, ts, trials, delta, p, stop, seed):
-    """Loop twin of image_critical_times (one row per network call, the rule as the notes state it)."""
+    """Loop twin of image_critical_times (one row per network call, the rule as the notes state
+    it)."""
     ab = ddpm_alpha_bar()
     b = len(x0s)
     denoiser = jax.jit(denoiser)
@@ -84,14 +93,18 @@ def _naive_image(denoiser, x0s, ts, trials, delta, p, stop, seed):
 @pytest.mark.parametrize("stop", ["per_sample", "batch"])
 def test_image_scan_equals_loop_twin_and_known_outcomes(stop):
     d = energy.empirical_denoiser(jnp.asarray(TRAIN))
-    samples = np.stack([TRAIN[0], 0.5 * (TRAIN[0] + TRAIN[1]), 0.9 * TRAIN[1]])   # memorized, between, near
+    # memorized, between, near
+    samples = np.stack([TRAIN[0], 0.5 * (TRAIN[0] + TRAIN[1]), 0.9 * TRAIN[1]])
     ts = (1, 26, 201, 401, 601, 801, 976)
-    out = ct.image_critical_times(d, samples, trials=3, ts=ts, p=0.6, stop=stop, delta=0.1, rows_per_call=16)
+    out = ct.image_critical_times(
+        d, samples, trials=3, ts=ts, p=0.6, stop=stop, delta=0.1, rows_per_call=16
+    )
     np.testing.assert_array_equal(out["time"], _naive_image(d, samples, ts, 3, 0.1, 0.6, stop, 0))
     assert np.all(out["time"][0] >= 401)            # a training point recovers up to large t
     if stop == "per_sample":
         assert np.all(out["time"][1] == 1)          # the midpoint is never recovered
-    # radius = ||x0 - x_Tc|| with x_Tc = sqrt(ab) x0 + sqrt(1 - ab) eps: at Tc = 1 it is about sqrt(1 - ab_1) sqrt(n)
+    # radius = ||x0 - x_Tc|| with x_Tc = sqrt(ab) x0 + sqrt(1 - ab) eps: at Tc = 1 it is about
+    # sqrt(1 - ab_1) sqrt(n)
     ab = ddpm_alpha_bar()
     assert out["radius"].shape == (3, 3)
     if stop == "per_sample":
@@ -115,14 +128,26 @@ def _naive_toy(score, sde, x0s, ts, trials, delta, p, seed, spu):
             z = np.asarray(ct.trial_noise(seed, [i], [ti], trials, x0s.shape[1:]))[0]
             ok = 0
             for j in range(trials):
-                key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(seed + 1), i), ti), j)
+                key = jax.random.fold_in(
+                    jax.random.fold_in(jax.random.fold_in(jax.random.key(seed + 1), i), ti), j
+                )
                 x = x0s[i] + float(sde.marginal_std(t)) * z[j]
                 num = int(spu * t)
                 taus = np.linspace(t, 1e-3, num)
                 dt = taus[0] - taus[1]
                 for k, tau in enumerate(taus):
-                    mean = x + dt * np.asarray(score(jnp.asarray(x[None], jnp.float32), jnp.full((1,), tau, jnp.float32)))[0]
-                    x = mean + np.sqrt(dt) * np.asarray(jax.random.normal(jax.random.fold_in(key, k), x.shape))
+                    mean = (
+                        x
+                        + dt
+                        * np.asarray(
+                            score(
+                                jnp.asarray(x[None], jnp.float32), jnp.full((1,), tau, jnp.float32)
+                            )
+                        )[0]
+                    )
+                    x = mean + np.sqrt(dt) * np.asarray(
+                        jax.random.normal(jax.random.fold_in(key, k), x.shape)
+                    )
                 ok += np.linalg.norm(mean - x0s[i]) <= delta
             if ok / trials < p:
                 break
@@ -138,9 +163,12 @@ def test_toy_scan_equals_loop_twin():
     ts = np.linspace(0.1, 0.8, 4)
     with pytest.raises(ValueError, match="required"):
         ct.toy_critical_times(score, sde, samples, delta=None)
-    out = ct.toy_critical_times(score, sde, samples, delta=0.1, trials=2, ts=ts, p=0.5, steps_per_unit=20)
+    out = ct.toy_critical_times(
+        score, sde, samples, delta=0.1, trials=2, ts=ts, p=0.5, steps_per_unit=20
+    )
     np.testing.assert_allclose(out["time"], _naive_toy(score, sde, samples, ts, 2, 0.1, 0.5, 0, 20))
-    # Upstream's 1000 steps per unit time: a pattern recovers, the midpoint never (t_opt = 0, radius 0).
+    # Upstream's 1000 steps per unit time: a pattern recovers, the midpoint never (t_opt = 0, radius
+    # 0).
     out = ct.toy_critical_times(score, sde, samples, delta=0.1, trials=4, ts=[0.05, 0.3])
     assert out["time"][0] == 0.3 and out["time"][1] == 0.0
     assert np.all(out["radius"][1] == 0.0) and np.all(out["radius"][0] > 0.1)

@@ -1,6 +1,6 @@
-"""Image loaders on tiny files the tests write in each real format (IDX, the CIFAR-10 binary tarball, .npz,
-PNG folders, a TFDS array_record dataset built without TensorFlow): exact pixels and labels back, and every
-damaged file raises a ValueError naming it."""
+"""Image loaders on tiny files the tests write in each real format (IDX, the CIFAR-10 binary
+tarball, .npz, PNG folders, a TFDS array_record dataset built without TensorFlow): exact pixels and
+labels back, and every damaged file raises a ValueError naming it."""
 import gzip
 import io
 import json
@@ -20,11 +20,12 @@ RNG = np.random.default_rng(0)
 
 
 def unit(pixels, max_value=255.0):
-    """The expected float32 values, computed independently of the library (float64, then rounded)."""
+    """The expected float32 values, computed independently of the library (float64, then
+    rounded)."""
     return (np.asarray(pixels, np.float64) / (max_value / 2) - 1).astype(np.float32)
 
 
-# ------------------------------------------------------------------------------------------ digits, subsets
+# ---------------------------------------------------------------------------------- digits, subsets
 @pytest.fixture(scope="module")
 def digits():
     return I.load_images("digits")
@@ -60,10 +61,10 @@ def test_k_subsets_nest_balance_and_reject_large_k(digits):
         I.k_subset(unlabelled, 10, 0, mode="balanced")
 
 
-# ---------------------------------------------------------------------------------------------- transforms
+# --------------------------------------------------------------------------------------- transforms
 def test_resize_is_the_antialiased_triangle_filter():
-    # Halving: interior outputs weigh input pixels 2j-1 .. 2j+2 by 1, 3, 3, 1 (/8); at the borders the
-    # weights that fall outside the image are dropped and the rest renormalised.
+    # Halving: interior outputs weigh input pixels 2j-1 .. 2j+2 by 1, 3, 3, 1 (/8); at the borders
+    # the weights that fall outside the image are dropped and the rest renormalised.
     x = RNG.uniform(-1, 1, (1, 8, 8, 1)).astype(np.float64)
     row = x[0, 0, :, 0]
     w = np.zeros((4, 8))
@@ -76,7 +77,8 @@ def test_resize_is_the_antialiased_triangle_filter():
     np.testing.assert_allclose(I.resize(flat.astype(np.float32), 4)[0, 0, :, 0], w @ row, atol=1e-6)
     const = np.full((2, 7, 5, 3), 0.25, np.float32)
     np.testing.assert_allclose(I.resize(const, 3), 0.25, atol=1e-6)
-    # The same filter as PIL's BILINEAR resize (an independent implementation), shrinking and enlarging.
+    # The same filter as PIL's BILINEAR resize (an independent implementation), shrinking and
+    # enlarging.
     for h, w_, s in [(11, 7, 4), (5, 5, 9)]:
         img = RNG.uniform(-1, 1, (h, w_)).astype(np.float32)
         ref = np.asarray(Image.fromarray(img, mode="F").resize((s, s), Image.BILINEAR))
@@ -86,13 +88,17 @@ def test_resize_is_the_antialiased_triangle_filter():
 def test_crop_grayscale_and_the_composed_pipeline(tmp_path):
     x = RNG.integers(0, 256, (3, 6, 10, 3), dtype=np.uint8)
     np.testing.assert_array_equal(I.center_crop(x), x[:, :, 2:8])
-    np.testing.assert_array_equal(I.center_crop(x.transpose(0, 2, 1, 3)), x.transpose(0, 2, 1, 3)[:, 2:8])
+    np.testing.assert_array_equal(
+        I.center_crop(x.transpose(0, 2, 1, 3)), x.transpose(0, 2, 1, 3)[:, 2:8]
+    )
     gray = I.grayscale(unit(x))
     ref = unit(x[..., 0].astype(float) * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114)
     np.testing.assert_allclose(gray[..., 0], ref, atol=1e-6)
     np.testing.assert_array_equal(I.grayscale(gray), gray)
     np.savez(tmp_path / "rgb.npz", images=x)
-    d = I.load_images(f"npz:{tmp_path / 'rgb.npz'}", center_crop_images=True, to_grayscale=True, image_size=4)
+    d = I.load_images(
+        f"npz:{tmp_path / 'rgb.npz'}", center_crop_images=True, to_grayscale=True, image_size=4
+    )
     expected = I.resize(ref[:, :, 2:8, None], 4)
     assert d.images.shape == (3, 4, 4, 1) and d.labels is None and d.name == "rgb.npz"
     np.testing.assert_allclose(d.images, expected, atol=1e-6)
@@ -113,10 +119,15 @@ def test_chunked_loading_equals_one_pass(tmp_path, monkeypatch):
     np.testing.assert_array_equal(chunked.labels, labels)
 
 
-# ------------------------------------------------------------------------------------------ Fashion-MNIST
+# ------------------------------------------------------------------------------------ Fashion-MNIST
 def write_idx(path, arr, compress=False):
     arr = np.asarray(arr, np.uint8)
-    data = b"\x00\x00\x08" + bytes([arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+    data = (
+        b"\x00\x00\x08"
+        + bytes([arr.ndim])
+        + struct.pack(f">{arr.ndim}I", *arr.shape)
+        + arr.tobytes()
+    )
     with (gzip.open if compress else open)(path, "wb") as f:
         f.write(data)
 
@@ -154,7 +165,9 @@ def test_fmnist_default_folder_and_missing_files(tmp_path, monkeypatch):
         I.load_images(f"fmnist:{tmp_path / 'debian'}", split="validation")
 
 
-@pytest.mark.skipif(not os.path.isdir(F.FMNIST_DIRS[0]), reason="Debian's dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not os.path.isdir(F.FMNIST_DIRS[0]), reason="Debian's dataset-fashion-mnist not installed"
+)
 def test_real_fmnist_test_split():
     d = I.load_images("fmnist", split="test")
     assert d.images.shape == (10000, 28, 28, 1) and d.images.min() == -1 and d.images.max() == 1
@@ -176,7 +189,9 @@ def test_bad_idx_files_name_the_file(tmp_path):
         with pytest.raises(ValueError, match=message):
             I.load_images(f"fmnist:{tmp_path}")
     write_idx(images, np.zeros((4, 784)))  # wrong shape
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: expected images of shape \(N, H, W\)"):
+    with pytest.raises(
+        ValueError, match=r"train-images-idx3-ubyte: expected images of shape \(N, H, W\)"
+    ):
         I.load_images(f"fmnist:{tmp_path}")
     write_idx(images, np.zeros((3, 28, 28)))  # 4 labels for 3 images
     with pytest.raises(ValueError, match="train-labels-idx1-ubyte: expected 3 labels"):
@@ -186,7 +201,7 @@ def test_bad_idx_files_name_the_file(tmp_path):
         I.load_images(f"fmnist:{tmp_path}")
 
 
-# --------------------------------------------------------------------------------------- CIFAR-10 binary
+# ---------------------------------------------------------------------------------- CIFAR-10 binary
 def write_cifar(path, n_per_batch=2, damage=None):
     """A cifar-10-binary.tar.gz in the real layout; `damage` = (member, bytes -> bytes)."""
     records = {}
@@ -213,7 +228,8 @@ def test_cifar10_binary_round_trip(tmp_path):
     train = [recs[n] for n in F.CIFAR10_FILES["train"]]
     assert d.images.shape == (10, 32, 32, 3) and d.name == "cifar10"
     np.testing.assert_array_equal(d.labels, np.concatenate([lab for lab, _ in train]))
-    hwc = np.concatenate([chw for _, chw in train]).transpose(0, 2, 3, 1)  # CHW planes -> HWC pixels
+    # CHW planes -> HWC pixels
+    hwc = np.concatenate([chw for _, chw in train]).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(d.images, unit(hwc))
     assert d.images[0, 5, 7, 2] == unit(train[0][1][0, 2, 5, 7])  # blue plane, row 5, column 7
     t = I.load_images(f"cifar10-binary:{path}", split="test")
@@ -221,18 +237,32 @@ def test_cifar10_binary_round_trip(tmp_path):
 
 
 def test_bad_cifar10_archives_name_the_file(tmp_path):
-    cases = [("truncated.tar.gz", ("data_batch_3.bin", lambda b: b[:-7]), "truncated.tar.gz: data_batch_3.bin "
-              "is truncated"),
-             ("nolabel.tar.gz", ("data_batch_1.bin", lambda b: b"\x0c" + b[1:]), "nolabel.tar.gz: label bytes"),
-             ("missing.tar.gz", ("data_batch_5.bin", lambda b: None), r"missing.tar.gz: the archive lacks "
-              r"\['data_batch_5.bin'\]")]
+    cases = [
+        (
+            "truncated.tar.gz",
+            ("data_batch_3.bin", lambda b: b[:-7]),
+            "truncated.tar.gz: data_batch_3.bin is truncated",
+        ),
+        (
+            "nolabel.tar.gz",
+            ("data_batch_1.bin", lambda b: b"\x0c" + b[1:]),
+            "nolabel.tar.gz: label bytes",
+        ),
+        (
+            "missing.tar.gz",
+            ("data_batch_5.bin", lambda b: None),
+            r"missing.tar.gz: the archive lacks "
+            r"\['data_batch_5.bin'\]",
+        ),
+    ]
     for name, damage, message in cases:
         write_cifar(tmp_path / name, damage=damage)
         with pytest.raises(ValueError, match=message):
             I.load_images(f"cifar10-binary:{tmp_path / name}")
     good = tmp_path / "good.tar.gz"
     write_cifar(good, n_per_batch=40)
-    (tmp_path / "cut.tar.gz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # truncated archive
+    # truncated archive
+    (tmp_path / "cut.tar.gz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     (tmp_path / "junk.tar.gz").write_bytes(b"not a tarball at all")
     for name in ("cut.tar.gz", "junk.tar.gz"):
         with pytest.raises(ValueError, match=f"{name}: not a readable CIFAR-10 binary tarball"):
@@ -241,14 +271,15 @@ def test_bad_cifar10_archives_name_the_file(tmp_path):
         I.load_images(f"cifar10-binary:{tmp_path / 'absent.tar.gz'}")
 
 
-# ---------------------------------------------------------------------------------------- npz and folders
+# ---------------------------------------------------------------------------------- npz and folders
 def test_npz_round_trip(tmp_path):
     imgs = RNG.integers(0, 256, (4, 6, 5, 3), dtype=np.uint8)
     np.savez(tmp_path / "rgb.npz", images=imgs, labels=np.arange(4, dtype=np.int32))
     d = I.load_images(f"npz:{tmp_path / 'rgb.npz'}")
     np.testing.assert_array_equal(d.images, unit(imgs))
     assert d.labels.dtype == np.int64 and list(d.labels) == [0, 1, 2, 3]
-    floats = RNG.uniform(-1, 1, (3, 4, 4)).astype(np.float32)  # floats in [-1, 1] pass through; (N, H, W)
+    # floats in [-1, 1] pass through; (N, H, W)
+    floats = RNG.uniform(-1, 1, (3, 4, 4)).astype(np.float32)
     np.savez_compressed(tmp_path / "float.npz", images=floats)
     f = I.load_images(f"npz:{tmp_path / 'float.npz'}")
     np.testing.assert_array_equal(f.images[..., 0], floats)
@@ -264,10 +295,16 @@ def test_bad_npz_files_name_the_file(tmp_path):
            "labels.npz": dict(images=np.zeros((2, 4, 4), np.uint8), labels=np.zeros(3, np.int64)),
            "nokey.npz": dict(x=np.zeros((2, 4, 4), np.uint8)),
            "object.npz": dict(images=np.array([None, 1], dtype=object))}
-    messages = {"range.npz": "must be finite and in", "nan.npz": "must be finite and in",
-                "int.npz": "must be in 0..255", "shape.npz": "must have shape", "channels.npz": "must have shape",
-                "labels.npz": "'labels' must be 2 integers", "nokey.npz": "no 'images' array",
-                "object.npz": "not a readable .npz archive"}
+    messages = {
+        "range.npz": "must be finite and in",
+        "nan.npz": "must be finite and in",
+        "int.npz": "must be in 0..255",
+        "shape.npz": "must have shape",
+        "channels.npz": "must have shape",
+        "labels.npz": "'labels' must be 2 integers",
+        "nokey.npz": "no 'images' array",
+        "object.npz": "not a readable .npz archive",
+    }
     for name, arrays in bad.items():
         np.savez(tmp_path / name, **arrays)
         with pytest.raises(ValueError, match=f"{name}: .*{messages[name]}"):
@@ -276,8 +313,11 @@ def test_bad_npz_files_name_the_file(tmp_path):
     (tmp_path / "text.npz").write_text("not an archive")
     np.savez(tmp_path / "cut.npz", images=np.zeros((64, 8, 8), np.uint8))
     (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:300])
-    for name, message in [("single.npy", "a single .npy array"), ("text.npz", "not a readable .npz"),
-                          ("cut.npz", "not a readable .npz")]:
+    for name, message in [
+        ("single.npy", "a single .npy array"),
+        ("text.npz", "not a readable .npz"),
+        ("cut.npz", "not a readable .npz"),
+    ]:
         with pytest.raises(ValueError, match=f"{name}: {message}"):
             I.load_images(f"npz:{tmp_path / name}")
 
@@ -330,7 +370,7 @@ def test_unknown_sources_list_the_valid_ones():
         I.load_images("cifar10")
 
 
-# ------------------------------------------------------------------------------------------------- TFDS
+# --------------------------------------------------------------------------------------------- TFDS
 @pytest.fixture(scope="module")
 def tiny_tfds(tmp_path_factory):
     """A 6 + 3 image cifar10 in TFDS's array_record format, written without TensorFlow."""
@@ -353,7 +393,8 @@ def tiny_tfds(tmp_path_factory):
                 return {"train": self._examples(range(6)), "test": self._examples(range(6, 9))}
 
             def _examples(self, indices):
-                for i in indices:  # label i: unique, so the test can undo TFDS's shuffling of records
+                # label i: unique, so the test can undo TFDS's shuffling of records
+                for i in indices:
                     yield i, {"id": f"img{i}", "image": png(images[i]), "label": i}
 
     TinyCifar10(data_dir=data_dir, file_format="array_record").download_and_prepare()
@@ -365,10 +406,16 @@ def test_tfds_array_record_round_trip_without_tensorflow(tiny_tfds):
     d = I.load_images("tfds:cifar10", data_dir=data_dir)
     assert d.name == "cifar10" and sorted(d.labels) == list(range(6))
     np.testing.assert_array_equal(d.images, unit(images[d.labels]))
-    t = I.load_images("tfds:cifar10", data_dir=data_dir, split="test", to_grayscale=True, image_size=8)
+    t = I.load_images(
+        "tfds:cifar10", data_dir=data_dir, split="test", to_grayscale=True, image_size=8
+    )
     assert t.images.shape == (3, 8, 8, 1) and sorted(t.labels) == [6, 7, 8]
-    np.testing.assert_allclose(t.images, I.resize(I.grayscale(unit(images[t.labels])), 8), atol=1e-6)
-    with pytest.raises(ValueError, match=r"no split 'validation'; this dataset has \['train', 'test'\]"):
+    np.testing.assert_allclose(
+        t.images, I.resize(I.grayscale(unit(images[t.labels])), 8), atol=1e-6
+    )
+    with pytest.raises(
+        ValueError, match=r"no split 'validation'; this dataset has \['train', 'test'\]"
+    ):
         I.load_images("tfds:cifar10", data_dir=data_dir, split="validation")
 
 
@@ -378,6 +425,10 @@ def test_tfds_missing_or_tfrecord_data_says_how_to_prepare_it(tmp_path):
         I.load_images("tfds:celeb_a", data_dir=str(tmp_path))
     version = tmp_path / "mnist" / "3.0.1"
     version.mkdir(parents=True)
-    (version / "dataset_info.json").write_text(json.dumps({"name": "mnist", "splits": [{"name": "train"}]}))
-    with pytest.raises(ValueError, match="dataset_info.json: the dataset was prepared as 'tfrecord'"):
+    (version / "dataset_info.json").write_text(
+        json.dumps({"name": "mnist", "splits": [{"name": "train"}]})
+    )
+    with pytest.raises(
+        ValueError, match="dataset_info.json: the dataset was prepared as 'tfrecord'"
+    ):
         I.load_images("tfds:mnist", data_dir=str(tmp_path))

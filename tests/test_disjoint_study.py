@@ -1,5 +1,6 @@
-"""The two-disjoint-sets study: metrics against brute force, and one tiny end-to-end run (train S1 / S2, KS
-sampling from shared seeds, report) that also checks the trainer carries batch-norm statistics and resumes."""
+"""The two-disjoint-sets study: metrics against brute force, and one tiny end-to-end run (train S1 /
+S2, KS sampling from shared seeds, report) that also checks the trainer carries batch-norm
+statistics and resumes."""
 import os
 
 import jax
@@ -44,20 +45,31 @@ def test_end_to_end_tiny_digits(tmp_path, one_device):
     summary = disjoint.run_disjoint(config, str(tmp_path), progress=False)
     assert summary["ns"] == [4] and [r["steps"] for r in summary["rows"]] == [6]
     out = tmp_path / "disjoint"
-    for name in ("report.md", "summary.json", "four_rows.png", "similarity_hist.png", "psnr_vs_n.png", "N4.npz",
-                 "adaptive_basis_S1_N4.png"):
+    for name in (
+        "report.md",
+        "summary.json",
+        "four_rows.png",
+        "similarity_hist.png",
+        "psnr_vs_n.png",
+        "N4.npz",
+        "adaptive_basis_S1_N4.png",
+    ):
         assert (out / name).exists(), name
     z = np.load(out / "N4.npz")
     assert z["S1_samples"].shape == (2, 8, 8, 1) and z["S1_iterations"].shape == (2,)
     assert np.isfinite(z["S1_psnr_test"]).all() and z["S1_psnr_train"].shape == (10,)
-    # S1 and S2 are disjoint ends of one order; each sample's closest image is scored within its own set.
+    # S1 and S2 are disjoint ends of one order; each sample's closest image is scored within its own
+    # set.
     c1 = disjoint.set_config(config, "first", (4,))
     c2 = disjoint.set_config(config, "last", (4,))
     from diffmem import builders, checkpoint, train
     s1, s2 = builders.model_specs(c1)[0], builders.model_specs(c2)[0]
     assert not set(s1.indices) & set(s2.indices)
-    np.testing.assert_allclose(z["S1_closest_corr"], disjoint.im_set_corr(z["S1_samples"], s1.data).max(1))
-    # The trainer kept batch-norm running sds (not the initial ones) in the checkpoint, EMA = params (no EMA).
+    np.testing.assert_allclose(
+        z["S1_closest_corr"], disjoint.im_set_corr(z["S1_samples"], s1.data).max(1)
+    )
+    # The trainer kept batch-norm running sds (not the initial ones) in the checkpoint, EMA = params
+    # (no EMA).
     net = builders.build_model(c1, s1.data.shape[1:])
     like = train.init_state(net, builders.build_optimizer(c1), s1).as_dict()
     tree, step = checkpoint.restore_latest(str(tmp_path / "S1"), "4", like)
@@ -67,4 +79,5 @@ def test_end_to_end_tiny_digits(tmp_path, one_device):
         np.testing.assert_array_equal(a, b)
     assert len(open(os.path.join(tmp_path, "S1", "metrics.jsonl")).read().splitlines()) >= 1
     b = summary["adaptive_basis"]
-    assert b["n"] == 64 and b["euler_residual"] < 1e-4 and np.isfinite(b["mse_slope"])  # bias-free: D(y) = J y
+    # bias-free: D(y) = J y
+    assert b["n"] == 64 and b["euler_residual"] < 1e-4 and np.isfinite(b["mse_slope"])

@@ -1,4 +1,5 @@
-"""diffmem.metrics.distances: tiled k-NN against float64 brute force (ties included), splits, meshes."""
+"""diffmem.metrics.distances: tiled k-NN against float64 brute force (ties included), splits,
+meshes."""
 import jax
 import numpy as np
 import pytest
@@ -22,7 +23,8 @@ def brute_force(q, r, k, offset=None, start=0, ref_start=0):
 
 
 def integer_set(seed, n, dim=12):
-    """Small integers: float32 GEMM distances are exact, and many distances tie (duplicates included)."""
+    """Small integers: float32 GEMM distances are exact, and many distances tie (duplicates
+    included)."""
     return np.random.default_rng(seed).integers(-2, 3, (n, dim)).astype(np.float32)
 
 
@@ -41,7 +43,8 @@ def test_equals_brute_force_with_ties(n, m, k):
 @pytest.mark.parametrize("offset", [0, 11])
 def test_self_excluded_by_index_not_distance(offset):
     r = integer_set(2, 45)
-    r[7] = r[offset + 2]  # a duplicate of query 2's own reference: must still be found, at distance 0
+    # a duplicate of query 2's own reference: must still be found, at distance 0
+    r[7] = r[offset + 2]
     q = r[offset:offset + 30]
     d, i = distances.knn(q, r, 4, exclude_self_offset=offset, **TILES)
     bd, bi = brute_force(q, r, 4, offset)
@@ -94,8 +97,12 @@ def test_ref_splits_merge_to_bit_identical_result():
     for offset in (None, 20):
         full = distances.knn(q, r, 5, exclude_self_offset=offset, **TILES)
         bounds = [0, 3, 19, 35, 56]  # a part smaller than k, parts not aligned to tiles
-        parts = [distances.knn(q, r[a:b], min(5, b - a), ref_start=a, exclude_self_offset=offset, **TILES)
-                 for a, b in zip(bounds[:-1], bounds[1:])]
+        parts = [
+            distances.knn(
+                q, r[a:b], min(5, b - a), ref_start=a, exclude_self_offset=offset, **TILES
+            )
+            for a, b in zip(bounds[:-1], bounds[1:])
+        ]
         merged = distances.merge_knn_refs(parts, k=5)
         np.testing.assert_array_equal(merged[1], full[1])
         np.testing.assert_array_equal(merged[0], full[0])

@@ -1,6 +1,7 @@
-"""Effective model memorization: bracketing and bisection on a monotone synthetic ratio(K) give the exact
-answer and reuse known results; the per-K driver trains only missing K (injected runner), reuses finished
-classifications on reruns, refuses a K workdir of another config; bin/emm.py end to end on finished runs."""
+"""Effective model memorization: bracketing and bisection on a monotone synthetic ratio(K) give the
+exact answer and reuse known results; the per-K driver trains only missing K (injected runner),
+reuses finished classifications on reruns, refuses a K workdir of another config; bin/emm.py end to
+end on finished runs."""
 import json
 import os
 import subprocess
@@ -63,7 +64,8 @@ def digits_config():
 
 def fake_train_and_sample(config, workdir, seeds, sampler):
     """Stands in for training + sampling: K <= CUT 'memorizes' (copies of training images), larger K
-    produces new random images. Writes what the real runner would: config.json and samples/<K>.npz."""
+    produces new random images. Writes what the real runner would: config.json and
+    samples/<K>.npz."""
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(configlib.to_json(config))
@@ -73,8 +75,13 @@ def fake_train_and_sample(config, workdir, seeds, sampler):
         samples = spec.data[np.arange(n) % spec.k]
     else:
         samples = np.random.default_rng(spec.k).uniform(-1, 1, (n,) + spec.data.shape[1:])
-    report.write_npz(os.path.join(workdir, "samples", f"{spec.name}.npz"), samples=samples.astype(np.float32),
-                     seeds=np.asarray(seeds, np.int64), step=np.int64(config.steps), sampler=np.str_(sampler))
+    report.write_npz(
+        os.path.join(workdir, "samples", f"{spec.name}.npz"),
+        samples=samples.astype(np.float32),
+        seeds=np.asarray(seeds, np.int64),
+        step=np.int64(config.steps),
+        sampler=np.str_(sampler),
+    )
 
 
 PIXEL = dict(metric="pixel", delta_m=0.5, delta_s=0.5)
@@ -85,21 +92,28 @@ def test_emm_driver_trains_missing_k_only_and_reuses_finished_runs(tmp_path):
 
     def runner(c, w, seeds, sampler):
         trained.append(c.data.k)
-        assert w == os.path.join(root, f"k{c.data.k}") and sampler == "ddpm_ancestral" and len(seeds) == 8
+        assert (
+            w == os.path.join(root, f"k{c.data.k}")
+            and sampler == "ddpm_ancestral"
+            and len(seeds) == 8
+        )
         fake_train_and_sample(c, w, seeds, sampler)
 
     kw = dict(seeds=np.arange(8), tolerance=0, figures=False, log=None, **PIXEL)
     out = mm.emm(root, config, [8, 16, 32, 64], runner=runner, **kw)
     result = out["result"]
     assert result["emm"] == CUT and result["bracket"] == (CUT, CUT + 1)
-    assert sorted(trained) == sorted(int(k) for k in result["ratios"]) and len(trained) == len(set(trained))
+    assert sorted(trained) == sorted(int(k) for k in result["ratios"]) and len(trained) == len(
+        set(trained)
+    )
     saved = json.loads(open(os.path.join(root, "emm.json")).read())
     assert saved["result"]["emm"] == CUT and saved["settings"]["k_grid"] == [8, 16, 32, 64]
     assert [h["k"] for h in saved["result"]["history"]] == trained
     assert {r["source"] for r in saved["runs"].values()} == {"trained and sampled"}
     assert saved["runs"]["16"]["ratio"] == 1.0 and saved["runs"]["64"]["ratio"] == 0.0
     assert os.path.exists(os.path.join(root, f"k{CUT}", "classify", f"{CUT}.json"))
-    # Rerun: nothing is trained; finished classifications are reused (or recomputed from the samples).
+    # Rerun: nothing is trained; finished classifications are reused (or recomputed from the
+    # samples).
     os.remove(os.path.join(root, "k16", "classify", "16.json"))
     again = mm.emm(root, config, [8, 16, 32, 64], runner=lambda *a: pytest.fail("retrained"), **kw)
     assert again["result"]["emm"] == CUT
@@ -117,10 +131,21 @@ def test_emm_driver_trains_missing_k_only_and_reuses_finished_runs(tmp_path):
 def test_emm_script_end_to_end_on_finished_runs(tmp_path):
     root, config = tmp_path / "emm", digits_config()
     for k in (8, 16, 64):
-        fake_train_and_sample(mm.config_for_k(config, k), str(root / f"k{k}"), np.arange(8), "ddpm_ancestral")
-    cmd = [sys.executable, os.path.join(REPO, "bin", "emm.py"), "--config=" + os.path.join(REPO, "configs/digits.py"),
-           f"--root={root}", "--k_grid=8,16,64", "--tolerance=4", "--metric=pixel", "--delta_m=0.5",
-           "--delta_s=0.5", "--num=8"]
+        fake_train_and_sample(
+            mm.config_for_k(config, k), str(root / f"k{k}"), np.arange(8), "ddpm_ancestral"
+        )
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "bin", "emm.py"),
+        "--config=" + os.path.join(REPO, "configs/digits.py"),
+        f"--root={root}",
+        "--k_grid=8,16,64",
+        "--tolerance=4",
+        "--metric=pixel",
+        "--delta_m=0.5",
+        "--delta_s=0.5",
+        "--num=8",
+    ]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -44,7 +44,10 @@ def test_energies_and_scores_are_consistent(x64):
     # Empirical score equals the zero-variance Gaussian-mixture score.
     mix = toy.GaussianMixture.isotropic(y, 0.0)
     from diffmem.sde import VESDE
-    np.testing.assert_allclose(score, mix.score_fn(VESDE(sigma_max=sigma))(x, jnp.full((4,), t)), rtol=1e-8)
+
+    np.testing.assert_allclose(
+        score, mix.score_fn(VESDE(sigma_max=sigma))(x, jnp.full((4,), t)), rtol=1e-8
+    )
 
 
 def test_streaming_large_pattern_set_matches_unchunked():
@@ -52,13 +55,18 @@ def test_streaming_large_pattern_set_matches_unchunked():
     y = jnp.asarray(rng.normal(size=(5000, 64)), jnp.float32)
     x = jnp.asarray(rng.normal(size=(16, 64)), jnp.float32)
     s = jnp.full((16,), 8.0)
-    np.testing.assert_allclose(energy.empirical_denoiser(y, 512)(x, s), energy.empirical_denoiser(y, 5000)(x, s),
-                               rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(
+        energy.empirical_denoiser(y, 512)(x, s),
+        energy.empirical_denoiser(y, 5000)(x, s),
+        rtol=2e-4,
+        atol=2e-5,
+    )
 
 
 def test_default_chunk_is_bounded_and_equals_brute_force(x64, monkeypatch):
-    """chunk=None streams DEFAULT_CHUNK patterns at a time (never all N at once) and equals the unchunked
-    brute force in float64 (the default made small so this small case spans 3 chunks, the last padded)."""
+    """chunk=None streams DEFAULT_CHUNK patterns at a time (never all N at once) and equals the
+    unchunked brute force in float64 (the default made small so this small case spans 3 chunks, the
+    last padded)."""
     monkeypatch.setattr(energy, "DEFAULT_CHUNK", 40)
     rng = np.random.default_rng(3)
     y, x = rng.normal(size=(103, 3)), rng.normal(size=(6, 3)) * 1.5
@@ -71,9 +79,14 @@ def test_default_chunk_is_bounded_and_equals_brute_force(x64, monkeypatch):
                                -scipy.special.logsumexp(-beta * d2, axis=1) / beta, rtol=1e-12)
     np.testing.assert_allclose(energy.diffusion_energy(jnp.asarray(x), t, jnp.asarray(y), sigma),
                                -v * scipy.special.logsumexp(-d2 / v, axis=1), rtol=1e-12)
-    np.testing.assert_allclose(energy.empirical_denoiser(jnp.asarray(y))(jnp.asarray(x), jnp.full((6,), 0.7)),
-                               brute_denoiser(x, y, 0.7), rtol=1e-10, atol=1e-12)
-    # The real default bounds a chunk too: N = 5000 patterns stream in ceil(5000 / DEFAULT_CHUNK) chunks.
+    np.testing.assert_allclose(
+        energy.empirical_denoiser(jnp.asarray(y))(jnp.asarray(x), jnp.full((6,), 0.7)),
+        brute_denoiser(x, y, 0.7),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    # The real default bounds a chunk too: N = 5000 patterns stream in ceil(5000 / DEFAULT_CHUNK)
+    # chunks.
     monkeypatch.undo()
     ys, _ = energy._chunked(jnp.zeros((5000, 2)), None)
     assert ys.shape[1] == energy.DEFAULT_CHUNK < 5000
@@ -109,12 +122,15 @@ def test_attractors_known_cases(x64):
 
 
 def test_spurious_states_appear_as_k_grows():
-    """K points on the unit circle at fixed sigma: few points are all stored; many create spurious states."""
+    """K points on the unit circle at fixed sigma: few points are all stored; many create spurious
+    states."""
     sigma = 0.25
     counts = {}
     for k in (2, 16):
         pats = jnp.asarray(toy.circle_subset(k))
-        starts = jnp.asarray(np.random.default_rng(4).uniform(-1.5, 1.5, size=(300, 2)), jnp.float32)
+        starts = jnp.asarray(
+            np.random.default_rng(4).uniform(-1.5, 1.5, size=(300, 2)), jnp.float32
+        )
         out = energy.find_attractors(pats, sigma, starts, merge_tol=1e-2)
         counts[k] = int(np.sum(out["kind"] == "spurious"))
     assert counts[2] == 0 and counts[16] >= 1, counts

@@ -1,4 +1,5 @@
-"""builders.build(config) -> Experiment: the one place a config is read; everything below takes the record."""
+"""builders.build(config) -> Experiment: the one place a config is read; everything below takes the
+record."""
 from __future__ import annotations
 
 import ast
@@ -18,12 +19,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The boundary: modules that read configs (and the studies, whose entry points take one) build the
 # Experiment; every other module takes it, or explicit arguments.
-BOUNDARY = ("diffmem.builders", "diffmem.configlib", "diffmem.config_schema", "diffmem.image_configs",
-            "diffmem.schedules", "diffmem.data.pools", "diffmem.workdir", "diffmem.generate",
-            "diffmem.train", "diffmem.cli", "diffmem.machines.models", "diffmem.studies",
-            "diffmem.importers")
+BOUNDARY = (
+    "diffmem.builders",
+    "diffmem.configlib",
+    "diffmem.config_schema",
+    "diffmem.image_configs",
+    "diffmem.schedules",
+    "diffmem.data.pools",
+    "diffmem.workdir",
+    "diffmem.generate",
+    "diffmem.train",
+    "diffmem.cli",
+    "diffmem.machines.models",
+    "diffmem.studies",
+    "diffmem.importers",
+)
 CONFIG_NAMES = {"config", "cfg"}
-JSON_RECORDS = {"diffmem.checkpoint.save"}   # `config` there is the JSON dict recorded with a checkpoint
+# `config` there is the JSON dict recorded with a checkpoint
+JSON_RECORDS = {"diffmem.checkpoint.save"}
 
 
 def load(spec):
@@ -39,7 +52,10 @@ def test_no_function_below_the_boundary_takes_a_config():
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
-                if CONFIG_NAMES & {a.arg for a in args} and f"{mod}.{node.name}" not in JSON_RECORDS:
+                if (
+                    CONFIG_NAMES & {a.arg for a in args}
+                    and f"{mod}.{node.name}" not in JSON_RECORDS
+                ):
                     offenders.append(f"{mod}.{node.name}:{node.lineno}")
     assert not offenders, offenders
 
@@ -48,12 +64,23 @@ def test_build_gives_every_part_once_and_a_short_repr():
     c = load("digits.py:k=4+8")
     exp = builders.build(c)
     assert isinstance(exp, Experiment)
-    assert (exp.network_name, exp.data_shape, exp.sde, exp.data_range) == ("ddpm_unet", (8, 8, 1), None,
-                                                                          (-1.0, 1.0))
-    assert [m.name for m in exp.members] == ["4", "8"] and [s.steps for s in exp.schedules] == [c.steps] * 2
+    assert (exp.network_name, exp.data_shape, exp.sde, exp.data_range) == (
+        "ddpm_unet",
+        (8, 8, 1),
+        None,
+        (-1.0, 1.0),
+    )
+    assert [m.name for m in exp.members] == ["4", "8"] and [s.steps for s in exp.schedules] == [
+        c.steps
+    ] * 2
     assert exp.sigma_range == builders.sigma_range(c) and not exp.is_vector
-    assert exp.sampler == SamplerChoice("ddpm_ancestral", "ddpm_ancestral", {"num_steps": 1000},
-                                        {"timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}, 256)
+    assert exp.sampler == SamplerChoice(
+        "ddpm_ancestral",
+        "ddpm_ancestral",
+        {"num_steps": 1000},
+        {"timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02},
+        256,
+    )
     assert (exp.training.steps_per_call, exp.training.ema_decay, exp.training.monitor) == (
         c.steps_per_call, c.ema.decay, None)
     text = repr(exp)
@@ -91,7 +118,8 @@ def test_sampler_choice_resolves_given_then_section_then_grid_then_defaults():
     ch = exp.sampler
     assert ch.settings("ddpm_ancestral", m) == dict(timesteps=1000, beta_start=1e-4, beta_end=0.02)
     assert ch.settings("ddim", m, num_steps=7)["num_steps"] == 7                   # given
-    assert ch.settings("ddim", m)["num_steps"] == sampling.SAMPLERS["ddim"].settings["num_steps"]  # not its section
+    # not its section
+    assert ch.settings("ddim", m)["num_steps"] == sampling.SAMPLERS["ddim"].settings["num_steps"]
     assert ch.for_kind("optimal") == "ddpm_ancestral"
     with pytest.raises(Exception, match=r"no setting\(s\) \['bogus'\]; its settings"):
         ch.settings("ddim", m, bogus=1)

@@ -1,6 +1,7 @@
-"""Bad input and faults fail fast with a clear message and lose nothing: damaged checkpoints, config.json and
-metrics.jsonl, failed writes, two trainings into one workdir, and the CLI's error exits. All cheap: no
-training step is compiled here (the kill-and-resume test is in test_train.py)."""
+"""Bad input and faults fail fast with a clear message and lose nothing: damaged checkpoints,
+config.json and metrics.jsonl, failed writes, two trainings into one workdir, and the CLI's error
+exits. All cheap: no training step is compiled here (the kill-and-resume test is in
+test_train.py)."""
 import errno
 import json
 import os
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from diffmem import atomic, checkpoint, cli, configlib, lock, report, train
-from diffmem.errors import (DiffmemError, InputError, MissingInputError, WorkdirBusyError, WriteError)
+from diffmem.errors import DiffmemError, InputError, MissingInputError, WorkdirBusyError, WriteError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +23,7 @@ def tiny_config(steps=20):
     return c
 
 
-# ------------------------------------------------------------------------------------------ checkpoints
+# -------------------------------------------------------------------------------------- checkpoints
 @pytest.fixture
 def saved_checkpoint(tmp_path):
     """A real orbax checkpoint of a small tree at step 10 of model "9" (no training needed)."""
@@ -52,12 +53,14 @@ def test_damaged_checkpoint_is_a_checkpoint_error_naming_the_directory(saved_che
     if damage == "empty_step":
         for p in _files(step_dir):
             os.remove(p)
-    with pytest.raises(checkpoint.CheckpointError, match=r"cannot be read.*Delete that step directory") as e:
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"cannot be read.*Delete that step directory"
+    ) as e:
         checkpoint.restore_latest(str(workdir), "9", like)
     assert step_dir in str(e.value)
 
 
-# ---------------------------------------------------------------------------------- config and metrics
+# ------------------------------------------------------------------------------- config and metrics
 def test_corrupt_config_json_is_a_clear_error_and_is_left_alone(tmp_path):
     path = tmp_path / "config.json"
     path.write_text('{"seed": 9, "data": {"na')  # cut short by a crash or a bad copy
@@ -70,7 +73,8 @@ def test_corrupt_config_json_is_a_clear_error_and_is_left_alone(tmp_path):
 def test_truncated_last_metrics_line_is_dropped_with_a_warning(tmp_path):
     path = str(tmp_path / "metrics.jsonl")
     with open(path, "w") as f:
-        f.write('{"step": 10, "loss/9": 1.0}\n{"step": 20, "loss/9": 0.5}\n{"step": 30, "lo')  # killed mid-line
+        # killed mid-line
+        f.write('{"step": 10, "loss/9": 1.0}\n{"step": 20, "loss/9": 0.5}\n{"step": 30, "lo')
     with pytest.warns(UserWarning, match="truncated last line"):
         train._trim_metrics(path, 20)
     assert [r["step"] for r in report.read_jsonl(path)] == [10, 20]
@@ -92,7 +96,7 @@ def test_metrics_log_records_grad_norm_and_full_disk_is_a_write_error(tmp_path):
             log.write({"step": 1})
 
 
-# -------------------------------------------------------------------------------------- atomic writes
+# ------------------------------------------------------------------------------------ atomic writes
 def test_failed_write_names_the_path_and_keeps_the_old_file(tmp_path):
     path = tmp_path / "result.json"
     report.write_json(str(path), {"a": 1})
@@ -121,16 +125,22 @@ def test_read_npz_errors_are_diffmem_errors(tmp_path):
         report.read_npz(str(tmp_path / "bad.npz"))
 
 
-# ---------------------------------------------------------------------------------------------- lock
+# --------------------------------------------------------------------------------------------- lock
 def test_second_training_into_a_busy_workdir_is_refused(tmp_path):
     workdir = str(tmp_path / "run")
     with lock.workdir_lock(workdir, "training"):  # as a first training would hold it
         with pytest.raises(WorkdirBusyError, match=rf"pid {os.getpid()}.*use another --workdir"):
             train.train(tiny_config(), workdir, progress=False)
-        # Another process is refused too (flock is per open file, so this is what a second run sees).
-        code = (f"from diffmem import lock\ntry:\n    with lock.workdir_lock({workdir!r}): print('GOT')\n"
-                "except Exception as e: print(type(e).__name__)")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        # Another process is refused too (flock is per open file, so this is what a second run
+        # sees).
+        code = (
+            f"from diffmem import lock\ntry:\n    with lock.workdir_lock({workdir!r}): "
+            f"print('GOT')\n"
+            "except Exception as e: print(type(e).__name__)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
         assert out.stdout.strip() == "WorkdirBusyError", out.stderr
     assert not os.path.exists(os.path.join(workdir, "config.json"))  # the refused run wrote nothing
     with lock.workdir_lock(workdir):  # released on exit
@@ -139,8 +149,10 @@ def test_second_training_into_a_busy_workdir_is_refused(tmp_path):
 
 def test_lock_left_by_a_killed_process_does_not_block(tmp_path):
     workdir = str(tmp_path)
-    # A holder killed with SIGKILL: its lock file stays, with its pid, but the kernel dropped its flock.
-    code = f"import os\nfrom diffmem import lock\nwith lock.workdir_lock({workdir!r}):\n    os.kill(os.getpid(), 9)"
+    # A holder killed with SIGKILL: its lock file stays, with its pid, but the kernel dropped its
+    # flock.
+    code = (f"import os\nfrom diffmem import lock\nwith lock.workdir_lock({workdir!r}):\n"
+            "    os.kill(os.getpid(), 9)")
     proc = subprocess.run([sys.executable, "-c", code], timeout=60)
     assert proc.returncode == -9
     info = json.loads(open(os.path.join(workdir, lock.LOCK_NAME)).read())
@@ -149,7 +161,7 @@ def test_lock_left_by_a_killed_process_does_not_block(tmp_path):
         assert json.loads(open(os.path.join(workdir, lock.LOCK_NAME)).read())["pid"] == os.getpid()
 
 
-# ----------------------------------------------------------------------------------------------- CLI
+# ---------------------------------------------------------------------------------------------- CLI
 def _cli(main, *args):
     with pytest.raises(SystemExit) as e:
         cli.run(main, ["prog", *args])
@@ -168,9 +180,13 @@ def test_cli_reports_diffmem_errors_and_lets_bugs_through():
         cli.run(bug, ["prog", "--debug=false"])
     with pytest.raises(InputError):  # --debug: the traceback
         cli.run(user_error, ["prog", "--debug"])
-    assert issubclass(configlib.ConfigError, DiffmemError) and issubclass(train.TrainingDiverged, DiffmemError)
+    assert issubclass(configlib.ConfigError, DiffmemError) and issubclass(
+        train.TrainingDiverged, DiffmemError
+    )
     assert issubclass(checkpoint.CheckpointError, DiffmemError)
-    assert "--num_processes" in _cli(lambda argv: None, "--debug=false", "--coordinator=127.0.0.1:1")
+    assert "--num_processes" in _cli(
+        lambda argv: None, "--debug=false", "--coordinator=127.0.0.1:1"
+    )
 
 
 def test_distributed_start_after_jax_started_is_a_clear_error():
@@ -184,27 +200,37 @@ def test_distributed_start_after_jax_started_is_a_clear_error():
 
 
 def test_checkpoint_write_failure_is_a_write_error(tmp_path, monkeypatch, one_device):
-    """orbax raises a bare OSError when checkpoints/ cannot be written (measured: NotADirectoryError on the
-    step's temporary directory); training reports it naming the directory and what to do."""
+    """orbax raises a bare OSError when checkpoints/ cannot be written (measured: NotADirectoryError
+    on the step's temporary directory); training reports it naming the directory and what to do."""
     import orbax.checkpoint as ocp
 
     def full_disk(self, step, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", f"{self.directory}/{step}.orbax-checkpoint-tmp")
+        raise OSError(
+            errno.ENOSPC, "No space left on device", f"{self.directory}/{step}.orbax-checkpoint-tmp"
+        )
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
     c = tiny_config(steps=10)
     c.model.hidden, c.model.embed = 8, 8
-    with pytest.raises(WriteError, match=r"Cannot write a checkpoint under .*checkpoints.*No space left"):
+    with pytest.raises(
+        WriteError, match=r"Cannot write a checkpoint under .*checkpoints.*No space left"
+    ):
         train.train(c, str(tmp_path), progress=False)
 
 
-# ------------------------------------------------------------------------------ bad input through the CLI
-# Each row: (script, arguments) run as a user would (`python bin/<script> ...`). {W} is a trained workdir,
-# {NEW} a path that does not exist yet, {FILE} a plain file, {C} configs/. Every row must end with exit
-# status 1, exactly one stderr line starting with "error:", no traceback, and no file under {W} or {NEW}
-# created or changed.
-TINY = ["--config.steps=20", "--config.steps_per_call=10", "--config.log_every=10", "--config.ckpt_every=10",
-        "--config.model.hidden=8", "--config.model.embed=8"]
+# ------------------------------------------------------------------------ bad input through the CLI
+# Each row: (script, arguments) run as a user would (`python bin/<script> ...`). {W} is a trained
+# workdir, {NEW} a path that does not exist yet, {FILE} a plain file, {C} configs/. Every row must
+# end with exit status 1, exactly one stderr line starting with "error:", no traceback, and no file
+# under {W} or {NEW} created or changed.
+TINY = [
+    "--config.steps=20",
+    "--config.steps_per_call=10",
+    "--config.log_every=10",
+    "--config.ckpt_every=10",
+    "--config.model.hidden=8",
+    "--config.model.embed=8",
+]
 BAD_INPUTS = [
     # config arg strings and files
     ("train.py", ["--config={C}/circle.py:kk=3", "--workdir={NEW}"]),
@@ -212,7 +238,7 @@ BAD_INPUTS = [
     ("train.py", ["--config={C}/circle.py:k=0", "--workdir={NEW}"]),
     ("train.py", ["--config={C}/circle.py:k9", "--workdir={NEW}"]),
     ("train.py", ["--config={C}/nope.py", "--workdir={NEW}"]),
-    ("train.py", ["--workdir={NEW}"]),                                        # no --config
+    ("train.py", ["--workdir={NEW}"]),  # no --config
     # config keys
     ("train.py", ["--config={C}/circle.py", "--config.optim.lrr=1", "--workdir={NEW}"]),
     ("train.py", ["--config={C}/circle.py", "--config.optim=1", "--workdir={NEW}"]),
@@ -243,11 +269,17 @@ BAD_INPUTS = [
     ("train.py", ["--config={C}/circle.py", "--config.monitor.level=2", "--workdir={NEW}"]),
     ("train.py", ["--config={C}/circle.py", "--config.log_every=7", "--workdir={NEW}"]),
     ("train.py", ["--config={C}/digits.py:k=8", "--config.model.dropout=1.0", "--workdir={NEW}"]),
-    ("train.py", ["--config={C}/digits.py:k=8", "--config.optim.decay_factor=0", "--workdir={NEW}"]),
+    (
+        "train.py",
+        ["--config={C}/digits.py:k=8", "--config.optim.decay_factor=0", "--workdir={NEW}"],
+    ),
     # a rerun into the trained workdir with another experiment
-    ("train.py", ["--config={C}/circle.py:k=9", *TINY, "--config.model.hidden=16", "--workdir={W}"]),
+    (
+        "train.py",
+        ["--config={C}/circle.py:k=9", *TINY, "--config.model.hidden=16", "--workdir={W}"],
+    ),
     # flags and paths
-    ("train.py", ["--config={C}/circle.py"]),                                 # no --workdir
+    ("train.py", ["--config={C}/circle.py"]),  # no --workdir
     ("train.py", ["--config={C}/circle.py", "--workdir="]),
     ("train.py", ["--config={C}/circle.py", "--workdir={FILE}"]),
     ("train.py", ["--config={C}/circle.py", "--workdir={NEW}", "--nope=1"]),
@@ -285,18 +317,33 @@ def _state(root):
 
 
 def _run_script(script, args, env):
-    return subprocess.run([sys.executable, os.path.join(REPO, "bin", script), *args], capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "bin", script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def test_bad_input_table_gives_one_error_line_and_changes_nothing(tmp_path):
     import concurrent.futures
 
     assert len(BAD_INPUTS) >= 40
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1"
+    )
     trained = str(tmp_path / "trained")
-    out = _run_script("train.py", [f"--config={REPO}/configs/circle.py:k=9", *TINY, f"--workdir={trained}",
-                                   "--progress=false"], env)
+    out = _run_script(
+        "train.py",
+        [
+            f"--config={REPO}/configs/circle.py:k=9",
+            *TINY,
+            f"--workdir={trained}",
+            "--progress=false",
+        ],
+        env,
+    )
     assert out.returncode == 0, out.stderr
     plain_file = tmp_path / "a_file.txt"
     plain_file.write_text("not a workdir")
@@ -305,7 +352,10 @@ def test_bad_input_table_gives_one_error_line_and_changes_nothing(tmp_path):
     def run(i, row):
         script, args = row
         new = str(tmp_path / f"new{i}")
-        args = [a.format(C=os.path.join(REPO, "configs"), W=trained, NEW=new, FILE=str(plain_file)) for a in args]
+        args = [
+            a.format(C=os.path.join(REPO, "configs"), W=trained, NEW=new, FILE=str(plain_file))
+            for a in args
+        ]
         return row, new, _run_script(script, args, env)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -313,8 +363,15 @@ def test_bad_input_table_gives_one_error_line_and_changes_nothing(tmp_path):
     problems = []
     for (script, args), new, out in results:
         lines = out.stderr.strip().splitlines()
-        if out.returncode != 1 or len(lines) != 1 or not lines[0].startswith("error: ") or "Traceback" in out.stderr:
-            problems.append(f"{script} {' '.join(args)}: exit {out.returncode}, stderr {out.stderr[-600:]!r}")
+        if (
+            out.returncode != 1
+            or len(lines) != 1
+            or not lines[0].startswith("error: ")
+            or "Traceback" in out.stderr
+        ):
+            problems.append(
+                f"{script} {' '.join(args)}: exit {out.returncode}, stderr {out.stderr[-600:]!r}"
+            )
         if os.path.exists(new):
             problems.append(f"{script} {' '.join(args)}: created {new}")
     assert not problems, "\n".join(problems)
@@ -322,12 +379,15 @@ def test_bad_input_table_gives_one_error_line_and_changes_nothing(tmp_path):
     assert plain_file.read_text() == "not a workdir"
 
 
-# ------------------------------------------------------------------------------- checksums and a full disk
+# ------------------------------------------------------------------------ checksums and a full disk
 def test_garbled_checkpoint_bytes_fail_the_checksum_naming_the_step_and_the_fallback(tmp_path):
-    """Bytes overwritten inside an OCDBT data file still decode (no format error), so only the sha256 recorded
-    at save time catches them; a partial restore checks the arrays it read."""
-    tree = {"params": {"w": np.linspace(-1, 1, 4096, dtype=np.float32)},
-            "opt_state": {"mu": np.linspace(0, 1, 4096, dtype=np.float32)}, "step": np.full((), 20, np.int32)}
+    """Bytes overwritten inside an OCDBT data file still decode (no format error), so only the
+    sha256 recorded at save time catches them; a partial restore checks the arrays it read."""
+    tree = {
+        "params": {"w": np.linspace(-1, 1, 4096, dtype=np.float32)},
+        "opt_state": {"mu": np.linspace(0, 1, 4096, dtype=np.float32)},
+        "step": np.full((), 20, np.int32),
+    }
     mngr = checkpoint.manager(str(tmp_path), "9")
     checkpoint.save(mngr, 10, tree)
     checkpoint.save(mngr, 20, tree, config={"seed": 1})
@@ -348,16 +408,24 @@ def test_garbled_checkpoint_bytes_fail_the_checksum_naming_the_step_and_the_fall
     # The damaged array is named; reading only the intact one still works.
     damaged = [k for k in ("params", "opt_state") if k in message.split("first ")[1][:20]]
     intact = {"params": "opt_state", "opt_state": "params"}[damaged[0]]
-    got, step = checkpoint.restore_item(checkpoint._dir(str(tmp_path), "9"), intact, tree[intact], 20)
+    got, step = checkpoint.restore_item(
+        checkpoint._dir(str(tmp_path), "9"), intact, tree[intact], 20
+    )
     assert step == 20
     with pytest.raises(checkpoint.CheckpointError, match="fails its checksum"):
-        checkpoint.restore_item(checkpoint._dir(str(tmp_path), "9"), damaged[0], tree[damaged[0]], 20)
+        checkpoint.restore_item(
+            checkpoint._dir(str(tmp_path), "9"), damaged[0], tree[damaged[0]], 20
+        )
     assert checkpoint.restore(mngr, 10, tree)["step"] == 20  # the fallback is intact
 
 
 def test_restore_errors_are_one_line(saved_checkpoint):
     workdir, like, step_dir = saved_checkpoint
-    wrong = {"w": np.zeros((5, 3), np.float32), "step": like["step"], "extra": np.zeros(2, np.float32)}
+    wrong = {
+        "w": np.zeros((5, 3), np.float32),
+        "step": like["step"],
+        "extra": np.zeros(2, np.float32),
+    }
     with pytest.raises(checkpoint.CheckpointError) as e:
         checkpoint.restore_latest(str(workdir), "9", wrong)
     assert "\n" not in str(e.value) and step_dir in str(e.value)
@@ -375,9 +443,12 @@ def test_keep_checkpoints_below_one_is_refused():
         checkpoint.manager("/nonexistent", "9", 0)
 
 
-def test_full_disk_stops_training_at_once_and_keeps_earlier_checkpoints(tmp_path, monkeypatch, one_device):
-    """A checkpoint that will not fit stops training before orbax writes anything (a write hook: the file
-    system's free space seen by the save), naming the directory; the checkpoints before it stay."""
+def test_full_disk_stops_training_at_once_and_keeps_earlier_checkpoints(
+    tmp_path, monkeypatch, one_device
+):
+    """A checkpoint that will not fit stops training before orbax writes anything (a write hook: the
+    file system's free space seen by the save), naming the directory; the checkpoints before it
+    stay."""
     c = tiny_config(steps=40)
     c.model.hidden, c.model.embed = 8, 8
     real = checkpoint.shutil.disk_usage
@@ -401,9 +472,12 @@ def test_full_disk_stops_training_at_once_and_keeps_earlier_checkpoints(tmp_path
     assert sorted(checkpoint.manager(str(tmp_path), "9", None).all_steps()) == [10, 20]
 
 
-def test_a_failed_asynchronous_save_stops_training_at_the_next_chunk(tmp_path, monkeypatch, one_device):
-    """tensorstore reports a full disk as ValueError('RESOURCE_EXHAUSTED: ...') from orbax's background thread;
-    training stops at the next chunk with one WriteError line instead of carrying on."""
+def test_a_failed_asynchronous_save_stops_training_at_the_next_chunk(
+    tmp_path, monkeypatch, one_device
+):
+    """tensorstore reports a full disk as ValueError('RESOURCE_EXHAUSTED: ...') from orbax's
+    background thread; training stops at the next chunk with one WriteError line instead of carrying
+    on."""
     import orbax.checkpoint as ocp
     c = tiny_config(steps=40)
     c.model.hidden, c.model.embed = 8, 8
@@ -416,27 +490,46 @@ def test_a_failed_asynchronous_save_stops_training_at_the_next_chunk(tmp_path, m
                              'Failed writing: No space left on device [os_error_code=28]')
 
     monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", failed)
-    with pytest.raises(WriteError, match=r"^Cannot write a checkpoint under .*checkpoints/9 \(RESOURCE_EXHAUSTED\)"):
+    with pytest.raises(
+        WriteError, match=r"^Cannot write a checkpoint under .*checkpoints/9 \(RESOURCE_EXHAUSTED\)"
+    ):
         train.train(c, str(tmp_path), progress=False)
     assert len(calls) == 2  # stopped at the second chunk, not at the end
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not os.path.exists("/proc/mounts"),
-                    reason="mounting a small tmpfs needs root")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or not os.path.exists("/proc/mounts"),
+    reason="mounting a small tmpfs needs root",
+)
 def test_full_disk_on_a_real_small_file_system(tmp_path):
-    """The same on a real 2.5 MiB tmpfs, through bin/train.py: one error line, the earlier checkpoints kept."""
+    """The same on a real 2.5 MiB tmpfs, through bin/train.py: one error line, the earlier
+    checkpoints kept."""
     mount = tmp_path / "small"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", str(mount)],
                       capture_output=True).returncode != 0:
         pytest.skip("tmpfs mount refused here")
     try:
-        out = subprocess.run([sys.executable, os.path.join(REPO, "bin", "train.py"),
-                              f"--config={REPO}/configs/circle.py:k=9,steps=4000", "--config.ckpt_every=1000",
-                              f"--workdir={mount}/run", "--progress=false"], capture_output=True, text=True,
-                             timeout=600, env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+        out = subprocess.run(
+            [
+                sys.executable,
+                os.path.join(REPO, "bin", "train.py"),
+                f"--config={REPO}/configs/circle.py:k=9,steps=4000",
+                "--config.ckpt_every=1000",
+                f"--workdir={mount}/run",
+                "--progress=false",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+        )
         lines = out.stderr.strip().splitlines()
-        assert out.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: Not enough space"), out.stderr
+        assert (
+            out.returncode == 1
+            and len(lines) == 1
+            and lines[0].startswith("error: Not enough space")
+        ), out.stderr
         assert sorted(os.listdir(mount / "run" / "checkpoints" / "9")) == ["1000"]
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
@@ -452,7 +545,10 @@ def test_config_json_edited_after_training_is_refused_when_sampling(tmp_path, on
     obj = json.loads(path.read_text())
     obj["data"]["k"] = 10
     path.write_text(json.dumps(obj))
-    with pytest.raises(configlib.ConfigError, match=r"config.json was changed after training: it differs in \['data'\]"):
+    with pytest.raises(
+        configlib.ConfigError,
+        match=r"config.json was changed after training: it differs in \['data'\]",
+    ):
         Workdir(str(tmp_path)).model("10")
     obj["data"]["k"], obj["sample"]["num"] = 9, 7  # a rerun key: still the same experiment
     path.write_text(json.dumps(obj))

@@ -1,7 +1,7 @@
-"""Image configs (digits, mnist, fmnist, cifar10, celeba) and the builders behind them: every config builds
-and its network and loss initialise (shapes only, `jax.eval_shape`), published settings and parameter counts,
-errors that name the valid choices, every architecture x preconditioning trains on the real digits, and the
-denoiser / sigma range / class-label views the samplers use."""
+"""Image configs (digits, mnist, fmnist, cifar10, celeba) and the builders behind them: every config
+builds and its network and loss initialise (shapes only, `jax.eval_shape`), published settings and
+parameter counts, errors that name the valid choices, every architecture x preconditioning trains on
+the real digits, and the denoiser / sigma range / class-label views the samplers use."""
 import os
 
 import jax
@@ -9,7 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffmem import builders, config_schema, configlib, devices, experiment, image_configs, nets, precond, schedules, train
+from diffmem import (
+    builders,
+    config_schema,
+    configlib,
+    devices,
+    experiment,
+    image_configs,
+    nets,
+    precond,
+    schedules,
+    train,
+)
 from diffmem.data import images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,15 +30,21 @@ COMBOS = [(arch, p) for arch in image_configs.ARCHS for p in image_configs.PRECO
 
 
 def load(name: str, arg: str = ""):
-    return configlib.load_config_file(os.path.join(REPO, "configs", f"{name}.py") + (":" + arg if arg else ""))
+    return configlib.load_config_file(
+        os.path.join(REPO, "configs", f"{name}.py") + (":" + arg if arg else "")
+    )
 
 
 def shapes_of(config, shape, batch=2):
     """Parameter shapes of the config's network and the shape of its per-example training loss."""
     model = builders.build_model(config, shape)
     x = jax.ShapeDtypeStruct((batch,) + shape, jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1,) + shape, jnp.float32),
-                            jax.ShapeDtypeStruct((1,), jnp.float32))
+    params = jax.eval_shape(
+        model.init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1,) + shape, jnp.float32),
+        jax.ShapeDtypeStruct((1,), jnp.float32),
+    )
     loss = jax.eval_shape(builders.build_loss(config, model), params, x, jax.random.key(1))
     return model, params, loss
 
@@ -36,7 +53,7 @@ def count(params) -> int:
     return sum(int(leaf.size) for leaf in jax.tree.leaves(params))
 
 
-# ------------------------------------------------------------------------------------------ the configs
+# -------------------------------------------------------------------------------------- the configs
 @pytest.mark.parametrize("name", sorted(SHAPES))
 @pytest.mark.parametrize("arg", ["", "arch=ddpmpp,precond=vp"])
 def test_every_config_builds_and_its_model_and_loss_initialise(name, arg):
@@ -55,14 +72,25 @@ def test_every_config_builds_and_its_model_and_loss_initialise(name, arg):
 def test_cifar10_default_is_pham_et_als_ddpm_setting():
     c = load("cifar10")
     m = c.model
-    assert (m.ch, tuple(m.ch_mult), m.num_res_blocks, tuple(m.attn_resolutions), m.dropout) == (128, (1, 2, 2, 2), 2,
-                                                                                                (16,), 0.1)
+    assert (m.ch, tuple(m.ch_mult), m.num_res_blocks, tuple(m.attn_resolutions), m.dropout) == (
+        128,
+        (1, 2, 2, 2),
+        2,
+        (16,),
+        0.1,
+    )
     assert (c.optim.lr, c.optim.grad_clip, c.batch_size, c.ema.decay, c.ema.warmup, c.steps) == (
         2e-4, 1.0, 128, 0.9999, False, 500_000)
-    assert (c.diffusion.precond, c.diffusion.timesteps, c.loss.name, c.loss.reduction) == ("ddpm", 1000, "eps", "mean")
+    assert (c.diffusion.precond, c.diffusion.timesteps, c.loss.name, c.loss.reduction) == (
+        "ddpm",
+        1000,
+        "eps",
+        "mean",
+    )
     assert c.model.nin_init_scale == 0.1               # Pham et al.'s (score_sde) NIN init
     assert (c.sample.sampler, c.sample.optimal_sampler) == ("ddpm_ancestral",) * 2
-    assert load("cifar10", "arch=ddpmpp,precond=edm").sample.optimal_sampler == "edm_euler"   # Zhang et al.
+    # Zhang et al.
+    assert load("cifar10", "arch=ddpmpp,precond=edm").sample.optimal_sampler == "edm_euler"
     _, params, _ = shapes_of(c, SHAPES["cifar10"])
     assert count(params) == 35_746_307                  # Ho et al.'s 35.7M
 
@@ -70,13 +98,23 @@ def test_cifar10_default_is_pham_et_als_ddpm_setting():
 def test_cifar10_ddpmpp_vp_is_gu_et_als_setting_with_data_size_scaling():
     c = load("cifar10", "k=1000,arch=ddpmpp,precond=vp")
     m = c.model
-    assert (m.channels, tuple(m.channel_mult), m.num_blocks, tuple(m.attn_resolutions), m.dropout) == (
-        128, (2, 2, 2), 2, (16,), 0.13)
+    assert (
+        m.channels,
+        tuple(m.channel_mult),
+        m.num_blocks,
+        tuple(m.attn_resolutions),
+        m.dropout,
+    ) == (128, (2, 2, 2), 2, (16,), 0.13)
     assert (c.diffusion.precond, c.loss.name, c.data.subset, c.batch_size, c.optim.lr) == (
         "vp", "denoising", "balanced", 512, 2e-4)
-    # duration 2000 * K / 50 kimg, lr ramp-up K / 5 kimg, EMA half-life K / 100 kimg, per member at train time
-    # (tests/test_schedules.py); EDM's summed loss.
-    assert c.steps == 0 and c.optim.warmup_steps == 0 and dict(c.ema) == {} and c.loss.reduction == "sum"
+    # duration 2000 * K / 50 kimg, lr ramp-up K / 5 kimg, EMA half-life K / 100 kimg, per member at
+    # train time (tests/test_schedules.py); EDM's summed loss.
+    assert (
+        c.steps == 0
+        and c.optim.warmup_steps == 0
+        and dict(c.ema) == {}
+        and c.loss.reduction == "sum"
+    )
     s = schedules.member_schedule(c, 1000, 512)
     assert (s.steps, s.lr_rampup_images, round(s.ema_decay, 5)) == (78_125, 200_000, 0.99929)
     _, params, _ = shapes_of(c, SHAPES["cifar10"])
@@ -87,18 +125,34 @@ def test_cifar10_ddpmpp_vp_is_gu_et_als_setting_with_data_size_scaling():
 
 def test_pham_recipe_for_28px_sets_and_celeba_preprocessing():
     f = load("fmnist")
-    assert (f.data.source, tuple(f.model.ch_mult), f.steps, f.batch_size) == ("fmnist", (1, 2, 2), 400_000, 128)
+    assert (f.data.source, tuple(f.model.ch_mult), f.steps, f.batch_size) == (
+        "fmnist",
+        (1, 2, 2),
+        400_000,
+        128,
+    )
     assert load("mnist").data.source == "tfds:mnist"
     c = load("celeba")
-    assert (c.data.source, c.data.image_size, c.data.center_crop, c.data.grayscale) == ("tfds:celeb_a", 80, True, True)
-    assert load("celeba", "arch=ddpmpp").data.subset == "permutation"   # unlabelled: no balanced subsets
+    assert (c.data.source, c.data.image_size, c.data.center_crop, c.data.grayscale) == (
+        "tfds:celeb_a",
+        80,
+        True,
+        True,
+    )
+    # unlabelled: no balanced subsets
+    assert load("celeba", "arch=ddpmpp").data.subset == "permutation"
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_unknown_arch_or_precond_names_the_valid_ones(name):
-    with pytest.raises(configlib.ConfigError, match=r"unknown arch 'unet'; valid: \['ddpm_unet', 'ddpmpp'\]"):
+    with pytest.raises(
+        configlib.ConfigError, match=r"unknown arch 'unet'; valid: \['ddpm_unet', 'ddpmpp'\]"
+    ):
         load(name, "arch=unet")
-    with pytest.raises(configlib.ConfigError, match=r"unknown precond 'iddpm'; valid: \['ddpm', 'edm', 've', 'vp'\]"):
+    with pytest.raises(
+        configlib.ConfigError,
+        match=r"unknown precond 'iddpm'; valid: \['ddpm', 'edm', 've', 'vp'\]",
+    ):
         load(name, "precond=iddpm")
 
 
@@ -121,23 +175,35 @@ def test_builder_errors_name_valid_choices():
         builders.base_precond(c)
 
 
-# --------------------------------------------------------------------- every architecture x preconditioning
+# ------------------------------------------------------------- every architecture x preconditioning
 def tiny_digits(arch: str, precond_name: str):
-    """The digits config with a one-level network of 8 channels (dropout kept on: its rng must be wired)."""
+    """The digits config with a one-level network of 8 channels (dropout kept on: its rng must be
+    wired)."""
     c = load("digits", f"arch={arch},precond={precond_name}")
     if arch == "ddpm_unet":
-        c.model.update(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_groups=4, dropout=0.1)
+        c.model.update(
+            ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_groups=4, dropout=0.1
+        )
     else:
-        c.model.update(channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=(), dropout=0.1)
+        c.model.update(
+            channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=(), dropout=0.1
+        )
     return c
 
 
 def random_params(model, shape, scale=0.05, seed=0):
-    """Random weights everywhere (no init compile; nothing starts at zero, so the network shapes the loss)."""
-    tree = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1,) + shape, jnp.float32),
-                          jax.ShapeDtypeStruct((1,), jnp.float32))
+    """Random weights everywhere (no init compile; nothing starts at zero, so the network shapes the
+    loss)."""
+    tree = jax.eval_shape(
+        model.init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1,) + shape, jnp.float32),
+        jax.ShapeDtypeStruct((1,), jnp.float32),
+    )
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), jnp.float32), tree)
+    return jax.tree.map(
+        lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), jnp.float32), tree
+    )
 
 
 @pytest.fixture(scope="module")
@@ -173,10 +239,13 @@ def test_denoiser_view_of_every_combination(arch, precond_name):
     model = builders.build_model(c, (8, 8, 1))
     params = random_params(model, (8, 8, 1))
     d = builders.denoiser(c, model, params)
-    out = jax.eval_shape(d, jax.ShapeDtypeStruct((5, 8, 8, 1), jnp.float32), jax.ShapeDtypeStruct((5,), jnp.float32))
+    out = jax.eval_shape(
+        d, jax.ShapeDtypeStruct((5, 8, 8, 1), jnp.float32), jax.ShapeDtypeStruct((5,), jnp.float32)
+    )
     assert out.shape == (5, 8, 8, 1)
     p = builders.build_precond(c)
-    # The DDPM UNet sees DDPM steps under every preconditioning; DDPM++ sees the preconditioning's c_noise.
+    # The DDPM UNet sees DDPM steps under every preconditioning; DDPM++ sees the preconditioning's
+    # c_noise.
     step_like = arch == "ddpm_unet" and precond_name in ("edm", "ve")
     assert isinstance(p, precond.StepLabels) == step_like
     lo, hi = builders.sigma_range(c)
@@ -187,19 +256,24 @@ def test_denoiser_view_of_every_combination(arch, precond_name):
 
 
 def test_ddpm_denoiser_is_the_epsilon_parameterisation_on_the_grid(digits_batch):
-    """builders.denoiser for the DDPM setting: D(x, sigma_t) = x - sigma_t eps(x / sqrt(1 + sigma_t^2), t)."""
+    """builders.denoiser for the DDPM setting: D(x, sigma_t) = x - sigma_t eps(x / sqrt(1 +
+    sigma_t^2), t)."""
     c = tiny_digits("ddpm_unet", "ddpm")
     model = builders.build_model(c, (8, 8, 1))
     params = random_params(model, (8, 8, 1))
-    sigma = jnp.asarray(precond.DDPM().sigmas(), jnp.float32)[jnp.array([3, 100, 500, 900, 950, 999])]
+    sigma = jnp.asarray(precond.DDPM().sigmas(), jnp.float32)[
+        jnp.array([3, 100, 500, 900, 950, 999])
+    ]
     x = digits_batch + sigma[:, None, None, None] * 0.5
     t = jnp.array([3, 100, 500, 900, 950, 999])
     s = sigma[:, None, None, None]
     expected = x - s * model.apply(params, x / jnp.sqrt(1 + s**2), t)
-    np.testing.assert_allclose(builders.denoiser(c, model, params)(x, sigma), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        builders.denoiser(c, model, params)(x, sigma), expected, rtol=1e-5, atol=1e-5
+    )
 
 
-# ------------------------------------------------------------------------------------------- class labels
+# ------------------------------------------------------------------------------------- class labels
 def test_class_labels_reach_the_network_through_the_denoiser():
     c = tiny_digits("ddpmpp", "edm")
     c.model.label_dim = 10
@@ -209,9 +283,12 @@ def test_class_labels_reach_the_network_through_the_denoiser():
     sigma = jnp.array([0.5, 1.0, 2.0])
     run = jax.jit(lambda labels: builders.denoiser(c, model, params, labels=labels)(x, sigma))
     a = run(jnp.array([1, 1, 1]))
-    np.testing.assert_allclose(run(jax.nn.one_hot(jnp.array([1, 1, 1]), 10)), a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        run(jax.nn.one_hot(jnp.array([1, 1, 1]), 10)), a, rtol=1e-5, atol=1e-6
+    )
     assert not np.allclose(run(jnp.array([2, 2, 2])), a)
-    np.testing.assert_array_equal(experiment._batch_labels(1, 3), [1, 1, 1])   # an int labels every example
+    # an int labels every example
+    np.testing.assert_array_equal(experiment._batch_labels(1, 3), [1, 1, 1])
     # The loss takes the examples' labels (the trainer gathers them with the images).
     loss = builders.build_loss(c, model)
     x0 = jnp.zeros((3,) + x.shape[1:])
@@ -233,7 +310,9 @@ def test_gu_label_modes_and_balanced_subsets():
         builders.subset_labels("unique", 6, None, 5, 0)
     with pytest.raises(configlib.ConfigError, match="label_dim > 0"):
         builders.subset_labels("random", 6, None, 0, 0)
-    with pytest.raises(configlib.ConfigError, match=r"valid: \['none', 'true', 'random', 'unique'\]"):
+    with pytest.raises(
+        configlib.ConfigError, match=r"valid: \['none', 'true', 'random', 'unique'\]"
+    ):
         builders.subset_labels("shuffled", 6, None, 10, 0)
 
     c = load("digits", "k=20+40")
@@ -243,7 +322,10 @@ def test_gu_label_modes_and_balanced_subsets():
     for spec in specs:
         assert np.bincount(spec.labels, minlength=10).tolist() == [spec.k // 10] * 10
         # The images are the pool's images of those labels.
-        idx = [int(np.flatnonzero((pool.images == img).all(axis=(1, 2, 3)))[0]) for img in spec.data[:5]]
+        idx = [
+            int(np.flatnonzero((pool.images == img).all(axis=(1, 2, 3)))[0])
+            for img in spec.data[:5]
+        ]
         np.testing.assert_array_equal(pool.labels[idx], spec.labels[:5])
     small, large = (set(map(bytes, s.data.reshape(s.k, -1).view(np.uint8))) for s in specs)
     assert small <= large                                     # nested in K
@@ -255,7 +337,8 @@ def test_gu_label_modes_and_balanced_subsets():
 def test_gu_schedule_formula():
     s = image_configs.gu_schedule(2000)
     assert s.steps == 156_250 and s.warmup_steps == pytest.approx(781.25)
-    assert image_configs.gu_schedule(50).ema_decay == 0.0   # Gu et al.'s half-life rounds to 0 below K = 100
+    # Gu et al.'s half-life rounds to 0 below K = 100
+    assert image_configs.gu_schedule(50).ema_decay == 0.0
 
 
 def test_songunet_skip_switches_from_the_config():
@@ -268,7 +351,8 @@ def test_songunet_skip_switches_from_the_config():
 
 
 def test_class_conditional_training_feeds_each_examples_label(tmp_path, one_device):
-    """Gu et al.'s conditioning study: a DDPM++ with true digit labels trains through the same trainer."""
+    """Gu et al.'s conditioning study: a DDPM++ with true digit labels trains through the same
+    trainer."""
     c = tiny_digits("ddpmpp", "edm")
     c.model.label_dim, c.data.labels = 10, "true"
     c.data.k, c.batch_size, c.steps, c.steps_per_call, c.log_every, c.ckpt_every = 16, 8, 2, 1, 1, 2
@@ -301,22 +385,30 @@ def test_bf16_matmul_precision_is_a_checked_config_choice():
 
 
 def test_optimal_denoiser_defaults_to_zhang_et_als_edm_euler(tmp_path, one_device):
-    """With no --sampler, the empirical optimal denoiser of an EDM-family config samples with EDM's Euler, as
-    Zhang et al. do (`sample.optimal_sampler`; the trained model keeps `sample.sampler`, EDM's Heun)."""
+    """With no --sampler, the empirical optimal denoiser of an EDM-family config samples with EDM's
+    Euler, as Zhang et al. do (`sample.optimal_sampler`; the trained model keeps `sample.sampler`,
+    EDM's Heun)."""
     from diffmem import generate
     from diffmem.workdir import Workdir
     c = load("digits", "k=16,arch=ddpmpp,precond=edm")
     wd = str(tmp_path / "wd")
-    generate.sample_workdir(wd, np.arange(2), model="optimal", config=c, num_steps=2, progress=False)
+    generate.sample_workdir(
+        wd, np.arange(2), model="optimal", config=c, num_steps=2, progress=False
+    )
     assert Workdir(wd).read_samples("16", "optimal")["settings"]["sampler"] == "edm_euler"
 
 
 def test_kadkhodaie_config_bf_cnn_defaults_and_explicit_sampler_cap():
-    """BF-CNN as upstream trains it (main.py: 21 layers, first layer followed by ReLU), and the KS sampler's
-    iteration cap stated in the sample section (upstream has none), a setting of the registered sampler."""
+    """BF-CNN as upstream trains it (main.py: 21 layers, first layer followed by ReLU), and the KS
+    sampler's iteration cap stated in the sample section (upstream has none), a setting of the
+    registered sampler."""
     from diffmem import config_schema, sampling
     c = load("kadkhodaie", "arch=bf_cnn")
-    assert c.model.name == "bf_cnn" and c.model.num_layers == 21 and c.model.first_layer_linear is False
+    assert (
+        c.model.name == "bf_cnn"
+        and c.model.num_layers == 21
+        and c.model.first_layer_linear is False
+    )
     params = jax.eval_shape(builders.build_model(c, (8, 8, 1)).init, jax.random.key(0),
                             jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32))
     assert count(params["params"]) == 702_784

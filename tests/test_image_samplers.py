@@ -26,19 +26,27 @@ def test_samplers_reproduce_mixture_moments(name):
     n = 3000
     seeds = jnp.arange(n)
     if name == "ddpm_ancestral":
-        f = lambda s: sampling.ddpm_ancestral(MIX.denoiser, sampling.initial_noise(s, (D,)), s, num_steps=1000)
+        f = lambda s: sampling.ddpm_ancestral(
+            MIX.denoiser, sampling.initial_noise(s, (D,)), s, num_steps=1000
+        )
     elif name == "ddim_eta1":
-        f = lambda s: sampling.ddim(MIX.denoiser, sampling.initial_noise(s, (D,)), s, num_steps=500, eta=1.0)
+        f = lambda s: sampling.ddim(
+            MIX.denoiser, sampling.initial_noise(s, (D,)), s, num_steps=500, eta=1.0
+        )
     elif name == "edm_heun":
-        f = lambda s: sampling.edm_heun(MIX.denoiser, sampling.initial_noise(s, (D,), 80.0), num_steps=32)
+        f = lambda s: sampling.edm_heun(
+            MIX.denoiser, sampling.initial_noise(s, (D,), 80.0), num_steps=32
+        )
     else:
-        f = lambda s: sampling.edm_euler(MIX.denoiser, sampling.initial_noise(s, (D,), 80.0), num_steps=200)
+        f = lambda s: sampling.edm_euler(
+            MIX.denoiser, sampling.initial_noise(s, (D,), 80.0), num_steps=200
+        )
     check_moments(jax.jit(f)(seeds))
 
 
 def test_ddim_eta0_is_deterministic_and_invertible(x64):
-    """Invert x0 -> x_T and sample back: DDIM is a first-order ODE scheme, so the round-trip error falls
-    like 1 / steps (halving per doubling) and is small at fine grids."""
+    """Invert x0 -> x_T and sample back: DDIM is a first-order ODE scheme, so the round-trip error
+    falls like 1 / steps (halving per doubling) and is small at fine grids."""
     mix = toy.GaussianMixture(MIX.weights.astype(jnp.float64), MIX.means.astype(jnp.float64),
                               MIX.covs.astype(jnp.float64))
     x0 = mix.sample(jax.random.key(0), 64)
@@ -46,7 +54,9 @@ def test_ddim_eta0_is_deterministic_and_invertible(x64):
     for n in (125, 250, 500):
         xT = sampling.ddim_invert(mix.denoiser, x0, num_steps=n)
         back = sampling.ddim(mix.denoiser, xT, num_steps=n, final_denoise=False)
-        np.testing.assert_array_equal(back, sampling.ddim(mix.denoiser, xT, num_steps=n, final_denoise=False))
+        np.testing.assert_array_equal(
+            back, sampling.ddim(mix.denoiser, xT, num_steps=n, final_denoise=False)
+        )
         errs[n] = float(jnp.max(jnp.abs(back - x0)))
         assert float(jnp.std(xT)) > 0.5  # it really went to noise
     assert errs[125] / errs[250] > 1.7 and errs[250] / errs[500] > 1.7, errs
@@ -54,7 +64,8 @@ def test_ddim_eta0_is_deterministic_and_invertible(x64):
 
 
 def test_edm_heun_converges_at_second_order(x64):
-    """Single Gaussian N(mu, c^2 I): the PF-ODE solution is x(s) = mu + (x_T - mu) sqrt(c^2 + s^2) / sqrt(c^2 + S^2)."""
+    """Single Gaussian N(mu, c^2 I): the PF-ODE solution is x(s) = mu + (x_T - mu) sqrt(c^2 + s^2) /
+    sqrt(c^2 + S^2)."""
     mu, c = 0.3, 0.5
     g = toy.GaussianMixture.isotropic(jnp.full((1, 4), mu, jnp.float64), c)
     xT = 80.0 * jax.random.normal(jax.random.key(1), (8, 4), jnp.float64)
@@ -72,6 +83,10 @@ def test_edm_heun_converges_at_second_order(x64):
 
 
 def test_image_sampler_seed_splits_are_identical():
-    run = jax.jit(lambda s: sampling.ddpm_ancestral(MIX.denoiser, sampling.initial_noise(s, (D,)), s, num_steps=50))
+    run = jax.jit(
+        lambda s: sampling.ddpm_ancestral(
+            MIX.denoiser, sampling.initial_noise(s, (D,)), s, num_steps=50
+        )
+    )
     full = np.asarray(run(jnp.arange(12)))
     np.testing.assert_array_equal(full[4:], np.asarray(run(jnp.arange(4, 12))))

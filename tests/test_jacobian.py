@@ -1,4 +1,5 @@
-"""Jacobian rank tools: dense jacfwd Jacobian, the 99% Frobenius rule, randomized vs exact, EDM states."""
+"""Jacobian rank tools: dense jacfwd Jacobian, the 99% Frobenius rule, randomized vs exact, EDM
+states."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,13 +20,16 @@ def test_denoiser_jacobian_of_linear_denoiser(x64):
 
 
 def test_rank_99_rule():
-    assert jacobian.rank_99(np.ones(6)) == 6            # 5 equal values reach sqrt(5/6) = 0.913 < 0.99
+    # 5 equal values reach sqrt(5/6) = 0.913 < 0.99
+    assert jacobian.rank_99(np.ones(6)) == 6
     assert jacobian.rank_99([0, 1, 10]) == 1            # 10 / sqrt(101) = 0.995 > 0.99
     assert jacobian.rank_99([10, 2, 0]) == 2            # 10 / sqrt(104) = 0.9806; both: 1.0
     assert jacobian.rank_99(np.r_[np.ones(7), np.zeros(41)]) == 7
     assert jacobian.rank_99(np.zeros(4)) == 0
-    assert jacobian.rank_from_partial([3.0, 1.0], frobenius=10.0) == 3  # not reached in the top 2: a bound
-    noise = 1e-12 * np.random.default_rng(0).normal(size=(8, 8))        # a locally constant denoiser: J ~ 0
+    # not reached in the top 2: a bound
+    assert jacobian.rank_from_partial([3.0, 1.0], frobenius=10.0) == 3
+    # a locally constant denoiser: J ~ 0
+    noise = 1e-12 * np.random.default_rng(0).normal(size=(8, 8))
     assert jacobian.jacobian_rank(noise) == 0 and jacobian.rank_99(np.linalg.svd(noise)[1]) > 1
 
 
@@ -34,7 +38,8 @@ def test_randomized_rank_matches_exact(x64):
     n = 160
     u, _ = np.linalg.qr(rng.normal(size=(n, n)))
     v, _ = np.linalg.qr(rng.normal(size=(n, n)))
-    for decay in (0.9, 0.96):                          # ranks 22 and 48: one and two sketch doublings
+    # ranks 22 and 48: one and two sketch doublings
+    for decay in (0.9, 0.96):
         j = (u * decay ** np.arange(n)) @ v.T
         exact = jacobian.jacobian_rank(j, method="exact")
         assert exact == jacobian.rank_99(decay ** np.arange(n))
@@ -52,7 +57,8 @@ def test_trajectory_states_end_where_edm_heun_ends(x64):
 
 
 def test_rank_vs_snr_of_subspace_gaussian(x64):
-    # Data N(0, P) on a 3-dim coordinate subspace: D(x, s) = P x / (1 + s^2), J = P / (1 + s^2): rank 3 everywhere.
+    # Data N(0, P) on a 3-dim coordinate subspace: D(x, s) = P x / (1 + s^2), J = P / (1 + s^2):
+    # rank 3 everywhere.
     p = np.diag([1.0, 1, 1, 0, 0, 0, 0, 0])
     d = lambda x, s: (x @ p) / (1 + s[:, None] ** 2)
     out = jacobian.rank_vs_snr(d, states="trajectory", shape=(8,), num_latents=2, subset=[0, 9, 17])

@@ -1,5 +1,6 @@
-"""Hutchinson probes are each example's own: an estimate depends on the example's seed, not on its batch,
-and the probe errors of different examples are independent (a batch mean averages them out)."""
+"""Hutchinson probes are each example's own: an estimate depends on the example's seed, not on its
+batch, and the probe errors of different examples are independent (a batch mean averages them
+out)."""
 import functools
 
 import jax
@@ -34,8 +35,12 @@ def test_estimate_depends_on_the_examples_seed_not_its_batch(x64):
     other = np.asarray(run(x[perm], key=key, seeds=seeds[perm]))
     np.testing.assert_allclose(other, batch[perm], rtol=1e-10, atol=1e-10)
     # Without seeds, row i's seed is its index.
-    np.testing.assert_allclose(np.asarray(run(x, key=key)), np.asarray(run(x, key=key, seeds=np.arange(3))),
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        np.asarray(run(x, key=key)),
+        np.asarray(run(x, key=key, seeds=np.arange(3))),
+        rtol=1e-10,
+        atol=1e-10,
+    )
 
 
 def test_identical_examples_get_different_probes(x64):
@@ -48,9 +53,10 @@ def test_identical_examples_get_different_probes(x64):
 
 
 def test_probe_errors_are_uncorrelated_across_examples(x64):
-    """Over 200 draws of the key, the estimation errors (estimate - exact log-density) of two examples of
-    one batch are uncorrelated (|r| < 0.25; the standard error of r is ~0.07), so the error of a batch mean
-    shrinks like 1/sqrt(B). Equal seeds (shared probes, as before) correlate them fully."""
+    """Over 200 draws of the key, the estimation errors (estimate - exact log-density) of two
+    examples of one batch are uncorrelated (|r| < 0.25; the standard error of r is ~0.07), so the
+    error of a batch mean shrinks like 1/sqrt(B). Equal seeds (shared probes, as before) correlate
+    them fully."""
     x = jnp.array([[0.3, -0.4], [0.3, -0.4], [1.0, 0.2]], jnp.float64)
     exact = np.asarray(MIX.logp_t(x, 0.05, SDE))
     keys = jax.random.split(jax.random.key(3), 200)
@@ -67,5 +73,11 @@ def test_probe_errors_are_uncorrelated_across_examples(x64):
 
 def test_bad_seeds():
     with pytest.raises(ValueError, match="one integer per example"):
-        likelihood.log_likelihood(MIX.score_fn(SDE), SDE, jnp.zeros((2, 2)), divergence="hutchinson",
-                                  key=jax.random.key(0), seeds=np.arange(3))
+        likelihood.log_likelihood(
+            MIX.score_fn(SDE),
+            SDE,
+            jnp.zeros((2, 2)),
+            divergence="hutchinson",
+            key=jax.random.key(0),
+            seeds=np.arange(3),
+        )

@@ -15,7 +15,9 @@ def test_weighted_denoising_at_exact_denoiser_is_the_mmse(x64):
     x0 = g.sample(jax.random.key(0), n)
     for sigma in (0.05, 0.5, 3.0):
         noise = jax.random.normal(jax.random.key(1), x0.shape)
-        per = losses.weighted_denoising(g.denoiser, x0, jnp.full((n,), sigma), noise, jnp.ones((n,)))
+        per = losses.weighted_denoising(
+            g.denoiser, x0, jnp.full((n,), sigma), noise, jnp.ones((n,))
+        )
         mmse = c**2 * sigma**2 / (c**2 + sigma**2)
         assert abs(float(per.mean()) - mmse) < 4 * float(per.std()) / np.sqrt(n)
 
@@ -49,7 +51,8 @@ def test_noise_level_draws_and_weights_come_from_the_preconditioning(name):
     assert sigma.shape == weight.shape == (4000,) and noise.shape == x0.shape
     assert bool(jnp.all(sigma > 0)) and bool(jnp.all(jnp.isfinite(weight)))
     np.testing.assert_allclose(weight, p.loss_weight(sigma), rtol=1e-6)
-    # Example i's draws depend on fold_in(key, i) only: a smaller batch gives the same leading draws.
+    # Example i's draws depend on fold_in(key, i) only: a smaller batch gives the same leading
+    # draws.
     part = losses.sample_denoising_inputs(jax.random.key(0), x0[:10], p)
     np.testing.assert_array_equal(part[0], sigma[:10])
     np.testing.assert_array_equal(part[2], noise[:10])
@@ -60,8 +63,9 @@ def test_noise_level_draws_and_weights_come_from_the_preconditioning(name):
 
 @pytest.mark.parametrize("name", ["edm", "vp", "ve", "ddpm"])
 def test_weighted_loss_at_the_exact_denoiser_is_its_analytic_minimum(name, x64):
-    """For x0 ~ N(0, c^2 I) the exact denoiser's expected loss at sigma is lambda(sigma) c^2 sigma^2 /
-    (c^2 + sigma^2) (the MMSE per dimension): the drawn loss matches it example by example on average."""
+    """For x0 ~ N(0, c^2 I) the exact denoiser's expected loss at sigma is lambda(sigma) c^2 sigma^2
+    / (c^2 + sigma^2) (the MMSE per dimension): the drawn loss matches it example by example on
+    average."""
     c, n = 0.5, 20_000
     p = precond.make(name)
     g = toy.GaussianMixture.isotropic(jnp.zeros((1, 2)), c)
@@ -75,8 +79,8 @@ def test_weighted_loss_at_the_exact_denoiser_is_its_analytic_minimum(name, x64):
 
 
 def test_sum_reduction_is_pixel_count_times_mean_exactly():
-    """EDM (and Gu et al.) sum each example's squared error over its pixels; diffmem's mean is 1/n of it
-    (n = 64 pixels here: a power of two, so the two agree to the last bit)."""
+    """EDM (and Gu et al.) sum each example's squared error over its pixels; diffmem's mean is 1/n
+    of it (n = 64 pixels here: a power of two, so the two agree to the last bit)."""
     x0 = jax.random.normal(jax.random.key(0), (3, 4, 4, 4))
     noise = jax.random.normal(jax.random.key(1), x0.shape)
     d = lambda x, s: 0.5 * x  # noqa: E731
@@ -94,11 +98,14 @@ def test_sum_reduction_is_pixel_count_times_mean_exactly():
 
 
 def test_config_loss_reduction_reaches_the_training_loss():
-    """The Gu recipe's loss.reduction = "sum" gives 64x the "mean" loss on the same draws (8x8x1 digits)."""
+    """The Gu recipe's loss.reduction = "sum" gives 64x the "mean" loss on the same draws (8x8x1
+    digits)."""
     import os
     from diffmem import builders, configlib
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    c = configlib.load_config_file(os.path.join(repo, "configs/digits.py") + ":arch=ddpmpp,precond=edm")
+    c = configlib.load_config_file(
+        os.path.join(repo, "configs/digits.py") + ":arch=ddpmpp,precond=edm"
+    )
     assert c.loss.reduction == "mean"
 
     class Net:  # a stand-in for the DDPM++ (builders only calls apply)
@@ -111,5 +118,7 @@ def test_config_loss_reduction_reaches_the_training_loss():
     total = builders.build_loss(c, Net())(0.5, x0, jax.random.key(2))
     np.testing.assert_allclose(np.asarray(total), 64 * np.asarray(mean), rtol=1e-6)
     c.loss.reduction = "avg"
-    with pytest.raises(configlib.ConfigError, match=r"loss.reduction 'avg'; valid: \['mean', 'sum'\]"):
+    with pytest.raises(
+        configlib.ConfigError, match=r"loss.reduction 'avg'; valid: \['mean', 'sum'\]"
+    ):
         builders.build_loss(c, Net())

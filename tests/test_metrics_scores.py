@@ -1,4 +1,5 @@
-"""Classification, memorization ratio, EMM search and RP / generalization scores against brute force."""
+"""Classification, memorization ratio, EMM search and RP / generalization scores against brute
+force."""
 import numpy as np
 import pytest
 
@@ -18,7 +19,9 @@ def test_classify_follows_the_definition():
 def test_memorization_ratio_brute_force():
     rng = np.random.default_rng(0)
     train = rng.normal(size=(50, 6))
-    samples = np.concatenate([train[:10] + 1e-3 * rng.normal(size=(10, 6)), rng.normal(size=(30, 6))])
+    samples = np.concatenate(
+        [train[:10] + 1e-3 * rng.normal(size=(10, 6)), rng.normal(size=(30, 6))]
+    )
     d = np.linalg.norm(samples[:, None] - train[None], axis=-1)
     d.sort(axis=1)
     expected = np.mean(d[:, 0] / d[:, 1] < 1 / 3)
@@ -36,7 +39,9 @@ def test_emm_brackets_and_bisects_reusing_known_runs():
         calls.append(k)
         return 1.0 if k <= 1234 else 0.2
 
-    out = memorization.find_emm(ratio_at, [250, 500, 1000, 2000, 4000], tolerance=0.01, known={250: 1.0})
+    out = memorization.find_emm(
+        ratio_at, [250, 500, 1000, 2000, 4000], tolerance=0.01, known={250: 1.0}
+    )
     assert 250 not in calls and 4000 not in calls
     lo, hi = out["bracket"]
     assert lo <= 1234 < hi and (hi - lo) / lo <= 0.01 and out["emm"] == lo
@@ -54,6 +59,8 @@ def test_rp_and_generalization_scores_brute_force():
     feats = np.concatenate([train[:7] * 2.0, rng.normal(size=(13, 16))])
     best = (reproducibility.normalize(feats) @ reproducibility.normalize(train).T).max(1)
     np.testing.assert_allclose(reproducibility.max_cosine_to_set(feats, train), best, rtol=1e-5)
-    assert reproducibility.generalization_score(feats, train) == pytest.approx(1 - np.mean(best > 0.6))
+    assert reproducibility.generalization_score(feats, train) == pytest.approx(
+        1 - np.mean(best > 0.6)
+    )
     px = reproducibility.pixel_features(rng.normal(size=(3, 4, 4, 1)))
     np.testing.assert_allclose(px.mean(1), 0, atol=1e-6)

@@ -1,5 +1,6 @@
-"""Multi-host: 2 processes x 4 CPU devices under jax.distributed (gloo collectives on 127.0.0.1) train, resume,
-sample and k-NN a tiny circle model exactly as one process with 8 devices does (tests/multihost_worker.py)."""
+"""Multi-host: 2 processes x 4 CPU devices under jax.distributed (gloo collectives on 127.0.0.1)
+train, resume, sample and k-NN a tiny circle model exactly as one process with 8 devices does
+(tests/multihost_worker.py)."""
 import os
 import socket
 import subprocess
@@ -25,17 +26,38 @@ def _free_port() -> int:
 
 def _launch(out, workdir, logs):
     port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
     procs = []
     for i in range(2):
         log = open(logs / f"process{i}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, WORKER, str(out), str(workdir), f"127.0.0.1:{port}", "2",
-                                        str(i)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO), log))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        WORKER,
+                        str(out),
+                        str(workdir),
+                        f"127.0.0.1:{port}",
+                        "2",
+                        str(i),
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO,
+                ),
+                log,
+            )
+        )
     return procs
 
 
 def _wait(procs, logs) -> str | None:
-    """None when both processes exit 0 within the time limit, else what went wrong with their logs' tails."""
+    """None when both processes exit 0 within the time limit, else what went wrong with their logs'
+    tails."""
     deadline, problem = time.time() + TIMEOUT_S, None
     for i, (p, log) in enumerate(procs):
         try:
@@ -53,7 +75,9 @@ def _wait(procs, logs) -> str | None:
         return None
     tails = []
     for i in range(2):
-        lines = [ln for ln in open(logs / f"process{i}.log").read().splitlines() if "[Gloo]" not in ln]
+        lines = [
+            ln for ln in open(logs / f"process{i}.log").read().splitlines() if "[Gloo]" not in ln
+        ]
         tails.append(f"--- process {i} (last lines) ---\n" + "\n".join(lines[-25:]))
     return problem + "\n" + "\n".join(tails)
 
@@ -68,17 +92,22 @@ def test_two_processes_equal_one_process(tmp_path):
             d.mkdir()
         procs = _launch(out, workdir, logs)
         if attempt == 0:  # the reference, while the two processes run
-            ref = multihost_worker.run(str(tmp_path / "reference"), resume=False)  # resume: test_train
+            # resume: test_train
+            ref = multihost_worker.run(str(tmp_path / "reference"), resume=False)
         problem = _wait(procs, logs)
         if problem is None:
             break
     assert problem is None, problem
 
     got = [dict(np.load(out / f"result{i}.npz")) for i in range(2)]
-    assert int(got[0]["process_count"]) == 2 and int(got[0]["num_devices"]) == int(ref["num_devices"]) == 8
+    assert (
+        int(got[0]["process_count"]) == 2
+        and int(got[0]["num_devices"]) == int(ref["num_devices"]) == 8
+    )
     for key in ref:  # both processes hold the same full results, bit for bit
         np.testing.assert_array_equal(got[0][key], got[1][key], err_msg=key)
-    # Against one process: equal up to the order of the cross-process gradient sums (gloo vs in-process).
+    # Against one process: equal up to the order of the cross-process gradient sums (gloo vs
+    # in-process).
     for key in ref:
         if key.startswith(("param", "ema")):
             np.testing.assert_allclose(got[0][key], ref[key], rtol=1e-5, atol=1e-6, err_msg=key)

@@ -1,5 +1,6 @@
-"""Every notebook runs headless top to bottom (nbclient, a real kernel, in a temporary directory) with the
-tiny settings DIFFMEM_NOTEBOOK_QUICK=1 selects, and every committed notebook is stored without outputs."""
+"""Every notebook runs headless top to bottom (nbclient, a real kernel, in a temporary directory)
+with the tiny settings DIFFMEM_NOTEBOOK_QUICK=1 selects, and every committed notebook is stored
+without outputs."""
 import glob
 import json
 import os
@@ -11,16 +12,19 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))
 STRIP = os.path.join(REPO, "notebooks", "strip_outputs.py")
-CELL_TIMEOUT = 1200  # seconds per cell: generous for a loaded CI host (each notebook takes ~1 min of CPU)
+# seconds per cell: generous for a loaded CI host (each notebook takes ~1 min of CPU)
+CELL_TIMEOUT = 1200
 
 
 def execute(path, tmp_path, monkeypatch):
-    """Run the notebook in a fresh kernel in tmp_path; returns (the executed notebook, its stream text)."""
+    """Run the notebook in a fresh kernel in tmp_path; returns (the executed notebook, its stream
+    text)."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("DIFFMEM_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")  # not conftest's 8: faster
+    # not conftest's 8: faster
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
@@ -31,7 +35,12 @@ def execute(path, tmp_path, monkeypatch):
 
 
 def images(nb) -> int:
-    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    return sum(
+        "image/png" in o.get("data", {})
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
 
 
 def test_there_are_notebooks():
@@ -56,7 +65,9 @@ def test_strip_outputs_script(tmp_path):
     code["execution_count"] = 3
     path = tmp_path / "nb.ipynb"
     path.write_text(json.dumps(src))
-    check = subprocess.run([sys.executable, STRIP, "--check", str(path)], capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, STRIP, "--check", str(path)], capture_output=True, text=True
+    )
     assert check.returncode == 1 and "1 outputs" in check.stdout
     subprocess.run([sys.executable, STRIP, str(path)], check=True, capture_output=True)
     assert subprocess.run([sys.executable, STRIP, "--check", str(path)]).returncode == 0
@@ -67,7 +78,8 @@ def test_strip_outputs_script(tmp_path):
 def test_quickstart_runs(tmp_path, monkeypatch):
     nb, out = execute(os.path.join(REPO, "notebooks", "quickstart.ipynb"), tmp_path, monkeypatch)
     assert "100% of 256 samples are copies" in out
-    assert "K =   2: attractors by kind {'stored': 2}" in out  # K = 2 memorizes; spurious states appear later
+    # K = 2 memorizes; spurious states appear later
+    assert "K =   2: attractors by kind {'stored': 2}" in out
     assert "K = 100: attractors by kind {'spurious'" in out
     assert os.path.exists(tmp_path / "circle_energy.png")
 
@@ -88,9 +100,11 @@ def test_toy_tutorial_runs(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_k_sweep_runs(tmp_path, monkeypatch):
     nb, out = execute(os.path.join(REPO, "notebooks", "k_sweep.ipynb"), tmp_path, monkeypatch)
-    assert "1 device(s)" in out and "mesh axes ('data',)" in out  # the mesh spans every device of the kernel
+    # the mesh spans every device of the kernel
+    assert "1 device(s)" in out and "mesh axes ('data',)" in out
     assert "{'train': 'computed', 'sample': 'computed', 'classify': 'computed'" in out
-    assert "6 training steps per model" in out  # QUICK keeps the config's 6 steps (not the study's default)
+    # QUICK keeps the config's 6 steps (not the study's default)
+    assert "6 training steps per model" in out
     study = tmp_path / "runs" / "k_sweep_quick" / "study"
     rep = json.load(open(study / "report.json"))
     assert rep["report"]["ks"] == [4, 16] and set(rep["classify"]["fractions"]) == {"4", "16"}
@@ -147,13 +161,26 @@ def test_k_sweep_panels_from_a_full_report(tmp_path, monkeypatch):
     start = next(i for i, c in enumerate(cells) if "report.json" in "".join(c["source"]))
     shown = []  # what the cells display: PNG paths
     scope = {"WORKDIR": str(tmp_path / "wd"), "QUICK": True, "display": shown.append, "Image": str}
-    exec("import json, os\nimport numpy as np\nimport matplotlib.pyplot as plt\nfrom diffmem import viz\n"
-         "from diffmem.studies import k_sweep, k_sweep_results\n"
-         "from diffmem.workdir import Workdir", scope)
+    exec(
+        "import json, os\nimport numpy as np\nimport matplotlib.pyplot as plt\nfrom diffmem import "
+        "viz\n"
+        "from diffmem.studies import k_sweep, k_sweep_results\n"
+        "from diffmem.workdir import Workdir",
+        scope,
+    )
     for cell in cells[start:]:
         exec(compile("".join(cell["source"]), "k_sweep.ipynb", "exec"), scope)
     figures = tmp_path / "wd" / "study" / "figures"
-    assert (figures / "notebook_k_panels.png").is_file() and (figures / "notebook_rank.png").is_file()
-    assert sorted(os.path.basename(p) for p in shown) == ["notebook_k_panels.png", "notebook_rank.png"]
-    assert [f.__name__ for f, _ in scope["panels"]] == ["class_fractions", "gu_ratio", "reproducibility",
-                                                        "disjoint_halves"]
+    assert (figures / "notebook_k_panels.png").is_file() and (
+        figures / "notebook_rank.png"
+    ).is_file()
+    assert sorted(os.path.basename(p) for p in shown) == [
+        "notebook_k_panels.png",
+        "notebook_rank.png",
+    ]
+    assert [f.__name__ for f, _ in scope["panels"]] == [
+        "class_fractions",
+        "gu_ratio",
+        "reproducibility",
+        "disjoint_halves",
+    ]

@@ -1,5 +1,5 @@
-"""Speciation and collapse times from data: closed forms (MNIST's published Lambda -> index 446, isotropic t_C)
-and the Monte-Carlo excess entropy against the isotropic-Gaussian formula."""
+"""Speciation and collapse times from data: closed forms (MNIST's published Lambda -> index 446,
+isotropic t_C) and the Monte-Carlo excess entropy against the isotropic-Gaussian formula."""
 import math
 
 import numpy as np
@@ -9,19 +9,23 @@ from diffmem.metrics import phase_times as pt
 
 
 def test_speciation_time_of_a_known_covariance():
-    # Two points +-sqrt(L) e_1 (plus an offset): the mean-centred covariance has largest eigenvalue L = 7.66 (MNIST).
+    # Two points +-sqrt(L) e_1 (plus an offset): the mean-centred covariance has largest eigenvalue
+    # L = 7.66 (MNIST).
     lam = 7.66
     x = np.zeros((2, 5)) + 3.0
     x[0, 1] += math.sqrt(lam)
     x[1, 1] -= math.sqrt(lam)
     out = pt.speciation_time(x)
     assert out["lambda"] == pytest.approx(lam, rel=1e-12)
-    assert out["t_s"] == pytest.approx(1.018, abs=1e-3) and out["index"] == 446      # the published table
+    # the published table
+    assert out["t_s"] == pytest.approx(1.018, abs=1e-3) and out["index"] == 446
     assert pt.ou_time_of_ddpm_index(446) == pytest.approx(1.0182, abs=1e-4)
     assert pt.ddpm_index_of_ou_time(pt.ou_time_of_ddpm_index(300)) == 300
     # Many-dimensional data: the Gram route (n < N) gives the covariance's eigenvalue.
     y = np.random.default_rng(0).normal(size=(6, 40))
-    assert pt.largest_eigenvalue(y) == pytest.approx(np.linalg.eigvalsh(np.cov(y.T, bias=True))[-1], rel=1e-10)
+    assert pt.largest_eigenvalue(y) == pytest.approx(
+        np.linalg.eigvalsh(np.cov(y.T, bias=True))[-1], rel=1e-10
+    )
 
 
 def test_gaussian_collapse_time_closed_forms():
@@ -43,9 +47,12 @@ def test_monte_carlo_excess_entropy_matches_isotropic_gaussian(x64):
     out = pt.collapse_time(x, ts, num_draws=1500)
     ratio = out["f"] / out["alpha"]
     far = ts >= 0.6
-    np.testing.assert_allclose(ratio[far], pt.isotropic_excess_entropy_ratio(ts[far], 1.0, n, dim), atol=0.04)
+    np.testing.assert_allclose(
+        ratio[far], pt.isotropic_excess_entropy_ratio(ts[far], 1.0, n, dim), atol=0.04
+    )
     assert abs(ratio[0]) < 0.02                           # collapsed: n separate Gaussians
-    t_c = pt.isotropic_collapse_time(1.0, n, dim)         # 0.26; finite n, N round the corner, t_C lies below
+    # 0.26; finite n, N round the corner, t_C lies below
+    t_c = pt.isotropic_collapse_time(1.0, n, dim)
     assert t_c - 0.12 < out["t_c"] < t_c + 0.03
 
 

@@ -1,5 +1,6 @@
-"""Preconditionings (EDM, VP, VE, DDPM, DDPM-step labels): Karras et al.'s Table 1 identities, the DDPM
-grid, training noise levels, and the epsilon loss as a special case of the weighted denoising loss."""
+"""Preconditionings (EDM, VP, VE, DDPM, DDPM-step labels): Karras et al.'s Table 1 identities, the
+DDPM grid, training noise levels, and the epsilon loss as a special case of the weighted denoising
+loss."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +17,9 @@ def test_make_names_valid_choices_and_fields():
     assert isinstance(precond.make("vp", beta_d=10.0), precond.VP)
     with pytest.raises(ValueError, match=r"valid names: \['ddpm', 'edm', 've', 'vp'\]"):
         precond.make("iddpm")
-    with pytest.raises(ValueError, match=r"no field\(s\) \['sigma'\]; valid fields: .*'sigma_data'"):
+    with pytest.raises(
+        ValueError, match=r"no field\(s\) \['sigma'\]; valid fields: .*'sigma_data'"
+    ):
         precond.make("edm", sigma=1.0)
     with pytest.raises(ValueError, match="'nearest' or 'continuous'"):
         precond.make("ddpm", timestep="round")
@@ -24,8 +27,8 @@ def test_make_names_valid_choices_and_fields():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_effective_loss_weight_is_one(name):
-    """lambda(sigma) c_out(sigma)^2 = 1 for every preconditioning (EDM eq. 8): the raw network's regression
-    target has unit weight at every noise level."""
+    """lambda(sigma) c_out(sigma)^2 = 1 for every preconditioning (EDM eq. 8): the raw network's
+    regression target has unit weight at every noise level."""
     p = precond.make(name)
     c = p.coefficients(SIGMAS)
     np.testing.assert_allclose(p.loss_weight(SIGMAS) * c.c_out**2, 1.0, rtol=1e-5)
@@ -42,7 +45,8 @@ def test_edm_inputs_and_targets_have_unit_variance():
 
 
 def test_denoise_wraps_the_raw_network_exactly():
-    """With the exact raw network of x0 ~ N(0, c^2 I), every preconditioning returns the posterior mean."""
+    """With the exact raw network of x0 ~ N(0, c^2 I), every preconditioning returns the posterior
+    mean."""
     c2 = 0.7**2
     x = jax.random.normal(jax.random.key(0), (SIGMAS.shape[0], 3)) * 2.0
     for name in NAMES:
@@ -51,9 +55,13 @@ def test_denoise_wraps_the_raw_network_exactly():
 
         def raw(x_in, c_noise, co=co):
             xx = x_in / co.c_in[:, None]
-            return (c2 / (c2 + SIGMAS[:, None] ** 2) * xx - co.c_skip[:, None] * xx) / co.c_out[:, None]
-        np.testing.assert_allclose(p.denoise(raw, x, SIGMAS), c2 / (c2 + SIGMAS[:, None] ** 2) * x, rtol=2e-5,
-                                   atol=1e-6)
+            return (c2 / (c2 + SIGMAS[:, None] ** 2) * xx - co.c_skip[:, None] * xx) / co.c_out[
+                :, None
+            ]
+
+        np.testing.assert_allclose(
+            p.denoise(raw, x, SIGMAS), c2 / (c2 + SIGMAS[:, None] ** 2) * x, rtol=2e-5, atol=1e-6
+        )
 
 
 def test_vp_sigma_and_its_inverse():
@@ -86,13 +94,17 @@ def test_ddpm_grid_steps_and_inputs():
     x0, eps = jnp.array([0.3, -0.8]), jnp.array([1.1, 0.4])
     t = 400
     c = p.coefficients(grid[t:t + 1])
-    np.testing.assert_allclose(c.c_in * (x0 + grid[t] * eps), np.sqrt(ab[t]) * x0 + np.sqrt(1 - ab[t]) * eps,
-                               rtol=1e-5)
-    assert set(np.unique(np.asarray(p.t_of_sigma(p.sample_sigma(jax.random.key(0), (3000,)))))) <= set(range(1000))
+    np.testing.assert_allclose(
+        c.c_in * (x0 + grid[t] * eps), np.sqrt(ab[t]) * x0 + np.sqrt(1 - ab[t]) * eps, rtol=1e-5
+    )
+    assert set(
+        np.unique(np.asarray(p.t_of_sigma(p.sample_sigma(jax.random.key(0), (3000,)))))
+    ) <= set(range(1000))
 
 
 def test_epsilon_loss_is_the_weighted_loss_of_the_ddpm_preconditioning():
-    """On the grid, lambda |D - x0|^2 with D = x - sigma eps_hat(c_in x, t) equals |eps_hat - eps|^2."""
+    """On the grid, lambda |D - x0|^2 with D = x - sigma eps_hat(c_in x, t) equals |eps_hat -
+    eps|^2."""
     p = precond.DDPM()
     ab = jnp.asarray(ddpm_alpha_bar(), jnp.float32)
     w = jax.random.normal(jax.random.key(0), (4, 4)) * 0.3
@@ -109,8 +121,12 @@ def test_epsilon_loss_is_the_weighted_loss_of_the_ddpm_preconditioning():
     np.testing.assert_allclose(edm, ho, rtol=2e-3, atol=1e-5)
     # The library's DDPM denoiser on an explicit alpha_bar is the same function.
     x = x0 + sigma[:, None] * noise
-    np.testing.assert_allclose(precond.ddpm_denoiser(eps_model)(x, sigma), p.denoiser(eps_model)(x, sigma),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        precond.ddpm_denoiser(eps_model)(x, sigma),
+        p.denoiser(eps_model)(x, sigma),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("base", [precond.EDM(), precond.VE()])
@@ -118,7 +134,8 @@ def test_step_labels_feed_the_ddpm_step_and_keep_everything_else(base):
     p = precond.StepLabels(base)
     grid = jnp.asarray(precond.DDPM().sigmas(), jnp.float32)
     step = p.coefficients(grid).c_noise
-    # Near the grid index: the continuous VP schedule and the discrete betas differ at second order in beta.
+    # Near the grid index: the continuous VP schedule and the discrete betas differ at second order
+    # in beta.
     assert float(jnp.max(jnp.abs(step - jnp.arange(1000)))) <= 3.5
     wide = p.coefficients(jnp.geomspace(1e-3, 200.0, 50)).c_noise
     assert bool(jnp.all(jnp.diff(wide) > 0)) and float(wide[0]) >= 0.0

@@ -1,5 +1,5 @@
-"""Zhang et al.'s RP and generalization scores across two sampled workdirs, on fake sample files with known
-answers (no training), plus the script end to end."""
+"""Zhang et al.'s RP and generalization scores across two sampled workdirs, on fake sample files
+with known answers (no training), plus the script end to end."""
 import json
 import os
 import subprocess
@@ -18,11 +18,21 @@ def _workdir(path, config, samples: dict, optimal: dict = ()):
     path.mkdir()
     (path / "config.json").write_text(configlib.to_json(config))
     for name, (seeds, x) in samples.items():
-        report.write_npz(str(path / "samples" / f"{name}.npz"), samples=x, seeds=np.asarray(seeds, np.int64),
-                         step=np.int64(10), sampler=np.str_("ddpm_ancestral"))
+        report.write_npz(
+            str(path / "samples" / f"{name}.npz"),
+            samples=x,
+            seeds=np.asarray(seeds, np.int64),
+            step=np.int64(10),
+            sampler=np.str_("ddpm_ancestral"),
+        )
     for name, (seeds, x) in dict(optimal).items():
-        report.write_npz(str(path / "samples" / "optimal" / f"{name}.npz"), samples=x,
-                         seeds=np.asarray(seeds, np.int64), step=np.int64(-1), sampler=np.str_("ddpm_ancestral"))
+        report.write_npz(
+            str(path / "samples" / "optimal" / f"{name}.npz"),
+            samples=x,
+            seeds=np.asarray(seeds, np.int64),
+            step=np.int64(-1),
+            sampler=np.str_("ddpm_ancestral"),
+        )
     return str(path)
 
 
@@ -47,19 +57,25 @@ def test_rp_matches_by_seed_and_generalization_counts_copies(pair):
     assert row["num_pairs"] == 5  # seeds 5..9 on both sides
     assert row["rp"] == pytest.approx(3 / 5)  # seeds 5, 6, 7 identical; 8, 9 are noise vs digits
     assert row["generalization_a"] == 0.0  # every a sample is a training image
-    assert row["generalization_b"] == pytest.approx(2 / 5)  # of the paired b rows, 3 copies, 2 noise
+    # of the paired b rows, 3 copies, 2 noise
+    assert row["generalization_b"] == pytest.approx(2 / 5)
     assert os.path.exists(os.path.join(a, "reproducibility", "16.pixel.json"))
     assert os.path.exists(os.path.join(a, "reproducibility", "scores_vs_k.pixel.png"))
     md = open(os.path.join(a, "reproducibility", "report.pixel.md")).read()
     assert "](scores_vs_k.pixel.png)" in md  # the figure link resolves next to the report
-    for f in ("report.pixel.md", "summary.pixel.json", "16.pixel.json"):  # no absolute paths in reports
+    # no absolute paths in reports
+    for f in ("report.pixel.md", "summary.pixel.json", "16.pixel.json"):
         assert os.path.dirname(a) not in open(os.path.join(a, "reproducibility", f)).read(), f
-    assert row["b"] == os.path.join("..", "b", "samples", "16") and row["a"] == os.path.join("samples", "16")
+    assert row["b"] == os.path.join("..", "b", "samples", "16") and row["a"] == os.path.join(
+        "samples", "16"
+    )
 
 
 def test_against_the_optimal_denoiser_and_a_user_extractor(pair):
     a, _ = pair
-    [row] = reproducibility.run(a, "optimal", features=lambda x: x.reshape(len(x), -1) + 0.0).values()
+    [row] = reproducibility.run(
+        a, "optimal", features=lambda x: x.reshape(len(x), -1) + 0.0
+    ).values()
     assert row["num_pairs"] == 10 and row["rp"] < 0.5
     assert row["generalization_b"] > 0.5  # noise is far from every digit
 
@@ -77,8 +93,18 @@ def test_missing_samples_and_sscd_say_what_to_do(pair, tmp_path, monkeypatch):
 
 def test_script_end_to_end(pair):
     a, b = pair
-    out = subprocess.run([sys.executable, os.path.join(REPO, "bin/reproducibility.py"), f"--workdir={a}",
-                          f"--other={b}", "--features=pixel"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "bin/reproducibility.py"),
+            f"--workdir={a}",
+            f"--other={b}",
+            "--features=pixel",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "K=16: RP 0.600" in out.stdout
     summary = json.load(open(os.path.join(a, "reproducibility", "summary.pixel.json")))
     assert set(summary) == {"16"}

@@ -1,7 +1,7 @@
-"""The one-command K-sweep study (diffmem.studies.k_sweep, bin/study.py): a tiny end-to-end run whose
-report.json agrees with the stage outputs it summarises, a self-contained report.html, a rerun that does
-nothing, the optional-section plumbing with a stand-in section, and clear errors for bad stages and
-missing datasets."""
+"""The one-command K-sweep study (diffmem.studies.k_sweep, bin/study.py): a tiny end-to-end run
+whose report.json agrees with the stage outputs it summarises, a self-contained report.html, a rerun
+that does nothing, the optional-section plumbing with a stand-in section, and clear errors for bad
+stages and missing datasets."""
 import json
 import math
 import os
@@ -18,15 +18,27 @@ from diffmem.studies import disjoint, k_sweep, k_sweep_results
 from diffmem.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A one-level UNet compiles in about half the time of the digits network's two levels with attention.
+# A one-level UNet compiles in about half the time of the digits network's two levels with
+# attention.
 TINY = dict(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0, num_groups=4)
-TINY_STUDY = dict(steps=6, metric="pixel", num_samples=8, sampler="ddim", sample_steps=3, rank_latents=1, ct_per_class=1, ct_trials=2,
-                  phase_draws=64)
+TINY_STUDY = dict(
+    steps=6,
+    metric="pixel",
+    num_samples=8,
+    sampler="ddim",
+    sample_steps=3,
+    rank_latents=1,
+    ct_per_class=1,
+    ct_trials=2,
+    phase_draws=64,
+)
 STAGES = ("train", "sample", "classify", "phase_times", "report")
 
 
 def tiny_config(k="4+16", steps=6):
-    c = configlib.load_config_file(os.path.join(REPO, "configs/digits.py") + f":k={k},steps={steps},lr=2e-3,batch=8")
+    c = configlib.load_config_file(
+        os.path.join(REPO, "configs/digits.py") + f":k={k},steps={steps},lr=2e-3,batch=8"
+    )
     c.model.update(TINY)
     c.optim.warmup_steps = 0
     c.steps_per_call = c.log_every = c.ckpt_every = steps
@@ -47,13 +59,16 @@ def _tree_state(root):
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """The tiny study's first run (stages `STAGES`), shared by the tests below: (workdir, returned report)."""
+    """The tiny study's first run (stages `STAGES`), shared by the tests below: (workdir, returned
+    report)."""
     import jax
     full = devices.data_mesh
     devices.data_mesh = lambda devices=None: full(jax.devices()[:1] if devices is None else devices)
     try:
         wd_path = str(tmp_path_factory.mktemp("study") / "w")
-        rep = k_sweep.run(tiny_config(), wd_path, stages=STAGES, progress=False, log=None, **TINY_STUDY)
+        rep = k_sweep.run(
+            tiny_config(), wd_path, stages=STAGES, progress=False, log=None, **TINY_STUDY
+        )
     finally:
         devices.data_mesh = full
     return wd_path, rep
@@ -81,8 +96,8 @@ def test_tiny_study_report_matches_stage_outputs_and_rerun_does_nothing(study, o
             data = wd.read_samples(name, kind)
             assert data["sampler"] == "ddim" and data["seeds"].tolist() == list(range(8))
 
-    # Classes and the Gu ratio are the classification stage's, per K; the fixed-threshold fractions are
-    # Pham's rule applied to the stored pixel distances at delta = fixed_rms * sqrt(64).
+    # Classes and the Gu ratio are the classification stage's, per K; the fixed-threshold fractions
+    # are Pham's rule applied to the stored pixel distances at delta = fixed_rms * sqrt(64).
     fixed = 0.125 * 8.0
     assert cls.fixed_delta == pytest.approx(fixed)
     for k in (4, 16):
@@ -121,12 +136,18 @@ def test_tiny_study_report_matches_stage_outputs_and_rerun_does_nothing(study, o
     # Tables run in increasing K (report.json's keys come back in string order: "16" < "4").
     for title in ("Memorized, spurious", "Speciation and collapse"):
         section = md.split("## " + title)[1].split("\n## ")[0]
-        ks = [int(line.split("|")[1]) for line in section.splitlines() if line[:3].strip("| ").isdigit()]
+        ks = [
+            int(line.split("|")[1])
+            for line in section.splitlines()
+            if line[:3].strip("| ").isdigit()
+        ]
         assert ks == [4, 16], (title, ks)
 
     # A rerun does nothing: every stage skipped, no file touched.
     before = _tree_state(wd_path)
-    again = k_sweep.run(tiny_config(), wd_path, stages=STAGES, progress=False, log=None, **TINY_STUDY)
+    again = k_sweep.run(
+        tiny_config(), wd_path, stages=STAGES, progress=False, log=None, **TINY_STUDY
+    )
     assert again.statuses == {s: "skipped" for s in STAGES}
     assert _tree_state(wd_path) == before
     assert again.results == saved
@@ -134,20 +155,23 @@ def test_tiny_study_report_matches_stage_outputs_and_rerun_does_nothing(study, o
 
 @pytest.mark.slow
 def test_added_stages_run_alone_and_match_their_files(study, one_device):
-    """Asking for more stages runs only those (and the report); the disjoint halves are recomputed from the two
-    sides' sample sets, the critical times are the mechanism files'. (The Jacobian stage is left to
-    bench/bench_study.py: its compilations would double this test's time.)"""
+    """Asking for more stages runs only those (and the report); the disjoint halves are recomputed
+    from the two sides' sample sets, the critical times are the mechanism files'. (The Jacobian
+    stage is left to bench/bench_study.py: its compilations would double this test's time.)"""
     wd_path, _ = study
     wd = Workdir(wd_path)
     more = ("disjoint", "critical_times")
-    rep = k_sweep.run(tiny_config(), wd_path, stages=STAGES + more, progress=False, log=None, **TINY_STUDY)
+    rep = k_sweep.run(
+        tiny_config(), wd_path, stages=STAGES + more, progress=False, log=None, **TINY_STUDY
+    )
     assert rep.statuses == dict({s: "skipped" for s in STAGES if s != "report"}, report="computed",
                                    **{s: "computed" for s in more})
     s2 = wd.sub_workdir(os.path.join("disjoint_sweep", "S2"))
     for name in ("4", "16"):
         a, b = wd.read_samples(name), s2.read_samples(name)
         assert np.array_equal(a["seeds"], b["seeds"])
-        assert not set(wd.spec(name).indices) & set(s2.spec(name).indices)   # disjoint training sets
+        # disjoint training sets
+        assert not set(wd.spec(name).indices) & set(s2.spec(name).indices)
         pair = disjoint.paired_corr(a["samples"], b["samples"])
         assert rep["disjoint"].rows[int(name)]["s1_vs_s2"] == pytest.approx(float(pair.mean()),
                                                                             abs=1e-6)
@@ -162,8 +186,8 @@ def test_added_stages_run_alone_and_match_their_files(study, one_device):
 
 
 def test_optional_section_plumbing_with_a_stand_in(tmp_path, monkeypatch):
-    """The machines stage calls diffmem.machines.agreement.study_section(workdir, names, **kw) and the
-    report includes its title, markdown and figure (inline in the HTML)."""
+    """The machines stage calls diffmem.machines.agreement.study_section(workdir, names, **kw) and
+    the report includes its title, markdown and figure (inline in the HTML)."""
     import matplotlib.pyplot as plt
     wd_path = str(tmp_path / "w")
     Workdir(wd_path).write_config(tiny_config())
@@ -176,14 +200,24 @@ def test_optional_section_plumbing_with_a_stand_in(tmp_path, monkeypatch):
         ax.plot([0, 1], [1, 0])
         fig.savefig(fig_path)
         plt.close(fig)
-        return dict(title="Local score machines", markdown="Agreement r2 per K:\n\n| K | r2 |\n|---|---|\n| 4 | 0.5 |",
-                    figures=[fig_path], data={"r2": {"4": 0.5}})
+        return dict(
+            title="Local score machines",
+            markdown="Agreement r2 per K:\n\n| K | r2 |\n|---|---|\n| 4 | 0.5 |",
+            figures=[fig_path],
+            data={"r2": {"4": 0.5}},
+        )
 
     fake = types.ModuleType("diffmem.machines.agreement")
     fake.study_section = study_section
     monkeypatch.setitem(sys.modules, "diffmem.machines.agreement", fake)
-    rep = k_sweep.run(tiny_config(), wd_path, stages=("machines", "report"), progress=False, log=None,
-                      section_kw={"agreement": {"patch": 3}})
+    rep = k_sweep.run(
+        tiny_config(),
+        wd_path,
+        stages=("machines", "report"),
+        progress=False,
+        log=None,
+        section_kw={"agreement": {"patch": 3}},
+    )
     assert calls == [(wd_path, ["4", "16"], {"patch": 3})]
     sec = rep["machines"]
     assert sec.title == "Local score machines" and sec.data == {"r2": {"4": 0.5}}
@@ -194,16 +228,24 @@ def test_optional_section_plumbing_with_a_stand_in(tmp_path, monkeypatch):
     with open(os.path.join(out, "report.html")) as f:
         page = f.read()
     assert "<td>0.5</td>" in page and 'src="data:image/png;base64,' in page
-    again = k_sweep.run(tiny_config(), wd_path, stages=("machines", "report"), progress=False, log=None,
-                        section_kw={"agreement": {"patch": 3}})
+    again = k_sweep.run(
+        tiny_config(),
+        wd_path,
+        stages=("machines", "report"),
+        progress=False,
+        log=None,
+        section_kw={"agreement": {"patch": 3}},
+    )
     assert again.statuses == {"machines": "skipped", "report": "skipped"} and len(calls) == 1
 
 
 def test_bad_stage_names_the_valid_ones():
     with pytest.raises(InputError, match="valid stages.*classify"):
         k_sweep.check_stages(["train", "clasify"])
-    assert k_sweep.check_stages(["report", "train"]) == ("train", "report")   # pipeline order
-    assert "machines" not in k_sweep.DEFAULT_STAGES and "training_time" not in k_sweep.DEFAULT_STAGES
+    assert k_sweep.check_stages(["report", "train"]) == ("train", "report")  # pipeline order
+    assert (
+        "machines" not in k_sweep.DEFAULT_STAGES and "training_time" not in k_sweep.DEFAULT_STAGES
+    )
 
 
 def test_missing_dataset_says_what_to_fetch(tmp_path):
@@ -218,14 +260,17 @@ def test_emm_on_the_grid_and_bootstrap_intervals():
     r = k_sweep.emm_on_grid({2: 1.0, 8: 0.95, 32: 0.5, 128: 0.1})
     assert r["k"] == 8 and r["bracket"] == [8, 32] and r["status"] == "bracketed"
     frac = (0.95 - 0.9) / (0.95 - 0.5)
-    assert r["k_crossing"] == pytest.approx(math.exp(math.log(8) + frac * (math.log(32) - math.log(8))))
+    assert r["k_crossing"] == pytest.approx(
+        math.exp(math.log(8) + frac * (math.log(32) - math.log(8)))
+    )
     assert k_sweep.emm_on_grid({2: 0.5})["k"] is None
     assert k_sweep.emm_on_grid({2: 1.0, 8: 0.99})["status"] == "above_grid"
     ci = k_sweep.bootstrap_fractions(np.zeros(50, np.int8))
     assert ci["memorized"] == [1.0, 1.0] and ci["generalized"] == [0.0, 0.0]
     labels = np.array([0] * 50 + [2] * 50, np.int8)
     lo, hi = k_sweep.bootstrap_fractions(labels)["memorized"]
-    assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.96 * 0.05, abs=0.04)   # binomial sd 0.05
+    # binomial sd 0.05
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.96 * 0.05, abs=0.04)
 
 
 def test_jacobian_models_and_quick_preset():

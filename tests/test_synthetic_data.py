@@ -1,4 +1,5 @@
-"""Kadkhodaie et al.'s data: C-alpha and disc recipes, CelebA preparation from files, disjoint S1 / S2."""
+"""Kadkhodaie et al.'s data: C-alpha and disc recipes, CelebA preparation from files, disjoint S1 /
+S2."""
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ def test_c_alpha_images_recipe():
     x = synthetic.c_alpha_images(6, size=16, alpha=2.0, seed=3)
     assert x.shape == (6, 16, 16) and x.min() >= 0 and x.max() <= 1
     np.testing.assert_array_equal(x, synthetic.c_alpha_images(6, size=16, alpha=2.0, seed=3))
-    # Blur: 2x2 mean over rows {i-1, i} x cols {j-1, j}, reflect at the top / left (row -1 is row 1).
+    # Blur: 2x2 mean over rows {i-1, i} x cols {j-1, j}, reflect at the top / left (row -1 is row
+    # 1).
     m = np.random.default_rng(0).uniform(size=(5, 5))
     brute = np.empty_like(m)
     for i in range(5):
@@ -21,7 +23,8 @@ def test_c_alpha_images_recipe():
 
 
 def test_contour_rows_are_clipped_not_wrapped():
-    # Upstream's M[0:r] with a negative r would zero all but the last |r| rows; clipped, nothing is zeroed.
+    # Upstream's M[0:r] with a negative r would zero all but the last |r| rows; clipped, nothing is
+    # zeroed.
     r = synthetic.contour_rows(np.array([-1.0, 0.0, 0.02, 1.0]), 10)
     np.testing.assert_array_equal(r, [0, 5, 5, 10])
     mask = synthetic.contour_mask(r, 10)
@@ -29,7 +32,9 @@ def test_contour_rows_are_clipped_not_wrapped():
 
 
 def test_disc_images():
-    fixed = synthetic.disc_images(2, size=32, seed=0, translate=False, scale=False, foreground=False, background=False)
+    fixed = synthetic.disc_images(
+        2, size=32, seed=0, translate=False, scale=False, foreground=False, background=False
+    )
     assert set(np.unique(fixed)) == {0.0, 1.0}
     area = fixed[0].sum()
     assert abs(area - np.pi * 8 ** 2) < 2 * np.pi * 8  # radius S // 4 = 8, centre S / 2
@@ -56,14 +61,17 @@ def test_prepare_celeba_from_tiny_files(tmp_path):
     faces[2] = faces[0]  # an exact duplicate, later in sorted order: dropped
     for name, im in zip(["b.png", "a.png", "c.png"], [faces[1], faces[0], faces[2]]):
         Image.fromarray(im).save(tmp_path / name)
-    Image.fromarray(faces[1]).save(tmp_path / "d.jpg", quality=95)  # near-duplicate of b.png (JPEG): dropped
+    # near-duplicate of b.png (JPEG): dropped
+    Image.fromarray(faces[1]).save(tmp_path / "d.jpg", quality=95)
     (tmp_path / "notes.txt").write_text("not an image")
     out = synthetic.prepare_celeba(str(tmp_path))
     assert out["files"] == ["a.png", "b.png"]
     assert out["images"].shape == (2, 80, 80) and out["images"].dtype == np.float32
     assert out["sha256"] == synthetic.file_list_sha256(["a.png", "b.png", "c.png", "d.jpg"])
     crop = faces[0][29:-29, 9:-9]
-    ref = np.asarray(Image.fromarray(crop).resize((80, 80), Image.BICUBIC), np.float64).mean(-1) / 255
+    ref = (
+        np.asarray(Image.fromarray(crop).resize((80, 80), Image.BICUBIC), np.float64).mean(-1) / 255
+    )
     np.testing.assert_allclose(out["images"][0], ref, atol=1e-6)
     with pytest.raises(FileNotFoundError, match="img_align_celeba"):
         synthetic.prepare_celeba(str(tmp_path / "missing"))

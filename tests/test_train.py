@@ -34,10 +34,11 @@ def leaves_close(a, b, rtol=1e-5, atol=1e-6):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
-# ------------------------------------------------------------------------------------------ loss oracle
+# -------------------------------------------------------------------------------------- loss oracle
 def test_dsm_loss_at_exact_score_equals_closed_form(x64):
-    """Single Gaussian N(0, c^2 I) under VE: E||s std + z||^2 per dim at the exact score is c^2/(c^2+sigma^2),
-    so the loss floor is (c^2 / smax^2) log((c^2 + smax^2) / (c^2 + smax^2 eps)) / (1 - eps)."""
+    """Single Gaussian N(0, c^2 I) under VE: E||s std + z||^2 per dim at the exact score is
+    c^2/(c^2+sigma^2), so the loss floor is (c^2 / smax^2) log((c^2 + smax^2) / (c^2 + smax^2 eps))
+    / (1 - eps)."""
     c, smax, eps = 0.7, 3.0, 1e-3
     sde = sde_lib.VESDE(sigma_max=smax, t_min=eps)
     g = toy.GaussianMixture.isotropic(jnp.zeros((1, 3)), c)
@@ -55,22 +56,30 @@ def test_training_reduces_dsm_loss_towards_mixture_floor(tmp_path, one_device):
     states = train.train(c, str(tmp_path), progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     first, last = rows[0]["loss/2000"], rows[-1]["loss/2000"]
-    floor, se = builders.gmm_from_config(c).dsm_loss_floor(jax.random.key(3), builders.build_sde(c), 20_000)
+    floor, se = builders.gmm_from_config(c).dsm_loss_floor(
+        jax.random.key(3), builders.build_sde(c), 20_000
+    )
     # Evaluate the trained (raw) network on fresh draws: it must approach the exact-score floor.
     model = builders.build_model(c, (2,))
     x0 = builders.gmm_from_config(c).sample(jax.random.key(4), 20_000)
-    trained = losses.dsm_from_key(lambda x, t: model.apply(states["2000"].params, x, t), x0, jax.random.key(5),
-                                  builders.build_sde(c)).mean()
+    trained = losses.dsm_from_key(
+        lambda x, t: model.apply(states["2000"].params, x, t),
+        x0,
+        jax.random.key(5),
+        builders.build_sde(c),
+    ).mean()
     assert last < first
     assert float(floor) <= float(trained) + 4 * float(se)
     assert float(trained) < float(floor) + 0.1, (float(trained), float(floor))
 
 
-# ----------------------------------------------------------------------------------------- equalities
+# --------------------------------------------------------------------------------------- equalities
 def test_eight_devices_equal_one_device(tmp_path):
     assert len(jax.devices()) == 8
     c = small_circle("k=9", steps=20, ckpt_every=20)
-    one = train.train(c, str(tmp_path / "one"), mesh=devices.data_mesh(jax.devices()[:1]), progress=False)
+    one = train.train(
+        c, str(tmp_path / "one"), mesh=devices.data_mesh(jax.devices()[:1]), progress=False
+    )
     eight = train.train(c, str(tmp_path / "eight"), mesh=devices.data_mesh(), progress=False)
     leaves_close(one["9"].params, eight["9"].params, rtol=1e-4, atol=1e-5)
     leaves_close(one["9"].ema_params, eight["9"].ema_params, rtol=1e-4, atol=1e-5)
@@ -82,22 +91,31 @@ def test_sweep_members_equal_solo_runs(tmp_path, one_device):
     assert set(sweep) == {"2", "9"}
     assert checkpoint.list_models(str(tmp_path / "sweep")) == ["2", "9"]
     leaves_close(sweep["9"].params, solo["9"].params)
-    seeds = train.train(small_circle("k=9", seed="3+4", steps=20), str(tmp_path / "seeds"), progress=False)
-    solo4 = train.train(small_circle("k=9", seed=4, steps=20), str(tmp_path / "solo4"), progress=False)
+    seeds = train.train(
+        small_circle("k=9", seed="3+4", steps=20), str(tmp_path / "seeds"), progress=False
+    )
+    solo4 = train.train(
+        small_circle("k=9", seed=4, steps=20), str(tmp_path / "solo4"), progress=False
+    )
     assert set(seeds) == {"9_s3", "9_s4"}
     leaves_close(seeds["9_s4"].params, solo4["9"].params, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
 def test_resume_after_repeated_sigkill_gives_identical_parameters(tmp_path):
-    """Kill the trainer with SIGKILL at three seeded random moments (one of them while orbax writes a
-    checkpoint), rerun it to the end, and compare with a run that was never interrupted: the final parameters
-    are identical bit for bit, and metrics.jsonl holds each logged step once."""
+    """Kill the trainer with SIGKILL at three seeded random moments (one of them while orbax writes
+    a checkpoint), rerun it to the end, and compare with a run that was never interrupted: the final
+    parameters are identical bit for bit, and metrics.jsonl holds each logged step once."""
     over = ["--config.model.hidden=32", "--config.model.embed=16", "--config.steps_per_call=50",
             "--config.ckpt_every=100", "--config.log_every=100"]
     total = 3000
-    cmd = [sys.executable, os.path.join(REPO, "bin/train.py"), "--config=" + os.path.join(REPO, "configs/circle.py")
-           + f":k=9,steps={total}", *over, "--progress=false"]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "bin/train.py"),
+        "--config=" + os.path.join(REPO, "configs/circle.py") + f":k=9,steps={total}",
+        *over,
+        "--progress=false",
+    ]
     env = dict(os.environ, XLA_FLAGS="")
     killed = tmp_path / "killed"
     ckpt_dir = killed / "checkpoints" / "9"
@@ -148,9 +166,11 @@ def test_resume_after_repeated_sigkill_gives_identical_parameters(tmp_path):
     assert all(np.isfinite(r["grad_norm/9"]) and r["grad_norm/9"] > 0 for r in rows)
 
 
-# -------------------------------------------------------------------------------------------- errors
+# ------------------------------------------------------------------------------------------- errors
 def test_config_errors_name_valid_keys_and_ranges():
-    with pytest.raises(configlib.ConfigError, match=r"valid keys: \['batch', 'k', 'lr', 'seed', 'steps'\]"):
+    with pytest.raises(
+        configlib.ConfigError, match=r"valid keys: \['batch', 'k', 'lr', 'seed', 'steps'\]"
+    ):
         configlib.load_config_file(os.path.join(REPO, "configs/circle.py") + ":kk=3")
     c = small_circle()
     with pytest.raises(configlib.ConfigError, match=r"optim has no field 'lrr'.*'lr'"):
@@ -161,7 +181,13 @@ def test_config_errors_name_valid_keys_and_ranges():
     with pytest.raises(configlib.ConfigError, match=r"out of range: allowed \[1e-08, 1.0\]"):
         train.train(c, "/nonexistent/never-created", progress=False)
     cfg, rest = configlib.parse_config_argv(
-        ["prog", "--config=" + os.path.join(REPO, "configs/circle.py") + ":k=2+9", "--config.optim.lr=2e-4", "--x=1"])
+        [
+            "prog",
+            "--config=" + os.path.join(REPO, "configs/circle.py") + ":k=2+9",
+            "--config.optim.lr=2e-4",
+            "--x=1",
+        ]
+    )
     assert cfg.data.k == (2, 9) and cfg.optim.lr == 2e-4 and rest == ["prog", "--x=1"]
     assert configlib.duration_to_steps("10ep", dataset_size=1000, batch_size=100) == 100
     assert configlib.duration_to_steps("200kimg", dataset_size=1000, batch_size=100) == 2000
@@ -195,7 +221,8 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, one_device):
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, one_device):
     train.train(small_circle(steps=20), str(tmp_path), progress=False)
-    os.remove(tmp_path / "subsets" / "9.npz")  # else the changed data below is refused (DatasetChangedError)
+    # else the changed data below is refused (DatasetChangedError)
+    os.remove(tmp_path / "subsets" / "9.npz")
     pool = toy.circle_pool()
     pool[:] = np.nan
     monkeypatch.setattr(builders, "load_pool", lambda config: pool)
@@ -206,17 +233,21 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, o
 
 def test_ema_warmup_follows_formula():
     steps = jnp.arange(5)
-    np.testing.assert_allclose(train.ema_decay(steps, 0.9999, True), (1 + steps) / (10 + steps), rtol=1e-6)
+    np.testing.assert_allclose(
+        train.ema_decay(steps, 0.9999, True), (1 + steps) / (10 + steps), rtol=1e-6
+    )
     assert float(train.ema_decay(jnp.asarray(10**7), 0.9999, True)) == pytest.approx(0.9999)
 
 
 def test_make_batch_rows_are_the_examples_taken():
-    """The rows make_batch reports are exactly the examples in the batch (labels are gathered with them),
-    and one epoch visits each of the K examples once."""
+    """The rows make_batch reports are exactly the examples in the batch (labels are gathered with
+    them), and one epoch visits each of the K examples once."""
     data = jnp.arange(10, dtype=jnp.float32)[:, None] * jnp.ones((1, 3))  # row i holds the value i
     seen = []
     for step in range(3):  # K = 9 of 10 rows (row 9 is padding), batch 3: one epoch
-        x0, valid, rows = batches.make_batch(data, jnp.int32(9), jnp.int32(3), jnp.int32(step), jax.random.key(0), 4)
+        x0, valid, rows = batches.make_batch(
+            data, jnp.int32(9), jnp.int32(3), jnp.int32(step), jax.random.key(0), 4
+        )
         np.testing.assert_array_equal(np.asarray(x0)[:, 0], np.asarray(rows))
         np.testing.assert_array_equal(np.asarray(valid), [1, 1, 1, 0])
         seen.extend(np.asarray(rows)[:3].tolist())
@@ -229,18 +260,22 @@ def test_epoch_permutation_is_uniform_with_padding_last(k_max):
     perms = jax.jit(jax.vmap(lambda key: batches._permutation(key, jnp.int32(k), k_max)))(
         jax.random.split(jax.random.key(1), 2000))
     perms = np.asarray(perms)
-    np.testing.assert_array_equal(np.sort(perms[:, :k], axis=1), np.broadcast_to(np.arange(k), (2000, k)))
+    np.testing.assert_array_equal(
+        np.sort(perms[:, :k], axis=1), np.broadcast_to(np.arange(k), (2000, k))
+    )
     np.testing.assert_array_equal(perms[:, k:], np.broadcast_to(np.arange(k, k_max), (2000, 2)))
-    # Where row 0 lands: uniform over the k slots (chi-square over 5 bins, 4 dof, 99.99% quantile 23.5).
+    # Where row 0 lands: uniform over the k slots (chi-square over 5 bins, 4 dof, 99.99% quantile
+    # 23.5).
     bins = np.bincount(np.argmax(perms == 0, axis=1) * 5 // k, minlength=5)
     assert ((bins - 400.0) ** 2 / 400.0).sum() < 23.5
 
 
-def test_a_lone_scanned_model_logs_the_chunk_mean_and_its_metrics_are_steps_by_members(tmp_path, monkeypatch,
-                                                                                       one_device):
-    """The scan loop of a lone toy model returns metrics (steps, 1), as every group does: metrics.jsonl holds the
-    mean over the steps since the last line (recomputed here from the per-step metrics the loop returned), not
-    the loss of a chunk's first step."""
+def test_a_lone_scanned_model_logs_the_chunk_mean_and_its_metrics_are_steps_by_members(
+    tmp_path, monkeypatch, one_device
+):
+    """The scan loop of a lone toy model returns metrics (steps, 1), as every group does:
+    metrics.jsonl holds the mean over the steps since the last line (recomputed here from the
+    per-step metrics the loop returned), not the loss of a chunk's first step."""
     chunks = []
     real = train.make_multi_step
 
@@ -258,23 +293,30 @@ def test_a_lone_scanned_model_logs_the_chunk_mean_and_its_metrics_are_steps_by_m
     c.log_every = c.ckpt_every = 20
     train.train(c, str(tmp_path), progress=False)
     logged = report.read_jsonl(os.path.join(str(tmp_path), "metrics.jsonl"))
-    assert [m["loss"].shape for m in chunks] == [(10, 1), (10, 1)]  # two chunks of steps_per_call = 10
+    # two chunks of steps_per_call = 10
+    assert [m["loss"].shape for m in chunks] == [(10, 1), (10, 1)]
     assert set(chunks[0]) == {"loss", "grad_norm", "l2_params", "l2_updates"}
     assert logged[-1]["step"] == 20
     for key in chunks[0]:
-        per_step = np.concatenate([chunks[0][key], chunks[1][key]])[:, 0]  # steps 1..20, since the last line
+        # steps 1..20, since the last line
+        per_step = np.concatenate([chunks[0][key], chunks[1][key]])[:, 0]
         assert logged[-1][f"{key}/9"] == float(np.mean(per_step))
-    assert abs(logged[-1]["loss/9"] - float(chunks[0]["loss"][0, 0])) > 1e-4  # not the first step's loss
+    # not the first step's loss
+    assert abs(logged[-1]["loss/9"] - float(chunks[0]["loss"][0, 0])) > 1e-4
 
 
 def test_nan_guard_fires_on_any_step_of_a_chunk_and_names_a_checkpoint_that_exists(tmp_path):
-    """A NaN that is not on a chunk's first step (the (steps, members) layout of one lone model), and an infinite
-    parameter norm with a finite loss, both stop training naming the step and the checkpoint on disk."""
+    """A NaN that is not on a chunk's first step (the (steps, members) layout of one lone model),
+    and an infinite parameter norm with a finite loss, both stop training naming the step and the
+    checkpoint on disk."""
     mngr = checkpoint.manager(str(tmp_path), "9")
     checkpoint.save(mngr, 10, {"w": np.ones(3, np.float32)})
     spec = types.SimpleNamespace(name="9")
     for key, value in (("loss", np.nan), ("l2_params", np.inf)):
-        metrics = {k: np.ones((10, 1), np.float32) for k in ("loss", "grad_norm", "l2_params", "l2_updates")}
+        metrics = {
+            k: np.ones((10, 1), np.float32)
+            for k in ("loss", "grad_norm", "l2_params", "l2_updates")
+        }
         metrics[key][3, 0] = value
         with pytest.raises(train.TrainingDiverged) as e:
             train._nan_guard([metrics], [[0]], [spec], [20], [10], {"9": mngr})
@@ -282,4 +324,6 @@ def test_nan_guard_fires_on_any_step_of_a_chunk_and_names_a_checkpoint_that_exis
         assert "diverged at step 24" in message and f"{key} {value}" in message
         assert f"step 10 ({os.path.join(str(mngr.directory), '10')})" in message
     with pytest.raises(train.TrainingDiverged, match="No checkpoint was saved before it"):
-        train._nan_guard([metrics], [[0]], [spec], [0], [0], {"9": checkpoint.manager(str(tmp_path), "8")})
+        train._nan_guard(
+            [metrics], [[0]], [spec], [0], [0], {"9": checkpoint.manager(str(tmp_path), "8")}
+        )

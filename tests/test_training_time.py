@@ -1,4 +1,5 @@
-"""Memorization vs training time (diffmem.studies.training_time) and the trainer's f_mem monitor (diffmem.monitor)."""
+"""Memorization vs training time (diffmem.studies.training_time) and the trainer's f_mem monitor
+(diffmem.monitor)."""
 import json
 import os
 
@@ -18,19 +19,24 @@ def tiny_circle(arg="k=2+9", **over):
     c = configlib.load_config_file(os.path.join(REPO, "configs/circle.py") + ":" + arg)
     c.model.num_layers, c.model.hidden, c.model.embed = 2, 16, 16
     c.steps, c.steps_per_call, c.log_every, c.ckpt_every = 40, 10, 20, 20
-    c.sample.num_steps = 20  # the monitor's and the study's Euler-Maruyama steps: compiles and runs fast
+    # the monitor's and the study's Euler-Maruyama steps: compiles and runs fast
+    c.sample.num_steps = 20
     for k, v in over.items():
         configlib.apply_override(c, k, str(v))
     return c
 
 
 def same_bits(a, b):
-    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return all(
+        np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
-# ------------------------------------------------------------------------------------ pure statistics
+# ---------------------------------------------------------------------------------- pure statistics
 def _curve(steps, tau, slope=0.1):
-    """f linear in log step through (tau, 0.5), clipped to [0, 1]: the log-step interpolation is exact."""
+    """f linear in log step through (tau, 0.5), clipped to [0, 1]: the log-step interpolation is
+    exact."""
     return np.clip(0.5 + slope * (np.log(steps) - np.log(tau)), 0.0, 1.0)
 
 
@@ -62,9 +68,14 @@ def test_crossing_and_fits_recover_known_answers():
 
 def test_bootstrap_is_deterministic_and_covers():
     flags = (np.random.default_rng(1).random(150) < 0.4).astype(float)
-    a, b = stats.bootstrap(flags, num=500, seed=[0, 9, 100]), stats.bootstrap(flags, num=500, seed=[0, 9, 100])
+    a, b = (
+        stats.bootstrap(flags, num=500, seed=[0, 9, 100]),
+        stats.bootstrap(flags, num=500, seed=[0, 9, 100]),
+    )
     assert (a["lo"], a["hi"], a["se"]) == (b["lo"], b["hi"], b["se"])
-    assert stats.bootstrap(flags, num=500, seed=1)["replicates"].tolist() != a["replicates"].tolist()
+    assert (
+        stats.bootstrap(flags, num=500, seed=1)["replicates"].tolist() != a["replicates"].tolist()
+    )
     assert a["lo"] <= a["mean"] <= a["hi"]
     # coverage of the true p by the 95% interval over independent data sets
     rng, p, hits, reps = np.random.default_rng(2), 0.3, 0, 300
@@ -82,13 +93,15 @@ def test_snapshot_schedule_is_log_spaced_multiples():
     assert s[0] == 100 and s[-1] == 100_000 and all(v % 100 == 0 for v in s)
     assert list(s) == sorted(set(s))
     ratios = np.diff(np.log(s))
-    np.testing.assert_allclose(ratios, np.log(10) * 3 / 10, rtol=0.1)  # 10^3 in 10 even steps in log
+    # 10^3 in 10 even steps in log
+    np.testing.assert_allclose(ratios, np.log(10) * 3 / 10, rtol=0.1)
     assert tt.snapshot_schedule(40, 12, multiple=10) == (10, 20, 30, 40)  # rounding merges repeats
     assert tt.snapshot_schedule(45, 3, multiple=10)[-1] == 40
     with pytest.raises(Exception, match="no multiple"):
         tt.snapshot_schedule(5, 3, multiple=10)
     c = tt.with_snapshots(tiny_circle(steps=1000), 4)
-    assert tuple(c.monitor.snapshots) == (10, 50, 220, 1000)  # geomspace(10, 1000, 4) in multiples of 10
+    # geomspace(10, 1000, 4) in multiples of 10
+    assert tuple(c.monitor.snapshots) == (10, 50, 220, 1000)
     bad = tiny_circle()
     bad.monitor.snapshots = (15,)
     with pytest.raises(configlib.ConfigError, match="multiples of config.steps_per_call"):
@@ -108,14 +121,17 @@ def test_nearest_two_is_exact_and_copies_are_memorized():
     assert not monitor.memorized(mid, train_set[:2]).any()
 
 
-# ------------------------------------------------------------------------------------------ end to end
+# --------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
-def test_snapshots_kept_fmem_per_snapshot_monitor_agrees_and_rerun_skips(tmp_path, one_device, monkeypatch):
-    """A tiny K = 8 + 9 sweep keeps its log-spaced snapshots (beyond keep_checkpoints = 2), the study measures
-    f_mem at each with the snapshot's own EMA weights (= the registry sampler on Workdir.model(name, step)),
-    the monitor's f_mem/<K> lines equal the study's at the same steps, a rerun recomputes nothing, and the
-    monitor changes no parameter bit."""
-    config = tt.with_snapshots(tiny_circle("k=8+9", batch_size=8), 4)  # one vmapped group: one compile
+def test_snapshots_kept_fmem_per_snapshot_monitor_agrees_and_rerun_skips(
+    tmp_path, one_device, monkeypatch
+):
+    """A tiny K = 8 + 9 sweep keeps its log-spaced snapshots (beyond keep_checkpoints = 2), the
+    study measures f_mem at each with the snapshot's own EMA weights (= the registry sampler on
+    Workdir.model(name, step)), the monitor's f_mem/<K> lines equal the study's at the same steps, a
+    rerun recomputes nothing, and the monitor changes no parameter bit."""
+    # one vmapped group: one compile
+    config = tt.with_snapshots(tiny_circle("k=8+9", batch_size=8), 4)
     config.monitor.update(every=20, num_samples=32)
     off = tiny_circle("k=8+9", batch_size=8)
     off.monitor.snapshots = config.monitor.snapshots
@@ -142,9 +158,16 @@ def test_snapshots_kept_fmem_per_snapshot_monitor_agrees_and_rerun_skips(tmp_pat
     stored = report.read_npz(w.study_output_dir("training_time", "9", "step_000000020.npz"))
     m = w.model("9", step=20)
     settings = json.loads(str(stored["settings"]))
-    run = sampling.get_sampler("em", m).build(m, num_steps=settings["num_steps"], eps=settings["eps"])
-    np.testing.assert_allclose(stored["samples"][:8], np.asarray(run(stored["seeds"][:8].astype(np.uint32))),
-                               rtol=0, atol=1e-4)  # params as arguments vs constants: float32 rounding
+    run = sampling.get_sampler("em", m).build(
+        m, num_steps=settings["num_steps"], eps=settings["eps"]
+    )
+    np.testing.assert_allclose(
+        stored["samples"][:8],
+        np.asarray(run(stored["seeds"][:8].astype(np.uint32))),
+        # params as arguments vs constants: float32 rounding
+        rtol=0,
+        atol=1e-4,
+    )
     assert float(stored["f_mem"]) == float(np.mean(stored["d1"] / stored["d2"] < 1 / 3))
 
     def no_sampling(*a, **k):
@@ -156,10 +179,13 @@ def test_snapshots_kept_fmem_per_snapshot_monitor_agrees_and_rerun_skips(tmp_pat
 
 @pytest.mark.slow
 def test_monitor_stops_at_level_and_resumes_exactly(tmp_path, one_device, monkeypatch):
-    """With a stand-in f_mem (0 before step 40, 1 from it) and level 0.9 the run stops at step 40 with a
-    checkpoint and a recorded reason; a run cut at 30 and resumed stops at the same step with the same bits; a
-    kill after the stop's checkpoint but before its record resumes to the same stop; a rerun does nothing."""
-    monkeypatch.setattr(monitor.Monitor, "f_mem", lambda self, spec, params, step: float(step >= 40))
+    """With a stand-in f_mem (0 before step 40, 1 from it) and level 0.9 the run stops at step 40
+    with a checkpoint and a recorded reason; a run cut at 30 and resumed stops at the same step with
+    the same bits; a kill after the stop's checkpoint but before its record resumes to the same
+    stop; a rerun does nothing."""
+    monkeypatch.setattr(
+        monitor.Monitor, "f_mem", lambda self, spec, params, step: float(step >= 40)
+    )
 
     def cfg(steps):
         c = tiny_circle("k=9", steps=steps, ckpt_every=10)
@@ -170,9 +196,16 @@ def test_monitor_stops_at_level_and_resumes_exactly(tmp_path, one_device, monkey
     full = train.train(cfg(100), a, progress=False)
     assert int(full["9"].step) == 40 and checkpoint.latest_step(a, "9") == 40
     stops = json.load(open(monitor.stops_path(a)))
-    assert stops["9"]["step"] == 40 and "f_mem = 1.0000 >= monitor.level = 0.9" in stops["9"]["reason"]
+    assert (
+        stops["9"]["step"] == 40 and "f_mem = 1.0000 >= monitor.level = 0.9" in stops["9"]["reason"]
+    )
     rows = report.read_jsonl(os.path.join(a, "metrics.jsonl"))
-    assert [(r["step"], r["f_mem/9"]) for r in rows if "f_mem/9" in r] == [(10, 0.0), (20, 0.0), (30, 0.0), (40, 1.0)]
+    assert [(r["step"], r["f_mem/9"]) for r in rows if "f_mem/9" in r] == [
+        (10, 0.0),
+        (20, 0.0),
+        (30, 0.0),
+        (40, 1.0),
+    ]
     assert any(r.get("monitor_stop/9") == 40 for r in rows)
 
     b = str(tmp_path / "b")
@@ -184,11 +217,15 @@ def test_monitor_stops_at_level_and_resumes_exactly(tmp_path, one_device, monkey
     again = train.train(cfg(100), b, progress=False)
     assert int(again["9"].step) == 40 and same_bits(again["9"].params, full["9"].params)
     rows = report.read_jsonl(os.path.join(b, "metrics.jsonl"))
-    assert [r["step"] for r in rows if "f_mem/9" in r] == [10, 20, 30, 40]  # each evaluation logged once
+    # each evaluation logged once
+    assert [r["step"] for r in rows if "f_mem/9" in r] == [10, 20, 30, 40]
 
     before = open(os.path.join(b, "metrics.jsonl")).read()
     train.train(cfg(100), b, progress=False)  # stopped: nothing to do
-    assert open(os.path.join(b, "metrics.jsonl")).read() == before and checkpoint.latest_step(b, "9") == 40
+    assert (
+        open(os.path.join(b, "metrics.jsonl")).read() == before
+        and checkpoint.latest_step(b, "9") == 40
+    )
 
 
 def test_monitor_config_errors_name_the_rule():

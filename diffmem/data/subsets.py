@@ -2,7 +2,8 @@
 
 Two published conventions:
   * Pham et al. / the tutorial: the first K indices of a seeded permutation of the pool.
-  * Gu et al.: class balanced, the first K / C indices of each class (after the same seeded permutation).
+  * Gu et al.: class balanced, the first K / C indices of each class (after the same seeded
+    permutation).
 Both return sorted-by-selection-order int64 index arrays, so `pool[idx]` is the subset.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ def check_k(k: int, pool_size: int, what: str = "the pool") -> None:
 
 
 def first_k_of_permutation(pool_size: int, k: int, seed: int) -> np.ndarray:
-    """Indices of the K-subset: the first `k` entries of a permutation of range(pool_size) seeded by `seed`.
+    """Indices of the K-subset: the first `k` entries of a permutation of range(pool_size) seeded by
+    `seed`.
 
     Nested in K for a fixed seed: the K = 100 subset contains the K = 10 subset.
     """
@@ -47,29 +49,35 @@ def class_balanced(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     check_k(k, labels.shape[0])
     classes = np.unique(labels)
     if k % len(classes):
-        raise InputError(f"A class-balanced K-subset needs K divisible by the {len(classes)} classes; got K = {k}.")
+        raise InputError(
+            f"A class-balanced K-subset needs K divisible by the {len(classes)} classes; got K = "
+            f"{k}."
+        )
     per_class = k // len(classes)
     perm = np.random.default_rng(seed).permutation(labels.shape[0])
     chosen = []
     for c in classes:
         members = perm[labels[perm] == c]
         if len(members) < per_class:
-            raise InputError(f"Class {c} has only {len(members)} examples; K = {k} needs {per_class} per class.")
+            raise InputError(
+                f"Class {c} has only {len(members)} examples; K = {k} needs {per_class} per class."
+            )
         chosen.append(members[:per_class])
     return np.concatenate(chosen).astype(np.int64)
 
 
 def fixed_order(pool_size: int, seed: int) -> np.ndarray:
-    """The one recorded order two disjoint sets are cut from: a permutation seeded by `seed`, or the pool's
-    own order (e.g. sorted file names) when seed < 0. (pool_size,) int64."""
+    """The one recorded order two disjoint sets are cut from: a permutation seeded by `seed`, or the
+    pool's own order (e.g. sorted file names) when seed < 0. (pool_size,) int64."""
     if seed < 0:
         return np.arange(pool_size, dtype=np.int64)
     return np.random.default_rng(seed).permutation(pool_size).astype(np.int64)
 
 
 def disjoint_set(pool_size: int, n: int, seed: int, which: str) -> np.ndarray:
-    """Kadkhodaie et al.'s disjoint training sets: S1 = the first n ("first") and S2 = the last n ("last")
-    of `fixed_order(pool_size, seed)`; n is capped by the caller at pool_size // 2 so they never overlap."""
+    """Kadkhodaie et al.'s disjoint training sets: S1 = the first n ("first") and S2 = the last n
+    ("last") of `fixed_order(pool_size, seed)`; n is capped by the caller at pool_size // 2 so they
+    never overlap."""
     if which not in ("first", "last"):
         raise InputError(f"which must be 'first' (S1) or 'last' (S2); got {which!r}.")
     check_k(n, pool_size // 2, f"half the pool ({pool_size} examples; S1 and S2 must be disjoint)")

@@ -1,14 +1,17 @@
 """Machine-vs-network agreement across a K sweep, and the K-sweep study's "machines" section.
 
-r (Kamb & Ganguli's eval_script): each output is mean-removed and scaled to unit norm, r = <a, b>, a Pearson
-correlation over the pixels of one image; the papers report the median over images (whether they square it
-is unverified, so both r and r^2 are reported). Two comparisons per K:
-  samples    the network and the machine run the same deterministic sampler from the same seeds (the same
-             starting noise): r between the two final images, per seed (the papers' comparison);
+r (Kamb & Ganguli's eval_script): each output is mean-removed and scaled to unit norm, r = <a, b>, a
+Pearson correlation over the pixels of one image; the papers report the median over images (whether
+they square it is unverified, so both r and r^2 are reported). Two comparisons per K:
+  samples    the network and the machine run the same deterministic sampler from the same seeds (the
+             same starting noise): r between the two final images, per seed (the papers'
+             comparison);
   denoisers  D_net and D_machine on the same noised images x0 + sigma n, per sigma: r per image.
-The machines' locality (patch size per sigma) is first calibrated against the network (`calibration`).
+The machines' locality (patch size per sigma) is first calibrated against the network
+(`calibration`).
 
-    study_section(workdir, names, **kw) -> dict(title, markdown, figures, data)   (diffmem.studies.k_sweep)
+    # (diffmem.studies.k_sweep)
+    study_section(workdir, names, **kw) -> dict(title, markdown, figures, data)
 """
 from __future__ import annotations
 
@@ -33,16 +36,17 @@ __all__ = ["TITLE", "TUNED", "DEFAULT_MACHINES", "sample_agreement", "denoiser_a
            "study_section", "write_report"]
 
 TITLE = "Analytic local score machines"
-TUNED = ("ls", "els", "bbels", "pspc_square", "pspc_flex")  # machines with a calibrated hyperparameter
-# Compared by default: the memorizing optimum, Kamb & Ganguli's equivariant machine and its boundary-broken
-# variant (zero-padded networks know where a patch is: on 8x8 digits bbELS follows the network at r 0.97 for
-# K = 1797 where ELS reaches 0.48), and the Gaussian (Wiener) filter.
+# machines with a calibrated hyperparameter
+TUNED = ("ls", "els", "bbels", "pspc_square", "pspc_flex")
+# Compared by default: the memorizing optimum, Kamb & Ganguli's equivariant machine and its
+# boundary-broken variant (zero-padded networks know where a patch is: on 8x8 digits bbELS follows
+# the network at r 0.97 for K = 1797 where ELS reaches 0.48), and the Gaussian (Wiener) filter.
 DEFAULT_MACHINES = ("ideal", "els", "bbels", "wiener")
 
 
 def sample_agreement(model_a, model_b, seeds, sampler: str = "edm_euler", **settings) -> np.ndarray:
-    """r per seed between the samples of two models drawn by the same sampler and settings (resolved on model_a)
-    from the same seeds."""
+    """r per seed between the samples of two models drawn by the same sampler and settings (resolved
+    on model_a) from the same seeds."""
     spec = sampling.get_sampler(sampler, model_a)
     resolved = spec.resolve(model_a, **settings)
     seeds = jnp.asarray(np.asarray(seeds, np.int64).astype(np.uint32))
@@ -52,12 +56,16 @@ def sample_agreement(model_a, model_b, seeds, sampler: str = "edm_euler", **sett
 
 
 def _jit(fn, model):
-    """jax.jit of fn with the model's compiler options (machines: 512-bit vectors on AVX-512 CPUs)."""
+    """jax.jit of fn with the model's compiler options (machines: 512-bit vectors on AVX-512
+    CPUs)."""
     return jax.jit(fn, compiler_options=getattr(model, "compiler_options", None))
 
 
-def denoiser_agreement(model_a, model_b, images, sigmas: Sequence[float], seed: int = 0) -> np.ndarray:
-    """(L, M) r between D_a and D_b on images (M, *S) noised at each sigma (noise from fold_in(key(seed), l))."""
+def denoiser_agreement(
+    model_a, model_b, images, sigmas: Sequence[float], seed: int = 0
+) -> np.ndarray:
+    """(L, M) r between D_a and D_b on images (M, *S) noised at each sigma (noise from
+    fold_in(key(seed), l))."""
     images = np.asarray(images, np.float32)
     da, db = _jit(model_a.denoiser, model_a), _jit(model_b.denoiser, model_b)
     out = []
@@ -79,10 +87,25 @@ def _median(v) -> float | None:
     return float(np.median(v)) if v.size else None
 
 
-def agreement_for(wd: wdlib.Workdir, name: str, *, machines: Sequence[str], network: str, calibrate_machine: str,
-                  candidates, sigmas, num_images: int, images: str, seeds, sampler: str, num_steps: int,
-                  chunk, seed: int) -> dict:
-    """One K: calibration of `calibrate_machine`, then sample and denoiser agreement of every machine."""
+def agreement_for(
+    wd: wdlib.Workdir,
+    name: str,
+    *,
+    machines: Sequence[str],
+    network: str,
+    calibrate_machine: str,
+    candidates,
+    sigmas,
+    num_images: int,
+    images: str,
+    seeds,
+    sampler: str,
+    num_steps: int,
+    chunk,
+    seed: int,
+) -> dict:
+    """One K: calibration of `calibrate_machine`, then sample and denoiser agreement of every
+    machine."""
     net = wd.model(name, kind=network)
     spec = wd.spec(name)
     x0 = (np.asarray(spec.data[:num_images]) if images == "train"
@@ -90,15 +113,35 @@ def agreement_for(wd: wdlib.Workdir, name: str, *, machines: Sequence[str], netw
     sig = np.asarray(calibration.default_sigmas(net) if sigmas is None else sigmas, np.float64)
     cal, schedule = {}, None
     if calibrate_machine is not None:
-        cal = calibration.calibrate(net, calibrate_machine, candidates=candidates, sigmas=sig, images=x0, seed=seed,
-                                    chunk=chunk)
+        cal = calibration.calibrate(
+            net,
+            calibrate_machine,
+            candidates=candidates,
+            sigmas=sig,
+            images=x0,
+            seed=seed,
+            chunk=chunk,
+        )
         schedule = cal.pop("schedule")
-    row = dict(k=int(spec.k), calibration=cal, schedule=None if schedule is None else schedule.to_dict(), machines={})
+    row = dict(
+        k=int(spec.k),
+        calibration=cal,
+        schedule=None if schedule is None else schedule.to_dict(),
+        machines={},
+    )
     for machine in machines:
         tuned = machine in TUNED and calibrate_machine is not None
-        own = (schedule if machine == calibrate_machine else
-               calibration.calibrate(net, machine, sigmas=sig, images=x0, seed=seed, chunk=chunk)["schedule"]
-               ) if tuned else None
+        own = (
+            (
+                schedule
+                if machine == calibrate_machine
+                else calibration.calibrate(
+                    net, machine, sigmas=sig, images=x0, seed=seed, chunk=chunk
+                )["schedule"]
+            )
+            if tuned
+            else None
+        )
         m = mm.machine_model(wd, name, machine, patch_size=own, tau=own, chunk=chunk)
         rs = sample_agreement(net, m, seeds, sampler, num_steps=num_steps)
         rd = denoiser_agreement(net, m, x0, sig, seed)
@@ -109,34 +152,61 @@ def agreement_for(wd: wdlib.Workdir, name: str, *, machines: Sequence[str], netw
     return row
 
 
-def agreement_vs_k(workdir, names: Sequence[str] | None = None, *, machines: Sequence[str] = DEFAULT_MACHINES,
-                   network: str = "trained", calibrate_machine: str = "els", candidates=None,
-                   sigmas: Sequence[float] | None = None, num_images: int = 16, images: str = "train",
-                   num_seeds: int = 16, sampler: str = "edm_euler", num_steps: int = 18, chunk: int | None = None,
-                   seed: int = 0, progress: bool = True,
-                   seeds: Sequence[int] | None = None) -> dict:
-    """Agreement of each machine with the network for each K of a workdir ({name: row}, rows as `agreement_for`),
-    saved as machines/agreement/<name>.json and reused when a rerun asks for the same settings.
+def agreement_vs_k(
+    workdir,
+    names: Sequence[str] | None = None,
+    *,
+    machines: Sequence[str] = DEFAULT_MACHINES,
+    network: str = "trained",
+    calibrate_machine: str = "els",
+    candidates=None,
+    sigmas: Sequence[float] | None = None,
+    num_images: int = 16,
+    images: str = "train",
+    num_seeds: int = 16,
+    sampler: str = "edm_euler",
+    num_steps: int = 18,
+    chunk: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    seeds: Sequence[int] | None = None,
+) -> dict:
+    """Agreement of each machine with the network for each K of a workdir ({name: row}, rows as
+    `agreement_for`), saved as machines/agreement/<name>.json and reused when a rerun asks for the
+    same settings.
 
-    network: "trained" (the checkpoint's EMA weights) or "optimal" (the empirical denoiser: how local is the
-    memorizing optimum?). calibrate_machine: the machine whose hyperparameter is calibrated first (every tuned
-    machine gets its own calibration); None: no calibration, the machines' default schedules. images: "train"
-    or "heldout" (noised images of the denoiser comparison and the calibration). seeds: the seeds of
-    the sample comparison (default 0..num_seeds-1)."""
+    network: "trained" (the checkpoint's EMA weights) or "optimal" (the empirical denoiser: how
+    local is the memorizing optimum?). calibrate_machine: the machine whose hyperparameter is
+    calibrated first (every tuned machine gets its own calibration); None: no calibration, the
+    machines' default schedules. images: "train" or "heldout" (noised images of the denoiser
+    comparison and the calibration). seeds: the seeds of the sample comparison (default
+    0..num_seeds-1)."""
     wd = workdir if isinstance(workdir, wdlib.Workdir) else wdlib.Workdir(os.fspath(workdir))
     bad = [m for m in machines if m not in mm.MACHINES]
     if bad or calibrate_machine not in TUNED + (None,):
-        raise InputError(f"Unknown machine(s) {bad or [calibrate_machine]}: machines are {list(mm.MACHINES)}, the "
-                         f"calibrated one one of {list(TUNED)}.")
+        raise InputError(
+            f"Unknown machine(s) {bad or [calibrate_machine]}: machines are {list(mm.MACHINES)}, "
+            f"the "
+            f"calibrated one one of {list(TUNED)}."
+        )
     if images not in ("train", "heldout") or network not in wdlib.KINDS:
         raise InputError(f"images must be 'train' or 'heldout' and network one of {wdlib.KINDS}.")
     names = wd.names() if names is None else [str(n) for n in names]
     seeds = np.arange(num_seeds) if seeds is None else np.asarray(seeds, np.int64).reshape(-1)
     num_seeds = len(seeds)
-    settings = dict(machines=list(machines), network=network, calibrate_machine=calibrate_machine,
-                    candidates=None if candidates is None else list(candidates),
-                    sigmas=None if sigmas is None else [float(s) for s in sigmas], num_images=num_images,
-                    images=images, num_seeds=num_seeds, sampler=sampler, num_steps=num_steps, seed=seed)
+    settings = dict(
+        machines=list(machines),
+        network=network,
+        calibrate_machine=calibrate_machine,
+        candidates=None if candidates is None else list(candidates),
+        sigmas=None if sigmas is None else [float(s) for s in sigmas],
+        num_images=num_images,
+        images=images,
+        num_seeds=num_seeds,
+        sampler=sampler,
+        num_steps=num_steps,
+        seed=seed,
+    )
     if not np.array_equal(seeds, np.arange(num_seeds)):  # 0..n-1 is recorded as num_seeds alone
         settings["seeds"] = seeds.tolist()
     rows = {}
@@ -146,10 +216,22 @@ def agreement_vs_k(workdir, names: Sequence[str] | None = None, *, machines: Seq
         if (old := report.reuse(path, recorded, overwrite=True)) is not None:
             rows[name] = old["row"]
             continue
-        row = agreement_for(wd, name, machines=machines, network=network, calibrate_machine=calibrate_machine,
-                            candidates=candidates, sigmas=sigmas, num_images=num_images, images=images,
-                            seeds=seeds, sampler=sampler, num_steps=num_steps, chunk=chunk,
-                            seed=seed)
+        row = agreement_for(
+            wd,
+            name,
+            machines=machines,
+            network=network,
+            calibrate_machine=calibrate_machine,
+            candidates=candidates,
+            sigmas=sigmas,
+            num_images=num_images,
+            images=images,
+            seeds=seeds,
+            sampler=sampler,
+            num_steps=num_steps,
+            chunk=chunk,
+            seed=seed,
+        )
         if wdlib.is_writer():
             report.write_json(path, dict(settings=recorded, row=row))
         rows[name] = row
@@ -164,7 +246,8 @@ def _step(wd, name, network) -> int:
 
 
 def figures(wd: wdlib.Workdir, rows: dict) -> list[str]:
-    """agreement_vs_k.png (median r and r^2 of the samples vs K, per machine) and calibration.png (k per sigma)."""
+    """agreement_vs_k.png (median r and r^2 of the samples vs K, per machine) and calibration.png (k
+    per sigma)."""
     import matplotlib.pyplot as plt
     names = wdlib.sort_names(rows)
     ks = [rows[n]["k"] for n in names]
@@ -172,8 +255,15 @@ def figures(wd: wdlib.Workdir, rows: dict) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, key in zip(axes, ("r", "r2")):
         for m in machines:
-            ax.plot(ks, [np.nan if rows[n]["machines"][m][key] is None else rows[n]["machines"][m][key]
-                         for n in names], marker="o", label=m)
+            ax.plot(
+                ks,
+                [
+                    np.nan if rows[n]["machines"][m][key] is None else rows[n]["machines"][m][key]
+                    for n in names
+                ],
+                marker="o",
+                label=m,
+            )
         ax.set_xscale("log"), ax.set_xlabel("training set size K"), ax.grid(alpha=0.3)
         ax.set_xticks(ks, [str(k) for k in ks]), ax.minorticks_off()
         ax.set_ylabel(f"median {'r' if key == 'r' else 'r^2'} (machine vs network samples)")
@@ -185,14 +275,20 @@ def figures(wd: wdlib.Workdir, rows: dict) -> list[str]:
     for n in names:
         s = rows[n]["schedule"]
         ax.plot(s["sigmas"], s["values"], marker="o", label=f"K = {rows[n]['k']}")
-    ax.set_xscale("log"), ax.set_xlabel("sigma"), ax.set_ylabel("calibrated patch size k"), ax.grid(alpha=0.3)
+    (
+        ax.set_xscale("log"),
+        ax.set_xlabel("sigma"),
+        ax.set_ylabel("calibrated patch size k"),
+        ax.grid(alpha=0.3),
+    )
     ax.legend(fontsize=8)
     out.append(viz.save_figure(fig, output_dir(wd, "calibration.png")))
     return out
 
 
 def study_section(workdir, names: Sequence[str] | None = None, **kw) -> dict:
-    """The K-sweep report's "machines" section: agreement_vs_k(workdir, names, **kw), figures and a table."""
+    """The K-sweep report's "machines" section: agreement_vs_k(workdir, names, **kw), figures and a
+    table."""
     wd = workdir if isinstance(workdir, wdlib.Workdir) else wdlib.Workdir(os.fspath(workdir))
     kw.setdefault("progress", False)
     rows = agreement_vs_k(wd, names, **kw)
@@ -211,22 +307,34 @@ def study_section(workdir, names: Sequence[str] | None = None, **kw) -> dict:
         table.append(r)
     columns = list(table[0])
     markdown = (
-        "Median over seeds of the per-image correlation r (and r^2) between the network's samples and each "
-        "machine's from the same seeds and the same deterministic sampler; the patch size per noise level is "
-        "calibrated per K against the network's denoiser (minimum MSE on noised images). Memorization shows as "
-        "the ideal (empirical) machine agreeing at small K; the local equivariant machine should take over as K "
+        "Median over seeds of the per-image correlation r (and r^2) between the network's samples "
+        "and each "
+        "machine's from the same seeds and the same deterministic sampler; the patch size per "
+        "noise level is "
+        "calibrated per K against the network's denoiser (minimum MSE on noised images). "
+        "Memorization shows as "
+        "the ideal (empirical) machine agreeing at small K; the local equivariant machine should "
+        "take over as K "
         "grows (Kamb & Ganguli 2025 report median r^2 0.94-0.96 on MNIST / FashionMNIST).\n\n"
-        + report.markdown_table([{c: ("-" if v is None else v) for c, v in r.items()} for r in table], columns))
+        + report.markdown_table(
+            [{c: ("-" if v is None else v) for c, v in r.items()} for r in table], columns
+        )
+    )
     return dict(title=TITLE, markdown=markdown, figures=figs,
                 data=dict(rows=rows, ks=[rows[n]["k"] for n in names], machines=machines))
 
 
 def write_report(workdir, names: Sequence[str] | None = None, **kw) -> str:
-    """`study_section` written as machines/report.md (bin/machines.py agreement); returns its path."""
+    """`study_section` written as machines/report.md (bin/machines.py agreement); returns its
+    path."""
     wd = workdir if isinstance(workdir, wdlib.Workdir) else wdlib.Workdir(os.fspath(workdir))
     section = study_section(wd, names, **kw)
     path = output_dir(wd, "report.md")
     if wdlib.is_writer():
-        report.write_markdown(path, section["title"], [("Machine vs network agreement", section["markdown"])],
-                              section["figures"])
+        report.write_markdown(
+            path,
+            section["title"],
+            [("Machine vs network agreement", section["markdown"])],
+            section["figures"],
+        )
     return path

@@ -1,10 +1,12 @@
-"""Locality calibration: per noise level, the machine hyperparameter (patch size k, or PSPC-flex's tau) whose
-machine is closest to a trained model's denoiser; and network sensitivity heatmaps for PSPC-flex.
+"""Locality calibration: per noise level, the machine hyperparameter (patch size k, or PSPC-flex's
+tau) whose machine is closest to a trained model's denoiser; and network sensitivity heatmaps for
+PSPC-flex.
 
-Kamb & Ganguli calibrate "a single time-dependent hyperparameter" on the network's own reverse trajectory with
-a cosine score criterion; here (as the brief and PSPC's MSE comparison) the criterion is the mean squared
-difference of the two denoisers D(x0 + sigma n, sigma) over noised images (training or held-out), per sigma,
-and the reported agreement is the median over images of the per-image r^2 (`pearson_r`).
+Kamb & Ganguli calibrate "a single time-dependent hyperparameter" on the network's own reverse
+trajectory with a cosine score criterion; here (as the brief and PSPC's MSE comparison) the
+criterion is the mean squared difference of the two denoisers D(x0 + sigma n, sigma) over noised
+images (training or held-out), per sigma, and the reported agreement is the median over images of
+the per-image r^2 (`pearson_r`).
 """
 from __future__ import annotations
 
@@ -39,8 +41,8 @@ def pearson_r(a, b) -> np.ndarray:
 
 
 def default_sigmas(model, num: int = 10) -> np.ndarray:
-    """`num` levels log-spaced over the model's sigma range clipped to [0.01, 20] (below, every machine is the
-    identity on its training images; above, all give the mean)."""
+    """`num` levels log-spaced over the model's sigma range clipped to [0.01, 20] (below, every
+    machine is the identity on its training images; above, all give the mean)."""
     lo, hi = max(float(model.sigma_min), 0.01), min(float(model.sigma_max), 20.0)
     return np.geomspace(lo, hi, num)
 
@@ -55,31 +57,52 @@ def default_candidates(machine: str, shape: tuple) -> tuple:
 
 
 def noised(images: np.ndarray, sigma: float, seed: int, index: int) -> np.ndarray:
-    """images + sigma n, n drawn from fold_in(key(seed), index) (the same draws for every candidate)."""
-    n = jax.random.normal(jax.random.fold_in(jax.random.key(seed), index), images.shape, jnp.float32)
+    """images + sigma n, n drawn from fold_in(key(seed), index) (the same draws for every
+    candidate)."""
+    n = jax.random.normal(
+        jax.random.fold_in(jax.random.key(seed), index), images.shape, jnp.float32
+    )
     return np.asarray(images, np.float32) + float(sigma) * np.asarray(n)
 
 
-def calibrate(model, machine: str = "els", *, candidates: Sequence | None = None, sigmas: Sequence[float] | None = None,
-              images: np.ndarray | None = None, num_images: int = 16, seed: int = 0, chunk: int | None = None,
-              heatmap: Callable | None = None, progress: bool = False) -> dict:
-    """Per sigma, the candidate minimising the MSE between `machine` (of model.train_data) and model.denoiser.
+def calibrate(
+    model,
+    machine: str = "els",
+    *,
+    candidates: Sequence | None = None,
+    sigmas: Sequence[float] | None = None,
+    images: np.ndarray | None = None,
+    num_images: int = 16,
+    seed: int = 0,
+    chunk: int | None = None,
+    heatmap: Callable | None = None,
+    progress: bool = False,
+) -> dict:
+    """Per sigma, the candidate minimising the MSE between `machine` (of model.train_data) and
+    model.denoiser.
 
     images: the clean images to noise (default: the first num_images training images of the model).
-    Returns {"schedule": Schedule (sigma -> best), "sigmas" [L], "candidates" [C], "mse" [L][C], "best" [L],
-    "r2" [L] (median over images of the per-image r^2 at the best candidate), "r" [L], "machine"}.
+    Returns {"schedule": Schedule (sigma -> best), "sigmas" [L], "candidates" [C], "mse" [L][C],
+    "best" [L], "r2" [L] (median over images of the per-image r^2 at the best candidate), "r" [L],
+    "machine"}.
     """
     if machine in ("ideal", "wiener"):
-        raise InputError(f"Machine {machine!r} has no locality hyperparameter to calibrate; choose one of "
-                         f"{[m for m in mm.MACHINES if m not in ('ideal', 'wiener')]}.")
+        raise InputError(
+            f"Machine {machine!r} has no locality hyperparameter to calibrate; choose one of "
+            f"{[m for m in mm.MACHINES if m not in ('ideal', 'wiener')]}."
+        )
     shape = tuple(model.shape)
     candidates = tuple(default_candidates(machine, shape) if candidates is None else candidates)
     sigmas = np.asarray(default_sigmas(model) if sigmas is None else sigmas, np.float64)
     x0 = np.asarray(model.train_data[:num_images] if images is None else images, np.float32)
     if len(x0) == 0 or not candidates or sigmas.size == 0:
         raise InputError("Calibration needs at least one image, one candidate and one sigma.")
-    fns = {c: mm.machine_denoiser(model.train_data, machine, patch_size=c, tau=c, heatmap=heatmap, chunk=chunk)
-           for c in candidates}
+    fns = {
+        c: mm.machine_denoiser(
+            model.train_data, machine, patch_size=c, tau=c, heatmap=heatmap, chunk=chunk
+        )
+        for c in candidates
+    }
     net = jax.jit(model.denoiser)
     mse = np.zeros((len(sigmas), len(candidates)))
     r = np.zeros((len(sigmas), len(candidates), len(x0)))
@@ -94,14 +117,22 @@ def calibrate(model, machine: str = "els", *, candidates: Sequence | None = None
     best = mse.argmin(axis=1)
     best_r = r[np.arange(len(sigmas)), best]
     values = tuple(candidates[j] for j in best)
-    return dict(machine=machine, schedule=sched.Schedule(tuple(float(s) for s in sigmas), values),
-                sigmas=sigmas.tolist(), candidates=list(candidates), mse=mse.tolist(), best=list(values),
-                r=np.median(best_r, axis=1).tolist(), r2=np.median(best_r**2, axis=1).tolist())
+    return dict(
+        machine=machine,
+        schedule=sched.Schedule(tuple(float(s) for s in sigmas), values),
+        sigmas=sigmas.tolist(),
+        candidates=list(candidates),
+        mse=mse.tolist(),
+        best=list(values),
+        r=np.median(best_r, axis=1).tolist(),
+        r2=np.median(best_r**2, axis=1).tolist(),
+    )
 
 
 def network_heatmap(model, sigmas: Sequence[float], images: np.ndarray, seed: int = 0) -> Callable:
-    """heat(sigma (B,)) -> (B, HW, HW): E |dD(x)_out / dx_in| of model's denoiser over images noised at each of
-    `sigmas` (summed over channels; nearest level in log sigma), PSPC-flex's sensitivity heatmaps."""
+    """heat(sigma (B,)) -> (B, HW, HW): E |dD(x)_out / dx_in| of model's denoiser over images noised
+    at each of `sigmas` (summed over channels; nearest level in log sigma), PSPC-flex's sensitivity
+    heatmaps."""
     images = np.asarray(images, np.float32)
     sigmas = sorted(float(s) for s in sigmas)
     _, h, w, c = (1,) + tuple(model.shape) if images.ndim == 3 else images.shape
@@ -126,12 +157,23 @@ def network_heatmap(model, sigmas: Sequence[float], images: np.ndarray, seed: in
     return heat
 
 
-def calibrate_workdir(workdir, names: Sequence[str] | None = None, machine: str = "els", *, network: str = "trained",
-                      candidates: Sequence | None = None, sigmas: Sequence[float] | None = None, num_images: int = 16,
-                      seed: int = 0, chunk: int | None = None, progress: bool = True) -> dict:
-    """`calibrate` for each model of a workdir against its network ("trained") or the empirical optimum
-    ("optimal"); writes machines/calibration/<name>_<machine>.json (schedule, per-sigma MSE and r^2) and returns
-    {name: result}. The schedule JSON is what `machine_model(..., patch_size=Schedule.from_dict(...))` takes."""
+def calibrate_workdir(
+    workdir,
+    names: Sequence[str] | None = None,
+    machine: str = "els",
+    *,
+    network: str = "trained",
+    candidates: Sequence | None = None,
+    sigmas: Sequence[float] | None = None,
+    num_images: int = 16,
+    seed: int = 0,
+    chunk: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """`calibrate` for each model of a workdir against its network ("trained") or the empirical
+    optimum ("optimal"); writes machines/calibration/<name>_<machine>.json (schedule, per-sigma MSE
+    and r^2) and returns {name: result}. The schedule JSON is what `machine_model(...,
+    patch_size=Schedule.from_dict(...))` takes."""
     wd = workdir if isinstance(workdir, wdlib.Workdir) else wdlib.Workdir(os.fspath(workdir))
     out = {}
     for name in wdlib.sort_names(wd.names() if names is None else [str(n) for n in names]):

@@ -1,28 +1,36 @@
-"""Analytic denoisers of a training set on the one patch kernel: ideal (IS), local (LS), equivariant local
-(ELS), boundary-broken ELS (Kamb & Ganguli 2025) and the patch-set posterior composites PSPC-square and
-PSPC-flex (Niedoba et al. 2025).
+"""Analytic denoisers of a training set on the one patch kernel: ideal (IS), local (LS), equivariant
+local (ELS), boundary-broken ELS (Kamb & Ganguli 2025) and the patch-set posterior composites
+PSPC-square and PSPC-flex (Niedoba et al. 2025).
 
-Every machine is a denoiser D(x (B, H, W, C), sigma (B,)) -> (B, H, W, C) in diffmem's VE view, x = x0 + sigma n.
-The papers' processes x_t = a_t x0 + b_t eps are the same with x = x_t / a_t and sigma = b_t / a_t: their weights
-exp(-||P(x_t) - a_t P(y)||^2 / (2 b_t^2)) are exp(-||P(x) - P(y)||^2 / (2 sigma^2)), and their score s gives
-D = (x_t + b_t^2 s) / a_t. Below, y_n are the training images, P(.)_hw the k x k patch centred at pixel (h, w)
-(k odd), r = k // 2, and every weight is a softmax over the references of one query pixel:
+Every machine is a denoiser D(x (B, H, W, C), sigma (B,)) -> (B, H, W, C) in diffmem's VE view, x =
+x0 + sigma n. The papers' processes x_t = a_t x0 + b_t eps are the same with x = x_t / a_t and sigma
+= b_t / a_t: their weights exp(-||P(x_t) - a_t P(y)||^2 / (2 b_t^2)) are exp(-||P(x) - P(y)||^2 / (2
+sigma^2)), and their score s gives D = (x_t + b_t^2 s) / a_t. Below, y_n are the training images,
+P(.)_hw the k x k patch centred at pixel (h, w) (k odd), r = k // 2, and every weight is a softmax
+over the references of one query pixel:
 
-  ideal   w_n  ~ exp(-||x - y_n||^2 / 2 s^2)                 D_hw = sum_n w_n y_n[h, w]    (= energy.empirical_denoiser)
-  ls      w_n  ~ exp(-||P(x)_hw - P(y_n)_hw||^2 / 2 s^2)      D_hw = sum_n w_n y_n[h, w]    (zero padding)
+  ideal   w_n  ~ exp(-||x - y_n||^2 / 2 s^2)                 D_hw = sum_n w_n y_n[h, w]
+          (= energy.empirical_denoiser)
+  ls      w_n  ~ exp(-||P(x)_hw - P(y_n)_hw||^2 / 2 s^2)      D_hw = sum_n w_n y_n[h, w]
+          (zero padding)
   els     w_p  ~ exp(-||P(x)_hw - p||^2 / 2 s^2)              D_hw = sum_p w_p p_centre
           over every patch p fully inside every training image; x padded circularly
-  bbels   as els for pixels >= r from every edge; a pixel within r of an edge is compared only with the
-          (zero-padded) training patches of the same border class: same offset from that edge, any interior
-          position along it; corners: the same position only. k >= H or W: ls (as upstream).
+  bbels   as els for pixels >= r from every edge; a pixel within r of an edge is compared only with
+          the (zero-padded) training patches of the same border class: same offset from that edge,
+          any interior position along it; corners: the same position only. k >= H or W: ls (as
+          upstream).
   pspc_square  for each k x k window C inside the image (no padding): m_C = sum_n w_n y_n[C],
-          w_n ~ exp(-||x_C - y_n[C]||^2 / 2 s^2); D = (sum_C uncrop(m_C)) / (number of windows covering a pixel)
-  pspc_flex    the same with one mask C_hw per output pixel: the smallest pixel set holding >= tau of the
-          pixel's normalised sensitivity heatmap (ascending sort; keep pixels whose cumulative mass >= 1 - tau),
-          always holding the pixel itself (else an uncovered pixel would have no output).
+          w_n ~ exp(-||x_C - y_n[C]||^2 / 2 s^2); D = (sum_C uncrop(m_C)) / (number of windows
+          covering a pixel)
+  pspc_flex    the same with one mask C_hw per output pixel: the smallest pixel set holding >= tau
+               of the
+          pixel's normalised sensitivity heatmap (ascending sort; keep pixels whose cumulative mass
+          >= 1 - tau), always holding the pixel itself (else an uncovered pixel would have no
+          output).
 
-Cost per query image: ideal N HWC; ls N HW k^2 C; els N (H-k+1)(W-k+1) HW k^2 C (the GEMM the bench measures).
-`chunk` is the number of training images per streamed chunk (None: about DEFAULT_LOGITS logits per chunk).
+Cost per query image: ideal N HWC; ls N HW k^2 C; els N (H-k+1)(W-k+1) HW k^2 C (the GEMM the bench
+measures). `chunk` is the number of training images per streamed chunk (None: about DEFAULT_LOGITS
+logits per chunk).
 """
 from __future__ import annotations
 
@@ -47,7 +55,8 @@ def _inv_var(sigma: jax.Array, dtype) -> jax.Array:
 
 
 def _images(train: jax.Array, rows: int, refs_per_image: int, chunk: int | None, depth: int = 0):
-    """Scan items: (images (num, n, H, W, C), valid (num, n)) with n images per chunk (`images_per_chunk`)."""
+    """Scan items: (images (num, n, H, W, C), valid (num, n)) with n images per chunk
+    (`images_per_chunk`)."""
     return pk.chunked(train, pk.images_per_chunk(rows, refs_per_image, chunk, depth))
 
 
@@ -60,13 +69,16 @@ def _tags(valid: jax.Array, per_image: int = 1, tag=0) -> jax.Array:
 def _check_odd(k: int, where: str) -> int:
     k = int(k)
     if k < 1 or k % 2 == 0:
-        raise InputError(f"{where}: the patch size must be an odd integer >= 1 (a centred patch); got {k}.")
+        raise InputError(
+            f"{where}: the patch size must be an odd integer >= 1 (a centred patch); got {k}."
+        )
     return k
 
 
 # ------------------------------------------------------------------------------------------- ideal
 def ideal(train: jax.Array, x: jax.Array, sigma: jax.Array, chunk: int | None = None) -> jax.Array:
-    """The ideal (empirical optimal) denoiser: one query per example, the whole image as the patch."""
+    """The ideal (empirical optimal) denoiser: one query per example, the whole image as the
+    patch."""
     b = x.shape[0]
     q = x.reshape(1, b, -1)
     flat = jnp.reshape(train, (train.shape[0], -1))
@@ -80,17 +92,21 @@ def ideal(train: jax.Array, x: jax.Array, sigma: jax.Array, chunk: int | None = 
 
 
 # ------------------------------------------------------------------------------------------- LS
-def local(train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, chunk: int | None = None) -> jax.Array:
+def local(
+    train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, chunk: int | None = None
+) -> jax.Array:
     """LS: each pixel's patch against the training patches at the same location (zero padding)."""
     k = _check_odd(k, "ls")
     b, h, w, c = x.shape
-    q = pk.centred_patches(x, k, "zeros").reshape(b, h * w, -1).transpose(1, 0, 2)       # (HW, B, D)
+    # (HW, B, D)
+    q = pk.centred_patches(x, k, "zeros").reshape(b, h * w, -1).transpose(1, 0, 2)
     items = _images(train, b * h * w, 1, chunk)
 
     def chunk_fn(item):
         y, valid = item
         n = y.shape[0]
-        refs = pk.centred_patches(y, k, "zeros").reshape(n, h * w, -1).transpose(1, 0, 2)  # (HW, n, D)
+        # (HW, n, D)
+        refs = pk.centred_patches(y, k, "zeros").reshape(n, h * w, -1).transpose(1, 0, 2)
         return refs, y.reshape(n, h * w, c).transpose(1, 0, 2), _tags(valid)
     _, mean = pk.stream_patch_lse(q, _inv_var(sigma, x.dtype)[None], chunk_fn, items)
     return mean.transpose(1, 0, 2).reshape(x.shape)
@@ -98,7 +114,8 @@ def local(train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, chunk: int |
 
 # ------------------------------------------------------------------------------------------- ELS
 def _valid_patch_chunks(train, k, rows, chunk):
-    """Items and chunk function for every patch fully inside every training image (values: the centre pixel)."""
+    """Items and chunk function for every patch fully inside every training image (values: the
+    centre pixel)."""
     _, h, w, c = train.shape
     r = k // 2
     per = (h - k + 1) * (w - k + 1)
@@ -112,13 +129,17 @@ def _valid_patch_chunks(train, k, rows, chunk):
     return items, chunk_fn
 
 
-def equivariant(train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, chunk: int | None = None) -> jax.Array:
+def equivariant(
+    train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, chunk: int | None = None
+) -> jax.Array:
     """ELS: each pixel's circularly padded patch against every patch of every training image."""
     k = _check_odd(k, "els")
     b, h, w, c = x.shape
     if k > min(h, w):
-        raise InputError(f"els: the patch size {k} exceeds the image ({h} x {w}); no training patch fits. Use "
-                         f"k <= {min(h, w)}, or bbels / ls, which fall back to the same-location comparison.")
+        raise InputError(
+            f"els: the patch size {k} exceeds the image ({h} x {w}); no training patch fits. Use "
+            f"k <= {min(h, w)}, or bbels / ls, which fall back to the same-location comparison."
+        )
     q = pk.centred_patches(x, k, "circular").reshape(1, b * h * w, -1)
     items, chunk_fn = _valid_patch_chunks(train, k, b * h * w, chunk)
     inv = jnp.repeat(_inv_var(sigma, x.dtype), h * w)[None]
@@ -127,8 +148,8 @@ def equivariant(train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, chunk:
 
 
 def border_classes(h: int, w: int, k: int) -> np.ndarray:
-    """(H, W) int class of each pixel for boundary-broken ELS: row class (offset from the top edge 0..r-1,
-    interior r, offset from the bottom edge r+1..2r) times (2r+1) plus the column class."""
+    """(H, W) int class of each pixel for boundary-broken ELS: row class (offset from the top edge
+    0..r-1, interior r, offset from the bottom edge r+1..2r) times (2r+1) plus the column class."""
     r = k // 2
 
     def axis(n):
@@ -137,9 +158,11 @@ def border_classes(h: int, w: int, k: int) -> np.ndarray:
     return axis(h)[:, None] * (2 * r + 1) + axis(w)[None, :]
 
 
-def boundary_broken(train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, chunk: int | None = None) -> jax.Array:
-    """bbELS: interior pixels as ELS (no padding needed), border pixels against the zero-padded training patches
-    of their own border class."""
+def boundary_broken(
+    train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, chunk: int | None = None
+) -> jax.Array:
+    """bbELS: interior pixels as ELS (no padding needed), border pixels against the zero-padded
+    training patches of their own border class."""
     k = _check_odd(k, "bbels")
     b, h, w, c = x.shape
     if k >= min(h, w):
@@ -152,10 +175,12 @@ def boundary_broken(train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, ch
     qi = pk.patches(x, k, k)
     ih, iw = qi.shape[1:3]
     items, chunk_fn = _valid_patch_chunks(train, k, b * ih * iw, chunk)
-    _, inner = pk.stream_patch_lse(qi.reshape(1, b * ih * iw, -1), jnp.repeat(inv, ih * iw)[None], chunk_fn, items)
-    # border: each border pixel's zero-padded patch against the training patches at the positions of its own
-    # border class (one group per border pixel, its class's positions padded to the largest class): only the
-    # pairs that count are computed, not every border pair masked to its class
+    _, inner = pk.stream_patch_lse(
+        qi.reshape(1, b * ih * iw, -1), jnp.repeat(inv, ih * iw)[None], chunk_fn, items
+    )
+    # border: each border pixel's zero-padded patch against the training patches at the positions of
+    # its own border class (one group per border pixel, its class's positions padded to the largest
+    # class): only the pairs that count are computed, not every border pair masked to its class
     cls = border_classes(h, w, k).reshape(-1)
     where = np.flatnonzero(cls != r * (2 * r + 1) + r)
     nb = where.size
@@ -165,19 +190,22 @@ def boundary_broken(train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, ch
     real = np.zeros((nb, most), bool)
     for i, m in enumerate(members):
         idx[i, :len(m)], real[i, :len(m)] = m, True
-    qb = pk.centred_patches(x, k, "zeros").reshape(b, h * w, -1)[:, where].transpose(1, 0, 2)   # (nb, B, D)
+    # (nb, B, D)
+    qb = pk.centred_patches(x, k, "zeros").reshape(b, h * w, -1)[:, where].transpose(1, 0, 2)
     items_b = _images(train, b * nb, most, chunk)
 
     def border_chunk(item):
         y, valid = item
         n = y.shape[0]
-        group = lambda a: a[:, idx].transpose(1, 0, 2, 3).reshape(nb, n * most, a.shape[-1])  # (nb, n * most, .)
+        # (nb, n * most, .)
+        group = lambda a: a[:, idx].transpose(1, 0, 2, 3).reshape(nb, n * most, a.shape[-1])
         refs = group(pk.centred_patches(y, k, "zeros").reshape(n, h * w, -1))
         vals = group(y.reshape(n, h * w, c))
         tags = jnp.where(valid[None, :, None] & real[:, None, :], 0, -1).reshape(nb, n * most)
         return refs, vals, tags
     _, edge = pk.stream_patch_lse(qb, inv[None], border_chunk, items_b)
-    edge = edge.transpose(1, 0, 2)                                                             # (B, nb, C)
+    # (B, nb, C)
+    edge = edge.transpose(1, 0, 2)
     out = jnp.zeros((b, h, w, c), x.dtype)
     out = out.at[:, r:h - r, r:w - r, :].set(inner.reshape(b, ih, iw, c))
     out = out.reshape(b, h * w, c).at[:, where].set(edge.reshape(b, nb, c))
@@ -185,9 +213,12 @@ def boundary_broken(train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, ch
 
 
 # ------------------------------------------------------------------------------------------- PSPC
-def pspc_square(train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, chunk: int | None = None) -> jax.Array:
-    """PSPC-square: posterior means of every k x k window inside the image (k clipped to the image: a k at least
-    the image size is the whole image, i.e. the ideal denoiser), averaged over the windows covering a pixel."""
+def pspc_square(
+    train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, chunk: int | None = None
+) -> jax.Array:
+    """PSPC-square: posterior means of every k x k window inside the image (k clipped to the image:
+    a k at least the image size is the whole image, i.e. the ideal denoiser), averaged over the
+    windows covering a pixel."""
     b, h, w, c = x.shape
     kh, kw = min(int(k), h), min(int(k), w)
     if kh < 1:
@@ -195,7 +226,8 @@ def pspc_square(train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, chunk:
     q = pk.patches(x, kh, kw)
     oh, ow = q.shape[1:3]
     g = oh * ow
-    q = q.reshape(b, g, -1).transpose(1, 0, 2)                                             # (G, B, D)
+    # (G, B, D)
+    q = q.reshape(b, g, -1).transpose(1, 0, 2)
     items = _images(train, b * g, 1, chunk)
 
     def chunk_fn(item):
@@ -210,8 +242,9 @@ def pspc_square(train: jax.Array, x: jax.Array, sigma: jax.Array, k: int, chunk:
 
 
 def flex_masks(heat: jax.Array, tau: float) -> jax.Array:
-    """Boolean masks (..., P, P) from row-normalised heatmaps (..., P, P): row i keeps the pixels whose ascending
-    cumulative mass is >= 1 - tau (the smallest set holding >= tau), and always pixel i itself."""
+    """Boolean masks (..., P, P) from row-normalised heatmaps (..., P, P): row i keeps the pixels
+    whose ascending cumulative mass is >= 1 - tau (the smallest set holding >= tau), and always
+    pixel i itself."""
     heat = heat / jnp.maximum(jnp.sum(heat, axis=-1, keepdims=True), 1e-30)
     order = jnp.argsort(heat, axis=-1)
     sorted_mass = jnp.cumsum(jnp.take_along_axis(heat, order, axis=-1), axis=-1)
@@ -222,12 +255,15 @@ def flex_masks(heat: jax.Array, tau: float) -> jax.Array:
 
 def pspc_flex(train: jax.Array, x: jax.Array, sigma: jax.Array, tau: float, heatmap: Callable,
               chunk: int | None = None) -> jax.Array:
-    """PSPC-flex: one masked posterior mean per output pixel; heatmap(sigma (B,)) -> (B, HW, HW) sensitivities
-    (row: output pixel, column: input pixel; see `wiener.wiener_heatmap`, `calibration.network_heatmap`)."""
+    """PSPC-flex: one masked posterior mean per output pixel; heatmap(sigma (B,)) -> (B, HW, HW)
+    sensitivities (row: output pixel, column: input pixel; see `wiener.wiener_heatmap`,
+    `calibration.network_heatmap`)."""
     b, h, w, c = x.shape
     p = h * w
-    masks = flex_masks(heatmap(sigma), tau).astype(x.dtype)                               # (B, P, P)
-    weights = jnp.repeat(masks, c, axis=-1).transpose(1, 0, 2)                            # (P, B, P C)
+    # (B, P, P)
+    masks = flex_masks(heatmap(sigma), tau).astype(x.dtype)
+    # (P, B, P C)
+    weights = jnp.repeat(masks, c, axis=-1).transpose(1, 0, 2)
     q = jnp.broadcast_to(x.reshape(1, b, p * c), (p, b, p * c))
     flat = jnp.reshape(train, (train.shape[0], -1))
     items = _images(flat, b * p, 1, chunk)
@@ -235,6 +271,9 @@ def pspc_flex(train: jax.Array, x: jax.Array, sigma: jax.Array, tau: float, heat
     def chunk_fn(item):
         y, valid = item
         return y[None], y[None], _tags(valid)
-    _, means = pk.stream_patch_lse(q, _inv_var(sigma, x.dtype)[None], chunk_fn, items, weights=weights)
+
+    _, means = pk.stream_patch_lse(
+        q, _inv_var(sigma, x.dtype)[None], chunk_fn, items, weights=weights
+    )
     total = jnp.sum(means * weights, axis=0)                                              # (B, P C)
     return (total / jnp.sum(weights, axis=0)).reshape(x.shape)

@@ -1,13 +1,15 @@
 """The Wiener (Gaussian, linear) filter of a training set, and its sensitivity heatmaps.
 
-With mu and Sigma the mean and covariance of the training set (the empirical distribution's: 1/N, so this is
-the best *linear* denoiser of exactly the data the other machines see), Sigma = U diag(S) U^T:
+With mu and Sigma the mean and covariance of the training set (the empirical distribution's: 1/N, so
+this is the best *linear* denoiser of exactly the data the other machines see), Sigma = U diag(S)
+U^T:
 
-    D(x; sigma) = mu + Sigma (Sigma + sigma^2 I)^-1 (x - mu) = mu + U diag(S / (S + sigma^2)) U^T (x - mu)
+    D(x; sigma) = mu + Sigma (Sigma + sigma^2 I)^-1 (x - mu) = mu + U diag(S / (S + sigma^2)) U^T (x
+    - mu)
 
-the posterior mean when the data are Gaussian N(mu, Sigma) (Niedoba et al.'s GaussianDenoiser, the linear
-optimum of Lukoianov et al. 2025). Its rows W_sigma[i] are a training- and network-free sensitivity map of
-output pixel i (`wiener_heatmap`), usable as PSPC-flex heatmaps.
+the posterior mean when the data are Gaussian N(mu, Sigma) (Niedoba et al.'s GaussianDenoiser, the
+linear optimum of Lukoianov et al. 2025). Its rows W_sigma[i] are a training- and network-free
+sensitivity map of output pixel i (`wiener_heatmap`), usable as PSPC-flex heatmaps.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ __all__ = ["Gaussian", "moments", "gaussian", "wiener_from_moments", "wiener_den
 
 
 class Gaussian(NamedTuple):
-    """mean (D,), eigenvalues S (D,) >= 0 and eigenvectors U (D, D) of the covariance, float64 numpy."""
+    """mean (D,), eigenvalues S (D,) >= 0 and eigenvectors U (D, D) of the covariance, float64
+    numpy."""
     mean: np.ndarray
     eigvals: np.ndarray
     eigvecs: np.ndarray
@@ -44,20 +47,24 @@ def gaussian(mean: np.ndarray, cov: np.ndarray) -> Gaussian:
     mean = np.asarray(mean, np.float64).reshape(-1)
     cov = np.asarray(cov, np.float64)
     if cov.shape != (mean.size, mean.size):
-        raise InputError(f"The covariance must be {mean.size} x {mean.size} (the mean's size); got {cov.shape}.")
+        raise InputError(
+            f"The covariance must be {mean.size} x {mean.size} (the mean's size); got {cov.shape}."
+        )
     s, u = np.linalg.eigh(0.5 * (cov + cov.T))
     return Gaussian(mean, np.maximum(s, 0.0), u)
 
 
 def wiener_from_moments(mean: np.ndarray, cov: np.ndarray):
-    """D(x (B, *S), sigma (B,)) = mu + Sigma (Sigma + sigma^2 I)^-1 (x - mu) for a given mean and covariance."""
+    """D(x (B, *S), sigma (B,)) = mu + Sigma (Sigma + sigma^2 I)^-1 (x - mu) for a given mean and
+    covariance."""
     g = gaussian(mean, cov)
 
     def denoiser(x, sigma):
         dtype = x.dtype
         mu, s, u = (jnp.asarray(a, dtype) for a in g)
         sigma = jnp.broadcast_to(jnp.asarray(sigma, dtype).reshape(-1), x.shape[:1])
-        z = (x.reshape(x.shape[0], -1) - mu) @ u                                  # coordinates in the eigenbasis
+        # coordinates in the eigenbasis
+        z = (x.reshape(x.shape[0], -1) - mu) @ u
         shrink = s[None, :] / (s[None, :] + sigma[:, None] ** 2)
         return (mu + (z * shrink) @ u.T).reshape(x.shape)
     return denoiser
@@ -76,8 +83,9 @@ def wiener_gain(g: Gaussian, sigma: jax.Array, dtype=jnp.float32) -> jax.Array:
 
 
 def wiener_heatmap(train: np.ndarray):
-    """heat(sigma (B,)) -> (B, P, P): |W_sigma| summed over channels (row: output pixel, column: input pixel) for
-    images (N, H, W, C), P = H W; the training-free sensitivity map PSPC-flex can threshold."""
+    """heat(sigma (B,)) -> (B, P, P): |W_sigma| summed over channels (row: output pixel, column:
+    input pixel) for images (N, H, W, C), P = H W; the training-free sensitivity map PSPC-flex can
+    threshold."""
     train = np.asarray(train)
     if train.ndim != 4:
         raise InputError(f"Heatmaps need images (N, H, W, C); got shape {train.shape}.")

