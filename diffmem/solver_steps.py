@@ -34,10 +34,11 @@ def ddim_step(denoiser: Denoiser, x: jax.Array, a, a_next, *, sigma=0.0,
     to [-1, 1] when clip_x0); x_next = sqrt(a_next) x0 + sqrt(max(1 - a_next - sigma^2, 0)) eps.
     sigma: the step's noise scale (eta > 0; the caller adds sigma z), 0 for deterministic DDIM.
     """
-    sqrt_a = _per_example(jnp.sqrt(a), x)
-    noise_level = jnp.broadcast_to(jnp.sqrt((1 - a) / a), x.shape[:1]).astype(x.dtype)
-    x0 = denoiser(x / sqrt_a, noise_level)
-    eps = (x - sqrt_a * x0) / _per_example(jnp.sqrt(1 - a), x)
+    # sqrt(a) twice, not one shared value: XLA then fuses the network's input as the samplers always
+    # had it, and their samples stay bit for bit the same.
+    noise_level = jnp.full(x.shape[:1], jnp.sqrt((1 - a) / a), x.dtype)
+    x0 = denoiser(x / _per_example(jnp.sqrt(a), x), noise_level)
+    eps = (x - _per_example(jnp.sqrt(a), x) * x0) / _per_example(jnp.sqrt(1 - a), x)
     x0 = jnp.clip(x0, -1, 1) if clip_x0 else x0
     x_next = (_per_example(jnp.sqrt(a_next), x) * x0
               + _per_example(jnp.sqrt(jnp.maximum(1 - a_next - sigma**2, 0.0)), x) * eps)
