@@ -186,7 +186,7 @@ def test_bin_flags_mean_one_thing():
         if not f.endswith(".py"):
             continue
         with open(os.path.join(folder, f)) as fh:
-            text = fh.read()
+            text = re.sub(r"\(\s+", "(", re.sub(r"\s+", " ", fh.read()))   # calls on one line
         assert 'DEFINE_enum("model"' not in text, f"{f}: the kind flag is --kind"
         steps = re.search(r'DEFINE_\w+\("steps",[^"]*"([^"]*)"', text)
         assert steps is None or "raining steps" in steps.group(1), f"{f}: --steps is training steps"

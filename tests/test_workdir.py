@@ -250,7 +250,7 @@ def test_overlaps_conflicts_and_corrupt_shards(tmp_path):
     np.testing.assert_array_equal(both["seeds"], np.arange(6))
     np.testing.assert_array_equal(both["samples"][:4], first["samples"])
     # Other settings: refused (never mixed), replaced with overwrite.
-    with pytest.raises(FileExistsError, match=r"num_steps 3 vs 4.*--overwrite"):
+    with pytest.raises(FileExistsError, match=r"num_steps: 3 -> 4.*--overwrite"):
         generate.sample_workdir(
             w, np.arange(4, 8), config=config, mesh=mesh, **dict(KW, num_steps=4)
         )
@@ -258,7 +258,7 @@ def test_overlaps_conflicts_and_corrupt_shards(tmp_path):
     write_shard(
         extra, np.zeros((1, 8, 8, 1)), np.arange(8, 9), dict(first["settings"], num_steps=9)
     )
-    with pytest.raises(InputError, match=r"different settings \(num_steps 9 vs 3\)"):
+    with pytest.raises(InputError, match=r"different settings \(num_steps: 3 -> 9\)"):
         wd.read_samples("16", "optimal")
     # A truncated shard names itself and what to do; --overwrite replaces what cannot be read.
     with open(extra, "wb") as f:
