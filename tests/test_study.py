@@ -82,7 +82,7 @@ def test_tiny_study_report_matches_stage_outputs_and_rerun_does_nothing(study, o
     out = os.path.join(wd_path, "study")
     with open(os.path.join(out, "report.json")) as f:
         raw = json.load(f)
-    assert set(raw) == {"train", "sample", "classify", "phase_times", "report"}
+    assert set(raw) == {"train", "sample", "classify", "phase_times", "report", "claims"}
     saved = k_sweep.load_report(os.path.join(out, "report.json"))   # the schema: k_sweep_results
     assert saved == rep.results and saved["report"].to_json() == raw["report"]
     setup, cls, pt = saved["report"], saved["classify"], saved["phase_times"]
@@ -132,7 +132,13 @@ def test_tiny_study_report_matches_stage_outputs_and_rerun_does_nothing(study, o
     assert len(srcs) == 1 + 2 and "href=" not in page   # the K panels, one sample panel per K
     with open(os.path.join(out, "report.md")) as f:
         md = f.read()
-    assert "Gu ratio" in md
+    assert "Gu ratio" in md and "## Published claims" in md
+    # Claims of stages that did not run are "not measured", saying which stage is missing.
+    claims = saved["claims"]
+    assert claims.ks == (4, 16) and not claims.quick
+    assert claims["zhang_rp_seeds"].verdict == "not measured"
+    assert "reproducibility stage did not run" in claims["zhang_rp_seeds"].reason
+    assert claims["gu_optimal"].verdict in ("holds", "does not hold")
     # Tables run in increasing K (report.json's keys come back in string order: "16" < "4").
     for title in ("Memorized, spurious", "Speciation and collapse"):
         section = md.split("## " + title)[1].split("\n## ")[0]

@@ -1,5 +1,6 @@
-"""The K-sweep study's report stage: report.json ({stage: result.to_json()}, `k_sweep_results`), and
-the same numbers as report.md and a self-contained report.html (diffmem.report renders both)."""
+"""The K-sweep study's report stage: report.json ({stage: result.to_json()}, `k_sweep_results`, and
+"claims": the published claims checked on them, `k_sweep_claims`), and the same numbers as report.md
+and a self-contained report.html (diffmem.report renders both)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +11,7 @@ from typing import Mapping
 import numpy as np
 
 from diffmem import report
-from diffmem.studies import k_sweep_figures, k_sweep_results as res
+from diffmem.studies import k_sweep_claims, k_sweep_figures, k_sweep_results as res
 from diffmem.studies.k_sweep_results import CLASSES
 from diffmem.studies.k_sweep_stages import Context, config_json, sampler_of
 from diffmem.studies.pipeline import stable_hash
@@ -52,6 +53,7 @@ def write_report(ctx: Context, stages, statuses: dict) -> tuple[dict[str, res.Re
     figures = k_sweep_figures.draw_figures(ctx.path("figures"), results, setup.ks, setup.config)
     setup = dataclasses.replace(setup, figures={n: ctx.wd.relative(p) for n, p in figures.items()})
     results["report"] = setup
+    results["claims"] = k_sweep_claims.claims(results, setup.ks, ctx.settings.quick)
     sections = report_sections(ctx.wd.path_of, results)
     report.write_sections_markdown(paths[1], TITLE, sections, FOOTER)
     report.write_sections_html(paths[2], TITLE, sections,
@@ -113,6 +115,10 @@ def report_sections(path_of, results: Mapping[str, res.Result]) -> list[dict]:
     order; path_of turns a workdir-relative path into a path."""
     setup: res.ReportResult = results["report"]
     sections = [_setup_section(setup, results.get("sample"))]
+    found = results.get("claims")
+    if found is None:   # a report.json written before the claims: check them now
+        found = k_sweep_claims.claims(results, setup.ks, bool(setup.settings.get("quick")))
+    sections.append(k_sweep_claims.section(found))
     if setup.figures.get("k_panels"):
         sections.append(dict(title="Every measure vs K", text="All panels share one log-K axis.",
                              figures=[path_of(setup.figures["k_panels"])]))

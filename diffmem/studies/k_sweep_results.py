@@ -1,8 +1,9 @@
 """The K-sweep study's stage results: frozen dataclasses, keyed by int K, with to_json / from_json.
 
 report.json is {stage: result.to_json()} for every stage that has a record, plus "report"
-(`ReportResult`: the setup, stage statuses and figures); `load_report(path)` reads it back into
-these classes:
+(`ReportResult`: the setup, stage statuses and figures) and "claims" (`ClaimsResult`: the published
+claims checked on those results, diffmem.studies.k_sweep_claims); `load_report(path)` reads it back
+into these classes:
 
     results = load_report(os.path.join(k_sweep.study_dir(wd), "report.json"))
     results["classify"].fractions[128]["memorized"]
@@ -20,11 +21,12 @@ from diffmem.studies.pipeline import Result
 
 __all__ = ["CLASSES", "REPORT_VERSION", "TrainResult", "SampleResult", "ClassifyResult",
            "ReproducibilityResult", "DisjointResult", "JacobianResult", "CriticalTimesResult",
-           "PhaseTimesResult", "SectionResult", "ReportResult", "RESULTS", "report_json",
+           "PhaseTimesResult", "SectionResult", "ReportResult", "VERDICTS", "Claim",
+           "ClaimsResult", "RESULTS", "report_json",
            "from_report_json", "load_report"]
 
 CLASSES = classify_lib.NAMES  # the one list of Pham et al.'s classes
-REPORT_VERSION = 2
+REPORT_VERSION = 3   # 3: the "claims" entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,11 +145,46 @@ class ReportResult(Result):
     key: str                     # hash of the stage records it was written from
 
 
+# A claim's verdict; "not measured at --quick": the --quick preset cannot show the claim.
+VERDICTS = ("holds", "does not hold", "not measured", "not measured at --quick")
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One published claim checked on the study's results (diffmem.studies.k_sweep_claims)."""
+    id: str
+    source: str      # paper and figure
+    claim: str       # what is tested, with its thresholds
+    measured: str    # the numbers the verdict is computed from, as text
+    verdict: str     # one of VERDICTS
+    reason: str      # why that verdict
+    numbers: dict = dataclasses.field(default_factory=dict)   # the same numbers, JSON
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimsResult(Result):
+    """The "Published claims" of the report: one `Claim` per row, from the stage results."""
+    ks: tuple[int, ...]
+    quick: bool
+    tolerances: dict     # every threshold the verdicts use, by name
+    rows: tuple[Claim, ...]
+
+    def verdicts(self) -> dict[str, str]:
+        return {c.id: c.verdict for c in self.rows}
+
+    def __getitem__(self, claim_id: str) -> Claim:
+        for c in self.rows:
+            if c.id == claim_id:
+                return c
+        raise KeyError(claim_id)
+
+
 RESULTS = {"train": TrainResult, "sample": SampleResult, "classify": ClassifyResult,
            "reproducibility": ReproducibilityResult, "disjoint": DisjointResult,
            "jacobian": JacobianResult,
            "critical_times": CriticalTimesResult, "phase_times": PhaseTimesResult,
-           "machines": SectionResult, "training_time": SectionResult, "report": ReportResult}
+           "machines": SectionResult, "training_time": SectionResult, "report": ReportResult,
+           "claims": ClaimsResult}
 
 
 def report_json(results: Mapping[str, Result]) -> dict:
