@@ -2,27 +2,28 @@
 size, measured in the same run, for digits (8x8) and Fashion-MNIST (28x28) sizes; and the kernel's
 working memory against the chunk size.
 
-    python bench/bench_patch_kernel.py            # digits (1,797 images) and FMNIST-sized (1,000
-                                                  images)
-    python bench/bench_patch_kernel.py --small    # fewer queries and training images (a quick
-                                                  check)
+    # digits (1,797 images) and FMNIST-sized (1,000 images)
+    python bench/bench_patch_kernel.py
+    # fewer queries and training images (a quick check)
+    python bench/bench_patch_kernel.py --small
 
 Target (issue 16): the kernel at >= 60% of the float32 GEMM rate on CPU. FLOPs counted (the useful
 work): the distance GEMM 2 M R D plus the weighted sum 2 M R V, with M query rows (batch x pixels
-for ELS), R reference patches, D = k^2 C, V = C values per patch. The reference GEMM is (M x D) @ (D
-x n), n the kernel's references per chunk, materialised and timed over the same total number of
-references (the same shapes the kernel multiplies; a single M x R product would not fit in memory at
-FMNIST sizes). Rows interleave kernel and GEMM timings (best of 3) because the host is shared.
-Memory: XLA's temporary buffer size of the compiled machine for several chunk sizes beside the M x R
-logits a non-streamed version would hold; and each patch machine's seconds per call on digits, with
-XLA's defaults and with the machines' options. "ceiling" is t_GEMM / (t_GEMM + t_exp), t_exp the
-time of the exp alone of as many logits (no maximum, no sums): the share of the GEMM rate that a
-softmax must stay below when it computes the logits and then their exps, as any built of XLA
-operations does (XLA's CPU backend does not fuse elementwise work into a GEMM); with k^2 C = 9 or 25
-the exp, not the GEMM, takes most of the time. Each is measured twice: compiled with XLA's defaults
-and with the options the machines compile with (`patch_kernel.compiler_options()`: 512-bit vectors
-on AVX-512 CPUs); the GEMM reference is the faster of the two. Results:
-bench/results/bench_patch_kernel.txt (appended) and .json (one line per run).
+for ELS), R
+reference patches, D = k^2 C, V = C values per patch. The reference GEMM is (M x D) @ (D x n), n the
+kernel's references per chunk, materialised and timed over the same total number of references (the
+same shapes the kernel multiplies; a single M x R product would not fit in memory at FMNIST sizes).
+Rows interleave kernel and GEMM timings (best of 3) because the host is shared. Memory: XLA's
+temporary buffer size of the compiled machine for several chunk sizes beside the M x R logits a
+non-streamed version would hold; and each patch machine's seconds per call on digits, with XLA's
+defaults and with the machines' options. "ceiling" is t_GEMM / (t_GEMM + t_exp), t_exp the time of
+the exp alone of as many logits (no maximum, no sums): the share of the GEMM rate that a softmax
+must stay below when it computes the logits and then their exps, as any built of XLA operations does
+(XLA's CPU backend does not fuse elementwise work into a GEMM); with k^2 C = 9 or 25 the exp, not
+the GEMM, takes most of the time. Each is measured twice: compiled with XLA's defaults and with the
+options the machines compile with (`patch_kernel.compiler_options()`: 512-bit vectors on AVX-512
+CPUs); the GEMM reference is the faster of the two. Results: bench/results/bench_patch_kernel.txt
+(appended) and .json (one line per run).
 """
 import argparse
 import os

@@ -1,12 +1,12 @@
 """Where the time of the one-command K-sweep study goes: every stage of `bin/study.py` timed (wall
 and CPU).
 
-    python bench/bench_study.py                      # the --quick preset on digits (target <= 5 min
-                                                     on 2 cores)
-    python bench/bench_study.py --full               # the full digits study, K = 2, 8, 32, 128,
-                                                     512, 1797 (<= 30 min)
+    # the --quick preset on digits (target <= 5 min on 2 cores)
+    python bench/bench_study.py
+    # the full digits study, K = 2, 8, 32, 128, 512, 1797 (<= 30 min)
+    python bench/bench_study.py --full
     python bench/bench_study.py --config=configs/fmnist.py:cpu=1,k=10+100+1000
-    --workdir=runs/bench-fmnist
+        --workdir=runs/bench-fmnist
 
 Each stage runs as `k_sweep.run(config, workdir, stages=(stage,))` in turn, in one fresh workdir
 (the same process, so compilations are counted where they happen, as in one `bin/study.py` run), and

@@ -1,10 +1,10 @@
 """The tutorial's circle model, diffmem versus the PyTorch tutorial code, in one run: training and
 sampling.
 
-    python bench/bench_tutorial.py                    # steps/s at K = 9 and K = 1000, a 3-model
-                                                      run, EM
+    # steps/s at K = 9 and K = 1000, a 3-model run, EM
+    python bench/bench_tutorial.py
     python bench/bench_tutorial.py --full_steps=50000 # the whole tutorial run end to end (several
-    minutes)
+        minutes)
 
 Targets (issue 2): >= 5x the reference at K = 9 (batch 9), >= 1.2x at K = 1000 (batch 500), the
 whole three-model run (K = 2, 9, 1000; 50,000 steps each) >= 2x faster end to end, and 1,500

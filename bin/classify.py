@@ -3,12 +3,12 @@
 spurious / generalized classes, into workdir/classify/ (per-K .npz/.json, summary.json, report.md,
 figures).
 
-    python bin/classify.py --workdir=runs/digits                 # LPIPS if its weights load, else
-                                                                 pixel; calibrated
+    # LPIPS if its weights load, else pixel; calibrated
+    python bin/classify.py --workdir=runs/digits
     # Pham et al.'s 0.03 / 0.02
     python bin/classify.py --workdir=runs/digits --metric=lpips --thresholds=published
     python bin/classify.py --workdir=runs/digits --metric=pixel --delta_m=1.0 --delta_s=1.0
-    --k=16,64
+        --k=16,64
 
 Calibrated thresholds (the default): delta_m / delta_s are the --quantile of held-out real images'
 nearest-training and nearest-other distances (diffmem/metrics/calibration.py); with LPIPS the

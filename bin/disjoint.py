@@ -4,8 +4,9 @@ from the same seeds, compare (similarity histograms, the four-row grid, train / 
 Reruns resume.
 
     python bin/disjoint.py --config=configs/kadkhodaie.py:data=digits,n=1+10+100+898
-    --workdir=runs/kad-digits python bin/disjoint.py
-    --config=configs/kadkhodaie.py:data=calpha,alpha=2,size=32,n=1+10 --workdir=runs/kad-ca
+        --workdir=runs/kad-digits
+    python bin/disjoint.py --config=configs/kadkhodaie.py:data=calpha,alpha=2,size=32,n=1+10
+        --workdir=runs/kad-ca
 
 Writes <workdir>/S1, <workdir>/S2 (one trainer workdir per side) and <workdir>/disjoint/ (report.md,
 figures, summary.json, N<N>.npz).

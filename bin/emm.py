@@ -6,7 +6,6 @@ history.
 
     python bin/emm.py --config=configs/digits.py --root=runs/emm --k_grid=16,64,256,1024 --num=1000
     python bin/emm.py --config=configs/digits.py --root=runs/emm --k_grid=16,64,256 --metric=pixel
-    \\
         --delta_m=1.0 --delta_s=1.0 --tolerance=0
 """
 import os

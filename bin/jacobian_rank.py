@@ -3,10 +3,10 @@
 data-only speciation / collapse SNRs and, for MoLRG configs, the analytic population denoiser; into
 mechanisms/jacobian/<K>.npz and rank_vs_snr.png.
 
-    python bin/jacobian_rank.py --workdir=runs/molrg --states=trajectory --latents=16 python
-    bin/jacobian_rank.py --workdir=runs/digits --states=forward --latents=32
-    --sigmas=0.002,0.1,1,10,80 python bin/jacobian_rank.py --config=configs/molrg.py:k=64
-    --workdir=runs/molrg-opt \\
+    python bin/jacobian_rank.py --workdir=runs/molrg --states=trajectory --latents=16
+    python bin/jacobian_rank.py --workdir=runs/digits --states=forward --latents=32
+        --sigmas=0.002,0.1,1,10,80
+    python bin/jacobian_rank.py --config=configs/molrg.py:k=64 --workdir=runs/molrg-opt
         --kind=optimal
 """
 import os

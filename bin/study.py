@@ -8,8 +8,8 @@ report.md, self-contained report.html) in <workdir>/study/.
     python bin/study.py --config=configs/digits.py --workdir=runs/study-quick --quick
     python bin/study.py --config=configs/fmnist.py:cpu=1,k=10+100+1000 --workdir=runs/fmnist-cpu
     python bin/study.py --config=configs/cifar10.py:k=500+1000+2000+4000,arch=ddpmpp,precond=vp
-    --workdir=runs/cifar python bin/study.py --config=... --workdir=runs/study
-    --stages=train,sample,classify,report
+        --workdir=runs/cifar
+    python bin/study.py --config=... --workdir=runs/study --stages=train,sample,classify,report
 
 Every stage is resumable and skipped when done: a rerun does only what is missing. Stages: train,
 sample, classify, reproducibility, disjoint, jacobian, critical_times, phase_times, report

@@ -2,8 +2,9 @@
 """Train the models of a config (one model, or a whole K / seed sweep) into a workdir; reruns
 resume.
 
-    python bin/train.py --config=configs/circle.py:k=9 --workdir=runs/c9 python bin/train.py
-    --config=configs/circle.py:k=1000 --config.optim.lr=2e-4 --workdir=runs/c1000
+    python bin/train.py --config=configs/circle.py:k=9 --workdir=runs/c9
+    python bin/train.py --config=configs/circle.py:k=1000 --config.optim.lr=2e-4
+        --workdir=runs/c1000
     # small toy batches: 1 thread
     python bin/train.py --config=configs/circle.py:k=9 --workdir=runs/c9 --cpu_policy
 """

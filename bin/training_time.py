@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Memorization vs training time (Bonnaire et al. 2025): f_mem at log-spaced snapshots of every K,
-tau_mem(K) and its fits tau_mem = c K and c K^alpha, figures and report under
-<workdir>/training_time/.
+tau_mem(K) and
+its fits tau_mem = c K and c K^alpha, figures and report under <workdir>/training_time/.
 
     python bin/training_time.py --config=configs/gmm.py:k=64+256+1024,dim=8,steps=20000
-    --workdir=runs/tt
+        --workdir=runs/tt
     # measure an existing workdir again
     python bin/training_time.py --workdir=runs/tt --level=0.3
     python bin/training_time.py --workdir=runs/tt --sample_steps=500     # EM with 500 steps
     python bin/training_time.py --workdir=runs/digits --num_samples=128 # the checkpoints a workdir
-    already has
+        already has
 
 With --config the sweep is trained (or resumed) keeping --snapshots log-spaced checkpoints
 (config.monitor.snapshots). Finished snapshots are never sampled again.

@@ -1,11 +1,12 @@
 """CIFAR-10 32x32: Pham et al.'s DDPM setting by default, Gu et al.'s DDPM++ VP setting with
 arch=ddpmpp.
 
-    python bin/train.py --config=configs/cifar10.py:k=1000 --workdir=runs/cifar-ddpm python
-    bin/train.py --config=configs/cifar10.py:k=1000,arch=ddpmpp,precond=vp --workdir=runs/cifar-gu
-    python bin/sample.py --workdir=runs/cifar-gu --seeds=0-9999 python bin/study.py
-    --config=configs/cifar10.py:k=500+1000+2000+4000,arch=ddpmpp,precond=vp
-    --workdir=runs/cifar-study
+    python bin/train.py --config=configs/cifar10.py:k=1000 --workdir=runs/cifar-ddpm
+    python bin/train.py --config=configs/cifar10.py:k=1000,arch=ddpmpp,precond=vp
+        --workdir=runs/cifar-gu
+    python bin/sample.py --workdir=runs/cifar-gu --seeds=0-9999
+    python bin/study.py --config=configs/cifar10.py:k=500+1000+2000+4000,arch=ddpmpp,precond=vp
+        --workdir=runs/cifar-study
       # the one-command K-sweep study (diffmem.studies.k_sweep) on accelerators
 
 Data: TFDS `cifar10` prepared as array_record, or the binary tarball with
@@ -22,7 +23,8 @@ Data: TFDS `cifar10` prepared as array_record, or the binary tarball with
     diffmem.schedules): 40,000 K training images (K = 1000: 78,125 steps; K = 4000: 312,500), a K/5
     kimg lr ramp-up and EMA 0.99929. Sampler: EDM's Heun, 18 steps (as Gu et al.); the empirical
     optimal denoiser: EDM's Euler, 18 steps (`sample.optimal_sampler`, as Zhang et al.). Expect
-    memorization ratios near 99% / 92% / 61% / 17% at K = 500 / 1k / 2k / 4k.
+    memorization ratios near 99% / 92% / 61% / 17% at
+    K = 500 / 1k / 2k / 4k.
 Both are GPU jobs. Skip-connection study: --config.model.keep_skips_at=32 (or
 model.skip_connections). Arg keys: k, steps, seed, lr, batch (0 = the recipe's), arch (ddpm_unet |
 ddpmpp), precond (ddpm | vp | ve | edm).

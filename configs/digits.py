@@ -5,7 +5,7 @@ study.
     python bin/sample.py --workdir=runs/digits --seeds=0-255
 
     python bin/train.py --config=configs/digits.py:k=64,arch=ddpmpp,precond=edm
-    --workdir=runs/digits-edm
+        --workdir=runs/digits-edm
     # EDM's Heun sampler, 18 steps
     python bin/sample.py --workdir=runs/digits-edm --seeds=0-255
 

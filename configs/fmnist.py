@@ -22,7 +22,7 @@ attention at res/2), Adam 1e-3 with a 200-step warm-up, batch 64, EMA 0.999, 400
 samples; its K-sweep study runs on a laptop CPU:
 
     python bin/study.py --config=configs/fmnist.py:cpu=1,k=10+100+1000+5000
-    --workdir=runs/fmnist-cpu
+        --workdir=runs/fmnist-cpu
     # accelerators
     python bin/study.py --config=configs/fmnist.py:k=10+100+1000+10000 --workdir=runs/fmnist
 """

@@ -2,10 +2,11 @@
 size N.
 
     python bin/disjoint.py --config=configs/kadkhodaie.py:data=digits,n=1+10+100+898
-    --workdir=runs/kad-digits python bin/disjoint.py
-    --config=configs/kadkhodaie.py:data=calpha,alpha=2,size=32,n=1+10+100 --workdir=runs/kad-ca
+        --workdir=runs/kad-digits
+    python bin/disjoint.py --config=configs/kadkhodaie.py:data=calpha,alpha=2,size=32,n=1+10+100
+        --workdir=runs/kad-ca
     python bin/train.py --config=configs/kadkhodaie.py:data=fmnist,n=1000,set=last
-    --workdir=runs/kad-s2
+        --workdir=runs/kad-s2
 
 bin/disjoint.py trains the S1 (set=first) and S2 (set=last) model of every N and compares their
 samples; bin/train.py trains one set. Upstream recipe (section C of
@@ -14,9 +15,10 @@ sigma) ~ U[0, sqrt(255)], loss sum |f(y) - sigma z|^2 / batch, Adam 1e-3 halved 
 epochs of 250,000 images (small sets tiled: here each image is repeated in the step so a step sees
 `batch` noisy images), batch 512, no EMA (decay 0: EMA params = params).
 
-Units: diffmem's datasets are in [-1, 1]; the bias-free net cannot add a constant, so it sees x01 =
-(x + 1) / 2 in [0, 1] (Kadkhodaie's range, noise sigma in the same units), and the denoiser other
-code uses is D(x) = 2 D_[0,1]((x + 1) / 2) - 1 (homogeneous in [0, 1] units only). The `diffusion`
+Units: diffmem's datasets are in [-1, 1]; the bias-free net cannot add a constant, so it sees
+x01 = (x + 1) / 2 in [0, 1] (Kadkhodaie's range, noise sigma in the same units), and the denoiser
+    other code
+uses is D(x) = 2 D_[0,1]((x + 1) / 2) - 1 (homogeneous in [0, 1] units only). The `diffusion`
 section is there only for the noise range models report: sigma in [-1, 1] units, 2 x [0.01, 1].
 
 Arg keys: data (digits | fmnist | calpha | discs | celeba80 | lsun80), dir (the img_align_celeba or
@@ -24,8 +26,8 @@ LSUN folder), alpha (C-alpha), pool (synthetic pool size), size (synthetic image
 sweep), set (first = S1 | last = S2), order_seed (seed of the one fixed order S1 and S2 are cut
 from; -1 = the data's own order, e.g. sorted file names), arch (bf_unet | bf_cnn), blocks (0 = 3, or
 fewer when the size needs it), kernels, layers (BF-CNN), epochs, epoch_images, batch, lr,
-halve_every (epochs), steps (0 = epochs x ceil(epoch_images / batch); else optimizer steps), seed,
-samples (per N), max_iters (sampler cap).
+halve_every (epochs), steps (0 = epochs x
+ceil(epoch_images / batch); else optimizer steps), seed, samples (per N), max_iters (sampler cap).
 
 BF-CNN (arch=bf_cnn) follows upstream training (`code/main.py`): 21 layers (702,784 parameters at
 one channel), ReLU after the first conv (first_layer_linear False). Upstream's model loader
@@ -34,7 +36,8 @@ match it, add the overrides --config.model.num_layers=20 --config.model.first_la
 the arg layers=20 with the second override).
 
 Sampler (sample section, `sampling.SAMPLERS["ks"]`): Kadkhodaie & Simoncelli's ascent with h0 = beta
-= sigma_L = 0.01. Upstream has no iteration cap; here sample.max_iters (default 3000, ~4.5x the ~662
+=
+sigma_L = 0.01. Upstream has no iteration cap; here sample.max_iters (default 3000, ~4.5x the ~662
 updates the defaults need from sigma 1) stops a sample that has not reached sigma_L: the sample
 shards record `converged` and `iterations` per sample, and sampling prints how many did not
 converge. Raise it with the arg max_iters=N or --config.sample.max_iters=N.

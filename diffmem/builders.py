@@ -1,7 +1,7 @@
 """The boundary between a config and everything else: `build(config) -> Experiment`.
 
-    exp = builders.build(config)   # network, noise process / preconditioning, loss, optimizer,
-                                   members
+    # network, noise process / preconditioning, loss, optimizer, members
+    exp = builders.build(config)
 
 Networks, noise processes, losses, optimizers and training sets are built from a ConfigDict here,
 once, by registries keyed by the config's names (`NETWORKS`, `LOSS_BUILDERS`); the
@@ -267,9 +267,9 @@ def build_loss(config: ml_collections.ConfigDict, model) -> Callable[..., jax.Ar
     (`LOSS_BUILDERS`).
 
     Image losses run the network in training mode: `key` is split into the loss's draws (per
-    example, fold_in(key, i)) and the dropout key. `labels` (B,) int are the examples' class labels
-    for a class-conditional DDPM++ (`model.label_dim > 0`; the trainer gathers them with the
-    images).
+    example,
+    fold_in(key, i)) and the dropout key. `labels` (B,) int are the examples' class labels for a
+    class-conditional DDPM++ (`model.label_dim > 0`; the trainer gathers them with the images).
     """
     name = config.loss.name
     if name not in LOSS_BUILDERS:
@@ -291,9 +291,9 @@ def _blind_loss(
 
     x0 in diffmem's [-1, 1] is mapped to the net's [0, 1] units; each example is repeated so a step
     sees about `loss.images_per_step` noisy images (their tiling of small sets into batches of 512;
-    0 = none), each with its own sigma = (u sqrt(max_sigma_255))^2 / 255. The network runs in
-    training mode (batch statistics); `mutable_collections` tells the trainer to keep the updated
-    running sds.
+    0 = none), each
+    with its own sigma = (u sqrt(max_sigma_255))^2 / 255. The network runs in training mode (batch
+    statistics); `mutable_collections` tells the trainer to keep the updated running sds.
     """
     if config.model.name not in BLIND_MODELS:
         raise configlib.ConfigError(

@@ -130,9 +130,10 @@ def empirical_denoiser(patterns: jax.Array, chunk: int | None = None) -> Denoise
     sigma).
 
     D(x; s) = sum_i softmax_i(-||x - y_i||^2 / (2 s^2)) y_i, streamed over chunks of `chunk`
-    patterns. It plugs into every sampler, likelihood and energy as a trained network would ("the
-    theoretical optimum"). x is a batch (B, *S) with sigma scalar or (B,), or one example (*S) with
-    a scalar sigma (-> (*S)).
+        patterns.
+    It plugs into every sampler, likelihood and energy as a trained network would ("the theoretical
+    optimum"). x is a batch (B, *S) with sigma scalar or (B,), or one example (*S) with a scalar
+    sigma (-> (*S)).
     """
     def denoiser(x, sigma):
         x, single = _as_batch(x, patterns, "empirical_denoiser")

@@ -1,14 +1,14 @@
 """An experiment as built once from its config: the record every layer below the boundary takes.
 
-    exp = builders.build(config)          # at the boundary: bin/ scripts, train, Workdir, the
-                                          studies
+    # at the boundary: bin/ scripts, train, Workdir, the studies
+    exp = builders.build(config)
     exp.network, exp.loss, exp.optimizer  # a Linen module, loss(params, x0, key, labels) -> (B,),
                                           optax
     exp.members                           # the sweep's members (`ModelSpec`: K, seed, training set)
     exp.denoiser(params)                  # D(x (B, *S), sigma (B,)) of trained parameters
     exp.model(member, params, step)       # the same as a `Model`, what samplers and metrics take
-    exp.sampler.settings("ddim", model)   # a sampler's settings: given, then the config's, then
-                                          defaults
+    # a sampler's settings: given, then the config's, then defaults
+    exp.sampler.settings("ddim", model)
 
 Nothing here reads a ConfigDict: `diffmem.builders.build` turns the config's sections into these
 fields (network and noise process or preconditioning, loss, optimizer, members, sampler choice,

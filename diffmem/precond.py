@@ -15,20 +15,23 @@ preconditioning (EDM's Table 1), each with
 
 and the sigma <-> t maps its samplers and losses need:
 
-    EDM   sigma_data 0.5: c_skip = sd^2/(sigma^2+sd^2), c_out = sigma sd/sqrt(sigma^2+sd^2), c_in =
-          1/sqrt(sigma^2+sd^2), c_noise = ln(sigma)/4; ln sigma ~ N(-1.2, 1.2^2), lambda =
-          (sigma^2+sd^2)/(sigma sd)^2; sampled on [0.002, 80] (EDM trains on every sigma > 0).
-    VP    beta_d 19.9, beta_min 0.1, M 1000, epsilon_t 1e-5: sigma(t) = sqrt(exp(beta_d t^2/2 +
-          beta_min t) - 1); c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2+1), c_noise = (M-1)
-          t(sigma); t ~ U(epsilon_t, 1), lambda = 1/sigma^2.
+    EDM   sigma_data 0.5: c_skip = sd^2/(sigma^2+sd^2), c_out = sigma sd/sqrt(sigma^2+sd^2),
+          c_in = 1/sqrt(sigma^2+sd^2), c_noise = ln(sigma)/4; ln sigma ~ N(-1.2, 1.2^2),
+          lambda = (sigma^2+sd^2)/(sigma sd)^2; sampled on [0.002, 80] (EDM trains on every
+          sigma > 0).
+    VP    beta_d 19.9, beta_min 0.1, M 1000, epsilon_t 1e-5:
+          sigma(t) = sqrt(exp(beta_d t^2/2 + beta_min t) - 1);
+          c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2+1), c_noise = (M-1) t(sigma);
+          t ~ U(epsilon_t, 1), lambda = 1/sigma^2.
     VE    sigma_min 0.02, sigma_max 100: c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma/2);
           ln sigma ~ U(ln sigma_min, ln sigma_max), lambda = 1/sigma^2.
-    DDPM  epsilon prediction on Ho et al.'s T = 1000 linear betas 1e-4..0.02, sigma_t =
-          sqrt((1-ab_t)/ab_t): c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2+1), c_noise = the
-          step t(sigma) (nearest grid step, as EDM's iDDPM wrapper, or fractional); t ~ U{0..T-1},
-          lambda = 1/sigma^2 (which makes lambda |D - x0|^2 = |eps_hat - eps|^2, Ho et al.'s simple
-          loss). On the grid, c_in x is exactly the network's input x_t = sqrt(ab_t) x0 + sqrt(1 -
-          ab_t) eps.
+    DDPM  epsilon prediction on Ho et al.'s T = 1000 linear betas 1e-4..0.02,
+          sigma_t = sqrt((1-ab_t)/ab_t):
+          c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2+1), c_noise = the step t(sigma) (nearest
+              grid
+          step, as EDM's iDDPM wrapper, or fractional); t ~ U{0..T-1}, lambda = 1/sigma^2 (which
+          makes lambda |D - x0|^2 = |eps_hat - eps|^2, Ho et al.'s simple loss). On the grid, c_in x
+          is exactly the network's input x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps.
 
 The loss weights are EDM's: multiply them by the per-example mean (or sum) of (D(x0 + sigma n,
 sigma) - x0)^2.
@@ -213,10 +216,11 @@ class DDPM(_Preconditioning):
     wrapper.
 
     The raw network is eps_theta(x_t, t) with t in 0..num_steps-1 and x_t = sqrt(ab_t) x0 + sqrt(1 -
-    ab_t) eps, ab_t = prod_{s <= t} (1 - beta_s). timestep: 'nearest' feeds the grid step whose
-    sigma_t is nearest to sigma (EDM's round_sigma; samplers on the grid hit it exactly);
-    'continuous' feeds the fractional step interpolated linearly in ln sigma between grid steps
-    (clamped to [0, T-1]).
+    ab_t) eps,
+    ab_t = prod_{s <= t} (1 - beta_s). timestep: 'nearest' feeds the grid step whose sigma_t is
+        nearest to
+    sigma (EDM's round_sigma; samplers on the grid hit it exactly); 'continuous' feeds the
+    fractional step interpolated linearly in ln sigma between grid steps (clamped to [0, T-1]).
     """
     num_steps: int = 1000
     beta_start: float = 1e-4
@@ -298,13 +302,14 @@ class StepLabels(_Preconditioning):
 
     The DDPM UNet embeds its noise label like a step index (sinusoids up to period 10,000), which
     suits DDPM (c_noise = the step) and VP (c_noise = (M-1) t, nearly the step) but not EDM's
-    ln(sigma)/4 or VE's ln(sigma/2), a few units wide. Here the label is (T-1) t(sigma) with
-    t(sigma) the inverse of the continuous VP schedule whose betas are the continuous limit of Ho et
-    al.'s linear betas (beta_min = T beta_start, beta_d = T (beta_end - beta_start)), the label
-    EDM's VP preconditioning feeds: on Ho et al.'s grid it is within 3.4 steps of the grid index
-    (the two schedules differ at second order in beta), and it is smooth and increasing for every
-    sigma > 0. Everything else (c_skip, c_out, c_in, the training noise levels and weights, the
-    sampling range) is `base`'s.
+    ln(sigma)/4 or VE's
+    ln(sigma/2), a few units wide. Here the label is (T-1) t(sigma) with t(sigma) the inverse of the
+    continuous VP schedule whose betas are the continuous limit of Ho et al.'s linear betas
+    (beta_min = T beta_start, beta_d = T (beta_end - beta_start)), the label EDM's VP
+    preconditioning feeds: on Ho et al.'s grid it is within 3.4 steps of the grid index (the two
+    schedules differ at second order in beta), and it is smooth and increasing for every sigma > 0.
+    Everything else (c_skip, c_out, c_in, the training noise levels and weights, the sampling range)
+    is `base`'s.
     """
     base: EDM | VP | VE | DDPM
     num_steps: int = 1000

@@ -2,8 +2,8 @@
 these) and by the measurements that run partial trajectories (critical times, Jacobian trajectory
 states).
 
-    x_next, x0 = ddim_step(D, x, a, a_next)            # Song et al. (2021) eq. 12, from alpha_bar a
-                                                       to a_next
+    # Song et al. (2021) eq. 12, from alpha_bar a to a_next
+    x_next, x0 = ddim_step(D, x, a, a_next)
     x_next, mean = em_step(s, sde, x, t, dt, z)        # reverse-SDE Euler-Maruyama (the tutorial's)
     x_next = edm_step(D, x, t, t_next, second_order)   # Karras et al. (2022) Algorithm 1, one step
 
@@ -31,8 +31,9 @@ def ddim_step(denoiser: Denoiser, x: jax.Array, a, a_next, *, sigma=0.0,
     alpha_bar `a` to alpha_bar `a_next`, without its noise term: returns (x_next, x0).
 
     x0 = D(x / sqrt(a), sqrt((1 - a) / a)); eps = (x - sqrt(a) x0) / sqrt(1 - a) (before clipping x0
-    to [-1, 1] when clip_x0); x_next = sqrt(a_next) x0 + sqrt(max(1 - a_next - sigma^2, 0)) eps.
-    sigma: the step's noise scale (eta > 0; the caller adds sigma z), 0 for deterministic DDIM.
+        to
+    [-1, 1] when clip_x0); x_next = sqrt(a_next) x0 + sqrt(max(1 - a_next - sigma^2, 0)) eps. sigma:
+    the step's noise scale (eta > 0; the caller adds sigma z), 0 for deterministic DDIM.
     """
     # sqrt(a) twice, not one shared value: XLA then fuses the network's input as the samplers always
     # had it, and their samples stay bit for bit the same.
@@ -49,7 +50,8 @@ def em_step(score_fn: ScoreFn, sde: SDE, x: jax.Array, t: jax.Array, dt,
             z: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """One Euler-Maruyama step of the reverse SDE dx = [f - g^2 s] dt + g dw at times t ((B,) or
     (1,) shared), step dt > 0 (a scalar or (B,)): mean = x + (g^2 s(x, t) - f(x, t)) dt, x_next =
-    mean + sqrt(dt) g z. Returns (x_next, mean); x_next is the mean when z is None."""
+    mean +
+    sqrt(dt) g z. Returns (x_next, mean); x_next is the mean when z is None."""
     g = _bcast(sde.diffusion(t), x)
     dt = _per_example(dt, x)
     mean = (x + (g**2 * score_fn(x, t) - sde.drift(x, t)) * dt).astype(x.dtype)

@@ -11,9 +11,11 @@ Design:
   * Keys derive from (seed, step) by `fold_in`, batches from (seed, epoch), so a resumed run replays
     exactly the steps an uninterrupted one would take.
   * Many steps run per compiled call (`lax.scan`). The members of a sweep (several K or seeds) train
-    in the same compiled loop: members with the same padded batch size are `vmap`ped together
-    (training sets padded to the largest K and masked), groups with different batch sizes run side
-    by side in the scan body, so a K = 2 model does not pay for a K = 1000 batch.
+  in
+    the same compiled loop: members with the same padded batch size are `vmap`ped together (training
+    sets padded to the largest K and masked), groups with different batch sizes run side by side in
+    the
+    scan body, so a K = 2 model does not pay for a K = 1000 batch.
   * Data parallel: the batch axis is sharded over a 1-D device `Mesh` ("data") with `NamedSharding`;
     the same code runs on 1 CPU, 8 fake CPU devices or many accelerators (params are replicated).
     Under jax.distributed the mesh spans every process: each process holds the same training sets
@@ -208,8 +210,10 @@ class Group:
 def group_step(train_step: Callable, state: TrainState, data: jax.Array, group: Group,
                batch_sharding: NamedSharding):
     """One optimizer step of every member of `group`: its batch at its own step (`make_batch`), its
-    noise key fold_in(fold_in(key(seed), 2), step), then `train_step`. state: the members' states (a
-    lone member's without the member axis); data (M, K_max, *S). Returns (state, metrics)."""
+    noise key
+    fold_in(fold_in(key(seed), 2), step), then `train_step`. state: the members' states (a lone
+        member's
+    without the member axis); data (M, K_max, *S). Returns (state, metrics)."""
     steps = state.step[None] if group.lone else state.step
     base = jax.vmap(jax.random.key)(group.seeds)
     data_keys = jax.vmap(jax.random.fold_in, (0, None))(base, 1)

@@ -3,10 +3,10 @@
     wd = Workdir("runs/digits")
     wd.config                                   # config.json as a ConfigDict
     model = wd.model("64")                      # EMA weights of the latest checkpoint, as a `Model`
-    model = wd.model("64", kind="optimal")      # the empirical optimal denoiser of the same 64
-                                                images
-    model = optimal_model(config, "64")         # the same from a config alone (no workdir, no
-                                                training)
+    # the empirical optimal denoiser of the same 64 images
+    model = wd.model("64", kind="optimal")
+    # the same from a config alone (no workdir, no training)
+    model = optimal_model(config, "64")
     data = wd.read_samples("64")                # the union of every sample shard, sorted by seed
 
 The layout of a workdir, every path in it, is `diffmem.layout` (`Layout`, which `Workdir`

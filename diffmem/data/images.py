@@ -1,19 +1,19 @@
 """Image datasets as float32 NHWC arrays in [-1, 1], their preprocessing, and their K-subsets.
 
-    data = load_images("digits")                      # 1,797 real 8x8 digits shipped with
-                                                      scikit-learn
-    data = load_images("fmnist")                      # Fashion-MNIST IDX files (Debian
-                                                      dataset-fashion-mnist)
+    # 1,797 real 8x8 digits shipped with scikit-learn
+    data = load_images("digits")
+    # Fashion-MNIST IDX files (Debian dataset-fashion-mnist)
+    data = load_images("fmnist")
     data = load_images("fmnist:/dir/with/idx/files")  # the same four IDX files anywhere else
     data = load_images("cifar10-binary:/path/cifar-10-binary.tar.gz", split="test")
-    data = load_images("npz:/path/images.npz")        # 'images' uint8 0..255 or floats in [-1, 1],
-                                                      'labels'
+    # 'images' uint8 0..255 or floats in [-1, 1], 'labels'
+    data = load_images("npz:/path/images.npz")
     data = load_images("folder:/path/pngs")           # every .png/.jpg in a folder, sorted by name
     data = load_images("tfds:celeb_a", data_dir="~/tensorflow_datasets", center_crop_images=True,
                        to_grayscale=True, image_size=80)   # prepared array_record data, no
                                                            TensorFlow
-    sub = k_subset(data, k=1000, seed=0)              # first K of a seeded permutation (Pham et
-                                                      al.)
+    # first K of a seeded permutation (Pham et al.)
+    sub = k_subset(data, k=1000, seed=0)
     sub = k_subset(data, k=1000, seed=0, mode="balanced")  # K / C per class (Gu et al.)
 
 Pixels stay uint8 until they are preprocessed in chunks (crop on the integers, then one conversion

@@ -4,8 +4,8 @@ crops.
     x = c_alpha_images(1000, size=32, alpha=2.0, seed=0)           # (N, L, L) float64 in [0, 1]
     x = disc_images(1000, size=32, seed=0)                         # (N, L, L) in [0, 1]
     prepared = prepare_celeba("/data/img_align_celeba")            # 80x80 gray, duplicates removed
-    data = load("calpha:alpha=2,n=2000,seed=0", image_size=32)     # ImageData in [-1, 1] (builders'
-                                                                   sources)
+    # ImageData in [-1, 1] (builders' sources)
+    data = load("calpha:alpha=2,n=2000,seed=0", image_size=32)
 
 Recipes: section C.9, C.10 and C.5 of shared/notes/upstream_definitions.md, with their documented
 quirks fixed and flagged in comments ("FIX:"). Nothing is downloaded: CelebA and LSUN are read from
@@ -135,8 +135,9 @@ def disc_images(
     """`circle_dataset`: one disc per image on a constant background, (n, L, L) in [0, 1].
 
     At S = L 2^j: radius ~ U(3, (S-3)//2) (scale) else S//4; centre ~ U(r, S-r) per axis (translate;
-    U(0, S) with wrap) else S/2; foreground ~ U(0, 1) else 1; background ~ U(0, 1) else 0; pixel u
-    is inside when
+        U(0, S)
+    with wrap) else S/2; foreground ~ U(0, 1) else 1; background ~ U(0, 1) else 0; pixel u is inside
+    when
     |u - c|^2 <= r^2 with the difference taken periodically in [-S/2, S/2). Then j halvings by the
     db2
     low-pass band. FIX: upstream's pywt mode 'reflect' gives (L+3)//2 pixels and gain 2 per level;

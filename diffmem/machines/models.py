@@ -1,10 +1,10 @@
 """Machines as denoisers of a training set, and as `diffmem.model.Model` records every sampler,
 metric and study takes (kind = the machine's name, step -1).
 
-    D = machine_denoiser(train, "els", patch_size=5)                  # D(x (B, H, W, C), sigma
-                                                                      (B,))
-    m = machine_model("runs/digits", "64", "els", patch_size=sched)  # a Model of K = 64's training
-                                                                     set
+    # D(x (B, H, W, C), sigma (B,))
+    D = machine_denoiser(train, "els", patch_size=5)
+    # a Model of K = 64's training set
+    m = machine_model("runs/digits", "64", "els", patch_size=sched)
     run = sampling.get_sampler("edm_euler", m).build(m, **settings)    # any registered sampler
 """
 from __future__ import annotations

@@ -90,9 +90,10 @@ def _stream(queries, inv_var, chunk, items, weights, query_tags):
 
     The logits come out of one GEMM of augmented rows, inv_var * (q.p - |p|^2 / 2) = q'.p' with q' =
     [iv q, -iv/2] and p' = [p, |p|^2 + PAD] (with weights: q' = [iv w q, -iv w / 2, -iv/2], p' = [p,
-    p^2, PAD]), PAD = 0 for real references and PAD_PENALTY for padding; the softmax sum and the
-    weighted values come out of a second, [v, 1]. The -iv |q|^2 / 2 of each row is added once at the
-    end."""
+    p^2, PAD]),
+    PAD = 0 for real references and PAD_PENALTY for padding; the softmax sum and the weighted values
+        come out of
+    a second, [v, 1]. The -iv |q|^2 / 2 of each row is added once at the end."""
     dtype = queries.dtype
     g, b, _ = queries.shape
     iv = inv_var[..., None]

@@ -5,7 +5,7 @@ this is the best *linear* denoiser of exactly the data the other machines see), 
 U^T:
 
     D(x; sigma) = mu + Sigma (Sigma + sigma^2 I)^-1 (x - mu) = mu + U diag(S / (S + sigma^2)) U^T (x
-    - mu)
+        - mu)
 
 the posterior mean when the data are Gaussian N(mu, Sigma) (Niedoba et al.'s GaussianDenoiser, the
 linear optimum of Lukoianov et al. 2025). Its rows W_sigma[i] are a training- and network-free

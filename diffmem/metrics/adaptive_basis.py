@@ -1,18 +1,19 @@
 """Geometry-adaptive harmonic bases (Kadkhodaie et al. 2024): the denoiser Jacobian at a noisy image
 as an adaptive shrinkage, D(y) = J(y) y ~ sum_k lambda_k <y, e_k> e_k.
 
-    a = analyse(D, y, sigma, clean=x)          # J, asymmetry, eigenvalues lambda_k (descending),
-                                               e_k, <x, e_k>, # tr J (effective dimension), Euler
-                                               residual |J y - D(y)| / |D(y)|
-    a = analyse(D, y, sigma, method="matrix_free", k=16)  # top-16 only, from JVP/VJP products (n >
-                                                          10^4: auto)
-    lam, vecs, res = top_eigenpairs(D, y, sigma, 16, key)   # block Krylov + Rayleigh-Ritz on (J +
-                                                            J^T)/2
+    # J, asymmetry, eigenvalues lambda_k (descending), e_k, <x, e_k>,
+    a = analyse(D, y, sigma, clean=x)
+                                               # tr J (effective dimension), Euler residual |J y -
+                                               D(y)| / |D(y)|
+    # top-16 only, from JVP/VJP products (n > 10^4: auto)
+    a = analyse(D, y, sigma, method="matrix_free", k=16)
+    # block Krylov + Rayleigh-Ritz on (J + J^T)/2
+    lam, vecs, res = top_eigenpairs(D, y, sigma, 16, key)
     t = hutchinson_trace(D, y, sigma, key, 64) # tr J from Jacobian-vector products, for large n
-    m = sure(D, y, sigma)                      # SURE per image: |y - D|^2 + 2 sigma^2 tr J - n
-                                               sigma^2 (per pixel)
-    s = mse_slope(sigmas, mses)                # log-log slope of MSE vs sigma, beside
-                                               c_alpha_optimal_slope(alpha)
+    # SURE per image: |y - D|^2 + 2 sigma^2 tr J - n sigma^2 (per pixel)
+    m = sure(D, y, sigma)
+    # log-log slope of MSE vs sigma, beside c_alpha_optimal_slope(alpha)
+    s = mse_slope(sigmas, mses)
 
 D is the common denoiser D(x (B, *S), sigma (B,)); for a blind [0, 1] net pass its unit-range view.
 The dense Jacobian comes from `diffmem.metrics.jacobian.denoiser_jacobian` (jacfwd; exact, float64
@@ -20,13 +21,14 @@ with x64; n up to ~10^4); eigh runs on its symmetric part (J is symmetric for an
 denoiser; the asymmetry says how far a network is from that).
 
 Beyond ~10^4 pixels (`EXACT_EIGEN_MAX_N`) the dense J does not fit; `top_eigenpairs` then gives the
-leading eigenpairs of S = (J + J^T)/2 matrix-free: S v = (J v + J^T v) / 2 with J v from jax.jvp and
-J^T v from jax.vjp (one linearisation, vmapped over a block of b = k + oversample vectors), a
-randomized block Krylov space [V, S V, ..., S^q V] with full re-orthogonalisation (randomized block
-Lanczos, Musco & Musco 2015), and Rayleigh-Ritz on it (the algebraically largest Ritz pairs, so an
-indefinite S is handled). Jitted, in y's dtype.
-(`diffmem.metrics.jacobian.randomized_singular_values` is the dense-matrix analogue for singular
-values.)
+leading
+eigenpairs of S = (J + J^T)/2 matrix-free: S v = (J v + J^T v) / 2 with J v from jax.jvp and J^T v
+    from jax.vjp
+(one linearisation, vmapped over a block of b = k + oversample vectors), a randomized block Krylov
+space [V, S V, ..., S^q V] with full re-orthogonalisation (randomized block Lanczos, Musco & Musco
+2015), and Rayleigh-Ritz on it (the algebraically largest Ritz pairs, so an indefinite S is
+handled). Jitted, in y's dtype. (`diffmem.metrics.jacobian.randomized_singular_values` is the
+dense-matrix analogue for singular values.)
 """
 from __future__ import annotations
 
@@ -115,8 +117,9 @@ def top_eigenpairs(denoiser, y, sigma: float, k: int = 16, key=None, *, oversamp
     forming J.
 
     Randomized block Krylov with blocks of b = k + oversample vectors and `iters` applications of S
-    (capped so that (iters + 1) b <= n), Rayleigh-Ritz on the span. Cost: (iters + 1) b JVP + VJP
-    pairs. Returns jax arrays (eigenvalues (k,) descending, eigenvectors (n, k) orthonormal columns,
+        (capped so
+    that (iters + 1) b <= n), Rayleigh-Ritz on the span. Cost: (iters + 1) b JVP + VJP pairs.
+    Returns jax arrays (eigenvalues (k,) descending, eigenvectors (n, k) orthonormal columns,
     residuals (k,) ||S e - lambda e||, which bound each lambda's error). Use float64 y under x64 for
     tight agreement with the dense result.
     """

@@ -2,14 +2,16 @@
 `Lemon-cmd/Diffusion-Models-and-Associative-Memory`).
 
 Image version (`run_critical_times.py`; notes A.1): a sample x0 in [-1, 1] is noised with DDPM's
-forward process x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (1000 linear betas, 0-based t, fresh
-eps for every trial and t) and reconstructed with their DDIM (eta = 0): n = min(20, t) steps of
-stride ceil(t / n) along t, t - s, ... while > 0, returning the *last x0 prediction* clamped to [-1,
-1]. It counts as recovered iff distance(x0, x0_hat) <= delta (LPIPS, delta = 0.1). Over t in
-range(1, 1000, 25), with 10 trials:
+forward
+process x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (1000 linear betas, 0-based t, fresh eps for
+    every
+trial and t) and reconstructed with their DDIM (eta = 0): n = min(20, t) steps of stride ceil(t / n)
+along t, t - s, ... while > 0, returning the *last x0 prediction* clamped to [-1, 1]. It counts as
+recovered iff
+distance(x0, x0_hat) <= delta (LPIPS, delta = 0.1). Over t in range(1, 1000, 25), with 10 trials:
 
-    prob_i = mean over sample i's trials of "recovered";  alive <- alive AND recovered (per trial,
-                                                          sticky)
+    prob_i = mean over sample i's trials of "recovered";
+    alive <- alive AND recovered (per trial, sticky)
     stop="batch"      (their code): if all(prob_i < p) over the batch, stop before updating; else Tc
                       <- t for every alive trial of the batch.
     stop="per_sample" (batch-independent default): sample i's scan ends at its first t with prob_i <
@@ -26,7 +28,8 @@ first fails), one value per sample.
 
 Everything is batched: one network call evaluates every (sample, trial, t) row of a block of scan
 times. Noise for sample i (its global index, so shards over samples agree), scan step l and trial j
-comes from fold_in(fold_in(fold_in(key(seed), i), l), j), independent of batching.
+comes from
+fold_in(fold_in(fold_in(key(seed), i), l), j), independent of batching.
 """
 from __future__ import annotations
 
@@ -139,9 +142,11 @@ def em_points(t, steps_per_unit: int = 1000) -> np.ndarray:
 def em_reconstruct(score_fn: ScoreFn, sde: SDE, x_t, t_rows, num_points, keys, *, eps: float = 1e-3,
                    max_steps: int | None = None) -> jax.Array:
     """The toy's reverse Euler-Maruyama from per-row times t_rows (B,) over num_points (B,) points
-    of linspace(t, eps, .) (`em_points`), step (t - eps) / (points - 1); mean = x + g^2 s(x, tau)
-    dt, x = mean + sqrt(dt) g z; returns the last mean. keys (B,) typed keys; step j's noise from
-    fold_in(key, j). max_steps (static) >= max(num_points)."""
+    of
+    linspace(t, eps, .) (`em_points`), step (t - eps) / (points - 1); mean = x + g^2 s(x, tau) dt,
+    x = mean + sqrt(dt) g z; returns the last mean. keys (B,) typed keys; step j's noise from
+        fold_in(key, j).
+    max_steps (static) >= max(num_points)."""
     x_t = jnp.asarray(x_t)
     t = jnp.asarray(t_rows, x_t.dtype)
     num = jnp.asarray(num_points, jnp.int32)

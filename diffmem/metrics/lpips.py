@@ -4,7 +4,8 @@ LPIPS compares unit-normalised activations f_l (over channels) of five layers wi
 per-channel weights w_l, averaged over space:
 
     LPIPS(x, y) = sum_l mean_{h,w} sum_c w_{l,c} (f_l(x) - f_l(y))_{h,w,c}^2 = ||phi(x) -
-    phi(y)||^2, phi(x) = concat_l flatten(sqrt(w_l / (H_l W_l)) * f_l(x)),
+        phi(y)||^2,
+    phi(x) = concat_l flatten(sqrt(w_l / (H_l W_l)) * f_l(x)),
 
 so the k nearest training images of N samples cost N + M network passes plus the tiled GEMMs of
 `diffmem.metrics.distances.knn`, not N * M network pairs. phi has 5,760 values per 32x32 image for
@@ -172,7 +173,7 @@ RESIZES = ("nearest-exact", "bilinear")
 def nearest_exact_indices(n_in: int, n_out: int) -> np.ndarray:
     """PyTorch's "nearest-exact" resampling along one axis: output i reads input
     min(floor((i + 0.5) * n_in / n_out), n_in - 1), with the scale in float32 as PyTorch's CPU
-    kernel."""
+        kernel."""
     scale = np.float32(n_in) / np.float32(n_out)
     idx = np.floor((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale).astype(np.int64)
     return np.minimum(idx, n_in - 1)

@@ -2,20 +2,20 @@
 constant.
 
     net = BFUNet(num_kernels=64, num_blocks=3)      # their UNet: 7,659,264 parameters at 1 channel
-    net = BFCNN(num_layers=20)                      # BF-CNN: 665,856 parameters (21 layers:
-                                                    702,784)
-    f = net.apply(variables, y)                     # the noise residual f(y) (eval mode: running
-                                                    sd)
+    # BF-CNN: 665,856 parameters (21 layers: 702,784)
+    net = BFCNN(num_layers=20)
+    # the noise residual f(y) (eval mode: running sd)
+    f = net.apply(variables, y)
     D = unit_range_denoiser(net, variables)         # D(y) = y - f(y), images in [0, 1]
-    D = signed_range_denoiser(net, variables)       # the common D(x (B,*S), sigma (B,)) on [-1, 1]
-                                                    data
+    # the common D(x (B,*S), sigma (B,)) on [-1, 1] data
+    D = signed_range_denoiser(net, variables)
 
 The networks are blind (they never see sigma; the argument is accepted and ignored so they fit the
 trainer's `init(key, x, sigma)`). Every layer is positively homogeneous: 3x3 convolutions and 2x2
 transposed convolutions without bias, ReLU, average pooling, and a batch norm that only divides by a
 standard deviation (the 2024 variant, C.2 of the notes). In eval mode the sd is the running one, so
-D(a y) = a D(y) for a > 0 and D(y) = J(y) y (Euler's identity for piecewise-linear, homogeneous
-maps).
+D(a y) = a D(y) for a > 0 and
+D(y) = J(y) y (Euler's identity for piecewise-linear, homogeneous maps).
 
 Units: the nets are trained on [0, 1] images (Kadkhodaie's range; noise sigma in the same units).
 diffmem's datasets live in [-1, 1], so the loss maps x -> (x + 1) / 2 and the common denoiser is
@@ -182,8 +182,9 @@ def unit_range_denoiser(net: nn.Module, variables) -> Callable[[jax.Array], jax.
 
 
 def signed_range_denoiser(net: nn.Module, variables):
-    """The common denoiser D(x (B,*S), sigma (B,)) -> (B,*S) on diffmem's [-1, 1] images: D(x) = 2
-    D_[0,1]((x + 1) / 2) - 1, sigma ignored (blind; sigma in [-1, 1] units is twice the [0, 1] one).
+    """The common denoiser D(x (B,*S), sigma (B,)) -> (B,*S) on diffmem's [-1, 1] images:
+    D(x) = 2 D_[0,1]((x + 1) / 2) - 1, sigma ignored (blind; sigma in [-1, 1] units is twice the [0,
+        1] one).
     Homogeneous in [0, 1] units only (see the module docstring)."""
     d01 = unit_range_denoiser(net, variables)
     return lambda x, sigma=None: 2.0 * d01((x + 1.0) / 2.0) - 1.0

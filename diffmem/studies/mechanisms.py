@@ -4,10 +4,10 @@ overlaid on them.
 
     # mechanisms/critical_times/memorized/<K>.npz
     critical_times("runs/digits", samples="memorized")
-    rank_vs_snr("runs/molrg", states="trajectory")            # mechanisms/jacobian/<K>.npz +
-                                                              rank_vs_snr.png
-    energy_profiles("runs/digits")                            # mechanisms/energy/<K>.npz +
-                                                              energy.png
+    # mechanisms/jacobian/<K>.npz + rank_vs_snr.png
+    rank_vs_snr("runs/molrg", states="trajectory")
+    # mechanisms/energy/<K>.npz + energy.png
+    energy_profiles("runs/digits")
 
 Samples of a class come from the classification (bin/classify.py: classify/<K>.npz, rows aligned
 with the model's sample set by seed), sorted as Pham et al.: memorized ascending in d_m, spurious
@@ -504,10 +504,13 @@ def _rank_figure(wd: Workdir, results: dict, analytic: dict | None, kind: str) -
 # ---------------------------------------------------------------------------------- relative energy
 def ddpm_energy_gradient(denoiser, beta_0: float) -> Callable:
     """Pham et al.'s force at DDPM step 0, -beta_0 s(x) - beta_0 x / 2, with s the VP score at step
-    0: s(x) = (sqrt(ab_0) D(x / sqrt(ab_0), sigma_0) - x) / std_0^2, ab_0 = 1 - beta_0, std_0 =
-    sqrt(1 - ab_0) (from alpha_bar, not the cumprod of the betas), sigma_0 = std_0 / sqrt(ab_0). It
-    is the gradient of E(x) = -beta_0 log p_0(x) - beta_0 |x|^2 / 4 (tested against that closed form
-    for the empirical denoiser)."""
+    0:
+    s(x) = (sqrt(ab_0) D(x / sqrt(ab_0), sigma_0) - x) / std_0^2, ab_0 = 1 - beta_0, std_0 = sqrt(1
+        - ab_0)
+    (from alpha_bar, not the cumprod of the betas), sigma_0 = std_0 / sqrt(ab_0). It is the gradient
+    of
+    E(x) = -beta_0 log p_0(x) - beta_0 |x|^2 / 4 (tested against that closed form for the empirical
+        denoiser)."""
     ab0 = 1.0 - beta_0
     sig0 = math.sqrt((1 - ab0) / ab0)
 

@@ -1,14 +1,14 @@
 """Memorization study of one workdir, per K: Gu et al.'s memorization ratio and Pham et al.'s
 classes.
 
-    summary = run("runs/digits")                        # LPIPS if its weights load, else pixel;
-                                                        calibrated
+    # LPIPS if its weights load, else pixel; calibrated
+    summary = run("runs/digits")
     # Pham et al.'s 0.03 / 0.02
     summary = run("runs/digits", metric="lpips", thresholds="published")
     # given thresholds
     summary = run("runs/digits", metric="pixel", delta_m=2.0, delta_s=1.5, names=["16"])
-    result = emm("runs/emm", config, k_grid=[250, 500, 1000, 2000])  # train/sample/classify on
-                                                                     demand
+    # train/sample/classify on demand
+    result = emm("runs/emm", config, k_grid=[250, 500, 1000, 2000])
 
 Inputs (bin/train.py, bin/sample.py; layout in `diffmem.workdir`):
   the config and each model's training set (K, H, W, C) the sample set of each model: samples (N, H,
@@ -174,7 +174,8 @@ def model_thresholds(
     mesh=None,
 ) -> calibration.Thresholds:
     """The thresholds one model's samples are labelled with: calibrated on `heldout` (the pool minus
-    `train`) for N = num_samples samples, or the settings' fixed ones."""
+    `train`)
+    for N = num_samples samples, or the settings' fixed ones."""
     if settings.thresholds != "calibrated":
         return calibration.fixed(
             settings.delta_m, settings.delta_s, settings.metric, settings.thresholds

@@ -2,8 +2,8 @@
 for every K of a sweep, the memorization time tau_mem(K) and its fits tau_mem = c K and tau_mem = c
 K^alpha.
 
-    summary = run(config, workdir)                     # train with kept snapshots (or resume), then
-                                                       measure
+    # train with kept snapshots (or resume), then measure
+    summary = run(config, workdir)
     section = study_section(workdir, names)            # measure the snapshots a workdir already has
 
 Snapshots: `snapshot_schedule` picks log-spaced steps (E.5: log-spaced checkpoints, rounded to round
@@ -19,11 +19,12 @@ percentile bootstrap over the samples (`stats.bootstrap`, 1000 resamples, seeded
 deterministic).
 
 tau_mem(K) (`crossing_step`): the first snapshot step where f_mem >= level, interpolated linearly in
-log step between it and the snapshot before (E.5 defines tau_mem as the first checkpoint above a
-threshold; the threshold of the paper is unverified, default here 0.5). Its uncertainty: the same
-crossing on each bootstrap replicate of the curve. Fits (`fit_tau`) in log space: log tau = log c +
-log K (slope fixed to 1, the paper's claim) and log tau = log c + alpha log K (free), with bootstrap
-percentile intervals and alpha's OLS error.
+    log step
+between it and the snapshot before (E.5 defines tau_mem as the first checkpoint above a threshold;
+the threshold of the paper is unverified, default here 0.5). Its uncertainty: the same crossing on
+each bootstrap replicate of the curve. Fits (`fit_tau`) in log space: log tau = log c + log K (slope
+fixed to 1, the paper's claim) and log tau = log c + alpha log K (free), with bootstrap percentile
+intervals and alpha's OLS error.
 
 Outputs (<workdir>/training_time/, `Workdir.study_output_dir`): <name>/step_<step>.npz per snapshot
 (samples, seeds, d1, d2, memorized, f_mem and its interval, settings; finished ones are reused,
