@@ -47,9 +47,10 @@ def _jacobian(median):
 
 
 def _critical(memorized, generalized):
-    return res.CriticalTimesResult(metric="l2", delta=1.0, trials=2, per_class=2,
-                                   tc={"memorized": memorized, "generalized": generalized},
-                                   radius={})
+    tc = {"memorized": memorized, "generalized": generalized}
+    return res.CriticalTimesResult(metric="l2", delta=1.0, trials=2, per_class=2, tc=tc,
+                                   radius={c: {k: [1.0] * len(v) for k, v in t.items()}
+                                           for c, t in tc.items()})
 
 
 def _training_time(taus, alpha):
@@ -124,6 +125,7 @@ def test_every_claim_fails_on_numbers_made_to_break_it():
     assert "below 90% at every K" in found["gu_emm_inside"].reason
     assert "lowest ratio 0.9 (K = 32)" in found["gu_optimal"].reason
     assert "excludes 1" in found["bonnaire_exponent"].reason
+    assert "not met at K = 2, 32, 512" in found["zhang_jacobian"].reason
 
 
 def test_trends_allow_the_stated_tolerance():
@@ -172,6 +174,11 @@ def test_claims_lacking_their_numbers_are_not_measured():
         assert found[cid].verdict == "not measured", cid
     assert "no generalized samples" in found["pham_critical_times"].reason
     assert "no per-K agreement rows" in found["kamb_bbels_rises"].reason
+    no_bbels = _machines((0.5, 0.8, 0.97))
+    for row in no_bbels.data["rows"].values():
+        del row["machines"]["bbels"]
+    found = kc.claims(dict(good(), machines=no_bbels), KS, quick=False)["kamb_bbels_rises"]
+    assert found.verdict == "not measured" and "compared els, not bbels" in found.reason
     # two K: the spurious peak and the RP minimum need an intermediate K
     r = good()
     r["reproducibility"] = dataclasses.replace(
@@ -219,3 +226,21 @@ def test_markdown_section_and_json_round_trip(tmp_path):
         whole = res.from_report_json(json.loads(json.dumps(res.report_json({"claims": found}))))
         assert whole == {"claims": found}
         assert all(c.verdict in res.VERDICTS for c in found.rows)
+
+
+def test_report_sections_put_the_claims_after_the_setup():
+    """The report builder's sections: the stored claims when report.json has them, else the claims
+    checked on the stage results there (a report.json written before the claims)."""
+    from diffmem.studies import k_sweep_report
+    setup = res.ReportResult(version=res.REPORT_VERSION, workdir="wd", config=dict(
+        source="digits", ks=list(KS), steps=10, arch="ddpm", precond="ddpm", seed=0),
+        settings={"num_samples": 8, "quick": False}, sampling=dict(
+            sampler="ddim", steps=3, optimal_sampler="ddim"), ks=KS, stages={}, figures={},
+        key="k")
+    results = dict(good(), report=setup)
+    sections = k_sweep_report.report_sections(lambda p: p, results)
+    assert [s["title"] for s in sections[:2]] == ["Setup", "Published claims"]
+    assert [r["verdict"] for r in sections[1]["rows"]] == ["holds"] * len(IDS)
+    stored = kc.claims(bad(), KS, quick=True)
+    sections = k_sweep_report.report_sections(lambda p: p, dict(results, claims=stored))
+    assert sections[1] == kc.section(stored)

@@ -293,7 +293,8 @@ def _zhang_jacobian(r: Mapping) -> Verdict:
                          f"{_f(e['rank_high'])} at SNR {_f(e['snr_high'])}"
                          for k, e in ends.items())
     why = (f"median rank/n <= {T['rank_low']} at the lowest SNR and >= {T['rank_high']} at the "
-           "highest " + (f"not at K = {', '.join(map(str, fails))}" if fails else "at every K"))
+           "highest: " + (f"not met at K = {', '.join(map(str, fails))}" if fails
+                          else "met at every K"))
     return _verdict(not fails), measured, why, dict(ends={str(k): e for k, e in ends.items()})
 
 
@@ -370,10 +371,13 @@ def _kamb(r: Mapping) -> Verdict:
     if not isinstance(rows, Mapping):
         return _missing("the machines section holds no per-K agreement rows")
     by_k = {row["k"]: row for row in rows.values() if isinstance(row, Mapping) and "k" in row}
+    compared = sorted({m for row in by_k.values() for m in (row.get("machines") or {})})
+    if compared and BOUNDARY_MACHINE not in compared:
+        return _missing(f"the machines stage compared {', '.join(compared)}, not "
+                        f"{BOUNDARY_MACHINE} (the boundary-aware local machine)")
     s = _series(by_k, lambda row: row["machines"][BOUNDARY_MACHINE]["r"])
     if len(s) < 2:
-        return _missing(f"{BOUNDARY_MACHINE} agreement at {len(s)} K; the claim needs two or more "
-                        f"(is {BOUNDARY_MACHINE} among the machines compared?)")
+        return _missing(f"{BOUNDARY_MACHINE} agreement at {len(s)} K; the claim needs two or more")
     ok, why = _trend(s, +1)
     return _verdict(ok), f"r {BOUNDARY_MACHINE} " + _text(s), why, dict(r=_json(s))
 
