@@ -5,13 +5,14 @@ weights in EDM's own layout (`importers.edm.to_state`, `torch_writers.write_netw
 imported as `workdir_writer.import_model` does it, its two steps timed apart: `read_source` (read
 the pickle, map it onto diffmem's SongUNet) and `write_workdir` (config, subset, the orbax
 checkpoint with a fresh Adam state), in a fresh Python process, timed from its start to its exit;
-its peak RSS comes from `os.wait4`.
+its peak RSS comes from `os.wait4`. The file is written by a process of its own, so that this one
+stays small: a child's ru_maxrss counts the memory of the process it was forked from.
 
     python bench/bench_import.py             # the CIFAR-10 network, 2 runs and a profiled one
     python bench/bench_import.py --small     # model_channels 32 (3.5M parameters), to try it out
 
-The profiled run marks the import's phases (reading the bytes, unpickling, tensors as arrays, the
-map, params to jax, the Adam state, orbax's save) and resets the process's VmHWM at each boundary,
+The profiled run marks the import's phases (opening the file, unpickling it as a stream, tensors
+as arrays, the map, the Adam state, orbax's save) and resets the process's VmHWM at each boundary,
 so the table gives every phase's own peak: where the memory goes. `--no_profile` leaves it out.
 
 Target (the importers' issue): the import of a 56M-parameter EDM CIFAR-10 network takes under 30 s
@@ -142,8 +143,8 @@ def _profile_phases() -> None:
 
     import jax
 
-    from diffmem import builders, checkpoint
-    from diffmem.importers import edm, torch_files
+    from diffmem import checkpoint
+    from diffmem.importers import edm, torch_files, workdir_writer
 
     def wrap(mod, name, before, after):
         f = getattr(mod, name)
@@ -157,26 +158,14 @@ def _profile_phases() -> None:
             return out
         setattr(mod, name, g)
 
-    wrap(torch_files, "_read_bytes", "start-up (python, jax, diffmem)", "read the file's bytes")
-    wrap(torch_files, "_resolve", "unpickle (storages decoded)", "tensors as arrays (_resolve)")
+    wrap(torch_files, "_open", "start-up (python, jax, diffmem)", "open the file")
+    wrap(torch_files, "_resolve", "unpickle (storages read, decoded)",
+         "tensors as arrays (_resolve)")
     wrap(edm, "to_flax", "state dict, config, shapes (eval_shape)", "map onto SongUNet (to_flax)")
-    build_optimizer = builders.build_optimizer
-
-    def build(config):
-        tx = build_optimizer(config)
-        return tx._replace(init=lambda p: _marked(tx.init, p, "config, subset, params to jax",
-                                                  "Adam state (tx.init)"))
-    builders.build_optimizer = build
-    wrap(checkpoint, "save", "checkpoint manager", "checkpoint.save (sha256, async start)")
-    wrap(checkpoint, "wait", "(none)", "checkpoint written (orbax wait)")
-
-
-def _marked(f, arg, before, after):
-    import jax
-    _mark(before)
-    out = jax.block_until_ready(f(arg))
-    _mark(after)
-    return out
+    wrap(workdir_writer, "_fresh_opt_state", "config, subset, shapes checked",
+         "Adam state (_fresh_opt_state)")
+    wrap(checkpoint, "tree_sha256", "checkpoint manager", "sha256 of the leaves")
+    wrap(workdir_writer, "_save_checkpoint", "(none)", "checkpoint written (orbax)")
 
 
 def child(source: str, workdir: str, profile: bool = False) -> None:
@@ -231,15 +220,25 @@ def main():
                     help="skip the extra run that measures each phase's own peak")
     ap.add_argument("--child", nargs=2, metavar=("SOURCE", "WORKDIR"), help=argparse.SUPPRESS)
     ap.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--write_snapshot", metavar="PATH", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(*a.child, profile=a.profile)
     model = dict(MODEL, channels=32) if a.small else MODEL
+    if a.write_snapshot:
+        return print(json.dumps({"params": write_snapshot(a.write_snapshot, model)}), flush=True)
     root = tempfile.mkdtemp(prefix="bench_import_")
     try:
         path = os.path.join(root, "network-snapshot-200000.pkl")
         t = time.perf_counter()
-        n_params = write_snapshot(path, model)
+        # in a process of its own: this one stays small, as each import's is measured from a fork
+        # of it (a child's ru_maxrss starts from the RSS of the process it was forked from)
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--write_snapshot", path]
+                             + ["--small"] * a.small, capture_output=True, text=True,
+                             cwd=common.REPO)
+        if out.returncode != 0:
+            raise SystemExit(f"writing the snapshot failed: {out.stderr[-2000:]}")
+        n_params = json.loads(out.stdout.strip().splitlines()[-1])["params"]
         write_s = time.perf_counter() - t
         size = os.path.getsize(path)
         runs = []

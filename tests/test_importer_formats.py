@@ -241,6 +241,25 @@ def test_legacy_torch_file_round_trip(tmp_path):
     _one_line_naming(err.value, tmp_path / "cut.pth")
 
 
+def test_tensors_spanning_their_storage_are_views_of_the_files_bytes(tmp_path):
+    """No copy per tensor: a native-order storage decodes as a view of its bytes, and a tensor that
+    is its whole storage is that view reshaped (read-only); other byte orders are converted."""
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    raw = w.tobytes()
+    flat = tf.decode_storage(raw, "f4")
+    assert np.shares_memory(flat, np.frombuffer(raw, np.uint8)) and np.array_equal(flat, w.ravel())
+    swapped = tf.decode_storage(w.astype(">f4").tobytes(), "f4", "big")
+    assert swapped.dtype == np.float32 and np.array_equal(swapped, w.ravel())
+    out = tf.read_torch_file(tw.write_torch_zip(tmp_path / "v.pt", {"w": w}))
+    assert np.array_equal(out["w"], w) and not out["w"].flags.owndata
+    assert not out["w"].flags.writeable
+    data, _ = _edm_snapshot(str(tmp_path / "m"))
+    state = tf.read_edm_pickle(tw.write_network_pickle(tmp_path / "net.pkl", data))["state_dict"]
+    # its own storage: a view; a part of the shared storage of conv0.bias: a copy
+    assert not state["model.enc.32x32_conv.weight"].flags.owndata
+    assert state["model.enc.32x32_block0.conv0.bias"].flags.owndata
+
+
 def test_legacy_stream_of_one_storage():
     flat = np.arange(5, dtype=np.int64)
     stream = tw._legacy_stream(flat)

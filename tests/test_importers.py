@@ -525,6 +525,10 @@ def test_bin_import_model_writes_a_kadkhodaie_workdir_with_its_training_set(tmp_
             "opt_state": builders.build_optimizer(config).init(params)}
     state = checkpoint.restore(checkpoint.manager(wd, "10", None), 1, like)
     assert _equal_trees(jax.tree.map(np.asarray, state["params"]), v)
+    # its optimizer state is the trainer's fresh one (written as zero pages, not computed)
+    got, fresh = state["opt_state"], like["opt_state"]
+    assert jax.tree.structure(got) == jax.tree.structure(fresh)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(fresh)))
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert again.returncode != 0 and "already exists" in again.stderr
     assert again.stderr.count("\n") <= 2

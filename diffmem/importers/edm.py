@@ -252,7 +252,9 @@ def from_state(state: Mapping[str, np.ndarray], class_name: str, hparams: Mappin
             raise MappingError(f"{WHO}: tensor 'model.map_augment.weight' has shape {w.shape}; "
                                f"augment_dim = {hp['augment_dim']} needs {want}.")
         ignore["model.map_augment.weight"] = "augmentation labels: EDM's samplers never pass them"
-    variables = to_flax(state, entries(hp), _shapes(model, hp), WHO, ignore)
+    # `state` is this function's own dict (`_with_prefix`): consumed as it is mapped
+    variables = to_flax(state, entries(hp), _shapes(model, hp), WHO, ignore, consume=True)
+    del state
     info = dict(format="edm", class_name=class_name,
                 architecture={k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()
                               if not (isinstance(v, float) and math.isinf(v))})
@@ -298,5 +300,6 @@ def read(path: str) -> ImportedModel:
     from diffmem.importers import torch_files
     net = torch_files.read_edm_pickle(path)
     kimg = re.search(r"(\d+)", os.path.basename(str(path)))  # network-snapshot-<kimg>.pkl
-    return from_state(net["state_dict"], net["class_name"], net["hparams"],
+    # the state dict is handed over (popped), so from_state frees each tensor as it maps it
+    return from_state(net.pop("state_dict"), net["class_name"], net["hparams"],
                       step=int(kimg.group(1)) if kimg else 1)

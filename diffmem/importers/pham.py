@@ -292,4 +292,5 @@ def read(path: str, *, image_size: int | None = None) -> ImportedModel:
     else:
         state, args, step = obj, None, 1
     state = torch_files.strip_prefix(torch_files.flatten_state_dict(state))
+    del obj  # the rest of a training checkpoint (their model, Adam moments) goes before the map
     return from_state(state, args, image_size=image_size, step=int(step or 1))

@@ -155,13 +155,16 @@ def _check_map(entries: Sequence[Entry], shapes: Mapping[tuple[str, ...], tuple[
 
 def to_flax(state: Mapping[str, np.ndarray], entries: Sequence[Entry],
             shapes: Mapping[tuple[str, ...], tuple[int, ...]], who: str,
-            ignore: Mapping[str, str] | None = None) -> dict:
+            ignore: Mapping[str, str] | None = None, consume: bool = False) -> dict:
     """Flax variables (nested dict of float32 numpy arrays) from a source state dict.
 
     state: {dotted name: array} in the source layout; entries: the map (module docstring); shapes:
     the Flax leaves' shapes (`template`); who: the source's name for messages ("EDM
     network-snapshot"); ignore: {key: reason} of source keys that are known and deliberately not
-    kept. Raises MappingError naming the first key that does not map.
+    kept; consume: pop each mapped tensor from `state` (a dict the caller gives up) as its Flax
+    copy is made, so the source's memory goes tensor by tensor and the peak is one copy of the
+    weights, not two (a tensor already in the Flax layout is kept, not copied). Raises
+    MappingError naming the first key that does not map.
     """
     _check_map(entries, shapes, who)
     by_key = {e.key: e for e in entries}
@@ -176,7 +179,7 @@ def to_flax(state: Mapping[str, np.ndarray], entries: Sequence[Entry],
         if e.key not in state:
             raise MappingError(f"{who}: tensor {e.key!r} is missing: the network built from the "
                                "file's hyper-parameters needs it.")
-        a = np.asarray(state[e.key])
+        a = np.asarray(state.pop(e.key) if consume else state[e.key])
         if e.layout == "const":
             want = np.asarray(e.value, np.float32)
             if a.shape != want.shape or not np.allclose(a, want, rtol=0, atol=1e-7):

@@ -26,17 +26,25 @@ is called. The stand-ins (and the stub classes) refuse BUILD on themselves, so a
 them.
 
 Output: nested dict / list / tuple / set of Python scalars and strings with `np.ndarray` leaves
-(copies, native byte order, bfloat16 widened to float32); numpy scalars become Python numbers;
+(native byte order, bfloat16 widened to float32); numpy scalars become Python numbers;
 torch modules and stubbed objects become `PickledObject` records. `flatten_state_dict` turns a
 module tree or a state dict into `{dotted.name: array}` as torch's `state_dict()` would,
 `strip_prefix` removes DataParallel's `module.`, and `read_edm_pickle` gives an EDM snapshot's
 network as a state dict with its class and hyper-parameters.
+
+Memory. A file is read once, as a stream (never held whole): each storage's bytes are read into
+one buffer, and a storage already in native byte order is decoded as a view of that buffer. A
+tensor that spans its whole storage (contiguous, from offset 0: every tensor of EDM's pickles and
+of most state dicts) is that storage reshaped, a read-only array over the file's bytes, with no
+copy; a tensor that is a part of a storage, or strided, is copied out of it. Reading a file thus
+costs about its size once.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import io
+import math
 import pathlib
 import pickle
 import zipfile
@@ -173,12 +181,18 @@ class _Dtype:
             self.dtype = self.dtype.newbyteorder(state[1])
 
 
-def decode_storage(raw: bytes, dtype: str, byteorder: str = "little") -> np.ndarray:
-    """Raw storage bytes -> a 1-D native-order array (bfloat16 bits widened to float32)."""
+def decode_storage(raw, dtype: str, byteorder: str = "little") -> np.ndarray:
+    """Raw storage bytes (bytes, bytearray or memoryview) -> a 1-D native-order array (bfloat16
+    bits widened to float32): a view of `raw` when its elements are already native and aligned (no
+    copy; read-only over bytes), else a converted copy."""
     order = "<" if byteorder == "little" else ">"
     if dtype == "bfloat16":
         return (np.frombuffer(raw, order + "u2").astype(np.uint32) << 16).view(np.float32)
-    return np.frombuffer(raw, order + dtype).astype(np.dtype(dtype).newbyteorder("="))
+    flat = np.frombuffer(raw, order + dtype)
+    native = np.dtype(dtype).newbyteorder("=")
+    if flat.dtype != native or not flat.flags.aligned:
+        return flat.astype(native)  # a copy, converted (or aligned)
+    return flat
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_ignored):
@@ -336,8 +350,11 @@ def _unpickle(f, name: str, load_storage=None, unpickler: list | None = None):
         raise _fail(name, "cannot decode its pickle", e) from e
 
 
-def _parse_legacy(data: bytes, name: str):
-    f = io.BytesIO(data)
+def _parse_legacy(data, name: str):
+    """A legacy stream's object, its storages decoded: `data` its bytes (storages become views of
+    them) or a binary file positioned at its start (each storage read once, into its own bytes)."""
+    view = memoryview(data) if isinstance(data, (bytes, bytearray, memoryview)) else None
+    f = io.BytesIO(data) if view is not None else data
     if _unpickle(f, name) != LEGACY_MAGIC:
         raise InputError(f"{name}: not a torch file (no legacy magic number); check the path")
     if _unpickle(f, name) != LEGACY_PROTOCOL:
@@ -354,11 +371,22 @@ def _parse_legacy(data: bytes, name: str):
         st, head = storages[key], f.read(8)
         item = 2 if st.dtype == "bfloat16" else np.dtype(st.dtype).itemsize
         numel = int.from_bytes(head, order, signed=True) if len(head) == 8 else -1
-        raw = f.read(numel * item) if numel >= 0 else b""
+        raw = _take(f, numel * item, view) if numel >= 0 else b""
         if numel < 0 or len(raw) != numel * item:
             raise _fail(name, f"storage {key} is cut short")
         st.array = decode_storage(raw, st.dtype, order)
     return obj
+
+
+def _take(f, n: int, view: memoryview | None):
+    """The next `n` bytes of `f` (fewer at its end): a slice of `view` (f's own buffer, no copy)
+    when given, else read."""
+    if view is None:
+        return f.read(n)
+    pos = f.tell()
+    raw = view[pos:pos + n]
+    f.seek(pos + len(raw))
+    return raw
 
 
 def parse_legacy_torch(data: bytes, name: str = "<bytes>") -> Any:
@@ -384,9 +412,14 @@ def _tensor_array(t: _Tensor, name: str) -> np.ndarray:
     last = t.offset + sum((n - 1) * s for n, s in zip(t.size, t.stride))
     if last >= flat.size:
         raise _fail(name, f"a tensor of size {t.size} reaches past storage {t.storage.key}")
+    if t.offset == 0 and math.prod(t.size) == flat.size and all(
+            s == math.prod(t.size[i + 1:]) for i, s in enumerate(t.stride) if t.size[i] > 1):
+        whole = flat.reshape(t.size)  # the whole storage, contiguous: a view, no copy
+        whole.flags.writeable = False
+        return whole
     view = np.lib.stride_tricks.as_strided(flat[t.offset:], t.size,
                                            [s * flat.itemsize for s in t.stride], writeable=False)
-    return np.array(view)
+    return np.array(view)  # a part of a storage (or strided): its own copy
 
 
 def _resolve(obj, name: str):
@@ -427,10 +460,10 @@ def _plain(obj, name: str, memo: dict):
     return out
 
 
-def _read_bytes(path) -> bytes:
+def _open(path):
+    """`path` opened for binary reading; a missing or unreadable file is one line naming it."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return open(path, "rb")
     except FileNotFoundError as e:
         raise MissingInputError(f"{path}: no such file; check the path") from e
     except OSError as e:
@@ -440,9 +473,14 @@ def _read_bytes(path) -> bytes:
 def read_torch_zip(path) -> Any:
     """The object saved in a torch zip checkpoint, tensors as `np.ndarray` (module docstring)."""
     name = str(path)
+    with _open(path) as f:
+        return _read_zip(f, name)
+
+
+def _read_zip(f, name: str) -> Any:
     try:
-        zf = zipfile.ZipFile(io.BytesIO(_read_bytes(path)))
-    except (zipfile.BadZipFile, ValueError, EOFError) as e:
+        zf = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
         raise _fail(name, "cannot open it as a zip", e) from e
     with zf:
         names = set(zf.namelist())
@@ -469,7 +507,7 @@ def read_torch_zip(path) -> Any:
             item = 2 if st.dtype == "bfloat16" else np.dtype(st.dtype).itemsize
             if len(raw) < numel * item:
                 raise _fail(name, f"storage {st.key} holds {len(raw)} bytes, not {numel * item}")
-            st.array = decode_storage(raw[:numel * item], st.dtype, order)
+            st.array = decode_storage(memoryview(raw)[:numel * item], st.dtype, order)
 
         return _resolve(_unpickle(io.BytesIO(record("data.pkl")), name, load_storage), name)
 
@@ -477,17 +515,24 @@ def read_torch_zip(path) -> Any:
 def read_network_pickle(path) -> Any:
     """The object of a plain pickle (EDM's network-snapshot-*.pkl, exp_arguments.pkl, ...)."""
     name = str(path)
-    return _resolve(_unpickle(io.BytesIO(_read_bytes(path)), name), name)
+    with _open(path) as f:
+        return _resolve(_unpickle(f, name), name)
 
 
 def read_torch_file(path) -> Any:
     """Any of the three formats, told apart by their first bytes (zip, legacy magic, pickle)."""
-    data = _read_bytes(path)
-    if data[:4] == b"PK\x03\x04":
-        return read_torch_zip(path)
-    if data[:3] == b"\x80\x02\x8a":  # protocol 2, then a LONG1: the legacy magic number
-        return parse_legacy_torch(data, str(path))
-    return read_network_pickle(path)
+    name = str(path)
+    with _open(path) as f:
+        try:
+            head = f.read(4)
+            f.seek(0)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read it ({e})") from e
+        if head == b"PK\x03\x04":
+            return _read_zip(f, name)
+        if head[:3] == b"\x80\x02\x8a":  # protocol 2, then a LONG1: the legacy magic number
+            return _resolve(_parse_legacy(f, name), name)
+        return _resolve(_unpickle(f, name), name)
 
 
 def flatten_state_dict(tree, prefix: str = "") -> dict[str, np.ndarray]:

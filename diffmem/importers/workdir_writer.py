@@ -14,7 +14,12 @@ What is written, exactly as `bin/train.py` writes a trained model:
   checkpoints/<K>/<step>  an orbax checkpoint {step, params, ema_params, opt_state}: the weights
                         as both params and EMA params, a fresh Adam state of `config.optim` (so
                         bin/train.py can fine-tune from it), with the config and every leaf's
-                        sha256 in its metadata
+                        sha256 in its metadata. It is written from the imported numpy arrays
+                        themselves (no jax copy, no copy by orbax: the save is waited for), the
+                        Adam moments as untouched zero pages, its data files flushed every
+                        `DATA_FILE_BYTES` (orbax's default, 2 GiB, holds the whole encoded
+                        checkpoint in memory until the end), so the import's memory stays near
+                        one copy of the weights
   subsets/<K>.npz       the training set's rows and hash, as training records them
   imported.json         where it came from: format, source path, keys read but not kept,
                         hyper-parameters
@@ -32,6 +37,7 @@ An existing workdir is never overwritten: the import stops at once (one line).
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -45,6 +51,9 @@ __all__ = ["FORMATS", "read_source", "build_config", "write_workdir", "import_mo
 FORMATS = ("edm", "pham", "kadkhodaie", "diffusers")
 PLACEHOLDER = os.path.join("imported", "placeholder.npz")
 PROVENANCE = "imported.json"
+DATA_FILE_BYTES = 1 << 20
+"""The checkpoint's OCDBT data files are written as each reaches this size: what the save holds
+encoded in memory at once."""
 
 
 def read_source(source: str, format: str, *, image_size: int | None = None,
@@ -156,7 +165,7 @@ def _write(imported: ImportedModel, workdir: str, data, k, image_size, grayscale
     import jax
     import jax.numpy as jnp
 
-    from diffmem import builders, checkpoint
+    from diffmem import builders
     from diffmem import workdir as wdlib
     section = _data_section(workdir, imported, data, k, image_size, grayscale)
     config = build_config(imported, section)
@@ -164,7 +173,7 @@ def _write(imported: ImportedModel, workdir: str, data, k, image_size, grayscale
     wd.write_config(config)
     _record_first_k(wd, config)
     spec = wd.specs(config)[0]
-    params = jax.tree.map(jnp.asarray, imported.variables)
+    params = imported.variables  # numpy arrays, written as they are (a jax copy would double them)
     x = jnp.asarray(spec.data[:1])
     like = jax.eval_shape(lambda: _net(config, spec).init(jax.random.key(0), x,
                                                           jnp.ones((1,), jnp.float32)))
@@ -176,11 +185,65 @@ def _write(imported: ImportedModel, workdir: str, data, k, image_size, grayscale
     tx = builders.build_optimizer(config)  # the trainer's: bin/train.py resumes from it
     step = int(imported.step)
     state = {"step": jnp.asarray(step, jnp.int32), "params": params, "ema_params": params,
-             "opt_state": tx.init(params)}
-    mngr = checkpoint.manager(workdir, spec.name, config.keep_checkpoints)
-    checkpoint.save(mngr, step, state, config=wdlib.config_as_json(config))
-    checkpoint.wait(mngr)
+             "opt_state": _fresh_opt_state(tx, params)}
+    _save_checkpoint(workdir, spec.name, step, state, wdlib.config_as_json(config))
     _write_provenance(wd, imported, source, format, spec.name, data)
+
+
+def _fresh_opt_state(tx, params):
+    """`tx.init(params)` as numpy arrays. An optimizer whose initial state is all zeros (optax's
+    Adam, clipping and schedule counts: checked on a one-element-per-leaf copy of `params`) gets
+    `_zeros` leaves, fresh pages the kernel maps only when written: the moments (two copies of the
+    weights' size) cost no memory while orbax reads them to write zeros. Any other state is
+    computed by `tx.init` itself."""
+    import jax
+    probe = jax.tree.map(lambda a: np.ones((1,) * np.ndim(a), np.asarray(a).dtype), params)
+    if all(not np.any(np.asarray(leaf)) for leaf in jax.tree.leaves(tx.init(probe))):
+        return jax.tree.map(lambda s: _zeros(s.shape, s.dtype), jax.eval_shape(tx.init, params))
+    return jax.tree.map(np.asarray, tx.init(params))
+
+
+def _zeros(shape, dtype) -> np.ndarray:
+    """A zero array; from 64 KiB on, over an anonymous mapping of its own: zero pages until
+    written, where `np.zeros` may reuse (and so clear, making resident) memory the process freed."""
+    import mmap
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes < 1 << 16:
+        return np.zeros(shape, dtype)
+    private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS  # shared memory would be resident when read
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=private), dtype).reshape(shape)
+
+
+def _save_checkpoint(workdir: str, name: str, step: int, state, config: dict) -> None:
+    """`checkpoint.save` + `checkpoint.wait` of `state` (numpy leaves) as model `name`'s step
+    `step`, with the same checks and record (free space, every leaf's sha256, the config), written
+    without copies: orbax's numpy handler here does not copy each host array first (it does so that
+    an asynchronous save may outlive the caller's arrays; this save is waited for and nothing
+    writes to them), and data files are flushed every `DATA_FILE_BYTES`. The checkpoint is an
+    ordinary PyTree checkpoint: `checkpoint.restore` and `checkpoint.restore_item` read it."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from diffmem import checkpoint
+    from diffmem.layout import Layout
+    th = ocp.type_handlers
+    registry = th.create_type_handler_registry(
+        (np.ndarray, th.NumpyHandler(deepcopy_host_arrays=False)),
+        *[(t, th.get_type_handler(t)) for t in (jax.Array, int, float, np.number)])
+    mngr = ocp.CheckpointManager(
+        Layout(workdir).checkpoint_dir(name),
+        options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True),
+        item_handlers=ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
+    try:
+        record = {"sha256": checkpoint.tree_sha256(state), "config": config}
+        checkpoint._check_free_space(mngr, step, state)
+        with checkpoint._write_errors(mngr):
+            mngr.save(int(step), args=ocp.args.PyTreeSave(
+                state, ocdbt_target_data_file_size=DATA_FILE_BYTES),
+                custom_metadata={checkpoint.METADATA_KEY: record})
+        checkpoint.wait(mngr)
+    finally:
+        mngr.close()
 
 
 def _record_first_k(wd, config) -> None:
