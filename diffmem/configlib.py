@@ -92,8 +92,18 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 # ------------------------------------------------------------------------------ files and overrides
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """Load `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
+    """Load `path/to/config.py[:arg]` by calling its `get_config(arg)`, or a workdir's `config.json`
+    (e.g. of an imported model: `--config=runs/edm/config.json`), migrated to the current schema."""
     path, _, arg = spec.partition(":")
+    if path.endswith(".json") and os.path.isfile(path) and not arg:
+        try:
+            with open(path) as f:
+                obj = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"Config file {path!r} is not readable JSON ({e}).") from None
+        config = from_json(json.dumps(config_schema.migrate(obj)))
+        validate(config)
+        return config
     if not os.path.isfile(path):
         raise ConfigError(
             f"Config file {path!r} does not exist (expected e.g. configs/circle.py:k=9)."

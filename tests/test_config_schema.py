@@ -271,3 +271,15 @@ def test_a_sample_shard_of_the_old_ddpm_sampler_name_reads_as_ddpm_ancestral(tmp
     assert wdlib.read_shard(path)["settings"] == dict(
         sampler="ddpm_ancestral", step=5, timesteps=1000
     )
+
+
+def test_a_workdir_config_json_loads_as_a_config(tmp_path):
+    """--config=WD/config.json (an imported model's workdir, or any run's) gives the config it holds,
+    migrated from an earlier schema; unreadable JSON is one ConfigError line."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(OLD_DIGITS))
+    got = configlib.load_config_file(str(path))
+    assert json.loads(configlib.to_json(got)) == json.loads(configlib.to_json(load("digits.py:k=16")))
+    path.write_text("{broken")
+    with pytest.raises(configlib.ConfigError, match="not readable JSON"):
+        configlib.load_config_file(str(path))
