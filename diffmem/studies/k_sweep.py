@@ -40,7 +40,8 @@ disjoint/<K>.npz, figures/*.png, report.json, report.md, report.html, and xla_ca
 persistent compilation cache while the study runs, `compilation_cache`).
 
 report.json is {stage: result.to_json()} for every stage with a record, plus "report" (the setup,
-the stage statuses and the figures): its schema is the result classes of
+the stage statuses and the figures) and "claims" (the published claims checked on the results,
+`k_sweep_claims`): its schema is the result classes of
 diffmem.studies.k_sweep_results (`load_report(path)` reads it back; dictionaries keyed by K are
 keyed by int K there, str(K) in JSON). A stage that did not run leaves its key out. Stage bodies:
 k_sweep_stages; figures: k_sweep_figures; the report's sections: k_sweep_report; the stage cache:
