@@ -274,12 +274,13 @@ def test_a_sample_shard_of_the_old_ddpm_sampler_name_reads_as_ddpm_ancestral(tmp
 
 
 def test_a_workdir_config_json_loads_as_a_config(tmp_path):
-    """--config=WD/config.json (an imported model's workdir, or any run's) gives the config it holds,
-    migrated from an earlier schema; unreadable JSON is one ConfigError line."""
+    """--config=WD/config.json (an imported model's workdir, or any run's) gives the config it
+    holds, migrated from an earlier schema; unreadable JSON is one ConfigError line."""
     path = tmp_path / "config.json"
     path.write_text(json.dumps(OLD_DIGITS))
     got = configlib.load_config_file(str(path))
-    assert json.loads(configlib.to_json(got)) == json.loads(configlib.to_json(load("digits.py:k=16")))
+    want = json.loads(configlib.to_json(load("digits.py:k=16")))
+    assert json.loads(configlib.to_json(got)) == want
     path.write_text("{broken")
     with pytest.raises(configlib.ConfigError, match="not readable JSON"):
         configlib.load_config_file(str(path))
