@@ -274,12 +274,29 @@ def test_a_sample_shard_of_the_old_ddpm_sampler_name_reads_as_ddpm_ancestral(tmp
 
 
 def test_a_workdir_config_json_loads_as_a_config(tmp_path):
-    """--config=WD/config.json (an imported model's workdir, or any run's) gives the config it holds,
-    migrated from an earlier schema; unreadable JSON is one ConfigError line."""
+    """--config=WD/config.json (an imported model's workdir, or any run's) gives the config it
+    holds, migrated from an earlier schema; unreadable JSON is one ConfigError line."""
     path = tmp_path / "config.json"
     path.write_text(json.dumps(OLD_DIGITS))
     got = configlib.load_config_file(str(path))
-    assert json.loads(configlib.to_json(got)) == json.loads(configlib.to_json(load("digits.py:k=16")))
+    want = json.loads(configlib.to_json(load("digits.py:k=16")))
+    assert json.loads(configlib.to_json(got)) == want
     path.write_text("{broken")
     with pytest.raises(configlib.ConfigError, match="not readable JSON"):
         configlib.load_config_file(str(path))
+
+
+def test_shipped_configs_load_by_name_by_path_and_with_a_space():
+    assert configlib.config_names() == sorted(
+        f[:-3] for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py"))
+    by_path = configlib.to_json(load("cifar10.py:k=1000"))
+    assert configlib.to_json(configlib.load_config_file("cifar10:k=1000")) == by_path
+    config, rest = configlib.parse_config_argv(["--config", "cifar10:k=1000", "--workdir=x"])
+    assert configlib.to_json(config) == by_path and rest == ["--workdir=x"]
+    with pytest.raises(configlib.ConfigError, match=r"No config named 'cifar11'; the shipped"):
+        configlib.load_config_file("cifar11")
+    with pytest.raises(configlib.ConfigError, match="--config needs a value"):
+        configlib.parse_config_argv(["--config"])
+    # the checkout's configs/ files are the shipped ones
+    from diffmem.configs import cifar10
+    assert load("cifar10.py").to_dict() == cifar10.get_config(None).to_dict()
