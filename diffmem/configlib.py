@@ -26,7 +26,7 @@ from diffmem import config_schema
 from diffmem.config_schema import check  # noqa: F401 (configlib.check: callers' name for it)
 from diffmem.errors import ConfigError
 
-__all__ = ["config_names", "parse_arg", "load_config_file",
+__all__ = ["config_names", "config_doc", "parse_arg", "load_config_file",
            "apply_override", "parse_config_argv", "validate",
            "to_json", "from_json", "duration_to_steps", "sweep"]
 
@@ -100,6 +100,18 @@ def config_names() -> list[str]:
     """The names of the configs shipped with diffmem (`diffmem/configs/<name>.py`)."""
     return sorted(f[:-3] for f in os.listdir(_CONFIG_DIR)
                   if f.endswith(".py") and not f.startswith("_"))
+
+
+def config_doc(spec: str) -> str:
+    """The docstring of the config file `spec` names (a shipped name or a path; its arg keys and
+    commands), or a line saying why there is none."""
+    path = spec.partition(":")[0]
+    if not os.path.isfile(path) and path in config_names():
+        path = os.path.join(_CONFIG_DIR, f"{path}.py")
+    if not os.path.isfile(path) or not path.endswith(".py"):
+        return f"(no config file {path!r}: shipped configs are {config_names()})"
+    with open(path) as f:
+        return ast.get_docstring(ast.parse(f.read())) or "(no docstring)"
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
