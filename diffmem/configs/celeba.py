@@ -16,6 +16,8 @@ precond (ddpm | vp | ve | edm).
 """
 from diffmem import image_configs as ic
 
+__all__ = ["get_config"]
+
 CELEBA = ic.ImageSet(
     source="tfds:celeb_a",
     image_size=80,

@@ -31,6 +31,8 @@ ddpmpp), precond (ddpm | vp | ve | edm).
 """
 from diffmem import image_configs as ic
 
+__all__ = ["get_config"]
+
 CIFAR10 = ic.ImageSet(source="tfds:cifar10", ddpm_mult=(1, 2, 2, 2), pham_steps=500_000)
 
 

@@ -21,6 +21,8 @@ a+b+c sweep), steps, seed, lr, batch (cap on the batch size; batch = min(batch, 
 from diffmem import config_schema as schema
 from diffmem import configlib
 
+__all__ = ["get_config"]
+
 
 def get_config(arg=None):
     a = configlib.parse_arg(arg, k=9, steps=50_000, seed=9, lr=1e-4, batch=500)

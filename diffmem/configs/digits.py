@@ -20,6 +20,8 @@ edm; ddpm trains with Ho et al.'s epsilon loss, the others with EDM's loss).
 """
 from diffmem import image_configs as ic
 
+__all__ = ["get_config"]
+
 
 def get_config(arg=None):
     a = ic.parse_args(

@@ -31,6 +31,8 @@ import dataclasses
 from diffmem import configlib
 from diffmem import image_configs as ic
 
+__all__ = ["get_config", "cpu_config"]
+
 FMNIST = ic.ImageSet(source="fmnist", ddpm_mult=(1, 2, 2), pham_steps=400_000)
 
 

@@ -10,6 +10,8 @@ closed forms. Arg keys: k, dim, components, std, steps, seed, lr, batch.
 from diffmem import config_schema as schema
 from diffmem import configlib
 
+__all__ = ["get_config"]
+
 
 def get_config(arg=None):
     a = configlib.parse_arg(

@@ -46,6 +46,8 @@ import math
 
 from diffmem import configlib, image_configs as ic
 
+__all__ = ["get_config"]
+
 SIZES = {"digits": 8, "fmnist": 28}
 
 

@@ -13,6 +13,8 @@ vp | ve | edm).
 """
 from diffmem import image_configs as ic
 
+__all__ = ["get_config"]
+
 MNIST = ic.ImageSet(source="tfds:mnist", ddpm_mult=(1, 2, 2), pham_steps=400_000)
 
 

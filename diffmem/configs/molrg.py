@@ -27,6 +27,8 @@ import math
 from diffmem import configlib
 from diffmem import image_configs as ic
 
+__all__ = ["get_config"]
+
 DEFAULTS = dict(
     k=700,
     d=6,
