@@ -41,7 +41,8 @@ FLAGS = flags.FLAGS
 CONFIG = None  # the ConfigDict parsed from --config / --config.KEY=VALUE, set by run()
 
 
-def run(main: Callable[[list[str]], None], argv: Sequence[str], needs_config: bool = False) -> None:
+def run(main: Callable[[list[str]], None], argv: Sequence[str], needs_config: bool = False,
+        module: str | None = None) -> None:
     """Parse --config* (diffmem.configlib) and the flags, then run `main` under absl's app.run.
 
     Every user error ends the script with one line, `error: <message>`, and exit status 1, before
@@ -68,12 +69,26 @@ def run(main: Callable[[list[str]], None], argv: Sequence[str], needs_config: bo
         if debug:
             raise
         fail(e)
-    if needs_config and CONFIG is None:
-        fail("--config=path/to/config.py[:arg] is required (e.g. --config=configs/circle.py:k=9).")
+    helping = any(a in HELP_FLAGS for a in argv)
+    if needs_config and CONFIG is None and not helping:
+        fail("--config is required: a shipped config's name (e.g. --config=circle:k=9), a path "
+             "(--config=configs/circle.py:k=9) or a run's config.json.")
+    main_module = sys.modules.get("__main__")
+    if module is not None:   # a diffmem.commands module run as bin/ script or console command
+        for flag in FLAGS.flags_by_module_dict().get(module, []):   # --help lists its flags
+            FLAGS.register_key_flag_for_module(argv[0], flag)
+    if main_module is not None and helping:
+        doc = sys.modules[module].__doc__ if module else main_module.__doc__
+        main_module.__doc__ = command_help(doc or "", argv, needs_config)
 
     def parse_flags(args):
         try:
-            rest = FLAGS(args)
+            try:
+                rest = FLAGS(args)
+            except SystemExit:   # absl's --help exits 1 after printing; asking for help succeeds
+                if helping:
+                    sys.exit(0)
+                raise
             if "workdir" in FLAGS and FLAGS["workdir"].present:
                 check_workdir_path(FLAGS.workdir)
             return rest
@@ -92,6 +107,30 @@ def run(main: Callable[[list[str]], None], argv: Sequence[str], needs_config: bo
             fail(e)
 
     app.run(guarded, argv=rest, flags_parser=parse_flags)
+
+
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def command_help(doc: str, argv: Sequence[str], needs_config: bool) -> str:
+    """--help's text: the command's docstring, then the configs: the given config's own docstring
+    (its arg keys), or the shipped configs' names."""
+    from diffmem import configlib
+    spec = None
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            spec = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(argv):
+            spec = argv[i + 1]
+    text = doc.rstrip()
+    if not needs_config and spec is None:
+        return text
+    if spec is None:
+        names = ", ".join(configlib.config_names())
+        return (f"{text}\n\n--config: a shipped config by name ({names}; e.g. "
+                "--config=circle:k=9), a path (configs/circle.py:k=9) or a run's config.json; "
+                "--config=NAME --help shows that config's arg keys.")
+    return f"{text}\n\n--config={spec}:\n{configlib.config_doc(spec)}"
 
 
 def fail(message) -> None:

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 from typing import Any, Sequence
 
 import ml_collections
@@ -25,7 +26,8 @@ from diffmem import config_schema
 from diffmem.config_schema import check  # noqa: F401 (configlib.check: callers' name for it)
 from diffmem.errors import ConfigError
 
-__all__ = ["parse_arg", "load_config_file", "apply_override", "parse_config_argv", "validate",
+__all__ = ["config_names", "config_doc", "parse_arg", "load_config_file",
+           "apply_override", "parse_config_argv", "validate",
            "to_json", "from_json", "duration_to_steps", "sweep"]
 
 
@@ -91,8 +93,30 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 
 # ------------------------------------------------------------------------------ files and overrides
+_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def config_names() -> list[str]:
+    """The names of the configs shipped with diffmem (`diffmem/configs/<name>.py`)."""
+    return sorted(f[:-3] for f in os.listdir(_CONFIG_DIR)
+                  if f.endswith(".py") and not f.startswith("_"))
+
+
+def config_doc(spec: str) -> str:
+    """The docstring of the config file `spec` names (a shipped name or a path; its arg keys and
+    commands), or a line saying why there is none."""
+    path = spec.partition(":")[0]
+    if not os.path.isfile(path) and path in config_names():
+        path = os.path.join(_CONFIG_DIR, f"{path}.py")
+    if not os.path.isfile(path) or not path.endswith(".py"):
+        return f"(no config file {path!r}: shipped configs are {config_names()})"
+    with open(path) as f:
+        return ast.get_docstring(ast.parse(f.read())) or "(no docstring)"
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """Load `path/to/config.py[:arg]` by calling its `get_config(arg)`, or a workdir's `config.json`
+    """Load a shipped config by name (`cifar10[:arg]`), `path/to/config.py[:arg]` (both by calling
+    its `get_config(arg)`), or a workdir's `config.json`
     (e.g. of an imported model: `--config=runs/edm/config.json`), migrated to the current schema."""
     path, _, arg = spec.partition(":")
     if path.endswith(".json") and os.path.isfile(path) and not arg:
@@ -104,9 +128,16 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
         config = from_json(json.dumps(config_schema.migrate(obj)))
         validate(config)
         return config
+    if not os.path.isfile(path) and re.fullmatch(r"[A-Za-z_]\w*", path):   # a shipped config's name
+        names = config_names()
+        if path not in names:
+            raise ConfigError(f"No config named {path!r}; the shipped configs: {names} (or give a "
+                              "path, e.g. configs/circle.py:k=9).")
+        path = os.path.join(_CONFIG_DIR, f"{path}.py")
     if not os.path.isfile(path):
         raise ConfigError(
-            f"Config file {path!r} does not exist (expected e.g. configs/circle.py:k=9)."
+            f"Config file {path!r} does not exist (expected a shipped config's name, e.g. "
+            f"circle:k=9, or a path, e.g. configs/circle.py:k=9; shipped: {config_names()})."
         )
     module_spec = importlib.util.spec_from_file_location(f"diffmem_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
@@ -158,9 +189,15 @@ def parse_config_argv(argv: Sequence[str], default_spec: str | None = None
     keys.
     """
     spec, overrides, rest = default_spec, [], []
-    for a in argv:
+    args = iter(argv)
+    for a in args:
         if a.startswith("--config="):
             spec = a.split("=", 1)[1]
+        elif a == "--config":   # the space form, --config FILE[:arg]
+            spec = next(args, None)
+            if spec is None or spec.startswith("--"):
+                raise ConfigError("--config needs a value: a shipped config's name (e.g. "
+                                  "circle:k=9) or a path (configs/circle.py:k=9).")
         elif a.startswith("--config."):
             key, sep, val = a[len("--config."):].partition("=")
             if not sep:

@@ -284,3 +284,19 @@ def test_a_workdir_config_json_loads_as_a_config(tmp_path):
     path.write_text("{broken")
     with pytest.raises(configlib.ConfigError, match="not readable JSON"):
         configlib.load_config_file(str(path))
+
+
+def test_shipped_configs_load_by_name_by_path_and_with_a_space():
+    assert configlib.config_names() == sorted(
+        f[:-3] for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py"))
+    by_path = configlib.to_json(load("cifar10.py:k=1000"))
+    assert configlib.to_json(configlib.load_config_file("cifar10:k=1000")) == by_path
+    config, rest = configlib.parse_config_argv(["--config", "cifar10:k=1000", "--workdir=x"])
+    assert configlib.to_json(config) == by_path and rest == ["--workdir=x"]
+    with pytest.raises(configlib.ConfigError, match=r"No config named 'cifar11'; the shipped"):
+        configlib.load_config_file("cifar11")
+    with pytest.raises(configlib.ConfigError, match="--config needs a value"):
+        configlib.parse_config_argv(["--config"])
+    # the checkout's configs/ files are the shipped ones
+    from diffmem.configs import cifar10
+    assert load("cifar10.py").to_dict() == cifar10.get_config(None).to_dict()

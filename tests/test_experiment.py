@@ -33,6 +33,7 @@ BOUNDARY = (
     "diffmem.machines.models",
     "diffmem.studies",
     "diffmem.importers",
+    "diffmem.configs",
 )
 CONFIG_NAMES = {"config", "cfg"}
 # `config` there is the JSON dict recorded with a checkpoint

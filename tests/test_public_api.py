@@ -181,7 +181,7 @@ def test_sample_draws_what_bin_sample_writes(tmp_path):
 def test_bin_flags_mean_one_thing():
     """--steps is training steps (sampler steps are --sample_steps), --seeds a seed range read by
     diffmem.seeds.parse_seeds, --kind=trained|optimal (never --model) for the model kind."""
-    folder = os.path.join(REPO, "bin")
+    folder = os.path.join(REPO, "diffmem", "commands")   # bin/*.py run these
     for f in sorted(os.listdir(folder)):
         if not f.endswith(".py"):
             continue
