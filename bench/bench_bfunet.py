@@ -73,14 +73,10 @@ def bench_training(config, model, variables, steps: int) -> dict:
         state, m = jax.block_until_ready(compiled(state, x0, valid, jax.random.key(3 + i)))
         times.append(time.perf_counter() - t0)
     best = min(times[1:])
-    return dict(
-        train_batch=config.batch_size,
-        train_compile_s=round(t_compile, 1),
-        train_step_s=round(best, 4),
-        train_images_per_s=round(config.batch_size / best, 2),
-        train_gflop_per_step=round(flops / 1e9, 2),
-        train_gflops=round(flops / best / 1e9, 1),
-    )
+    return dict(train_batch=config.batch_size, train_compile_s=round(t_compile, 1),
+                train_step_s=round(best, 4), train_images_per_s=round(config.batch_size / best, 2),
+                train_gflop_per_step=round(flops / 1e9, 2),
+                train_gflops=round(flops / best / 1e9, 1))
 
 
 def bench_sampling(model, variables, batch: int, ks_iters: int) -> dict:
@@ -154,31 +150,15 @@ def main():
     print(
         common.table(
             [
-                (
-                    "train step (blind loss, BN stats, Adam)",
-                    r["train_batch"],
-                    f"{r['train_step_s'] * 1e3:.0f} ms",
-                    f"{r['train_images_per_s']:.1f}",
-                    f"{r['train_gflops']:.0f}",
-                    f"{r['train_mfu']:.0%}",
-                ),
-                (
-                    "denoiser eval",
-                    r["sample_batch"],
-                    f"{r['eval_s'] * 1e3:.1f} ms",
-                    f"{r['eval_images_per_s']:.1f}",
-                    f"{r['eval_gflops']:.0f}",
-                    f"{r['eval_mfu']:.0%}",
-                ),
+                ("train step (blind loss, BN stats, Adam)", r["train_batch"],
+                 f"{r['train_step_s'] * 1e3:.0f} ms", f"{r['train_images_per_s']:.1f}",
+                 f"{r['train_gflops']:.0f}", f"{r['train_mfu']:.0%}"),
+                ("denoiser eval", r["sample_batch"], f"{r['eval_s'] * 1e3:.1f} ms",
+                 f"{r['eval_images_per_s']:.1f}", f"{r['eval_gflops']:.0f}",
+                 f"{r['eval_mfu']:.0%}"),
             ],
-            (
-                "bias-free UNet 28x28, 64 kernels, 2 blocks",
-                "batch",
-                "time",
-                "images/s",
-                "GFLOP/s",
-                "of jnp.dot",
-            ),
+            ("bias-free UNet 28x28, 64 kernels, 2 blocks", "batch", "time", "images/s", "GFLOP/s",
+             "of jnp.dot"),
         )
     )
     print(

@@ -63,13 +63,8 @@ def main():
         return time.perf_counter() - t
 
     save_plain(1), save_ours(1)  # warm-up: first saves set up orbax's threads and directories
-    times = {
-        "plain save": [],
-        "diffmem save": [],
-        "sha256 alone": [],
-        "plain restore": [],
-        "diffmem restore": [],
-    }
+    times = {"plain save": [], "diffmem save": [], "sha256 alone": [], "plain restore": [],
+             "diffmem restore": []}
     for r in range(2, 2 + a.rounds):
         times["plain save"].append(timed(save_plain, r))
         times["diffmem save"].append(timed(save_ours, r))
@@ -104,15 +99,10 @@ def main():
     with open(os.path.join(common.REPO, "bench", "results", "bench_checkpoint.json"), "a") as f:
         f.write(
             json.dumps(
-                {
-                    "time": time.strftime("%Y-%m-%d %H:%M"),
-                    "machine": common.machine(),
-                    "config": a.config.split("/")[-1],
-                    "mib": round(nbytes / 2**20, 2),
-                    "median_s": {k: round(v, 5) for k, v in med.items()},
-                    "save_ratio": round(save_ratio, 4),
-                    "restore_ratio": round(restore_ratio, 4),
-                }
+                {"time": time.strftime("%Y-%m-%d %H:%M"), "machine": common.machine(),
+                 "config": a.config.split("/")[-1], "mib": round(nbytes / 2**20, 2),
+                 "median_s": {k: round(v, 5) for k, v in med.items()},
+                 "save_ratio": round(save_ratio, 4), "restore_ratio": round(restore_ratio, 4)}
             )
             + "\n"
         )

@@ -59,13 +59,8 @@ def main():
         d = jax.jit(energy.empirical_denoiser(y, chunk))
         t = timed(d, x, sigma)
         rows.append(
-            (
-                f"streamed, chunk {chunk}",
-                f"{t * 1e3:.0f}",
-                f"{flops / t / 1e9:.0f}",
-                f"{flops / t / 1e9 / gemm:.0%}",
-                f"{a.batch * chunk * 4 / 2**20:.0f} MiB logits",
-            )
+            (f"streamed, chunk {chunk}", f"{t * 1e3:.0f}", f"{flops / t / 1e9:.0f}",
+             f"{flops / t / 1e9 / gemm:.0%}", f"{a.batch * chunk * 4 / 2**20:.0f} MiB logits")
         )
         ref = jax.jit(naive)(x, sigma)
         err = float(jnp.max(jnp.abs(d(x, sigma) - ref)))

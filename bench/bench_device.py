@@ -115,12 +115,9 @@ def random_params(model, shape, seed: int = 0):
     import jax.numpy as jnp
     import numpy as np
     rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(
-        model.init,
-        jax.random.key(0),
-        jax.ShapeDtypeStruct((1, *shape), jnp.float32),
-        jax.ShapeDtypeStruct((1,), jnp.float32),
-    )
+    shapes = jax.eval_shape(model.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, *shape), jnp.float32),
+                            jax.ShapeDtypeStruct((1,), jnp.float32))
     return jax.tree.map(
         lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape, np.float32)), shapes
     )
@@ -132,12 +129,9 @@ def section_train(a, sizes: dict, dev: dict, save) -> dict:
     from diffmem import builders, devices, nets, train
     config, shape, batch = cifar_config(a.small), sizes["shape"], sizes["train_batch"]
     model = builders.build_model(config, shape)
-    step = train.make_train_step(
-        builders.build_loss(config, model),
-        builders.build_optimizer(config),
-        config.ema.get("decay", 0.9999),
-        bool(config.ema.get("warmup", True)),
-    )
+    step = train.make_train_step(builders.build_loss(config, model),
+                                 builders.build_optimizer(config), config.ema.get("decay", 0.9999),
+                                 bool(config.ema.get("warmup", True)))
     params = random_params(model, shape)
     x0 = jax.random.uniform(jax.random.key(1), (batch, *shape), jnp.float32, -1.0, 1.0)
     valid = jnp.ones((batch,), jnp.float32)
@@ -187,16 +181,12 @@ def _mfu(tag: str, flops: float, seconds: float, precision: str, dev: dict, a) -
     tflops = flops / seconds / 1e12
     peak, source = peak_tflops(dev["kind"], precision, _overrides(a))
     if peak is None and dev["platform"] == "cpu":
-        peak, source = (
-            a.cpu_gemm_tflops,
-            "measured float32 jnp.dot on this CPU (no table peak for CPUs)",
-        )
-    return {
-        f"{tag}_tflops": round(tflops, 4),
-        f"{tag}_peak_tflops": round(peak, 4) if peak is not None else "unknown",
-        f"{tag}_peak_source": source,
-        f"{tag}_mfu": round(tflops / peak, 4) if peak else "unknown",
-    }
+        peak, source = (a.cpu_gemm_tflops,
+                        "measured float32 jnp.dot on this CPU (no table peak for CPUs)")
+    return {f"{tag}_tflops": round(tflops, 4),
+            f"{tag}_peak_tflops": round(peak, 4) if peak is not None else "unknown",
+            f"{tag}_peak_source": source,
+            f"{tag}_mfu": round(tflops / peak, 4) if peak else "unknown"}
 
 
 def _overrides(a) -> dict:
@@ -262,23 +252,13 @@ def section_knn(a, sizes: dict, dev: dict, save) -> dict:
     gemm = gemm_tflops(sizes["gemm_n"], "highest")
     tflops = 2.0 * n * n * d / seconds / 1e12
     peak, source = peak_tflops(dev["kind"], "float32", _overrides(a))
-    return dict(
-        queries=n,
-        references=n,
-        features=d,
-        k=1,
-        precision="float32 HIGHEST (knn's default)",
-        seconds=round(seconds, 3),
-        first_call_s=round(first, 2),
-        queries_per_s=round(n / seconds, 1),
-        tflops=round(tflops, 4),
-        gemm_n=sizes["gemm_n"],
-        gemm_tflops=round(gemm, 4),
-        share_of_gemm=round(tflops / gemm, 4),
-        peak_fp32_tflops=peak if peak is not None else "unknown",
-        peak_fp32_source=source,
-        share_of_fp32_peak=round(tflops / peak, 4) if peak else "unknown",
-    )
+    return dict(queries=n, references=n, features=d, k=1,
+                precision="float32 HIGHEST (knn's default)", seconds=round(seconds, 3),
+                first_call_s=round(first, 2), queries_per_s=round(n / seconds, 1),
+                tflops=round(tflops, 4), gemm_n=sizes["gemm_n"], gemm_tflops=round(gemm, 4),
+                share_of_gemm=round(tflops / gemm, 4),
+                peak_fp32_tflops=peak if peak is not None else "unknown", peak_fp32_source=source,
+                share_of_fp32_peak=round(tflops / peak, 4) if peak else "unknown")
 
 
 def section_lpips(a, sizes: dict, dev: dict, save) -> dict:
@@ -311,17 +291,10 @@ def section_lpips(a, sizes: dict, dev: dict, save) -> dict:
     seconds = (time.perf_counter() - t0) / calls
     if not np.all(np.isfinite(np.asarray(f))):
         raise FloatingPointError("non-finite LPIPS features")
-    out = dict(
-        weights=note,
-        net="vgg16",
-        image_shape="32x32x3",
-        batch=batch,
-        feature_dim=int(f.shape[1]),
-        features_per_s=round(batch / seconds, 2),
-        seconds_per_batch=round(seconds, 5),
-        compile_s=round(compile_s, 1),
-        gflop_per_image=round(flops / batch / 1e9, 4),
-    )
+    out = dict(weights=note, net="vgg16", image_shape="32x32x3", batch=batch,
+               feature_dim=int(f.shape[1]), features_per_s=round(batch / seconds, 2),
+               seconds_per_batch=round(seconds, 5), compile_s=round(compile_s, 1),
+               gflop_per_image=round(flops / batch / 1e9, 4))
     # default precision: TF32 on GPUs
     out.update(_mfu("float32", flops, seconds, "tensorfloat32", dev, a))
     return out
@@ -424,11 +397,8 @@ def main(argv=None) -> int:
             path,
             a.section,
             header,
-            dict(
-                partial,
-                section_seconds=round(time.perf_counter() - t0, 1),
-                status="partial (the section did not finish)",
-            ),
+            dict(partial, section_seconds=round(time.perf_counter() - t0, 1),
+                 status="partial (the section did not finish)"),
         )
     figures = SECTION_FUNCTIONS[a.section](a, sizes, dev, save)
     figures["section_seconds"] = round(time.perf_counter() - t0, 1)

@@ -115,27 +115,13 @@ def main():
     assert same > 0.99 and rel < 1e-3, (same, rel)
 
     rows = [
-        (
-            f"jnp.dot 4096 x 4096 (best of {gemm_before:.0f} before / {gemm_after:.0f} after)",
-            "-",
-            f"{gemm:.0f}",
-            "100%",
-            "-",
-        ),
-        (
-            f"naive all-pairs + top_k ({naive_note})",
-            f"{t_naive:.2f}",
-            f"{naive_rate:.0f}",
-            f"{naive_rate / gemm:.0%}",
-            f"{nn * m * 4 / 2**20:.0f} MiB matrix",
-        ),
-        (
-            f"tiled knn ({n} queries, tiles {a.query_tile} x {a.ref_tile})",
-            f"{t_knn:.2f}",
-            f"{knn_rate:.0f}",
-            f"{knn_rate / gemm:.0%}",
-            f"{a.query_tile * a.ref_tile * 4 / 2**20:.0f} MiB block",
-        ),
+        (f"jnp.dot 4096 x 4096 (best of {gemm_before:.0f} before / {gemm_after:.0f} after)", "-",
+         f"{gemm:.0f}", "100%", "-"),
+        (f"naive all-pairs + top_k ({naive_note})", f"{t_naive:.2f}", f"{naive_rate:.0f}",
+         f"{naive_rate / gemm:.0%}", f"{nn * m * 4 / 2**20:.0f} MiB matrix"),
+        (f"tiled knn ({n} queries, tiles {a.query_tile} x {a.ref_tile})", f"{t_knn:.2f}",
+         f"{knn_rate:.0f}", f"{knn_rate / gemm:.0%}",
+         f"{a.query_tile * a.ref_tile * 4 / 2**20:.0f} MiB block"),
     ]
     print(f"pixel k-NN, N = {n}, M = {m}, D = {a.d}, k = {a.k}: {flops_of(n):.2e} FLOPs "
           f"(best of {repeats} timed call{'s' * (repeats > 1)})")
@@ -150,30 +136,14 @@ def main():
     )
     path = common.write_results(
         "bench_knn",
-        dict(
-            n=n,
-            m=m,
-            d=a.d,
-            k=a.k,
-            query_tile=a.query_tile,
-            ref_tile=a.ref_tile,
-            repeats=repeats,
-            gemm_gflops=round(gemm, 1),
-            gemm_gflops_before=round(gemm_before, 1),
-            gemm_gflops_after=round(gemm_after, 1),
-            knn_s=round(t_knn, 3),
-            knn_first_call_s=round(t_first, 3),
-            knn_gflops=round(knn_rate, 1),
-            knn_of_gemm=round(knn_rate / gemm, 3),
-            naive_queries=nn,
-            naive_s=round(t_naive, 3),
-            naive_gflops=round(naive_rate, 1),
-            naive_of_gemm=round(naive_rate / gemm, 3),
-            knn_over_naive_rate=round(knn_rate / naive_rate, 3),
-            same_neighbours=same,
-            max_rel_dist_diff=rel,
-            target_60pct_met=bool(target),
-        ),
+        dict(n=n, m=m, d=a.d, k=a.k, query_tile=a.query_tile, ref_tile=a.ref_tile, repeats=repeats,
+             gemm_gflops=round(gemm, 1), gemm_gflops_before=round(gemm_before, 1),
+             gemm_gflops_after=round(gemm_after, 1), knn_s=round(t_knn, 3),
+             knn_first_call_s=round(t_first, 3), knn_gflops=round(knn_rate, 1),
+             knn_of_gemm=round(knn_rate / gemm, 3), naive_queries=nn, naive_s=round(t_naive, 3),
+             naive_gflops=round(naive_rate, 1), naive_of_gemm=round(naive_rate / gemm, 3),
+             knn_over_naive_rate=round(knn_rate / naive_rate, 3), same_neighbours=same,
+             max_rel_dist_diff=rel, target_60pct_met=bool(target)),
         small=a.small,
     )
     print("figures appended to", os.path.relpath(path, common.REPO))

@@ -34,10 +34,8 @@ def torch_to_flax(state_dict) -> dict:
     }
     p["input_proj_kernel"] = jnp.asarray(sd["input_proj.weight"].T)
     p["input_proj_bias"] = jnp.asarray(sd["input_proj.bias"])
-    p["norm"] = {
-        "scale": jnp.asarray(sd["hidden.5.weight"]),
-        "bias": jnp.asarray(sd["hidden.5.bias"]),
-    }
+    p["norm"] = {"scale": jnp.asarray(sd["hidden.5.weight"]),
+                 "bias": jnp.asarray(sd["hidden.5.bias"])}
     p["fourier"] = {"freqs": jnp.asarray(sd["time_embed.0.freqs"])}
     return {"params": p}
 
@@ -106,15 +104,8 @@ def main():
     )
     ref_err = np.abs(np.asarray(ref_ll, np.float64) - tight).max()
     rows = [
-        (
-            "torch reference, scipy RK45",
-            f"{ref_s:.2f}",
-            "-",
-            str(ref_nfe),
-            "-",
-            f"{ref_err:.2e}",
-            "1.00x",
-        )
+        ("torch reference, scipy RK45", f"{ref_s:.2f}", "-", str(ref_nfe), "-", f"{ref_err:.2e}",
+         "1.00x")
     ]
     for name, (ll, s, comp, steps) in results.items():
         rows.append((f"diffmem, diffrax {name}", f"{s:.2f}", f"{comp:.1f}", "-", steps,
@@ -126,15 +117,8 @@ def main():
     print(
         common.table(
             rows,
-            (
-                "solver",
-                "seconds",
-                "compile s",
-                "ref nfev",
-                "steps/point",
-                "max |err| vs float64",
-                "speed-up",
-            ),
+            ("solver", "seconds", "compile s", "ref nfev", "steps/point", "max |err| vs float64",
+             "speed-up"),
         )
     )
 

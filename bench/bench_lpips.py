@@ -87,30 +87,14 @@ def main():
 
     speedup = t_pair / t_phi
     rows = [
-        (
-            f"pairwise lpips() calls ({n} calls x {m} pairs)",
-            f"{2 * n * m}",
-            f"{t_pair * 1e3:.0f}",
-            "1x",
-        ),
-        (
-            f"phi + knn, tiles {n} x {m} (lpips_knn)",
-            f"{n + m}",
-            f"{t_phi * 1e3:.1f}",
-            f"{speedup:.0f}x",
-        ),
-        (
-            "phi + knn, default tiles 512 x 2048",
-            f"{n + m}",
-            f"{t_phi_default * 1e3:.1f}",
-            f"{t_pair / t_phi_default:.0f}x",
-        ),
-        (
-            f"  of which phi of the {n} + {m} images (features)",
-            f"{n + m}",
-            f"{t_feat * 1e3:.1f}",
-            "-",
-        ),
+        (f"pairwise lpips() calls ({n} calls x {m} pairs)", f"{2 * n * m}", f"{t_pair * 1e3:.0f}",
+         "1x"),
+        (f"phi + knn, tiles {n} x {m} (lpips_knn)", f"{n + m}", f"{t_phi * 1e3:.1f}",
+         f"{speedup:.0f}x"),
+        ("phi + knn, default tiles 512 x 2048", f"{n + m}", f"{t_phi_default * 1e3:.1f}",
+         f"{t_pair / t_phi_default:.0f}x"),
+        (f"  of which phi of the {n} + {m} images (features)", f"{n + m}", f"{t_feat * 1e3:.1f}",
+         "-"),
     ]
     print(
         f"LPIPS ({a.net}) {a.k}-NN of {n} samples among {m} training images, {a.size}x{a.size}x3; "
@@ -125,24 +109,12 @@ def main():
           f"target >= 50x: {verdict}")
     path = common.write_results(
         "bench_lpips",
-        dict(
-            net=a.net,
-            samples=n,
-            train=m,
-            size=a.size,
-            k=a.k,
-            gemm_gflops=round(gemm, 1),
-            pairwise_s=round(t_pair, 4),
-            phi_knn_s=round(t_phi, 4),
-            phi_knn_default_tiles_s=round(t_phi_default, 4),
-            features_s=round(t_feat, 4),
-            speedup=round(speedup, 1),
-            speedup_default_tiles=round(t_pair / t_phi_default, 1),
-            same_neighbours=same,
-            max_abs_diff=err,
-            max_rel_diff=rel,
-            target_50x_met=bool(target) if (n, m) == (64, 256) else None,
-        ),
+        dict(net=a.net, samples=n, train=m, size=a.size, k=a.k, gemm_gflops=round(gemm, 1),
+             pairwise_s=round(t_pair, 4), phi_knn_s=round(t_phi, 4),
+             phi_knn_default_tiles_s=round(t_phi_default, 4), features_s=round(t_feat, 4),
+             speedup=round(speedup, 1), speedup_default_tiles=round(t_pair / t_phi_default, 1),
+             same_neighbours=same, max_abs_diff=err, max_rel_diff=rel,
+             target_50x_met=bool(target) if (n, m) == (64, 256) else None),
         small=a.small,
     )
     print("figures appended to", os.path.relpath(path, common.REPO))

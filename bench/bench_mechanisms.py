@@ -64,15 +64,9 @@ def main():
     for _ in range(reps):
         plain(xb, sb).block_until_ready()
     plain_rate = reps * xb.shape[0] / (time.perf_counter() - t1)
-    out["critical_times"] = dict(
-        samples=a.samples,
-        trials=a.trials,
-        times=len(ts),
-        seconds=dt,
-        rows_per_s=rows / dt,
-        plain_rows_per_s=plain_rate,
-        batch=int(xb.shape[0]),
-    )
+    out["critical_times"] = dict(samples=a.samples, trials=a.trials, times=len(ts), seconds=dt,
+                                 rows_per_s=rows / dt, plain_rows_per_s=plain_rate,
+                                 batch=int(xb.shape[0]))
     print(common.table([("image_critical_times (DDIM scan)", f"{rows / dt:,.0f}", f"{dt:.2f}"),
                         (f"plain jit(D) on {xb.shape[0]} rows", f"{plain_rate:,.0f}", "")],
                        ("digits UNet", "rows/s", "seconds")))

@@ -90,38 +90,22 @@ def case(name, train, batch, k, chunk, machine="els"):
         def body(carry, i):
             return jnp.exp(logits - i.astype(jnp.float32) * 1e-7), None
         return jax.lax.scan(body, jnp.zeros_like(logits), jnp.arange(p.shape[0]))[0]
-    progs = dict(
-        kernel=(kernel, (train_j, x, sigma)),
-        kernel_opt=(kernel_opt, (train_j, x, sigma)),
-        gemm=(jax.jit(gemm_fn), (q, p)),
-        gemm_opt=(jax.jit(gemm_fn, compiler_options=opts), (q, p)),
-        exp=(jax.jit(exp_fn), (q, p)),
-        exp_opt=(jax.jit(exp_fn, compiler_options=opts), (q, p)),
-    )
+    progs = dict(kernel=(kernel, (train_j, x, sigma)), kernel_opt=(kernel_opt, (train_j, x, sigma)),
+                 gemm=(jax.jit(gemm_fn), (q, p)),
+                 gemm_opt=(jax.jit(gemm_fn, compiler_options=opts), (q, p)),
+                 exp=(jax.jit(exp_fn), (q, p)),
+                 exp_opt=(jax.jit(exp_fn, compiler_options=opts), (q, p)))
     t = interleaved_best(progs)
     tg = min(t["gemm"], t["gemm_opt"])  # the faster GEMM of the two programs is the reference
     rg = gemm_flops / tg / 1e9
     rk, rko = flops / t["kernel"] / 1e9, flops / t["kernel_opt"] / 1e9
-    return dict(
-        case=name,
-        machine=machine,
-        k=k,
-        rows=rows * groups,
-        refs=refs,
-        d=d,
-        chunk_refs=n_chunk,
-        row_block=rb,
-        compiler_options=opts or {},
-        kernel_s=round(t["kernel"], 4),
-        kernel_opt_s=round(t["kernel_opt"], 4),
-        kernel_gflops=round(rk, 2),
-        kernel_opt_gflops=round(rko, 2),
-        gemm_gflops=round(rg, 2),
-        ratio=round(rk / rg, 3),
-        ratio_opt=round(rko / rg, 3),
-        exp_floor_ratio=round(tg / (tg + t["exp"]), 3),
-        exp_floor_ratio_opt=round(tg / (tg + t["exp_opt"]), 3),
-    )
+    return dict(case=name, machine=machine, k=k, rows=rows * groups, refs=refs, d=d,
+                chunk_refs=n_chunk, row_block=rb, compiler_options=opts or {},
+                kernel_s=round(t["kernel"], 4), kernel_opt_s=round(t["kernel_opt"], 4),
+                kernel_gflops=round(rk, 2), kernel_opt_gflops=round(rko, 2),
+                gemm_gflops=round(rg, 2), ratio=round(rk / rg, 3), ratio_opt=round(rko / rg, 3),
+                exp_floor_ratio=round(tg / (tg + t["exp"]), 3),
+                exp_floor_ratio_opt=round(tg / (tg + t["exp_opt"]), 3))
 
 
 def machine_rows(train, batch, k):
@@ -137,13 +121,8 @@ def machine_rows(train, batch, k):
             dict(plain=(jax.jit(call), args), opts=(jax.jit(call, compiler_options=opts), args))
         )
         out.append(
-            dict(
-                machine=name,
-                k=k,
-                batch=batch,
-                plain_s=round(t["plain"], 4),
-                opts_s=round(t["opts"], 4),
-            )
+            dict(machine=name, k=k, batch=batch, plain_s=round(t["plain"], 4),
+                 opts_s=round(t["opts"], 4))
         )
     return out
 
@@ -197,31 +176,16 @@ def main():
     dig = digits(400 if small else 1797)
     fm = synthetic(100 if small else 1000, 28)
     t0 = time.time()
-    rows = [
-        case("digits 8x8, ELS k=3", dig, 16 if small else 64, 3, None),
-        case("digits 8x8, ELS k=5", dig, 16 if small else 64, 5, None),
-        case("digits 8x8, LS k=5", dig, 16 if small else 64, 5, None, machine="ls"),
-        case("FMNIST 28x28, ELS k=5", fm, 2 if small else 8, 5, None),
-        case("FMNIST 28x28, ELS k=9", fm, 2 if small else 8, 9, None),
-    ]
+    rows = [case("digits 8x8, ELS k=3", dig, 16 if small else 64, 3, None),
+            case("digits 8x8, ELS k=5", dig, 16 if small else 64, 5, None),
+            case("digits 8x8, LS k=5", dig, 16 if small else 64, 5, None, machine="ls"),
+            case("FMNIST 28x28, ELS k=5", fm, 2 if small else 8, 5, None),
+            case("FMNIST 28x28, ELS k=9", fm, 2 if small else 8, 9, None)]
     machines = machine_rows(dig, 16 if small else 64, 5)
     mem = memory_rows(fm, 2 if small else 8, 5, (1, 4, 16, 64))
     gemm_square = common.gemm_gflops(2048)
-    header = (
-        "case",
-        "rows M",
-        "refs R",
-        "D",
-        "refs/chunk",
-        "rows/pass",
-        "GEMM GFLOP/s",
-        "kernel s",
-        "ratio",
-        "ceiling",
-        "kernel s (opts)",
-        "ratio (opts)",
-        "ceiling (opts)",
-    )
+    header = ("case", "rows M", "refs R", "D", "refs/chunk", "rows/pass", "GEMM GFLOP/s",
+              "kernel s", "ratio", "ceiling", "kernel s (opts)", "ratio (opts)", "ceiling (opts)")
     text = [
         f"# bench_patch_kernel {time.strftime('%Y-%m-%d %H:%M')} ({'small' if small else 'full'}), "
         f"{common.machine()}, load {os.getloadavg()[0]:.1f}",
@@ -231,21 +195,9 @@ def main():
         f"{pk.compiler_options() or '(none on this host: XLA defaults)'}",
         common.table(
             [
-                (
-                    r["case"],
-                    r["rows"],
-                    r["refs"],
-                    r["d"],
-                    r["chunk_refs"],
-                    r["row_block"],
-                    r["gemm_gflops"],
-                    r["kernel_s"],
-                    r["ratio"],
-                    r["exp_floor_ratio"],
-                    r["kernel_opt_s"],
-                    r["ratio_opt"],
-                    r["exp_floor_ratio_opt"],
-                )
+                (r["case"], r["rows"], r["refs"], r["d"], r["chunk_refs"], r["row_block"],
+                 r["gemm_gflops"], r["kernel_s"], r["ratio"], r["exp_floor_ratio"],
+                 r["kernel_opt_s"], r["ratio_opt"], r["exp_floor_ratio_opt"])
                 for r in rows
             ],
             header,
@@ -260,10 +212,8 @@ def main():
             ("machine", "XLA defaults", "machines' options", "speed-up"),
         ),
         "memory (FMNIST-sized ELS k=5, XLA temp buffers vs the full query x reference logits):",
-        common.table(
-            [(m["chunk_images"], m["temp_mb"], m["full_logits_mb"]) for m in mem],
-            ("images/chunk", "temp MB", "full logits MB"),
-        ),
+        common.table([(m["chunk_images"], m["temp_mb"], m["full_logits_mb"]) for m in mem],
+                     ("images/chunk", "temp MB", "full logits MB")),
         f"total {time.time() - t0:.0f} s",
         "",
     ]

@@ -61,15 +61,8 @@ def image_sampler():
     net = Net()
     params = net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), jnp.ones((1,)))
     den = precond.EDM().denoiser(lambda x, c: net.apply(params, x, c))
-    return lambda s: sampling.edm_heun(
-        den,
-        sampling.initial_noise(s, (8, 8, 1), std=80.0),
-        s,
-        num_steps=5,
-        sigma_min=0.002,
-        sigma_max=80.0,
-        S_churn=10.0,
-    )
+    return lambda s: sampling.edm_heun(den, sampling.initial_noise(s, (8, 8, 1), std=80.0), s,
+                                       num_steps=5, sigma_min=0.002, sigma_max=80.0, S_churn=10.0)
 
 
 def timed(fn):
@@ -82,10 +75,8 @@ def main():
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
     seeds = np.arange(200)
     rows = []
-    for name, make, block in (
-        ("toy EM, 100 steps", toy_sampler, 32),
-        ("image EDM Heun, 5 steps", image_sampler, 8),
-    ):
+    for name, make, block in (("toy EM, 100 steps", toy_sampler, 32),
+                              ("image EDM Heun, 5 steps", image_sampler, 8)):
         fn_new, fn_ref = make(), make()  # separate objects: no cache shared between the two
         new1, t_new1 = timed(
             lambda: sampling.sample_sharded(fn_new, seeds[: block * 8], mesh, block=block)
@@ -97,30 +88,16 @@ def main():
         ref2, t_ref2 = timed(lambda: per_device_jit(fn_ref, seeds[:block * 8], mesh, block))
         same = "yes" if np.array_equal(new1, ref1) and np.array_equal(new2, ref2) else "NO"
         rows.append(
-            (
-                name,
-                f"{t_new1:.1f}",
-                f"{t_ref1:.1f}",
-                f"{t_ref1 / t_new1:.1f}x",
-                f"{t_new2:.2f}",
-                f"{t_ref2:.2f}",
-                same,
-            )
+            (name, f"{t_new1:.1f}", f"{t_ref1:.1f}", f"{t_ref1 / t_new1:.1f}x", f"{t_new2:.2f}",
+             f"{t_ref2:.2f}", same)
         )
     text = (
         f"{common.machine()}, 8 fake CPU devices; new = one compile loaded on every device, "
         f"ref = jax.jit per device\n"
         + common.table(
             rows,
-            (
-                "sampler (8 devices)",
-                "1st call s",
-                "ref 1st s",
-                "speed-up",
-                "2nd call s",
-                "ref 2nd s",
-                "same bits",
-            ),
+            ("sampler (8 devices)", "1st call s", "ref 1st s", "speed-up", "2nd call s",
+             "ref 2nd s", "same bits"),
         )
     )
     print(text)

@@ -103,15 +103,9 @@ def main():
         f.write(text)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(
-            dict(
-                spec=spec,
-                quick=quick,
-                wall_s=wall,
-                cpu_s=cpu,
-                load_before=load0,
-                load_after=load1,
-                stages=[dict(stage=s, status=st, wall_s=w, cpu_s=c) for s, st, w, c in rows],
-            ),
+            dict(spec=spec, quick=quick, wall_s=wall, cpu_s=cpu, load_before=load0,
+                 load_after=load1,
+                 stages=[dict(stage=s, status=st, wall_s=w, cpu_s=c) for s, st, w, c in rows]),
             f,
             indent=2,
         )

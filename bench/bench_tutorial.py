@@ -41,13 +41,8 @@ def diffmem_steps_per_s(
     trainer, in a fresh process that starts as bin/train.py does (with --cpu_policy when
     `policy`)."""
     run = subprocess.run(
-        [
-            sys.executable,
-            os.path.abspath(__file__),
-            f"--worker={arg}",
-            f"--steps={steps}",
-            f"--steps_per_call={steps_per_call}",
-        ]
+        [sys.executable, os.path.abspath(__file__), f"--worker={arg}", f"--steps={steps}",
+         f"--steps_per_call={steps_per_call}"]
         + (["--policy"] if policy else []),
         capture_output=True,
         text=True,
@@ -61,12 +56,8 @@ def diffmem_steps_per_s(
 def _train_worker(arg: str, steps: int, steps_per_call: int, policy: bool) -> None:
     from diffmem import configlib, train
     c = configlib.load_config_file(os.path.join(common.REPO, "configs/circle.py") + ":" + arg)
-    c.steps, c.steps_per_call, c.log_every, c.ckpt_every = (
-        steps,
-        steps_per_call,
-        steps_per_call,
-        steps,
-    )
+    c.steps, c.steps_per_call, c.log_every, c.ckpt_every = (steps, steps_per_call, steps_per_call,
+                                                            steps)
     if policy:
         train.use_one_cpu_thread_if_small(c)  # as bin/train.py --cpu_policy
     workdir = tempfile.mkdtemp(prefix="bench_train_")
@@ -189,52 +180,26 @@ def main():
     ratio = lambda num, den: f"{num / den:.2f}x" if num and den else "-"
     fmt = lambda v, spec: format(v, spec) if v else "-"
     rows = [
-        (
-            f"train K={k} (batch {min(k, 500)}), steps/s",
-            f"{plain[k]:.0f}",
-            f"{policy[k]:.0f}",
-            ratio(policy[k], plain[k]),
-            fmt(ref_rate.get(k), ".0f"),
-            ratio(plain[k], ref_rate.get(k)),
-            ratio(policy[k], ref_rate.get(k)),
-        )
+        (f"train K={k} (batch {min(k, 500)}), steps/s", f"{plain[k]:.0f}", f"{policy[k]:.0f}",
+         ratio(policy[k], plain[k]), fmt(ref_rate.get(k), ".0f"), ratio(plain[k], ref_rate.get(k)),
+         ratio(policy[k], ref_rate.get(k)))
         for k in (9, 1000)
     ]
     ref_wall = sum(a.full_steps / ref_rate[k] for k in (2, 9, 1000)) if ref_rate else None
     rows.append(
-        (
-            f"3 models x {a.full_steps} steps, s (ref extrapolated)",
-            f"{wall_plain:.1f}",
-            f"{wall_policy:.1f}",
-            ratio(wall_plain, wall_policy),
-            fmt(ref_wall, ".1f"),
-            ratio(ref_wall, wall_plain),
-            ratio(ref_wall, wall_policy),
-        )
+        (f"3 models x {a.full_steps} steps, s (ref extrapolated)", f"{wall_plain:.1f}",
+         f"{wall_policy:.1f}", ratio(wall_plain, wall_policy), fmt(ref_wall, ".1f"),
+         ratio(ref_wall, wall_plain), ratio(ref_wall, wall_policy))
     )
     rows.append(
-        (
-            "EM 1,500 samples x 1,000 steps, s",
-            f"{em:.2f} (+{em_compile:.1f} compile)",
-            "same",
-            "1.00x",
-            fmt(ref_em, ".2f"),
-            ratio(ref_em, em),
-            ratio(ref_em, em),
-        )
+        ("EM 1,500 samples x 1,000 steps, s", f"{em:.2f} (+{em_compile:.1f} compile)", "same",
+         "1.00x", fmt(ref_em, ".2f"), ratio(ref_em, em), ratio(ref_em, em))
     )
     print(
         common.table(
             rows,
-            (
-                "workload",
-                "diffmem plain",
-                "with --cpu_policy",
-                "policy buys",
-                "torch reference",
-                "plain vs ref",
-                "policy vs ref",
-            ),
+            ("workload", "diffmem plain", "with --cpu_policy", "policy buys", "torch reference",
+             "plain vs ref", "policy vs ref"),
         )
     )
     print(f"EM as one whole-batch call instead of sample_sharded's fixed blocks: {em_whole:.2f} s "

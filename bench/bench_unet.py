@@ -29,10 +29,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-CONFIGS = {
-    "digits": ("configs/digits.py", (8, 8, 1)),
-    "cifar10": ("configs/cifar10.py", (32, 32, 3)),
-}
+CONFIGS = {"digits": ("configs/digits.py", (8, 8, 1)),
+           "cifar10": ("configs/cifar10.py", (32, 32, 3))}
 
 
 def build(name: str):
@@ -41,14 +39,9 @@ def build(name: str):
     config = configlib.load_config_file(os.path.join(common.REPO, CONFIGS[name][0]))
     m = config.model
     assert m.name == "ddpm_unet", m.name
-    model = nets.DDPMUNet(
-        ch=m.ch,
-        ch_mult=tuple(m.ch_mult),
-        num_res_blocks=m.num_res_blocks,
-        attn_resolutions=tuple(m.attn_resolutions),
-        dropout=m.dropout,
-        num_groups=m.num_groups,
-    )
+    model = nets.DDPMUNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+                          attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+                          num_groups=m.num_groups)
     return model, config
 
 
@@ -58,12 +51,9 @@ def random_params(model, shape, seed: int = 0):
     import jax.numpy as jnp
     import numpy as np
     rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(
-        model.init,
-        jax.random.key(0),
-        jax.ShapeDtypeStruct((1, *shape), jnp.float32),
-        jax.ShapeDtypeStruct((1,), jnp.float32),
-    )
+    shapes = jax.eval_shape(model.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, *shape), jnp.float32),
+                            jax.ShapeDtypeStruct((1,), jnp.float32))
     return jax.tree.map(
         lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape, np.float32)), shapes
     )
@@ -109,16 +99,11 @@ def bench_training(model, config, shape, batch: int, steps: int):
         times.append(time.perf_counter() - t0)
     assert bool(jnp.isfinite(loss)), loss
     best = min(times[1:])
-    return dict(
-        train_batch=batch,
-        train_steps_timed=steps,
-        train_compile_s=round(t_compile, 1),
-        train_step_s=round(best, 4),
-        train_step_mean_s=round(sum(times[1:]) / steps, 4),
-        train_images_per_s=round(batch / best, 2),
-        train_gflop_per_step=round(flops / 1e9, 2),
-        train_gflops=round(flops / best / 1e9, 1),
-    )
+    return dict(train_batch=batch, train_steps_timed=steps, train_compile_s=round(t_compile, 1),
+                train_step_s=round(best, 4), train_step_mean_s=round(sum(times[1:]) / steps, 4),
+                train_images_per_s=round(batch / best, 2),
+                train_gflop_per_step=round(flops / 1e9, 2),
+                train_gflops=round(flops / best / 1e9, 1))
 
 
 def bench_sampling(model, shape, batch: int, repeats: int):
@@ -136,16 +121,11 @@ def bench_sampling(model, shape, batch: int, repeats: int):
     flops = common.flops_of(compiled)
     best = common.best_time(compiled, params, x, t, repeats=repeats)
     per_eval = batch / best
-    return dict(
-        sample_batch=batch,
-        sample_compile_s=round(t_compile, 1),
-        eval_s=round(best, 4),
-        eval_images_per_s=round(per_eval, 2),
-        ddpm1000_images_per_s=round(per_eval / 1000, 4),
-        edm_heun18_images_per_s=round(per_eval / 35, 3),
-        eval_gflop=round(flops / 1e9, 3),
-        eval_gflops=round(flops / best / 1e9, 1),
-    )
+    return dict(sample_batch=batch, sample_compile_s=round(t_compile, 1), eval_s=round(best, 4),
+                eval_images_per_s=round(per_eval, 2),
+                ddpm1000_images_per_s=round(per_eval / 1000, 4),
+                edm_heun18_images_per_s=round(per_eval / 35, 3), eval_gflop=round(flops / 1e9, 3),
+                eval_gflops=round(flops / best / 1e9, 1))
 
 
 def main():
@@ -175,13 +155,8 @@ def main():
         r = dict(params=nets.count_params(model, (1, *shape), (1,)))
         if name == "digits":
             r.update(
-                bench_training(
-                    model,
-                    config,
-                    shape,
-                    config.batch_size,
-                    a.digits_steps or (5 if a.small else 10),
-                )
+                bench_training(model, config, shape, config.batch_size,
+                               a.digits_steps or (5 if a.small else 10))
             )
             r.update(bench_sampling(model, shape, config.sample.batch, repeats=3 if a.small else 5))
         else:
@@ -202,17 +177,9 @@ def main():
     for name, r in results.items():
         if "train_step_s" in r:
             rows.append(
-                (
-                    name,
-                    f"{r['params']:,}",
-                    r["train_batch"],
-                    f"{r['train_step_s'] * 1e3:.0f}",
-                    f"{r['train_images_per_s']:.1f}",
-                    f"{r['train_gflop_per_step']:.1f}",
-                    f"{r['train_gflops']:.0f}",
-                    f"{r['train_mfu']:.0%}",
-                    f"{r['train_compile_s']:.0f}",
-                )
+                (name, f"{r['params']:,}", r["train_batch"], f"{r['train_step_s'] * 1e3:.0f}",
+                 f"{r['train_images_per_s']:.1f}", f"{r['train_gflop_per_step']:.1f}",
+                 f"{r['train_gflops']:.0f}", f"{r['train_mfu']:.0%}", f"{r['train_compile_s']:.0f}")
             )
         else:
             rows.append(
@@ -222,61 +189,30 @@ def main():
     print(
         common.table(
             rows,
-            (
-                "config",
-                "params",
-                "batch",
-                "ms/step",
-                "images/s",
-                "GFLOP/step (XLA)",
-                "GFLOP/s",
-                "of jnp.dot",
-                "compile s",
-            ),
+            ("config", "params", "batch", "ms/step", "images/s", "GFLOP/step (XLA)", "GFLOP/s",
+             "of jnp.dot", "compile s"),
         )
     )
     rows = [
-        (
-            name,
-            r["sample_batch"],
-            f"{r['eval_s'] * 1e3:.1f}",
-            f"{r['eval_images_per_s']:.1f}",
-            f"{r['ddpm1000_images_per_s']:.3g}",
-            f"{r['edm_heun18_images_per_s']:.3g}",
-            f"{r['eval_gflop']:.2f}",
-            f"{r['eval_gflops']:.0f}",
-            f"{r['eval_mfu']:.0%}",
-        )
+        (name, r["sample_batch"], f"{r['eval_s'] * 1e3:.1f}", f"{r['eval_images_per_s']:.1f}",
+         f"{r['ddpm1000_images_per_s']:.3g}", f"{r['edm_heun18_images_per_s']:.3g}",
+         f"{r['eval_gflop']:.2f}", f"{r['eval_gflops']:.0f}", f"{r['eval_mfu']:.0%}")
         for name, r in results.items()
     ]
     print("sampling: one batched denoiser evaluation, and the implied sampler throughput:")
     print(
         common.table(
             rows,
-            (
-                "config",
-                "batch",
-                "ms/eval",
-                "images/s per eval",
-                "DDPM 1000 steps images/s",
-                "EDM Heun 18 (35 evals) images/s",
-                "GFLOP/eval (XLA)",
-                "GFLOP/s",
-                "of jnp.dot",
-            ),
+            ("config", "batch", "ms/eval", "images/s per eval", "DDPM 1000 steps images/s",
+             "EDM Heun 18 (35 evals) images/s", "GFLOP/eval (XLA)", "GFLOP/s", "of jnp.dot"),
         )
     )
     total = time.perf_counter() - t_start
     print(f"total {total:.0f} s")
     path = common.write_results(
         "bench_unet",
-        dict(
-            gemm_gflops=round(gemm, 1),
-            gemm_gflops_before=round(gemm_before, 1),
-            gemm_gflops_after=round(gemm_after, 1),
-            total_s=round(total, 1),
-            **results,
-        ),
+        dict(gemm_gflops=round(gemm, 1), gemm_gflops_before=round(gemm_before, 1),
+             gemm_gflops_after=round(gemm_after, 1), total_s=round(total, 1), **results),
         small=a.small,
     )
     print("figures appended to", os.path.relpath(path, common.REPO))

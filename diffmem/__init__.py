@@ -24,27 +24,15 @@ import importlib
 __version__ = "0.1.0"
 
 # public name -> the module that defines it (imported on first access)
-_EXPORTS = {
-    "Model": "diffmem.model",
-    "Workdir": "diffmem.workdir",
-    "VESDE": "diffmem.sde",
-    "GeometricVESDE": "diffmem.sde",
-    "VPSDE": "diffmem.sde",
-    "EDM": "diffmem.precond",
-    "VP": "diffmem.precond",
-    "VE": "diffmem.precond",
-    "DDPM": "diffmem.precond",
-    "empirical_denoiser": "diffmem.energy",
-    "empirical_score": "diffmem.energy",
-    "dense_am_energy": "diffmem.energy",
-    "diffusion_energy": "diffmem.energy",
-    "circle_energy": "diffmem.energy",
-    "sample": "diffmem.sample_api",
-    "nearest": "diffmem.metrics.neighbours",
-    "classify": "diffmem.metrics.classify",
-    "memorization_ratio": "diffmem.metrics.memorization",
-    "log_likelihood": "diffmem.likelihood",
-}
+_EXPORTS = {"Model": "diffmem.model", "Workdir": "diffmem.workdir", "VESDE": "diffmem.sde",
+            "GeometricVESDE": "diffmem.sde", "VPSDE": "diffmem.sde", "EDM": "diffmem.precond",
+            "VP": "diffmem.precond", "VE": "diffmem.precond", "DDPM": "diffmem.precond",
+            "empirical_denoiser": "diffmem.energy", "empirical_score": "diffmem.energy",
+            "dense_am_energy": "diffmem.energy", "diffusion_energy": "diffmem.energy",
+            "circle_energy": "diffmem.energy", "sample": "diffmem.sample_api",
+            "nearest": "diffmem.metrics.neighbours", "classify": "diffmem.metrics.classify",
+            "memorization_ratio": "diffmem.metrics.memorization",
+            "log_likelihood": "diffmem.likelihood"}
 
 # public submodules (attributes of the package once imported, or on first access)
 _SUBMODULES = ("atomic", "builders", "checkpoint", "cli", "config_schema", "configlib",

@@ -119,13 +119,9 @@ def _ddpmpp(config, m, data_shape):
 
 
 def _bf_unet(config, m, data_shape):
-    return nets.BFUNet(
-        num_kernels=m.num_kernels,
-        num_blocks=m.num_blocks,
-        num_enc_conv=m.num_enc_conv,
-        num_mid_conv=m.num_mid_conv,
-        num_dec_conv=m.num_dec_conv,
-    )
+    return nets.BFUNet(num_kernels=m.num_kernels, num_blocks=m.num_blocks,
+                       num_enc_conv=m.num_enc_conv, num_mid_conv=m.num_mid_conv,
+                       num_dec_conv=m.num_dec_conv)
 
 
 def _bf_cnn(config, m, data_shape):
@@ -301,10 +297,8 @@ def _blind_loss(
             f"{list(BLIND_MODELS)}), not {config.model.name!r}."
         )
     lc = config.loss
-    per_step, max_sigma_255 = (
-        int(lc.get("images_per_step", 0)),
-        float(lc.get("max_sigma_255", 255.0)),
-    )
+    per_step, max_sigma_255 = (int(lc.get("images_per_step", 0)),
+                               float(lc.get("max_sigma_255", 255.0)))
 
     def loss(params, x0, key, labels=None):
         copies = max(1, -(-per_step // x0.shape[0]))
@@ -316,12 +310,8 @@ def _blind_loss(
     return loss
 
 
-LOSS_BUILDERS = {
-    "dsm": _dsm_loss,
-    "eps": _eps_loss,
-    "denoising": _denoising_loss,
-    "blind": _blind_loss,
-}
+LOSS_BUILDERS = {"dsm": _dsm_loss, "eps": _eps_loss, "denoising": _denoising_loss,
+                 "blind": _blind_loss}
 """loss.name -> builder(config, network, reduction) of the per-example loss."""
 LOSSES = tuple(LOSS_BUILDERS)
 
@@ -331,17 +321,10 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
     """The optimizer of `config.optim` (`optim.make_optimizer`), flattened for the vector (MLP)
     models; what training and every reader of its checkpoints must build alike."""
     o = config.optim
-    return optim.make_optimizer(
-        o.lr,
-        o.b1,
-        o.b2,
-        o.eps,
-        o.grad_clip,
-        o.get("warmup_steps", 0),
-        flatten=is_vector_model(config),
-        decay_every=o.get("decay_every", 0),
-        decay_factor=o.get("decay_factor", 0.5),
-    )
+    return optim.make_optimizer(o.lr, o.b1, o.b2, o.eps, o.grad_clip, o.get("warmup_steps", 0),
+                                flatten=is_vector_model(config),
+                                decay_every=o.get("decay_every", 0),
+                                decay_factor=o.get("decay_factor", 0.5))
 
 
 def sampler_choice(config: ml_collections.ConfigDict) -> SamplerChoice:
@@ -360,17 +343,13 @@ def sampler_choice(config: ml_collections.ConfigDict) -> SamplerChoice:
 def training_settings(config: ml_collections.ConfigDict) -> Training:
     """The trainer's cadence, EMA, snapshots and monitor (`experiment.Training`), checked."""
     ema = config.get("ema", None) or {}
-    return Training(
-        steps_per_call=int(config.steps_per_call),
-        log_every=int(config.log_every),
-        ckpt_every=int(config.ckpt_every),
-        keep_checkpoints=int(config.keep_checkpoints),
-        ema_decay=float(ema.get("decay", 0.0)),
-        ema_warmup=bool(ema.get("warmup", False)),
-        matmul_precision=config.get("matmul_precision", "default"),
-        snapshots=snapshot_steps(config),
-        monitor=monitor_settings(config),
-    )
+    return Training(steps_per_call=int(config.steps_per_call), log_every=int(config.log_every),
+                    ckpt_every=int(config.ckpt_every),
+                    keep_checkpoints=int(config.keep_checkpoints),
+                    ema_decay=float(ema.get("decay", 0.0)),
+                    ema_warmup=bool(ema.get("warmup", False)),
+                    matmul_precision=config.get("matmul_precision", "default"),
+                    snapshots=snapshot_steps(config), monitor=monitor_settings(config))
 
 
 def snapshot_steps(config: ml_collections.ConfigDict) -> frozenset:

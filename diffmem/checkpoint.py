@@ -42,14 +42,8 @@ __all__ = ["METADATA_KEY", "CheckpointError", "manager", "tree_sha256", "recorde
 METADATA_KEY = "diffmem"
 """The key of diffmem's record in a step's `custom_metadata`: {"sha256": {leaf path: hex}, "config":
 {...}}."""
-_WRITE_FAILURES = (
-    "RESOURCE_EXHAUSTED",
-    "No space left",
-    "Permission denied",
-    "Read-only file system",
-    "PERMISSION_DENIED",
-    "Disk quota exceeded",
-)
+_WRITE_FAILURES = ("RESOURCE_EXHAUSTED", "No space left", "Permission denied",
+                   "Read-only file system", "PERMISSION_DENIED", "Disk quota exceeded")
 """Texts of orbax / tensorstore errors (raised as ValueError or RuntimeError) that mean a write
 failed."""
 
@@ -83,10 +77,8 @@ def manager(
     if keep_steps and max_to_keep is not None:
         from orbax.checkpoint import checkpoint_managers as policies
         keep = policies.AnyPreservationPolicy(
-            [
-                policies.LatestN(max_to_keep),
-                policies.CustomSteps(sorted(int(s) for s in keep_steps)),
-            ]
+            [policies.LatestN(max_to_keep),
+             policies.CustomSteps(sorted(int(s) for s in keep_steps))]
         )
         options = ocp.CheckpointManagerOptions(create=True, preservation_policy=keep)
     else:

@@ -41,74 +41,24 @@ import ml_collections
 
 from diffmem.errors import ConfigError
 
-__all__ = [
-    "REQUIRED",
-    "MONITOR_DEFAULTS",
-    "MONITOR_METRICS",
-    "SCHEDULE_DEFAULTS",
-    "OPTIONAL",
-    "SECTIONS",
-    "SAMPLE_BATCH",
-    "DATA_KEYS",
-    "MODEL_KEYS",
-    "LOSS_KEYS",
-    "DIFFUSION_KINDS",
-    "PRECOND_KEYS",
-    "OPTIM_KEYS",
-    "EMA_KEYS",
-    "MONITOR_KEYS",
-    "SAMPLE_KEYS",
-    "SAMPLER_SETTINGS",
-    "samplers",
-    "RULES",
-    "FREE_TEXT",
-    "sde_section",
-    "mlp_section",
-    "optim_section",
-    "schedule_section",
-    "assemble",
-    "normalize",
-    "RENAMED",
-    "migrate",
-    "validate",
-    "check",
-]
+__all__ = ["REQUIRED", "MONITOR_DEFAULTS", "MONITOR_METRICS", "SCHEDULE_DEFAULTS", "OPTIONAL",
+           "SECTIONS", "SAMPLE_BATCH", "DATA_KEYS", "MODEL_KEYS", "LOSS_KEYS", "DIFFUSION_KINDS",
+           "PRECOND_KEYS", "OPTIM_KEYS", "EMA_KEYS", "MONITOR_KEYS", "SAMPLE_KEYS",
+           "SAMPLER_SETTINGS", "samplers", "RULES", "FREE_TEXT", "sde_section", "mlp_section",
+           "optim_section", "schedule_section", "assemble", "normalize", "RENAMED", "migrate",
+           "validate", "check"]
 
-REQUIRED = (
-    "seed",
-    "data",
-    "model",
-    "diffusion",
-    "loss",
-    "optim",
-    "batch_size",
-    "steps",
-    "steps_per_call",
-    "log_every",
-    "ckpt_every",
-    "sample",
-)
+REQUIRED = ("seed", "data", "model", "diffusion", "loss", "optim", "batch_size", "steps",
+            "steps_per_call", "log_every", "ckpt_every", "sample")
 MONITOR_DEFAULTS = dict(every=0, num_samples=256, level=0.0, metric="pixel", snapshots=())
 MONITOR_METRICS = ("pixel",)
 """`diffmem.monitor`: f_mem every `every` steps (0: off), stop at `level` (0: never); `snapshots`:
 checkpoint steps kept besides the latest `keep_checkpoints` (the training-time study samples
 them)."""
-SCHEDULE_DEFAULTS = dict(
-    duration_mimg=0.0,
-    lr_rampup_mimg=0.0,
-    ema_halflife_mimg=0.0,
-    ema_rampup_ratio=0.0,
-    ema_mode="edm",
-    scale_with_k=False,
-)
-OPTIONAL = dict(
-    ema={},
-    schedule=SCHEDULE_DEFAULTS,
-    keep_checkpoints=2,
-    matmul_precision="default",
-    study={},
-    monitor=MONITOR_DEFAULTS,
-)
+SCHEDULE_DEFAULTS = dict(duration_mimg=0.0, lr_rampup_mimg=0.0, ema_halflife_mimg=0.0,
+                         ema_rampup_ratio=0.0, ema_mode="edm", scale_with_k=False)
+OPTIONAL = dict(ema={}, schedule=SCHEDULE_DEFAULTS, keep_checkpoints=2, matmul_precision="default",
+                study={}, monitor=MONITOR_DEFAULTS)
 SECTIONS = (
     REQUIRED[:6]
     + ("ema", "schedule")
@@ -165,12 +115,8 @@ MODEL_KEYS = {
     ),
     "bf_cnn": ("name", "num_layers", "num_kernels", "first_layer_linear"),
 }
-LOSS_KEYS = {
-    "dsm": ("name",),
-    "eps": ("name", "reduction"),
-    "denoising": ("name", "reduction"),
-    "blind": ("name", "images_per_step", "max_sigma_255", "units"),
-}
+LOSS_KEYS = {"dsm": ("name",), "eps": ("name", "reduction"), "denoising": ("name", "reduction"),
+             "blind": ("name", "images_per_step", "max_sigma_255", "units")}
 DIFFUSION_KINDS = ("sde", "precond")
 PRECOND_KEYS = ("kind", "precond", "timesteps", "beta_start", "beta_end", "precond_fields")
 OPTIM_KEYS = ("lr", "b1", "b2", "eps", "grad_clip", "warmup_steps", "decay_every", "decay_factor")
@@ -180,15 +126,12 @@ SAMPLE_KEYS = ("num", "sampler", "optimal_sampler", "batch")
 """`sample` keys besides the settings of the registered samplers (`diffmem.sampling.SAMPLERS`)."""
 
 
-SAMPLER_SETTINGS = {
-    "em": ("num_steps", "eps"),
-    "ode": ("eps",),
-    "ddpm_ancestral": ("timesteps", "beta_start", "beta_end"),
-    "ddim": ("num_steps", "eta", "timesteps", "beta_start", "beta_end"),
-    "edm_euler": ("num_steps", "sigma_min", "sigma_max"),
-    "edm_heun": ("num_steps", "sigma_min", "sigma_max"),
-    "ks": ("h0", "beta", "sigma_L", "init_mean", "max_iters"),
-}
+SAMPLER_SETTINGS = {"em": ("num_steps", "eps"), "ode": ("eps",),
+                    "ddpm_ancestral": ("timesteps", "beta_start", "beta_end"),
+                    "ddim": ("num_steps", "eta", "timesteps", "beta_start", "beta_end"),
+                    "edm_euler": ("num_steps", "sigma_min", "sigma_max"),
+                    "edm_heun": ("num_steps", "sigma_min", "sigma_max"),
+                    "ks": ("h0", "beta", "sigma_L", "init_mean", "max_iters")}
 """The built-in samplers (`diffmem.sampling.SAMPLERS`) and their settings, known here without
 importing JAX so a config is checked in a second (a test keeps the two equal)."""
 
@@ -340,17 +283,8 @@ RULES = {
 bounds]) with bounds "[]" (default), "[)", "(]" or "()"; ("choices", names or a function giving
 them); ("bool",). A sweep (tuple) is checked item by item, and None (a documented "unset") passes.
 Checked by `validate`, so a bad value is refused when the config is read, before any JAX work."""
-FREE_TEXT = (
-    "data.name",
-    "data.source",
-    "data.split",
-    "data.data_dir",
-    "model.name",
-    "diffusion.kind",
-    "diffusion.sde",
-    "loss.name",
-    "loss.units",
-)
+FREE_TEXT = ("data.name", "data.source", "data.split", "data.data_dir", "model.name",
+             "diffusion.kind", "diffusion.sde", "loss.name", "loss.units")
 """String keys without a fixed list of values: kinds checked by `validate`'s tables, dataset sources
 and paths checked when the data is read, and notes."""
 
@@ -376,15 +310,8 @@ def mlp_section(
     )
 
 
-def optim_section(
-    lr: float,
-    *,
-    grad_clip: float = 0.0,
-    warmup_steps: int = 0,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-) -> dict:
+def optim_section(lr: float, *, grad_clip: float = 0.0, warmup_steps: int = 0, b1: float = 0.9,
+                  b2: float = 0.999, eps: float = 1e-8) -> dict:
     """`optim`: Adam (b1, b2, eps), global-norm clipping (0 = off), linear warm-up over
     `warmup_steps`."""
     return dict(lr=lr, b1=b1, b2=b2, eps=eps, grad_clip=grad_clip, warmup_steps=warmup_steps)
@@ -400,27 +327,11 @@ def schedule_section(**fields) -> dict:
     return dict(SCHEDULE_DEFAULTS, **fields)
 
 
-def assemble(
-    *,
-    seed,
-    data: dict,
-    model: dict,
-    diffusion: dict,
-    loss: dict,
-    optim: dict,
-    batch_size: int,
-    steps: int,
-    steps_per_call: int,
-    log_every: int,
-    ckpt_every: int,
-    sample: dict,
-    ema: dict | None = None,
-    schedule: dict | None = None,
-    keep_checkpoints: int = 2,
-    matmul_precision: str = "default",
-    study: dict | None = None,
-    monitor: dict | None = None,
-) -> ml_collections.ConfigDict:
+def assemble(*, seed, data: dict, model: dict, diffusion: dict, loss: dict, optim: dict,
+             batch_size: int, steps: int, steps_per_call: int, log_every: int, ckpt_every: int,
+             sample: dict, ema: dict | None = None, schedule: dict | None = None,
+             keep_checkpoints: int = 2, matmul_precision: str = "default",
+             study: dict | None = None, monitor: dict | None = None) -> ml_collections.ConfigDict:
     """The full config of the one schema (module docstring), defaults filled in and checked.
 
     batch_size: per model, min(batch_size, K). steps: optimizer steps of every member (0 = each
@@ -429,28 +340,12 @@ def assemble(
     (params, optimizer state and accumulation stay float32; no effect on CPU; see
     `jax.default_matmul_precision`).
     """
-    c = dict(
-        seed=seed,
-        data=data,
-        model=model,
-        diffusion=diffusion,
-        loss=loss,
-        optim=optim,
-        batch_size=batch_size,
-        steps=steps,
-        steps_per_call=steps_per_call,
-        log_every=log_every,
-        ckpt_every=ckpt_every,
-        sample=sample,
-        keep_checkpoints=keep_checkpoints,
-        matmul_precision=matmul_precision,
-    )
-    for key, value in (
-        ("ema", ema),
-        ("schedule", schedule),
-        ("study", study),
-        ("monitor", monitor),
-    ):
+    c = dict(seed=seed, data=data, model=model, diffusion=diffusion, loss=loss, optim=optim,
+             batch_size=batch_size, steps=steps, steps_per_call=steps_per_call, log_every=log_every,
+             ckpt_every=ckpt_every, sample=sample, keep_checkpoints=keep_checkpoints,
+             matmul_precision=matmul_precision)
+    for key, value in (("ema", ema), ("schedule", schedule), ("study", study),
+                       ("monitor", monitor)):
         if value is not None:
             c[key] = value
     config = ml_collections.ConfigDict({key: c[key] for key in SECTIONS if key in c})
@@ -489,13 +384,9 @@ def normalize(config) -> Any:
 
 
 _ANCESTRAL = {"ddpm": "ddpm_ancestral"}
-RENAMED = {
-    "model.name": {"ddpm": "ddpm_unet"},
-    "loss.name": {"ddpm": "eps"},
-    "sample.sampler": _ANCESTRAL,
-    "sample.optimal_sampler": _ANCESTRAL,
-    "monitor.sampler": _ANCESTRAL,
-}
+RENAMED = {"model.name": {"ddpm": "ddpm_unet"}, "loss.name": {"ddpm": "eps"},
+           "sample.sampler": _ANCESTRAL, "sample.optimal_sampler": _ANCESTRAL,
+           "monitor.sampler": _ANCESTRAL}
 """Names of earlier schemas, by key: "ddpm" named a network, a loss and a sampler as well as the
 preconditioning; each now has its own name, and only `diffusion.precond` keeps "ddpm"."""
 
@@ -552,12 +443,8 @@ def validate(config) -> None:
         {"sde": _sde_keys(config.diffusion) if kind == "sde" else (), "precond": PRECOND_KEYS},
         default="precond",
     )
-    for section, valid in (
-        ("optim", OPTIM_KEYS),
-        ("ema", EMA_KEYS),
-        ("schedule", tuple(SCHEDULE_DEFAULTS)),
-        ("monitor", MONITOR_KEYS),
-    ):
+    for section, valid in (("optim", OPTIM_KEYS), ("ema", EMA_KEYS),
+                           ("schedule", tuple(SCHEDULE_DEFAULTS)), ("monitor", MONITOR_KEYS)):
         if section in keys:
             _check_keys(f"config.{section}", config[section].keys(), valid, "keys")
     settings = sorted({s for names in samplers().values() for s in names})

@@ -4,8 +4,7 @@
     paths = sample_workdir("runs/c9", seeds=range(1500), sampler="em")
     # image models
     paths = sample_workdir("runs/digits", seeds=range(50_000), sampler="ddpm_ancestral", batch=512)
-    # empirical optimum
-    paths = sample_workdir("runs/digits", seeds=range(256), model="optimal")
+    # empirical optimum paths = sample_workdir("runs/digits", seeds=range(256), model="optimal")
     # no training at all
     paths = sample_workdir("runs/opt64", range(256), model="optimal", config=config)
 
@@ -76,23 +75,12 @@ def open_workdir(
 
 
 # ------------------------------------------------------------------------------- the workdir driver
-def sample_workdir(
-    workdir: str,
-    seeds: Sequence[int],
-    sampler: str | None = None,
-    *,
-    names: Sequence[str] | None = None,
-    model: str = "trained",
-    step: int | None = None,
-    config: ml_collections.ConfigDict | None = None,
-    num_steps: int | None = None,
-    eps: float | None = None,
-    eta: float | None = None,
-    overwrite: bool = False,
-    batch: int | None = None,
-    mesh=None,
-    progress: bool = True,
-) -> list[str]:
+def sample_workdir(workdir: str, seeds: Sequence[int], sampler: str | None = None, *,
+                   names: Sequence[str] | None = None, model: str = "trained",
+                   step: int | None = None, config: ml_collections.ConfigDict | None = None,
+                   num_steps: int | None = None, eps: float | None = None, eta: float | None = None,
+                   overwrite: bool = False, batch: int | None = None, mesh=None,
+                   progress: bool = True) -> list[str]:
     """Sample every model of `workdir` (or the given names) with per-sample `seeds`; returns the set
     folders.
 
@@ -136,20 +124,9 @@ def sample_workdir(
                 _RUNS.pop(next(iter(_RUNS)))
         set_step = None if (step is None or model == "optimal") else m.step
         with devices.matmul_precision(exp.training.matmul_precision):
-            wrote = sample_set(
-                wd,
-                name,
-                model,
-                set_step,
-                run,
-                seeds,
-                record,
-                batch=m_batch,
-                mesh=mesh,
-                overwrite=overwrite,
-                desc=f"K={m.k} {model} {sampler}",
-                progress=progress,
-            )
+            wrote = sample_set(wd, name, model, set_step, run, seeds, record, batch=m_batch,
+                               mesh=mesh, overwrite=overwrite, desc=f"K={m.k} {model} {sampler}",
+                               progress=progress)
         if wrote and wdlib.is_writer():
             _picture(wd, name, model, set_step, m)
         paths.append(wd.samples_dir(name, model, set_step))
@@ -176,21 +153,9 @@ def _header(path: str, overwrite: bool) -> dict | None:
         raise
 
 
-def sample_set(
-    wd: wdlib.Workdir,
-    name: str,
-    kind: str,
-    step: int | None,
-    run,
-    seeds: np.ndarray,
-    record: dict,
-    *,
-    batch: int,
-    mesh,
-    overwrite: bool,
-    desc: str,
-    progress: bool,
-) -> bool:
+def sample_set(wd: wdlib.Workdir, name: str, kind: str, step: int | None, run, seeds: np.ndarray,
+               record: dict, *, batch: int, mesh, overwrite: bool, desc: str,
+               progress: bool) -> bool:
     """Add the samples of `seeds` the set lacks, as one new shard; returns whether anything was
     sampled.
 
@@ -235,24 +200,14 @@ def sample_set(
     finished = {}
     if wdlib.is_writer():
         for start in starts:
-            old = _finished_batch(
-                wd.partial_path(shard, start),
-                missing[start : start + batch],
-                record,
-                overwrite,
-                fields,
-            )
+            old = _finished_batch(wd.partial_path(shard, start), missing[start : start + batch],
+                                  record, overwrite, fields)
             if old is not None:
                 finished[start] = old
     done = multihost.broadcast_from_main(np.asarray([start in finished for start in starts], bool))
     chunks, done_rows, t0 = [], 0, time.perf_counter()
-    bar = tqdm(
-        total=len(missing),
-        desc=desc,
-        unit="sample",
-        disable=not progress or not wdlib.is_writer(),
-        dynamic_ncols=True,
-    )
+    bar = tqdm(total=len(missing), desc=desc, unit="sample",
+               disable=not progress or not wdlib.is_writer(), dynamic_ncols=True)
     for i, start in enumerate(starts):
         part_seeds = missing[start:start + batch]
         part = wd.partial_path(shard, start)

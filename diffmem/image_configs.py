@@ -80,49 +80,20 @@ def parse_args(config_name: str, arg: str | None, **defaults) -> ml_collections.
 
 
 # ----------------------------------------------------------------------------------------- sections
-def data_section(
-    source: str,
-    k,
-    *,
-    image_size: int = 0,
-    center_crop: bool = False,
-    grayscale: bool = False,
-    subset: str = "permutation",
-    subset_seed: int = 0,
-    split: str = "train",
-    data_dir: str = "",
-    labels: str = "none",
-) -> dict:
+def data_section(source: str, k, *, image_size: int = 0, center_crop: bool = False,
+                 grayscale: bool = False, subset: str = "permutation", subset_seed: int = 0,
+                 split: str = "train", data_dir: str = "", labels: str = "none") -> dict:
     """`data`: an image source of `diffmem.data.images.load_images` and the K-subset (see
     builders)."""
-    return dict(
-        name="images",
-        source=source,
-        k=k,
-        subset=subset,
-        subset_seed=subset_seed,
-        split=split,
-        image_size=image_size,
-        center_crop=center_crop,
-        grayscale=grayscale,
-        data_dir=data_dir,
-        labels=labels,
-    )
+    return dict(name="images", source=source, k=k, subset=subset, subset_seed=subset_seed,
+                split=split, image_size=image_size, center_crop=center_crop, grayscale=grayscale,
+                data_dir=data_dir, labels=labels)
 
 
-def model_section(
-    arch: str,
-    *,
-    channels: int,
-    channel_mult: tuple[int, ...],
-    num_blocks: int,
-    attn_resolutions: tuple[int, ...],
-    dropout: float,
-    num_groups: int = 32,
-    embedding_type: str = "positional",
-    label_dim: int = 0,
-    nin_init_scale: float = 1.0,
-) -> dict:
+def model_section(arch: str, *, channels: int, channel_mult: tuple[int, ...], num_blocks: int,
+                  attn_resolutions: tuple[int, ...], dropout: float, num_groups: int = 32,
+                  embedding_type: str = "positional", label_dim: int = 0,
+                  nin_init_scale: float = 1.0) -> dict:
     """`model` for either architecture from one set of sizes (each keeps its own field names).
 
     ddpm_unet: DDPMUNet(ch, ch_mult, num_res_blocks, attn_resolutions, dropout, num_groups,
@@ -132,30 +103,14 @@ def model_section(
       label_dim, skip_connections / keep_skips_at (None = every skip kept), drop_disabled_skips).
     """
     if arch == "ddpm_unet":
-        return dict(
-            name="ddpm_unet",
-            ch=channels,
-            ch_mult=tuple(channel_mult),
-            num_res_blocks=num_blocks,
-            attn_resolutions=tuple(attn_resolutions),
-            dropout=dropout,
-            num_groups=num_groups,
-            nin_init_scale=nin_init_scale,
-        )
+        return dict(name="ddpm_unet", ch=channels, ch_mult=tuple(channel_mult),
+                    num_res_blocks=num_blocks, attn_resolutions=tuple(attn_resolutions),
+                    dropout=dropout, num_groups=num_groups, nin_init_scale=nin_init_scale)
     if arch == "ddpmpp":
-        return dict(
-            name="ddpmpp",
-            channels=channels,
-            channel_mult=tuple(channel_mult),
-            num_blocks=num_blocks,
-            attn_resolutions=tuple(attn_resolutions),
-            dropout=dropout,
-            embedding_type=embedding_type,
-            label_dim=label_dim,
-            skip_connections=None,
-            keep_skips_at=None,
-            drop_disabled_skips=False,
-        )
+        return dict(name="ddpmpp", channels=channels, channel_mult=tuple(channel_mult),
+                    num_blocks=num_blocks, attn_resolutions=tuple(attn_resolutions),
+                    dropout=dropout, embedding_type=embedding_type, label_dim=label_dim,
+                    skip_connections=None, keep_skips_at=None, drop_disabled_skips=False)
     raise configlib.ConfigError(f"Unknown arch {arch!r}; valid: {list(ARCHS)}.")
 
 
@@ -198,13 +153,8 @@ def sample_section(precond_name: str, *, num: int, batch: int) -> dict:
     (18 steps, no second-order step) for the continuous preconditionings, as Zhang et al. sample it;
     DDPM ancestral for "ddpm"."""
     if precond_name == "ddpm":
-        return dict(
-            num=num,
-            sampler="ddpm_ancestral",
-            optimal_sampler="ddpm_ancestral",
-            num_steps=1000,
-            batch=batch,
-        )
+        return dict(num=num, sampler="ddpm_ancestral", optimal_sampler="ddpm_ancestral",
+                    num_steps=1000, batch=batch)
     return dict(num=num, sampler="edm_heun", optimal_sampler="edm_euler", num_steps=18, batch=batch)
 
 
@@ -246,31 +196,20 @@ def recipe_config(a: ml_collections.ConfigDict, ds: ImageSet, *,
                   sample_num: int = 10_000) -> ml_collections.ConfigDict:
     """The config of `ds` for parsed args `a` (k, steps, seed, lr, batch, arch, precond; 0 = the
     recipe's): Pham et al.'s recipe for arch "ddpm_unet", Gu et al.'s for "ddpmpp"."""
-    data = dict(
-        source=ds.source,
-        image_size=ds.image_size,
-        center_crop=ds.center_crop,
-        grayscale=ds.grayscale,
-    )
+    data = dict(source=ds.source, image_size=ds.image_size, center_crop=ds.center_crop,
+                grayscale=ds.grayscale)
     if a.arch == "ddpm_unet":
         batch = a.batch or 128
         model = model_section("ddpm_unet", channels=128, channel_mult=ds.ddpm_mult, num_blocks=2,
                               attn_resolutions=ds.attn_resolutions, dropout=0.1, nin_init_scale=0.1)
-        return assemble(
-            seed=a.seed,
-            data=data_section(k=a.k, **data),
-            model=model,
-            diffusion=diffusion_section(a.precond),
-            loss=loss_section(a.precond, "mean"),
-            optim=optim_section(a.lr or 2e-4, grad_clip=1.0),
-            ema=dict(decay=0.9999, warmup=False),
-            batch_size=batch,
-            steps=steps_of(a.steps, a.k, batch, ds.pham_steps),
-            steps_per_call=500,
-            log_every=500,
-            ckpt_every=2500,
-            sample=sample_section(a.precond, num=sample_num, batch=512),
-        )
+        return assemble(seed=a.seed, data=data_section(k=a.k, **data), model=model,
+                        diffusion=diffusion_section(a.precond),
+                        loss=loss_section(a.precond, "mean"),
+                        optim=optim_section(a.lr or 2e-4, grad_clip=1.0),
+                        ema=dict(decay=0.9999, warmup=False), batch_size=batch,
+                        steps=steps_of(a.steps, a.k, batch, ds.pham_steps), steps_per_call=500,
+                        log_every=500, ckpt_every=2500,
+                        sample=sample_section(a.precond, num=sample_num, batch=512))
     batch = a.batch or 512
     steps = steps_of(a.steps, a.k, batch, 0)   # 0: every member trains for its own K's duration
     model = model_section("ddpmpp", channels=128, channel_mult=ds.ddpmpp_mult, num_blocks=2,

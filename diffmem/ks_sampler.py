@@ -31,19 +31,10 @@ class KSResult(NamedTuple):
     converged: jax.Array
 
 
-def kadkhodaie_simoncelli(
-    denoiser: Denoiser,
-    shape: tuple[int, ...],
-    key_or_seeds,
-    *,
-    h0: float = 0.01,
-    beta: float = 0.01,
-    sigma_0: float = 1.0,
-    sigma_L: float = 0.01,
-    init_mean: float = 0.0,
-    fixed_h: bool = False,
-    max_iters: int = 3000,
-) -> KSResult:
+def kadkhodaie_simoncelli(denoiser: Denoiser, shape: tuple[int, ...], key_or_seeds, *,
+                          h0: float = 0.01, beta: float = 0.01, sigma_0: float = 1.0,
+                          sigma_L: float = 0.01, init_mean: float = 0.0, fixed_h: bool = False,
+                          max_iters: int = 3000) -> KSResult:
     """Kadkhodaie & Simoncelli (2021) Algorithm 1, unconstrained synthesis (`univ_inv_sol`, M = 0).
 
     Units are the denoiser's (Kadkhodaie: [0, 1] images, sigma_0 = 1). denoiser: D(y (B,*S), sigma
@@ -83,14 +74,8 @@ def kadkhodaie_simoncelli(
     return KSResult(samples, iters, sigma, ok)
 
 
-def ks_recursion_iterations(
-    sigma_start: float,
-    *,
-    h0: float = 0.01,
-    beta: float = 0.01,
-    sigma_L: float = 0.01,
-    max_iters: int = 100_000,
-) -> int:
+def ks_recursion_iterations(sigma_start: float, *, h0: float = 0.01, beta: float = 0.01,
+                            sigma_L: float = 0.01, max_iters: int = 100_000) -> int:
     """Updates the sampler takes when the effective noise follows sigma_t = (1 - beta h_t)
     sigma_{t-1} exactly (the loop tests the estimate of the previous update's input): ~662 from 1 to
     0.01 with the defaults."""

@@ -66,25 +66,12 @@ def hutchinson_probes(key: jax.Array, seeds: jax.Array, num_probes: int, shape: 
     return jax.vmap(lambda s: draw(jax.random.fold_in(key, s)))(seeds)
 
 
-def log_likelihood(
-    score_fn: ScoreFn | None,
-    sde: SDE,
-    x: jax.Array,
-    *,
-    denoiser: Denoiser | None = None,
-    t_eval: float | None = None,
-    divergence: str = "exact",
-    num_probes: int = 1,
-    probe: str = "rademacher",
-    key: jax.Array | None = None,
-    seeds: jax.Array | None = None,
-    solver=None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    max_steps: int = 16_384,
-    prior_logp=None,
-    return_stats: bool = False,
-):
+def log_likelihood(score_fn: ScoreFn | None, sde: SDE, x: jax.Array, *,
+                   denoiser: Denoiser | None = None, t_eval: float | None = None,
+                   divergence: str = "exact", num_probes: int = 1, probe: str = "rademacher",
+                   key: jax.Array | None = None, seeds: jax.Array | None = None, solver=None,
+                   rtol: float = 1e-5, atol: float = 1e-5, max_steps: int = 16_384, prior_logp=None,
+                   return_stats: bool = False):
     """log p_{t_eval}(x) for x (B, *S) -> (B,) under the model's probability-flow ODE.
 
     Give a batched `score_fn(x, t)` or a `denoiser(x, sigma)`. t_eval defaults to sde.t_min. Every

@@ -131,14 +131,9 @@ class NoiseLevels(Protocol):
     def loss_weight(self, sigma: jax.Array) -> jax.Array: ...
 
 
-def weighted_denoising(
-    denoiser: Callable[[jax.Array, jax.Array], jax.Array],
-    x0: jax.Array,
-    sigma: jax.Array,
-    noise: jax.Array,
-    weight: jax.Array,
-    reduction: str = "mean",
-) -> jax.Array:
+def weighted_denoising(denoiser: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Array,
+                       sigma: jax.Array, noise: jax.Array, weight: jax.Array,
+                       reduction: str = "mean") -> jax.Array:
     """EDM-family loss: weight_i * mean_j (or sum_j) (D(x0 + sigma n, sigma) - x0)_ij^2, per
     example.
 
@@ -204,14 +199,9 @@ def blind_denoising(residual: jax.Array, noise: jax.Array) -> jax.Array:
     return jnp.sum(jnp.reshape((residual - noise) ** 2, (noise.shape[0], -1)), axis=-1)
 
 
-def blind_denoising_from_key(
-    residual_fn: Callable,
-    x0: jax.Array,
-    key: jax.Array,
-    *,
-    copies: int = 1,
-    max_sigma_255: float = 255.0,
-) -> tuple[jax.Array, object]:
+def blind_denoising_from_key(residual_fn: Callable, x0: jax.Array, key: jax.Array, *,
+                             copies: int = 1,
+                             max_sigma_255: float = 255.0) -> tuple[jax.Array, object]:
     """The blind loss of a residual network `residual_fn(y (B*copies, *S)) -> (f, aux)` (aux: e.g.
     updated batch statistics), x0 (B, *S) in [0, 1]. Example i is repeated `copies` times (rows
     i*copies...), each copy with its own sigma and noise (Kadkhodaie et al. tile small training sets

@@ -187,12 +187,8 @@ class Monitor:
 
     def __init__(self, exp: Experiment, workdir: str, groups: list[list[int]]):
         self.settings = exp.training.monitor
-        self.experiment, self.workdir, self.specs, self.groups = (
-            exp,
-            workdir,
-            list(exp.members),
-            groups,
-        )
+        self.experiment, self.workdir, self.specs, self.groups = (exp, workdir, list(exp.members),
+                                                                  groups)
         self.every, self.level = int(self.settings["every"]), float(self.settings["level"])
         self.seeds = np.arange(int(self.settings["num_samples"]))
         # stops recorded at another level (monitor is a rerun key) do not apply: the next record

@@ -27,12 +27,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if jax.distributed.is_initialized():
         return
     try:
-        jax.distributed.initialize(
-            coordinator_address=coordinator_address,
-            num_processes=num_processes,
-            process_id=process_id,
-            initialization_timeout=timeout_s,
-        )
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id,
+                                   initialization_timeout=timeout_s)
     except (RuntimeError, ValueError, TypeError) as e:
         raise DiffmemError(
             f"jax.distributed.initialize failed ({type(e).__name__}: {e}). Run under SLURM / Open "

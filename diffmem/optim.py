@@ -19,17 +19,9 @@ import optax
 __all__ = ["ema_decay", "make_optimizer"]
 
 
-def make_optimizer(
-    lr: float,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    grad_clip: float = 0.0,
-    warmup_steps: int = 0,
-    flatten: bool = False,
-    decay_every: int = 0,
-    decay_factor: float = 0.5,
-) -> optax.GradientTransformation:
+def make_optimizer(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   grad_clip: float = 0.0, warmup_steps: int = 0, flatten: bool = False,
+                   decay_every: int = 0, decay_factor: float = 0.5) -> optax.GradientTransformation:
     """Adam with optional global-norm clipping (grad_clip > 0) and linear learning-rate warm-up.
 
     decay_every > 0: the learning rate is multiplied by `decay_factor` every `decay_every` steps

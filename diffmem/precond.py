@@ -318,11 +318,8 @@ class StepLabels(_Preconditioning):
 
     def step_of_sigma(self, sigma: jax.Array) -> jax.Array:
         """(T - 1) t(sigma), float, any shape."""
-        vp = VP(
-            beta_d=self.num_steps * (self.beta_end - self.beta_start),
-            beta_min=self.num_steps * self.beta_start,
-            M=self.num_steps,
-        )
+        vp = VP(beta_d=self.num_steps * (self.beta_end - self.beta_start),
+                beta_min=self.num_steps * self.beta_start, M=self.num_steps)
         return (self.num_steps - 1) * vp.t_of_sigma(sigma)
 
     def coefficients(self, sigma: jax.Array) -> Coefficients:
@@ -375,11 +372,8 @@ def ddpm_sigmas(alpha_bar: np.ndarray) -> np.ndarray:
     return np.sqrt((1 - alpha_bar) / alpha_bar)
 
 
-def ddpm_denoiser(
-    eps_fn: Callable[[jax.Array, jax.Array], jax.Array],
-    alpha_bar: np.ndarray | None = None,
-    timestep: str = "nearest",
-) -> Denoiser:
+def ddpm_denoiser(eps_fn: Callable[[jax.Array, jax.Array], jax.Array],
+                  alpha_bar: np.ndarray | None = None, timestep: str = "nearest") -> Denoiser:
     """D(x, sigma) of an epsilon-prediction network eps_fn(x_t (B, *S), t (B,)) on any DDPM grid
     alpha_bar (T,) (default: Ho et al.'s linear betas). Same formulas as
     `DDPM(...).denoiser(eps_fn)`."""

@@ -17,23 +17,9 @@ import numpy as np
 from diffmem import atomic
 from diffmem.errors import InputError, MissingInputError, OutputExistsError, WriteError
 
-__all__ = [
-    "settings_difference",
-    "read_settings",
-    "reuse",
-    "write_json",
-    "write_npz",
-    "read_npz",
-    "markdown_table",
-    "markdown_to_html",
-    "section_markdown",
-    "write_sections_markdown",
-    "write_sections_html",
-    "write_markdown",
-    "read_jsonl",
-    "write_jsonl",
-    "JsonlAppender",
-]
+__all__ = ["settings_difference", "read_settings", "reuse", "write_json", "write_npz", "read_npz",
+           "markdown_table", "markdown_to_html", "section_markdown", "write_sections_markdown",
+           "write_sections_html", "write_markdown", "read_jsonl", "write_jsonl", "JsonlAppender"]
 
 
 def write_json(path: str, obj: Any) -> str:

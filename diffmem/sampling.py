@@ -51,16 +51,9 @@ _UPFRONT_NOISE_MAX = 1 << 24
 
 
 # --------------------------------------------------------------------------- score-based (SDE view)
-def euler_maruyama(
-    score_fn: ScoreFn,
-    sde: SDE,
-    x_init: jax.Array,
-    key_or_seeds,
-    num_steps: int = 1000,
-    eps: float | None = None,
-    *,
-    shared_time: bool = False,
-) -> jax.Array:
+def euler_maruyama(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, key_or_seeds,
+                   num_steps: int = 1000, eps: float | None = None, *,
+                   shared_time: bool = False) -> jax.Array:
     """The tutorial's Euler-Maruyama solver of the reverse SDE dx = [f - g^2 s] dt + g dw.
 
     Time grid linspace(t_max, eps, num_steps) (eps defaults to sde.t_min), dt = t_0 - t_1; each step
@@ -101,18 +94,10 @@ def euler_maruyama(
     return em_step(score_fn, sde, x, times(x, ts[-1]), dt)[1]
 
 
-def probability_flow_ode(
-    score_fn: ScoreFn,
-    sde: SDE,
-    x_init: jax.Array,
-    t0: float | None = None,
-    t1: float | None = None,
-    solver=None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    dt0: float | None = None,
-    max_steps: int = 100_000,
-) -> jax.Array:
+def probability_flow_ode(score_fn: ScoreFn, sde: SDE, x_init: jax.Array, t0: float | None = None,
+                         t1: float | None = None, solver=None, rtol: float = 1e-5,
+                         atol: float = 1e-5, dt0: float | None = None,
+                         max_steps: int = 100_000) -> jax.Array:
     """Probability-flow ODE dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t) (Song et al. 2021), solved with
     diffrax.
 
@@ -146,16 +131,9 @@ def _vp_x0(denoiser: Denoiser, x: jax.Array, ab) -> jax.Array:
     return denoiser(x / jnp.sqrt(ab), jnp.full(x.shape[:1], jnp.sqrt((1 - ab) / ab), x.dtype))
 
 
-def ddpm_ancestral(
-    denoiser: Denoiser,
-    x_T: jax.Array,
-    key_or_seeds,
-    *,
-    num_steps: int = 1000,
-    beta_start: float = 1e-4,
-    beta_end: float = 0.02,
-    clip_x0: bool = True,
-) -> jax.Array:
+def ddpm_ancestral(denoiser: Denoiser, x_T: jax.Array, key_or_seeds, *, num_steps: int = 1000,
+                   beta_start: float = 1e-4, beta_end: float = 0.02,
+                   clip_x0: bool = True) -> jax.Array:
     """Ho et al. (2020) ancestral sampling (Algorithm 2) with the fixed-small variance beta_tilde_t.
 
     Written through the x0 prediction, as Ho et al.'s and Pham et al.'s code do: x0 = D(x_t /
@@ -219,21 +197,10 @@ def ddim_timesteps(
     raise InputError(f"Unknown DDIM spacing {spacing!r}; valid: {list(DDIM_SPACINGS)}.")
 
 
-def ddim(
-    denoiser: Denoiser,
-    x_T: jax.Array,
-    key_or_seeds=None,
-    *,
-    num_steps: int = 50,
-    eta: float = 0.0,
-    T: int = 1000,
-    beta_start: float = 1e-4,
-    beta_end: float = 0.02,
-    clip_x0: bool = False,
-    final_denoise: bool = True,
-    spacing: str = "floor",
-    steps_offset: int = 0,
-) -> jax.Array:
+def ddim(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: int = 50,
+         eta: float = 0.0, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+         clip_x0: bool = False, final_denoise: bool = True, spacing: str = "floor",
+         steps_offset: int = 0) -> jax.Array:
     """Song, Meng & Ermon (2021) DDIM, eq. 12, over `ddim_timesteps(num_steps, T, spacing,
     steps_offset)` of the T-step DDPM schedule (spacing "leading": diffusers' DDIMScheduler grid).
 
@@ -284,20 +251,10 @@ def ddim_invert(denoiser: Denoiser, x0: jax.Array, num_steps: int = 50, *, T: in
 
 
 # ------------------------------------------------------------------------- EDM (Karras et al. 2022)
-def edm_euler(
-    denoiser: Denoiser,
-    x_T: jax.Array,
-    key_or_seeds=None,
-    *,
-    num_steps: int = 18,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
-    S_churn: float = 0.0,
-    S_min: float = 0.0,
-    S_max: float = math.inf,
-    S_noise: float = 1.0,
-) -> jax.Array:
+def edm_euler(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: int = 18,
+              sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+              S_churn: float = 0.0, S_min: float = 0.0, S_max: float = math.inf,
+              S_noise: float = 1.0) -> jax.Array:
     """Karras et al. (2022) Algorithm 1 without the 2nd-order correction: Euler on the EDM sigma
     grid, num_steps evaluations. x_T (B, *S) ~ N(0, sigma_max^2 I). S_churn > 0 adds Algorithm 2's
     churn (then seeds are needed); default off."""
@@ -305,20 +262,10 @@ def edm_euler(
                 S_churn, S_min, S_max, S_noise)
 
 
-def edm_heun(
-    denoiser: Denoiser,
-    x_T: jax.Array,
-    key_or_seeds=None,
-    *,
-    num_steps: int = 18,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
-    S_churn: float = 0.0,
-    S_min: float = 0.0,
-    S_max: float = math.inf,
-    S_noise: float = 1.0,
-) -> jax.Array:
+def edm_heun(denoiser: Denoiser, x_T: jax.Array, key_or_seeds=None, *, num_steps: int = 18,
+             sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+             S_churn: float = 0.0, S_min: float = 0.0, S_max: float = math.inf,
+             S_noise: float = 1.0) -> jax.Array:
     """Karras et al. (2022) Algorithm 1: Heun's method on the EDM sigma grid, the 2nd-order
     correction at every step but the last (to sigma = 0): 2 num_steps - 1 evaluations (35 for 18).
     x_T (B, *S) ~ N(0, sigma_max^2 I). S_churn > 0 gives Algorithm 2 (stochastic; needs seeds);
@@ -327,20 +274,8 @@ def edm_heun(
                 S_churn, S_min, S_max, S_noise)
 
 
-def _edm(
-    denoiser,
-    x_T,
-    key_or_seeds,
-    num_steps,
-    sigma_min,
-    sigma_max,
-    rho,
-    heun,
-    S_churn,
-    S_min,
-    S_max,
-    S_noise,
-):
+def _edm(denoiser, x_T, key_or_seeds, num_steps, sigma_min, sigma_max, rho, heun, S_churn, S_min,
+         S_max, S_noise):
     if num_steps < 1:
         raise InputError(f"num_steps must be >= 1; got {num_steps}.")
     keys = _noise_keys(key_or_seeds, S_churn > 0, "S_churn > 0 adds noise (Algorithm 2)")
@@ -490,14 +425,8 @@ _DDPM_GRID = dict(timesteps=1000, beta_start=1e-4, beta_end=0.02)
 def _ddpm(model, *, timesteps, beta_start, beta_end):
     """Ho et al.'s ancestral sampler on the `timesteps` DDPM steps (x0 clipped, as Pham et al.)"""
     def run(seeds):
-        x = ddpm_ancestral(
-            model.denoiser,
-            initial_noise(seeds, model.shape),
-            seeds,
-            num_steps=timesteps,
-            beta_start=beta_start,
-            beta_end=beta_end,
-        )
+        x = ddpm_ancestral(model.denoiser, initial_noise(seeds, model.shape), seeds,
+                           num_steps=timesteps, beta_start=beta_start, beta_end=beta_end)
         return _clip(model, x)
     return run
 
@@ -506,16 +435,9 @@ def _ddpm(model, *, timesteps, beta_start, beta_end):
 def _ddim(model, *, num_steps, eta, timesteps, beta_start, beta_end):
     """DDIM on num_steps (50) of the DDPM steps, eta (0 = deterministic)"""
     def run(seeds):
-        x = ddim(
-            model.denoiser,
-            initial_noise(seeds, model.shape),
-            seeds if eta > 0 else None,
-            num_steps=num_steps,
-            eta=eta,
-            T=timesteps,
-            beta_start=beta_start,
-            beta_end=beta_end,
-        )
+        x = ddim(model.denoiser, initial_noise(seeds, model.shape), seeds if eta > 0 else None,
+                 num_steps=num_steps, eta=eta, T=timesteps, beta_start=beta_start,
+                 beta_end=beta_end)
         return _clip(model, x)
     return run
 
@@ -528,13 +450,8 @@ def _edm_run(model, heun, num_steps, sigma_min, sigma_max):
     fn = edm_heun if heun else edm_euler
 
     def run(seeds):
-        x = fn(
-            model.denoiser,
-            initial_noise(seeds, model.shape, std=sigma_max),
-            num_steps=num_steps,
-            sigma_min=sigma_min,
-            sigma_max=sigma_max,
-        )
+        x = fn(model.denoiser, initial_noise(seeds, model.shape, std=sigma_max),
+               num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max)
         return _clip(model, x)
     return run
 

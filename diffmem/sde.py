@@ -17,21 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = [
-    "Denoiser",
-    "ScoreFn",
-    "SDE",
-    "VESDE",
-    "GeometricVESDE",
-    "VPSDE",
-    "score_from_denoiser",
-    "per_sample",
-    "denoiser_from_score",
-    "edm_sigma_steps",
-    "ddpm_alpha_bar",
-    "SDES",
-    "make_sde",
-]
+__all__ = ["Denoiser", "ScoreFn", "SDE", "VESDE", "GeometricVESDE", "VPSDE", "score_from_denoiser",
+           "per_sample", "denoiser_from_score", "edm_sigma_steps", "ddpm_alpha_bar", "SDES",
+           "make_sde"]
 
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]  # D(x (B,*S), sigma (B,)) -> (B,*S)
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]  # s(x (B,*S), t (B,)) -> (B,*S)

@@ -50,8 +50,7 @@ def em_step(score_fn: ScoreFn, sde: SDE, x: jax.Array, t: jax.Array, dt,
             z: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """One Euler-Maruyama step of the reverse SDE dx = [f - g^2 s] dt + g dw at times t ((B,) or
     (1,) shared), step dt > 0 (a scalar or (B,)): mean = x + (g^2 s(x, t) - f(x, t)) dt, x_next =
-    mean +
-    sqrt(dt) g z. Returns (x_next, mean); x_next is the mean when z is None."""
+    mean + sqrt(dt) g z. Returns (x_next, mean); x_next is the mean when z is None."""
     g = _bcast(sde.diffusion(t), x)
     dt = _per_example(dt, x)
     mean = (x + (g**2 * score_fn(x, t) - sde.drift(x, t)) * dt).astype(x.dtype)

@@ -14,8 +14,7 @@ Design:
   in
     the same compiled loop: members with the same padded batch size are `vmap`ped together (training
     sets padded to the largest K and masked), groups with different batch sizes run side by side in
-    the
-    scan body, so a K = 2 model does not pay for a K = 1000 batch.
+    the scan body, so a K = 2 model does not pay for a K = 1000 batch.
   * Data parallel: the batch axis is sharded over a 1-D device `Mesh` ("data") with `NamedSharding`;
     the same code runs on 1 CPU, 8 fake CPU devices or many accelerators (params are replicated).
     Under jax.distributed the mesh spans every process: each process holds the same training sets
@@ -38,19 +37,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffmem import (
-    builders,
-    checkpoint,
-    config_schema,
-    configlib,
-    cpu_parallel,
-    devices,
-    lock,
-    monitor,
-    multihost,
-    report,
-    schedules,
-)
+from diffmem import (builders, checkpoint, config_schema, configlib, cpu_parallel, devices, lock,
+                     monitor, multihost, report, schedules)
 from diffmem import workdir as workdir_lib
 from diffmem.data.batches import make_batch
 from diffmem.experiment import Experiment
@@ -82,15 +70,8 @@ class TrainState:
                 "opt_state": self.opt_state}
 
 
-def make_train_step(
-    loss_fn: Callable,
-    optimizer: optax.GradientTransformation,
-    decay: float,
-    warmup: bool,
-    *,
-    lr_in_images: bool = False,
-    ema_in_images: bool = False,
-):
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, decay: float,
+                    warmup: bool, *, lr_in_images: bool = False, ema_in_images: bool = False):
     """A pure step `(state, x0 (B,*S), valid (B,), key, labels=None, sched=None) -> (state,
     metrics)` for one model.
 
@@ -129,12 +110,8 @@ def make_train_step(
         else:
             d = ema_decay(state.step, decay, warmup)
         ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
-        metrics = {
-            "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
-            "l2_params": optax.tree.norm(params),
-            "l2_updates": optax.tree.norm(updates),
-        }
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                   "l2_params": optax.tree.norm(params), "l2_updates": optax.tree.norm(updates)}
         return TrainState(state.step + 1, params, ema, opt_state), metrics
 
     return step
@@ -395,13 +372,8 @@ def train_experiment(exp: Experiment, workdir: str, *, config_json: dict | None 
     checkpoint."""
     mesh = devices.data_mesh() if mesh is None else mesh
     n_dev = mesh.devices.size
-    specs, scheds, model, optimizer, tr = (
-        list(exp.members),
-        exp.schedules,
-        exp.network,
-        exp.optimizer,
-        exp.training,
-    )
+    specs, scheds, model, optimizer, tr = (list(exp.members), exp.schedules, exp.network,
+                                           exp.optimizer, exp.training)
     lr_in_images = any(sc.lr_rampup_images >= 0 for sc in scheds)
     ema_in_images = any(sc.ema_halflife_images >= 0 for sc in scheds)
     train_step = make_train_step(exp.loss, optimizer, tr.ema_decay, tr.ema_warmup,
@@ -593,12 +565,9 @@ def _group_schedule(member_schedules: list[schedules.MemberSchedule]) -> dict:
     (members,) f32."""
     def col(f):
         return jnp.asarray([f(m) for m in member_schedules], jnp.float32)
-    return {
-        "batch": col(lambda m: m.batch),
-        "lr_rampup": col(lambda m: m.lr_rampup_images),
-        "ema_halflife": col(lambda m: m.ema_halflife_images),
-        "ema_rampup_ratio": col(lambda m: m.ema_rampup_ratio),
-    }
+    return {"batch": col(lambda m: m.batch), "lr_rampup": col(lambda m: m.lr_rampup_images),
+            "ema_halflife": col(lambda m: m.ema_halflife_images),
+            "ema_rampup_ratio": col(lambda m: m.ema_rampup_ratio)}
 
 
 def _progress(total: int, start: int, names: list[str], enabled: bool):

@@ -26,35 +26,15 @@ def save_figure(fig, path: str, dpi: int = 150) -> str:
         plt.close(fig)
 
 
-def scatter_samples(
-    path: str,
-    samples: np.ndarray,
-    patterns: np.ndarray | None = None,
-    title: str = "",
-    circle: bool = True,
-    bounds: float = 1.5,
-) -> str:
+def scatter_samples(path: str, samples: np.ndarray, patterns: np.ndarray | None = None,
+                    title: str = "", circle: bool = True, bounds: float = 1.5) -> str:
     """2-D samples (N, 2) as dots, training points (K, 2) as stars, the unit circle dashed."""
     fig, ax = plt.subplots(figsize=(4, 4))
-    ax.scatter(
-        samples[:, 0],
-        samples[:, 1],
-        s=4,
-        alpha=0.3,
-        color="tab:blue",
-        label=f"samples ({len(samples)})",
-    )
+    ax.scatter(samples[:, 0], samples[:, 1], s=4, alpha=0.3, color="tab:blue",
+               label=f"samples ({len(samples)})")
     if patterns is not None and len(patterns) <= 2000:
-        ax.scatter(
-            patterns[:, 0],
-            patterns[:, 1],
-            marker="*",
-            s=80,
-            color="deeppink",
-            edgecolor="black",
-            label=f"training points ({len(patterns)})",
-            zorder=3,
-        )
+        ax.scatter(patterns[:, 0], patterns[:, 1], marker="*", s=80, color="deeppink",
+                   edgecolor="black", label=f"training points ({len(patterns)})", zorder=3)
     if circle:
         a = np.linspace(0, 2 * np.pi, 200)
         ax.plot(np.cos(a), np.sin(a), "k--", lw=0.8, alpha=0.5)
@@ -106,51 +86,25 @@ def energy_landscapes_figure(panels: Sequence[Mapping], bounds: float = 1.5):
         ax.plot(np.cos(a), np.sin(a), "w--", lw=0.8, alpha=0.6)
         if p.get("score") is not None:
             s, step = p["score"], max(1, p["grid_x"].shape[0] // 15)
-            ax.quiver(
-                p["grid_x"][::step, ::step],
-                p["grid_y"][::step, ::step],
-                s[::step, ::step, 0],
-                s[::step, ::step, 1],
-                color="white",
-                alpha=0.5,
-                width=0.004,
-            )
+            ax.quiver(p["grid_x"][::step, ::step], p["grid_y"][::step, ::step],
+                      s[::step, ::step, 0], s[::step, ::step, 1], color="white", alpha=0.5,
+                      width=0.004)
         if p.get("samples") is not None:
-            ax.scatter(
-                p["samples"][:, 0],
-                p["samples"][:, 1],
-                c=p.get("labels"),
-                s=4,
-                alpha=0.25,
-                cmap="viridis",
-            )
+            ax.scatter(p["samples"][:, 0], p["samples"][:, 1], c=p.get("labels"), s=4, alpha=0.25,
+                       cmap="viridis")
         # (xy, text, colour): centres first (they are what the figure is about), then patterns
         labels = []
         if p.get("centers") is not None and len(p["centers"]) <= 60:
             kinds = p.get("center_kind", ["generalized"] * len(p["centers"]))
-            ax.scatter(
-                p["centers"][:, 0],
-                p["centers"][:, 1],
-                marker="X",
-                s=45,
-                edgecolor="black",
-                zorder=6,
-                color=[kind_color.get(k, "aqua") for k in kinds],
-            )
+            ax.scatter(p["centers"][:, 0], p["centers"][:, 1], marker="X", s=45, edgecolor="black",
+                       zorder=6, color=[kind_color.get(k, "aqua") for k in kinds])
             labels += [
                 (xy, float(e), "aqua") for xy, e in zip(p["centers"], p.get("center_energy", []))
             ]
         pats = p.get("patterns")
         if pats is not None and len(pats) <= 50:
-            ax.scatter(
-                pats[:, 0],
-                pats[:, 1],
-                marker="*",
-                s=90,
-                color="deeppink",
-                edgecolor="black",
-                zorder=5,
-            )
+            ax.scatter(pats[:, 0], pats[:, 1], marker="*", s=90, color="deeppink",
+                       edgecolor="black", zorder=5)
             labels += [
                 (xy, float(e), "deeppink") for xy, e in zip(pats, p.get("pattern_energy", []))
             ]
@@ -185,15 +139,8 @@ def place_labels(ax, labels: Sequence[tuple], fontsize: float = 6, fmt: str = "{
     px = fig.dpi / 72.0
     placed, boxes, unplaced = [], [], []
     for xy, value, color in labels:
-        text = ax.annotate(
-            fmt.format(value),
-            xy,
-            xytext=(0, 0),
-            textcoords="offset points",
-            color=color,
-            fontsize=fontsize,
-            zorder=7,
-        )
+        text = ax.annotate(fmt.format(value), xy, xytext=(0, 0), textcoords="offset points",
+                           color=color, fontsize=fontsize, zorder=7)
         size = text.get_window_extent(renderer)
         w, h = size.width, size.height
         x0, y0 = ax.transData.transform(xy)
@@ -218,15 +165,8 @@ def place_labels(ax, labels: Sequence[tuple], fontsize: float = 6, fmt: str = "{
         values = (f"value {min(unplaced):.2f}" if len(unplaced) == 1 else
                   f"values {min(unplaced):.2f} to {max(unplaced):.2f}")
         placed.append(
-            ax.text(
-                0.5,
-                -0.02,
-                f"{len(unplaced)} more not labelled (no free spot): {values}",
-                transform=ax.transAxes,
-                ha="center",
-                va="top",
-                fontsize=fontsize,
-            )
+            ax.text(0.5, -0.02, f"{len(unplaced)} more not labelled (no free spot): {values}",
+                    transform=ax.transAxes, ha="center", va="top", fontsize=fontsize)
         )
     return placed
 
@@ -244,12 +184,8 @@ def energy_surfaces(path: str, panels: Sequence[Mapping]) -> str:
             p["grid_x"], p["grid_y"], p["energy"], cmap="inferno", linewidth=0, antialiased=True
         )
         ax.view_init(elev=60, azim=-60)
-        (
-            ax.set_xticks([]),
-            ax.set_yticks([]),
-            ax.set_zticks([]),
-            ax.set_title(p.get("title", ""), fontsize=9),
-        )
+        (ax.set_xticks([]), ax.set_yticks([]), ax.set_zticks([]),
+         ax.set_title(p.get("title", ""), fontsize=9))
     return save_figure(fig, path)
 
 

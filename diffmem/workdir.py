@@ -38,15 +38,8 @@ __all__ = ["KINDS", "RERUN_KEYS", "DatasetChangedError", "optimal_model", "confi
            "merge_shards", "write_shard", "remove_set_files"]
 
 KINDS = ("trained", "optimal")
-RERUN_KEYS = (
-    "steps",
-    "schedule.duration_mimg",
-    "sample",
-    "study",
-    "monitor",
-    "log_every",
-    "keep_checkpoints",
-)
+RERUN_KEYS = ("steps", "schedule.duration_mimg", "sample", "study", "monitor", "log_every",
+              "keep_checkpoints")
 """Config keys (dotted for nested ones) a rerun into an existing workdir may change: `steps` and
 `schedule.duration_mimg` extend (or shorten) training; the others only drive later stages. Any other
 difference is a different experiment."""
@@ -282,12 +275,10 @@ class Workdir(Layout):
             for spec in specs:
                 if spec.k not in stored:
                     stored[spec.k] = {}
-                    report.write_npz(
-                        self.subset_path(spec.k),
-                        indices=np.asarray(spec.indices, np.int64),
-                        sha256=np.str_(_data_sha256(spec.data)),
-                        pool_size=np.int64(len(pool)),
-                    )
+                    report.write_npz(self.subset_path(spec.k),
+                                     indices=np.asarray(spec.indices, np.int64),
+                                     sha256=np.str_(_data_sha256(spec.data)),
+                                     pool_size=np.int64(len(pool)))
         return specs
 
     def spec(self, name: str) -> builders.ModelSpec:
@@ -431,15 +422,11 @@ def write_shard(path: str, samples: np.ndarray, seeds: np.ndarray, settings: dic
         raise InputError(f"Per-sample arrays {bad} clash with {_SHARD_KEYS} or do not hold one "
                          "value per sample.")
     extra = dict(info, info=np.str_(json.dumps(sorted(info)))) if info else {}
-    return report.write_npz(
-        path,
-        samples=np.asarray(samples, np.float32),
-        seeds=np.asarray(seeds, np.int64),
-        settings=np.str_(json.dumps(settings, sort_keys=True)),
-        step=np.int64(settings.get("step", -1)),
-        sampler=np.str_(settings.get("sampler", "")),
-        **extra,
-    )
+    return report.write_npz(path, samples=np.asarray(samples, np.float32),
+                            seeds=np.asarray(seeds, np.int64),
+                            settings=np.str_(json.dumps(settings, sort_keys=True)),
+                            step=np.int64(settings.get("step", -1)),
+                            sampler=np.str_(settings.get("sampler", "")), **extra)
 
 
 def remove_set_files(paths: Sequence[str]) -> None:

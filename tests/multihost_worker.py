@@ -54,13 +54,9 @@ def run(workdir: str, resume: bool = True) -> dict[str, np.ndarray]:
     samples = np.asarray(sampling.sample_sharded(sampler, np.arange(36), mesh))
     dists, idx = distances.knn(samples, spec.data, 3, mesh=mesh, query_tile=4, ref_tile=8)
     report.write_npz(os.path.join(workdir, "samples.npz"), samples=samples)  # process 0 only
-    return out | {
-        "samples": samples,
-        "knn_dists": dists,
-        "knn_idx": idx,
-        "num_devices": np.int64(mesh.devices.size),
-        "process_count": np.int64(jax.process_count()),
-    }
+    return out | {"samples": samples, "knn_dists": dists, "knn_idx": idx,
+                  "num_devices": np.int64(mesh.devices.size),
+                  "process_count": np.int64(jax.process_count())}
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -111,17 +111,8 @@ def test_matrix_free_top_eigenpairs_of_a_linear_denoiser(x64):
     assert np.max(res) < 1e-4 and np.all(np.abs(ev - lam[:k]) <= res + 1e-12)
     exact = ab.analyse(D, y, 0.1, clean=y, method="exact")
     np.testing.assert_allclose(exact["eigenvalues"][:k], lam[:k], atol=1e-12)
-    mf = ab.analyse(
-        D,
-        y,
-        0.1,
-        clean=y,
-        method="matrix_free",
-        k=k,
-        key=jax.random.key(1),
-        num_probes=256,
-        iters=6,
-    )
+    mf = ab.analyse(D, y, 0.1, clean=y, method="matrix_free", k=k, key=jax.random.key(1),
+                    num_probes=256, iters=6)
     np.testing.assert_allclose(mf["eigenvalues"], exact["eigenvalues"][:k], atol=1e-10)
     np.testing.assert_allclose(
         np.abs(np.sum(mf["eigenvectors"] * exact["eigenvectors"][:, :k], axis=0)), 1.0, atol=1e-8

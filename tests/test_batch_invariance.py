@@ -56,14 +56,11 @@ def _check(run, block=sampling.SAMPLE_BLOCK, whole=None):
 def test_every_seed_has_a_fixed_slot():
     """Seed s runs in slot s % block of its block; consecutive seeds fill ceil(B / block) blocks
     (rounded up to the device count), as the blocks of a seed range would anyway."""
-    for seeds, block, ndev, count in [
-        (np.arange(1000, 1600), 32, 1, 19),
-        (np.arange(1250, 1350), 32, 1, 4),
-        (np.arange(1250, 1350), 32, 8, 8),
-        (np.arange(5), 128, 1, 1),
-        (np.array([7, 39, 71, 8]), 32, 1, 3),
-        (np.arange(599, 0, -7) + 1000, 32, 1, 3),
-    ]:
+    for seeds, block, ndev, count in [(np.arange(1000, 1600), 32, 1, 19),
+                                      (np.arange(1250, 1350), 32, 1, 4),
+                                      (np.arange(1250, 1350), 32, 8, 8), (np.arange(5), 128, 1, 1),
+                                      (np.array([7, 39, 71, 8]), 32, 1, 3),
+                                      (np.arange(599, 0, -7) + 1000, 32, 1, 3)]:
         blocks, rows = sampling.seed_slots(seeds, block, ndev)
         assert blocks.shape == (count, block) and blocks.dtype == np.uint32
         np.testing.assert_array_equal(blocks.reshape(-1)[rows], seeds)
@@ -140,11 +137,6 @@ def test_a_job_in_another_process_gives_the_same_bits(tmp_path):
         "t.SEEDS[250:350], "
         "t._mesh(1), block=32)))"
     )
-    subprocess.run(
-        [sys.executable, "-c", code, TESTS, str(out)],
-        check=True,
-        env=dict(os.environ),
-        cwd=REPO,
-        timeout=600,
-    )
+    subprocess.run([sys.executable, "-c", code, TESTS, str(out)], check=True, env=dict(os.environ),
+                   cwd=REPO, timeout=600)
     np.testing.assert_array_equal(np.load(out), _image_whole()[250:350])

@@ -30,13 +30,10 @@ def test_lattice_on_the_circle_has_the_closed_form_quantiles():
     train = on_circle(2 * np.pi * np.arange(k) / k)
     held = on_circle(rng.uniform(0, 2 * np.pi, m))
     t = calibration.calibrate(train, held, quantile=q, num_samples=n)
-    assert (t.method, t.num_heldout, t.num_reference, t.delta_s_source, t.metric) == (
-        "heldout",
-        m,
-        n - 1,
-        "heldout",
-        "pixel",
-    )
+    assert (t.method, t.num_heldout, t.num_reference, t.delta_s_source, t.metric) == ("heldout", m,
+                                                                                      n - 1,
+                                                                                      "heldout",
+                                                                                      "pixel")
     assert t.delta_m == pytest.approx(2 * np.sin(q * np.pi / (2 * k)), rel=0.03)
     a_q = np.pi * (1 - (1 - q) ** (1 / (n - 1)))
     assert t.delta_s == pytest.approx(2 * np.sin(a_q / 2), rel=0.1)
@@ -159,13 +156,9 @@ def test_auto_metric_falls_back_to_pixel_without_lpips_weights(monkeypatch):
 
 
 def write_samples(path, samples, step):
-    report.write_npz(
-        str(path),
-        samples=np.asarray(samples, np.float32),
-        seeds=np.arange(len(samples)),
-        step=np.int64(step),
-        sampler=np.str_("ddpm_ancestral"),
-    )
+    report.write_npz(str(path), samples=np.asarray(samples, np.float32),
+                     seeds=np.arange(len(samples)), step=np.int64(step),
+                     sampler=np.str_("ddpm_ancestral"))
 
 
 def test_digits_classes_separate_as_k_grows_with_calibrated_pixel_thresholds(tmp_path):

@@ -41,10 +41,8 @@ def test_k2_circle_model_memorizes(tmp_path):
     spec = wd.specs()[0]
     fresh = np.delete(builders.load_pool(c), spec.indices, axis=0)
     thresholds, _ = circle.calibrated_scales(spec.data, fresh, len(out["samples"]))
-    assert np.mean(d <= thresholds.delta_m) >= 0.9, (
-        thresholds.delta_m,
-        np.mean(d <= thresholds.delta_m),
-    )
+    assert np.mean(d <= thresholds.delta_m) >= 0.9, (thresholds.delta_m,
+                                                     np.mean(d <= thresholds.delta_m))
     # A rerun with the same request skips; other settings refuse to overwrite silently.
     assert generate.sample_workdir(str(tmp_path), np.arange(500), "em", eps=1e-4) == [path]
     with pytest.raises(FileExistsError, match="--overwrite"):

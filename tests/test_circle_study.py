@@ -16,15 +16,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_classify_centres_rules():
     pats = np.array([[1.0, 0.0], [0.0, 1.0]])
     centres = np.array([[0.98, 0.01], [0.7071, 0.7071], [0.5, 0.5], [0.0, 0.0]])
-    kinds = circle.classify_centres(
-        centres,
-        np.array([50, 30, 15, 1]),
-        np.array([0.02, 0.3, 0.05, 0.01]),
-        pats,
-        delta_m=0.1,
-        delta_s=0.1,
-        min_frac=0.05,
-    )
+    kinds = circle.classify_centres(centres, np.array([50, 30, 15, 1]),
+                                    np.array([0.02, 0.3, 0.05, 0.01]), pats, delta_m=0.1,
+                                    delta_s=0.1, min_frac=0.05)
     assert kinds == ["memorized", "generalized", "spurious", "transient"]
     labels, cents, counts, spreads = circle.cluster(
         np.array([[0, 0], [0.1, 0], [5, 5], [5.1, 5]], float), 1.0

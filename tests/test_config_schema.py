@@ -78,13 +78,10 @@ def test_a_misspelt_section_or_key_names_the_valid_ones():
         c.optimizer = c.optim
     with pytest.raises(configlib.ConfigError, match=r"\['optimizer'\].*valid sections.*'optim'"):
         configlib.validate(c)
-    for section, bad, good in (
-        ("model", "hiden", "hidden"),
-        ("diffusion", "sigma_maxx", "sigma_max"),
-        ("optim", "learning_rate", "lr"),
-        ("monitor", "evry", "every"),
-        ("sample", "num_step", "num_steps"),
-    ):
+    for section, bad, good in (("model", "hiden", "hidden"),
+                               ("diffusion", "sigma_maxx", "sigma_max"),
+                               ("optim", "learning_rate", "lr"), ("monitor", "evry", "every"),
+                               ("sample", "num_step", "num_steps")):
         c = load("circle.py")
         with c[section].unlocked():
             c[section][bad] = 1
@@ -148,10 +145,8 @@ def test_an_old_toy_workdir_samples_exactly_as_a_new_one(tmp_path):
     old = old_workdir(tmp_path, "old", OLD_CIRCLE)
     generate.sample_workdir(old, np.arange(4), **kw)
     generate.sample_workdir(str(tmp_path / "new"), np.arange(4), config=load("circle.py:k=2"), **kw)
-    a, b = (
-        Workdir(old).read_samples("2", "optimal"),
-        Workdir(str(tmp_path / "new")).read_samples("2", "optimal"),
-    )
+    a, b = (Workdir(old).read_samples("2", "optimal"),
+            Workdir(str(tmp_path / "new")).read_samples("2", "optimal"))
     np.testing.assert_array_equal(a["samples"], b["samples"])
     assert a["settings"] == b["settings"]
     # finished samples are kept, not redone
@@ -223,41 +218,25 @@ def test_the_schema_knows_the_samplers_of_the_registry_without_importing_it():
 
 
 def test_range_rules_bounds_types_sweeps_and_unset_values():
-    rules = {
-        "a": ("range", 0.0, 1.0, "[)"),
-        "b": ("range", 1, 10),
-        "c": ("bool",),
-        "d": ("choices", lambda: ("x",)),
-        "e": ("range", 0.0, 1.0, "()"),
-    }
+    rules = {"a": ("range", 0.0, 1.0, "[)"), "b": ("range", 1, 10), "c": ("bool",),
+             "d": ("choices", lambda: ("x",)), "e": ("range", 0.0, 1.0, "()")}
 
     def check(**values):
         configlib.check(configlib.ml_collections.ConfigDict(values), rules)
 
     check(a=0.0, b=10, c=True, d="x", e=0.5)
     check(a=None, b=(1, 2, 3))  # None: unset; a sweep item by item
-    for bad, match in [
-        (dict(a=1.0), r"config.a = 1.0 is out of range: allowed \[0.0, 1.0\)"),
-        (dict(a=float("nan")), "out of range"),
-        (dict(a=True), "out of range"),
-        (dict(b=0), r"allowed \[1, 10\] \(integers\)"),
-        (dict(b=2.5), "integers"),
-        (dict(b=(1, 11)), "config.b = 11"),
-        (dict(c=1), "write true or false"),
-        (dict(d="y"), r"choose one of \['x'\]"),
-        (dict(e=0.0), r"allowed \(0.0, 1.0\)"),
-    ]:
+    for bad, match in [(dict(a=1.0), r"config.a = 1.0 is out of range: allowed \[0.0, 1.0\)"),
+                       (dict(a=float("nan")), "out of range"), (dict(a=True), "out of range"),
+                       (dict(b=0), r"allowed \[1, 10\] \(integers\)"), (dict(b=2.5), "integers"),
+                       (dict(b=(1, 11)), "config.b = 11"), (dict(c=1), "write true or false"),
+                       (dict(d="y"), r"choose one of \['x'\]"),
+                       (dict(e=0.0), r"allowed \(0.0, 1.0\)")]:
         with pytest.raises(configlib.ConfigError, match=match):
             check(**bad)
     # Seeds of every kind are 32-bit, K and the number of checkpoints at least 1: refused when read.
-    for key, value in [
-        ("seed", "-1"),
-        ("seed", "99999999999"),
-        ("data.subset_seed", "-1"),
-        ("keep_checkpoints", "0"),
-        ("optim.b1", "1.5"),
-        ("optim.b2", "1.0"),
-    ]:
+    for key, value in [("seed", "-1"), ("seed", "99999999999"), ("data.subset_seed", "-1"),
+                       ("keep_checkpoints", "0"), ("optim.b1", "1.5"), ("optim.b2", "1.0")]:
         config = load("circle.py")
         configlib.apply_override(config, key, value)
         with pytest.raises(configlib.ConfigError, match=f"config.{key} = "):

@@ -29,12 +29,8 @@ def test_one_thread_only_for_small_batches_on_a_plain_cpu_host(two_core_cpu_host
 
 @pytest.mark.parametrize(
     "extra",
-    [
-        {"NPROC": "2"},
-        {"JAX_PLATFORMS": "cuda"},
-        {"JAX_PLATFORMS": "tpu,cpu"},
-        {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
-    ],
+    [{"NPROC": "2"}, {"JAX_PLATFORMS": "cuda"}, {"JAX_PLATFORMS": "tpu,cpu"},
+     {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}],
 )
 def test_one_thread_leaves_user_choices_meshes_and_accelerators_alone(two_core_cpu_host, extra):
     env = two_core_cpu_host | extra
@@ -74,14 +70,8 @@ def test_the_policy_is_opt_in(flag, nproc, tmp_path):
         "JAX_PLATFORMS": "cpu"
     }
     out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            probe,
-            "--config=configs/circle.py:k=9",
-            f"--workdir={tmp_path}",
-            *flag,
-        ],
+        [sys.executable, "-c", probe, "--config=configs/circle.py:k=9", f"--workdir={tmp_path}",
+         *flag],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -238,16 +238,10 @@ def test_cifar10_binary_round_trip(tmp_path):
 
 def test_bad_cifar10_archives_name_the_file(tmp_path):
     cases = [
-        (
-            "truncated.tar.gz",
-            ("data_batch_3.bin", lambda b: b[:-7]),
-            "truncated.tar.gz: data_batch_3.bin is truncated",
-        ),
-        (
-            "nolabel.tar.gz",
-            ("data_batch_1.bin", lambda b: b"\x0c" + b[1:]),
-            "nolabel.tar.gz: label bytes",
-        ),
+        ("truncated.tar.gz", ("data_batch_3.bin", lambda b: b[:-7]),
+         "truncated.tar.gz: data_batch_3.bin is truncated"),
+        ("nolabel.tar.gz", ("data_batch_1.bin", lambda b: b"\x0c" + b[1:]),
+         "nolabel.tar.gz: label bytes"),
         (
             "missing.tar.gz",
             ("data_batch_5.bin", lambda b: None),
@@ -295,16 +289,10 @@ def test_bad_npz_files_name_the_file(tmp_path):
            "labels.npz": dict(images=np.zeros((2, 4, 4), np.uint8), labels=np.zeros(3, np.int64)),
            "nokey.npz": dict(x=np.zeros((2, 4, 4), np.uint8)),
            "object.npz": dict(images=np.array([None, 1], dtype=object))}
-    messages = {
-        "range.npz": "must be finite and in",
-        "nan.npz": "must be finite and in",
-        "int.npz": "must be in 0..255",
-        "shape.npz": "must have shape",
-        "channels.npz": "must have shape",
-        "labels.npz": "'labels' must be 2 integers",
-        "nokey.npz": "no 'images' array",
-        "object.npz": "not a readable .npz archive",
-    }
+    messages = {"range.npz": "must be finite and in", "nan.npz": "must be finite and in",
+                "int.npz": "must be in 0..255", "shape.npz": "must have shape",
+                "channels.npz": "must have shape", "labels.npz": "'labels' must be 2 integers",
+                "nokey.npz": "no 'images' array", "object.npz": "not a readable .npz archive"}
     for name, arrays in bad.items():
         np.savez(tmp_path / name, **arrays)
         with pytest.raises(ValueError, match=f"{name}: .*{messages[name]}"):
@@ -313,11 +301,8 @@ def test_bad_npz_files_name_the_file(tmp_path):
     (tmp_path / "text.npz").write_text("not an archive")
     np.savez(tmp_path / "cut.npz", images=np.zeros((64, 8, 8), np.uint8))
     (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:300])
-    for name, message in [
-        ("single.npy", "a single .npy array"),
-        ("text.npz", "not a readable .npz"),
-        ("cut.npz", "not a readable .npz"),
-    ]:
+    for name, message in [("single.npy", "a single .npy array"),
+                          ("text.npz", "not a readable .npz"), ("cut.npz", "not a readable .npz")]:
         with pytest.raises(ValueError, match=f"{name}: {message}"):
             I.load_images(f"npz:{tmp_path / name}")
 

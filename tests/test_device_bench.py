@@ -43,22 +43,15 @@ def test_peak_table_and_override():
     assert b.peak_tflops("NVIDIA H100 80GB HBM3", "float32", {})[0] == 66.9
     assert b.peak_tflops("NVIDIA H100 PCIe", "bfloat16", {})[0] == 756.0   # not the SXM figure
     assert b.peak_tflops("NVIDIA A100-SXM4-40GB", "tensorfloat32", {})[0] == 156.0
-    assert b.peak_tflops("NVIDIA H200", "bfloat16", {"bf16": 123.0}) == (
-        123.0,
-        "--peak_tflops_bf16",
-    )
+    assert b.peak_tflops("NVIDIA H200", "bfloat16", {"bf16": 123.0}) == (123.0,
+                                                                         "--peak_tflops_bf16")
     peak, why = b.peak_tflops("Some New Chip", "float32", {})
     assert peak is None and "--peak_tflops_fp32" in why
 
 
 def test_failed_section_leaves_a_file(tmp_path):
-    r = subprocess.run(
-        ["bash", SCRIPT, "--small", f"--out={tmp_path}", "--precisions=bogus"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = subprocess.run(["bash", SCRIPT, "--small", f"--out={tmp_path}", "--precisions=bogus"],
+                       env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 1
     for section in ("train", "sample", "knn", "lpips"):
         header, fields = _read(tmp_path / f"gpu_{section}.txt")
@@ -68,13 +61,8 @@ def test_failed_section_leaves_a_file(tmp_path):
 
 @pytest.mark.slow
 def test_device_sh_small_on_cpu(tmp_path):
-    r = subprocess.run(
-        ["bash", SCRIPT, "--small", f"--out={tmp_path}"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    r = subprocess.run(["bash", SCRIPT, "--small", f"--out={tmp_path}"], env=_env(),
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     files = {s: _read(tmp_path / f"gpu_{s}.txt") for s in ("train", "sample", "knn", "lpips")}
     for header, fields in files.values():

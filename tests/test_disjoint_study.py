@@ -45,15 +45,8 @@ def test_end_to_end_tiny_digits(tmp_path, one_device):
     summary = disjoint.run_disjoint(config, str(tmp_path), progress=False)
     assert summary["ns"] == [4] and [r["steps"] for r in summary["rows"]] == [6]
     out = tmp_path / "disjoint"
-    for name in (
-        "report.md",
-        "summary.json",
-        "four_rows.png",
-        "similarity_hist.png",
-        "psnr_vs_n.png",
-        "N4.npz",
-        "adaptive_basis_S1_N4.png",
-    ):
+    for name in ("report.md", "summary.json", "four_rows.png", "similarity_hist.png",
+                 "psnr_vs_n.png", "N4.npz", "adaptive_basis_S1_N4.png"):
         assert (out / name).exists(), name
     z = np.load(out / "N4.npz")
     assert z["S1_samples"].shape == (2, 8, 8, 1) and z["S1_iterations"].shape == (2,)

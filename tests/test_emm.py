@@ -75,13 +75,9 @@ def fake_train_and_sample(config, workdir, seeds, sampler):
         samples = spec.data[np.arange(n) % spec.k]
     else:
         samples = np.random.default_rng(spec.k).uniform(-1, 1, (n,) + spec.data.shape[1:])
-    report.write_npz(
-        os.path.join(workdir, "samples", f"{spec.name}.npz"),
-        samples=samples.astype(np.float32),
-        seeds=np.asarray(seeds, np.int64),
-        step=np.int64(config.steps),
-        sampler=np.str_(sampler),
-    )
+    report.write_npz(os.path.join(workdir, "samples", f"{spec.name}.npz"),
+                     samples=samples.astype(np.float32), seeds=np.asarray(seeds, np.int64),
+                     step=np.int64(config.steps), sampler=np.str_(sampler))
 
 
 PIXEL = dict(metric="pixel", delta_m=0.5, delta_s=0.5)
@@ -134,18 +130,10 @@ def test_emm_script_end_to_end_on_finished_runs(tmp_path):
         fake_train_and_sample(
             mm.config_for_k(config, k), str(root / f"k{k}"), np.arange(8), "ddpm_ancestral"
         )
-    cmd = [
-        sys.executable,
-        os.path.join(REPO, "bin", "emm.py"),
-        "--config=" + os.path.join(REPO, "configs/digits.py"),
-        f"--root={root}",
-        "--k_grid=8,16,64",
-        "--tolerance=4",
-        "--metric=pixel",
-        "--delta_m=0.5",
-        "--delta_s=0.5",
-        "--num=8",
-    ]
+    cmd = [sys.executable, os.path.join(REPO, "bin", "emm.py"),
+           "--config=" + os.path.join(REPO, "configs/digits.py"), f"--root={root}",
+           "--k_grid=8,16,64", "--tolerance=4", "--metric=pixel", "--delta_m=0.5", "--delta_s=0.5",
+           "--num=8"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -55,12 +55,8 @@ def test_streaming_large_pattern_set_matches_unchunked():
     y = jnp.asarray(rng.normal(size=(5000, 64)), jnp.float32)
     x = jnp.asarray(rng.normal(size=(16, 64)), jnp.float32)
     s = jnp.full((16,), 8.0)
-    np.testing.assert_allclose(
-        energy.empirical_denoiser(y, 512)(x, s),
-        energy.empirical_denoiser(y, 5000)(x, s),
-        rtol=2e-4,
-        atol=2e-5,
-    )
+    np.testing.assert_allclose(energy.empirical_denoiser(y, 512)(x, s),
+                               energy.empirical_denoiser(y, 5000)(x, s), rtol=2e-4, atol=2e-5)
 
 
 def test_default_chunk_is_bounded_and_equals_brute_force(x64, monkeypatch):

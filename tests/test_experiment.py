@@ -19,22 +19,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The boundary: modules that read configs (and the studies, whose entry points take one) build the
 # Experiment; every other module takes it, or explicit arguments.
-BOUNDARY = (
-    "diffmem.builders",
-    "diffmem.configlib",
-    "diffmem.config_schema",
-    "diffmem.image_configs",
-    "diffmem.schedules",
-    "diffmem.data.pools",
-    "diffmem.workdir",
-    "diffmem.generate",
-    "diffmem.train",
-    "diffmem.cli",
-    "diffmem.machines.models",
-    "diffmem.studies",
-    "diffmem.importers",
-    "diffmem.configs",
-)
+BOUNDARY = ("diffmem.builders", "diffmem.configlib", "diffmem.config_schema",
+            "diffmem.image_configs", "diffmem.schedules", "diffmem.data.pools", "diffmem.workdir",
+            "diffmem.generate", "diffmem.train", "diffmem.cli", "diffmem.machines.models",
+            "diffmem.studies", "diffmem.importers", "diffmem.configs")
 CONFIG_NAMES = {"config", "cfg"}
 # `config` there is the JSON dict recorded with a checkpoint
 JSON_RECORDS = {"diffmem.checkpoint.save"}
@@ -65,23 +53,15 @@ def test_build_gives_every_part_once_and_a_short_repr():
     c = load("digits.py:k=4+8")
     exp = builders.build(c)
     assert isinstance(exp, Experiment)
-    assert (exp.network_name, exp.data_shape, exp.sde, exp.data_range) == (
-        "ddpm_unet",
-        (8, 8, 1),
-        None,
-        (-1.0, 1.0),
-    )
+    assert (exp.network_name, exp.data_shape, exp.sde, exp.data_range) == ("ddpm_unet", (8, 8, 1),
+                                                                           None, (-1.0, 1.0))
     assert [m.name for m in exp.members] == ["4", "8"] and [s.steps for s in exp.schedules] == [
         c.steps
     ] * 2
     assert exp.sigma_range == builders.sigma_range(c) and not exp.is_vector
-    assert exp.sampler == SamplerChoice(
-        "ddpm_ancestral",
-        "ddpm_ancestral",
-        {"num_steps": 1000},
-        {"timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02},
-        256,
-    )
+    assert exp.sampler == SamplerChoice("ddpm_ancestral", "ddpm_ancestral", {"num_steps": 1000},
+                                        {"timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02},
+                                        256)
     assert (exp.training.steps_per_call, exp.training.ema_decay, exp.training.monitor) == (
         c.steps_per_call, c.ema.decay, None)
     text = repr(exp)

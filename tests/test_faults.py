@@ -223,14 +223,8 @@ def test_checkpoint_write_failure_is_a_write_error(tmp_path, monkeypatch, one_de
 # workdir, {NEW} a path that does not exist yet, {FILE} a plain file, {C} configs/. Every row must
 # end with exit status 1, exactly one stderr line starting with "error:", no traceback, and no file
 # under {W} or {NEW} created or changed.
-TINY = [
-    "--config.steps=20",
-    "--config.steps_per_call=10",
-    "--config.log_every=10",
-    "--config.ckpt_every=10",
-    "--config.model.hidden=8",
-    "--config.model.embed=8",
-]
+TINY = ["--config.steps=20", "--config.steps_per_call=10", "--config.log_every=10",
+        "--config.ckpt_every=10", "--config.model.hidden=8", "--config.model.embed=8"]
 BAD_INPUTS = [
     # config arg strings and files
     ("train.py", ["--config={C}/circle.py:kk=3", "--workdir={NEW}"]),
@@ -269,15 +263,11 @@ BAD_INPUTS = [
     ("train.py", ["--config={C}/circle.py", "--config.monitor.level=2", "--workdir={NEW}"]),
     ("train.py", ["--config={C}/circle.py", "--config.log_every=7", "--workdir={NEW}"]),
     ("train.py", ["--config={C}/digits.py:k=8", "--config.model.dropout=1.0", "--workdir={NEW}"]),
-    (
-        "train.py",
-        ["--config={C}/digits.py:k=8", "--config.optim.decay_factor=0", "--workdir={NEW}"],
-    ),
+    ("train.py",
+     ["--config={C}/digits.py:k=8", "--config.optim.decay_factor=0", "--workdir={NEW}"]),
     # a rerun into the trained workdir with another experiment
-    (
-        "train.py",
-        ["--config={C}/circle.py:k=9", *TINY, "--config.model.hidden=16", "--workdir={W}"],
-    ),
+    ("train.py",
+     ["--config={C}/circle.py:k=9", *TINY, "--config.model.hidden=16", "--workdir={W}"]),
     # flags and paths
     ("train.py", ["--config={C}/circle.py"]),  # no --workdir
     ("train.py", ["--config={C}/circle.py", "--workdir="]),
@@ -317,13 +307,8 @@ def _state(root):
 
 
 def _run_script(script, args, env):
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "bin", script), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    return subprocess.run([sys.executable, os.path.join(REPO, "bin", script), *args],
+                          capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_bad_input_table_gives_one_error_line_and_changes_nothing(tmp_path):
@@ -336,12 +321,8 @@ def test_bad_input_table_gives_one_error_line_and_changes_nothing(tmp_path):
     trained = str(tmp_path / "trained")
     out = _run_script(
         "train.py",
-        [
-            f"--config={REPO}/configs/circle.py:k=9",
-            *TINY,
-            f"--workdir={trained}",
-            "--progress=false",
-        ],
+        [f"--config={REPO}/configs/circle.py:k=9", *TINY, f"--workdir={trained}",
+         "--progress=false"],
         env,
     )
     assert out.returncode == 0, out.stderr
@@ -383,11 +364,9 @@ def test_bad_input_table_gives_one_error_line_and_changes_nothing(tmp_path):
 def test_garbled_checkpoint_bytes_fail_the_checksum_naming_the_step_and_the_fallback(tmp_path):
     """Bytes overwritten inside an OCDBT data file still decode (no format error), so only the
     sha256 recorded at save time catches them; a partial restore checks the arrays it read."""
-    tree = {
-        "params": {"w": np.linspace(-1, 1, 4096, dtype=np.float32)},
-        "opt_state": {"mu": np.linspace(0, 1, 4096, dtype=np.float32)},
-        "step": np.full((), 20, np.int32),
-    }
+    tree = {"params": {"w": np.linspace(-1, 1, 4096, dtype=np.float32)},
+            "opt_state": {"mu": np.linspace(0, 1, 4096, dtype=np.float32)},
+            "step": np.full((), 20, np.int32)}
     mngr = checkpoint.manager(str(tmp_path), "9")
     checkpoint.save(mngr, 10, tree)
     checkpoint.save(mngr, 20, tree, config={"seed": 1})
@@ -421,11 +400,8 @@ def test_garbled_checkpoint_bytes_fail_the_checksum_naming_the_step_and_the_fall
 
 def test_restore_errors_are_one_line(saved_checkpoint):
     workdir, like, step_dir = saved_checkpoint
-    wrong = {
-        "w": np.zeros((5, 3), np.float32),
-        "step": like["step"],
-        "extra": np.zeros(2, np.float32),
-    }
+    wrong = {"w": np.zeros((5, 3), np.float32), "step": like["step"],
+             "extra": np.zeros(2, np.float32)}
     with pytest.raises(checkpoint.CheckpointError) as e:
         checkpoint.restore_latest(str(workdir), "9", wrong)
     assert "\n" not in str(e.value) and step_dir in str(e.value)
@@ -511,14 +487,9 @@ def test_full_disk_on_a_real_small_file_system(tmp_path):
         pytest.skip("tmpfs mount refused here")
     try:
         out = subprocess.run(
-            [
-                sys.executable,
-                os.path.join(REPO, "bin", "train.py"),
-                f"--config={REPO}/configs/circle.py:k=9,steps=4000",
-                "--config.ckpt_every=1000",
-                f"--workdir={mount}/run",
-                "--progress=false",
-            ],
+            [sys.executable, os.path.join(REPO, "bin", "train.py"),
+             f"--config={REPO}/configs/circle.py:k=9,steps=4000", "--config.ckpt_every=1000",
+             f"--workdir={mount}/run", "--progress=false"],
             capture_output=True,
             text=True,
             timeout=600,
@@ -545,10 +516,8 @@ def test_config_json_edited_after_training_is_refused_when_sampling(tmp_path, on
     obj = json.loads(path.read_text())
     obj["data"]["k"] = 10
     path.write_text(json.dumps(obj))
-    with pytest.raises(
-        configlib.ConfigError,
-        match=r"config.json was changed after training: it differs in \['data'\]",
-    ):
+    with pytest.raises(configlib.ConfigError,
+                       match=r"config.json was changed after training: it differs in \['data'\]"):
         Workdir(str(tmp_path)).model("10")
     obj["data"]["k"], obj["sample"]["num"] = 9, 7  # a rerun key: still the same experiment
     path.write_text(json.dumps(obj))

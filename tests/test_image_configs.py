@@ -9,18 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffmem import (
-    builders,
-    config_schema,
-    configlib,
-    devices,
-    experiment,
-    image_configs,
-    nets,
-    precond,
-    schedules,
-    train,
-)
+from diffmem import (builders, config_schema, configlib, devices, experiment, image_configs, nets,
+                     precond, schedules, train)
 from diffmem.data import images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,12 +29,9 @@ def shapes_of(config, shape, batch=2):
     """Parameter shapes of the config's network and the shape of its per-example training loss."""
     model = builders.build_model(config, shape)
     x = jax.ShapeDtypeStruct((batch,) + shape, jnp.float32)
-    params = jax.eval_shape(
-        model.init,
-        jax.random.key(0),
-        jax.ShapeDtypeStruct((1,) + shape, jnp.float32),
-        jax.ShapeDtypeStruct((1,), jnp.float32),
-    )
+    params = jax.eval_shape(model.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1,) + shape, jnp.float32),
+                            jax.ShapeDtypeStruct((1,), jnp.float32))
     loss = jax.eval_shape(builders.build_loss(config, model), params, x, jax.random.key(1))
     return model, params, loss
 
@@ -81,12 +68,10 @@ def test_cifar10_default_is_pham_et_als_ddpm_setting():
     )
     assert (c.optim.lr, c.optim.grad_clip, c.batch_size, c.ema.decay, c.ema.warmup, c.steps) == (
         2e-4, 1.0, 128, 0.9999, False, 500_000)
-    assert (c.diffusion.precond, c.diffusion.timesteps, c.loss.name, c.loss.reduction) == (
-        "ddpm",
-        1000,
-        "eps",
-        "mean",
-    )
+    assert (c.diffusion.precond, c.diffusion.timesteps, c.loss.name, c.loss.reduction) == ("ddpm",
+                                                                                           1000,
+                                                                                           "eps",
+                                                                                           "mean")
     assert c.model.nin_init_scale == 0.1               # Pham et al.'s (score_sde) NIN init
     assert (c.sample.sampler, c.sample.optimal_sampler) == ("ddpm_ancestral",) * 2
     # Zhang et al.
@@ -98,13 +83,8 @@ def test_cifar10_default_is_pham_et_als_ddpm_setting():
 def test_cifar10_ddpmpp_vp_is_gu_et_als_setting_with_data_size_scaling():
     c = load("cifar10", "k=1000,arch=ddpmpp,precond=vp")
     m = c.model
-    assert (
-        m.channels,
-        tuple(m.channel_mult),
-        m.num_blocks,
-        tuple(m.attn_resolutions),
-        m.dropout,
-    ) == (128, (2, 2, 2), 2, (16,), 0.13)
+    assert (m.channels, tuple(m.channel_mult), m.num_blocks, tuple(m.attn_resolutions),
+            m.dropout) == (128, (2, 2, 2), 2, (16,), 0.13)
     assert (c.diffusion.precond, c.loss.name, c.data.subset, c.batch_size, c.optim.lr) == (
         "vp", "denoising", "balanced", 512, 2e-4)
     # duration 2000 * K / 50 kimg, lr ramp-up K / 5 kimg, EMA half-life K / 100 kimg, per member at
@@ -125,12 +105,8 @@ def test_cifar10_ddpmpp_vp_is_gu_et_als_setting_with_data_size_scaling():
 
 def test_pham_recipe_for_28px_sets_and_celeba_preprocessing():
     f = load("fmnist")
-    assert (f.data.source, tuple(f.model.ch_mult), f.steps, f.batch_size) == (
-        "fmnist",
-        (1, 2, 2),
-        400_000,
-        128,
-    )
+    assert (f.data.source, tuple(f.model.ch_mult), f.steps, f.batch_size) == ("fmnist", (1, 2, 2),
+                                                                              400_000, 128)
     assert load("mnist").data.source == "tfds:mnist"
     c = load("celeba")
     assert (c.data.source, c.data.image_size, c.data.center_crop, c.data.grayscale) == (
@@ -149,10 +125,8 @@ def test_unknown_arch_or_precond_names_the_valid_ones(name):
         configlib.ConfigError, match=r"unknown arch 'unet'; valid: \['ddpm_unet', 'ddpmpp'\]"
     ):
         load(name, "arch=unet")
-    with pytest.raises(
-        configlib.ConfigError,
-        match=r"unknown precond 'iddpm'; valid: \['ddpm', 'edm', 've', 'vp'\]",
-    ):
+    with pytest.raises(configlib.ConfigError,
+                       match=r"unknown precond 'iddpm'; valid: \['ddpm', 'edm', 've', 'vp'\]"):
         load(name, "precond=iddpm")
 
 
@@ -194,12 +168,9 @@ def tiny_digits(arch: str, precond_name: str):
 def random_params(model, shape, scale=0.05, seed=0):
     """Random weights everywhere (no init compile; nothing starts at zero, so the network shapes the
     loss)."""
-    tree = jax.eval_shape(
-        model.init,
-        jax.random.key(0),
-        jax.ShapeDtypeStruct((1,) + shape, jnp.float32),
-        jax.ShapeDtypeStruct((1,), jnp.float32),
-    )
+    tree = jax.eval_shape(model.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1,) + shape, jnp.float32),
+                          jax.ShapeDtypeStruct((1,), jnp.float32))
     rng = np.random.default_rng(seed)
     return jax.tree.map(
         lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), jnp.float32), tree

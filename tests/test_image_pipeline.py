@@ -75,16 +75,8 @@ def test_sample_workdir_images_grid_skip_and_refuse(workdir):
     out = Workdir(workdir).read_samples("16")
     assert out["samples"].shape == (12, 8, 8, 1) and out["samples"].dtype == np.float32
     assert np.all(np.abs(out["samples"]) <= 1) and out["step"] == STEPS
-    assert out["settings"] == dict(
-        sampler="ddim",
-        model="trained",
-        step=STEPS,
-        num_steps=5,
-        eta=0.0,
-        timesteps=1000,
-        beta_start=1e-4,
-        beta_end=0.02,
-    )
+    assert out["settings"] == dict(sampler="ddim", model="trained", step=STEPS, num_steps=5,
+                                   eta=0.0, timesteps=1000, beta_start=1e-4, beta_end=0.02)
     np.testing.assert_array_equal(out["seeds"], np.arange(12))
     [shard] = out["files"]
     # no .partial left
@@ -137,11 +129,8 @@ def test_interrupted_sampling_resumes_from_saved_batches(workdir, monkeypatch):
     partial = Workdir(workdir).shard_path("16", "trained", None, seeds)[:-4] + ".partial"
     assert sorted(os.listdir(partial)) == ["0000000000.npz", "0000000008.npz"]
     calls.clear()
-    monkeypatch.setattr(
-        sampling,
-        "sample_sharded",
-        lambda fn, s, mesh, **k: (calls.append(len(s)), real(fn, s, mesh, **k))[1],
-    )
+    monkeypatch.setattr(sampling, "sample_sharded",
+                        lambda fn, s, mesh, **k: (calls.append(len(s)), real(fn, s, mesh, **k))[1])
     [path] = generate.sample_workdir(workdir, seeds, overwrite=True, **kw)
     assert calls == [8]  # only the missing batch ran
     [shard] = Workdir(workdir).sample_files("16")

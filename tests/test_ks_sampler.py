@@ -13,11 +13,8 @@ from diffmem import sampling
 
 
 def test_recursion_counts_match_the_notes():
-    assert [sampling.ks_recursion_iterations(1.0, beta=b) for b in (0.01, 0.1, 0.5)] == [
-        662,
-        128,
-        48,
-    ]
+    assert [sampling.ks_recursion_iterations(1.0, beta=b) for b in (0.01, 0.1, 0.5)] == [662, 128,
+                                                                                         48]
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.5])
@@ -52,15 +49,8 @@ def test_literal_update_and_shared_noise_stream_for_two_models():
         for t in range(1, T + 1)
     ]
     for c in (0.3, 0.6):
-        r = sampling.kadkhodaie_simoncelli(
-            lambda y, s: (1 - c) * y,
-            shape,
-            np.array([seed]),
-            h0=h0,
-            beta=beta,
-            sigma_L=1e-6,
-            max_iters=T,
-        )
+        r = sampling.kadkhodaie_simoncelli(lambda y, s: (1 - c) * y, shape, np.array([seed]), h0=h0,
+                                           beta=beta, sigma_L=1e-6, max_iters=T)
         y = y0.copy()
         for t in range(1, T + 1):
             h = h0 * t / (1 + h0 * (t - 1))
@@ -147,13 +137,9 @@ def test_shards_record_convergence_and_sampling_warns(tmp_path, one_device, caps
     assert generate._finished_batch(part, data["seeds"][:2], data["settings"], False,
                                     ["converged"]) is None
     # The study's sample record and report.
-    ctx = types.SimpleNamespace(
-        seeds=np.arange(3),
-        progress=False,
-        overwrite=False,
-        config=w.config,
-        settings=types.SimpleNamespace(sampler="config", sample_steps=None),
-    )
+    ctx = types.SimpleNamespace(seeds=np.arange(3), progress=False, overwrite=False,
+                                config=w.config,
+                                settings=types.SimpleNamespace(sampler="config", sample_steps=None))
     sets = k_sweep_stages.sample_sets(ctx, w, kinds=("optimal",))
     assert sets["optimal"][4]["not_converged"] == 5 and sets["optimal"][4]["num"] == 5
     result = k_sweep_results.SampleResult(sets=sets)

@@ -18,15 +18,8 @@ def test_exact_divergence_matches_closed_form(x64, t_eval):
     sde = sde_lib.VESDE(sigma_max=3.0, t_min=1e-3)
     x = jax.random.normal(jax.random.key(0), (8, 2), jnp.float64)
     run = jax.jit(
-        functools.partial(
-            likelihood.log_likelihood,
-            MIX.score_fn(sde),
-            sde,
-            t_eval=t_eval,
-            rtol=1e-8,
-            atol=1e-8,
-            prior_logp=lambda z: MIX.logp_t(z, 1.0, sde),
-        )
+        functools.partial(likelihood.log_likelihood, MIX.score_fn(sde), sde, t_eval=t_eval,
+                          rtol=1e-8, atol=1e-8, prior_logp=lambda z: MIX.logp_t(z, 1.0, sde))
     )
     np.testing.assert_allclose(run(x), MIX.logp_t(x, t_eval, sde), atol=1e-3)
 
@@ -34,16 +27,8 @@ def test_exact_divergence_matches_closed_form(x64, t_eval):
 def test_vp_and_denoiser_route(x64):
     vp = sde_lib.VPSDE(t_min=1e-3)
     x = jax.random.normal(jax.random.key(1), (5, 2), jnp.float64)
-    ll = likelihood.log_likelihood(
-        None,
-        vp,
-        x,
-        denoiser=MIX.denoiser,
-        t_eval=0.1,
-        rtol=1e-8,
-        atol=1e-8,
-        prior_logp=lambda z: MIX.logp_t(z, 1.0, vp),
-    )
+    ll = likelihood.log_likelihood(None, vp, x, denoiser=MIX.denoiser, t_eval=0.1, rtol=1e-8,
+                                   atol=1e-8, prior_logp=lambda z: MIX.logp_t(z, 1.0, vp))
     np.testing.assert_allclose(ll, MIX.logp_t(x, 0.1, vp), atol=1e-3)
 
 
@@ -51,18 +36,10 @@ def test_vp_and_denoiser_route(x64):
 def test_hutchinson_is_unbiased(x64, probe):
     sde = sde_lib.VESDE(sigma_max=3.0, t_min=1e-3)
     x = jnp.array([[0.3, -0.4]])
-    run = lambda key: likelihood.log_likelihood(
-        MIX.score_fn(sde),
-        sde,
-        x,
-        t_eval=0.05,
-        divergence="hutchinson",
-        probe=probe,
-        key=key,
-        rtol=1e-6,
-        atol=1e-6,
-        prior_logp=lambda z: MIX.logp_t(z, 1.0, sde),
-    )[0]
+    run = lambda key: likelihood.log_likelihood(MIX.score_fn(sde), sde, x, t_eval=0.05,
+                                                divergence="hutchinson", probe=probe, key=key,
+                                                rtol=1e-6, atol=1e-6,
+                                                prior_logp=lambda z: MIX.logp_t(z, 1.0, sde))[0]
     # 400 independent probe draws
     est = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(3), 400))
     exact = float(MIX.logp_t(x, 0.05, sde)[0])
@@ -79,16 +56,9 @@ def test_each_example_has_its_own_solve_and_statistics():
     sde = sde_lib.VESDE(sigma_max=3.0, t_min=1e-3)
     x = jnp.array([[0.3, -0.4], [8.0, 8.0], [1.0, 0.1], [-0.5, 0.8], [0.0, 0.0]], jnp.float32)
     run = jax.jit(
-        functools.partial(
-            likelihood.log_likelihood,
-            MIX.score_fn(sde),
-            sde,
-            t_eval=1e-3,
-            rtol=1e-5,
-            atol=1e-5,
-            prior_logp=lambda z: MIX.logp_t(z, 1.0, sde),
-            return_stats=True,
-        )
+        functools.partial(likelihood.log_likelihood, MIX.score_fn(sde), sde, t_eval=1e-3, rtol=1e-5,
+                          atol=1e-5, prior_logp=lambda z: MIX.logp_t(z, 1.0, sde),
+                          return_stats=True)
     )
     log_p, stats = run(x)
     assert set(stats) == {"num_steps", "num_accepted_steps", "num_rejected_steps", "result"}

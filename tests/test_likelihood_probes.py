@@ -35,12 +35,9 @@ def test_estimate_depends_on_the_examples_seed_not_its_batch(x64):
     other = np.asarray(run(x[perm], key=key, seeds=seeds[perm]))
     np.testing.assert_allclose(other, batch[perm], rtol=1e-10, atol=1e-10)
     # Without seeds, row i's seed is its index.
-    np.testing.assert_allclose(
-        np.asarray(run(x, key=key)),
-        np.asarray(run(x, key=key, seeds=np.arange(3))),
-        rtol=1e-10,
-        atol=1e-10,
-    )
+    np.testing.assert_allclose(np.asarray(run(x, key=key)),
+                               np.asarray(run(x, key=key, seeds=np.arange(3))), rtol=1e-10,
+                               atol=1e-10)
 
 
 def test_identical_examples_get_different_probes(x64):
@@ -73,11 +70,6 @@ def test_probe_errors_are_uncorrelated_across_examples(x64):
 
 def test_bad_seeds():
     with pytest.raises(ValueError, match="one integer per example"):
-        likelihood.log_likelihood(
-            MIX.score_fn(SDE),
-            SDE,
-            jnp.zeros((2, 2)),
-            divergence="hutchinson",
-            key=jax.random.key(0),
-            seeds=np.arange(3),
-        )
+        likelihood.log_likelihood(MIX.score_fn(SDE), SDE, jnp.zeros((2, 2)),
+                                  divergence="hutchinson", key=jax.random.key(0),
+                                  seeds=np.arange(3))

@@ -68,11 +68,8 @@ def _brute(Y, x, sigma, machine, k=3, masks=None):
                 count[m] += 1
             out[b] = (total / count).reshape(h, w, c)
             continue
-        xz, xc, Yz = (
-            _padded(x[b], r),
-            _padded(x[b], r, "wrap"),
-            np.stack([_padded(y, r) for y in Y]),
-        )
+        xz, xc, Yz = (_padded(x[b], r), _padded(x[b], r, "wrap"),
+                      np.stack([_padded(y, r) for y in Y]))
         for hh in range(h):
             for ww in range(w):
                 if machine == "ideal":
@@ -116,13 +113,8 @@ def _data(n=3, h=5, w=5, c=1, b=2, seed=0):
 # ---------------------------------------------------------------------------------------- the tests
 @pytest.mark.parametrize(
     "machine,c,chunk",
-    [
-        ("ls", 1, None),
-        ("els", 2, None),
-        ("bbels", 1, None),
-        ("bbels", 2, 2),
-        ("pspc_square", 1, None),
-    ],
+    [("ls", 1, None), ("els", 2, None), ("bbels", 1, None), ("bbels", 2, 2),
+     ("pspc_square", 1, None)],
 )
 def test_machines_equal_their_brute_force_twins(x64, machine, c, chunk):
     Y, x, s = _data(c=c)
@@ -267,11 +259,8 @@ def test_row_blocks_and_masks_stream_like_one_pass(x64):
     w = jnp.asarray(rng.uniform(size=(3, 5, 4)))                      # per-row precision vectors
     tags = jnp.asarray(rng.integers(0, 2, size=(3, 5)))
     items = (jnp.arange(7),)
-    chunk = lambda it: (
-        refs[:, it[0]][:, None],
-        refs[:, it[0]][:, None, :2],
-        jnp.asarray([[it[0] % 2]]),
-    )
+    chunk = lambda it: (refs[:, it[0]][:, None], refs[:, it[0]][:, None, :2],
+                        jnp.asarray([[it[0] % 2]]))
     run = lambda rb: jax.jit(
         lambda q, w, tags: pk.stream_patch_lse(
             q, jnp.full((3, 5), 2.0), chunk, items, weights=w, query_tags=tags, row_block=rb
@@ -316,17 +305,9 @@ def test_agreement_of_the_empirical_machine_with_itself_is_one(tmp_path, one_dev
     a, b = np.random.default_rng(0).normal(size=(2, 3, 8, 8, 1))
     np.testing.assert_allclose(agreement.pearson_r(a, 2 * a + 1), 1.0)
     np.testing.assert_allclose(agreement.pearson_r(a, -a), -1.0)
-    section = agreement.study_section(
-        wd.path,
-        ["8"],
-        network="optimal",
-        machines=("ideal",),
-        calibrate_machine=None,
-        sigmas=(0.5,),
-        num_images=2,
-        num_seeds=2,
-        num_steps=2,
-    )
+    section = agreement.study_section(wd.path, ["8"], network="optimal", machines=("ideal",),
+                                      calibrate_machine=None, sigmas=(0.5,), num_images=2,
+                                      num_seeds=2, num_steps=2)
     row = section["data"]["rows"]["8"]
     np.testing.assert_allclose(row["machines"]["ideal"]["r_samples"], 1.0, atol=1e-5)
     np.testing.assert_allclose(row["machines"]["ideal"]["r_denoiser"], 1.0, atol=1e-5)

@@ -51,15 +51,8 @@ def test_mechanisms_on_an_optimal_digits_workdir(tmp_path, one_device):
     d_m = report.read_npz(os.path.join(wd, "classify", "optimal", "4.npz"))["d_m"]
     assert len(sel["x"]) >= 2 and np.all(np.diff(np.sort(d_m)[: len(sel["x"])]) >= 0)
     logs = []
-    kw = dict(
-        samples="memorized",
-        kind="optimal",
-        metric="l2",
-        delta=1.0,
-        trials=2,
-        log=logs.append,
-        progress=False,
-    )
+    kw = dict(samples="memorized", kind="optimal", metric="l2", delta=1.0, trials=2,
+              log=logs.append, progress=False)
     shard = mechanisms.critical_times(wd, stop=1, figures=False, **kw)["4"]
     assert shard.endswith("memorized/optimal/4_0-1.npz")
     r = report.read_npz(shard)

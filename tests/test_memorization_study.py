@@ -65,10 +65,8 @@ def test_lpips_labels_have_the_known_answers():
     rng = np.random.default_rng(1)
     coarse = rng.uniform(-1, 1, (14, 8, 8, 3)).astype(np.float32)
     images = np.repeat(np.repeat(coarse, 4, 1), 4, 2)  # 32x32 colour images, LPIPS's minimum size
-    train, samples = (
-        images[:10],
-        np.concatenate([images[[3, 0]], images[10:11], images[10:11], images[11:]]),
-    )
+    train, samples = (images[:10],
+                      np.concatenate([images[[3, 0]], images[10:11], images[10:11], images[11:]]))
     settings = mm.make_settings(thresholds="published")  # LPIPS, delta_m = 0.03, delta_s = 0.02
     assert (settings.delta_m, settings.delta_s, settings.lpips_net) == (0.03, 0.02, "alexnet")
     near = memorization.neighbour_arrays(samples, train, metric="lpips", lpips_weights=weights)
@@ -112,13 +110,8 @@ def workdir(tmp_path):
 
 
 def write_samples(path, samples, step, sampler="ddpm_ancestral"):
-    report.write_npz(
-        str(path),
-        samples=np.asarray(samples, np.float32),
-        seeds=np.arange(len(samples)),
-        step=np.int64(step),
-        sampler=np.str_(sampler),
-    )
+    report.write_npz(str(path), samples=np.asarray(samples, np.float32),
+                     seeds=np.arange(len(samples)), step=np.int64(step), sampler=np.str_(sampler))
 
 
 PIXEL = dict(metric="pixel", delta_m=0.5, delta_s=0.5)
@@ -129,21 +122,9 @@ def test_study_writes_per_k_results_summary_and_figures(workdir):
     summary = mm.run(w, **PIXEL, log=None)
     assert summary["status"] == {"16": "computed", "64": "computed", "optimal/16": "computed"}
     out = os.path.join(w, "classify")
-    for f in (
-        "16.npz",
-        "16.json",
-        "64.npz",
-        "64.json",
-        "optimal/16.npz",
-        "optimal/16.json",
-        "summary.json",
-        "report.md",
-        "ratio_vs_k.png",
-        "classes_vs_k.png",
-        "panels_16.png",
-        "panels_64.png",
-        "panels_optimal_16.png",
-    ):
+    for f in ("16.npz", "16.json", "64.npz", "64.json", "optimal/16.npz", "optimal/16.json",
+              "summary.json", "report.md", "ratio_vs_k.png", "classes_vs_k.png", "panels_16.png",
+              "panels_64.png", "panels_optimal_16.png"):
         assert os.path.exists(os.path.join(out, f)), f
     m16 = json.loads(open(os.path.join(out, "16.json")).read())
     assert m16["memorization_ratio"] == 1.0 and m16["fractions"]["memorized"] == 1.0  # exact copies
@@ -159,10 +140,8 @@ def test_study_writes_per_k_results_summary_and_figures(workdir):
     m64 = summary["trained"]["64"]
     # Gu et al.'s maximum over snapshots: the all-copies snapshot at step 2000 beats the latest
     # (4/11).
-    assert m64["ratio_latest"] == pytest.approx(4 / 11) and m64["ratio_by_step"] == {
-        "2000": 1.0,
-        "4000": 4 / 11,
-    }
+    assert m64["ratio_latest"] == pytest.approx(4 / 11) and m64["ratio_by_step"] == {"2000": 1.0,
+                                                                                     "4000": 4 / 11}
     assert (m64["memorization_ratio"], m64["ratio_step"]) == (1.0, 2000)
     assert (
         summary["optimal"]["16"]["step"] == -1
@@ -230,13 +209,8 @@ def test_new_metric_recomputes_in_lpips_units(workdir):
 
 def run_script(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "bin", "classify.py"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return subprocess.run([sys.executable, os.path.join(REPO, "bin", "classify.py"), *args],
+                          env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_classify_script_end_to_end(workdir):

@@ -41,12 +41,9 @@ def test_population_denoiser_equals_gaussian_mixture_posterior(x64):
     np.testing.assert_allclose(m.denoiser(x, sig), gm.denoiser(x, sig), rtol=1e-9, atol=1e-11)
     # VP: x_t = alpha x0 + s eps is x0 + (s / alpha) eps scaled by alpha.
     ab = jnp.array([0.9, 0.5, 0.1, 0.02, 0.7, 0.99])
-    np.testing.assert_allclose(
-        m.vp_denoiser(x, ab),
-        gm.denoiser(x / jnp.sqrt(ab)[:, None], jnp.sqrt((1 - ab) / ab)),
-        rtol=1e-9,
-        atol=1e-11,
-    )
+    np.testing.assert_allclose(m.vp_denoiser(x, ab),
+                               gm.denoiser(x / jnp.sqrt(ab)[:, None], jnp.sqrt((1 - ab) / ab)),
+                               rtol=1e-9, atol=1e-11)
 
 
 def test_population_denoiser_is_the_monte_carlo_posterior_mean(x64):

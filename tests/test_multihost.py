@@ -35,15 +35,8 @@ def _launch(out, workdir, logs):
         procs.append(
             (
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        WORKER,
-                        str(out),
-                        str(workdir),
-                        f"127.0.0.1:{port}",
-                        "2",
-                        str(i),
-                    ],
+                    [sys.executable, WORKER, str(out), str(workdir), f"127.0.0.1:{port}", "2",
+                     str(i)],
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -48,12 +48,9 @@ def test_score_mlp_is_the_tutorial_network(num_layers, batch, x64):
     np.testing.assert_allclose(np.asarray(model.apply(params, x, t)), want, rtol=1e-10, atol=1e-10)
     # A shared time, t of shape (1,), is the same as that time repeated for every example.
     shared = model.apply(params, x, t[:1])
-    np.testing.assert_allclose(
-        np.asarray(shared),
-        np.asarray(model.apply(params, x, jnp.full((batch,), t[0]))),
-        rtol=1e-10,
-        atol=1e-10,
-    )
+    np.testing.assert_allclose(np.asarray(shared),
+                               np.asarray(model.apply(params, x, jnp.full((batch,), t[0]))),
+                               rtol=1e-10, atol=1e-10)
 
 
 def test_score_mlp_float32_is_the_tutorial_network():

@@ -25,18 +25,9 @@ def edm_block_params(cin, cout, emb=512, attention=False, resample=False):
     return n + ((2 * cout + conv(cout, 3 * cout, 1) + conv(cout, cout, 1)) if attention else 0)
 
 
-def edm_ddpmpp_params(
-    img_channels=3,
-    res=32,
-    model_channels=128,
-    channel_mult=(2, 2, 2),
-    num_blocks=4,
-    attn_resolutions=(16,),
-    label_dim=0,
-    augment_dim=0,
-    channel_mult_emb=4,
-    channel_mult_noise=1,
-):
+def edm_ddpmpp_params(img_channels=3, res=32, model_channels=128, channel_mult=(2, 2, 2),
+                      num_blocks=4, attn_resolutions=(16,), label_dim=0, augment_dim=0,
+                      channel_mult_emb=4, channel_mult_noise=1):
     """Parameter count of EDM's PyTorch SongUNet (standard encoder and decoder), walked as its
     constructor builds it: mapping layers, encoder (conv, down blocks, blocks), decoder (in0/in1, up
     blocks, blocks that take one encoder skip each), aux GroupNorm and conv."""
@@ -190,10 +181,8 @@ def test_nin_init_scale_of_pham_et_als_recipe():
     from diffmem.nets.unet import AttnBlock, ResBlock
     x, temb = jnp.zeros((1, 4, 4, 64)), jnp.zeros((1, 8))
     inits = {
-        s: (
-            AttnBlock(8, s).init(jax.random.key(0), x)["params"],
-            ResBlock(32, 0.0, 8, s).init(jax.random.key(1), x, temb, False)["params"],
-        )
+        s: (AttnBlock(8, s).init(jax.random.key(0), x)["params"],
+            ResBlock(32, 0.0, 8, s).init(jax.random.key(1), x, temb, False)["params"])
         for s in (1.0, 0.1)
     }
     q = np.asarray(inits[0.1][0]["q"]["kernel"])
@@ -226,14 +215,8 @@ def test_nin_init_scale_of_pham_et_als_recipe():
             seen.append(context.module.nin_init_scale)
         return next_fun(*args, **kwargs)
 
-    m = nets.DDPMUNet(
-        ch=8,
-        ch_mult=(1, 2),
-        num_res_blocks=1,
-        attn_resolutions=(4,),
-        num_groups=4,
-        nin_init_scale=0.1,
-    )
+    m = nets.DDPMUNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=4,
+                      nin_init_scale=0.1)
     with nn.intercept_methods(spy):
         jax.eval_shape(m.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32),
                        jax.ShapeDtypeStruct((1,), jnp.float32))
@@ -267,12 +250,8 @@ def test_unet_rejects_bad_shapes(tiny_ddpm):
     with pytest.raises(ValueError, match="square"):
         jax.eval_shape(m.apply, params, jnp.zeros((3, 8, 4, 1)), t)
     with pytest.raises(ValueError, match="divisible"):
-        jax.eval_shape(
-            nets.DDPMUNet(ch=16, ch_mult=(1, 2, 2, 2), num_groups=8).init,
-            jax.random.key(0),
-            jnp.zeros((1, 12, 12, 1)),
-            jnp.zeros((1,)),
-        )
+        jax.eval_shape(nets.DDPMUNet(ch=16, ch_mult=(1, 2, 2, 2), num_groups=8).init,
+                       jax.random.key(0), jnp.zeros((1, 12, 12, 1)), jnp.zeros((1,)))
     with pytest.raises(ValueError, match="t must have shape"):
         jax.eval_shape(m.apply, params, x, t[:2])
 
@@ -395,10 +374,8 @@ def test_disabled_skip_makes_output_independent_of_that_activation(drop):
     ) == drop
     params = _random_params(off, x, c)
     # Route 0: enc_8x8_conv's skip (kept); route 1: enc_8x8_block0's skip (switched off).
-    routes = [
-        ("enc_8x8_conv", "enc_8x8_block0", (2, 8, 8, 16)),
-        ("enc_8x8_block0", "enc_4x4_down", (2, 8, 8, 16)),
-    ]
+    routes = [("enc_8x8_conv", "enc_8x8_block0", (2, 8, 8, 16)),
+              ("enc_8x8_block0", "enc_4x4_down", (2, 8, 8, 16))]
     tangent = _skip_tangents(off, params, x, c, routes)
     v = jax.random.normal(jax.random.key(7), (2, 8, 8, 16))
     y, kept = tangent(0, v)

@@ -174,13 +174,7 @@ def test_k_sweep_panels_from_a_full_report(tmp_path, monkeypatch):
     assert (figures / "notebook_k_panels.png").is_file() and (
         figures / "notebook_rank.png"
     ).is_file()
-    assert sorted(os.path.basename(p) for p in shown) == [
-        "notebook_k_panels.png",
-        "notebook_rank.png",
-    ]
-    assert [f.__name__ for f, _ in scope["panels"]] == [
-        "class_fractions",
-        "gu_ratio",
-        "reproducibility",
-        "disjoint_halves",
-    ]
+    assert sorted(os.path.basename(p) for p in shown) == ["notebook_k_panels.png",
+                                                          "notebook_rank.png"]
+    assert [f.__name__ for f, _ in scope["panels"]] == ["class_fractions", "gu_ratio",
+                                                        "reproducibility", "disjoint_halves"]

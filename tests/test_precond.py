@@ -121,12 +121,8 @@ def test_epsilon_loss_is_the_weighted_loss_of_the_ddpm_preconditioning():
     np.testing.assert_allclose(edm, ho, rtol=2e-3, atol=1e-5)
     # The library's DDPM denoiser on an explicit alpha_bar is the same function.
     x = x0 + sigma[:, None] * noise
-    np.testing.assert_allclose(
-        precond.ddpm_denoiser(eps_model)(x, sigma),
-        p.denoiser(eps_model)(x, sigma),
-        rtol=1e-6,
-        atol=1e-6,
-    )
+    np.testing.assert_allclose(precond.ddpm_denoiser(eps_model)(x, sigma),
+                               p.denoiser(eps_model)(x, sigma), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("base", [precond.EDM(), precond.VE()])

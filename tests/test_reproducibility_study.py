@@ -18,21 +18,13 @@ def _workdir(path, config, samples: dict, optimal: dict = ()):
     path.mkdir()
     (path / "config.json").write_text(configlib.to_json(config))
     for name, (seeds, x) in samples.items():
-        report.write_npz(
-            str(path / "samples" / f"{name}.npz"),
-            samples=x,
-            seeds=np.asarray(seeds, np.int64),
-            step=np.int64(10),
-            sampler=np.str_("ddpm_ancestral"),
-        )
+        report.write_npz(str(path / "samples" / f"{name}.npz"), samples=x,
+                         seeds=np.asarray(seeds, np.int64), step=np.int64(10),
+                         sampler=np.str_("ddpm_ancestral"))
     for name, (seeds, x) in dict(optimal).items():
-        report.write_npz(
-            str(path / "samples" / "optimal" / f"{name}.npz"),
-            samples=x,
-            seeds=np.asarray(seeds, np.int64),
-            step=np.int64(-1),
-            sampler=np.str_("ddpm_ancestral"),
-        )
+        report.write_npz(str(path / "samples" / "optimal" / f"{name}.npz"), samples=x,
+                         seeds=np.asarray(seeds, np.int64), step=np.int64(-1),
+                         sampler=np.str_("ddpm_ancestral"))
     return str(path)
 
 
@@ -94,13 +86,8 @@ def test_missing_samples_and_sscd_say_what_to_do(pair, tmp_path, monkeypatch):
 def test_script_end_to_end(pair):
     a, b = pair
     out = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "bin/reproducibility.py"),
-            f"--workdir={a}",
-            f"--other={b}",
-            "--features=pixel",
-        ],
+        [sys.executable, os.path.join(REPO, "bin/reproducibility.py"), f"--workdir={a}",
+         f"--other={b}", "--features=pixel"],
         capture_output=True,
         text=True,
         check=True,

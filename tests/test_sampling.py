@@ -25,11 +25,9 @@ D = 16
 MEANS16 = np.zeros((2, D))
 MEANS16[0, :4], MEANS16[1, 4:8] = 0.3, -0.3
 STDS16, WEIGHTS16 = np.array([0.2, 0.25]), np.array([0.6, 0.4])
-MIX16 = toy.GaussianMixture.isotropic(
-    jnp.asarray(MEANS16, jnp.float32),
-    jnp.asarray(STDS16, jnp.float32),
-    weights=jnp.asarray(WEIGHTS16, jnp.float32),
-)
+MIX16 = toy.GaussianMixture.isotropic(jnp.asarray(MEANS16, jnp.float32),
+                                      jnp.asarray(STDS16, jnp.float32),
+                                      weights=jnp.asarray(WEIGHTS16, jnp.float32))
 
 
 def mix16_denoiser(x, sigma):
@@ -327,10 +325,8 @@ def test_sample_sharded_compiles_once_for_8_devices():
     """The one-device program is compiled once and its binary loaded on the other 7 devices (not 8
     compiles); a program with a host callback cannot move and is compiled per device; both give the
     1-device bits."""
-    eight, one = (
-        Mesh(np.array(jax.devices()), ("data",)),
-        Mesh(np.array(jax.devices()[:1]), ("data",)),
-    )
+    eight, one = (Mesh(np.array(jax.devices()), ("data",)),
+                  Mesh(np.array(jax.devices()[:1]), ("data",)))
 
     def shifted_noise(seeds):
         return sampling.initial_noise(seeds, (3,)) * 2.0 + 1.0
@@ -366,12 +362,9 @@ def test_sample_sharded_with_a_warm_compilation_cache(tmp_path):
         "np.save(sys.argv[1], np.asarray(sampling.sample_sharded(noise, np.arange(30), mesh, "
         "block=4)))\n"
     )
-    env = dict(
-        os.environ,
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     for name in ("cold", "warm"):
         subprocess.run(
             [sys.executable, "-c", code, str(tmp_path / name)], env=env, check=True, timeout=300

@@ -21,17 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A one-level UNet compiles in about half the time of the digits network's two levels with
 # attention.
 TINY = dict(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0, num_groups=4)
-TINY_STUDY = dict(
-    steps=6,
-    metric="pixel",
-    num_samples=8,
-    sampler="ddim",
-    sample_steps=3,
-    rank_latents=1,
-    ct_per_class=1,
-    ct_trials=2,
-    phase_draws=64,
-)
+TINY_STUDY = dict(steps=6, metric="pixel", num_samples=8, sampler="ddim", sample_steps=3,
+                  rank_latents=1, ct_per_class=1, ct_trials=2, phase_draws=64)
 STAGES = ("train", "sample", "classify", "phase_times", "report")
 
 
@@ -206,24 +197,15 @@ def test_optional_section_plumbing_with_a_stand_in(tmp_path, monkeypatch):
         ax.plot([0, 1], [1, 0])
         fig.savefig(fig_path)
         plt.close(fig)
-        return dict(
-            title="Local score machines",
-            markdown="Agreement r2 per K:\n\n| K | r2 |\n|---|---|\n| 4 | 0.5 |",
-            figures=[fig_path],
-            data={"r2": {"4": 0.5}},
-        )
+        return dict(title="Local score machines",
+                    markdown="Agreement r2 per K:\n\n| K | r2 |\n|---|---|\n| 4 | 0.5 |",
+                    figures=[fig_path], data={"r2": {"4": 0.5}})
 
     fake = types.ModuleType("diffmem.machines.agreement")
     fake.study_section = study_section
     monkeypatch.setitem(sys.modules, "diffmem.machines.agreement", fake)
-    rep = k_sweep.run(
-        tiny_config(),
-        wd_path,
-        stages=("machines", "report"),
-        progress=False,
-        log=None,
-        section_kw={"agreement": {"patch": 3}},
-    )
+    rep = k_sweep.run(tiny_config(), wd_path, stages=("machines", "report"), progress=False,
+                      log=None, section_kw={"agreement": {"patch": 3}})
     assert calls == [(wd_path, ["4", "16"], {"patch": 3})]
     sec = rep["machines"]
     assert sec.title == "Local score machines" and sec.data == {"r2": {"4": 0.5}}
@@ -234,14 +216,8 @@ def test_optional_section_plumbing_with_a_stand_in(tmp_path, monkeypatch):
     with open(os.path.join(out, "report.html")) as f:
         page = f.read()
     assert "<td>0.5</td>" in page and 'src="data:image/png;base64,' in page
-    again = k_sweep.run(
-        tiny_config(),
-        wd_path,
-        stages=("machines", "report"),
-        progress=False,
-        log=None,
-        section_kw={"agreement": {"patch": 3}},
-    )
+    again = k_sweep.run(tiny_config(), wd_path, stages=("machines", "report"), progress=False,
+                        log=None, section_kw={"agreement": {"patch": 3}})
     assert again.statuses == {"machines": "skipped", "report": "skipped"} and len(calls) == 1
 
 

@@ -62,12 +62,8 @@ def test_training_reduces_dsm_loss_towards_mixture_floor(tmp_path, one_device):
     # Evaluate the trained (raw) network on fresh draws: it must approach the exact-score floor.
     model = builders.build_model(c, (2,))
     x0 = builders.gmm_from_config(c).sample(jax.random.key(4), 20_000)
-    trained = losses.dsm_from_key(
-        lambda x, t: model.apply(states["2000"].params, x, t),
-        x0,
-        jax.random.key(5),
-        builders.build_sde(c),
-    ).mean()
+    trained = losses.dsm_from_key(lambda x, t: model.apply(states["2000"].params, x, t), x0,
+                                  jax.random.key(5), builders.build_sde(c)).mean()
     assert last < first
     assert float(floor) <= float(trained) + 4 * float(se)
     assert float(trained) < float(floor) + 0.1, (float(trained), float(floor))
@@ -109,13 +105,9 @@ def test_resume_after_repeated_sigkill_gives_identical_parameters(tmp_path):
     over = ["--config.model.hidden=32", "--config.model.embed=16", "--config.steps_per_call=50",
             "--config.ckpt_every=100", "--config.log_every=100"]
     total = 3000
-    cmd = [
-        sys.executable,
-        os.path.join(REPO, "bin/train.py"),
-        "--config=" + os.path.join(REPO, "configs/circle.py") + f":k=9,steps={total}",
-        *over,
-        "--progress=false",
-    ]
+    cmd = [sys.executable, os.path.join(REPO, "bin/train.py"),
+           "--config=" + os.path.join(REPO, "configs/circle.py") + f":k=9,steps={total}", *over,
+           "--progress=false"]
     env = dict(os.environ, XLA_FLAGS="")
     killed = tmp_path / "killed"
     ckpt_dir = killed / "checkpoints" / "9"
@@ -181,12 +173,8 @@ def test_config_errors_name_valid_keys_and_ranges():
     with pytest.raises(configlib.ConfigError, match=r"out of range: allowed \[1e-08, 1.0\]"):
         train.train(c, "/nonexistent/never-created", progress=False)
     cfg, rest = configlib.parse_config_argv(
-        [
-            "prog",
-            "--config=" + os.path.join(REPO, "configs/circle.py") + ":k=2+9",
-            "--config.optim.lr=2e-4",
-            "--x=1",
-        ]
+        ["prog", "--config=" + os.path.join(REPO, "configs/circle.py") + ":k=2+9",
+         "--config.optim.lr=2e-4", "--x=1"]
     )
     assert cfg.data.k == (2, 9) and cfg.optim.lr == 2e-4 and rest == ["prog", "--x=1"]
     assert configlib.duration_to_steps("10ep", dataset_size=1000, batch_size=100) == 100

@@ -68,10 +68,8 @@ def test_crossing_and_fits_recover_known_answers():
 
 def test_bootstrap_is_deterministic_and_covers():
     flags = (np.random.default_rng(1).random(150) < 0.4).astype(float)
-    a, b = (
-        stats.bootstrap(flags, num=500, seed=[0, 9, 100]),
-        stats.bootstrap(flags, num=500, seed=[0, 9, 100]),
-    )
+    a, b = (stats.bootstrap(flags, num=500, seed=[0, 9, 100]),
+            stats.bootstrap(flags, num=500, seed=[0, 9, 100]))
     assert (a["lo"], a["hi"], a["se"]) == (b["lo"], b["hi"], b["se"])
     assert (
         stats.bootstrap(flags, num=500, seed=1)["replicates"].tolist() != a["replicates"].tolist()
@@ -200,12 +198,8 @@ def test_monitor_stops_at_level_and_resumes_exactly(tmp_path, one_device, monkey
         stops["9"]["step"] == 40 and "f_mem = 1.0000 >= monitor.level = 0.9" in stops["9"]["reason"]
     )
     rows = report.read_jsonl(os.path.join(a, "metrics.jsonl"))
-    assert [(r["step"], r["f_mem/9"]) for r in rows if "f_mem/9" in r] == [
-        (10, 0.0),
-        (20, 0.0),
-        (30, 0.0),
-        (40, 1.0),
-    ]
+    assert [(r["step"], r["f_mem/9"]) for r in rows if "f_mem/9" in r] == [(10, 0.0), (20, 0.0),
+                                                                           (30, 0.0), (40, 1.0)]
     assert any(r.get("monitor_stop/9") == 40 for r in rows)
 
     b = str(tmp_path / "b")

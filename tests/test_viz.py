@@ -12,17 +12,10 @@ def _crowded_panel(n_centres=40, n_patterns=9):
     centres = np.stack([np.cos(a), np.sin(a)], 1)
     b = np.linspace(0, 2 * np.pi, n_patterns, endpoint=False) + 0.05
     patterns = np.stack([np.cos(b), np.sin(b)], 1)         # each star right next to a centre
-    return dict(
-        title="crowded",
-        grid_x=gx,
-        grid_y=gy,
-        energy=gx**2 + gy**2,
-        patterns=patterns,
-        pattern_energy=np.linspace(0, 1, n_patterns),
-        centers=centres,
-        center_energy=np.linspace(0.01, 0.5, n_centres),
-        center_kind=["spurious"] * n_centres,
-    )
+    return dict(title="crowded", grid_x=gx, grid_y=gy, energy=gx**2 + gy**2, patterns=patterns,
+                pattern_energy=np.linspace(0, 1, n_patterns), centers=centres,
+                center_energy=np.linspace(0.01, 0.5, n_centres),
+                center_kind=["spurious"] * n_centres)
 
 
 def _boxes(ax, renderer):

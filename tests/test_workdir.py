@@ -15,13 +15,8 @@ import pytest
 from diffmem import builders, checkpoint, configlib, devices, generate, report, sampling, train
 from diffmem.errors import InputError
 from diffmem.studies import memorization as mm
-from diffmem.workdir import (
-    DatasetChangedError,
-    Workdir,
-    config_differences,
-    optimal_model,
-    write_shard,
-)
+from diffmem.workdir import (DatasetChangedError, Workdir, config_differences, optimal_model,
+                             write_shard)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,14 +31,8 @@ def one_mesh():
 
 def test_optimal_model_from_a_config_alone_is_the_brute_force_posterior_mean(x64):
     m = optimal_model(digits(), "16")
-    assert (m.name, m.k, m.kind, m.step, m.shape, m.sde) == (
-        "16",
-        16,
-        "optimal",
-        -1,
-        (8, 8, 1),
-        None,
-    )
+    assert (m.name, m.k, m.kind, m.step, m.shape, m.sde) == ("16", 16, "optimal", -1, (8, 8, 1),
+                                                             None)
     y = m.train_data.reshape(16, -1).astype(np.float64)
     x = np.random.default_rng(0).normal(0, 1, (3, 64))
     sigma = np.array([0.3, 1.0, 5.0])
@@ -91,12 +80,8 @@ def test_toy_model_is_the_trained_score_as_a_denoiser_from_ema_weights_alone(cir
     np.testing.assert_allclose(
         np.asarray(m.score(x, sigma)), np.asarray(want), rtol=2e-4, atol=1e-4
     )
-    np.testing.assert_allclose(
-        np.asarray(m.denoiser(x, sigma)),
-        np.asarray(x + sigma[:, None] ** 2 * want),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    np.testing.assert_allclose(np.asarray(m.denoiser(x, sigma)),
+                               np.asarray(x + sigma[:, None] ** 2 * want), rtol=1e-5, atol=1e-6)
     assert m.sigma_min == pytest.approx(float(m.sde.sigma(1e-5))) and m.sigma_max == pytest.approx(
         1.0
     )
@@ -167,15 +152,8 @@ def test_sampler_registry_feeds_config_checks_and_the_sampling_stage(tmp_path, m
     c.sample.sampler = "nope"
     with pytest.raises(configlib.ConfigError, match="'zeros'"):
         configlib.check(c, train.RULES)
-    [path] = generate.sample_workdir(
-        str(tmp_path),
-        np.arange(3),
-        "zeros",
-        model="optimal",
-        config=digits(),
-        mesh=one_mesh(),
-        progress=False,
-    )
+    [path] = generate.sample_workdir(str(tmp_path), np.arange(3), "zeros", model="optimal",
+                                     config=digits(), mesh=one_mesh(), progress=False)
     out = Workdir(str(tmp_path)).read_samples("16", "optimal")
     assert (
         np.all(out["samples"] == 0.25)
@@ -240,12 +218,8 @@ def test_overlaps_conflicts_and_corrupt_shards(tmp_path):
     wd = Workdir(w)
     first = wd.read_samples("16", "optimal")
     # A shard overlapping in seeds with the same settings: each seed kept once.
-    write_shard(
-        wd.shard_path("16", "optimal", None, np.arange(2, 6)),
-        np.zeros((4, 8, 8, 1)),
-        np.arange(2, 6),
-        first["settings"],
-    )
+    write_shard(wd.shard_path("16", "optimal", None, np.arange(2, 6)), np.zeros((4, 8, 8, 1)),
+                np.arange(2, 6), first["settings"])
     both = wd.read_samples("16", "optimal")
     np.testing.assert_array_equal(both["seeds"], np.arange(6))
     np.testing.assert_array_equal(both["samples"][:4], first["samples"])
@@ -279,27 +253,15 @@ def test_overlaps_conflicts_and_corrupt_shards(tmp_path):
 @pytest.mark.slow
 def test_sample_script_optimal_from_a_config_without_training(tmp_path):
     w = str(tmp_path / "opt")
-    cmd = [
-        sys.executable,
-        os.path.join(REPO, "bin", "sample.py"),
-        "--config=" + os.path.join(REPO, "configs/digits.py") + ":k=16",
-        "--kind=optimal",
-        f"--workdir={w}",
-        "--seeds=0-3",
-        "--sampler=edm_euler",
-        "--sample_steps=2",
-    ]
+    cmd = [sys.executable, os.path.join(REPO, "bin", "sample.py"),
+           "--config=" + os.path.join(REPO, "configs/digits.py") + ":k=16", "--kind=optimal",
+           f"--workdir={w}", "--seeds=0-3", "--sampler=edm_euler", "--sample_steps=2"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = Workdir(w).read_samples("16", "optimal")
     np.testing.assert_array_equal(out["seeds"], np.arange(4))
     assert os.path.exists(os.path.join(w, "subsets", "16.npz"))
-    proc = subprocess.run(
-        cmd[:3] + [f"--workdir={tmp_path / 'new'}", "--seeds=0-3"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = subprocess.run(cmd[:3] + [f"--workdir={tmp_path / 'new'}", "--seeds=0-3"], env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "--kind=optimal" in proc.stderr

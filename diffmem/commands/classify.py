@@ -68,17 +68,9 @@ def main(argv):
     from diffmem.studies import memorization
     from diffmem.workdir import Workdir
 
-    memorization.run(
-        FLAGS.workdir,
-        metric=FLAGS.metric,
-        delta_m=FLAGS.delta_m,
-        delta_s=FLAGS.delta_s,
-        thresholds=FLAGS.thresholds,
-        quantile=FLAGS.quantile,
-        names=FLAGS.k,
-        lpips_net=FLAGS.lpips_net,
-        rows_per_class=FLAGS.rows,
-    )
+    memorization.run(FLAGS.workdir, metric=FLAGS.metric, delta_m=FLAGS.delta_m,
+                     delta_s=FLAGS.delta_s, thresholds=FLAGS.thresholds, quantile=FLAGS.quantile,
+                     names=FLAGS.k, lpips_net=FLAGS.lpips_net, rows_per_class=FLAGS.rows)
     print(f"report: {Workdir(FLAGS.workdir).classify_file('report.md')}")
 
 

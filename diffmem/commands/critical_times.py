@@ -62,23 +62,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from diffmem.studies import mechanisms
-    mechanisms.critical_times(
-        FLAGS.workdir,
-        samples=FLAGS.samples,
-        names=FLAGS.k,
-        kind=FLAGS.kind,
-        start=FLAGS.start,
-        stop=FLAGS.stop,
-        metric=FLAGS.metric,
-        lpips_net=FLAGS.lpips_net,
-        delta=FLAGS.delta,
-        trials=FLAGS.trials,
-        stop_rule=FLAGS.stop_rule,
-        batch_size=FLAGS.batch,
-        seed=FLAGS.seed,
-        rows_per_call=FLAGS.rows,
-        config=cli.CONFIG,
-    )
+    mechanisms.critical_times(FLAGS.workdir, samples=FLAGS.samples, names=FLAGS.k, kind=FLAGS.kind,
+                              start=FLAGS.start, stop=FLAGS.stop, metric=FLAGS.metric,
+                              lpips_net=FLAGS.lpips_net, delta=FLAGS.delta, trials=FLAGS.trials,
+                              stop_rule=FLAGS.stop_rule, batch_size=FLAGS.batch, seed=FLAGS.seed,
+                              rows_per_call=FLAGS.rows, config=cli.CONFIG)
 
 
 

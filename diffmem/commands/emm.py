@@ -21,17 +21,11 @@ __all__ = ["main", "run"]
 flags.DEFINE_string("root", None, "Folder of the per-K workdirs (root/k<K>) and emm.json.")
 flags.DEFINE_list("k_grid", None, "K values to bracket on, e.g. 250,500,1000,2000,4000.")
 flags.DEFINE_float("level", 0.9, "Memorization level (Gu et al.: 0.9).")
-flags.DEFINE_float(
-    "tolerance",
-    0.05,
-    "Stop bisecting at relative bracket width (hi - lo) / lo <= this; 0: exact K.",
-)
-flags.DEFINE_integer(
-    "num",
-    None,
-    "Samples per model (seeds 0 .. num - 1); default the config's sample.num.",
-    lower_bound=1,
-)
+flags.DEFINE_float("tolerance", 0.05,
+                   "Stop bisecting at relative bracket width (hi - lo) / lo <= this; 0: exact K.")
+flags.DEFINE_integer("num", None,
+                     "Samples per model (seeds 0 .. num - 1); default the config's sample.num.",
+                     lower_bound=1)
 flags.DEFINE_string("seeds", None, "Explicit seeds, e.g. 0-9999 (overrides --num).")
 flags.DEFINE_string("sampler", None, "Sampler (default: the config's sample.sampler).")
 flags.DEFINE_enum(
@@ -67,19 +61,9 @@ def main(argv):
         raise InputError(
             f"--k_grid={','.join(FLAGS.k_grid)}: give integers, e.g. --k_grid=250,500,1000."
         ) from None
-    memorization.emm(
-        FLAGS.root,
-        cli.CONFIG,
-        k_grid,
-        seeds=seeds,
-        sampler=FLAGS.sampler,
-        level=FLAGS.level,
-        tolerance=FLAGS.tolerance,
-        metric=FLAGS.metric,
-        delta_m=FLAGS.delta_m,
-        delta_s=FLAGS.delta_s,
-        progress=FLAGS.progress,
-    )
+    memorization.emm(FLAGS.root, cli.CONFIG, k_grid, seeds=seeds, sampler=FLAGS.sampler,
+                     level=FLAGS.level, tolerance=FLAGS.tolerance, metric=FLAGS.metric,
+                     delta_m=FLAGS.delta_m, delta_s=FLAGS.delta_s, progress=FLAGS.progress)
 
 
 

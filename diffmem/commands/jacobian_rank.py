@@ -43,17 +43,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from diffmem.studies import mechanisms
-    mechanisms.rank_vs_snr(
-        FLAGS.workdir,
-        names=FLAGS.k,
-        kind=FLAGS.kind,
-        states=FLAGS.states,
-        num_latents=FLAGS.latents,
-        subset=[int(i) for i in FLAGS.subset or []] or None,
-        sigmas=[float(s) for s in FLAGS.sigmas or []] or None,
-        seed=FLAGS.seed,
-        config=cli.CONFIG,
-    )
+    mechanisms.rank_vs_snr(FLAGS.workdir, names=FLAGS.k, kind=FLAGS.kind, states=FLAGS.states,
+                           num_latents=FLAGS.latents,
+                           subset=[int(i) for i in FLAGS.subset or []] or None,
+                           sigmas=[float(s) for s in FLAGS.sigmas or []] or None, seed=FLAGS.seed,
+                           config=cli.CONFIG)
 
 
 

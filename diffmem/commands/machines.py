@@ -29,11 +29,8 @@ flags.DEFINE_string("workdir", None, "Workdir written by bin/train.py.")
 flags.DEFINE_enum(
     "machine", "els", list(MACHINES), "The machine to calibrate (and to calibrate for agreement)."
 )
-flags.DEFINE_list(
-    "machines",
-    list(agreement.DEFAULT_MACHINES),
-    "agreement: the machines to compare with the network.",
-)
+flags.DEFINE_list("machines", list(agreement.DEFAULT_MACHINES),
+                  "agreement: the machines to compare with the network.")
 flags.DEFINE_list("k", None, "Only these models (names = K), default all.")
 flags.DEFINE_enum("network", "trained", ["trained", "optimal"],
                   "Compare with the trained model or the empirical optimum.")
@@ -67,13 +64,8 @@ def main(argv):
         raise InputError("Say what to do: bin/machines.py calibrate|agreement --workdir=...")
     num = lambda xs, f: None if xs is None else [f(x) for x in xs]
     cand = num(FLAGS.candidates, lambda c: float(c) if FLAGS.machine == "pspc_flex" else int(c))
-    common = dict(
-        candidates=cand,
-        sigmas=num(FLAGS.sigmas, float),
-        num_images=FLAGS.images,
-        chunk=FLAGS.chunk,
-        network=FLAGS.network,
-    )
+    common = dict(candidates=cand, sigmas=num(FLAGS.sigmas, float), num_images=FLAGS.images,
+                  chunk=FLAGS.chunk, network=FLAGS.network)
     if argv[1] == "calibrate":
         for name, res in calibration.calibrate_workdir(
             FLAGS.workdir, FLAGS.k, FLAGS.machine, **common
@@ -84,17 +76,9 @@ def main(argv):
             )
     else:
         print(
-            agreement.write_report(
-                FLAGS.workdir,
-                FLAGS.k,
-                machines=FLAGS.machines,
-                calibrate_machine=FLAGS.machine,
-                images=FLAGS.on,
-                seeds=seeds,
-                sampler=FLAGS.sampler,
-                num_steps=FLAGS.sample_steps,
-                **common,
-            )
+            agreement.write_report(FLAGS.workdir, FLAGS.k, machines=FLAGS.machines,
+                                   calibrate_machine=FLAGS.machine, images=FLAGS.on, seeds=seeds,
+                                   sampler=FLAGS.sampler, num_steps=FLAGS.sample_steps, **common)
         )
 
 

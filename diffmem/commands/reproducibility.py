@@ -36,13 +36,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     from diffmem.studies import reproducibility
 
-    summary = reproducibility.run(
-        FLAGS.workdir,
-        FLAGS.other,
-        features=FLAGS.features,
-        threshold=FLAGS.threshold,
-        names=FLAGS.k,
-    )
+    summary = reproducibility.run(FLAGS.workdir, FLAGS.other, features=FLAGS.features,
+                                  threshold=FLAGS.threshold, names=FLAGS.k)
     for name, row in summary.items():
         print(f"K={name}: RP {row['rp']:.3f}  generalization a {row['generalization_a']:.3f}  "
               f"b {row['generalization_b']:.3f}  ({row['num_pairs']} pairs)")

@@ -25,12 +25,9 @@ __all__ = ["main", "run"]
 
 flags.DEFINE_string("workdir", None,
                     "Workdir written by bin/train.py (or a new one with --config --kind=optimal).")
-flags.DEFINE_integer(
-    "num",
-    1500,
-    "Number of samples (seeds seed .. seed + num - 1) unless --seeds is given.",
-    lower_bound=1,
-)
+flags.DEFINE_integer("num", 1500,
+                     "Number of samples (seeds seed .. seed + num - 1) unless --seeds is given.",
+                     lower_bound=1)
 flags.DEFINE_integer("seed", 0, "First seed.", lower_bound=0)
 flags.DEFINE_string("seeds", None, "Explicit seeds: '0-49999' or '0,1,5' (overrides --num/--seed).")
 flags.DEFINE_enum("sampler", None, sorted(config_schema.SAMPLER_SETTINGS), "Default: the config's "

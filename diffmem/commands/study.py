@@ -28,11 +28,8 @@ __all__ = ["main", "run"]
 flags.DEFINE_string(
     "workdir", None, "Where the models, samples and the study's outputs (study/) live."
 )
-flags.DEFINE_bool(
-    "quick",
-    False,
-    "The quick preset: K = 8 and 128, 300 steps, 64 samples, small mechanism stages.",
-)
+flags.DEFINE_bool("quick", False,
+                  "The quick preset: K = 8 and 128, 300 steps, 64 samples, small mechanism stages.")
 flags.DEFINE_list(
     "stages", None, "Stages to run (default: all but the opt-in machines, training_time)."
 )
@@ -72,19 +69,11 @@ FLAGS = flags.FLAGS
 def main(argv):
     from diffmem.studies import k_sweep
 
-    k_sweep.run(
-        cli.CONFIG,
-        FLAGS.workdir,
-        stages=FLAGS.stages,
-        quick=FLAGS.quick,
-        num_samples=FLAGS.samples,
-        sampler=FLAGS.sampler,
-        sample_steps=FLAGS.sample_steps,
-        steps=FLAGS.steps,
-        metric=FLAGS.metric,
-        rank_ks=[int(k) for k in FLAGS.rank_ks] if FLAGS.rank_ks else None,
-        overwrite=FLAGS.overwrite,
-    )
+    k_sweep.run(cli.CONFIG, FLAGS.workdir, stages=FLAGS.stages, quick=FLAGS.quick,
+                num_samples=FLAGS.samples, sampler=FLAGS.sampler, sample_steps=FLAGS.sample_steps,
+                steps=FLAGS.steps, metric=FLAGS.metric,
+                rank_ks=[int(k) for k in FLAGS.rank_ks] if FLAGS.rank_ks else None,
+                overwrite=FLAGS.overwrite)
 
 
 

@@ -18,17 +18,9 @@ from diffmem import image_configs as ic
 
 __all__ = ["get_config"]
 
-CELEBA = ic.ImageSet(
-    source="tfds:celeb_a",
-    image_size=80,
-    center_crop=True,
-    grayscale=True,
-    labelled=False,
-    ddpm_mult=(1, 2, 2, 2),
-    ddpmpp_mult=(2, 2, 2),
-    attn_resolutions=(20,),
-    pham_steps=500_000,
-)
+CELEBA = ic.ImageSet(source="tfds:celeb_a", image_size=80, center_crop=True, grayscale=True,
+                     labelled=False, ddpm_mult=(1, 2, 2, 2), ddpmpp_mult=(2, 2, 2),
+                     attn_resolutions=(20,), pham_steps=500_000)
 
 
 def get_config(arg=None):

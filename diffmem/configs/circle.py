@@ -49,16 +49,7 @@ def get_config(arg=None):
         sample=dict(num=1500, sampler="em", num_steps=1000, eps=1e-4, batch=4096),
         # bin/toy.py: the memorized / spurious / generalized study (tutorial thresholds, one per K
         # in order).
-        study=dict(
-            thresholds=(3.0, 2.0, 0.45),
-            t_eval=0.15,
-            grid=75,
-            bounds=1.5,
-            delta_m=0.1,
-            delta_s=0.1,
-            min_cluster_frac=0.01,
-            lik_tol=3e-6,
-            empirical_eps=1e-3,
-            attractor_starts=400,
-        ),
+        study=dict(thresholds=(3.0, 2.0, 0.45), t_eval=0.15, grid=75, bounds=1.5, delta_m=0.1,
+                   delta_s=0.1, min_cluster_frac=0.01, lik_tol=3e-6, empirical_eps=1e-3,
+                   attractor_starts=400),
     )

@@ -24,38 +24,14 @@ __all__ = ["get_config"]
 
 
 def get_config(arg=None):
-    a = ic.parse_args(
-        "digits",
-        arg,
-        k=64,
-        steps="4000",
-        seed=0,
-        lr=1e-3,
-        batch=64,
-        arch="ddpm_unet",
-        precond="ddpm",
-    )
-    model = ic.model_section(
-        a.arch,
-        channels=32,
-        channel_mult=(1, 2),
-        num_blocks=1,
-        attn_resolutions=(4,),
-        dropout=0.1,
-        num_groups=8,
-    )
-    return ic.assemble(
-        seed=a.seed,
-        data=ic.data_section("digits", a.k),
-        model=model,
-        diffusion=ic.diffusion_section(a.precond),
-        loss=ic.loss_section(a.precond),
-        optim=ic.optim_section(a.lr, grad_clip=1.0, warmup_steps=200),
-        ema=dict(decay=0.999, warmup=True),
-        batch_size=a.batch,
-        steps=ic.steps_of(a.steps, a.k, a.batch, 4000),
-        steps_per_call=100,
-        log_every=100,
-        ckpt_every=1000,
-        sample=ic.sample_section(a.precond, num=256, batch=256),
-    )
+    a = ic.parse_args("digits", arg, k=64, steps="4000", seed=0, lr=1e-3, batch=64,
+                      arch="ddpm_unet", precond="ddpm")
+    model = ic.model_section(a.arch, channels=32, channel_mult=(1, 2), num_blocks=1,
+                             attn_resolutions=(4,), dropout=0.1, num_groups=8)
+    return ic.assemble(seed=a.seed, data=ic.data_section("digits", a.k), model=model,
+                       diffusion=ic.diffusion_section(a.precond), loss=ic.loss_section(a.precond),
+                       optim=ic.optim_section(a.lr, grad_clip=1.0, warmup_steps=200),
+                       ema=dict(decay=0.999, warmup=True), batch_size=a.batch,
+                       steps=ic.steps_of(a.steps, a.k, a.batch, 4000), steps_per_call=100,
+                       log_every=100, ckpt_every=1000,
+                       sample=ic.sample_section(a.precond, num=256, batch=256))

@@ -57,27 +57,13 @@ def cpu_config(a):
             f"fmnist: cpu=1 needs an even res (the network halves the image once); got {res}."
         )
     lr, batch = a.lr or 1e-3, a.batch or 64
-    model = ic.model_section(
-        a.arch,
-        channels=32,
-        channel_mult=(1, 2),
-        num_blocks=1,
-        attn_resolutions=(res // 2,),
-        dropout=0.1,
-        num_groups=8,
-    )
-    return ic.assemble(
-        seed=a.seed,
-        data=ic.data_section("fmnist", a.k, image_size=res),
-        model=model,
-        diffusion=ic.diffusion_section(a.precond),
-        loss=ic.loss_section(a.precond),
-        optim=ic.optim_section(lr, grad_clip=1.0, warmup_steps=200),
-        ema=dict(decay=0.999, warmup=True),
-        batch_size=batch,
-        steps=ic.steps_of(a.steps, a.k, batch, 4000),
-        steps_per_call=100,
-        log_every=100,
-        ckpt_every=1000,
-        sample=ic.sample_section(a.precond, num=256, batch=256),
-    )
+    model = ic.model_section(a.arch, channels=32, channel_mult=(1, 2), num_blocks=1,
+                             attn_resolutions=(res // 2,), dropout=0.1, num_groups=8)
+    return ic.assemble(seed=a.seed, data=ic.data_section("fmnist", a.k, image_size=res),
+                       model=model, diffusion=ic.diffusion_section(a.precond),
+                       loss=ic.loss_section(a.precond),
+                       optim=ic.optim_section(lr, grad_clip=1.0, warmup_steps=200),
+                       ema=dict(decay=0.999, warmup=True), batch_size=batch,
+                       steps=ic.steps_of(a.steps, a.k, batch, 4000), steps_per_call=100,
+                       log_every=100, ckpt_every=1000,
+                       sample=ic.sample_section(a.precond, num=256, batch=256))

@@ -19,16 +19,8 @@ def get_config(arg=None):
     )
     return schema.assemble(
         seed=a.seed,
-        data=dict(
-            name="gmm",
-            k=a.k,
-            dim=a.dim,
-            components=a.components,
-            std=a.std,
-            radius=2.0,
-            subset_seed=0,
-            pool_size=100_000,
-        ),
+        data=dict(name="gmm", k=a.k, dim=a.dim, components=a.components, std=a.std, radius=2.0,
+                  subset_seed=0, pool_size=100_000),
         model=schema.mlp_section(),
         diffusion=schema.sde_section("ve", sigma_max=5.0, t_min=1e-5),
         loss=dict(name="dsm"),

@@ -36,8 +36,7 @@ match it, add the overrides --config.model.num_layers=20 --config.model.first_la
 the arg layers=20 with the second override).
 
 Sampler (sample section, `sampling.SAMPLERS["ks"]`): Kadkhodaie & Simoncelli's ascent with h0 = beta
-=
-sigma_L = 0.01. Upstream has no iteration cap; here sample.max_iters (default 3000, ~4.5x the ~662
+= sigma_L = 0.01. Upstream has no iteration cap; here sample.max_iters (default 3000, ~4.5x the ~662
 updates the defaults need from sigma 1) stops a sample that has not reached sigma_L: the sample
 shards record `converged` and `iterations` per sample, and sampling prints how many did not
 converge. Raise it with the arg max_iters=N or --config.sample.max_iters=N.
@@ -52,30 +51,10 @@ SIZES = {"digits": 8, "fmnist": 28}
 
 
 def get_config(arg=None):
-    a = configlib.parse_arg(
-        arg,
-        data="digits",
-        dir="",
-        alpha=1.0,
-        pool=2000,
-        size=80,
-        n=10,
-        set="first",
-        order_seed=0,
-        arch="bf_unet",
-        blocks=0,
-        kernels=64,
-        layers=21,
-        epochs=1000,
-        epoch_images=250_000,
-        batch=512,
-        lr=1e-3,
-        halve_every=100,
-        steps=0,
-        seed=0,
-        samples=16,
-        max_iters=3000,
-    )
+    a = configlib.parse_arg(arg, data="digits", dir="", alpha=1.0, pool=2000, size=80, n=10,
+                            set="first", order_seed=0, arch="bf_unet", blocks=0, kernels=64,
+                            layers=21, epochs=1000, epoch_images=250_000, batch=512, lr=1e-3,
+                            halve_every=100, steps=0, seed=0, samples=16, max_iters=3000)
     if a.set not in ("first", "last"):
         raise configlib.ConfigError(f"set must be 'first' (S1) or 'last' (S2); got {a.set!r}.")
     source = {"calpha": f"calpha:alpha={a.alpha},n={a.pool}", "discs": f"discs:n={a.pool}",
@@ -83,14 +62,8 @@ def get_config(arg=None):
     size = SIZES.get(a.data, a.size)
     blocks = a.blocks or next(b for b in (3, 2, 1) if size % 2 ** b == 0)
     if a.arch == "bf_unet":
-        model = dict(
-            name="bf_unet",
-            num_kernels=a.kernels,
-            num_blocks=blocks,
-            num_enc_conv=2,
-            num_mid_conv=2,
-            num_dec_conv=2,
-        )
+        model = dict(name="bf_unet", num_kernels=a.kernels, num_blocks=blocks, num_enc_conv=2,
+                     num_mid_conv=2, num_dec_conv=2)
     elif a.arch == "bf_cnn":
         model = dict(
             name="bf_cnn", num_layers=a.layers, num_kernels=a.kernels, first_layer_linear=False
@@ -105,21 +78,12 @@ def get_config(arg=None):
     diffusion["precond_fields"].update(sigma_min=0.02, sigma_max=2.0)
     return ic.assemble(
         seed=a.seed,
-        data=ic.data_section(
-            source,
-            a.n,
-            subset=a.set,
-            subset_seed=a.order_seed,
-            image_size=0 if a.data in SIZES else size,
-        ),
+        data=ic.data_section(source, a.n, subset=a.set, subset_seed=a.order_seed,
+                             image_size=0 if a.data in SIZES else size),
         model=model,
         diffusion=diffusion,
-        loss=dict(
-            name="blind",
-            images_per_step=a.batch,
-            max_sigma_255=255.0,
-            units="net sees (x + 1) / 2 in [0, 1]; D = 2 D01((x + 1) / 2) - 1",
-        ),
+        loss=dict(name="blind", images_per_step=a.batch, max_sigma_255=255.0,
+                  units="net sees (x + 1) / 2 in [0, 1]; D = 2 D01((x + 1) / 2) - 1"),
         optim=dict(
             ic.optim_section(a.lr), decay_every=a.halve_every * steps_per_epoch, decay_factor=0.5
         ),
@@ -129,19 +93,8 @@ def get_config(arg=None):
         steps_per_call=math.gcd(log_every, ckpt_every),
         log_every=log_every,
         ckpt_every=ckpt_every,
-        sample=dict(
-            num=a.samples,
-            sampler="ks",
-            batch=a.samples,
-            h0=0.01,
-            beta=0.01,
-            sigma_L=0.01,
-            init_mean=0.0,
-            max_iters=a.max_iters,
-        ),
-        study=dict(
-            psnr_sigmas_255=[float(v) for v in (10 ** (2.5 * i / 9) for i in range(10))],
-            test_images=512,
-            seeds_from=0,
-        ),
+        sample=dict(num=a.samples, sampler="ks", batch=a.samples, h0=0.01, beta=0.01, sigma_L=0.01,
+                    init_mean=0.0, max_iters=a.max_iters),
+        study=dict(psnr_sigmas_255=[float(v) for v in (10 ** (2.5 * i / 9) for i in range(10))],
+                   test_images=512, seeds_from=0),
     )

@@ -29,19 +29,8 @@ from diffmem import image_configs as ic
 
 __all__ = ["get_config"]
 
-DEFAULTS = dict(
-    k=700,
-    d=6,
-    classes=2,
-    res=4,
-    channels=128,
-    blocks=4,
-    steps="6000kimg",
-    seed=0,
-    basis_seed=0,
-    lr=1e-3,
-    batch=512,
-)
+DEFAULTS = dict(k=700, d=6, classes=2, res=4, channels=128, blocks=4, steps="6000kimg", seed=0,
+                basis_seed=0, lr=1e-3, batch=512)
 
 
 def get_config(arg=None):
@@ -54,39 +43,15 @@ def get_config(arg=None):
     k_max = max(configlib.sweep(a.k))
     # EDM's ema_halflife_kimg = 500
     halflife_steps = 500_000 / a.batch
-    model = ic.model_section(
-        "ddpmpp",
-        channels=a.channels,
-        channel_mult=(2, 2, 2),
-        num_blocks=a.blocks,
-        attn_resolutions=(16,),
-        dropout=0.13,
-    )
-    data = dict(
-        name="molrg",
-        k=a.k,
-        resolution=a.res,
-        classes=a.classes,
-        dim=a.d,
-        basis_seed=a.basis_seed,
-        sample_seed=a.basis_seed + 1,
-        per_class=math.ceil(k_max / a.classes),
-        subset="balanced",
-        subset_seed=0,
-        labels="none",
-    )
-    return ic.assemble(
-        seed=a.seed,
-        data=data,
-        model=model,
-        diffusion=ic.diffusion_section("edm"),
-        loss=ic.loss_section("edm"),
-        optim=ic.optim_section(a.lr),
-        ema=dict(decay=0.5 ** (1 / halflife_steps), warmup=True),
-        batch_size=a.batch,
-        steps=ic.steps_of(a.steps, a.k, a.batch, 11_719),
-        steps_per_call=100,
-        log_every=100,
-        ckpt_every=1000,
-        sample=ic.sample_section("edm", num=1024, batch=512),
-    )
+    model = ic.model_section("ddpmpp", channels=a.channels, channel_mult=(2, 2, 2),
+                             num_blocks=a.blocks, attn_resolutions=(16,), dropout=0.13)
+    data = dict(name="molrg", k=a.k, resolution=a.res, classes=a.classes, dim=a.d,
+                basis_seed=a.basis_seed, sample_seed=a.basis_seed + 1,
+                per_class=math.ceil(k_max / a.classes), subset="balanced", subset_seed=0,
+                labels="none")
+    return ic.assemble(seed=a.seed, data=data, model=model, diffusion=ic.diffusion_section("edm"),
+                       loss=ic.loss_section("edm"), optim=ic.optim_section(a.lr),
+                       ema=dict(decay=0.5 ** (1 / halflife_steps), warmup=True), batch_size=a.batch,
+                       steps=ic.steps_of(a.steps, a.k, a.batch, 11_719), steps_per_call=100,
+                       log_every=100, ckpt_every=1000,
+                       sample=ic.sample_section("edm", num=1024, batch=512))

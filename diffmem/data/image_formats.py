@@ -36,10 +36,8 @@ __all__ = ["FMNIST_DIRS", "FMNIST_FILES", "CIFAR10_FILES", "CIFAR10_RECORD", "TF
 FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-CIFAR10_FILES = {
-    "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
-    "test": ("test_batch.bin",),
-}
+CIFAR10_FILES = {"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+                 "test": ("test_batch.bin",)}
 CIFAR10_RECORD = 1 + 3 * 32 * 32  # one label byte, then the 32x32 image as 3 planes (R, G, B)
 TFDS_NAMES = ("cifar10", "mnist", "fashion_mnist", "celeb_a")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

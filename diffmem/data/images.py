@@ -128,14 +128,9 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
     return resize_weights(w, size) @ rows.reshape(n, size, w, c)  # (size, w) @ (..., w, c)
 
 
-def preprocess(
-    pixels: np.ndarray,
-    max_value: float | None = 255.0,
-    *,
-    center_crop_images: bool = False,
-    to_grayscale: bool = False,
-    image_size: int | None = None,
-) -> np.ndarray:
+def preprocess(pixels: np.ndarray, max_value: float | None = 255.0, *,
+               center_crop_images: bool = False, to_grayscale: bool = False,
+               image_size: int | None = None) -> np.ndarray:
     """Raw pixels (N, H, W, C) in [0, max_value] (or floats in [-1, 1] when max_value is None) ->
     float32 (N, H', W', C') in [-1, 1]: centre crop, then scaling, then grayscale, then resize to
     image_size."""

@@ -99,14 +99,9 @@ def _load_images(d):
     from diffmem.data import images, synthetic
     if synthetic.is_synthetic(d.source):  # C-alpha / discs / prepared CelebA-80 and LSUN crops
         return synthetic.load(d.source, image_size=d.image_size or None)
-    return images.load_images(
-        d.source,
-        split=d.split,
-        data_dir=d.data_dir or None,
-        image_size=d.image_size or None,
-        center_crop_images=d.center_crop,
-        to_grayscale=d.grayscale,
-    )
+    return images.load_images(d.source, split=d.split, data_dir=d.data_dir or None,
+                              image_size=d.image_size or None, center_crop_images=d.center_crop,
+                              to_grayscale=d.grayscale)
 
 
 def gmm_from_config(config: ml_collections.ConfigDict) -> toy.GaussianMixture:

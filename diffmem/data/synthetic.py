@@ -120,18 +120,9 @@ def _db2_lowpass_halve(x: np.ndarray) -> np.ndarray:
     return x / 2.0
 
 
-def disc_images(
-    n: int,
-    size: int = 80,
-    seed: int = 0,
-    *,
-    translate: bool = True,
-    scale: bool = True,
-    foreground: bool = True,
-    background: bool = True,
-    wrap: bool = False,
-    antialiasing: int = 0,
-) -> np.ndarray:
+def disc_images(n: int, size: int = 80, seed: int = 0, *, translate: bool = True,
+                scale: bool = True, foreground: bool = True, background: bool = True,
+                wrap: bool = False, antialiasing: int = 0) -> np.ndarray:
     """`circle_dataset`: one disc per image on a constant background, (n, L, L) in [0, 1].
 
     At S = L 2^j: radius ~ U(3, (S-3)//2) (scale) else S//4; centre ~ U(r, S-r) per axis (translate;
@@ -270,10 +261,8 @@ def load(source: str, image_size: int | None = None):
     size = int(image_size or 80)
     if kind in ("calpha", "discs"):
         o = _options(rest)
-        valid = {
-            "calpha": {"alpha", "beta", "n", "seed"},
-            "discs": {"n", "seed", "wrap", "antialiasing"},
-        }[kind]
+        valid = {"calpha": {"alpha", "beta", "n", "seed"},
+                 "discs": {"n", "seed", "wrap", "antialiasing"}}[kind]
         if set(o) - valid:
             raise ValueError(
                 f"{source!r}: unknown options {sorted(set(o) - valid)}; valid: {sorted(valid)}."
@@ -284,13 +273,8 @@ def load(source: str, image_size: int | None = None):
                 n, size, float(o.get("alpha", 1.0)), float(o["beta"]) if "beta" in o else None, seed
             )
         else:
-            x = disc_images(
-                n,
-                size,
-                seed,
-                wrap=bool(int(o.get("wrap", 0))),
-                antialiasing=int(o.get("antialiasing", 0)),
-            )
+            x = disc_images(n, size, seed, wrap=bool(int(o.get("wrap", 0))),
+                            antialiasing=int(o.get("antialiasing", 0)))
         name = source
     else:
         prepared = (prepare_celeba if kind == "celeba80" else prepare_lsun_bedrooms)(rest)

@@ -4,11 +4,5 @@ calibration against a trained model and machine-vs-network agreement (see the mo
 from diffmem.machines.models import MACHINES, machine_denoiser, machine_model
 from diffmem.machines.schedule import Schedule, as_schedule, kamb_schedule
 
-__all__ = [
-    "MACHINES",
-    "machine_denoiser",
-    "machine_model",
-    "Schedule",
-    "as_schedule",
-    "kamb_schedule",
-]
+__all__ = ["MACHINES", "machine_denoiser", "machine_model", "Schedule", "as_schedule",
+           "kamb_schedule"]

@@ -87,23 +87,9 @@ def _median(v) -> float | None:
     return float(np.median(v)) if v.size else None
 
 
-def agreement_for(
-    wd: wdlib.Workdir,
-    name: str,
-    *,
-    machines: Sequence[str],
-    network: str,
-    calibrate_machine: str,
-    candidates,
-    sigmas,
-    num_images: int,
-    images: str,
-    seeds,
-    sampler: str,
-    num_steps: int,
-    chunk,
-    seed: int,
-) -> dict:
+def agreement_for(wd: wdlib.Workdir, name: str, *, machines: Sequence[str], network: str,
+                  calibrate_machine: str, candidates, sigmas, num_images: int, images: str, seeds,
+                  sampler: str, num_steps: int, chunk, seed: int) -> dict:
     """One K: calibration of `calibrate_machine`, then sample and denoiser agreement of every
     machine."""
     net = wd.model(name, kind=network)
@@ -113,22 +99,11 @@ def agreement_for(
     sig = np.asarray(calibration.default_sigmas(net) if sigmas is None else sigmas, np.float64)
     cal, schedule = {}, None
     if calibrate_machine is not None:
-        cal = calibration.calibrate(
-            net,
-            calibrate_machine,
-            candidates=candidates,
-            sigmas=sig,
-            images=x0,
-            seed=seed,
-            chunk=chunk,
-        )
+        cal = calibration.calibrate(net, calibrate_machine, candidates=candidates, sigmas=sig,
+                                    images=x0, seed=seed, chunk=chunk)
         schedule = cal.pop("schedule")
-    row = dict(
-        k=int(spec.k),
-        calibration=cal,
-        schedule=None if schedule is None else schedule.to_dict(),
-        machines={},
-    )
+    row = dict(k=int(spec.k), calibration=cal,
+               schedule=None if schedule is None else schedule.to_dict(), machines={})
     for machine in machines:
         tuned = machine in TUNED and calibrate_machine is not None
         own = (
@@ -152,25 +127,13 @@ def agreement_for(
     return row
 
 
-def agreement_vs_k(
-    workdir,
-    names: Sequence[str] | None = None,
-    *,
-    machines: Sequence[str] = DEFAULT_MACHINES,
-    network: str = "trained",
-    calibrate_machine: str = "els",
-    candidates=None,
-    sigmas: Sequence[float] | None = None,
-    num_images: int = 16,
-    images: str = "train",
-    num_seeds: int = 16,
-    sampler: str = "edm_euler",
-    num_steps: int = 18,
-    chunk: int | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    seeds: Sequence[int] | None = None,
-) -> dict:
+def agreement_vs_k(workdir, names: Sequence[str] | None = None, *,
+                   machines: Sequence[str] = DEFAULT_MACHINES, network: str = "trained",
+                   calibrate_machine: str = "els", candidates=None,
+                   sigmas: Sequence[float] | None = None, num_images: int = 16,
+                   images: str = "train", num_seeds: int = 16, sampler: str = "edm_euler",
+                   num_steps: int = 18, chunk: int | None = None, seed: int = 0,
+                   progress: bool = True, seeds: Sequence[int] | None = None) -> dict:
     """Agreement of each machine with the network for each K of a workdir ({name: row}, rows as
     `agreement_for`), saved as machines/agreement/<name>.json and reused when a rerun asks for the
     same settings.
@@ -194,19 +157,11 @@ def agreement_vs_k(
     names = wd.names() if names is None else [str(n) for n in names]
     seeds = np.arange(num_seeds) if seeds is None else np.asarray(seeds, np.int64).reshape(-1)
     num_seeds = len(seeds)
-    settings = dict(
-        machines=list(machines),
-        network=network,
-        calibrate_machine=calibrate_machine,
-        candidates=None if candidates is None else list(candidates),
-        sigmas=None if sigmas is None else [float(s) for s in sigmas],
-        num_images=num_images,
-        images=images,
-        num_seeds=num_seeds,
-        sampler=sampler,
-        num_steps=num_steps,
-        seed=seed,
-    )
+    settings = dict(machines=list(machines), network=network, calibrate_machine=calibrate_machine,
+                    candidates=None if candidates is None else list(candidates),
+                    sigmas=None if sigmas is None else [float(s) for s in sigmas],
+                    num_images=num_images, images=images, num_seeds=num_seeds, sampler=sampler,
+                    num_steps=num_steps, seed=seed)
     if not np.array_equal(seeds, np.arange(num_seeds)):  # 0..n-1 is recorded as num_seeds alone
         settings["seeds"] = seeds.tolist()
     rows = {}
@@ -216,22 +171,10 @@ def agreement_vs_k(
         if (old := report.reuse(path, recorded, overwrite=True)) is not None:
             rows[name] = old["row"]
             continue
-        row = agreement_for(
-            wd,
-            name,
-            machines=machines,
-            network=network,
-            calibrate_machine=calibrate_machine,
-            candidates=candidates,
-            sigmas=sigmas,
-            num_images=num_images,
-            images=images,
-            seeds=seeds,
-            sampler=sampler,
-            num_steps=num_steps,
-            chunk=chunk,
-            seed=seed,
-        )
+        row = agreement_for(wd, name, machines=machines, network=network,
+                            calibrate_machine=calibrate_machine, candidates=candidates,
+                            sigmas=sigmas, num_images=num_images, images=images, seeds=seeds,
+                            sampler=sampler, num_steps=num_steps, chunk=chunk, seed=seed)
         if wdlib.is_writer():
             report.write_json(path, dict(settings=recorded, row=row))
         rows[name] = row
@@ -275,12 +218,8 @@ def figures(wd: wdlib.Workdir, rows: dict) -> list[str]:
     for n in names:
         s = rows[n]["schedule"]
         ax.plot(s["sigmas"], s["values"], marker="o", label=f"K = {rows[n]['k']}")
-    (
-        ax.set_xscale("log"),
-        ax.set_xlabel("sigma"),
-        ax.set_ylabel("calibrated patch size k"),
-        ax.grid(alpha=0.3),
-    )
+    (ax.set_xscale("log"), ax.set_xlabel("sigma"), ax.set_ylabel("calibrated patch size k"),
+     ax.grid(alpha=0.3))
     ax.legend(fontsize=8)
     out.append(viz.save_figure(fig, output_dir(wd, "calibration.png")))
     return out
@@ -331,10 +270,7 @@ def write_report(workdir, names: Sequence[str] | None = None, **kw) -> str:
     section = study_section(wd, names, **kw)
     path = output_dir(wd, "report.md")
     if wdlib.is_writer():
-        report.write_markdown(
-            path,
-            section["title"],
-            [("Machine vs network agreement", section["markdown"])],
-            section["figures"],
-        )
+        report.write_markdown(path, section["title"],
+                              [("Machine vs network agreement", section["markdown"])],
+                              section["figures"])
     return path

@@ -65,19 +65,10 @@ def noised(images: np.ndarray, sigma: float, seed: int, index: int) -> np.ndarra
     return np.asarray(images, np.float32) + float(sigma) * np.asarray(n)
 
 
-def calibrate(
-    model,
-    machine: str = "els",
-    *,
-    candidates: Sequence | None = None,
-    sigmas: Sequence[float] | None = None,
-    images: np.ndarray | None = None,
-    num_images: int = 16,
-    seed: int = 0,
-    chunk: int | None = None,
-    heatmap: Callable | None = None,
-    progress: bool = False,
-) -> dict:
+def calibrate(model, machine: str = "els", *, candidates: Sequence | None = None,
+              sigmas: Sequence[float] | None = None, images: np.ndarray | None = None,
+              num_images: int = 16, seed: int = 0, chunk: int | None = None,
+              heatmap: Callable | None = None, progress: bool = False) -> dict:
     """Per sigma, the candidate minimising the MSE between `machine` (of model.train_data) and
     model.denoiser.
 
@@ -117,16 +108,10 @@ def calibrate(
     best = mse.argmin(axis=1)
     best_r = r[np.arange(len(sigmas)), best]
     values = tuple(candidates[j] for j in best)
-    return dict(
-        machine=machine,
-        schedule=sched.Schedule(tuple(float(s) for s in sigmas), values),
-        sigmas=sigmas.tolist(),
-        candidates=list(candidates),
-        mse=mse.tolist(),
-        best=list(values),
-        r=np.median(best_r, axis=1).tolist(),
-        r2=np.median(best_r**2, axis=1).tolist(),
-    )
+    return dict(machine=machine, schedule=sched.Schedule(tuple(float(s) for s in sigmas), values),
+                sigmas=sigmas.tolist(), candidates=list(candidates), mse=mse.tolist(),
+                best=list(values), r=np.median(best_r, axis=1).tolist(),
+                r2=np.median(best_r**2, axis=1).tolist())
 
 
 def network_heatmap(model, sigmas: Sequence[float], images: np.ndarray, seed: int = 0) -> Callable:
@@ -157,19 +142,10 @@ def network_heatmap(model, sigmas: Sequence[float], images: np.ndarray, seed: in
     return heat
 
 
-def calibrate_workdir(
-    workdir,
-    names: Sequence[str] | None = None,
-    machine: str = "els",
-    *,
-    network: str = "trained",
-    candidates: Sequence | None = None,
-    sigmas: Sequence[float] | None = None,
-    num_images: int = 16,
-    seed: int = 0,
-    chunk: int | None = None,
-    progress: bool = True,
-) -> dict:
+def calibrate_workdir(workdir, names: Sequence[str] | None = None, machine: str = "els", *,
+                      network: str = "trained", candidates: Sequence | None = None,
+                      sigmas: Sequence[float] | None = None, num_images: int = 16, seed: int = 0,
+                      chunk: int | None = None, progress: bool = True) -> dict:
     """`calibrate` for each model of a workdir against its network ("trained") or the empirical
     optimum ("optimal"); writes machines/calibration/<name>_<machine>.json (schedule, per-sigma MSE
     and r^2) and returns {name: result}. The schedule JSON is what `machine_model(...,

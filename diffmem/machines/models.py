@@ -36,12 +36,8 @@ MACHINES = ("ideal", "ls", "els", "bbels", "pspc_square", "pspc_flex", "wiener")
 """ideal (empirical), local, equivariant local, boundary-broken ELS, PSPC square / flex, Wiener
 filter."""
 
-_PATCH_FNS = {
-    "ls": ls.local,
-    "els": ls.equivariant,
-    "bbels": ls.boundary_broken,
-    "pspc_square": ls.pspc_square,
-}
+_PATCH_FNS = {"ls": ls.local, "els": ls.equivariant, "bbels": ls.boundary_broken,
+              "pspc_square": ls.pspc_square}
 
 
 def pspc_tau_schedule() -> sched.Schedule:
@@ -58,15 +54,8 @@ def default_patch_schedule(image_size: int) -> sched.Schedule:
     return sched.kamb_schedule("mnist_unet_zeros", image_size=image_size)
 
 
-def machine_denoiser(
-    train,
-    machine: str = "els",
-    patch_size=None,
-    *,
-    tau=None,
-    heatmap: Callable | None = None,
-    chunk: int | None = None,
-):
+def machine_denoiser(train, machine: str = "els", patch_size=None, *, tau=None,
+                     heatmap: Callable | None = None, chunk: int | None = None):
     """The machine `machine` of the training set `train` (N, *S) as a jitted D(x (B, *S), sigma
     (B,)).
 

@@ -70,12 +70,8 @@ def stream_patch_lse(queries: jax.Array, inv_var: jax.Array, chunk: ChunkFn, ite
         else jnp.moveaxis(pad(a).reshape((a.shape[0], nb, rb) + a.shape[2:]), 1, 0)
     )
     per_row_w = weights is not None and weights.shape[1] != 1
-    blocks = (
-        split(queries),
-        split(inv_var),
-        split(weights) if per_row_w else None,
-        split(query_tags),
-    )
+    blocks = (split(queries), split(inv_var), split(weights) if per_row_w else None,
+              split(query_tags))
 
     def one(block):
         q, iv, w, tags = block

@@ -107,12 +107,9 @@ def by_level(schedule: Schedule, fn: Callable) -> Callable:
             sel = (idx == i).reshape((-1,) + (1,) * (x.ndim - 1))
             # lax.cond runs only the branches some example needs (a sampler's batch shares one
             # sigma).
-            out = jax.lax.cond(
-                jnp.any(idx == i),
-                lambda o, v=v, sel=sel: jnp.where(sel, fn(v, x, sigma), o),
-                lambda o: o,
-                out,
-            )
+            out = jax.lax.cond(jnp.any(idx == i),
+                               lambda o, v=v, sel=sel: jnp.where(sel, fn(v, x, sigma), o),
+                               lambda o: o, out)
         return out
     return denoiser
 

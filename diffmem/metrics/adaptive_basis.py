@@ -153,16 +153,10 @@ def _analyse_matrix_free(denoiser, y, sigma, clean, k, key, num_probes, iters):
     )
     d, jy = np.asarray(d, np.float64), np.asarray(jy, np.float64)  # Euler: J y exactly, one JVP
     lam, vecs = np.asarray(lam, np.float64), np.asarray(vecs, np.float64)
-    out = dict(
-        jacobian=None,
-        eigenvalues=lam,
-        eigenvectors=vecs,
-        residuals=np.asarray(res, np.float64),
-        asymmetry=float(asym),
-        trace=float(trace),
-        euler_residual=float(np.linalg.norm(jy - d) / max(np.linalg.norm(d), 1e-300)),
-        method="matrix_free",
-    )
+    out = dict(jacobian=None, eigenvalues=lam, eigenvectors=vecs,
+               residuals=np.asarray(res, np.float64), asymmetry=float(asym), trace=float(trace),
+               euler_residual=float(np.linalg.norm(jy - d) / max(np.linalg.norm(d), 1e-300)),
+               method="matrix_free")
     if clean is not None:
         out["coefficients"] = vecs.T @ np.asarray(clean, np.float64).ravel()
     return out
@@ -288,17 +282,8 @@ def eigenvector_panel(
     return viz.save_figure(fig, path)
 
 
-def basis_report(
-    denoiser01,
-    images01,
-    out_dir: str,
-    *,
-    sigma: float = 0.1,
-    sigmas=None,
-    alpha: float | None = None,
-    seed: int = 0,
-    name: str = "adaptive_basis",
-) -> dict:
+def basis_report(denoiser01, images01, out_dir: str, *, sigma: float = 0.1, sigmas=None,
+                 alpha: float | None = None, seed: int = 0, name: str = "adaptive_basis") -> dict:
     """The analysis of one blind denoiser D(y) ([0, 1] units, y (B, H, W, C)) for a report: at the
     first image + sigma z, the Jacobian's asymmetry, tr J, Euler residual, leading shrinkage factors
     and an eigenvector panel (<out_dir>/<name>.png); and the MSE-vs-sigma slope on all `images01`
@@ -317,18 +302,10 @@ def basis_report(
                               title=f"sigma = {sigma:g}, tr J = {a['trace']:.1f} of {n}")
     sigmas = np.logspace(-2, 0, 8) if sigmas is None else np.asarray(sigmas)
     mses = mse_vs_sigma(d, images01, sigmas, jax.random.fold_in(key, 1))
-    out = dict(
-        sigma=sigma,
-        n=n,
-        asymmetry=a["asymmetry"],
-        trace=a["trace"],
-        euler_residual=a["euler_residual"],
-        top_eigenvalues=a["eigenvalues"][:8].tolist(),
-        sigmas=sigmas.tolist(),
-        mse=mses.tolist(),
-        mse_slope=mse_slope(sigmas, mses),
-        figure=panel,
-    )
+    out = dict(sigma=sigma, n=n, asymmetry=a["asymmetry"], trace=a["trace"],
+               euler_residual=a["euler_residual"], top_eigenvalues=a["eigenvalues"][:8].tolist(),
+               sigmas=sigmas.tolist(), mse=mses.tolist(), mse_slope=mse_slope(sigmas, mses),
+               figure=panel)
     if alpha is not None:
         out["optimal_slope"] = c_alpha_optimal_slope(alpha)
     return out

@@ -109,21 +109,10 @@ def metric_features(
     raise InputError(f"Unknown metric {metric!r}; choose 'pixel' or 'lpips' (or pass features=).")
 
 
-def calibrate(
-    train,
-    heldout,
-    *,
-    metric: str = "pixel",
-    features: Callable | None = None,
-    squared: bool | None = None,
-    lpips_weights=None,
-    quantile: float = 0.01,
-    num_samples: int | None = None,
-    min_heldout: int = 64,
-    max_heldout: int = 10_000,
-    seed: int = 0,
-    mesh=None,
-) -> Thresholds:
+def calibrate(train, heldout, *, metric: str = "pixel", features: Callable | None = None,
+              squared: bool | None = None, lpips_weights=None, quantile: float = 0.01,
+              num_samples: int | None = None, min_heldout: int = 64, max_heldout: int = 10_000,
+              seed: int = 0, mesh=None) -> Thresholds:
     """delta_m and delta_s as the `quantile` of real images' nearest-training and nearest-other
     distances.
 
@@ -131,8 +120,7 @@ def calibrate(
       train: (K, *S) the model's training set. heldout: (M, *S) real images not in it (M may be 0).
       metric: "pixel" (L2 of flattened images) or "lpips" (needs lpips_weights); with `features` any
       name. features, squared: a custom feature map images -> (n, F) and whether the distance is the
-      squared
-        Euclidean distance of features (LPIPS) rather than the distance itself.
+        squared Euclidean distance of features (LPIPS) rather than the distance itself.
       quantile: in (0, 1); the expected fraction of fresh real images labelled memorized (and
       spurious). num_samples: N, the size of the sample set the thresholds will classify (delta_s
       uses groups of N, see
@@ -211,19 +199,9 @@ class PoolFeatures:
         return self._store[rows] if self._store is not None else np.zeros((0, 0), np.float32)
 
 
-def calibrate_pool(
-    pool_features: PoolFeatures,
-    indices,
-    *,
-    metric: str,
-    squared: bool,
-    quantile: float = 0.01,
-    num_samples: int | None = None,
-    min_heldout: int = 64,
-    max_heldout: int = 10_000,
-    seed: int = 0,
-    mesh=None,
-) -> Thresholds:
+def calibrate_pool(pool_features: PoolFeatures, indices, *, metric: str, squared: bool,
+                   quantile: float = 0.01, num_samples: int | None = None, min_heldout: int = 64,
+                   max_heldout: int = 10_000, seed: int = 0, mesh=None) -> Thresholds:
     """`calibrate` for the model trained on pool rows `indices`: held-out = the other rows (a seeded
     subset of at most max_heldout), features from the shared `pool_features`."""
     keep = np.ones(len(pool_features.pool), bool)
@@ -231,19 +209,9 @@ def calibrate_pool(
     held = np.flatnonzero(keep)
     if len(held) > max_heldout:
         held = np.sort(np.random.default_rng(seed).choice(held, max_heldout, replace=False))
-    return calibrate(
-        pool_features(indices),
-        pool_features(held),
-        metric=metric,
-        features=_as_rows,
-        squared=squared,
-        quantile=quantile,
-        num_samples=num_samples,
-        min_heldout=min_heldout,
-        max_heldout=max_heldout,
-        seed=seed,
-        mesh=mesh,
-    )
+    return calibrate(pool_features(indices), pool_features(held), metric=metric, features=_as_rows,
+                     squared=squared, quantile=quantile, num_samples=num_samples,
+                     min_heldout=min_heldout, max_heldout=max_heldout, seed=seed, mesh=mesh)
 
 
 def _as_rows(x) -> np.ndarray:

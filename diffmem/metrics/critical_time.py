@@ -28,8 +28,7 @@ first fails), one value per sample.
 
 Everything is batched: one network call evaluates every (sample, trial, t) row of a block of scan
 times. Noise for sample i (its global index, so shards over samples agree), scan step l and trial j
-comes from
-fold_in(fold_in(fold_in(key(seed), i), l), j), independent of batching.
+comes from fold_in(fold_in(fold_in(key(seed), i), l), j), independent of batching.
 """
 from __future__ import annotations
 
@@ -45,23 +44,10 @@ from diffmem.errors import InputError
 from diffmem.sde import SDE, Denoiser, ScoreFn, ddpm_alpha_bar
 from diffmem.solver_steps import ddim_step, em_step
 
-__all__ = [
-    "STOP_RULES",
-    "IMAGE_TIMES",
-    "RADIUS_STEP",
-    "Distance",
-    "l2_distance",
-    "lpips_distance",
-    "trial_noise",
-    "ddim_chain",
-    "ddim_reconstruct",
-    "em_points",
-    "em_reconstruct",
-    "apply_stop_rule",
-    "image_critical_times",
-    "toy_critical_times",
-    "log_volume_hypersphere",
-]
+__all__ = ["STOP_RULES", "IMAGE_TIMES", "RADIUS_STEP", "Distance", "l2_distance", "lpips_distance",
+           "trial_noise", "ddim_chain", "ddim_reconstruct", "em_points", "em_reconstruct",
+           "apply_stop_rule", "image_critical_times", "toy_critical_times",
+           "log_volume_hypersphere"]
 
 STOP_RULES = ("per_sample", "batch")
 IMAGE_TIMES = tuple(range(1, 1000, 25))
@@ -169,15 +155,8 @@ def em_reconstruct(score_fn: ScoreFn, sde: SDE, x_t, t_rows, num_points, keys, *
 
 
 # --------------------------------------------------------------------------------------- stop rules
-def apply_stop_rule(
-    rec: np.ndarray,
-    ts,
-    *,
-    p: float = 0.9,
-    stop: str = "per_sample",
-    initial: float | None = None,
-    per_trial: bool = True,
-):
+def apply_stop_rule(rec: np.ndarray, ts, *, p: float = 0.9, stop: str = "per_sample",
+                    initial: float | None = None, per_trial: bool = True):
     """Tc (B, trials) from recovered flags rec (L, B, trials) over the scan times ts (L,), by the
     rules of the module docstring (the batch is all B samples for stop="batch"). Rows of rec after a
     sample's stop are never read, so they may be anything. per_trial=False is the toy rule (t_opt
@@ -213,19 +192,8 @@ def apply_stop_rule(
     return tc, stopped_at
 
 
-def _scan(
-    recovered: Callable,
-    ts,
-    num: int,
-    trials: int,
-    *,
-    p: float,
-    stop: str,
-    initial,
-    per_trial: bool,
-    rows_per_call: int,
-    progress: bool = False,
-):
+def _scan(recovered: Callable, ts, num: int, trials: int, *, p: float, stop: str, initial,
+          per_trial: bool, rows_per_call: int, progress: bool = False):
     """Run the scan in blocks of scan times, each block ONE batched `recovered(local_ids (M,),
     t_index (M,)) -> (M, trials) bool` call over the still-active samples; returns apply_stop_rule's
     output on the gathered rec."""
@@ -278,23 +246,11 @@ def _in_fixed_blocks(call, local: np.ndarray, tix: np.ndarray, rows: int) -> np.
 
 
 # ------------------------------------------------------------------------------------ image version
-def image_critical_times(
-    denoiser: Denoiser,
-    samples,
-    *,
-    distance: Distance = l2_distance,
-    delta: float = 0.1,
-    trials: int = 10,
-    ts=IMAGE_TIMES,
-    p: float = 0.9,
-    stop: str = "per_sample",
-    batch_size: int | None = None,
-    seed: int = 0,
-    sample_ids=None,
-    rows_per_call: int = 2048,
-    alpha_bar=None,
-    progress: bool = False,
-) -> dict:
+def image_critical_times(denoiser: Denoiser, samples, *, distance: Distance = l2_distance,
+                         delta: float = 0.1, trials: int = 10, ts=IMAGE_TIMES, p: float = 0.9,
+                         stop: str = "per_sample", batch_size: int | None = None, seed: int = 0,
+                         sample_ids=None, rows_per_call: int = 2048, alpha_bar=None,
+                         progress: bool = False) -> dict:
     """Pham et al.'s critical time and radius of each sample (B, *S) in [-1, 1] (module docstring).
 
     stop="batch" applies the break to consecutive batches of `batch_size` samples (their batch;
@@ -344,32 +300,14 @@ def image_critical_times(
     )
     tc = np.zeros((b, trials))
     for s0, s1 in groups:
-        tc[s0:s1] = _scan(
-            recovered_for(s0),
-            ts,
-            s1 - s0,
-            trials,
-            p=p,
-            stop=stop,
-            initial=ts[0],
-            per_trial=True,
-            rows_per_call=rows_per_call,
-            progress=progress,
-        )[0]
+        tc[s0:s1] = _scan(recovered_for(s0), ts, s1 - s0, trials, p=p, stop=stop, initial=ts[0],
+                          per_trial=True, rows_per_call=rows_per_call, progress=progress)[0]
     radius = _image_radius(x0, tc, ab_np, ids, seed, trials)
     batch_index = np.zeros(b, np.int64)
     for g, (s0, s1) in enumerate(groups):
         batch_index[s0:s1] = g
-    return {
-        "time": tc,
-        "radius": radius,
-        "delta": float(delta),
-        "ts": ts,
-        "stop": stop,
-        "batch": batch_index,
-        "p": float(p),
-        "trials": trials,
-    }
+    return {"time": tc, "radius": radius, "delta": float(delta), "ts": ts, "stop": stop,
+            "batch": batch_index, "p": float(p), "trials": trials}
 
 
 def _image_radius(x0, tc, ab, ids, seed, trials):
@@ -391,22 +329,10 @@ def _radius(x0, scale, ids, seed, trials):
 
 
 # -------------------------------------------------------------------------------------- toy version
-def toy_critical_times(
-    score_fn: ScoreFn,
-    sde: SDE,
-    samples,
-    *,
-    delta: float,
-    trials: int = 10,
-    ts=None,
-    p: float = 0.9,
-    seed: int = 0,
-    sample_ids=None,
-    rows_per_call: int = 4096,
-    eps: float = 1e-3,
-    steps_per_unit: int = 1000,
-    progress: bool = False,
-) -> dict:
+def toy_critical_times(score_fn: ScoreFn, sde: SDE, samples, *, delta: float, trials: int = 10,
+                       ts=None, p: float = 0.9, seed: int = 0, sample_ids=None,
+                       rows_per_call: int = 4096, eps: float = 1e-3, steps_per_unit: int = 1000,
+                       progress: bool = False) -> dict:
     """Pham et al.'s toy t_opt and radius per sample (B, d) (module docstring); delta is required
     (upstream uses 0.1, 0.05 and 0.5 in different entry points). ts defaults to linspace(0.01, 1,
     500). Returns {"time" (B,), "radius" (B, trials), "delta", "ts", "p"}."""
@@ -431,11 +357,8 @@ def toy_critical_times(
             lambda i, ti, j: jax.random.fold_in(
                 jax.random.fold_in(jax.random.fold_in(base, i), ti), j
             )
-        )(
-            jnp.repeat(gid.astype(jnp.uint32), trials),
-            jnp.repeat(tix.astype(jnp.uint32), trials),
-            jnp.tile(jnp.arange(trials, dtype=jnp.uint32), gid.shape[0]),
-        )
+        )(jnp.repeat(gid.astype(jnp.uint32), trials), jnp.repeat(tix.astype(jnp.uint32), trials),
+          jnp.tile(jnp.arange(trials, dtype=jnp.uint32), gid.shape[0]))
         nums = jnp.repeat(jnp.asarray(em_points(ts, steps_per_unit))[tix], trials)
         x_hat = em_reconstruct(score_fn, sde, x_t, tr, nums, keys, eps=eps, max_steps=max_steps)
         return (l2_distance(x, x_hat) <= delta).reshape(-1, trials)
@@ -453,14 +376,8 @@ def toy_critical_times(
                rows_per_call=rows_per_call, progress=progress)[0][:, 0]
     std = np.where(tc > 0, np.asarray(sde.marginal_std(np.maximum(tc, 1e-12))), 0.0)
     radius = _toy_radius(ids, std.astype(np.float32), seed, trials, shape)
-    return {
-        "time": tc,
-        "radius": radius,
-        "delta": float(delta),
-        "ts": ts,
-        "p": float(p),
-        "trials": trials,
-    }
+    return {"time": tc, "radius": radius, "delta": float(delta), "ts": ts, "p": float(p),
+            "trials": trials}
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))

@@ -43,26 +43,15 @@ __all__ = ["HIGHEST", "knn", "SquaredDistances", "require_unsquared", "query_ran
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def knn(
-    queries,
-    refs,
-    k: int,
-    *,
-    start: int = 0,
-    stop: int | None = None,
-    exclude_self_offset: int | None = None,
-    ref_start: int = 0,
-    query_tile: int = 512,
-    ref_tile: int = 2048,
-    mesh: Mesh | None = None,
-    precision=HIGHEST,
-) -> tuple[np.ndarray, np.ndarray]:
+def knn(queries, refs, k: int, *, start: int = 0, stop: int | None = None,
+        exclude_self_offset: int | None = None, ref_start: int = 0, query_tile: int = 512,
+        ref_tile: int = 2048, mesh: Mesh | None = None,
+        precision=HIGHEST) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest references of queries[start:stop] by squared Euclidean distance.
 
     Args:
       queries: (N, *F) array; rows are flattened to D = prod(F) features. Only rows [start, stop)
-      are
-        computed, but indices are global so separate jobs can split one query set.
+        are computed, but indices are global so separate jobs can split one query set.
       refs: (M, *F) references: global reference indices ref_start .. ref_start + M - 1. k:
       neighbours per query, 1 <= k <= M. A query with fewer candidates (its own index excluded) gets
         (inf, -1) in its last column; `num_candidates` gives the largest k without such padding.
@@ -102,12 +91,8 @@ def knn(
 
     run = _compiled(mesh, int(k), query_tile, ref_tile, precision)
     exclude = exclude_self_offset is not None
-    scalars = [
-        jnp.int32(m),
-        jnp.int32(ref_start),
-        jnp.bool_(exclude),
-        jnp.int32(exclude_self_offset or 0),
-    ]
+    scalars = [jnp.int32(m), jnp.int32(ref_start), jnp.bool_(exclude),
+               jnp.int32(exclude_self_offset or 0)]
     if mesh is not None:
         rows = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
         everywhere = NamedSharding(mesh, PartitionSpec())
@@ -169,8 +154,7 @@ def merge_knn(parts: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> tuple[np.n
 
     Args:
       parts: (start, dists (n_p, k), idx (n_p, k)) per job, in any order; together they must cover
-      query
-        rows [0, N) exactly once.
+        query rows [0, N) exactly once.
     Returns:
       (dists (N, k), idx (N, k)), identical to one `knn` call over all queries.
     """

@@ -228,12 +228,8 @@ def plot_rank_vs_snr(result: dict, path: str, *, title: str = "", reference: dic
     data = [np.maximum(v, 1e-4) for v in vals]
     spread = [np.ptp(v) > 0 for v in data]
     if any(spread):
-        ax.violinplot(
-            [np.log10(v) for v, s in zip(data, spread) if s],
-            positions=pos[np.array(spread)],
-            widths=0.12,
-            showmedians=True,
-        )
+        ax.violinplot([np.log10(v) for v, s in zip(data, spread) if s],
+                      positions=pos[np.array(spread)], widths=0.12, showmedians=True)
     ax.plot(pos, [np.log10(np.median(v)) for v in data], "k.-", lw=0.8, label="median")
     if reference:
         ax.plot(

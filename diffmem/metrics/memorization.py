@@ -164,15 +164,9 @@ def find_emm(ratio_at: Callable[[int], float], k_grid: Iterable[int], level: flo
 
     def result(status: str) -> dict:
         emm = state["lo"] if status != "below_grid" else None
-        return {
-            "emm": emm,
-            "bracket": (state["lo"], state["hi"]),
-            "ratios": dict(sorted(ratios.items())),
-            "history": list(history),
-            "status": status,
-            "level": level,
-            "tolerance": tolerance,
-        }
+        return {"emm": emm, "bracket": (state["lo"], state["hi"]),
+                "ratios": dict(sorted(ratios.items())), "history": list(history), "status": status,
+                "level": level, "tolerance": tolerance}
 
     def r(k: int, phase: str) -> float:
         if k in ratios:

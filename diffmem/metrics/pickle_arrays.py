@@ -25,10 +25,8 @@ __all__ = ["ALLOWED_GLOBALS", "UnsafePickleError", "parse_array_pickle", "read_a
 
 # (module, name) pairs a file may reference; numpy >= 2 writes `numpy._core`, older numpy
 # `numpy.core`.
-_RECONSTRUCT = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-}
+_RECONSTRUCT = {("numpy.core.multiarray", "_reconstruct"),
+                ("numpy._core.multiarray", "_reconstruct")}
 _NDARRAY = ("numpy", "ndarray")
 _DTYPE = ("numpy", "dtype")
 ALLOWED_GLOBALS = frozenset(_RECONSTRUCT | {_NDARRAY, _DTYPE})
@@ -36,14 +34,8 @@ ALLOWED_GLOBALS = frozenset(_RECONSTRUCT | {_NDARRAY, _DTYPE})
 # Plain numeric dtypes only: no object, string, void or datetime arrays.
 _DTYPE_KINDS = set("biufc")
 
-_PUSH_CONSTANT = {
-    "NONE": None,
-    "NEWTRUE": True,
-    "NEWFALSE": False,
-    "EMPTY_DICT": dict,
-    "EMPTY_LIST": list,
-    "EMPTY_TUPLE": tuple,
-}
+_PUSH_CONSTANT = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_DICT": dict,
+                  "EMPTY_LIST": list, "EMPTY_TUPLE": tuple}
 _PUSH_ARG = {"BININT", "BININT1", "BININT2", "INT", "LONG1", "LONG4", "BINFLOAT", "BINUNICODE",
              "SHORT_BINUNICODE", "BINUNICODE8", "SHORT_BINBYTES", "BINBYTES", "BINBYTES8"}
 _IGNORED = {"PROTO", "FRAME"}

@@ -5,15 +5,5 @@ from diffmem.nets.mlp import ScoreMLP
 from diffmem.nets.songunet import SongUNet, encoder_skip_resolutions
 from diffmem.nets.unet import DDPMUNet, count_params
 
-__all__ = [
-    "BFBatchNorm",
-    "BFCNN",
-    "BFUNet",
-    "DDPMUNet",
-    "FourierEmbedding",
-    "SinusoidalEmbedding",
-    "ScoreMLP",
-    "SongUNet",
-    "count_params",
-    "encoder_skip_resolutions",
-]
+__all__ = ["BFBatchNorm", "BFCNN", "BFUNet", "DDPMUNet", "FourierEmbedding", "SinusoidalEmbedding",
+           "ScoreMLP", "SongUNet", "count_params", "encoder_skip_resolutions"]

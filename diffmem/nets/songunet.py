@@ -154,8 +154,7 @@ class SongUNet(nn.Module):
         attention.
       dropout: dropout rate in the blocks ('dropout' rng when train=True). EDM's CIFAR-10 runs use
       0.13. label_dim: number of classes (0 = unconditional). label_dropout: probability of zeroing
-      a label
-        vector in training (classifier-free guidance; 'dropout' rng). augment_dim: EDM's
+        a label vector in training (classifier-free guidance; 'dropout' rng). augment_dim: EDM's
         augmentation-label width (9 for its CIFAR-10 checkpoints; 0 = none).
       embedding_type: 'positional' (DDPM++) or 'fourier' (random features, `fourier_scale`).
       channel_mult_noise: noise-embedding width / model_channels (1 for DDPM++, 2 for NCSN++).
@@ -218,15 +217,8 @@ class SongUNet(nn.Module):
         return (True,) * len(res)
 
     @nn.compact
-    def __call__(
-        self,
-        x: jax.Array,
-        noise_labels: jax.Array,
-        class_labels: jax.Array | None = None,
-        *,
-        augment_labels: jax.Array | None = None,
-        train: bool = False,
-    ) -> jax.Array:
+    def __call__(self, x: jax.Array, noise_labels: jax.Array, class_labels: jax.Array | None = None,
+                 *, augment_labels: jax.Array | None = None, train: bool = False) -> jax.Array:
         _check_image(x, len(self.channel_mult), "SongUNet")
         batch, res0 = x.shape[0], x.shape[1]
         if noise_labels.ndim != 1 or noise_labels.shape[0] not in (1, batch):
@@ -327,18 +319,12 @@ class SongUNet(nn.Module):
         elif augment_labels is not None:
             raise ValueError("SongUNet: augment_labels given but augment_dim=0.")
         emb = nn.silu(
-            nn.Dense(
-                self.model_channels * self.channel_mult_emb,
-                kernel_init=_xavier(),
-                name="map_layer0",
-            )(emb)
+            nn.Dense(self.model_channels * self.channel_mult_emb, kernel_init=_xavier(),
+                     name="map_layer0")(emb)
         )
         return nn.silu(
-            nn.Dense(
-                self.model_channels * self.channel_mult_emb,
-                kernel_init=_xavier(),
-                name="map_layer1",
-            )(emb)
+            nn.Dense(self.model_channels * self.channel_mult_emb, kernel_init=_xavier(),
+                     name="map_layer1")(emb)
         )
 
 

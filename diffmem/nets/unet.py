@@ -104,8 +104,7 @@ class DDPMUNet(nn.Module):
       resamp_with_conv: a 3x3 convolution in the up/down-sampling layers (Ho et al.: True); else
         nearest-neighbour up-sampling / 2x2 average pooling alone.
       nin_init_scale: variance-scaling scale of the 1x1 layers (attention q/k/v, residual
-      shortcuts): Ho et
-        al. 1.0, Pham et al.'s code 0.1.
+        shortcuts): Ho et al. 1.0, Pham et al.'s code 0.1.
 
     Call: x (B, H, W, C) NHWC with H = W divisible by 2^(len(ch_mult) - 1), t (B,) integer-valued
     steps (float is fine; (1,) shares one step across the batch) -> epsilon prediction (B, H, W,
@@ -145,13 +144,8 @@ class DDPMUNet(nn.Module):
                 if self.resamp_with_conv:
                     # 'SAME' with stride 2 pads (0, 1) on even sizes, as TensorFlow did for Ho et
                     # al.
-                    h = nn.Conv(
-                        h.shape[-1],
-                        (3, 3),
-                        strides=(2, 2),
-                        kernel_init=_init(),
-                        name=f"down_{level}",
-                    )(h)
+                    h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), kernel_init=_init(),
+                                name=f"down_{level}")(h)
                 else:
                     h = nn.avg_pool(h, (2, 2), (2, 2))
                 hs.append(h)

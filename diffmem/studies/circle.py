@@ -55,12 +55,8 @@ def cluster(samples: np.ndarray, threshold: float):
     """Agglomerative clustering with a distance threshold -> labels (N,), centres (C, 2), counts
     (C,), spreads (C,) (RMS distance of a cluster's samples to its centre)."""
     if len(samples) < 2:
-        return (
-            np.zeros(len(samples), int),
-            samples.copy(),
-            np.ones(len(samples), int),
-            np.zeros(len(samples)),
-        )
+        return (np.zeros(len(samples), int), samples.copy(), np.ones(len(samples), int),
+                np.zeros(len(samples)))
     labels = (
         AgglomerativeClustering(n_clusters=None, distance_threshold=threshold).fit(samples).labels_
     )
@@ -75,16 +71,9 @@ def cluster(samples: np.ndarray, threshold: float):
     return labels, centres, np.asarray([np.sum(labels == i) for i in ids]), spreads
 
 
-def classify_centres(
-    centres: np.ndarray,
-    counts: np.ndarray,
-    spreads: np.ndarray,
-    patterns: np.ndarray,
-    *,
-    delta_m: float,
-    delta_s: float,
-    min_frac: float,
-) -> list[str]:
+def classify_centres(centres: np.ndarray, counts: np.ndarray, spreads: np.ndarray,
+                     patterns: np.ndarray, *, delta_m: float, delta_s: float,
+                     min_frac: float) -> list[str]:
     """Label clusters by where their samples concentrate (spread = RMS distance of samples to the
     centre):
 
@@ -131,13 +120,8 @@ def _nearest_distance(points, patterns) -> np.ndarray:
     return neighbours.nearest(pts, pats).distances[:, 0]
 
 
-def label_samples(
-    samples: np.ndarray,
-    patterns: np.ndarray,
-    cluster_labels: np.ndarray,
-    kinds: list[str],
-    delta_m: float,
-) -> np.ndarray:
+def label_samples(samples: np.ndarray, patterns: np.ndarray, cluster_labels: np.ndarray,
+                  kinds: list[str], delta_m: float) -> np.ndarray:
     """Per-sample classes (classify.MEMORIZED / SPURIOUS / GENERALIZED): memorized iff the distance
     to the nearest training point is <= delta_m, spurious iff not and its cluster is labelled
     spurious, else generalized. cluster_labels index the clusters in sorted order of their ids (as
@@ -168,15 +152,8 @@ def calibrated_labels(
     )
     kinds = classify_centres(centres, counts, spreads, patterns, delta_m=t.delta_m, delta_s=spacing,
                              min_frac=st.min_cluster_frac)
-    fixed = classify_centres(
-        centres,
-        counts,
-        spreads,
-        patterns,
-        delta_m=st.delta_m,
-        delta_s=st.delta_s,
-        min_frac=st.min_cluster_frac,
-    )
+    fixed = classify_centres(centres, counts, spreads, patterns, delta_m=st.delta_m,
+                             delta_s=st.delta_s, min_frac=st.min_cluster_frac)
     per_sample = label_samples(samples, patterns, labels, kinds, t.delta_m)
     ci = stats.bootstrap_fractions(per_sample, classify.NAMES)
     record = dict(
@@ -220,12 +197,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     # -log p_t of the circle limit = beta_t E_circle + const
     beta_t = 1.0 / (2.0 * float(sde.sigma(st.t_eval)) ** 2)
 
-    trained_panels, empirical_panels, surfaces, summary = (
-        [],
-        [],
-        [],
-        {"models": {}, "empirical": {}},
-    )
+    trained_panels, empirical_panels, surfaces, summary = ([], [], [],
+                                                           {"models": {}, "empirical": {}})
     for i, spec in enumerate(specs):
         thr = thresholds[min(i, len(thresholds) - 1)]
         patterns = spec.data
@@ -238,41 +211,23 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         record, kinds, fixed_kinds = calibrated_labels(samples, patterns, fresh,
                                                        (labels, centres, counts, spreads), st)
         lik = jax.jit(
-            functools.partial(
-                likelihood.log_likelihood,
-                score,
-                sde,
-                t_eval=st.t_eval,
-                rtol=st.lik_tol,
-                atol=st.lik_tol,
-            )
+            functools.partial(likelihood.log_likelihood, score, sde, t_eval=st.t_eval,
+                              rtol=st.lik_tol, atol=st.lik_tol)
         )
         shown = patterns[:50]
         e_all = -np.asarray(
             lik(jnp.asarray(np.concatenate([grid, centres, shown]).astype(np.float32)))
         )
         e0 = e_all[: len(grid)].min()
-        e_grid, e_centres, e_pats = (
-            e_all[: len(grid)] - e0,
-            e_all[len(grid) : len(grid) + len(centres)] - e0,
-            e_all[len(grid) + len(centres) :] - e0,
-        )
+        e_grid, e_centres, e_pats = (e_all[: len(grid)] - e0,
+                                     e_all[len(grid) : len(grid) + len(centres)] - e0,
+                                     e_all[len(grid) + len(centres) :] - e0)
         score_grid = np.asarray(score(jnp.asarray(grid), jnp.full((1,), st.t_eval, jnp.float32)))
         trained_panels.append(
-            dict(
-                title=f"K = {spec.k} (trained, step {step})",
-                grid_x=gx,
-                grid_y=gy,
-                energy=e_grid.reshape(gx.shape),
-                score=score_grid.reshape(gx.shape + (2,)),
-                patterns=shown,
-                samples=samples,
-                labels=labels,
-                centers=centres,
-                center_energy=e_centres,
-                pattern_energy=e_pats,
-                center_kind=kinds,
-            )
+            dict(title=f"K = {spec.k} (trained, step {step})", grid_x=gx, grid_y=gy,
+                 energy=e_grid.reshape(gx.shape), score=score_grid.reshape(gx.shape + (2,)),
+                 patterns=shown, samples=samples, labels=labels, centers=centres,
+                 center_energy=e_centres, pattern_energy=e_pats, center_kind=kinds)
         )
         surfaces.append(
             dict(title=f"K = {spec.k}", grid_x=gx, grid_y=gy, energy=e_grid.reshape(gx.shape))
@@ -283,14 +238,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
             threshold=thr,
             **record,
             centres=[
-                dict(
-                    x=c.tolist(),
-                    kind=k,
-                    tutorial_kind=tk,
-                    count=int(n),
-                    spread=float(sp),
-                    energy=float(e),
-                )
+                dict(x=c.tolist(), kind=k, tutorial_kind=tk, count=int(n), spread=float(sp),
+                     energy=float(e))
                 for c, k, tk, n, sp, e in zip(
                     centres, kinds, fixed_kinds, counts, spreads, e_centres
                 )
@@ -324,17 +273,10 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
             jnp.asarray(patterns), sig, starts, merge_tol=1e-2, stored_tol=st.delta_m
         )
         empirical_panels.append(
-            dict(
-                title=f"K = {spec.k} (empirical, no training)",
-                grid_x=gx,
-                grid_y=gy,
-                energy=(e_emp - e_emp.min()).reshape(gx.shape),
-                patterns=patterns[:50],
-                samples=emp_samples,
-                labels=elabels,
-                centers=att["points"],
-                center_kind=["memorized" if k == "stored" else "spurious" for k in att["kind"]],
-            )
+            dict(title=f"K = {spec.k} (empirical, no training)", grid_x=gx, grid_y=gy,
+                 energy=(e_emp - e_emp.min()).reshape(gx.shape), patterns=patterns[:50],
+                 samples=emp_samples, labels=elabels, centers=att["points"],
+                 center_kind=["memorized" if k == "stored" else "spurious" for k in att["kind"]])
         )
         summary["empirical"][spec.name] = dict(
             k=spec.k, **erecord, sampler_eps=st.empirical_eps,
@@ -356,14 +298,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
 
             exact = -np.asarray(
                 jax.jit(
-                    functools.partial(
-                        likelihood.log_likelihood,
-                        limit_score,
-                        sde,
-                        t_eval=st.t_eval,
-                        rtol=st.lik_tol,
-                        atol=st.lik_tol,
-                    )
+                    functools.partial(likelihood.log_likelihood, limit_score, sde, t_eval=st.t_eval,
+                                      rtol=st.lik_tol, atol=st.lik_tol)
                 )(jnp.asarray(grid))
             )
             exact -= exact.min()
@@ -375,16 +311,11 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
             for b in range(1, len(bins)):
                 m = idx == b
                 if m.any():
-                    (
-                        radii.append(r[m].mean()),
-                        model_r.append(e_grid[m].mean()),
-                        exact_r.append(exact[m].mean()),
-                    )
+                    (radii.append(r[m].mean()), model_r.append(e_grid[m].mean()),
+                     exact_r.append(exact[m].mean()))
                     closed_r.append(closed[m].mean())
-            model_r, exact_r = (
-                np.asarray(model_r) - min(model_r),
-                np.asarray(exact_r) - min(exact_r),
-            )
+            model_r, exact_r = (np.asarray(model_r) - min(model_r),
+                                np.asarray(exact_r) - min(exact_r))
             closed_r = np.asarray(closed_r) - min(closed_r)
             summary["exact_comparison"] = dict(
                 k=spec.k,
@@ -410,12 +341,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
                             gx.shape + (2,)
                         ),
                     ),
-                    dict(
-                        title=f"K = {spec.k} model",
-                        grid_x=gx,
-                        grid_y=gy,
-                        energy=e_grid.reshape(gx.shape),
-                    ),
+                    dict(title=f"K = {spec.k} model", grid_x=gx, grid_y=gy,
+                         energy=e_grid.reshape(gx.shape)),
                 ],
             )
 
@@ -429,12 +356,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     figs += [wd.study_dir(f) for f in ("exact_vs_model.png", "exact_vs_model_radial.png")]
     summary["checks"] = _published_checks(summary, specs)
     report.write_json(wd.study_dir("report.json"), summary)
-    report.write_markdown(
-        wd.study_dir("report.md"),
-        "Circle study: memorized, spurious, generalized",
-        _sections(summary),
-        figs,
-    )
+    report.write_markdown(wd.study_dir("report.md"),
+                          "Circle study: memorized, spurious, generalized", _sections(summary),
+                          figs)
     return summary
 
 
@@ -477,11 +401,8 @@ def _sections(summary: dict):
                 }
             )
             fixed.append(
-                {
-                    "model": who,
-                    **{f"{k} clusters": s["tutorial"]["clusters"][k] for k in KINDS},
-                    **{f"{k} frac": s["tutorial"]["sample_fraction"][k] for k in KINDS},
-                }
+                {"model": who, **{f"{k} clusters": s["tutorial"]["clusters"][k] for k in KINDS},
+                 **{f"{k} frac": s["tutorial"]["sample_fraction"][k] for k in KINDS}}
             )
     cols = ["model", "delta_m", "spread scale"] + [f"{k} clusters" for k in KINDS] + list(KINDS)
     first = next(iter(summary["models"].values()), None)

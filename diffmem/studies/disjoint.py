@@ -117,16 +117,9 @@ def _sample(d01, shape, seeds, s):
     """Kadkhodaie-Simoncelli samples of D_[0,1] from `seeds` (a KSResult; the same noise stream for
     both sides)."""
     run = jax.jit(
-        lambda seeds: sampling.kadkhodaie_simoncelli(
-            lambda y, sig: d01(y),
-            shape,
-            seeds,
-            h0=s.h0,
-            beta=s.beta,
-            sigma_L=s.sigma_L,
-            init_mean=s.init_mean,
-            max_iters=s.max_iters,
-        )
+        lambda seeds: sampling.kadkhodaie_simoncelli(lambda y, sig: d01(y), shape, seeds, h0=s.h0,
+                                                     beta=s.beta, sigma_L=s.sigma_L,
+                                                     init_mean=s.init_mean, max_iters=s.max_iters)
     )
     return run(seeds)
 
@@ -191,28 +184,18 @@ def run_disjoint(config: ml_collections.ConfigDict, workdir: str, *, num_samples
             **{
                 f"{lab}_{k}": res[lab][k]
                 for lab, _ in SETS
-                for k in (
-                    "samples",
-                    "iterations",
-                    "converged",
-                    "closest",
-                    "closest_corr",
-                    "psnr_train",
-                    "psnr_test",
-                )
+                for k in ("samples", "iterations", "converged", "closest", "closest_corr",
+                          "psnr_train", "psnr_test")
             },
         )
         rows.append(
-            dict(
-                N=n,
-                s1_vs_s2=float(pair.mean()),
-                s1_vs_closest_s1=float(res["S1"]["closest_corr"].mean()),
-                s2_vs_closest_s2=float(res["S2"]["closest_corr"].mean()),
-                iterations=float(np.mean([res[name]["iterations"].mean() for name, _ in SETS])),
-                converged=float(np.mean([res[name]["converged"].mean() for name, _ in SETS])),
-                not_converged=int(sum(np.sum(~res[name]["converged"]) for name, _ in SETS)),
-                steps=int(res["S1"]["step"]),
-            )
+            dict(N=n, s1_vs_s2=float(pair.mean()),
+                 s1_vs_closest_s1=float(res["S1"]["closest_corr"].mean()),
+                 s2_vs_closest_s2=float(res["S2"]["closest_corr"].mean()),
+                 iterations=float(np.mean([res[name]["iterations"].mean() for name, _ in SETS])),
+                 converged=float(np.mean([res[name]["converged"].mean() for name, _ in SETS])),
+                 not_converged=int(sum(np.sum(~res[name]["converged"]) for name, _ in SETS)),
+                 steps=int(res["S1"]["step"]))
         )
     summary = dict(
         ns=list(ns),
@@ -244,12 +227,9 @@ def run_disjoint(config: ml_collections.ConfigDict, workdir: str, *, num_samples
         name=f"adaptive_basis_S1_N{ns[-1]}")
     out = functools.partial(wd.study_output_dir, "disjoint")
     report.write_json(out("summary.json"), summary)
-    figures = [
-        summary["adaptive_basis"]["figure"],
-        _histograms(out("similarity_hist.png"), per_n),
-        _four_rows(out("four_rows.png"), per_n),
-        _psnr_figure(out("psnr_vs_n.png"), per_n, sigmas),
-    ]
+    figures = [summary["adaptive_basis"]["figure"], _histograms(out("similarity_hist.png"), per_n),
+               _four_rows(out("four_rows.png"), per_n),
+               _psnr_figure(out("psnr_vs_n.png"), per_n, sigmas)]
     _write_report(out("report.md"), summary, figures)
     return summary
 
@@ -263,16 +243,10 @@ def _histograms(path: str, per_n: dict) -> str:
     for ax, n in zip(axes[0], ns):
         res, pair = per_n[n]
         ax.hist(pair, bins, alpha=0.6, label="S1 vs S2 sample")
-        ax.hist(
-            np.concatenate([res["S1"]["closest_corr"], res["S2"]["closest_corr"]]),
-            bins,
-            alpha=0.6,
-            label="sample vs closest own training image",
-        )
-        (
-            ax.set_title(f"N = {n}", fontsize=9),
-            ax.set_xlabel("cosine similarity (mean removed)", fontsize=7),
-        )
+        ax.hist(np.concatenate([res["S1"]["closest_corr"], res["S2"]["closest_corr"]]), bins,
+                alpha=0.6, label="sample vs closest own training image")
+        (ax.set_title(f"N = {n}", fontsize=9),
+         ax.set_xlabel("cosine similarity (mean removed)", fontsize=7))
     axes[0][0].legend(fontsize=6)
     return viz.save_figure(fig, path)
 
@@ -286,21 +260,12 @@ def _four_rows(path: str, per_n: dict) -> str:
     names = ["closest in S1", "S1 sample", "S2 sample", "closest in S2"]
     for j, n in enumerate(ns):
         res, _ = per_n[n]
-        imgs = [
-            res["S1"]["train"][res["S1"]["closest"][0]],
-            res["S1"]["samples"][0],
-            res["S2"]["samples"][0],
-            res["S2"]["train"][res["S2"]["closest"][0]],
-        ]
+        imgs = [res["S1"]["train"][res["S1"]["closest"][0]], res["S1"]["samples"][0],
+                res["S2"]["samples"][0], res["S2"]["train"][res["S2"]["closest"][0]]]
         for i, im in enumerate(imgs):
             ax = axes[i][j]
-            ax.imshow(
-                np.clip((im[..., 0] + 1) / 2, 0, 1),
-                cmap="gray",
-                vmin=0,
-                vmax=1,
-                interpolation="nearest",
-            )
+            ax.imshow(np.clip((im[..., 0] + 1) / 2, 0, 1), cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(names[i], fontsize=7)
@@ -314,18 +279,11 @@ def _psnr_figure(path: str, per_n: dict, sigmas: np.ndarray) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, kind in zip(axes, ("train", "test")):
         for i in range(0, len(sigmas), 3):
-            ax.plot(
-                ns,
-                [np.mean([per_n[n][0][lab][f"psnr_{kind}"][i] for lab, _ in SETS]) for n in ns],
-                marker="o",
-                label=f"sigma = {sigmas[i] * 255:.3g}/255",
-            )
-        (
-            ax.set_xscale("log"),
-            ax.set_xlabel("N"),
-            ax.set_ylabel(f"{kind} PSNR (dB)"),
-            ax.grid(alpha=0.3),
-        )
+            ax.plot(ns,
+                    [np.mean([per_n[n][0][lab][f"psnr_{kind}"][i] for lab, _ in SETS]) for n in ns],
+                    marker="o", label=f"sigma = {sigmas[i] * 255:.3g}/255")
+        (ax.set_xscale("log"), ax.set_xlabel("N"), ax.set_ylabel(f"{kind} PSNR (dB)"),
+         ax.grid(alpha=0.3))
     axes[0].legend(fontsize=7)
     return viz.save_figure(fig, path)
 
@@ -333,16 +291,8 @@ def _psnr_figure(path: str, per_n: dict, sigmas: np.ndarray) -> str:
 def _write_report(path: str, summary: dict, figures: list[str]) -> str:
     table = report.markdown_table(
         summary["rows"],
-        [
-            "N",
-            "s1_vs_s2",
-            "s1_vs_closest_s1",
-            "s2_vs_closest_s2",
-            "iterations",
-            "converged",
-            "not_converged",
-            "steps",
-        ],
+        ["N", "s1_vs_s2", "s1_vs_closest_s1", "s2_vs_closest_s2", "iterations", "converged",
+         "not_converged", "steps"],
     )
     psnr_rows = [
         dict(
@@ -379,14 +329,10 @@ def _write_report(path: str, summary: dict, figures: list[str]) -> str:
                 f"stream).",
             ),
             ("Similarity per N", text + "\n\n" + table),
-            (
-                "Denoising PSNR (S1 model, [0, 1] units, peak 1)",
-                report.markdown_table(psnr_rows, psnr_cols),
-            ),
-            (
-                "Adaptive basis (S1 model of the largest N, one held-out image)",
-                _basis_text(summary["adaptive_basis"]),
-            ),
+            ("Denoising PSNR (S1 model, [0, 1] units, peak 1)",
+             report.markdown_table(psnr_rows, psnr_cols)),
+            ("Adaptive basis (S1 model of the largest N, one held-out image)",
+             _basis_text(summary["adaptive_basis"])),
         ],
         figures,
     )

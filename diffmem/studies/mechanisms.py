@@ -48,47 +48,12 @@ CLASSES = classify_lib.NAMES  # the one list of Pham et al.'s classes
 SOURCES = CLASSES + ("train",)
 # Zhang et al.'s figures/jacobian-real.png medians (notes B.1) and the analytic MoLRG curve (n = 48,
 # d = 6).
-PUBLISHED_REAL = {
-    500: 0.95,
-    125: 0.7,
-    50: 0.5,
-    10: 0.2,
-    1.67: 0.08,
-    0.91: 0.05,
-    0.3: 0.02,
-    0.12: 0.009,
-    0.08: 0.006,
-    0.04: 0.0045,
-    0.02: 0.005,
-}
-PUBLISHED_MOLRG_ANALYTIC = {
-    500: 0.125,
-    125: 0.125,
-    50: 0.125,
-    10: 0.125,
-    1.67: 0.125,
-    0.91: 0.23,
-    0.3: 0.25,
-    0.12: 0.25,
-    0.08: 0.25,
-    0.04: 0.25,
-    0.02: 0.25,
-    0.01: 0.25,
-}
-PUBLISHED_MOLRG_UNET = {
-    500: 0.98,
-    125: 0.96,
-    50: 0.94,
-    10: 0.22,
-    1.67: 0.12,
-    0.91: 0.19,
-    0.3: 0.48,
-    0.12: 0.67,
-    0.08: 0.67,
-    0.04: 0.67,
-    0.02: 0.67,
-    0.01: 0.67,
-}
+PUBLISHED_REAL = {500: 0.95, 125: 0.7, 50: 0.5, 10: 0.2, 1.67: 0.08, 0.91: 0.05, 0.3: 0.02,
+                  0.12: 0.009, 0.08: 0.006, 0.04: 0.0045, 0.02: 0.005}
+PUBLISHED_MOLRG_ANALYTIC = {500: 0.125, 125: 0.125, 50: 0.125, 10: 0.125, 1.67: 0.125, 0.91: 0.23,
+                            0.3: 0.25, 0.12: 0.25, 0.08: 0.25, 0.04: 0.25, 0.02: 0.25, 0.01: 0.25}
+PUBLISHED_MOLRG_UNET = {500: 0.98, 125: 0.96, 50: 0.94, 10: 0.22, 1.67: 0.12, 0.91: 0.19, 0.3: 0.48,
+                        0.12: 0.67, 0.08: 0.67, 0.04: 0.67, 0.02: 0.67, 0.01: 0.67}
 
 
 def open_workdir(workdir: str, config=None) -> Workdir:
@@ -131,11 +96,8 @@ def select_samples(wd: Workdir, name: str, source: str, kind: str = "trained") -
     spec = wd.spec(name)
     if source == "train":
         k = len(spec.data)
-        return {
-            "x": np.asarray(spec.data, np.float32),
-            "ids": np.arange(k),
-            "train_idx": np.arange(k),
-        }
+        return {"x": np.asarray(spec.data, np.float32), "ids": np.arange(k),
+                "train_idx": np.arange(k)}
     npz, _ = wd.classify_paths(name, kind)
     if not os.path.exists(npz):
         raise MissingInputError(f"{npz} does not exist: classify the samples first "
@@ -153,35 +115,19 @@ def select_samples(wd: Workdir, name: str, source: str, kind: str = "trained") -
         source
     ]
     rows = rows[np.argsort(np.asarray(key)[rows], kind="stable")]
-    return {
-        "x": np.asarray(data["samples"], np.float32)[rows],
-        "ids": np.asarray(data["seeds"])[rows],
-        "train_idx": np.asarray(cls["train_idx"])[rows, 0],
-    }
+    return {"x": np.asarray(data["samples"], np.float32)[rows],
+            "ids": np.asarray(data["seeds"])[rows],
+            "train_idx": np.asarray(cls["train_idx"])[rows, 0]}
 
 
 # ----------------------------------------------------------------------------------- critical times
-def critical_times(
-    workdir: str,
-    *,
-    samples: str = "memorized",
-    names: Sequence[str] | None = None,
-    kind: str = "trained",
-    start: int = 0,
-    stop: int | None = None,
-    metric: str = "lpips",
-    lpips_net: str = "alexnet",
-    delta: float | None = None,
-    trials: int = 10,
-    stop_rule: str = "per_sample",
-    batch_size: int = 64,
-    seed: int = 0,
-    rows_per_call: int = 2048,
-    figures: bool = True,
-    progress: bool = True,
-    config=None,
-    log: Callable[[str], None] | None = print,
-) -> dict:
+def critical_times(workdir: str, *, samples: str = "memorized", names: Sequence[str] | None = None,
+                   kind: str = "trained", start: int = 0, stop: int | None = None,
+                   metric: str = "lpips", lpips_net: str = "alexnet", delta: float | None = None,
+                   trials: int = 10, stop_rule: str = "per_sample", batch_size: int = 64,
+                   seed: int = 0, rows_per_call: int = 2048, figures: bool = True,
+                   progress: bool = True, config=None,
+                   log: Callable[[str], None] | None = print) -> dict:
     """Critical times of the selected samples [start, stop) of each model (module docstring),
     resumable.
 
@@ -210,19 +156,11 @@ def critical_times(
         delta = 0.1
     if stop_rule not in ct.STOP_RULES:
         raise InputError(f"Unknown stop rule {stop_rule!r}; valid: {list(ct.STOP_RULES)}.")
-    settings = dict(
-        samples=samples,
-        kind=kind,
-        metric=metric if image else "l2",
-        lpips_net=lpips_net if image and metric == "lpips" else "",
-        delta=float(delta),
-        trials=trials,
-        stop_rule=stop_rule if image else "per_sample",
-        batch_size=batch_size if stop_rule == "batch" else 0,
-        seed=seed,
-        start=start,
-        stop=stop,
-    )
+    settings = dict(samples=samples, kind=kind, metric=metric if image else "l2",
+                    lpips_net=lpips_net if image and metric == "lpips" else "", delta=float(delta),
+                    trials=trials, stop_rule=stop_rule if image else "per_sample",
+                    batch_size=batch_size if stop_rule == "batch" else 0, seed=seed, start=start,
+                    stop=stop)
     distance = ct.l2_distance
     if image and metric == "lpips":
         from diffmem.metrics import lpips
@@ -250,43 +188,18 @@ def critical_times(
         model = wd.model(name, kind=kind)
         x, ids = sel["x"][lo:hi], sel["ids"][lo:hi]
         if image:
-            res = ct.image_critical_times(
-                model.denoiser,
-                x,
-                distance=distance,
-                delta=delta,
-                trials=trials,
-                stop=stop_rule,
-                batch_size=batch_size,
-                seed=seed,
-                sample_ids=ids,
-                rows_per_call=rows_per_call,
-                progress=progress,
-            )
+            res = ct.image_critical_times(model.denoiser, x, distance=distance, delta=delta,
+                                          trials=trials, stop=stop_rule, batch_size=batch_size,
+                                          seed=seed, sample_ids=ids, rows_per_call=rows_per_call,
+                                          progress=progress)
         else:
-            res = ct.toy_critical_times(
-                model.time_score,
-                model.sde,
-                x,
-                delta=delta,
-                trials=trials,
-                seed=seed,
-                sample_ids=ids,
-                rows_per_call=rows_per_call,
-                progress=progress,
-            )
+            res = ct.toy_critical_times(model.time_score, model.sde, x, delta=delta, trials=trials,
+                                        seed=seed, sample_ids=ids, rows_per_call=rows_per_call,
+                                        progress=progress)
             res["time"] = np.repeat(res["time"][:, None], trials, 1)
-        report.write_npz(
-            path,
-            time=res["time"],
-            radius=res["radius"],
-            ids=ids,
-            ts=res["ts"],
-            batch=res.get("batch", np.zeros(len(ids), np.int64)),
-            k=model.k,
-            rows=np.arange(lo, hi),
-            settings=json.dumps(settings, sort_keys=True),
-        )
+        report.write_npz(path, time=res["time"], radius=res["radius"], ids=ids, ts=res["ts"],
+                         batch=res.get("batch", np.zeros(len(ids), np.int64)), k=model.k,
+                         rows=np.arange(lo, hi), settings=json.dumps(settings, sort_keys=True))
         if log:
             log(
                 f"{name}: {len(ids)} {samples} samples, median Tc {np.median(res['time']):.3g} -> "
@@ -363,20 +276,11 @@ def critical_time_figure(workdir: str, kind: str = "trained") -> str | None:
 
 
 # ------------------------------------------------------------------------------------ Jacobian rank
-def rank_vs_snr(
-    workdir: str,
-    *,
-    names: Sequence[str] | None = None,
-    kind: str = "trained",
-    states: str = "trajectory",
-    num_latents: int = 8,
-    subset: Sequence[int] | None = None,
-    sigmas: Sequence[float] | None = None,
-    seed: int = 0,
-    float64: bool = True,
-    config=None,
-    log: Callable[[str], None] | None = print,
-) -> dict:
+def rank_vs_snr(workdir: str, *, names: Sequence[str] | None = None, kind: str = "trained",
+                states: str = "trajectory", num_latents: int = 8,
+                subset: Sequence[int] | None = None, sigmas: Sequence[float] | None = None,
+                seed: int = 0, float64: bool = True, config=None,
+                log: Callable[[str], None] | None = print) -> dict:
     """rank(J)/n vs SNR for each model (states "trajectory" or "forward" from its first num_latents
     training images), with the data-only speciation / collapse SNRs as markers; for a MoLRG config
     the analytic population denoiser's curve too. Writes mechanisms/jacobian/<name>.npz and
@@ -396,16 +300,9 @@ def rank_vs_snr(
                 continue
             model = wd.model(name, kind=kind)
             d = _promoted(model.denoiser) if kind == "trained" else model.denoiser
-            res = jacobian.rank_vs_snr(
-                d,
-                states=states,
-                shape=model.shape,
-                data=model.train_data[:num_latents],
-                sigmas=sigmas,
-                num_latents=num_latents,
-                seed=seed,
-                subset=subset,
-            )
+            res = jacobian.rank_vs_snr(d, states=states, shape=model.shape,
+                                       data=model.train_data[:num_latents], sigmas=sigmas,
+                                       num_latents=num_latents, seed=seed, subset=subset)
             pt = phase_table(workdir, names=[name])[name]
             # OU time t <-> sigma = sqrt(e^{2t} - 1) (x_t / e^{-t} = a + sigma z): SNR_S = 1 /
             # sqrt(Lambda - 1)
@@ -463,28 +360,17 @@ def _rank_figure(wd: Workdir, results: dict, analytic: dict | None, kind: str) -
     fig, ax = plt.subplots(figsize=(7.5, 4))
     for i, (name, r) in enumerate(results.items()):
         order = np.argsort(r["snr"])
-        ax.plot(
-            np.log10(r["snr"][order]),
-            np.median(r["rank_over_n"][order], axis=1),
-            ".-",
-            color=f"C{i}",
-            label=f"K = {name}",
-        )
+        ax.plot(np.log10(r["snr"][order]), np.median(r["rank_over_n"][order], axis=1), ".-",
+                color=f"C{i}", label=f"K = {name}")
         for key, style in (("snr_speciation", ":"), ("snr_collapse", "--")):
             if np.isfinite(float(r[key])):
                 ax.axvline(np.log10(float(r[key])), ls=style, color=f"C{i}", lw=0.8)
     if analytic is not None:
         order = np.argsort(analytic["snr"])
-        ax.plot(
-            np.log10(analytic["snr"][order]),
-            np.median(analytic["rank_over_n"][order], axis=1),
-            "k--",
-            label="analytic MoLRG",
-        )
-        refs = {
-            "published analytic": PUBLISHED_MOLRG_ANALYTIC,
-            "published U-Net": PUBLISHED_MOLRG_UNET,
-        }
+        ax.plot(np.log10(analytic["snr"][order]), np.median(analytic["rank_over_n"][order], axis=1),
+                "k--", label="analytic MoLRG")
+        refs = {"published analytic": PUBLISHED_MOLRG_ANALYTIC,
+                "published U-Net": PUBLISHED_MOLRG_UNET}
     else:
         refs = {"published, real data (median)": PUBLISHED_REAL}
     for (label, ref), marker in zip(refs.items(), ("r^", "mv")):
@@ -565,14 +451,8 @@ def energy_profiles(workdir: str, *, names: Sequence[str] | None = None, kind: s
             profiles.append(np.asarray(relative_energy(grad, jnp.asarray(x), jnp.asarray(r), num)))
             labels.append(np.full(len(x), len(CLASSES)))
         prof = np.concatenate(profiles)
-        res = dict(
-            profiles=prof,
-            labels=np.concatenate(labels),
-            barrier=prof.max(1),
-            end=prof[:, -1],
-            a=np.linspace(0, math.pi / 2, num),
-            k=model.k,
-        )
+        res = dict(profiles=prof, labels=np.concatenate(labels), barrier=prof.max(1),
+                   end=prof[:, -1], a=np.linspace(0, math.pi / 2, num), k=model.k)
         report.write_npz(path, **res, settings=json.dumps(settings, sort_keys=True))
         results[name] = res
         if log:
@@ -592,13 +472,8 @@ def _energy_figure(wd: Workdir, results: dict, kind: str) -> str | None:
         for c in np.unique(r["labels"]):
             p = r["profiles"][r["labels"] == c]
             ax.plot(r["a"], p.mean(0), color=f"C{int(c)}", label=f"{labels[int(c)]} ({len(p)})")
-            ax.fill_between(
-                r["a"],
-                np.percentile(p, 25, 0),
-                np.percentile(p, 75, 0),
-                color=f"C{int(c)}",
-                alpha=0.2,
-            )
+            ax.fill_between(r["a"], np.percentile(p, 25, 0), np.percentile(p, 75, 0),
+                            color=f"C{int(c)}", alpha=0.2)
         ax.set_title(f"K = {name}")
         ax.set_xlabel("a: x(a) = cos(a) x + sin(a) r")
         ax.legend(fontsize=6)
@@ -645,15 +520,9 @@ def phase_table(workdir: str, *, names: Sequence[str] | None = None, num_draws: 
 
 
 # ------------------------------------------------------------------------------------------- MoLRG
-def molrg_metrics(
-    workdir: str,
-    *,
-    names: Sequence[str] | None = None,
-    kind: str = "trained",
-    sigma: float = 0.05,
-    points: int = 4,
-    log: Callable[[str], None] | None = print,
-) -> dict:
+def molrg_metrics(workdir: str, *, names: Sequence[str] | None = None, kind: str = "trained",
+                  sigma: float = 0.05, points: int = 4,
+                  log: Callable[[str], None] | None = print) -> dict:
     """Wang et al.'s MoLRG generalization measures per model (a config with data.name = "molrg"):
     subspace error of its samples (median of min_k ||x - P_k x|| / ||x||), Gu et al.'s memorization
     ratio to its training set, and the recovery angle (largest principal angle, radians) between the
@@ -672,11 +541,9 @@ def molrg_metrics(
         row = {"k": model.k}
         if wd.has_samples(name, kind):
             s = wd.read_samples(name, kind)["samples"]
-            row.update(
-                subspace_error=float(np.median(m.subspace_error(s))),
-                memorization_ratio=molrg.memorization_ratio(s, model.train_data),
-                num_samples=len(s),
-            )
+            row.update(subspace_error=float(np.median(m.subspace_error(s))),
+                       memorization_ratio=molrg.memorization_ratio(s, model.train_data),
+                       num_samples=len(s))
         x, labels = m.sample(points, seed=12345, shape=shape)
         noisy = x + sigma * np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
         jac = jax.jit(jax.vmap(lambda v: jacobian.denoiser_jacobian(model.denoiser, v, sigma)))(

@@ -96,14 +96,9 @@ class Settings:
         )
 
 
-def make_settings(
-    metric: str = "lpips",
-    delta_m: float | None = None,
-    delta_s: float | None = None,
-    lpips_net: str = "alexnet",
-    thresholds: str | None = None,
-    quantile: float = 0.01,
-) -> Settings:
+def make_settings(metric: str = "lpips", delta_m: float | None = None, delta_s: float | None = None,
+                  lpips_net: str = "alexnet", thresholds: str | None = None,
+                  quantile: float = 0.01) -> Settings:
     """Validated Settings. thresholds=None: "given" when delta_m and delta_s are passed, else
     "calibrated". "published" is Pham et al.'s LPIPS 0.03 / 0.02 (LPIPS only). metric "auto" is
     resolved by `run`."""
@@ -164,18 +159,10 @@ def resolve_metric(metric: str, lpips_net: str = "alexnet") -> tuple[str, object
 
 
 # ------------------------------------------------------------------------------------ thresholds
-def model_thresholds(
-    settings: Settings,
-    train: np.ndarray,
-    heldout: np.ndarray | None,
-    num_samples: int,
-    *,
-    lpips_weights=None,
-    mesh=None,
-) -> calibration.Thresholds:
+def model_thresholds(settings: Settings, train: np.ndarray, heldout: np.ndarray | None,
+                     num_samples: int, *, lpips_weights=None, mesh=None) -> calibration.Thresholds:
     """The thresholds one model's samples are labelled with: calibrated on `heldout` (the pool minus
-    `train`)
-    for N = num_samples samples, or the settings' fixed ones."""
+    `train`) for N = num_samples samples, or the settings' fixed ones."""
     if settings.thresholds != "calibrated":
         return calibration.fixed(
             settings.delta_m, settings.delta_s, settings.metric, settings.thresholds
@@ -185,26 +172,17 @@ def model_thresholds(
             "thresholds='calibrated' needs the held-out images (the dataset pool minus the "
             "training subset)."
         )
-    return calibration.calibrate(
-        train,
-        heldout,
-        metric=settings.metric,
-        lpips_weights=lpips_weights,
-        quantile=settings.quantile,
-        num_samples=num_samples,
-        mesh=mesh,
-    )
+    return calibration.calibrate(train, heldout, metric=settings.metric,
+                                 lpips_weights=lpips_weights, quantile=settings.quantile,
+                                 num_samples=num_samples, mesh=mesh)
 
 
 def _fraction_stats(labels: np.ndarray, thresholds: calibration.Thresholds) -> dict:
     """thresholds, counts, fractions and their 95% bootstrap intervals of one labelling."""
     ci = stats.bootstrap_fractions(labels, classify.NAMES)
-    return dict(
-        thresholds=thresholds.as_dict(),
-        counts=classify.counts(labels),
-        fractions=classify.fractions(labels),
-        fractions_ci={c: list(v) for c, v in ci.items()},
-    )
+    return dict(thresholds=thresholds.as_dict(), counts=classify.counts(labels),
+                fractions=classify.fractions(labels),
+                fractions_ci={c: list(v) for c, v in ci.items()})
 
 
 # ---------------------------------------------------------------------------------------- one model
@@ -349,21 +327,11 @@ def classify_model(
 
 
 # ---------------------------------------------------------------------------------------- the study
-def run(
-    workdir: str,
-    *,
-    metric: str = "auto",
-    delta_m: float | None = None,
-    delta_s: float | None = None,
-    names: Sequence[str] | None = None,
-    lpips_net: str = "alexnet",
-    rows_per_class: int = 3,
-    figures: bool = True,
-    mesh=None,
-    log: Callable[[str], None] | None = print,
-    thresholds: str | None = None,
-    quantile: float = 0.01,
-) -> dict:
+def run(workdir: str, *, metric: str = "auto", delta_m: float | None = None,
+        delta_s: float | None = None, names: Sequence[str] | None = None,
+        lpips_net: str = "alexnet", rows_per_class: int = 3, figures: bool = True, mesh=None,
+        log: Callable[[str], None] | None = print, thresholds: str | None = None,
+        quantile: float = 0.01) -> dict:
     """Classify every model of `workdir` with samples (or the models named by K in `names`), then
     write classify/summary.json, report.md and figures. Returns the summary: {"workdir", "settings",
     "metric_note", "units", "trained": {name: meta}, "optimal": {name: meta},
@@ -422,30 +390,18 @@ def run(
                         (calibration.PoolFeatures(builders.load_pool(wd.config), fn), squared)
                     )
                 features, squared = pool[0]
-                calibrated[spec.name, n] = calibration.calibrate_pool(
-                    features,
-                    spec.indices,
-                    metric=settings.metric,
-                    squared=squared,
-                    quantile=settings.quantile,
-                    num_samples=n,
-                    mesh=mesh,
-                )
+                calibrated[spec.name, n] = calibration.calibrate_pool(features, spec.indices,
+                                                                      metric=settings.metric,
+                                                                      squared=squared,
+                                                                      quantile=settings.quantile,
+                                                                      num_samples=n, mesh=mesh)
             return calibrated[spec.name, n]
         return get
 
     panels: list[str | None] = []
-    summary = dict(
-        workdir=os.path.basename(os.path.abspath(workdir)),
-        settings=dataclasses.asdict(settings),
-        metric_note=note,
-        units=settings.units,
-        trained={},
-        optimal={},
-        status={},
-        not_included={},
-        figures=[],
-    )
+    summary = dict(workdir=os.path.basename(os.path.abspath(workdir)),
+                   settings=dataclasses.asdict(settings), metric_note=note, units=settings.units,
+                   trained={}, optimal={}, status={}, not_included={}, figures=[])
     for sset in sets:
         if sset.name not in specs:
             summary["not_included"][sset.key] = f"no model {sset.name!r} in the workdir's config"
@@ -464,16 +420,9 @@ def run(
                     "not requested, and no finished results with these settings"
                 )
             continue
-        meta, status = classify_model(
-            workdir,
-            sset,
-            spec.data,
-            spec.k,
-            settings,
-            lpips_weights=lpips_weights,
-            mesh=mesh,
-            thresholds_for=thresholds_for(spec),
-        )
+        meta, status = classify_model(workdir, sset, spec.data, spec.k, settings,
+                                      lpips_weights=lpips_weights, mesh=mesh,
+                                      thresholds_for=thresholds_for(spec))
         summary[sset.kind][sset.name], summary["status"][sset.key] = meta, status
         if log:
             t = meta["thresholds"]
@@ -519,26 +468,12 @@ def train_and_sample(
     generate.sample_workdir(workdir, seeds, sampler=sampler)
 
 
-def emm(
-    root: str,
-    config,
-    k_grid: Sequence[int],
-    *,
-    seeds: Sequence[int] | None = None,
-    sampler: str | None = None,
-    level: float = 0.9,
-    tolerance: float = 0.05,
-    metric: str = "auto",
-    delta_m: float | None = None,
-    delta_s: float | None = None,
-    lpips_net: str = "alexnet",
-    runner: Callable | None = None,
-    figures: bool = True,
-    progress: bool = True,
-    log: Callable[[str], None] | None = print,
-    thresholds: str | None = None,
-    quantile: float = 0.01,
-) -> dict:
+def emm(root: str, config, k_grid: Sequence[int], *, seeds: Sequence[int] | None = None,
+        sampler: str | None = None, level: float = 0.9, tolerance: float = 0.05,
+        metric: str = "auto", delta_m: float | None = None, delta_s: float | None = None,
+        lpips_net: str = "alexnet", runner: Callable | None = None, figures: bool = True,
+        progress: bool = True, log: Callable[[str], None] | None = print,
+        thresholds: str | None = None, quantile: float = 0.01) -> dict:
     """Gu et al.'s effective model memorization: the largest K whose memorization ratio is >=
     `level`.
 
@@ -577,14 +512,8 @@ def emm(
     runs: dict[str, dict] = {}
     path = Workdir(root).emm_path
     record = dict(
-        settings=dict(
-            dataclasses.asdict(settings),
-            level=level,
-            tolerance=tolerance,
-            k_grid=grid,
-            num_seeds=len(seeds),
-            sampler=sampler,
-        ),
+        settings=dict(dataclasses.asdict(settings), level=level, tolerance=tolerance, k_grid=grid,
+                      num_seeds=len(seeds), sampler=sampler),
         runs=runs,
     )
 
@@ -603,29 +532,16 @@ def emm(
                     f"The EMM runner did not write the samples of K = {k} in {workdir}."
                 )
         given = settings.thresholds == "given"
-        summary = run(
-            workdir,
-            metric=settings.metric,
-            delta_m=settings.delta_m if given else None,
-            delta_s=settings.delta_s if given else None,
-            thresholds=settings.thresholds,
-            quantile=settings.quantile or quantile,
-            names=[name],
-            lpips_net=lpips_net,
-            figures=figures,
-            log=None,
-        )
+        summary = run(workdir, metric=settings.metric, delta_m=settings.delta_m if given else None,
+                      delta_s=settings.delta_s if given else None, thresholds=settings.thresholds,
+                      quantile=settings.quantile or quantile, names=[name], lpips_net=lpips_net,
+                      figures=figures, log=None)
         meta = summary["trained"][name]
         if summary["status"][name] == "skipped" and source == "samples reused":
             source = "classification reused"
-        runs[name] = dict(
-            workdir=os.path.relpath(workdir, root),
-            source=source,
-            ratio=meta["memorization_ratio"],
-            step=meta["step"],
-            num_samples=meta["num_samples"],
-            fractions=meta["fractions"],
-        )
+        runs[name] = dict(workdir=os.path.relpath(workdir, root), source=source,
+                          ratio=meta["memorization_ratio"], step=meta["step"],
+                          num_samples=meta["num_samples"], fractions=meta["fractions"])
         if log:
             log(f"EMM: K = {k}: memorization ratio {meta['memorization_ratio']:.4f} ({source})")
         return meta["memorization_ratio"]

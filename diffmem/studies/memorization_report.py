@@ -39,13 +39,8 @@ def draw_panels(path: str, data: dict, arrays: dict, train: np.ndarray, meta: di
             (x[s], f"seed {seeds[s]}\nd_s {arrays['d_s'][i]:.3g}"),
         )
         for ax, (img, caption) in zip(axes[r], cells):
-            ax.imshow(
-                show(img[..., 0]) if img.shape[-1] == 1 else show(img),
-                cmap="gray",
-                vmin=0,
-                vmax=1,
-                interpolation="nearest",
-            )
+            ax.imshow(show(img[..., 0]) if img.shape[-1] == 1 else show(img), cmap="gray", vmin=0,
+                      vmax=1, interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([]), ax.set_xlabel(caption, fontsize=7)
     for ax, head in zip(axes[0], ("sample", "nearest training image", "nearest other sample")):
         ax.set_title(head, fontsize=8)
@@ -85,10 +80,8 @@ def curves(summary: dict, path_of: Callable[[str], str]) -> list[str]:
             )
         ax.axhline(90, color="gray", lw=0.8, ls=":")
         ax.set_xscale("log"), ax.set_ylim(-3, 103), ax.set_xlabel("training set size K")
-        (
-            ax.set_ylabel("memorization ratio (%)"),
-            ax.set_title("Gu et al.: d1/d2 < 1/3 (pixel L2)", fontsize=9),
-        )
+        (ax.set_ylabel("memorization ratio (%)"),
+         ax.set_title("Gu et al.: d1/d2 < 1/3 (pixel L2)", fontsize=9))
         ax.grid(alpha=0.3), ax.legend(fontsize=8)
         figs.append(viz.save_figure(fig, path_of("ratio_vs_k.png")))
     s = summary["settings"]
@@ -102,12 +95,9 @@ def curves(summary: dict, path_of: Callable[[str], str]) -> list[str]:
                                   f"Pham et al.: {summary['units']}, {how}"))
     if any("published" in m for kind in KINDS for m in summary[kind].values()):
         figs.append(
-            _class_figure(
-                path_of("classes_vs_k_published.png"),
-                summary,
-                lambda m: m.get("published"),
-                f"Pham et al.'s published thresholds: {summary['units']}, 0.03 / 0.02",
-            )
+            _class_figure(path_of("classes_vs_k_published.png"), summary,
+                          lambda m: m.get("published"),
+                          f"Pham et al.'s published thresholds: {summary['units']}, 0.03 / 0.02")
         )
     return figs
 
@@ -124,44 +114,20 @@ def _class_figure(path: str, summary: dict, part: Callable[[dict], dict | None],
             ys = np.array([p["fractions"][c] for _, p in rows])
             ci = np.array([p.get("fractions_ci", {}).get(c, (y, y)) for (_, p), y in zip(rows, ys)])
             err = np.clip(np.stack([ys - ci[:, 0], ci[:, 1] - ys]), 0, None)
-            ax.errorbar(
-                ks,
-                ys,
-                yerr=err,
-                fmt="o-" if kind == "trained" else "s--",
-                color=color,
-                capsize=3,
-                ms=4,
-                label=f"{c} ({'trained' if kind == 'trained' else 'optimal denoiser'})",
-            )
+            ax.errorbar(ks, ys, yerr=err, fmt="o-" if kind == "trained" else "s--", color=color,
+                        capsize=3, ms=4,
+                        label=f"{c} ({'trained' if kind == 'trained' else 'optimal denoiser'})")
     ax.set_xscale("log"), ax.set_ylim(-0.03, 1.03), ax.set_xlabel("training set size K")
-    (
-        ax.set_ylabel("fraction of samples (95% bootstrap CI)"),
-        ax.grid(alpha=0.3),
-        ax.legend(fontsize=7),
-    )
+    (ax.set_ylabel("fraction of samples (95% bootstrap CI)"), ax.grid(alpha=0.3),
+     ax.legend(fontsize=7))
     ax.set_title(title, fontsize=8)
     return viz.save_figure(fig, path)
 
 
 def markdown(path: str, summary: dict, figures: Sequence[str]) -> str:
     s = summary["settings"]
-    cols = [
-        "K",
-        "name",
-        "samples",
-        "step",
-        "ratio",
-        "ratio step",
-        "delta_m",
-        "delta_s",
-        "thresholds",
-        "memorized",
-        "spurious",
-        "generalized",
-        "median d_m",
-        "median d_s",
-    ]
+    cols = ["K", "name", "samples", "step", "ratio", "ratio step", "delta_m", "delta_s",
+            "thresholds", "memorized", "spurious", "generalized", "median d_m", "median d_s"]
     if s.get("thresholds") == "calibrated":
         rule = (
             f"thresholds calibrated per model: delta_m = the {100 * s['quantile']:g}% quantile of "
@@ -205,14 +171,9 @@ def markdown(path: str, summary: dict, figures: Sequence[str]) -> str:
                 samples=m["num_samples"],
                 step=m["step"],
                 ratio="n/a (K < 2)" if m["memorization_ratio"] is None else m["memorization_ratio"],
-                **{
-                    "ratio step": m["ratio_step"],
-                    "median d_m": m["median_d_m"],
-                    "median d_s": m["median_d_s"],
-                    "delta_m": m["thresholds"]["delta_m"],
-                    "delta_s": m["thresholds"]["delta_s"],
-                    "thresholds": m["thresholds"]["method"],
-                },
+                **{"ratio step": m["ratio_step"], "median d_m": m["median_d_m"],
+                   "median d_s": m["median_d_s"], "delta_m": m["thresholds"]["delta_m"],
+                   "delta_s": m["thresholds"]["delta_s"], "thresholds": m["thresholds"]["method"]},
                 **{c: fmt(m, c) for c in classify.NAMES},
             )
             for m in metas

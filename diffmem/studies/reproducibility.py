@@ -101,15 +101,9 @@ def paired(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return common[order], a["samples"][ia[order]], b["samples"][ib[order]]
 
 
-def run(
-    workdir_a: str,
-    workdir_b: str,
-    *,
-    features: str | Extractor = "pixel",
-    threshold: float = 0.6,
-    names: Sequence[str] | None = None,
-    lpips_net: str = "alexnet",
-) -> dict:
+def run(workdir_a: str, workdir_b: str, *, features: str | Extractor = "pixel",
+        threshold: float = 0.6, names: Sequence[str] | None = None,
+        lpips_net: str = "alexnet") -> dict:
     """Score every K sampled in both workdir_a and workdir_b ('optimal': workdir_a's optimal
     denoiser).
 
@@ -155,11 +149,9 @@ def run(
     fig = viz.curves_vs_k(
         wa.reproducibility_dir(f"scores_vs_k.{tag}.png"),
         ks,
-        {
-            "RP (a vs b)": [r["rp"] for r in summary.values()],
-            "generalization a": [r["generalization_a"] for r in summary.values()],
-            "generalization b": [r["generalization_b"] for r in summary.values()],
-        },
+        {"RP (a vs b)": [r["rp"] for r in summary.values()],
+         "generalization a": [r["generalization_a"] for r in summary.values()],
+         "generalization b": [r["generalization_b"] for r in summary.values()]},
         ylabel="score",
         title=f"Zhang et al. scores, {tag} features, b = {label_b}",
     )

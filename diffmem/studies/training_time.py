@@ -187,14 +187,9 @@ def evaluate_snapshot(wd: wdlib.Workdir, name: str, step: int, seeds: np.ndarray
     """f_mem of model `name`'s checkpoint `step` (module docstring), from its results file when it
     holds the same settings; otherwise sampled, measured and written. Returns the file's arrays."""
     spec = wd.spec(name)
-    settings = dict(
-        sampler_fn.record,
-        seeds_sha=wdlib._seeds_tag(seeds),
-        num_seeds=int(len(seeds)),
-        num_bootstrap=int(num_bootstrap),
-        bootstrap_seed=int(seed),
-        criterion="d1/d2<1/3 pixel L2",
-    )
+    settings = dict(sampler_fn.record, seeds_sha=wdlib._seeds_tag(seeds), num_seeds=int(len(seeds)),
+                    num_bootstrap=int(num_bootstrap), bootstrap_seed=int(seed),
+                    criterion="d1/d2<1/3 pixel L2")
     path = _result_path(wd, name, step)
     if (old := report.reuse(path, settings, overwrite=overwrite, what="f_mem")) is not None:
         return old
@@ -209,38 +204,20 @@ def evaluate_snapshot(wd: wdlib.Workdir, name: str, step: int, seeds: np.ndarray
     flags = memorization.is_memorized(d1, d2, monitor.GU_THRESHOLD)
     b = stats.bootstrap(flags.astype(np.float64), num=num_bootstrap,
                         seed=[int(seed), int(spec.k), int(step)])
-    out = dict(
-        samples=samples,
-        seeds=np.asarray(seeds, np.int64),
-        d1=d1,
-        d2=d2,
-        memorized=flags,
-        f_mem=np.float64(b["mean"]),
-        se=np.float64(b["se"]),
-        lo=np.float64(b["lo"]),
-        hi=np.float64(b["hi"]),
-        step=np.int64(got),
-        k=np.int64(spec.k),
-        settings=np.str_(json.dumps(settings, sort_keys=True)),
-    )
+    out = dict(samples=samples, seeds=np.asarray(seeds, np.int64), d1=d1, d2=d2, memorized=flags,
+               f_mem=np.float64(b["mean"]), se=np.float64(b["se"]), lo=np.float64(b["lo"]),
+               hi=np.float64(b["hi"]), step=np.int64(got), k=np.int64(spec.k),
+               settings=np.str_(json.dumps(settings, sort_keys=True)))
     if wdlib.is_writer():
         report.write_npz(path, **out)
     return out
 
 
 # ------------------------------------------------------------------------------------------ a sweep
-def f_mem_curves(
-    workdir: str,
-    names: Sequence[str] | None = None,
-    *,
-    num_samples: int = 256,
-    sampler: str | None = None,
-    num_steps: int | None = None,
-    num_bootstrap: int = 1000,
-    seed: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict:
+def f_mem_curves(workdir: str, names: Sequence[str] | None = None, *, num_samples: int = 256,
+                 sampler: str | None = None, num_steps: int | None = None,
+                 num_bootstrap: int = 1000, seed: int = 0, overwrite: bool = False,
+                 progress: bool = True) -> dict:
     """{name: {k, steps, f_mem, se, lo, hi, memorized (snapshots, N) bool}} over every checkpoint
     step of each member with K >= 2 (f_mem needs a second-nearest training example)."""
     from tqdm.auto import tqdm
@@ -335,14 +312,8 @@ def plot_tau(path: str, taus: dict, fit: dict | None) -> str:
         tau = np.asarray([t["tau"] for t in rows])
         lo = np.asarray([t["lo"] if t["lo"] is not None else t["tau"] for t in rows])
         hi = np.asarray([t["hi"] if t["hi"] is not None else t["tau"] for t in rows])
-        ax.errorbar(
-            k,
-            tau,
-            yerr=[np.maximum(tau - lo, 0), np.maximum(hi - tau, 0)],
-            fmt="o",
-            capsize=3,
-            label="tau_mem (95% bootstrap)",
-        )
+        ax.errorbar(k, tau, yerr=[np.maximum(tau - lo, 0), np.maximum(hi - tau, 0)], fmt="o",
+                    capsize=3, label="tau_mem (95% bootstrap)")
         grid = np.geomspace(k.min() / 1.5, k.max() * 1.5, 50)
         if fit is not None:
             ax.plot(grid, fit["c"] * grid, "k--", lw=1, label=f"c K, c = {fit['c']:.3g}")
@@ -362,36 +333,19 @@ def _fmt(v, spec=".3g"):
     return "-" if v is None else format(v, spec)
 
 
-def study_section(
-    workdir: str,
-    names: Sequence[str] | None = None,
-    *,
-    level: float = DEFAULT_LEVEL,
-    num_samples: int = 256,
-    sampler: str | None = None,
-    num_steps: int | None = None,
-    num_bootstrap: int = 1000,
-    seed: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict:
+def study_section(workdir: str, names: Sequence[str] | None = None, *, level: float = DEFAULT_LEVEL,
+                  num_samples: int = 256, sampler: str | None = None, num_steps: int | None = None,
+                  num_bootstrap: int = 1000, seed: int = 0, overwrite: bool = False,
+                  progress: bool = True) -> dict:
     """The training-time stage of a K sweep (diffmem.studies.k_sweep): f_mem of every snapshot,
     tau_mem, fits, figures, summary.json and report.md under <workdir>/training_time/. Returns
     dict(title, markdown, figures (paths), data (what summary.json holds))."""
     if not 0.0 < level <= 1.0:
         raise InputError(f"level = {level} must be in (0, 1].")
     wd = wdlib.Workdir(workdir)
-    curves = f_mem_curves(
-        workdir,
-        names,
-        num_samples=num_samples,
-        sampler=sampler,
-        num_steps=num_steps,
-        num_bootstrap=num_bootstrap,
-        seed=seed,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    curves = f_mem_curves(workdir, names, num_samples=num_samples, sampler=sampler,
+                          num_steps=num_steps, num_bootstrap=num_bootstrap, seed=seed,
+                          overwrite=overwrite, progress=progress)
     taus = tau_mem(curves, level, num_bootstrap, seed)
     fit = fit_sweep(taus)
     out = wd.study_output_dir(STUDY)
@@ -408,14 +362,9 @@ def study_section(
         skipped=[n for n in (names or wd.names()) if n not in curves],
     )
     rows = [
-        dict(
-            K=t["k"],
-            tau_mem=_fmt(t["tau"]),
-            ci=f"[{_fmt(t['lo'])}, {_fmt(t['hi'])}]",
-            status=t["status"],
-            snapshots=len(curves[n]["steps"]),
-            last_f_mem=_fmt(curves[n]["f_mem"][-1]),
-        )
+        dict(K=t["k"], tau_mem=_fmt(t["tau"]), ci=f"[{_fmt(t['lo'])}, {_fmt(t['hi'])}]",
+             status=t["status"], snapshots=len(curves[n]["steps"]),
+             last_f_mem=_fmt(curves[n]["f_mem"][-1]))
         for n, t in sorted(taus.items(), key=lambda kv: kv[1]["k"])
     ]
     lines = [
@@ -448,26 +397,15 @@ def study_section(
     markdown = "\n".join(lines) + "\n"
     if wdlib.is_writer():
         report.write_json(os.path.join(out, "summary.json"), data)
-        report.write_markdown(
-            os.path.join(out, "report.md"),
-            "Memorization vs training time",
-            [("Results", markdown)],
-            figures,
-        )
+        report.write_markdown(os.path.join(out, "report.md"), "Memorization vs training time",
+                              [("Results", markdown)], figures)
     return dict(
         title="Memorization vs training time", markdown=markdown, figures=figures, data=data
     )
 
 
-def run(
-    config,
-    workdir: str,
-    *,
-    num_snapshots: int = 12,
-    names: Sequence[str] | None = None,
-    progress: bool = True,
-    **section_kw,
-) -> dict:
+def run(config, workdir: str, *, num_snapshots: int = 12, names: Sequence[str] | None = None,
+        progress: bool = True, **section_kw) -> dict:
     """Train the config's sweep keeping `num_snapshots` log-spaced snapshots (`with_snapshots`; a
     rerun resumes), then `study_section` over its members (or `names`)."""
     from diffmem import train
