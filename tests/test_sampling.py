@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from diffmem import sampling
+from diffmem import sampler_algorithms, sampling
 from diffmem import sde as sde_lib
 from diffmem.data import toy
 
@@ -289,7 +289,7 @@ def test_euler_maruyama_noise_is_the_same_drawn_up_front_or_per_step(monkeypatch
         MIX2.score_fn(_VE), _VE, sampling.tutorial_init(s, 2, _VE), s, 20
     )
     upfront = np.asarray(run(jnp.arange(6)))
-    monkeypatch.setattr(sampling, "_UPFRONT_NOISE_MAX", 0)
+    monkeypatch.setattr(sampler_algorithms, "_UPFRONT_NOISE_MAX", 0)
     # Same noise; the two programs fuse differently, so allow float32 rounding (1 ulp seen).
     np.testing.assert_allclose(np.asarray(run(jnp.arange(6))), upfront, rtol=1e-6, atol=1e-7)
 
