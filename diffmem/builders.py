@@ -36,6 +36,8 @@ import optax
 
 from diffmem import config_schema, configlib, experiment, losses, nets, optim, precond, schedules
 from diffmem import sde as sde_lib
+from diffmem.data import subsets
+from diffmem.data.subsets import subset_labels  # noqa: F401 (builders.subset_labels)
 from diffmem.data.pools import gmm_from_config, load_pool, load_pool_labels, molrg_from_config  # noqa: F401
 from diffmem.experiment import Experiment, ModelSpec, SamplerChoice, Training
 
@@ -52,7 +54,7 @@ IMAGE_MODELS = experiment.IMAGE_NETWORKS
 BLIND_MODELS = experiment.BLIND_NETWORKS
 # first / last: Kadkhodaie's disjoint S1 / S2
 SUBSETS = ("permutation", "balanced", "first", "last")
-LABEL_MODES = ("none", "true", "random", "unique")
+LABEL_MODES = subsets.LABEL_MODES
 
 
 # small vector networks: one flat optimizer vector, vmapped
@@ -470,40 +472,3 @@ def model_specs(config: ml_collections.ConfigDict, *, pool: np.ndarray | None = 
     if len(set(names)) != len(names):
         raise configlib.ConfigError(f"The sweep repeats a model: {names}.")
     return specs
-
-
-def subset_labels(
-    mode: str, k: int, true_labels: np.ndarray | None, label_dim: int, seed: int
-) -> np.ndarray | None:
-    """Class labels of a K-subset for Gu et al.'s conditioning study, (K,) int64, or None for
-    "none".
-
-    "true": the dataset's labels; "random": labels drawn uniformly from 0..label_dim-1 once per
-    image (seeded); "unique": image i is class i (label_dim >= K). Every mode but "none" needs
-    label_dim > 0.
-    """
-    if mode == "none":
-        return None
-    if mode not in LABEL_MODES:
-        raise configlib.ConfigError(f"Unknown label mode {mode!r}; valid: {list(LABEL_MODES)}.")
-    if label_dim <= 0:
-        raise configlib.ConfigError(
-            f"data.labels={mode!r} needs a conditional network: set model.label_dim > 0."
-        )
-    if mode == "true":
-        if true_labels is None:
-            raise configlib.ConfigError("data.labels='true' needs a dataset with class labels.")
-        if int(true_labels.max()) >= label_dim:
-            raise configlib.ConfigError(
-                f"data.labels='true': labels go up to {int(true_labels.max())}, but "
-                f"model.label_dim = {label_dim}."
-            )
-        return np.asarray(true_labels, np.int64)
-    if mode == "random":
-        return np.random.default_rng(seed).integers(0, label_dim, k).astype(np.int64)
-    if label_dim < k:
-        raise configlib.ConfigError(
-            f"data.labels='unique' gives each of the K = {k} images its own class: "
-            f"model.label_dim must be >= K, got {label_dim}."
-        )
-    return np.arange(k, dtype=np.int64)

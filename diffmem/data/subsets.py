@@ -9,9 +9,10 @@ Both return sorted-by-selection-order int64 index arrays, so `pool[idx]` is the 
 from __future__ import annotations
 
 import numpy as np
-from diffmem.errors import InputError
+from diffmem.errors import ConfigError, InputError
 
-__all__ = ["check_k", "first_k_of_permutation", "class_balanced", "fixed_order", "disjoint_set"]
+__all__ = ["LABEL_MODES", "subset_labels",
+           "check_k", "first_k_of_permutation", "class_balanced", "fixed_order", "disjoint_set"]
 
 
 def check_k(k: int, pool_size: int, what: str = "the pool") -> None:
@@ -83,3 +84,43 @@ def disjoint_set(pool_size: int, n: int, seed: int, which: str) -> np.ndarray:
     check_k(n, pool_size // 2, f"half the pool ({pool_size} examples; S1 and S2 must be disjoint)")
     order = fixed_order(pool_size, seed)
     return order[:n] if which == "first" else order[pool_size - n:]
+
+
+LABEL_MODES = ("none", "true", "random", "unique")
+
+
+def subset_labels(
+    mode: str, k: int, true_labels: np.ndarray | None, label_dim: int, seed: int
+) -> np.ndarray | None:
+    """Class labels of a K-subset for Gu et al.'s conditioning study, (K,) int64, or None for
+    "none".
+
+    "true": the dataset's labels; "random": labels drawn uniformly from 0..label_dim-1 once per
+    image (seeded); "unique": image i is class i (label_dim >= K). Every mode but "none" needs
+    label_dim > 0.
+    """
+    if mode == "none":
+        return None
+    if mode not in LABEL_MODES:
+        raise ConfigError(f"Unknown label mode {mode!r}; valid: {list(LABEL_MODES)}.")
+    if label_dim <= 0:
+        raise ConfigError(
+            f"data.labels={mode!r} needs a conditional network: set model.label_dim > 0."
+        )
+    if mode == "true":
+        if true_labels is None:
+            raise ConfigError("data.labels='true' needs a dataset with class labels.")
+        if int(true_labels.max()) >= label_dim:
+            raise ConfigError(
+                f"data.labels='true': labels go up to {int(true_labels.max())}, but "
+                f"model.label_dim = {label_dim}."
+            )
+        return np.asarray(true_labels, np.int64)
+    if mode == "random":
+        return np.random.default_rng(seed).integers(0, label_dim, k).astype(np.int64)
+    if label_dim < k:
+        raise ConfigError(
+            f"data.labels='unique' gives each of the K = {k} images its own class: "
+            f"model.label_dim must be >= K, got {label_dim}."
+        )
+    return np.arange(k, dtype=np.int64)
