@@ -37,7 +37,7 @@ from diffmem.layout import Layout, sort_key
 
 __all__ = ["METADATA_KEY", "CheckpointError", "manager", "tree_sha256", "recorded_config", "save",
            "check", "wait", "restore", "list_models", "restore_item", "latest_step",
-           "restore_latest"]
+           "restore_latest", "check_free_space", "write_errors"]
 
 METADATA_KEY = "diffmem"
 """The key of diffmem's record in a step's `custom_metadata`: {"sha256": {leaf path: hex}, "config":
@@ -167,9 +167,9 @@ def save(mngr: ocp.CheckpointManager, step: int, tree: Any, *, config: dict | No
     """
     check(mngr)
     sums = tree_sha256(tree)
-    _check_free_space(mngr, step, tree)
+    check_free_space(mngr, step, tree)
     record = {"sha256": sums} if config is None else {"sha256": sums, "config": config}
-    with _write_errors(mngr):
+    with write_errors(mngr):
         mngr.save(
             int(step), args=ocp.args.StandardSave(tree), custom_metadata={METADATA_KEY: record}
         )
@@ -178,13 +178,13 @@ def save(mngr: ocp.CheckpointManager, step: int, tree: Any, *, config: dict | No
 def check(mngr: ocp.CheckpointManager) -> None:
     """Raise the error of a failed asynchronous save (as a one-line `WriteError` when it is a write
     failure)."""
-    with _write_errors(mngr):
+    with write_errors(mngr):
         mngr.check_for_errors()
 
 
 def wait(mngr: ocp.CheckpointManager) -> None:
     """Wait for the manager's asynchronous saves; a failed one is raised as in `check`."""
-    with _write_errors(mngr):
+    with write_errors(mngr):
         mngr.wait_until_finished()
 
 
@@ -202,7 +202,10 @@ def finish_saves_when_stopped(managers):
         raise
 
 
-def _check_free_space(mngr: ocp.CheckpointManager, step: int, tree: Any) -> None:
+def check_free_space(mngr: ocp.CheckpointManager, step: int, tree: Any) -> None:
+    """Raise a one-line `WriteError` naming the directory, the MiB needed and the MiB free when
+    `tree` will not fit on the checkpoint's file system (`save` calls it; so does any other writer
+    of checkpoints, e.g. the model importer). Cloud buckets are not checked."""
     directory = str(mngr.directory)
     if "://" in directory:  # a cloud bucket: no local file system to ask
         return
@@ -225,7 +228,7 @@ def _check_free_space(mngr: ocp.CheckpointManager, step: int, tree: Any) -> None
 
 
 @contextlib.contextmanager
-def _write_errors(mngr: ocp.CheckpointManager):
+def write_errors(mngr: ocp.CheckpointManager):
     """Turn a failed write of orbax (an OSError, or tensorstore's RESOURCE_EXHAUSTED / permission
     errors raised as ValueError or RuntimeError) into one `WriteError` line naming the directory."""
     try:

@@ -236,8 +236,8 @@ def _save_checkpoint(workdir: str, name: str, step: int, state, config: dict) ->
         item_handlers=ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
     try:
         record = {"sha256": checkpoint.tree_sha256(state), "config": config}
-        checkpoint._check_free_space(mngr, step, state)
-        with checkpoint._write_errors(mngr):
+        checkpoint.check_free_space(mngr, step, state)
+        with checkpoint.write_errors(mngr):
             mngr.save(int(step), args=ocp.args.PyTreeSave(
                 state, ocdbt_target_data_file_size=DATA_FILE_BYTES),
                 custom_metadata={checkpoint.METADATA_KEY: record})
