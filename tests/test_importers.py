@@ -14,6 +14,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 import pytest
 
 from diffmem import nets
@@ -39,13 +40,7 @@ def _random_variables(net, x_shape, *call_shapes, seed=0, extra=()):
     else:
         shapes = template(net, x_shape, *call_shapes)
     flat = {p: rng.normal(size=s).astype(np.float32) for p, s in shapes.items()}
-    out: dict = {}
-    for path, leaf in flat.items():
-        node = out
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = leaf
-    return out
+    return traverse_util.unflatten_dict(flat)
 
 
 def _equal_trees(a, b) -> bool:

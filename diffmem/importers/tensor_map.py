@@ -26,6 +26,7 @@ from collections import OrderedDict
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from flax import traverse_util
 
 from diffmem.errors import InputError
 
@@ -108,26 +109,7 @@ def _source_shape(layout: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------------------- the maps
 def flatten_variables(variables: Mapping) -> dict[tuple[str, ...], Any]:
     """{path tuple: leaf} of a nested dict of variables (collection first)."""
-    out: dict[tuple[str, ...], Any] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                walk(v, prefix + (str(k),))
-        else:
-            out[prefix] = node
-    walk(variables, ())
-    return out
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
-    out: dict = {}
-    for path, leaf in flat.items():
-        node = out
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = leaf
-    return out
+    return traverse_util.flatten_dict(dict(variables))
 
 
 def template(net, x_shape: tuple[int, ...], *call_shapes) -> dict[tuple[str, ...], tuple[int, ...]]:
@@ -193,7 +175,7 @@ def to_flax(state: Mapping[str, np.ndarray], entries: Sequence[Entry],
         if not np.issubdtype(a.dtype, np.floating):
             raise MappingError(f"{who}: tensor {e.key!r} is {a.dtype}, not floating point.")
         flat[e.path] = np.ascontiguousarray(_to_flax(e.layout, a), dtype=np.float32)
-    return _unflatten(flat)
+    return traverse_util.unflatten_dict(flat)
 
 
 def from_flax(variables: Mapping, entries: Sequence[Entry],
