@@ -74,7 +74,6 @@ def main(argv):
     print(f"report: {Workdir(FLAGS.workdir).classify_file('report.md')}")
 
 
-
 def run() -> None:
     """`diffmem-classify` and `python bin/classify.py`: parse the flags, then run `main`
     (`diffmem.cli.run`)."""

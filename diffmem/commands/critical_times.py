@@ -69,7 +69,6 @@ def main(argv):
                               rows_per_call=FLAGS.rows, config=cli.CONFIG)
 
 
-
 def run() -> None:
     """`diffmem-critical-times` and `python bin/critical_times.py`: parse the flags, then run `main`
     (`diffmem.cli.run`)."""

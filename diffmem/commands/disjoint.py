@@ -38,7 +38,6 @@ def main(argv):
         print(row)
 
 
-
 def run() -> None:
     """`diffmem-disjoint` and `python bin/disjoint.py`: parse the flags, then run `main`
     (`diffmem.cli.run`)."""

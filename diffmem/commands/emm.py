@@ -66,7 +66,6 @@ def main(argv):
                      delta_m=FLAGS.delta_m, delta_s=FLAGS.delta_s, progress=FLAGS.progress)
 
 
-
 def run() -> None:
     """`diffmem-emm` and `python bin/emm.py`: parse the flags, then run `main`
     (`diffmem.cli.run`)."""

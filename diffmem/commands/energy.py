@@ -37,7 +37,6 @@ def main(argv):
                                per_class=FLAGS.per_class, num=FLAGS.points, config=cli.CONFIG)
 
 
-
 def run() -> None:
     """`diffmem-energy` and `python bin/energy.py`: parse the flags, then run `main`
     (`diffmem.cli.run`)."""

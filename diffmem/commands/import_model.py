@@ -52,7 +52,6 @@ def main(argv):
                        first_layer_linear=FLAGS.first_layer_linear))
 
 
-
 def run() -> None:
     """`diffmem-import-model` and `python bin/import_model.py`: parse the flags, then run `main`
     (`diffmem.cli.run`)."""

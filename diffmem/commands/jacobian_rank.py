@@ -50,7 +50,6 @@ def main(argv):
                            config=cli.CONFIG)
 
 
-
 def run() -> None:
     """`diffmem-jacobian-rank` and `python bin/jacobian_rank.py`: parse the flags, then run `main`
     (`diffmem.cli.run`)."""

@@ -82,7 +82,6 @@ def main(argv):
         )
 
 
-
 def run() -> None:
     """`diffmem-machines` and `python bin/machines.py`: parse the flags, then run `main`
     (`diffmem.cli.run`)."""

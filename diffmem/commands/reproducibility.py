@@ -43,7 +43,6 @@ def main(argv):
               f"b {row['generalization_b']:.3f}  ({row['num_pairs']} pairs)")
 
 
-
 def run() -> None:
     """`diffmem-reproducibility` and `python bin/reproducibility.py`: parse the flags, run `main`
     (`diffmem.cli.run`)."""

@@ -67,7 +67,6 @@ def main(argv):
         print(path)
 
 
-
 def run() -> None:
     """`diffmem-sample` and `python bin/sample.py`: parse the flags, then run `main`
     (`diffmem.cli.run`)."""

@@ -76,7 +76,6 @@ def main(argv):
                 overwrite=FLAGS.overwrite)
 
 
-
 def run() -> None:
     """`diffmem-study` and `python bin/study.py`: parse the flags, then run `main`
     (`diffmem.cli.run`)."""

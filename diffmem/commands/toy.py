@@ -46,7 +46,6 @@ def main(argv):
     print(f"report: {Workdir(FLAGS.workdir).study_dir('report.md')}")
 
 
-
 def run() -> None:
     """`diffmem-toy` and `python bin/toy.py`: parse the flags, then run `main`
     (`diffmem.cli.run`)."""

@@ -40,7 +40,6 @@ def main(argv):
     train.train(cli.CONFIG, FLAGS.workdir, progress=FLAGS.progress)
 
 
-
 def run() -> None:
     """`diffmem-train` and `python bin/train.py`: parse the flags, then run `main`
     (`diffmem.cli.run`)."""

@@ -67,7 +67,6 @@ def main(argv):
         print(path)
 
 
-
 def run() -> None:
     """`diffmem-training-time` and `python bin/training_time.py`: parse the flags, then run `main`
     (`diffmem.cli.run`)."""
